@@ -1,0 +1,3 @@
+from porttrap.cli.main import main
+
+raise SystemExit(main())

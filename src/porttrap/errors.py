@@ -1,0 +1,51 @@
+"""The errors porttrap raises. Each says what failed, where, and how to fix it when known."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class PorttrapError(Exception):
+    """Base class: the CLI prints these as one line and exits non-zero."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a configuration file."""
+
+    path: Path | None
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = str(self.path) if self.path else "<config>"
+        if self.line is not None:
+            where += f":{self.line}"
+        key = f" [{self.key}]" if self.key else ""
+        return f"{where}:{key} {self.message}"
+
+
+class ConfigError(PorttrapError):
+    """The configuration is invalid; `problems` lists every problem found, not just the first."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class UsageError(PorttrapError):
+    """A bad argument on the command line or in a control request."""
+
+
+class FirewallError(PorttrapError):
+    """The kernel refused a firewall change; the message carries what was attempted."""
+
+
+class StoreError(PorttrapError):
+    """The database cannot be opened, migrated or read."""
+
+
+class DaemonNotRunning(PorttrapError):
+    """A command needs the running daemon and none answers on the control socket."""

@@ -1,0 +1,94 @@
+"""The vocabulary every layer shares: hits, bans, unbans. Frozen values, no behaviour with I/O."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+
+class Proto(enum.StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class Outcome(enum.StrEnum):
+    """What the policy made of one hit."""
+
+    BANNED = "banned"  # this hit led to a ban
+    COUNTED = "counted"  # below the trigger: remembered, no ban yet
+    ALREADY_BANNED = "already-banned"  # source is banned already: nothing changes in the kernel
+    ALLOWED = "allowed"  # source is on the allow list
+    OWN_ADDRESS = "own-address"  # source is one of this host's addresses (or loopback)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One touch of a trap, as a sensor saw it. `at` is seconds since the epoch (UTC)."""
+
+    at: float
+    source: IPAddress
+    source_port: int
+    local: IPAddress
+    port: int
+    proto: Proto
+    kind: str = "connect"  # how the trap was touched: "connect" (TCP handshake), "udp"
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    """Drop everything from `target` from `banned_at` until `expires_at` (None: for good)."""
+
+    target: IPNetwork
+    banned_at: float
+    expires_at: float | None
+    ban_count: int
+    reason: str
+
+    @property
+    def permanent(self) -> bool:
+        return self.expires_at is None
+
+    def active(self, now: float) -> bool:
+        return self.expires_at is None or self.expires_at > now
+
+    def remaining(self, now: float) -> float | None:
+        """Seconds left, or None when permanent."""
+        return None if self.expires_at is None else max(0.0, self.expires_at - now)
+
+
+@dataclass(frozen=True, slots=True)
+class Unban:
+    """Lift every ban on `target` now."""
+
+    target: IPNetwork
+    at: float
+    reason: str
+
+
+Change = Ban | Unban
+
+
+def as_network(address: IPAddress | IPNetwork) -> IPNetwork:
+    """A single address as a /32 or /128 network; networks unchanged."""
+    if isinstance(address, IPv4Network | IPv6Network):
+        return address
+    return ipaddress.ip_network(address)
+
+
+def unmap(address: IPAddress) -> IPAddress:
+    """::ffff:192.0.2.1 (an IPv4 peer on a dual-stack socket) as 192.0.2.1."""
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def show(target: IPNetwork) -> str:
+    """A ban target as people write it: a plain address for /32 and /128, CIDR otherwise."""
+    if target.prefixlen == target.max_prefixlen:
+        return str(target.network_address)
+    return str(target)

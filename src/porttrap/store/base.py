@@ -1,0 +1,64 @@
+"""The store seam: where hits and bans are kept so that they survive restarts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from porttrap.model import Ban, Hit, IPNetwork, Outcome, Unban
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBan:
+    """A ban as recorded, with how it ended if it was lifted early."""
+
+    ban: Ban
+    lifted_at: float | None = None
+    lifted_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One line of `porttrap history`: a hit or a ban, newest first."""
+
+    at: float
+    what: str  # "hit" | "ban" | "unban"
+    hit: Hit | None = None
+    outcome: Outcome | None = None
+    ban: Ban | None = None
+    unban_reason: str | None = None
+
+
+class Store(Protocol):
+    """Persistent hits and bans. Writes are durable when the call returns."""
+
+    def add_hits(self, hits: Sequence[tuple[Hit, Outcome]]) -> None: ...
+
+    def add_bans(self, bans: Sequence[Ban]) -> None: ...
+
+    def lift(self, unbans: Sequence[Unban]) -> None:
+        """Mark every active ban on each target as lifted at `unban.at`."""
+        ...
+
+    def active_bans(self, now: float) -> list[Ban]:
+        """Bans not lifted and not expired at `now` (permanent ones included)."""
+        ...
+
+    def bans_since(self, since: float) -> list[Ban]:
+        """Every ban with banned_at >= since, oldest first (lifted ones too): for escalation."""
+        ...
+
+    def history(
+        self, target: IPNetwork | None = None, limit: int = 100
+    ) -> list[HistoryEntry]: ...
+
+    def prune_hits(self, before: float) -> int:
+        """Delete hits older than `before`; returns how many."""
+        ...
+
+    def counts(self, now: float) -> tuple[int, int]:
+        """(active bans, of which permanent)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,6 @@
+"""Fakes shipped with porttrap, so tests and plugins share them: a fake clock, an in-memory
+firewall backend and store, and factories for hits and bans."""
+
+from porttrap.testing.clock import FakeClock
+
+__all__ = ["FakeClock"]
