@@ -92,3 +92,16 @@ def show(target: IPNetwork) -> str:
     if target.prefixlen == target.max_prefixlen:
         return str(target.network_address)
     return str(target)
+
+
+def parse_target(text: str) -> IPNetwork:
+    """'198.51.100.7', '2001:db8::/48' ... as a network; ValueError says what is wrong."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError:
+        pass
+    try:
+        fixed = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4/IPv6 address or network") from None
+    raise ValueError(f"{text!r} has host bits set: did you mean {fixed}?")

@@ -1,0 +1,174 @@
+"""One function per command: arguments in, exit code out."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from porttrap import config as config_mod
+from porttrap.cli import output
+from porttrap.clock import SystemClock
+from porttrap.config.schema import Config, Proto
+from porttrap.daemon import control
+from porttrap.daemon.service import Daemon, ban_json
+from porttrap.errors import DaemonNotRunning, PorttrapError, UsageError
+from porttrap.firewall.select import make_backend
+from porttrap.model import IPNetwork, parse_target
+from porttrap.store.sqlite import SQLiteStore
+from porttrap.units import parse_duration
+
+EXIT_NOT_RUNNING = 3
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return config_mod.load(args.config)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = _config(args)  # an invalid config stops here, before anything touches the kernel
+    clock = SystemClock()
+    store = SQLiteStore.open(cfg.database)
+    try:
+        firewall = make_backend(cfg.firewall.backend, cfg.firewall.table, clock)
+        asyncio.run(Daemon(cfg, clock, store, firewall).run(args.flush_on_exit))
+    finally:
+        store.close()
+    return 0
+
+
+def check_config(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    tcp = sum(1 for t in cfg.traps if t.proto is Proto.TCP)
+    source = cfg.source or "built-in defaults"
+    print(f"{source}: OK ({tcp} TCP and {len(cfg.traps) - tcp} UDP trap ports, "
+          f"{len(cfg.allow)} allow-list entries, backend {cfg.firewall.backend})")  # fmt: skip
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        answer: dict[str, Any] = control.request(cfg.control_socket, {"cmd": "status"})
+        answer.pop("ok", None)
+    except DaemonNotRunning:
+        answer = {"running": False, "bans": _stored_counts(cfg)}
+    if args.json:
+        output.emit_json(answer)
+    else:
+        print(output.status_text(answer))
+    return 0 if answer.get("running") else EXIT_NOT_RUNNING
+
+
+def _stored_counts(cfg: Config) -> dict[str, int] | None:
+    if not cfg.database.exists():
+        return None
+    store = SQLiteStore.open(cfg.database, readonly=True)
+    try:
+        active, permanent = store.counts(SystemClock().now())
+    finally:
+        store.close()
+    return {"active": active, "permanent": permanent}
+
+
+def bans(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    store = SQLiteStore.open(cfg.database, readonly=True)
+    try:
+        active = store.active_bans(SystemClock().now())
+    finally:
+        store.close()
+    active.sort(key=lambda b: b.banned_at, reverse=True)
+    if args.json:
+        output.emit_json([ban_json(b) for b in active])
+    else:
+        print(output.bans_table(active))
+    return 0
+
+
+def history(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    target = _parse_target(args.address) if args.address else None
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    store = SQLiteStore.open(cfg.database, readonly=True)
+    try:
+        entries = store.history(target, args.limit)
+    finally:
+        store.close()
+    if args.json:
+        output.emit_json([output.history_json(e) for e in entries])
+    else:
+        print(output.history_table(entries))
+    return 0
+
+
+def ban(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    request: dict[str, Any] = {"cmd": "ban", "targets": _gather_targets(args)}
+    if args.duration:
+        request["for"] = _duration(args.duration)
+    request["permanent"] = args.permanent
+    answer = control.request(cfg.control_socket, request)
+    for item in answer["bans"]:
+        until = item["expires_at"] or "permanent"
+        print(f"banned {item['address']} until {until} (ban #{item['ban_count']})")
+    return 0
+
+
+def unban(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    request = {"cmd": "unban", "targets": _gather_targets(args)}
+    answer = control.request(cfg.control_socket, request)
+    was = set(answer["were_banned"])
+    for address in answer["unbanned"]:
+        print(f"unbanned {address}" if address in was else f"{address} was not banned")
+    return 0
+
+
+def flush(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if control.ping(cfg.control_socket):
+        raise PorttrapError(
+            "porttrap is running: stop it first (or run it with --flush-on-exit); "
+            "a running daemon would put its bans back"
+        )
+    make_backend(cfg.firewall.backend, cfg.firewall.table, SystemClock()).teardown()
+    print(f"removed nftables table inet {cfg.firewall.table} (bans stay in the database)")
+    return 0
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise UsageError(f"--for: {err}") from err
+
+
+def _parse_target(text: str) -> IPNetwork:
+    try:
+        return parse_target(text)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+def _gather_targets(args: argparse.Namespace) -> list[str]:
+    """Addresses from the command line and from --file; the daemon validates them all."""
+    items = list(args.addresses)
+    if args.file:
+        items += _read_list(args.file)
+    if not items:
+        raise UsageError("give at least one ADDRESS, or --file FILE ('-' for stdin)")
+    return items
+
+
+def _read_list(name: str) -> list[str]:
+    text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    items = []
+    for line in text.splitlines():
+        item = line.split("#", 1)[0].strip()
+        if item:
+            items.append(item)
+    return items

@@ -1,0 +1,103 @@
+"""`porttrap COMMAND ...`: parse, run, print, exit. Errors are one line unless -v."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from porttrap import __version__, log
+from porttrap.cli import commands
+from porttrap.errors import ConfigError, PorttrapError
+
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, metavar="FILE",
+                        help="configuration file (default: /etc/porttrap/porttrap.toml "
+                             "when present, else built-in defaults)")  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and tracebacks on errors")  # fmt: skip
+
+
+def _json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _targets(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("addresses", nargs="*", metavar="ADDRESS",
+                        help=f"IPv4/IPv6 address or CIDR network to {verb}")  # fmt: skip
+    parser.add_argument("-f", "--file", metavar="FILE",
+                        help="also read addresses from FILE, one per line ('-' = stdin; "
+                             "# starts a comment)")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="porttrap",
+        description="Trap ports that no legitimate client touches and ban every address that "
+        "touches one in nftables: first for a while, then longer, then for good.",
+    )
+    parser.add_argument("--version", action="version", version=f"porttrap {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Command, text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=text, description=text)
+        _common(cmd)
+        cmd.set_defaults(func=func)
+        return cmd
+
+    run = add("run", commands.run, "run the daemon in the foreground (logs to stderr)")
+    run.add_argument("--flush-on-exit", action="store_true",
+                     help="remove porttrap's nftables table when stopping "
+                          "(by default bans stay in the kernel and expire by themselves)")  # fmt: skip
+    add("check-config", commands.check_config,
+        "validate the configuration; list every problem; exit 0 when valid")  # fmt: skip
+    _json(add("status", commands.status,
+              "is the daemon running, traps set and skipped, bans (exit 3 when not running)"))  # fmt: skip
+    _json(add("bans", commands.bans, "list active bans"))
+    history = add("history", commands.history, "hits and bans, newest first")
+    history.add_argument("address", nargs="?", metavar="ADDRESS",
+                         help="only this address or network")  # fmt: skip
+    history.add_argument("-n", "--limit", type=int, default=50, help="how many entries (50)")
+    _json(history)
+    ban = add("ban", commands.ban, "ban addresses now, through the running daemon")
+    _targets(ban, "ban")
+    length = ban.add_mutually_exclusive_group()
+    length.add_argument("--for", dest="duration", metavar="DURATION",
+                        help="ban for this long (30s, 10m, 1h, 1d, 1w); default: the "
+                             "escalation in [ban]")  # fmt: skip
+    length.add_argument("--permanent", action="store_true", help="ban for good")
+    _targets(add("unban", commands.unban, "lift bans now, through the running daemon"), "unban")
+    add("flush", commands.flush,
+        "remove porttrap's nftables table (and nothing else); the daemon must be stopped")  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log.setup(args.verbose)
+    func: Command = args.func
+    try:
+        return func(args)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"porttrap: config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (PorttrapError, OSError) as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"porttrap: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        logging.shutdown()
+

@@ -1,0 +1,83 @@
+"""How results look on a terminal, and as JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from porttrap import log
+from porttrap.model import Ban, show
+from porttrap.store.base import HistoryEntry
+
+
+def emit_json(value: object) -> None:
+    json.dump(value, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    cells = [list(map(str, header))] + [[("-" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def bans_table(bans: Sequence[Ban]) -> str:
+    if not bans:
+        return "no active bans"
+    rows = [(show(b.target), log.iso(b.banned_at), log.iso(b.expires_at) or "permanent",
+             b.ban_count, b.reason) for b in bans]  # fmt: skip
+    return table(rows, ("ADDRESS", "BANNED AT", "EXPIRES", "COUNT", "REASON"))
+
+
+def history_json(entry: HistoryEntry) -> dict[str, Any]:
+    base: dict[str, Any] = {"at": log.iso(entry.at), "what": entry.what}
+    if entry.hit is not None:
+        h = entry.hit
+        base.update(address=str(h.source), source_port=h.source_port, local=str(h.local),
+                    port=h.port, proto=str(h.proto), kind=h.kind,
+                    outcome=str(entry.outcome) if entry.outcome else None)  # fmt: skip
+    if entry.ban is not None:
+        b = entry.ban
+        base.update(address=show(b.target), expires_at=log.iso(b.expires_at),
+                    permanent=b.permanent, ban_count=b.ban_count, reason=b.reason)  # fmt: skip
+    if entry.what == "unban":
+        base["reason"] = entry.unban_reason
+    return base
+
+
+def history_table(entries: Sequence[HistoryEntry]) -> str:
+    if not entries:
+        return "no history"
+    rows = []
+    for entry in entries:
+        item = history_json(entry)
+        if entry.what == "hit":
+            detail = f"{item['proto']}/{item['port']} {item['kind']} -> {item['outcome']}"
+        elif entry.what == "ban":
+            until = item["expires_at"] or "permanent"
+            detail = f"ban #{item['ban_count']} until {until} ({item['reason']})"
+        else:
+            detail = f"unban ({item['reason']})"
+        rows.append((item["at"], item["what"], item.get("address"), detail))
+    return table(rows, ("TIME", "EVENT", "ADDRESS", "DETAIL"))
+
+
+def status_text(status: dict[str, Any]) -> str:
+    if not status.get("running"):
+        lines = ["porttrap is not running"]
+    else:
+        lines = [f"porttrap is running (pid {status['pid']}, since {status['started_at']}, "
+                 f"backend {status['backend']})"]  # fmt: skip
+        traps = status["traps"]
+        lines.append(f"traps: {len(traps['set'])} set, {len(traps['skipped'])} skipped")
+        lines += [f"  skipped {t['proto']}/{t['port']} on {t['address']}: {t['reason']}"
+                  for t in traps["skipped"]]  # fmt: skip
+        lines.append(f"hits since start: {status['hits']['total']}")
+    bans = status.get("bans")
+    if bans:
+        lines.append(f"bans: {bans['active']} active, {bans['permanent']} of them permanent")
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""Applies decisions: kernel first, then the store, then one log line each.
+
+Decisions made within one turn of the event loop go to the kernel as one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from porttrap import log
+from porttrap.clock import Clock
+from porttrap.errors import FirewallError
+from porttrap.firewall.base import FirewallBackend
+from porttrap.model import Ban, Change, Unban, show
+from porttrap.store.base import Store
+
+RECONCILE_DELAY = 5.0
+
+
+def log_change(change: Change) -> None:
+    if isinstance(change, Unban):
+        log.event("unban", address=show(change.target), reason=change.reason)
+        return
+    name = "permanent-ban" if change.permanent else "ban"
+    log.event(name, address=show(change.target), until=log.iso(change.expires_at),
+              ban_count=change.ban_count, reason=change.reason)  # fmt: skip
+
+
+class Applier:
+    """Batches changes per loop turn; on a kernel error, rebuilds the kernel state later."""
+
+    def __init__(self, firewall: FirewallBackend, store: Store, clock: Clock,
+                 active: Callable[[float], list[Ban]]) -> None:  # fmt: skip
+        self.firewall = firewall
+        self.store = store
+        self.clock = clock
+        self.active = active
+        self._pending: list[Change] = []
+        self._scheduled = False
+        self._reconcile: asyncio.TimerHandle | None = None
+
+    def submit(self, changes: Sequence[Change]) -> None:
+        """Queue changes; they reach the kernel at the end of this loop turn."""
+        if not changes:
+            return
+        self._pending.extend(changes)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def apply_now(self, changes: Sequence[Change]) -> None:
+        """Apply at once (for admin requests that want the result)."""
+        self.submit(changes)
+        self.flush()
+
+    def flush(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            self.firewall.apply(batch, self.clock.now())
+        except FirewallError as err:
+            log.event("firewall-error", logging.ERROR, error=str(err),
+                      retry_in=RECONCILE_DELAY)  # fmt: skip
+            self._schedule_reconcile()
+        self._record(batch)
+
+    def _record(self, batch: Sequence[Change]) -> None:
+        bans = [c for c in batch if isinstance(c, Ban)]
+        unbans = [c for c in batch if isinstance(c, Unban)]
+        if bans:
+            self.store.add_bans(bans)
+        if unbans:
+            self.store.lift(unbans)
+        for change in batch:
+            log_change(change)
+
+    def _schedule_reconcile(self) -> None:
+        if self._reconcile is None:
+            loop = asyncio.get_running_loop()
+            self._reconcile = loop.call_later(RECONCILE_DELAY, self.reconcile)
+
+    def reconcile(self) -> None:
+        """Make the kernel hold exactly the active bans (one transaction)."""
+        self._reconcile = None
+        now = self.clock.now()
+        try:
+            bans = self.active(now)
+            self.firewall.setup(bans, now)
+            log.event("reconciled", bans=len(bans))
+        except FirewallError as err:
+            log.event("firewall-error", logging.ERROR, error=str(err), retry_in=RECONCILE_DELAY)
+            self._schedule_reconcile()

@@ -1,0 +1,141 @@
+"""The control socket: one JSON request per connection, one JSON answer.
+
+    -> {"cmd": "ban", "targets": ["198.51.100.7"], "for": 3600}
+    <- {"ok": true, "bans": [...]}    or    {"ok": false, "error": "..."}
+
+The socket lives in state_dir with mode 0600, and the peer must be root (or the daemon's own
+user): banning and unbanning are root's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from porttrap import log
+from porttrap.errors import DaemonNotRunning, PorttrapError
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+MAX_REQUEST = 64 * 1024 * 1024  # a ban list read from a file can be large
+_CRED = struct.Struct("3i")
+
+
+def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return None
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
+    return int(_CRED.unpack(raw)[1])
+
+
+class ControlServer:
+    def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
+        self.path = path
+        self.handlers = handlers
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        if self.path.exists():
+            if ping(self.path):
+                raise PorttrapError(f"another porttrap is already running (it answers on {self.path})")
+            self.path.unlink()  # stale socket of a daemon that died
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=MAX_REQUEST
+            )
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            uid = _peer_uid(writer)
+            if uid not in (0, os.getuid()):
+                answer = {"ok": False, "error": "only root may control porttrap"}
+            else:
+                answer = self._answer(await reader.readline())
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError) as err:
+            log.event("control-error", logging.WARNING, error=str(err))
+        finally:
+            writer.close()
+
+    def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+            handler = self.handlers.get(request.get("cmd", ""))
+            if handler is None:
+                return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
+            return {"ok": True, **handler(request)}
+        except PorttrapError as err:
+            return {"ok": False, "error": str(err)}
+        except (ValueError, TypeError, AttributeError) as err:
+            return {"ok": False, "error": f"bad request: {err}"}
+
+
+def ping(path: Path) -> bool:
+    """True when a daemon answers on `path`."""
+    try:
+        request(path, {"cmd": "status"}, timeout=2.0)
+    except DaemonNotRunning:
+        return False
+    return True
+
+
+def request(path: Path, payload: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """Send one request to the daemon and return its answer; raises PorttrapError on {ok: false}."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as err:
+            raise DaemonNotRunning(
+                f"porttrap is not running: no daemon answers on {path} "
+                "(start it with `porttrap run`, or check -c / state_dir)"
+            ) from err
+        except PermissionError as err:
+            raise PorttrapError(f"permission denied on {path}: run this as root") from err
+        sock.sendall(json.dumps(payload).encode() + b"\n")
+        answer = _read_line(sock)
+    if not answer.get("ok"):
+        raise PorttrapError(str(answer.get("error", "the daemon refused the request")))
+    return answer
+
+
+def _read_line(sock: socket.socket) -> dict[str, Any]:
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except OSError as err:
+            if err.errno == errno.ECONNRESET:
+                break
+            raise
+        if not chunk:
+            break
+        chunks.append(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    data = b"".join(chunks)
+    if not data:
+        raise PorttrapError("the daemon closed the control connection without an answer")
+    result: dict[str, Any] = json.loads(data)
+    return result

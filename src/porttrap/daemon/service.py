@@ -1,0 +1,224 @@
+"""The daemon: one asyncio loop that owns the sensors, the policy, the firewall and the store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from porttrap import __version__, log
+from porttrap.clock import Clock
+from porttrap.config.schema import Config
+from porttrap.daemon.applier import Applier, log_change
+from porttrap.daemon.control import ControlServer
+from porttrap.errors import PorttrapError, UsageError
+from porttrap.firewall.base import FirewallBackend
+from porttrap.model import Ban, Hit, IPAddress, IPNetwork, Outcome, Unban, parse_target, show
+from porttrap.policy import Policy, Protection
+from porttrap.sensors.hostaddrs import AddressWatcher, current_addresses
+from porttrap.sensors.sockets import SocketTraps, TrapReport
+from porttrap.store.base import Store
+
+HIT_FLUSH_INTERVAL = 0.5
+MAINTENANCE_INTERVAL = 60.0
+MAX_BUFFERED_HITS = 100_000
+
+
+@dataclass
+class Counters:
+    hits: int = 0
+    hits_by_outcome: dict[str, int] = field(default_factory=dict)
+    hits_not_stored: int = 0
+
+
+class Daemon:
+    """Wiring and event handling. `run()` returns when asked to stop."""
+
+    def __init__(self, config: Config, clock: Clock, store: Store,
+                 firewall: FirewallBackend) -> None:  # fmt: skip
+        self.config = config
+        self.clock = clock
+        self.store = store
+        self.firewall = firewall
+        self.policy = Policy(config.ban, config.traps, Protection(config.allow))
+        self.applier = Applier(firewall, store, clock, self.policy.active)
+        self.counters = Counters()
+        self.started_at = clock.now()
+        self.report = TrapReport(set=[], skipped=[])
+        self._hits: list[tuple[Hit, Outcome]] = []
+        self._stop = asyncio.Event()
+        self._sensor = SocketTraps(config.traps, self.on_hit, clock)
+        self._watcher = AddressWatcher(self.on_addresses)
+        self._control = ControlServer(config.control_socket, self._handlers())
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def run(self, flush_on_exit: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        await self._control.start()  # first: refuses when another daemon runs
+        try:
+            self._restore(current_addresses())
+            self.report = self._sensor.start(loop)
+            if self.report.none_set:
+                raise PorttrapError("no trap could be set (every trap port was skipped, see above)")
+            self._watcher.start(loop)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+            log.event("start", version=__version__, pid=os.getpid(), backend=self.firewall.name,
+                      traps=len(self.report.set), skipped=len(self.report.skipped),
+                      config=self.config.source or "built-in defaults")  # fmt: skip
+            await self._serve()
+        finally:
+            await self._shutdown(flush_on_exit)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _restore(self, own: frozenset[IPAddress]) -> None:
+        """Bans from the store back into the policy and, in one batch, into the kernel."""
+        now = self.clock.now()
+        self.policy.protection.set_own(own)
+        history = self.store.bans_since(now - self.config.ban.forget_after)
+        unbans = self.policy.restore(self.store.active_bans(now), history, now)
+        if unbans:
+            self.store.lift(unbans)
+            for unban in unbans:
+                log_change(unban)
+        active = self.policy.active(now)
+        self.firewall.setup(active, now)
+        permanent = sum(1 for b in active if b.permanent)
+        log.event("restored", bans=len(active), permanent=permanent)
+
+    async def _serve(self) -> None:
+        ticks = 0
+        per_maintenance = int(MAINTENANCE_INTERVAL / HIT_FLUSH_INTERVAL)
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), HIT_FLUSH_INTERVAL)
+            self._store_hits()
+            ticks += 1
+            if ticks % per_maintenance == 0:
+                self._maintain()
+
+    async def _shutdown(self, flush_on_exit: bool) -> None:
+        self._sensor.close()
+        self._watcher.close()
+        self.applier.flush()
+        self._store_hits()
+        await self._control.close()
+        if flush_on_exit:
+            self.firewall.teardown()
+            log.event("flushed", table=self.config.firewall.table)
+        log.event("stop", pid=os.getpid())
+
+    def _maintain(self) -> None:
+        now = self.clock.now()
+        for ban in self.policy.expire(now):
+            log.event("ban-expired", address=show(ban.target), ban_count=ban.ban_count)
+        pruned = self.store.prune_hits(now - self.config.store.hit_retention)
+        if pruned:
+            log.event("hits-pruned", count=pruned)
+
+    # -- events --------------------------------------------------------------------------
+
+    def on_hit(self, hit: Hit) -> None:
+        verdict = self.policy.on_hit(hit, self.clock.now())
+        if verdict.ban is not None:
+            self.applier.submit([verdict.ban])
+        self.counters.hits += 1
+        by_outcome = self.counters.hits_by_outcome
+        by_outcome[verdict.outcome] = by_outcome.get(verdict.outcome, 0) + 1
+        if len(self._hits) < MAX_BUFFERED_HITS:
+            self._hits.append((hit, verdict.outcome))
+        else:
+            self.counters.hits_not_stored += 1
+        log.event("hit", src=hit.source, sport=hit.source_port, dst=hit.local, port=hit.port,
+                  proto=hit.proto, kind=hit.kind, outcome=verdict.outcome)  # fmt: skip
+
+    def on_addresses(self, own: frozenset[IPAddress]) -> None:
+        self.applier.submit(self.policy.set_own_addresses(own, self.clock.now()))
+
+    def _store_hits(self) -> None:
+        if self._hits:
+            batch, self._hits = self._hits, []
+            self.store.add_hits(batch)
+
+    # -- control requests ----------------------------------------------------------------
+
+    def _handlers(self) -> dict[str, Any]:
+        return {"status": self._status, "ban": self._ban, "unban": self._unban}
+
+    def _status(self, _request: dict[str, Any]) -> dict[str, Any]:
+        now = self.clock.now()
+        active = self.policy.active(now)
+        return {
+            "running": True,
+            "pid": os.getpid(),
+            "version": __version__,
+            "started_at": log.iso(self.started_at),
+            "config": str(self.config.source) if self.config.source else None,
+            "backend": self.firewall.name,
+            "traps": {"set": [asdict(t) for t in self.report.set],
+                      "skipped": [asdict(t) for t in self.report.skipped]},  # fmt: skip
+            "bans": {"active": len(active), "permanent": sum(1 for b in active if b.permanent)},
+            "hits": {"total": self.counters.hits, **self.counters.hits_by_outcome,
+                     "not_stored": self.counters.hits_not_stored},  # fmt: skip
+        }
+
+    def _ban(self, request: dict[str, Any]) -> dict[str, Any]:
+        targets = parse_targets(request.get("targets", []))
+        duration, permanent = request.get("for"), bool(request.get("permanent"))
+        if duration is not None and (not isinstance(duration, int | float) or duration <= 0):
+            raise UsageError(f"bad ban duration {duration!r}")
+        conflicts = [why for t in targets if (why := self.policy.protection.conflict(t))]
+        if conflicts:
+            raise UsageError("refusing to ban: " + "; ".join(conflicts))
+        now = self.clock.now()
+        bans = [self.policy.ban(t, now, duration=duration, permanent=permanent) for t in targets]
+        self.applier.apply_now(bans)
+        return {"bans": [ban_json(b) for b in bans]}
+
+    def _unban(self, request: dict[str, Any]) -> dict[str, Any]:
+        targets = parse_targets(request.get("targets", []))
+        now = self.clock.now()
+        was_banned = [show(t) for t in targets if self._is_banned(t, now)]
+        unbans = [self.policy.unban(t, now) for t in targets]
+        self.applier.apply_now(unbans)
+        return {"unbanned": [show(u.target) for u in unbans], "were_banned": was_banned}
+
+    def _is_banned(self, target: IPNetwork, now: float) -> bool:
+        return any(b.target == target for b in self.policy.active(now))
+
+
+def parse_targets(raw: object) -> list[IPNetwork]:
+    """Addresses and CIDR networks; every bad one is reported, nothing is half-applied."""
+    if not isinstance(raw, list) or not raw:
+        raise UsageError("give at least one address or network")
+    targets, problems = [], []
+    for item in raw:
+        try:
+            targets.append(parse_target(str(item)))
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        raise UsageError("; ".join(problems))
+    return list(dict.fromkeys(targets))
+
+
+def ban_json(ban: Ban) -> dict[str, Any]:
+    return {
+        "address": show(ban.target),
+        "banned_at": log.iso(ban.banned_at),
+        "expires_at": log.iso(ban.expires_at),
+        "permanent": ban.permanent,
+        "ban_count": ban.ban_count,
+        "reason": ban.reason,
+    }
+
+
+def unban_json(unban: Unban) -> dict[str, Any]:
+    return {"address": show(unban.target), "at": log.iso(unban.at), "reason": unban.reason}

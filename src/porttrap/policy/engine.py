@@ -1,0 +1,196 @@
+"""Hits in, decisions out: trigger and window, escalation, permanent bans, protection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from porttrap.config.schema import BanPolicy, Escalation, Trap
+from porttrap.errors import UsageError
+from porttrap.model import (
+    Ban,
+    Hit,
+    IPAddress,
+    IPNetwork,
+    Outcome,
+    Proto,
+    Unban,
+    as_network,
+    show,
+)
+from porttrap.policy.protect import Protection
+from porttrap.store.base import StoredBan
+
+TrapKey = tuple[Proto, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one hit led to: how it was classified, and the ban it caused, if any."""
+
+    outcome: Outcome
+    ban: Ban | None = None
+
+
+def ban_duration(policy: BanPolicy, base: float, count: int) -> float | None:
+    """Seconds the `count`-th ban lasts (None: permanent), from first-ban time `base`."""
+    if policy.permanent_after and count >= policy.permanent_after:
+        return None
+    if policy.escalation is Escalation.QUADRATIC:
+        seconds = base * count * count
+    elif policy.escalation is Escalation.EXPONENTIAL:
+        seconds = base * 2 ** min(count - 1, 64)
+    else:
+        seconds = base
+    return min(seconds, policy.max_time)
+
+
+class Policy:
+    """The ban policy and the state it needs: recent hits, past bans and active bans.
+
+    Every method takes `now` (seconds since the epoch); nothing here reads a clock.
+    """
+
+    def __init__(self, policy: BanPolicy, traps: Sequence[Trap], protection: Protection) -> None:
+        self.policy = policy
+        self.protection = protection
+        self._trap_bans = {(t.proto, t.port, t.address): t.ban for t in traps if t.ban}
+        self._recent: dict[IPAddress, dict[TrapKey, float]] = {}
+        self._past: dict[IPNetwork, list[float]] = {}
+        self._active: dict[IPNetwork, Ban] = {}
+        self._active_nets: dict[IPNetwork, Ban] = {}
+
+    # -- state from the store ------------------------------------------------------------
+
+    def restore(
+        self, active: Iterable[Ban], history: Iterable[StoredBan], now: float
+    ) -> list[Unban]:
+        """Load past and active bans. Returns unbans for active bans that are now protected
+        (an address added to the allow list, or now one of this host's)."""
+        for stored in history:
+            if stored.lifted_at is None:
+                self._past.setdefault(stored.ban.target, []).append(stored.ban.banned_at)
+        for ban in active:
+            if ban.active(now):
+                self._remember(ban)
+        return self._unban_protected(now)
+
+    def set_own_addresses(self, own: Iterable[IPAddress], now: float) -> list[Unban]:
+        """The host's addresses changed; returns unbans for any that were banned."""
+        self.protection.set_own(own)
+        return self._unban_protected(now)
+
+    def _unban_protected(self, now: float) -> list[Unban]:
+        unbans = []
+        for target in list(self._active) + list(self._active_nets):
+            why = self.protection.conflict(target)
+            if why:
+                unbans.append(self.unban(target, now, f"protected: {why}"))
+        return unbans
+
+    # -- hits ----------------------------------------------------------------------------
+
+    def on_hit(self, hit: Hit, now: float) -> Verdict:
+        protected = self.protection.outcome_for(hit.source)
+        if protected is not None:
+            return Verdict(protected)
+        if self.banned(hit.source, now) is not None:
+            return Verdict(Outcome.ALREADY_BANNED)
+        if self._count_recent(hit, now) < self.policy.trigger:
+            return Verdict(Outcome.COUNTED)
+        self._recent.pop(hit.source, None)
+        base = self._base_time(hit)
+        reason = f"trap:{hit.proto}/{hit.port}"
+        return Verdict(Outcome.BANNED, self._ban(as_network(hit.source), now, base, reason))
+
+    def _count_recent(self, hit: Hit, now: float) -> int:
+        """Distinct trap ports this source touched within the window, this hit included."""
+        seen = self._recent.setdefault(hit.source, {})
+        seen[(hit.proto, hit.port)] = now
+        horizon = now - self.policy.window
+        for key in [k for k, at in seen.items() if at <= horizon]:
+            del seen[key]
+        return len(seen)
+
+    def _base_time(self, hit: Hit) -> float:
+        specific = self._trap_bans.get((hit.proto, hit.port, hit.local))
+        general = self._trap_bans.get((hit.proto, hit.port, None))
+        return specific or general or self.policy.time
+
+    # -- bans ----------------------------------------------------------------------------
+
+    def ban(
+        self,
+        target: IPNetwork,
+        now: float,
+        *,
+        duration: float | None = None,
+        permanent: bool = False,
+        reason: str = "manual",
+    ) -> Ban:
+        """An admin's ban. Without `duration` or `permanent` the escalation decides.
+        Raises UsageError when the target is protected."""
+        why = self.protection.conflict(target)
+        if why:
+            raise UsageError(f"refusing to ban {show(target)}: {why}")
+        if permanent:
+            return self._record(target, now, None, reason)
+        if duration is not None:
+            return self._record(target, now, now + duration, reason)
+        return self._ban(target, now, self.policy.time, reason)
+
+    def _ban(self, target: IPNetwork, now: float, base: float, reason: str) -> Ban:
+        seconds = ban_duration(self.policy, base, self._count_past(target, now) + 1)
+        return self._record(target, now, None if seconds is None else now + seconds, reason)
+
+    def _count_past(self, target: IPNetwork, now: float) -> int:
+        horizon = now - self.policy.forget_after
+        past = [at for at in self._past.get(target, ()) if at > horizon]
+        self._past[target] = past
+        return len(past)
+
+    def _record(self, target: IPNetwork, now: float, expires: float | None, reason: str) -> Ban:
+        count = self._count_past(target, now) + 1
+        ban = Ban(target, now, expires, count, reason)
+        self._past[target].append(now)
+        self._remember(ban)
+        return ban
+
+    def _remember(self, ban: Ban) -> None:
+        single = ban.target.prefixlen == ban.target.max_prefixlen
+        (self._active if single else self._active_nets)[ban.target] = ban
+
+    def unban(self, target: IPNetwork, now: float, reason: str = "manual") -> Unban:
+        """Lift the ban on `target`. A lifted ban no longer counts toward escalation: an admin
+        who unbans has forgiven it."""
+        lifted = self._active.pop(target, None) or self._active_nets.pop(target, None)
+        if lifted is not None:
+            past = self._past.get(target, [])
+            if lifted.banned_at in past:
+                past.remove(lifted.banned_at)
+        return Unban(target, now, reason)
+
+    def banned(self, address: IPAddress, now: float) -> Ban | None:
+        """The active ban covering `address`, if any."""
+        ban = self._active.get(as_network(address))
+        if ban is not None and ban.active(now):
+            return ban
+        for net_ban in self._active_nets.values():
+            if address in net_ban.target and net_ban.active(now):
+                return net_ban
+        return None
+
+    def active(self, now: float) -> list[Ban]:
+        return [b for b in (*self._active.values(), *self._active_nets.values()) if b.active(now)]
+
+    def expire(self, now: float) -> list[Ban]:
+        """Forget bans that ran out and hit windows that closed; returns the expired bans."""
+        expired = [b for b in (*self._active.values(), *self._active_nets.values())
+                   if not b.active(now)]  # fmt: skip
+        for ban in expired:
+            self._active.pop(ban.target, None)
+            self._active_nets.pop(ban.target, None)
+        horizon = now - self.policy.window
+        for source in [s for s, seen in self._recent.items() if max(seen.values()) <= horizon]:
+            del self._recent[source]
+        return expired

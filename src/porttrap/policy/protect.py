@@ -1,0 +1,50 @@
+"""Who is never banned: the allow list, the host's own addresses and loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from porttrap.model import IPAddress, IPNetwork, Outcome
+
+
+class Protection:
+    """Answers 'may this address or network be banned?' with the reason when it may not."""
+
+    def __init__(self, allow: Iterable[IPNetwork], own: Iterable[IPAddress] = ()) -> None:
+        self._allow = tuple(allow)
+        self._own: frozenset[IPAddress] = frozenset(own)
+
+    @property
+    def own(self) -> frozenset[IPAddress]:
+        return self._own
+
+    def set_own(self, own: Iterable[IPAddress]) -> None:
+        self._own = frozenset(own)
+
+    def outcome_for(self, address: IPAddress) -> Outcome | None:
+        """ALLOWED or OWN_ADDRESS when `address` must never be banned, else None."""
+        if address.is_loopback or address in self._own:
+            return Outcome.OWN_ADDRESS
+        if any(address in net for net in self._allow):
+            return Outcome.ALLOWED
+        return None
+
+    def conflict(self, target: IPNetwork) -> str | None:
+        """Why banning `target` would hit a protected address, or None when it is safe."""
+        if target.prefixlen == target.max_prefixlen:
+            address = target.network_address
+            outcome = self.outcome_for(address)
+            if outcome is Outcome.OWN_ADDRESS:
+                return f"{address} is an address of this host"
+            if outcome is Outcome.ALLOWED:
+                return f"{address} is on the allow list"
+            return None
+        if target.is_loopback:
+            return f"{target} is loopback"
+        for own in sorted(self._own, key=str):
+            if own.version == target.version and own in target:
+                return f"{target} contains {own}, an address of this host"
+        for net in self._allow:
+            if net.version == target.version and target.overlaps(net):
+                return f"{target} overlaps allow-list entry {net}"
+        return None

@@ -1,0 +1,197 @@
+"""The engine, as "these hits at these times give exactly these decisions"."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address, ip_network
+
+import pytest
+
+from porttrap.config.schema import BanPolicy, Escalation, Trap
+from porttrap.errors import UsageError
+from porttrap.model import Ban, Hit, Outcome, Proto
+from porttrap.policy import Policy, Protection
+from porttrap.policy.engine import ban_duration
+from porttrap.store.base import StoredBan
+
+T0 = 1_800_000_000.0
+H = 3600.0
+DAY = 86400.0
+ATTACKER = "198.51.100.7"
+
+
+def hit(at: float, source: str = ATTACKER, port: int = 23, proto: Proto = Proto.TCP,
+        local: str = "203.0.113.1") -> Hit:  # fmt: skip
+    return Hit(T0 + at, ip_address(source), 40000, ip_address(local), port, proto)
+
+
+def make(policy: BanPolicy | None = None, traps: tuple[Trap, ...] = (),
+         allow: tuple[str, ...] = (), own: tuple[str, ...] = ()) -> Policy:  # fmt: skip
+    protection = Protection([ip_network(a) for a in allow], [ip_address(o) for o in own])
+    return Policy(policy or BanPolicy(), traps, protection)
+
+
+def play(policy: Policy, hits: list[Hit]) -> list[tuple[Outcome, float | None]]:
+    """Each hit's outcome and, when it banned, the ban's length (None for permanent)."""
+    out: list[tuple[Outcome, float | None]] = []
+    for h in hits:
+        verdict = policy.on_hit(h, h.at)
+        length = None
+        if verdict.ban is not None and verdict.ban.expires_at is not None:
+            length = verdict.ban.expires_at - verdict.ban.banned_at
+        out.append((verdict.outcome, length))
+    return out
+
+
+def test_first_hit_bans_for_the_base_time():
+    assert play(make(), [hit(0)]) == [(Outcome.BANNED, H)]
+
+
+def test_hits_while_banned_change_nothing():
+    assert play(make(), [hit(0), hit(10, port=80), hit(H - 1)]) == [
+        (Outcome.BANNED, H),
+        (Outcome.ALREADY_BANNED, None),
+        (Outcome.ALREADY_BANNED, None),
+    ]
+
+
+def test_quadratic_escalation_then_permanent():
+    # bans at 0 (1h), after expiry 4h, after that 9h... but the 3rd is permanent by default
+    hits = [hit(0), hit(H + 1), hit(H + 1 + 4 * H + 1), hit(10 * DAY)]
+    assert play(make(), hits) == [
+        (Outcome.BANNED, H),
+        (Outcome.BANNED, 4 * H),
+        (Outcome.BANNED, None),
+        (Outcome.ALREADY_BANNED, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("escalation", "lengths"),
+    [
+        (Escalation.QUADRATIC, [1, 4, 9, 16]),
+        (Escalation.EXPONENTIAL, [1, 2, 4, 8]),
+        (Escalation.NONE, [1, 1, 1, 1]),
+    ],
+)
+def test_escalation_formulas(escalation: Escalation, lengths: list[int]):
+    policy = BanPolicy(time=60, escalation=escalation, permanent_after=0)
+    assert [ban_duration(policy, 60, n) for n in (1, 2, 3, 4)] == [60 * k for k in lengths]
+
+
+def test_max_time_caps_temporary_bans():
+    policy = BanPolicy(time=H, max_time=5 * H, permanent_after=0)
+    assert [ban_duration(policy, H, n) for n in (1, 2, 3)] == [H, 4 * H, 5 * H]
+
+
+def test_permanent_after_zero_never_bans_for_good():
+    policy = BanPolicy(time=1, permanent_after=0, max_time=DAY)
+    assert ban_duration(policy, 1, 1000) == DAY
+
+
+def test_trigger_counts_distinct_ports_within_window():
+    engine = make(BanPolicy(trigger=3, window=600))
+    hits = [hit(0, port=23), hit(5, port=23), hit(10, port=24), hit(700, port=25),
+            hit(710, port=26), hit(720, port=27)]  # fmt: skip
+    assert play(engine, hits) == [
+        (Outcome.COUNTED, None),
+        (Outcome.COUNTED, None),  # same port again: still one distinct port
+        (Outcome.COUNTED, None),
+        (Outcome.COUNTED, None),  # 23 and 24 fell out of the window
+        (Outcome.COUNTED, None),
+        (Outcome.BANNED, H),
+    ]
+
+
+def test_per_trap_ban_time_is_the_base_for_escalation():
+    traps = (Trap(Proto.TCP, 9090, ban=2 * H), Trap(Proto.TCP, 23))
+    engine = make(traps=traps)
+    assert play(engine, [hit(0, port=9090), hit(2 * H + 1, port=9090)]) == [
+        (Outcome.BANNED, 2 * H),
+        (Outcome.BANNED, 8 * H),
+    ]
+
+
+def test_per_trap_ban_time_for_one_local_address():
+    traps = (Trap(Proto.TCP, 9090, ip_address("203.0.113.5"), ban=2 * H),)
+    engine = make(traps=traps)
+    other = play(engine, [hit(0, port=9090, local="203.0.113.9")])
+    mine = play(engine, [hit(0, source="198.51.100.8", port=9090, local="203.0.113.5")])
+    assert (other, mine) == ([(Outcome.BANNED, H)], [(Outcome.BANNED, 2 * H)])
+
+
+def test_protected_sources_are_counted_never_banned():
+    engine = make(allow=("192.0.2.0/24", "2001:db8::7/128"), own=("203.0.113.1",))
+    hits = [hit(0, source="192.0.2.50"), hit(0, source="2001:db8::7"),
+            hit(0, source="203.0.113.1"), hit(0, source="127.0.0.5"), hit(0, source="::1"),
+            hit(0, source="2001:db8::8")]  # fmt: skip
+    assert [o for o, _ in play(engine, hits)] == [
+        Outcome.ALLOWED, Outcome.ALLOWED, Outcome.OWN_ADDRESS, Outcome.OWN_ADDRESS,
+        Outcome.OWN_ADDRESS, Outcome.BANNED,
+    ]  # fmt: skip
+
+
+def test_bans_older_than_forget_after_do_not_escalate():
+    engine = make(BanPolicy(forget_after=7 * DAY))
+    assert play(engine, [hit(0), hit(8 * DAY)]) == [(Outcome.BANNED, H), (Outcome.BANNED, H)]
+
+
+def test_manual_ban_refuses_protected_targets():
+    engine = make(allow=("192.0.2.0/24",), own=("203.0.113.1",))
+    for target, why in [
+        ("192.0.2.9/32", "192.0.2.9 is on the allow list"),
+        ("192.0.0.0/16", "overlaps allow-list entry 192.0.2.0/24"),
+        ("203.0.113.0/24", "contains 203.0.113.1, an address of this host"),
+        ("127.0.0.0/8", "loopback"),
+    ]:
+        with pytest.raises(UsageError, match=why):
+            engine.ban(ip_network(target), T0)
+
+
+def test_manual_ban_kinds_and_cidr_cover_hits():
+    engine = make()
+    net = engine.ban(ip_network("198.51.100.0/24"), T0, duration=60)
+    perm = engine.ban(ip_network("2001:db8::/48"), T0, permanent=True)
+    escalated = engine.ban(ip_network("203.0.113.9/32"), T0)
+    assert (net.expires_at, perm.expires_at, escalated.expires_at) == (T0 + 60, None, T0 + H)
+    assert play(engine, [hit(1), hit(1, source="2001:db8::1"), hit(61)]) == [
+        (Outcome.ALREADY_BANNED, None),
+        (Outcome.ALREADY_BANNED, None),
+        (Outcome.BANNED, H),
+    ]
+
+
+def test_unban_forgives_the_ban():
+    engine = make()
+    first = engine.on_hit(hit(0), T0).ban
+    assert first is not None
+    engine.unban(first.target, T0 + 10)
+    assert play(engine, [hit(20)]) == [(Outcome.BANNED, H)]
+
+
+def test_restore_continues_escalation_and_lifts_newly_protected():
+    old = Ban(ip_network(ATTACKER), T0 - 2 * H, T0 - H, 1, "trap:tcp/23")
+    lifted = Ban(ip_network(ATTACKER), T0 - 3 * H, T0 - 2.5 * H, 1, "trap:tcp/23")
+    allowed = Ban(ip_network("192.0.2.9/32"), T0 - 60, T0 + H, 1, "trap:tcp/23")
+    engine = make(allow=("192.0.2.0/24",))
+    history = [StoredBan(lifted, T0 - 2.9 * H, "manual"), StoredBan(old), StoredBan(allowed)]
+    unbans = engine.restore([allowed], history, T0)
+    assert [str(u.target) for u in unbans] == ["192.0.2.9/32"]
+    assert play(engine, [hit(0)]) == [(Outcome.BANNED, 4 * H)]
+    assert [(str(b.target), b.ban_count) for b in engine.active(T0)] == [(f"{ATTACKER}/32", 2)]
+
+
+def test_own_address_change_lifts_its_ban():
+    engine = make()
+    engine.on_hit(hit(0, source="203.0.113.50"), T0)
+    unbans = engine.set_own_addresses([ip_address("203.0.113.50")], T0 + 1)
+    assert [str(u.target) for u in unbans] == ["203.0.113.50/32"]
+    assert engine.active(T0 + 1) == []
+
+
+def test_expire_forgets_ended_bans_and_closed_windows():
+    engine = make(BanPolicy(trigger=2))
+    engine.on_hit(hit(0, source="198.51.100.1"), T0)
+    engine.ban(ip_network("198.51.100.2/32"), T0, duration=30)
+    assert [str(b.target) for b in engine.expire(T0 + 31)] == ["198.51.100.2/32"]
+    engine.expire(T0 + 700)
+    assert play(engine, [hit(701, source="198.51.100.1", port=24)]) == [(Outcome.COUNTED, None)]
