@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs everything porttrap needs on Debian 12 (system packages + a virtualenv), then
+#   setup.sh run [ARGS...]   runs the daemon: `porttrap run ARGS...` (built-in defaults, or
+#                            /etc/porttrap/porttrap.toml when present)
+#   setup.sh test [ARGS...]  runs the whole test suite (lint, types, unit, contract, integration)
+# Run it as root from a checkout. Idempotent: a second run installs nothing new.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=${1:-}
+case "$mode" in
+  run|test) shift ;;
+  *) echo "usage: $0 run|test [ARGS...]" >&2; exit 64 ;;
+esac
+[ "$(id -u)" = 0 ] || { echo "setup.sh: run me as root (porttrap manages the kernel firewall)" >&2; exit 1; }
+
+# nftables + libnftables' Python binding (python3-nftables) for the firewall, iproute2 for the
+# network namespaces the tests build; Debian's own python3 so that the binding imports.
+packages=(nftables python3 python3-venv python3-nftables iproute2)
+[ "$mode" = test ] && packages+=(procps)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+if [ "$mode" = run ]; then venv=${PORTTRAP_VENV:-/opt/porttrap/venv}; else venv=${PORTTRAP_VENV:-$PWD/.venv}; fi
+if [ ! -x "$venv/bin/python" ]; then
+  # --system-site-packages: the nftables binding comes from Debian, not from PyPI
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
+
+if [ "$mode" = run ]; then
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check . >&2
+  ln -sf "$venv/bin/porttrap" /usr/local/sbin/porttrap
+  exec "$venv/bin/porttrap" run "$@"
+fi
+
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' >&2
+export PATH="$venv/bin:$PATH"
+exec scripts/check.sh "$@"
