@@ -23,8 +23,8 @@ DEFAULT_UDP_TRAPS = (
 
 
 class Escalation(enum.StrEnum):
-    QUADRATIC = "quadratic"  # n-th ban lasts time × n²  (port_trap)
-    EXPONENTIAL = "exponential"  # n-th ban lasts time × 2^(n-1)
+    QUADRATIC = "quadratic"  # n-th ban lasts time * n**2  (port_trap)
+    EXPONENTIAL = "exponential"  # n-th ban lasts time * 2**(n-1)
     NONE = "none"  # every ban lasts time
 
 

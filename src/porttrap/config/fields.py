@@ -1,0 +1,251 @@
+"""Checking single config values. Each parser takes a raw TOML value and returns the typed value
+or raises ValueError with a message that says what is expected; `Problems` turns those into
+`ConfigProblem`s with the key and its line, so one run reports every problem in the file."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import enum
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from porttrap.config.locate import line_of, locate
+from porttrap.errors import ConfigProblem
+from porttrap.model import IPAddress, IPNetwork, Proto
+from porttrap.units import parse_duration, parse_ports
+
+T = TypeVar("T")
+E = TypeVar("E", bound=enum.StrEnum)
+Table = dict[str, Any]
+Parser = Callable[[object], T]
+
+_TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+_RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
+_ZERO_DURATION = re.compile(r"\s*(0+(\.0*)?\s*[smhdwSMHDW]\s*)+")
+
+
+class Problems:
+    """Every problem found in one config text, each placed on its line when it can be found."""
+
+    def __init__(self, path: Path | None, text: str) -> None:
+        self._path = path
+        self._text = text
+        self._lines: dict[str, int] | None = None
+        self._found: list[ConfigProblem] = []
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+    def add(self, key: str, message: str) -> None:
+        if self._lines is None:
+            self._lines = locate(self._text)
+        self._found.append(ConfigProblem(self._path, line_of(self._lines, key), key, message))
+
+    def sorted(self) -> list[ConfigProblem]:
+        """In file order; problems without a line last, each group in the order found."""
+        return sorted(self._found, key=lambda p: (p.line is None, p.line or 0))
+
+
+def show(value: object) -> str:
+    """A value as it would look in TOML, for messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return str(value)
+
+
+def join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """One TOML table being checked: its values, its dotted key, and where problems go."""
+
+    table: Table
+    key: str
+    problems: Problems
+
+    def check_keys(self, known: Collection[str]) -> None:
+        """Unknown keys are errors: a typo must not silently leave a default in force."""
+        for name in self.table:
+            if name not in known:
+                self.problems.add(join(self.key, name), unknown_key_message(name, known))
+
+    def sub(self, name: str) -> Section:
+        """The sub-table `name`; empty when missing or (with a problem) not a table."""
+        key = join(self.key, name)
+        value = self.table.get(name, {})
+        if not isinstance(value, dict):
+            self.problems.add(key, f"expected a table such as [{key}], got {show(value)}")
+            value = {}
+        return Section(value, key, self.problems)
+
+    def get(self, name: str, parse: Parser[T], default: T) -> T:
+        """`parse(table[name])`; `default` when the key is missing or (with a problem) invalid."""
+        if name not in self.table:
+            return default
+        try:
+            return parse(self.table[name])
+        except ValueError as exc:
+            self.problems.add(join(self.key, name), str(exc))
+            return default
+
+    def need(self, name: str, parse: Parser[T]) -> T | None:
+        """`parse(table[name])`; None, with a problem, when the key is missing or invalid."""
+        if name not in self.table:
+            self.problems.add(join(self.key, name), f"missing {show(name)}; this key is required")
+            return None
+        return self.get(name, parse, None)
+
+    def items(self, name: str, parse: Parser[T], example: str) -> list[T]:
+        """Each valid item of the array `name`; a problem for a non-array or each bad item."""
+        key, value = join(self.key, name), self.table.get(name, [])
+        if not isinstance(value, list):
+            self.problems.add(key, f"expected a list such as {example}, got {show(value)}")
+            return []
+        return list(_valid_items(value, key, parse, self.problems))
+
+
+def unknown_key_message(name: str, known: Collection[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    if close:
+        return f"unknown key {show(name)}; did you mean {show(close[0])}?"
+    return f"unknown key {show(name)}; expected one of: {', '.join(known)}"
+
+
+def _valid_items(
+    values: list[object], key: str, parse: Parser[T], problems: Problems
+) -> Iterable[T]:
+    for index, value in enumerate(values):
+        try:
+            yield parse(value)
+        except ValueError as exc:
+            problems.add(f"{key}[{index}]", str(exc))
+
+
+def duration(value: object) -> float:
+    """'30s', '1h30m' ... or a whole number of seconds; more than zero."""
+    total = _duration_seconds(value)
+    if total <= 0:
+        raise ValueError(f"a duration must be more than zero, got {show(value)}")
+    return total
+
+
+def _duration_seconds(value: object) -> float:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and _ZERO_DURATION.fullmatch(value):
+        return 0.0
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return parse_duration(value)
+    raise ValueError(f"expected a duration such as 30s, 10m, 1h, 1d, 1w, got {show(value)}")
+
+
+def ports(value: object) -> range:
+    """A port (23, "23") or a range ("5900-5910") of ports 1-65535."""
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError):
+            return parse_ports(value)
+    backwards = _RANGE.fullmatch(value) if isinstance(value, str) else None
+    if backwards and int(backwards[1]) > int(backwards[2]):
+        fixed = f"{int(backwards[2])}-{int(backwards[1])}"
+        raise ValueError(f"the range {show(value)} ends before it starts; write {show(fixed)}")
+    raise ValueError(
+        f'expected a port 1-65535 such as 23 or a range such as "5900-5910", got {show(value)}'
+    )
+
+
+def at_least(minimum: int) -> Parser[int]:
+    def parse(value: object) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+            return value
+        raise ValueError(f"expected a whole number of at least {minimum}, got {show(value)}")
+
+    return parse
+
+
+def one_of(choices: type[E]) -> Parser[E]:
+    names = [choice.value for choice in choices]
+
+    def parse(value: object) -> E:
+        if isinstance(value, str) and value in names:
+            return choices(value)
+        raise ValueError(choice_message(value, names))
+
+    return parse
+
+
+def choice_message(value: object, names: Sequence[str]) -> str:
+    listed = ", ".join(show(name) for name in names)
+    hint = difflib.get_close_matches(value.lower(), names, n=1) if isinstance(value, str) else []
+    guess = f"; did you mean {show(hint[0])}?" if hint else ""
+    return f"expected one of {listed}, got {show(value)}{guess}"
+
+
+def proto(value: object) -> Proto:
+    return one_of(Proto)(value)
+
+
+def absolute_path(value: object) -> Path:
+    if isinstance(value, str) and Path(value).is_absolute():
+        return Path(value)
+    raise ValueError(f'expected an absolute path such as "/var/lib/porttrap", got {show(value)}')
+
+
+def table_name(value: object) -> str:
+    if isinstance(value, str) and _TABLE_NAME.fullmatch(value):
+        return value
+    raise ValueError(
+        "expected an nftables table name: a letter, then up to 31 letters, digits or _, "
+        f'such as "porttrap", got {show(value)}'
+    )
+
+
+def address(value: object) -> IPAddress:
+    """One local address, IPv4 or IPv6."""
+    try:
+        if isinstance(value, str):
+            return ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    raise ValueError(
+        f'expected a single address such as "203.0.113.5" or "2001:db8::5", got {show(value)}'
+    )
+
+
+def network(value: object) -> IPNetwork:
+    """An address (as a /32 or /128) or a network in CIDR notation, IPv4 or IPv6."""
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_network(value, strict=True)
+        except ValueError:
+            _raise_if_host_bits(value)
+    raise ValueError(
+        'expected an address or a network such as "192.0.2.0/24" or "2001:db8::7", '
+        f"got {show(value)}"
+    )
+
+
+def _raise_if_host_bits(value: str) -> None:
+    try:
+        loose = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return
+    single = value.split("/", 1)[0]
+    raise ValueError(
+        f"{show(value)} has host bits set: write the network {show(str(loose))}, "
+        f"or {show(single)} for the single address"
+    )

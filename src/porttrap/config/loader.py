@@ -1,0 +1,156 @@
+"""Reading porttrap.toml into a `Config`. Every problem in the file is reported at once, each with
+its line and dotted key, because a config that half loads could leave ports unprotected."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from porttrap.config import fields
+from porttrap.config.fields import Problems, Section, Table
+from porttrap.config.schema import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_STATE_DIR,
+    BanPolicy,
+    Config,
+    Escalation,
+    FirewallConfig,
+    StoreConfig,
+)
+from porttrap.config.traps import build_traps
+from porttrap.errors import ConfigError, ConfigProblem
+from porttrap.units import format_duration
+
+TOP_KEYS = ("state_dir", "traps", "ban", "allow", "firewall", "store")
+BAN_KEYS = (
+    "time",
+    "escalation",
+    "max_time",
+    "permanent_after",
+    "trigger",
+    "window",
+    "forget_after",
+)
+BACKENDS = ("nftables", "dry-run")
+_ALLOW_EXAMPLE = '["192.0.2.0/24", "2001:db8::7"]'
+_SYNTAX_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+_SYNTAX_AT_END = re.compile(r"\s*\(at end of document\)$")
+
+
+def load(path: Path | None) -> Config:
+    """The config in `path`; with None, DEFAULT_CONFIG_PATH if it exists, else the defaults."""
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists():
+            return load_text("", None)
+        path = DEFAULT_CONFIG_PATH
+    return load_text(_read(path), path)
+
+
+def load_text(text: str, path: Path | None) -> Config:
+    """The config in `text`, read from `path` (None: not from a file). Raises ConfigError."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([_syntax_problem(exc, text, path)]) from None
+    problems = Problems(path, text)
+    config = _config(data, problems, path)
+    if len(problems):
+        raise ConfigError(problems.sorted())
+    return config
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        message = "no such file; create it or give another file"
+    except UnicodeDecodeError as exc:
+        message = f"not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+    except OSError as exc:
+        message = f"cannot read it: {exc.strerror or exc}"
+    raise ConfigError([ConfigProblem(path, None, "", message)])
+
+
+def _syntax_problem(exc: tomllib.TOMLDecodeError, text: str, path: Path | None) -> ConfigProblem:
+    """tomllib puts the place at the end of its message: "... (at line 3, column 8)"."""
+    message = str(exc)
+    if match := _SYNTAX_AT.search(message):
+        found = f"{message[: match.start()]} (column {match.group(2)})"
+        return ConfigProblem(path, int(match.group(1)), "", f"not valid TOML: {found}")
+    if match := _SYNTAX_AT_END.search(message):
+        last_line = text.count("\n") + (0 if text.endswith("\n") else 1)
+        found = f"{message[: match.start()]} at the end of the file"
+        return ConfigProblem(path, last_line, "", f"not valid TOML: {found}")
+    return ConfigProblem(path, None, "", f"not valid TOML: {message}")
+
+
+def _config(data: Table, problems: Problems, path: Path | None) -> Config:
+    top = Section(data, "", problems)
+    top.check_keys(TOP_KEYS)
+    return Config(
+        state_dir=top.get("state_dir", fields.absolute_path, DEFAULT_STATE_DIR),
+        traps=build_traps(top.sub("traps")),
+        ban=_ban(top.sub("ban")),
+        allow=tuple(top.sub("allow").items("addresses", fields.network, _ALLOW_EXAMPLE)),
+        firewall=_firewall(top.sub("firewall")),
+        store=_store(top.sub("store")),
+        source=path,
+    )
+
+
+def _ban(section: Section) -> BanPolicy:
+    section.check_keys(BAN_KEYS)
+    default, before = BanPolicy(), len(section.problems)
+    time = section.get("time", fields.duration, default.time)
+    max_time = section.get("max_time", fields.duration, default.max_time)
+    if max_time < time and len(section.problems) == before:
+        section.problems.add("ban.max_time", _max_time_message(section, time, max_time))
+    return BanPolicy(
+        time=time,
+        escalation=section.get("escalation", fields.one_of(Escalation), default.escalation),
+        max_time=max_time,
+        permanent_after=section.get("permanent_after", fields.at_least(0), default.permanent_after),
+        trigger=section.get("trigger", fields.at_least(1), default.trigger),
+        window=section.get("window", fields.duration, default.window),
+        forget_after=section.get("forget_after", fields.duration, default.forget_after),
+    )
+
+
+def _max_time_message(section: Section, time: float, max_time: float) -> str:
+    which = "" if "max_time" in section.table else ", the default"
+    return (
+        f"max_time ({_human(max_time)}{which}) is shorter than time ({_human(time)}); "
+        f"set max_time to at least {_human(time)}"
+    )
+
+
+def _human(seconds: float) -> str:
+    """In the largest unit that divides it, as people write it: 30d rather than 4w2d."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return format_duration(seconds)
+
+
+def _firewall(section: Section) -> FirewallConfig:
+    section.check_keys(("backend", "table"))
+    default = FirewallConfig()
+    return FirewallConfig(
+        backend=section.get("backend", _backend, default.backend),
+        table=section.get("table", fields.table_name, default.table),
+    )
+
+
+def _backend(value: object) -> str:
+    if isinstance(value, str) and value in BACKENDS:
+        return value
+    raise ValueError(fields.choice_message(value, BACKENDS))
+
+
+def _store(section: Section) -> StoreConfig:
+    section.check_keys(("hit_retention",))
+    default = StoreConfig()
+    return StoreConfig(
+        hit_retention=section.get("hit_retention", fields.duration, default.hit_retention)
+    )

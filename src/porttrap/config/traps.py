@@ -1,0 +1,114 @@
+"""The `[traps]` section: plain port lists per protocol plus `[[traps.port]]` entries with their
+own address or ban time, expanded into one `Trap` per port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from porttrap.config import fields
+from porttrap.config.fields import Problems, Section
+from porttrap.config.schema import DEFAULT_TCP_TRAPS, DEFAULT_UDP_TRAPS, Trap
+from porttrap.model import IPAddress, Proto
+from porttrap.units import parse_ports
+
+DEFAULTS = {Proto.TCP: DEFAULT_TCP_TRAPS, Proto.UDP: DEFAULT_UDP_TRAPS}
+KEYS = ("tcp", "udp", "port")
+ENTRY_KEYS = ("port", "proto", "address", "ban")
+_LIST_EXAMPLE = '["23", "2323", "5900-5910"]'
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """The traps of one valid `[[traps.port]]` table; `index` is its place in the file."""
+
+    index: int
+    traps: tuple[Trap, ...]
+
+
+def build_traps(section: Section) -> tuple[Trap, ...]:
+    """The traps `[traps]` asks for, sorted by (proto, port, address); problems for the rest."""
+    section.check_keys(KEYS)
+    plain = {(proto, port) for proto in Proto for port in _plain_ports(section, proto)}
+    entries = _entries(section.table.get("port", []), section.problems)
+    _check_clashes(entries, section.problems)
+    specific = {trap for entry in entries for trap in entry.traps}
+    replaced = {(trap.proto, trap.port) for trap in specific}
+    traps = {Trap(proto, port) for proto, port in plain - replaced} | specific
+    return tuple(sorted(traps, key=_order))
+
+
+def default_ports(proto: Proto) -> set[int]:
+    return {port for text in DEFAULTS[proto] for port in parse_ports(text)}
+
+
+def _order(trap: Trap) -> tuple[str, int, int, int]:
+    if trap.address is None:
+        return (trap.proto.value, trap.port, 0, 0)
+    return (trap.proto.value, trap.port, trap.address.version, int(trap.address))
+
+
+def _plain_ports(section: Section, proto: Proto) -> set[int]:
+    if proto.value not in section.table:
+        return default_ports(proto)
+    found = section.items(proto.value, fields.ports, _LIST_EXAMPLE)
+    return {port for ports in found for port in ports}
+
+
+def _entries(value: object, problems: Problems) -> list[_Entry]:
+    if not isinstance(value, list):
+        problems.add("traps.port", f"expected [[traps.port]] tables, got {fields.show(value)}")
+        return []
+    entries = (_entry(index, item, problems) for index, item in enumerate(value))
+    return [entry for entry in entries if entry is not None]
+
+
+def _entry(index: int, item: object, problems: Problems) -> _Entry | None:
+    """One `[[traps.port]]` table; None when anything in it is wrong (problems say what)."""
+    key = f"traps.port[{index}]"
+    if not isinstance(item, dict):
+        problems.add(key, f"expected a table with port and proto, got {fields.show(item)}")
+        return None
+    before = len(problems)
+    section = Section(item, key, problems)
+    section.check_keys(ENTRY_KEYS)
+    ports = section.need("port", fields.ports)
+    proto = section.need("proto", fields.proto)
+    address = section.get("address", fields.address, None)
+    ban = section.get("ban", fields.duration, None)
+    if ports is None or proto is None or len(problems) > before:
+        return None
+    return _Entry(index, tuple(Trap(proto, port, address, ban) for port in ports))
+
+
+def _check_clashes(entries: Iterable[_Entry], problems: Problems) -> None:
+    """Two entries may share a port only on two different specific addresses."""
+    owners: dict[tuple[Proto, int], list[tuple[IPAddress | None, int]]] = {}
+    reported: set[tuple[int, int]] = set()
+    for entry in entries:
+        for trap in entry.traps:
+            spot = owners.setdefault((trap.proto, trap.port), [])
+            for there, other in spot:
+                if _clash(trap.address, there) and (other, entry.index) not in reported:
+                    reported.add((other, entry.index))
+                    problems.add(f"traps.port[{entry.index}]", _clash_message(trap, there, other))
+            spot.append((trap.address, entry.index))
+
+
+def _clash(here: IPAddress | None, there: IPAddress | None) -> bool:
+    return here is None or there is None or here == there
+
+
+def _clash_message(trap: Trap, there: IPAddress | None, other: int) -> str:
+    port = f"{trap.port}/{trap.proto.value}"
+    if trap.address == there:
+        return f"{port} {_on(there)} is already trapped by traps.port[{other}]; remove one of them"
+    return (
+        f"{port} {_on(trap.address)} clashes with traps.port[{other}], which traps it "
+        f"{_on(there)}: the kernel cannot bind a port on every address and on one address "
+        "too; give both an address or remove one"
+    )
+
+
+def _on(address: IPAddress | None) -> str:
+    return "on every address" if address is None else f"on {address}"
