@@ -1,0 +1,401 @@
+"""The socket trap sensor: a listening socket per trap port, all served by one asyncio loop.
+
+TCP traps let the kernel finish the handshake, then accept and close at once (a full connect is
+proof that the source address is not spoofed). UDP traps read each datagram's real destination
+from IP_PKTINFO / IPV6_PKTINFO, so a wildcard bind still reports which local address was hit.
+
+Each socket has one `loop.add_reader` callback that drains a bounded number of connections or
+datagrams, so a flood on one port cannot starve the others. Running out of descriptors or
+buffers (EMFILE, ENFILE, ENOBUFS, ENOMEM) removes the reader for a while, backing off from
+0.05 s up to 2 s, instead of spinning on a queue it cannot empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import resource
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from porttrap.clock import Clock
+from porttrap.config.schema import Trap
+from porttrap.log import LOGGER, event, fields
+from porttrap.model import Hit, IPAddress, Proto, unmap
+from porttrap.sensors.holders import PortHolders
+
+LISTEN_BACKLOG = 511
+DRAIN_LIMIT = 64  # connections or datagrams per callback, then the loop serves the others
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 2.0
+WARN_EVERY = 60.0  # seconds between WARNING-level backoff events per socket; DEBUG in between
+
+IP_PKTINFO = 8  # linux/in.h; socket.IP_PKTINFO only exists from Python 3.12
+IPV6_RECVPKTINFO = 49  # linux/in6.h: ask for IPV6_PKTINFO with every datagram
+IPV6_PKTINFO = 50  # the cmsg type the kernel then attaches
+_ANCILLARY_SIZE = socket.CMSG_SPACE(20)  # room for one in6_pktinfo (and so one in_pktinfo)
+
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Failures of one connection or datagram (the peer gave up, an ICMP error): skip it and go on.
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.ECONNABORTED,
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.EPROTO,
+        errno.EPERM,  # Linux accept() reports a firewall-dropped connection this way
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ENONET,
+        errno.ENOPROTOOPT,
+        errno.EOPNOTSUPP,
+        errno.ETIMEDOUT,
+    }
+)
+
+HitHandler = Callable[[Hit], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BoundTrap:
+    """A trap socket that is listening. `address` as bound: "0.0.0.0", "::" or one address."""
+
+    proto: Proto
+    port: int
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedTrap:
+    """A trap socket that could not be bound, why, and who holds the port when known."""
+
+    proto: Proto
+    port: int
+    address: str
+    reason: str
+    holder: str | None = None  # "sshd pid=123"
+
+
+@dataclass(frozen=True)
+class TrapReport:
+    """What `SocketTraps.start` managed to set. The daemon decides what to do with none set."""
+
+    set: list[BoundTrap] = field(default_factory=list)
+    skipped: list[SkippedTrap] = field(default_factory=list)
+
+    @property
+    def none_set(self) -> bool:
+        return not self.set
+
+
+class SocketTraps:
+    """Every trap socket of a configuration, served by one event loop.
+
+    `on_hit` is called synchronously from the loop for each connection or datagram; keep it
+    cheap (queue the hit). An exception from it is logged with its traceback and ignored.
+    """
+
+    def __init__(self, traps: Sequence[Trap], on_hit: HitHandler, clock: Clock) -> None:
+        self._traps = tuple(traps)
+        self._on_hit = on_hit
+        self._clock = clock
+        self._listeners: list[_Listener] = []
+        self._started = False
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> TrapReport:
+        """Bind every trap and register its reader on `loop`; report what was set and skipped."""
+        if self._started:
+            raise RuntimeError("SocketTraps.start called twice")
+        self._started = True
+        raise_nofile_limit()
+        report = TrapReport()
+        holders = PortHolders()
+        for trap in self._traps:
+            for address in _addresses(trap):
+                self._bind(loop, trap, address, report, holders)
+        return report
+
+    def close(self) -> None:
+        """Unregister and close every trap socket. Safe to call more than once."""
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+
+    def _bind(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        trap: Trap,
+        address: IPAddress,
+        report: TrapReport,
+        holders: PortHolders,
+    ) -> None:
+        shown = str(address)
+        try:
+            sock = open_trap_socket(trap.proto, address, trap.port)
+        except OSError as exc:
+            skipped = _skipped(trap, shown, exc, holders)
+            report.skipped.append(skipped)
+            event(
+                "trap-skipped",
+                logging.WARNING,
+                proto=trap.proto,
+                port=trap.port,
+                address=shown,
+                reason=skipped.reason,
+                holder=skipped.holder,
+            )
+            return
+        listener = _Listener(
+            sock,
+            proto=trap.proto,
+            bound=address,
+            port=trap.port,
+            emit=self._emit,
+            clock=self._clock,
+        )
+        listener.register(loop)
+        self._listeners.append(listener)
+        report.set.append(BoundTrap(trap.proto, trap.port, shown))
+        event("trap-set", proto=trap.proto, port=trap.port, address=shown)
+
+    def _emit(self, hit: Hit) -> None:
+        try:
+            self._on_hit(hit)
+        except Exception:
+            LOGGER.exception(
+                fields("hit-handler-failed", proto=hit.proto, port=hit.port, source=hit.source)
+            )
+
+
+def _addresses(trap: Trap) -> tuple[IPAddress, ...]:
+    if trap.address is not None:
+        return (trap.address,)
+    return (ipaddress.IPv4Address("0.0.0.0"), ipaddress.IPv6Address("::"))
+
+
+def open_trap_socket(proto: Proto, address: IPAddress, port: int) -> socket.socket:
+    """A non-blocking socket bound to (address, port): listening for TCP, PKTINFO on for UDP."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    kind = socket.SOCK_STREAM if proto is Proto.TCP else socket.SOCK_DGRAM
+    sock = socket.socket(family, kind)
+    try:
+        sock.setblocking(False)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if proto is Proto.TCP:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        elif family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        sock.bind((str(address), port))
+        if proto is Proto.TCP:
+            sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def raise_nofile_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: hundreds of traps need hundreds of fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        event("nofile-limit", logging.WARNING, soft=soft, hard=hard, error=exc)
+        return
+    event("nofile-limit", logging.DEBUG, soft=hard, previous=soft)
+
+
+# -- bind failures -----------------------------------------------------------------------------
+
+
+def _skipped(trap: Trap, shown: str, exc: OSError, holders: PortHolders) -> SkippedTrap:
+    holder = None
+    if exc.errno == errno.EADDRINUSE:
+        holder = holders.find(trap.proto, ipaddress.ip_address(shown), trap.port)
+    return SkippedTrap(trap.proto, trap.port, shown, bind_failure_reason(exc, shown), holder)
+
+
+def bind_failure_reason(exc: OSError, shown: str) -> str:
+    """Why a trap socket could not be bound, in words a person can act on."""
+    number = exc.errno
+    if number == errno.EADDRINUSE:
+        return "in use"
+    if number == errno.EADDRNOTAVAIL:
+        return "address not on this host"
+    if number == errno.EAFNOSUPPORT and ":" in shown:
+        return "IPv6 not available"
+    if number == errno.EACCES:
+        return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    name = errno.errorcode.get(number, "?") if number is not None else "?"
+    return f"{exc.strerror or exc} ({name})"
+
+
+# -- the sockets at work -----------------------------------------------------------------------
+
+
+class _Listener:
+    """One trap socket, its reader callback and its backoff state."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        proto: Proto,
+        bound: IPAddress,
+        port: int,
+        emit: HitHandler,
+        clock: Clock,
+    ) -> None:
+        self.sock = sock
+        self.proto = proto
+        self.bound = bound
+        self.port = port
+        self._emit = emit
+        self._clock = clock
+        self._take: Callable[[], Hit | None] = self._accept if proto is Proto.TCP else self._receive
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._backoff = BACKOFF_MIN
+        self._last_warning: float | None = None
+
+    def register(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.sock, self._on_readable)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._loop is not None and self.sock.fileno() != -1:
+            self._loop.remove_reader(self.sock)
+        self.sock.close()
+
+    def _on_readable(self) -> None:
+        try:
+            self._drain()
+        except OSError as exc:
+            if exc.errno not in RESOURCE_ERRNOS:
+                self._log_unexpected()
+            self._back_off(exc)
+        except Exception as exc:
+            self._log_unexpected()
+            self._back_off(exc)
+
+    def _drain(self) -> None:
+        """Take up to DRAIN_LIMIT connections or datagrams; the loop calls again if more wait."""
+        for _ in range(DRAIN_LIMIT):
+            try:
+                hit = self._take()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in TRANSIENT_ERRNOS:
+                    continue
+                raise
+            self._backoff = BACKOFF_MIN
+            if hit is not None:
+                self._emit(hit)
+
+    def _accept(self) -> Hit | None:
+        """Accept one connection, note both ends and close it at once."""
+        conn, peer = self.sock.accept()
+        with conn:
+            try:
+                local = conn.getsockname()
+            except OSError as exc:  # the peer is gone already; nothing to report
+                event("trap-connection-lost", logging.DEBUG, port=self.port, errno=_name(exc))
+                return None
+        return self._hit(peer, _parse_ip(local[0]), "connect")
+
+    def _receive(self) -> Hit:
+        """Read one datagram (its payload is dropped) and where it was sent."""
+        _, ancillary, _, peer = self.sock.recvmsg(0, _ANCILLARY_SIZE)
+        local = pktinfo_destination(ancillary) or self.bound
+        return self._hit(peer, local, "udp")
+
+    def _hit(self, peer: tuple[Any, ...], local: IPAddress, kind: str) -> Hit:
+        return Hit(
+            at=self._clock.now(),
+            source=_parse_ip(peer[0]),
+            source_port=int(peer[1]),
+            local=unmap(local),
+            port=self.port,
+            proto=self.proto,
+            kind=kind,
+        )
+
+    def _back_off(self, exc: BaseException) -> None:
+        """Stop reading for a while; read again after the delay, doubled for next time."""
+        delay = self._backoff
+        self._backoff = min(delay * 2, BACKOFF_MAX)
+        event(
+            "trap-backoff",
+            self._backoff_level(),
+            proto=self.proto,
+            port=self.port,
+            address=self.bound,
+            errno=_name(exc),
+            delay=delay,
+        )
+        if self._loop is None or self._timer is not None:
+            return
+        self._loop.remove_reader(self.sock)
+        self._timer = self._loop.call_later(delay, self._resume)
+
+    def _backoff_level(self) -> int:
+        """WARNING for the first backoff in WARN_EVERY seconds, DEBUG for the rest."""
+        now = self._clock.monotonic()
+        if self._last_warning is not None and now - self._last_warning < WARN_EVERY:
+            return logging.DEBUG
+        self._last_warning = now
+        return logging.WARNING
+
+    def _resume(self) -> None:
+        self._timer = None
+        if self._loop is not None and self.sock.fileno() != -1:
+            self._loop.add_reader(self.sock, self._on_readable)
+
+    def _log_unexpected(self) -> None:
+        LOGGER.exception(fields("trap-error", proto=self.proto, port=self.port, address=self.bound))
+
+
+def _name(exc: BaseException) -> str:
+    number = exc.errno if isinstance(exc, OSError) else None
+    if number is None:
+        return type(exc).__name__
+    return errno.errorcode.get(number, str(number))
+
+
+def _parse_ip(text: str) -> IPAddress:
+    """An address from a socket call, without an IPv6 "%scope" and IPv4-mapped unmapped."""
+    return unmap(ipaddress.ip_address(text.split("%", 1)[0]))
+
+
+# -- ancillary data ----------------------------------------------------------------------------
+
+_IN_PKTINFO = struct.Struct("=i4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
+_IN6_PKTINFO = struct.Struct("=16si")  # ipi6_addr, ipi6_ifindex
+
+
+def pktinfo_destination(ancillary: Sequence[tuple[int, int, bytes]]) -> IPAddress | None:
+    """The header destination address from recvmsg's IP_PKTINFO or IPV6_PKTINFO, if any."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _IN_PKTINFO.size:
+            _, _, addr = _IN_PKTINFO.unpack_from(data)
+            return ipaddress.IPv4Address(addr)
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= _IN6_PKTINFO.size:
+            addr6, _ = _IN6_PKTINFO.unpack_from(data)
+            return unmap(ipaddress.IPv6Address(addr6))
+    return None

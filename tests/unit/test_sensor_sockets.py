@@ -1,0 +1,385 @@
+"""The socket trap sensor on 127.0.0.1 / ::1 high ports in the root namespace (no root needed,
+except that the holder of a port is found through psutil, which sees our own process anyway)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import os
+import resource
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psutil
+import pytest
+
+from porttrap.config.schema import Trap
+from porttrap.model import Hit, IPAddress, Proto
+from porttrap.sensors.sockets import (
+    BACKOFF_MIN,
+    IP_PKTINFO,
+    IPV6_PKTINFO,
+    BoundTrap,
+    SocketTraps,
+    TrapReport,
+    bind_failure_reason,
+    pktinfo_destination,
+)
+from porttrap.testing import FakeClock
+
+V4 = ipaddress.IPv4Address("127.0.0.1")
+V6 = ipaddress.IPv6Address("::1")
+PRIVILEGED = "ports below 1024 need root or CAP_NET_BIND_SERVICE"
+WAIT = 20.0  # generous: these waits end as soon as the event arrives
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no ::1 on this host")
+
+
+def free_ports(count: int, address: IPAddress = V4, kind: int = socket.SOCK_STREAM) -> list[int]:
+    """Ports the kernel hands out for port 0, all distinct, released again."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    held = [socket.socket(family, kind) for _ in range(count)]
+    try:
+        for sock in held:
+            sock.bind((str(address), 0))
+        return [sock.getsockname()[1] for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
+class Sensor:
+    """SocketTraps on the running loop, hits in a queue."""
+
+    def __init__(self, traps: list[Trap], on_hit: Callable[[Hit], None] | None = None) -> None:
+        self.hits: asyncio.Queue[Hit] = asyncio.Queue()
+        self.clock = FakeClock()
+        self.traps = SocketTraps(traps, on_hit or self.hits.put_nowait, self.clock)
+        self.report = self.traps.start(asyncio.get_running_loop())
+
+    async def hit(self) -> Hit:
+        return await asyncio.wait_for(self.hits.get(), WAIT)
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(scenario(), 60)
+
+    asyncio.run(bounded())
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the loop run until `condition()` holds; fail after WAIT seconds."""
+    for _ in range(int(WAIT / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("condition not met in time")
+
+
+@contextmanager
+def client(address: IPAddress, port: int) -> Iterator[socket.socket]:
+    with socket.create_connection((str(address), port), timeout=WAIT) as sock:
+        yield sock
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(16) == b""
+    except ConnectionResetError:
+        return True
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith(f"event={name} ")]
+
+
+@pytest.fixture(autouse=True)
+def _debug_events(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="porttrap")
+
+
+# -- TCP ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("address", [V4, pytest.param(V6, marks=needs_ipv6)], ids=str)
+def test_tcp_connect_gives_one_hit_and_the_client_sees_the_close(address: IPAddress) -> None:
+    (port,) = free_ports(1, address)
+
+    async def scenario() -> None:
+        sensor = Sensor([Trap(Proto.TCP, port, address)])
+        try:
+            assert sensor.report.set == [BoundTrap(Proto.TCP, port, str(address))]
+            with client(address, port) as first:
+                hit = await sensor.hit()
+                assert closed_by_peer(first)
+                first_port = first.getsockname()[1]
+            with client(address, port) as second:
+                # a second connection's hit comes next: the first gave exactly one
+                assert (await sensor.hit()).source_port == second.getsockname()[1]
+        finally:
+            sensor.traps.close()
+        assert hit == Hit(sensor.clock.now(), address, first_port, address, port, Proto.TCP)
+
+    run(scenario)
+
+
+def test_a_connection_the_peer_aborted_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    (port,) = free_ports(1)
+    real_accept = socket.socket.accept
+    aborted = [OSError(errno.ECONNABORTED, "aborted")]
+
+    def accept(sock: socket.socket) -> tuple[socket.socket, Any]:
+        if aborted:
+            raise aborted.pop()
+        return real_accept(sock)
+
+    monkeypatch.setattr(socket.socket, "accept", accept)
+
+    async def scenario() -> None:
+        sensor = Sensor([Trap(Proto.TCP, port, V4)])
+        try:
+            with client(V4, port) as sock:
+                assert (await sensor.hit()).source_port == sock.getsockname()[1]
+        finally:
+            sensor.traps.close()
+        assert not aborted
+
+    run(scenario)
+
+
+def test_enobufs_backs_off_doubling_then_accepts(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (port,) = free_ports(1)
+    real_accept = socket.socket.accept
+    failures = [OSError(errno.ENOBUFS, "No buffer space available") for _ in range(4)]
+
+    def accept(sock: socket.socket) -> tuple[socket.socket, Any]:
+        if failures:
+            raise failures.pop()
+        return real_accept(sock)
+
+    monkeypatch.setattr(socket.socket, "accept", accept)
+
+    async def scenario() -> None:
+        sensor = Sensor([Trap(Proto.TCP, port, V4)])
+        try:
+            with client(V4, port) as sock:
+                assert (await sensor.hit()).source_port == sock.getsockname()[1]
+            failures.append(OSError(errno.ENOBUFS, "No buffer space available"))
+            with client(V4, port) as sock:  # a success in between: from the start again
+                assert (await sensor.hit()).source_port == sock.getsockname()[1]
+        finally:
+            sensor.traps.close()
+
+    run(scenario)
+    backoffs = events(caplog, "trap-backoff")
+    delays = [r.getMessage().rsplit("delay=", 1)[1] for r in backoffs]
+    assert delays == ["0.05", "0.1", "0.2", "0.4", "0.05"]
+    assert all("errno=ENOBUFS" in r.getMessage() for r in backoffs)
+    # one WARNING, then DEBUG for a while: hundreds of sockets must not flood the journal
+    assert [r.levelno for r in backoffs] == [logging.WARNING] + [logging.DEBUG] * 4
+
+
+def _lowest_free_fd() -> int:
+    fd = os.dup(0)
+    os.close(fd)
+    return fd
+
+
+def test_emfile_backs_off_and_accepts_again_once_fds_are_free(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A real EMFILE: the soft fd limit is lowered to the next free descriptor for a while."""
+    (port,) = free_ports(1)
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    async def scenario() -> None:
+        sensor = Sensor([Trap(Proto.TCP, port, V4)])
+        sock = socket.socket()  # allocated before the limit drops
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (_lowest_free_fd(), limits[1]))
+            sock.connect((str(V4), port))
+            await until(lambda: len(events(caplog, "trap-backoff")) >= 3)
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            assert (await sensor.hit()).source_port == sock.getsockname()[1]
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            sock.close()
+            sensor.traps.close()
+
+    run(scenario)
+    first = events(caplog, "trap-backoff")[0].getMessage()
+    assert "errno=EMFILE" in first
+    assert f"delay={BACKOFF_MIN}" in first
+
+
+def test_on_hit_raising_is_logged_and_the_sensor_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    (port,) = free_ports(1)
+    seen: list[Hit] = []
+
+    def on_hit(hit: Hit) -> None:
+        seen.append(hit)
+        if len(seen) == 1:
+            raise RuntimeError("handler bug")
+
+    async def scenario() -> None:
+        sensor = Sensor([Trap(Proto.TCP, port, V4)], on_hit)
+        try:
+            for _ in range(2):
+                with client(V4, port):
+                    count = len(seen)
+                    await until(lambda: len(seen) > count)  # noqa: B023 - used at once
+        finally:
+            sensor.traps.close()
+
+    run(scenario)
+    assert len(seen) == 2
+    (failure,) = events(caplog, "hit-handler-failed")
+    assert failure.exc_info is not None
+    assert isinstance(failure.exc_info[1], RuntimeError)
+
+
+def test_three_hundred_traps_in_one_process() -> None:
+    ports = free_ports(300)
+
+    async def scenario() -> None:
+        sensor = Sensor([Trap(Proto.TCP, port, V4) for port in ports])
+        try:
+            assert [b.port for b in sensor.report.set] == ports
+            assert sensor.report.skipped == []
+            for port in (ports[0], ports[150], ports[-1]):
+                with client(V4, port):
+                    assert (await sensor.hit()).port == port
+        finally:
+            sensor.traps.close()
+
+    run(scenario)
+
+
+# -- UDP ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("address", [V4, pytest.param(V6, marks=needs_ipv6)], ids=str)
+def test_udp_datagram_gives_a_hit_with_the_local_address(address: IPAddress) -> None:
+    (port,) = free_ports(1, address, socket.SOCK_DGRAM)
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+
+    async def scenario() -> None:
+        sensor = Sensor([Trap(Proto.UDP, port, address)])
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as sender:
+                sender.sendto(b"probe", (str(address), port))
+                hit = await sensor.hit()
+                source_port = sender.getsockname()[1]
+        finally:
+            sensor.traps.close()
+        assert hit == Hit(sensor.clock.now(), address, source_port, address, port, Proto.UDP, "udp")
+
+    run(scenario)
+
+
+# -- bind failures -----------------------------------------------------------------------------
+
+
+def test_a_port_held_elsewhere_is_skipped_with_its_holder_and_the_rest_are_set() -> None:
+    tcp_port, free_tcp = free_ports(2)
+    (udp_port,) = free_ports(1, kind=socket.SOCK_DGRAM)
+    me = f"{psutil.Process().name()} pid={os.getpid()}"
+    with socket.socket() as tcp_holder, socket.socket(type=socket.SOCK_DGRAM) as udp_holder:
+        tcp_holder.bind((str(V4), tcp_port))
+        tcp_holder.listen()
+        udp_holder.bind((str(V4), udp_port))
+
+        async def scenario() -> None:
+            sensor = Sensor(
+                [
+                    Trap(Proto.TCP, tcp_port, V4),
+                    Trap(Proto.UDP, udp_port, V4),
+                    Trap(Proto.TCP, free_tcp, V4),
+                ]
+            )
+            sensor.traps.close()
+            report = sensor.report
+            assert [(s.proto, s.port, s.reason, s.holder) for s in report.skipped] == [
+                (Proto.TCP, tcp_port, "in use", me),
+                (Proto.UDP, udp_port, "in use", me),
+            ]
+            assert report.set == [BoundTrap(Proto.TCP, free_tcp, str(V4))]
+            assert not report.none_set
+
+        run(scenario)
+
+
+def test_an_address_not_on_this_host_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        sensor = Sensor([Trap(Proto.TCP, 40000, ipaddress.IPv4Address("192.0.2.1"))])
+        sensor.traps.close()
+        assert sensor.report.none_set
+        assert sensor.report.skipped[0].reason == "address not on this host"
+
+    run(scenario)
+    (skipped,) = events(caplog, "trap-skipped")
+    assert skipped.levelno == logging.WARNING
+    assert skipped.getMessage() == (
+        "event=trap-skipped proto=tcp port=40000 address=192.0.2.1"
+        ' reason="address not on this host"'
+    )
+
+
+@pytest.mark.parametrize(
+    ("number", "shown", "reason"),
+    [
+        (errno.EADDRINUSE, "0.0.0.0", "in use"),
+        (errno.EADDRNOTAVAIL, "203.0.113.5", "address not on this host"),
+        (errno.EAFNOSUPPORT, "::", "IPv6 not available"),
+        (errno.EACCES, "::", f"permission denied ({PRIVILEGED})"),
+        (errno.EINVAL, "::", "Invalid argument (EINVAL)"),
+    ],
+)
+def test_bind_failure_reasons(number: int, shown: str, reason: str) -> None:
+    assert bind_failure_reason(OSError(number, os.strerror(number)), shown) == reason
+
+
+def test_none_set() -> None:
+    assert TrapReport().none_set
+    assert not TrapReport(set=[BoundTrap(Proto.TCP, 23, "::")]).none_set
+
+
+# -- ancillary data ----------------------------------------------------------------------------
+
+# recorded: recvmsg(0, CMSG_SPACE(20)) on wildcard binds in a namespace, for datagrams sent to
+# 203.0.113.5 and 2001:db8::5 on a veth with ifindex 3 (x86_64)
+IN_PKTINFO = b"\x03\x00\x00\x00\xcb\x00q\x05\xcb\x00q\x05"
+IN6_PKTINFO = b" \x01\r\xb8\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x05\x03\x00\x00\x00"
+
+
+@pytest.mark.parametrize(
+    ("ancillary", "expected"),
+    [
+        ([(socket.IPPROTO_IP, IP_PKTINFO, IN_PKTINFO)], ipaddress.ip_address("203.0.113.5")),
+        ([(socket.IPPROTO_IPV6, IPV6_PKTINFO, IN6_PKTINFO)], ipaddress.ip_address("2001:db8::5")),
+        ([(socket.IPPROTO_IP, IP_PKTINFO, IN_PKTINFO[:8])], None),  # truncated
+        ([(socket.SOL_SOCKET, 29, b"\0" * 16)], None),  # SO_TIMESTAMP: not ours
+        ([], None),
+    ],
+)
+def test_pktinfo_destination(
+    ancillary: list[tuple[int, int, bytes]], expected: IPAddress | None
+) -> None:
+    assert pktinfo_destination(ancillary) == expected
