@@ -19,13 +19,22 @@ DAY = 86400.0
 ATTACKER = "198.51.100.7"
 
 
-def hit(at: float, source: str = ATTACKER, port: int = 23, proto: Proto = Proto.TCP,
-        local: str = "203.0.113.1") -> Hit:  # fmt: skip
+def hit(
+    at: float,
+    source: str = ATTACKER,
+    port: int = 23,
+    proto: Proto = Proto.TCP,
+    local: str = "203.0.113.1",
+) -> Hit:
     return Hit(T0 + at, ip_address(source), 40000, ip_address(local), port, proto)
 
 
-def make(policy: BanPolicy | None = None, traps: tuple[Trap, ...] = (),
-         allow: tuple[str, ...] = (), own: tuple[str, ...] = ()) -> Policy:  # fmt: skip
+def make(
+    policy: BanPolicy | None = None,
+    traps: tuple[Trap, ...] = (),
+    allow: tuple[str, ...] = (),
+    own: tuple[str, ...] = (),
+) -> Policy:
     protection = Protection([ip_network(a) for a in allow], [ip_address(o) for o in own])
     return Policy(policy or BanPolicy(), traps, protection)
 
@@ -42,11 +51,11 @@ def play(policy: Policy, hits: list[Hit]) -> list[tuple[Outcome, float | None]]:
     return out
 
 
-def test_first_hit_bans_for_the_base_time():
+def test_first_hit_bans_for_the_base_time() -> None:
     assert play(make(), [hit(0)]) == [(Outcome.BANNED, H)]
 
 
-def test_hits_while_banned_change_nothing():
+def test_hits_while_banned_change_nothing() -> None:
     assert play(make(), [hit(0), hit(10, port=80), hit(H - 1)]) == [
         (Outcome.BANNED, H),
         (Outcome.ALREADY_BANNED, None),
@@ -54,7 +63,7 @@ def test_hits_while_banned_change_nothing():
     ]
 
 
-def test_quadratic_escalation_then_permanent():
+def test_quadratic_escalation_then_permanent() -> None:
     # bans at 0 (1h), after expiry 4h, after that 9h... but the 3rd is permanent by default
     hits = [hit(0), hit(H + 1), hit(H + 1 + 4 * H + 1), hit(10 * DAY)]
     assert play(make(), hits) == [
@@ -73,25 +82,31 @@ def test_quadratic_escalation_then_permanent():
         (Escalation.NONE, [1, 1, 1, 1]),
     ],
 )
-def test_escalation_formulas(escalation: Escalation, lengths: list[int]):
+def test_escalation_formulas(escalation: Escalation, lengths: list[int]) -> None:
     policy = BanPolicy(time=60, escalation=escalation, permanent_after=0)
     assert [ban_duration(policy, 60, n) for n in (1, 2, 3, 4)] == [60 * k for k in lengths]
 
 
-def test_max_time_caps_temporary_bans():
+def test_max_time_caps_temporary_bans() -> None:
     policy = BanPolicy(time=H, max_time=5 * H, permanent_after=0)
     assert [ban_duration(policy, H, n) for n in (1, 2, 3)] == [H, 4 * H, 5 * H]
 
 
-def test_permanent_after_zero_never_bans_for_good():
+def test_permanent_after_zero_never_bans_for_good() -> None:
     policy = BanPolicy(time=1, permanent_after=0, max_time=DAY)
     assert ban_duration(policy, 1, 1000) == DAY
 
 
-def test_trigger_counts_distinct_ports_within_window():
+def test_trigger_counts_distinct_ports_within_window() -> None:
     engine = make(BanPolicy(trigger=3, window=600))
-    hits = [hit(0, port=23), hit(5, port=23), hit(10, port=24), hit(700, port=25),
-            hit(710, port=26), hit(720, port=27)]  # fmt: skip
+    hits = [
+        hit(0, port=23),
+        hit(5, port=23),
+        hit(10, port=24),
+        hit(700, port=25),
+        hit(710, port=26),
+        hit(720, port=27),
+    ]
     assert play(engine, hits) == [
         (Outcome.COUNTED, None),
         (Outcome.COUNTED, None),  # same port again: still one distinct port
@@ -102,7 +117,7 @@ def test_trigger_counts_distinct_ports_within_window():
     ]
 
 
-def test_per_trap_ban_time_is_the_base_for_escalation():
+def test_per_trap_ban_time_is_the_base_for_escalation() -> None:
     traps = (Trap(Proto.TCP, 9090, ban=2 * H), Trap(Proto.TCP, 23))
     engine = make(traps=traps)
     assert play(engine, [hit(0, port=9090), hit(2 * H + 1, port=9090)]) == [
@@ -111,7 +126,7 @@ def test_per_trap_ban_time_is_the_base_for_escalation():
     ]
 
 
-def test_per_trap_ban_time_for_one_local_address():
+def test_per_trap_ban_time_for_one_local_address() -> None:
     traps = (Trap(Proto.TCP, 9090, ip_address("203.0.113.5"), ban=2 * H),)
     engine = make(traps=traps)
     other = play(engine, [hit(0, port=9090, local="203.0.113.9")])
@@ -119,23 +134,32 @@ def test_per_trap_ban_time_for_one_local_address():
     assert (other, mine) == ([(Outcome.BANNED, H)], [(Outcome.BANNED, 2 * H)])
 
 
-def test_protected_sources_are_counted_never_banned():
+def test_protected_sources_are_counted_never_banned() -> None:
     engine = make(allow=("192.0.2.0/24", "2001:db8::7/128"), own=("203.0.113.1",))
-    hits = [hit(0, source="192.0.2.50"), hit(0, source="2001:db8::7"),
-            hit(0, source="203.0.113.1"), hit(0, source="127.0.0.5"), hit(0, source="::1"),
-            hit(0, source="2001:db8::8")]  # fmt: skip
+    hits = [
+        hit(0, source="192.0.2.50"),
+        hit(0, source="2001:db8::7"),
+        hit(0, source="203.0.113.1"),
+        hit(0, source="127.0.0.5"),
+        hit(0, source="::1"),
+        hit(0, source="2001:db8::8"),
+    ]
     assert [o for o, _ in play(engine, hits)] == [
-        Outcome.ALLOWED, Outcome.ALLOWED, Outcome.OWN_ADDRESS, Outcome.OWN_ADDRESS,
-        Outcome.OWN_ADDRESS, Outcome.BANNED,
-    ]  # fmt: skip
+        Outcome.ALLOWED,
+        Outcome.ALLOWED,
+        Outcome.OWN_ADDRESS,
+        Outcome.OWN_ADDRESS,
+        Outcome.OWN_ADDRESS,
+        Outcome.BANNED,
+    ]
 
 
-def test_bans_older_than_forget_after_do_not_escalate():
+def test_bans_older_than_forget_after_do_not_escalate() -> None:
     engine = make(BanPolicy(forget_after=7 * DAY))
     assert play(engine, [hit(0), hit(8 * DAY)]) == [(Outcome.BANNED, H), (Outcome.BANNED, H)]
 
 
-def test_manual_ban_refuses_protected_targets():
+def test_manual_ban_refuses_protected_targets() -> None:
     engine = make(allow=("192.0.2.0/24",), own=("203.0.113.1",))
     for target, why in [
         ("192.0.2.9/32", "192.0.2.9 is on the allow list"),
@@ -147,7 +171,7 @@ def test_manual_ban_refuses_protected_targets():
             engine.ban(ip_network(target), T0)
 
 
-def test_manual_ban_kinds_and_cidr_cover_hits():
+def test_manual_ban_kinds_and_cidr_cover_hits() -> None:
     engine = make()
     net = engine.ban(ip_network("198.51.100.0/24"), T0, duration=60)
     perm = engine.ban(ip_network("2001:db8::/48"), T0, permanent=True)
@@ -160,7 +184,7 @@ def test_manual_ban_kinds_and_cidr_cover_hits():
     ]
 
 
-def test_unban_forgives_the_ban():
+def test_unban_forgives_the_ban() -> None:
     engine = make()
     first = engine.on_hit(hit(0), T0).ban
     assert first is not None
@@ -168,7 +192,7 @@ def test_unban_forgives_the_ban():
     assert play(engine, [hit(20)]) == [(Outcome.BANNED, H)]
 
 
-def test_restore_continues_escalation_and_lifts_newly_protected():
+def test_restore_continues_escalation_and_lifts_newly_protected() -> None:
     old = Ban(ip_network(ATTACKER), T0 - 2 * H, T0 - H, 1, "trap:tcp/23")
     lifted = Ban(ip_network(ATTACKER), T0 - 3 * H, T0 - 2.5 * H, 1, "trap:tcp/23")
     allowed = Ban(ip_network("192.0.2.9/32"), T0 - 60, T0 + H, 1, "trap:tcp/23")
@@ -180,7 +204,7 @@ def test_restore_continues_escalation_and_lifts_newly_protected():
     assert [(str(b.target), b.ban_count) for b in engine.active(T0)] == [(f"{ATTACKER}/32", 2)]
 
 
-def test_own_address_change_lifts_its_ban():
+def test_own_address_change_lifts_its_ban() -> None:
     engine = make()
     engine.on_hit(hit(0, source="203.0.113.50"), T0)
     unbans = engine.set_own_addresses([ip_address("203.0.113.50")], T0 + 1)
@@ -188,7 +212,7 @@ def test_own_address_change_lifts_its_ban():
     assert engine.active(T0 + 1) == []
 
 
-def test_expire_forgets_ended_bans_and_closed_windows():
+def test_expire_forgets_ended_bans_and_closed_windows() -> None:
     engine = make(BanPolicy(trigger=2))
     engine.on_hit(hit(0, source="198.51.100.1"), T0)
     engine.ban(ip_network("198.51.100.2/32"), T0, duration=30)

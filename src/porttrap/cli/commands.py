@@ -11,12 +11,12 @@ from typing import Any
 from porttrap import config as config_mod
 from porttrap.cli import output
 from porttrap.clock import SystemClock
-from porttrap.config.schema import Config, Proto
+from porttrap.config.schema import Config
 from porttrap.daemon import control
 from porttrap.daemon.service import Daemon, ban_json
 from porttrap.errors import DaemonNotRunning, PorttrapError, UsageError
 from porttrap.firewall.select import make_backend
-from porttrap.model import IPNetwork, parse_target
+from porttrap.model import IPNetwork, Proto, parse_target
 from porttrap.store.sqlite import SQLiteStore
 from porttrap.units import parse_duration
 
@@ -43,8 +43,10 @@ def check_config(args: argparse.Namespace) -> int:
     cfg = _config(args)
     tcp = sum(1 for t in cfg.traps if t.proto is Proto.TCP)
     source = cfg.source or "built-in defaults"
-    print(f"{source}: OK ({tcp} TCP and {len(cfg.traps) - tcp} UDP trap ports, "
-          f"{len(cfg.allow)} allow-list entries, backend {cfg.firewall.backend})")  # fmt: skip
+    print(
+        f"{source}: OK ({tcp} TCP and {len(cfg.traps) - tcp} UDP trap ports, "
+        f"{len(cfg.allow)} allow-list entries, backend {cfg.firewall.backend})"
+    )
     return 0
 
 

@@ -20,11 +20,17 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", type=Path, metavar="FILE",
-                        help="configuration file (default: /etc/porttrap/porttrap.toml "
-                             "when present, else built-in defaults)")  # fmt: skip
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="debug logging, and tracebacks on errors")  # fmt: skip
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="configuration file (default: /etc/porttrap/porttrap.toml "
+        "when present, else built-in defaults)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, and tracebacks on errors"
+    )
 
 
 def _json(parser: argparse.ArgumentParser) -> None:
@@ -32,11 +38,18 @@ def _json(parser: argparse.ArgumentParser) -> None:
 
 
 def _targets(parser: argparse.ArgumentParser, verb: str) -> None:
-    parser.add_argument("addresses", nargs="*", metavar="ADDRESS",
-                        help=f"IPv4/IPv6 address or CIDR network to {verb}")  # fmt: skip
-    parser.add_argument("-f", "--file", metavar="FILE",
-                        help="also read addresses from FILE, one per line ('-' = stdin; "
-                             "# starts a comment)")  # fmt: skip
+    parser.add_argument(
+        "addresses",
+        nargs="*",
+        metavar="ADDRESS",
+        help=f"IPv4/IPv6 address or CIDR network to {verb}",
+    )
+    parser.add_argument(
+        "-f",
+        "--file",
+        metavar="FILE",
+        help="also read addresses from FILE, one per line ('-' = stdin; # starts a comment)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,29 +68,47 @@ def build_parser() -> argparse.ArgumentParser:
         return cmd
 
     run = add("run", commands.run, "run the daemon in the foreground (logs to stderr)")
-    run.add_argument("--flush-on-exit", action="store_true",
-                     help="remove porttrap's nftables table when stopping "
-                          "(by default bans stay in the kernel and expire by themselves)")  # fmt: skip
-    add("check-config", commands.check_config,
-        "validate the configuration; list every problem; exit 0 when valid")  # fmt: skip
-    _json(add("status", commands.status,
-              "is the daemon running, traps set and skipped, bans (exit 3 when not running)"))  # fmt: skip
+    run.add_argument(
+        "--flush-on-exit",
+        action="store_true",
+        help="remove porttrap's nftables table when stopping "
+        "(by default bans stay in the kernel and expire by themselves)",
+    )
+    add(
+        "check-config",
+        commands.check_config,
+        "validate the configuration; list every problem; exit 0 when valid",
+    )
+    _json(
+        add(
+            "status",
+            commands.status,
+            "is the daemon running, traps set and skipped, bans (exit 3 when not running)",
+        )
+    )
     _json(add("bans", commands.bans, "list active bans"))
     history = add("history", commands.history, "hits and bans, newest first")
-    history.add_argument("address", nargs="?", metavar="ADDRESS",
-                         help="only this address or network")  # fmt: skip
+    history.add_argument(
+        "address", nargs="?", metavar="ADDRESS", help="only this address or network"
+    )
     history.add_argument("-n", "--limit", type=int, default=50, help="how many entries (50)")
     _json(history)
     ban = add("ban", commands.ban, "ban addresses now, through the running daemon")
     _targets(ban, "ban")
     length = ban.add_mutually_exclusive_group()
-    length.add_argument("--for", dest="duration", metavar="DURATION",
-                        help="ban for this long (30s, 10m, 1h, 1d, 1w); default: the "
-                             "escalation in [ban]")  # fmt: skip
+    length.add_argument(
+        "--for",
+        dest="duration",
+        metavar="DURATION",
+        help="ban for this long (30s, 10m, 1h, 1d, 1w); default: the escalation in [ban]",
+    )
     length.add_argument("--permanent", action="store_true", help="ban for good")
     _targets(add("unban", commands.unban, "lift bans now, through the running daemon"), "unban")
-    add("flush", commands.flush,
-        "remove porttrap's nftables table (and nothing else); the daemon must be stopped")  # fmt: skip
+    add(
+        "flush",
+        commands.flush,
+        "remove porttrap's nftables table (and nothing else); the daemon must be stopped",
+    )
     return parser
 
 
@@ -100,4 +131,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         logging.shutdown()
-

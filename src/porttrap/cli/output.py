@@ -28,8 +28,16 @@ def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
 def bans_table(bans: Sequence[Ban]) -> str:
     if not bans:
         return "no active bans"
-    rows = [(show(b.target), log.iso(b.banned_at), log.iso(b.expires_at) or "permanent",
-             b.ban_count, b.reason) for b in bans]  # fmt: skip
+    rows = [
+        (
+            show(b.target),
+            log.iso(b.banned_at),
+            log.iso(b.expires_at) or "permanent",
+            b.ban_count,
+            b.reason,
+        )
+        for b in bans
+    ]
     return table(rows, ("ADDRESS", "BANNED AT", "EXPIRES", "COUNT", "REASON"))
 
 
@@ -37,13 +45,24 @@ def history_json(entry: HistoryEntry) -> dict[str, Any]:
     base: dict[str, Any] = {"at": log.iso(entry.at), "what": entry.what}
     if entry.hit is not None:
         h = entry.hit
-        base.update(address=str(h.source), source_port=h.source_port, local=str(h.local),
-                    port=h.port, proto=str(h.proto), kind=h.kind,
-                    outcome=str(entry.outcome) if entry.outcome else None)  # fmt: skip
+        base.update(
+            address=str(h.source),
+            source_port=h.source_port,
+            local=str(h.local),
+            port=h.port,
+            proto=str(h.proto),
+            kind=h.kind,
+            outcome=str(entry.outcome) if entry.outcome else None,
+        )
     if entry.ban is not None:
         b = entry.ban
-        base.update(address=show(b.target), expires_at=log.iso(b.expires_at),
-                    permanent=b.permanent, ban_count=b.ban_count, reason=b.reason)  # fmt: skip
+        base.update(
+            address=show(b.target),
+            expires_at=log.iso(b.expires_at),
+            permanent=b.permanent,
+            ban_count=b.ban_count,
+            reason=b.reason,
+        )
     if entry.what == "unban":
         base["reason"] = entry.unban_reason
     return base
@@ -70,12 +89,16 @@ def status_text(status: dict[str, Any]) -> str:
     if not status.get("running"):
         lines = ["porttrap is not running"]
     else:
-        lines = [f"porttrap is running (pid {status['pid']}, since {status['started_at']}, "
-                 f"backend {status['backend']})"]  # fmt: skip
+        lines = [
+            f"porttrap is running (pid {status['pid']}, since {status['started_at']}, "
+            f"backend {status['backend']})"
+        ]
         traps = status["traps"]
         lines.append(f"traps: {len(traps['set'])} set, {len(traps['skipped'])} skipped")
-        lines += [f"  skipped {t['proto']}/{t['port']} on {t['address']}: {t['reason']}"
-                  for t in traps["skipped"]]  # fmt: skip
+        lines += [
+            f"  skipped {t['proto']}/{t['port']} on {t['address']}: {t['reason']}"
+            for t in traps["skipped"]
+        ]
         lines.append(f"hits since start: {status['hits']['total']}")
     bans = status.get("bans")
     if bans:

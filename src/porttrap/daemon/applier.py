@@ -24,15 +24,25 @@ def log_change(change: Change) -> None:
         log.event("unban", address=show(change.target), reason=change.reason)
         return
     name = "permanent-ban" if change.permanent else "ban"
-    log.event(name, address=show(change.target), until=log.iso(change.expires_at),
-              ban_count=change.ban_count, reason=change.reason)  # fmt: skip
+    log.event(
+        name,
+        address=show(change.target),
+        until=log.iso(change.expires_at),
+        ban_count=change.ban_count,
+        reason=change.reason,
+    )
 
 
 class Applier:
     """Batches changes per loop turn; on a kernel error, rebuilds the kernel state later."""
 
-    def __init__(self, firewall: FirewallBackend, store: Store, clock: Clock,
-                 active: Callable[[float], list[Ban]]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        firewall: FirewallBackend,
+        store: Store,
+        clock: Clock,
+        active: Callable[[float], list[Ban]],
+    ) -> None:
         self.firewall = firewall
         self.store = store
         self.clock = clock
@@ -63,8 +73,7 @@ class Applier:
         try:
             self.firewall.apply(batch, self.clock.now())
         except FirewallError as err:
-            log.event("firewall-error", logging.ERROR, error=str(err),
-                      retry_in=RECONCILE_DELAY)  # fmt: skip
+            log.event("firewall-error", logging.ERROR, error=str(err), retry_in=RECONCILE_DELAY)
             self._schedule_reconcile()
         self._record(batch)
 

@@ -46,7 +46,9 @@ class ControlServer:
     async def start(self) -> None:
         if self.path.exists():
             if ping(self.path):
-                raise PorttrapError(f"another porttrap is already running (it answers on {self.path})")
+                raise PorttrapError(
+                    f"another porttrap is already running (it answers on {self.path})"
+                )
             self.path.unlink()  # stale socket of a daemon that died
         old_umask = os.umask(0o177)
         try:
@@ -55,7 +57,7 @@ class ControlServer:
             )
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
+        self.path.chmod(0o600)
 
     async def close(self) -> None:
         if self._server is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 from dataclasses import asdict, dataclass, field
@@ -38,8 +37,9 @@ class Counters:
 class Daemon:
     """Wiring and event handling. `run()` returns when asked to stop."""
 
-    def __init__(self, config: Config, clock: Clock, store: Store,
-                 firewall: FirewallBackend) -> None:  # fmt: skip
+    def __init__(
+        self, config: Config, clock: Clock, store: Store, firewall: FirewallBackend
+    ) -> None:
         self.config = config
         self.clock = clock
         self.store = store
@@ -68,9 +68,15 @@ class Daemon:
             self._watcher.start(loop)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-            log.event("start", version=__version__, pid=os.getpid(), backend=self.firewall.name,
-                      traps=len(self.report.set), skipped=len(self.report.skipped),
-                      config=self.config.source or "built-in defaults")  # fmt: skip
+            log.event(
+                "start",
+                version=__version__,
+                pid=os.getpid(),
+                backend=self.firewall.name,
+                traps=len(self.report.set),
+                skipped=len(self.report.skipped),
+                config=self.config.source or "built-in defaults",
+            )
             await self._serve()
         finally:
             await self._shutdown(flush_on_exit)
@@ -136,8 +142,16 @@ class Daemon:
             self._hits.append((hit, verdict.outcome))
         else:
             self.counters.hits_not_stored += 1
-        log.event("hit", src=hit.source, sport=hit.source_port, dst=hit.local, port=hit.port,
-                  proto=hit.proto, kind=hit.kind, outcome=verdict.outcome)  # fmt: skip
+        log.event(
+            "hit",
+            src=hit.source,
+            sport=hit.source_port,
+            dst=hit.local,
+            port=hit.port,
+            proto=hit.proto,
+            kind=hit.kind,
+            outcome=verdict.outcome,
+        )
 
     def on_addresses(self, own: frozenset[IPAddress]) -> None:
         self.applier.submit(self.policy.set_own_addresses(own, self.clock.now()))
@@ -162,11 +176,16 @@ class Daemon:
             "started_at": log.iso(self.started_at),
             "config": str(self.config.source) if self.config.source else None,
             "backend": self.firewall.name,
-            "traps": {"set": [asdict(t) for t in self.report.set],
-                      "skipped": [asdict(t) for t in self.report.skipped]},  # fmt: skip
+            "traps": {
+                "set": [asdict(t) for t in self.report.set],
+                "skipped": [asdict(t) for t in self.report.skipped],
+            },
             "bans": {"active": len(active), "permanent": sum(1 for b in active if b.permanent)},
-            "hits": {"total": self.counters.hits, **self.counters.hits_by_outcome,
-                     "not_stored": self.counters.hits_not_stored},  # fmt: skip
+            "hits": {
+                "total": self.counters.hits,
+                **self.counters.hits_by_outcome,
+                "not_stored": self.counters.hits_not_stored,
+            },
         }
 
     def _ban(self, request: dict[str, Any]) -> dict[str, Any]:

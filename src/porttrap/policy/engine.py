@@ -185,8 +185,9 @@ class Policy:
 
     def expire(self, now: float) -> list[Ban]:
         """Forget bans that ran out and hit windows that closed; returns the expired bans."""
-        expired = [b for b in (*self._active.values(), *self._active_nets.values())
-                   if not b.active(now)]  # fmt: skip
+        expired = [
+            b for b in (*self._active.values(), *self._active_nets.values()) if not b.active(now)
+        ]
         for ban in expired:
             self._active.pop(ban.target, None)
             self._active_nets.pop(ban.target, None)

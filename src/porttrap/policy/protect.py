@@ -32,13 +32,18 @@ class Protection:
     def conflict(self, target: IPNetwork) -> str | None:
         """Why banning `target` would hit a protected address, or None when it is safe."""
         if target.prefixlen == target.max_prefixlen:
-            address = target.network_address
-            outcome = self.outcome_for(address)
-            if outcome is Outcome.OWN_ADDRESS:
-                return f"{address} is an address of this host"
-            if outcome is Outcome.ALLOWED:
-                return f"{address} is on the allow list"
-            return None
+            return self._address_conflict(target.network_address)
+        return self._network_conflict(target)
+
+    def _address_conflict(self, address: IPAddress) -> str | None:
+        outcome = self.outcome_for(address)
+        if outcome is Outcome.OWN_ADDRESS:
+            return f"{address} is an address of this host"
+        if outcome is Outcome.ALLOWED:
+            return f"{address} is on the allow list"
+        return None
+
+    def _network_conflict(self, target: IPNetwork) -> str | None:
         if target.is_loopback:
             return f"{target} is loopback"
         for own in sorted(self._own, key=str):
