@@ -24,6 +24,7 @@ class Outcome(enum.StrEnum):
     ALREADY_BANNED = "already-banned"  # source is banned already: nothing changes in the kernel
     ALLOWED = "allowed"  # source is on the allow list
     OWN_ADDRESS = "own-address"  # source is one of this host's addresses (or loopback)
+    NOT_UNICAST = "not-unicast"  # a UDP broadcast/multicast: not aimed at this host, so no scan
 
 
 @dataclass(frozen=True, slots=True)

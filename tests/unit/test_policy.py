@@ -219,3 +219,19 @@ def test_expire_forgets_ended_bans_and_closed_windows() -> None:
     assert [str(b.target) for b in engine.expire(T0 + 31)] == ["198.51.100.2/32"]
     engine.expire(T0 + 700)
     assert play(engine, [hit(701, source="198.51.100.1", port=24)]) == [(Outcome.COUNTED, None)]
+
+
+def test_udp_broadcast_and_multicast_are_not_scans() -> None:
+    engine = make(own=("203.0.113.1",))
+    hits = [
+        hit(0, proto=Proto.UDP, local="203.0.113.255"),
+        hit(0, proto=Proto.UDP, local="255.255.255.255"),
+        hit(0, proto=Proto.UDP, local="ff02::1"),
+        hit(0, proto=Proto.UDP, local="203.0.113.1"),
+    ]
+    assert [o for o, _ in play(engine, hits)] == [
+        Outcome.NOT_UNICAST,
+        Outcome.NOT_UNICAST,
+        Outcome.NOT_UNICAST,
+        Outcome.BANNED,
+    ]

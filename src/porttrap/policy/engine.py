@@ -91,6 +91,8 @@ class Policy:
     # -- hits ----------------------------------------------------------------------------
 
     def on_hit(self, hit: Hit, now: float) -> Verdict:
+        if hit.proto is Proto.UDP and self.protection.aimed_elsewhere(hit.local):
+            return Verdict(Outcome.NOT_UNICAST)
         protected = self.protection.outcome_for(hit.source)
         if protected is not None:
             return Verdict(protected)

@@ -29,6 +29,13 @@ class Protection:
             return Outcome.ALLOWED
         return None
 
+    def aimed_elsewhere(self, local: IPAddress) -> bool:
+        """True for a broadcast or multicast destination (LAN chatter that reached a UDP
+        trap bound to every address): such a datagram was not aimed at this host."""
+        if local.is_multicast or str(local) == "255.255.255.255":
+            return True
+        return bool(self._own) and local not in self._own
+
     def conflict(self, target: IPNetwork) -> str | None:
         """Why banning `target` would hit a protected address, or None when it is safe."""
         if target.prefixlen == target.max_prefixlen:
