@@ -1,0 +1,141 @@
+"""A protected host, an attacker and clients, each in its own network namespace, with the real
+daemon running in the protected one. Documentation addresses only.
+
+    atk (192.0.2.2, 192.0.2.3, 2001:db8:1::2) ---- srv (192.0.2.1, 2001:db8:1::1)
+    cli (198.51.100.2, 198.51.100.3 allowed)  ---- srv (198.51.100.1)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess  # noqa: TID251 - test helper
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from netns import Netns
+
+PORTTRAP = [sys.executable, "-m", "porttrap"]
+SERVICE_PORT = 8080
+SRV4, SRV6, SRV_CLI = "192.0.2.1", "2001:db8:1::1", "198.51.100.1"
+ATK4, ATK4_B, ATK6 = "192.0.2.2", "192.0.2.3", "2001:db8:1::2"
+CLIENT, ALLOWED = "198.51.100.2", "198.51.100.3"
+SERVICE = (
+    "import socket\n"
+    "s = socket.create_server(('::', %d), family=socket.AF_INET6, dualstack_ipv6=True)\n"
+    "while True:\n"
+    "    c, _ = s.accept(); c.sendall(b'hello'); c.close()\n"
+)
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `check` every 0.1 s for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout  # noqa: TID251 - test timing
+    while time.monotonic() < deadline:  # noqa: TID251
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
+
+
+def open_socket(ns: Netns, address: str, kind: int) -> socket.socket:
+    """A socket created inside `ns` (it stays there), bound to source `address`."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with ns.inside():
+        sock = socket.socket(family, kind)
+    sock.bind((address, 0))
+    return sock
+
+
+def tcp_works(ns: Netns, source: str, host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether a TCP connection from `source` in `ns` to host:port completes."""
+    with open_socket(ns, source, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def udp_send(ns: Netns, source: str, host: str, port: int) -> None:
+    with open_socket(ns, source, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"probe", (host, port))
+
+
+class Env:
+    """The namespaces, the config and the daemon."""
+
+    def __init__(self, make: Callable[[], Netns], tmp: Path, config: str) -> None:
+        self.srv, self.atk, self.cli = make(), make(), make()
+        self.srv.veth(self.atk, [f"{SRV4}/24", f"{SRV6}/64"],
+                      [f"{ATK4}/24", f"{ATK4_B}/24", f"{ATK6}/64"])  # fmt: skip
+        self.srv.veth(self.cli, [f"{SRV_CLI}/24"], [f"{CLIENT}/24", f"{ALLOWED}/24"])
+        self.state = tmp / "state"
+        self.config = tmp / "porttrap.toml"
+        self.config.write_text(f'state_dir = "{self.state}"\n{config}')
+        self.log = tmp / "daemon.log"
+        self.daemon: subprocess.Popen[str] | None = None
+        self.srv.start([sys.executable, "-c", SERVICE % SERVICE_PORT])
+        wait_until(lambda: tcp_works(self.cli, CLIENT, SRV_CLI, SERVICE_PORT), 10, "service up")
+
+    def porttrap(self, *args: str, check: bool = True, stdin: str | None = None
+                 ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """Run the CLI inside the protected namespace."""
+        argv = ["ip", "netns", "exec", self.srv.name, *PORTTRAP, *args, "-c", str(self.config)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, input=stdin,
+                              check=False)  # fmt: skip
+        if check and done.returncode != 0:
+            raise AssertionError(f"porttrap {args} failed ({done.returncode}): {done.stderr}")
+        return done
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.porttrap(*args, "--json").stdout)
+
+    def start(self) -> None:
+        with self.log.open("a") as log:
+            self.daemon = subprocess.Popen(
+                ["ip", "netns", "exec", self.srv.name, *PORTTRAP, "run", "-c", str(self.config)],
+                stdout=log, stderr=log, text=True,
+            )  # fmt: skip
+        self.srv.processes.append(self.daemon)
+        wait_until(self._running, 20, "daemon answers status")
+
+    def _running(self) -> bool:
+        assert self.daemon is not None
+        if self.daemon.poll() is not None:
+            raise AssertionError(f"daemon exited {self.daemon.returncode}:\n{self.log_text()}")
+        return self.porttrap("status", check=False).returncode == 0
+
+    def stop(self) -> None:
+        assert self.daemon is not None
+        os.kill(self.daemon.pid, signal.SIGTERM)
+        assert self.daemon.wait(timeout=20) == 0, self.log_text()
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+    def nft_set(self, name: str) -> list[Any]:
+        """Elements of one of porttrap's sets in the protected namespace ([] when absent)."""
+        out = self.srv.run(["nft", "-j", "list", "set", "inet", "porttrap", name])
+        for item in json.loads(out)["nftables"]:
+            if "set" in item:
+                return list(item["set"].get("elem", []))
+        return []
+
+    def in_set(self, name: str, address: str) -> bool:
+        for elem in self.nft_set(name):
+            value = elem["elem"]["val"] if isinstance(elem, dict) and "elem" in elem else elem
+            if isinstance(value, dict) and "prefix" in value:
+                value = f"{value['prefix']['addr']}/{value['prefix']['len']}"
+            if value == address:
+                return True
+        return False
+
+    def service_reachable(self, ns: Netns, source: str, host: str = SRV4) -> bool:
+        return tcp_works(ns, source, host, SERVICE_PORT)

@@ -1,0 +1,177 @@
+"""The whole path, for real: trap sockets -> policy -> nftables -> SQLite -> CLI, with the daemon
+running in its own network namespace and real packets from other namespaces."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from daemon_env import (
+    ALLOWED, ATK4, ATK4_B, ATK6, CLIENT, SRV4, SRV6, SRV_CLI, Env, tcp_works, udp_send,
+    wait_until,
+)  # fmt: skip
+from netns import Netns
+
+pytestmark = pytest.mark.kernel
+
+TRAPS = """
+[traps]
+tcp = ["2323"]
+udp = ["6969"]
+[allow]
+addresses = ["198.51.100.3"]
+"""
+
+
+@pytest.fixture
+def env_factory(
+    netns_factory: Callable[[], Netns], tmp_path: Path
+) -> Iterator[Callable[[str], Env]]:
+    made: list[Env] = []
+
+    def make(config: str) -> Env:
+        made.append(Env(netns_factory, tmp_path, config))
+        return made[-1]
+
+    yield make
+    for env in made:  # on failure, show what the daemon said
+        if env.log.exists():
+            print(env.log_text())
+
+
+def hit_count(env: Env, address: str) -> int:
+    return sum(1 for e in env.json("history", address, "-n", "1000") if e["what"] == "hit")
+
+
+def test_scanner_is_dropped_everywhere_and_clients_keep_working(env_factory) -> None:
+    env = env_factory(TRAPS + '[ban]\ntime = "1h"\n')
+    env.start()
+    assert env.service_reachable(env.atk, ATK4)
+
+    assert tcp_works(env.atk, ATK4, SRV4, 2323)  # the trap answers the handshake...
+    wait_until(lambda: not env.service_reachable(env.atk, ATK4), 5, "v4 attacker dropped")
+    assert not tcp_works(env.atk, ATK4, SRV4, 2323)  # ...and now nothing answers at all
+
+    assert tcp_works(env.atk, ATK6, SRV6, 2323)
+    wait_until(lambda: not env.service_reachable(env.atk, ATK6, SRV6), 5, "v6 attacker dropped")
+
+    udp_send(env.atk, ATK4_B, SRV4, 6969)
+    wait_until(lambda: not env.service_reachable(env.atk, ATK4_B), 5, "UDP prober dropped")
+    wait_until(lambda: hit_count(env, ATK4_B) == 1, 5, "UDP hit stored")
+    udp_send(env.atk, ATK4_B, SRV4, 6969)  # dropped in the kernel: the trap never sees it
+    time.sleep(1.0)
+    assert hit_count(env, ATK4_B) == 1
+
+    assert tcp_works(env.cli, ALLOWED, SRV_CLI, 2323)  # allow-listed: counted, never banned
+    for source in (CLIENT, ALLOWED):
+        assert env.service_reachable(env.cli, source, SRV_CLI)
+
+    bans = {b["address"]: b for b in env.json("bans")}
+    assert set(bans) == {ATK4, ATK4_B, ATK6}
+    assert bans[ATK4]["reason"] == "trap:tcp/2323" and bans[ATK4_B]["reason"] == "trap:udp/6969"
+    for ban in bans.values():
+        assert ban["permanent"] is False and ban["ban_count"] == 1
+        assert ban["expires_at"].endswith("Z") and ban["banned_at"] < ban["expires_at"]
+    assert env.in_set("ban_v4", ATK4) and env.in_set("ban_v4", ATK4_B)
+    assert env.in_set("ban_v6", ATK6)
+    wait_until(lambda: hit_count(env, ALLOWED) == 1, 5, "allowed hit stored")
+    allowed = env.json("history", ALLOWED)
+    assert [(e["what"], e["outcome"]) for e in allowed] == [("hit", "allowed")]
+    status = env.json("status")
+    assert status["running"] and status["bans"] == {"active": 3, "permanent": 0}
+    assert "event=ban address=192.0.2.2" in env.log_text()
+
+
+def test_escalation_then_permanent_across_kernel_expiries(env_factory) -> None:
+    env = env_factory(TRAPS + '[ban]\ntime = "2s"\nescalation = "quadratic"\n'
+                      "permanent_after = 3\n")  # fmt: skip
+    env.start()
+    lengths = []
+    for expected_count, wait in ((1, 8), (2, 14)):
+        assert tcp_works(env.atk, ATK4, SRV4, 2323)
+        wait_until(lambda: not env.service_reachable(env.atk, ATK4), 5, "dropped")
+        (ban,) = env.json("bans")
+        assert ban["ban_count"] == expected_count
+        lengths.append(ban["expires_at"])
+        # the kernel lifts the ban by itself when its timeout runs out
+        wait_until(lambda: env.service_reachable(env.atk, ATK4), wait, "ban expired in kernel")
+    assert tcp_works(env.atk, ATK4, SRV4, 2323)
+    wait_until(lambda: env.in_set("permanent_v4", ATK4), 5, "permanent ban in kernel")
+    (ban,) = env.json("bans")
+    assert (ban["permanent"], ban["expires_at"], ban["ban_count"]) == (True, None, 3)
+    assert not env.in_set("ban_v4", ATK4)
+    history = [e for e in env.json("history", ATK4) if e["what"] == "ban"]
+    durations = [e["ban_count"] for e in history]
+    assert durations == [3, 2, 1]  # newest first
+    time.sleep(3)
+    assert not env.service_reachable(env.atk, ATK4)
+    assert "event=permanent-ban address=192.0.2.2" in env.log_text()
+
+
+def test_restart_restores_bans_and_reconciles_the_kernel(env_factory) -> None:
+    env = env_factory(TRAPS)
+    env.start()
+    assert tcp_works(env.atk, ATK4, SRV4, 2323)
+    wait_until(lambda: env.in_set("ban_v4", ATK4), 5, "trap ban in kernel")
+    env.porttrap("ban", "203.0.113.0/24", "--permanent")
+    env.porttrap("ban", "-f", "-", "--for", "1h", stdin="198.51.100.77  # from a file\n")
+    env.stop()
+
+    assert env.in_set("ban_v4", ATK4), "stopping must leave bans in the kernel"
+    assert not env.service_reachable(env.atk, ATK4)
+    # someone edits porttrap's sets by hand while it is down
+    env.srv.run(["nft", "delete", "element", "inet", "porttrap", "ban_v4", f"{{ {ATK4} }}"])
+    env.srv.run(["nft", "add", "element", "inet", "porttrap", "ban_v4", "{ 198.51.100.99 }"])
+
+    env.start()
+    assert env.in_set("ban_v4", ATK4) and env.in_set("ban_v4", "198.51.100.77")
+    assert env.in_set("permanent_net_v4", "203.0.113.0/24")
+    assert not env.in_set("ban_v4", "198.51.100.99"), "stray entry must be removed"
+    assert not env.service_reachable(env.atk, ATK4)
+    remaining = [e["elem"]["expires"] for e in env.nft_set("ban_v4")
+                 if e["elem"]["val"] == ATK4]  # fmt: skip
+    assert 0 < remaining[0] < 3600
+
+    out = env.porttrap("unban", ATK4, "198.51.100.200").stdout
+    assert f"unbanned {ATK4}" in out and "198.51.100.200 was not banned" in out
+    assert env.service_reachable(env.atk, ATK4)
+    assert {b["address"] for b in env.json("bans")} == {"203.0.113.0/24", "198.51.100.77"}
+
+
+def test_admin_commands_refuse_what_would_lock_people_out(env_factory) -> None:
+    env = env_factory(TRAPS)
+    env.start()
+    for target in (SRV4, "198.51.100.0/24", "127.0.0.1"):
+        done = env.porttrap("ban", target, check=False)
+        assert done.returncode == 1 and "refusing to ban" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    done = env.porttrap("ban", "198.51.100.7/24", "192.0.2.300", check=False)
+    assert done.returncode == 1
+    assert "did you mean 198.51.100.0/24" in done.stderr and "192.0.2.300" in done.stderr
+    assert env.json("bans") == []
+    assert env.service_reachable(env.cli, CLIENT, SRV_CLI)
+
+
+def test_flush_removes_only_porttraps_table(env_factory) -> None:
+    env = env_factory(TRAPS)
+    env.srv.run(["nft", "add", "table", "inet", "other"])  # someone else's table
+    env.start()
+    assert tcp_works(env.atk, ATK4, SRV4, 2323)
+    wait_until(lambda: env.in_set("ban_v4", ATK4), 5, "ban in kernel")
+    refused = env.porttrap("flush", check=False)
+    assert refused.returncode == 1 and "porttrap is running" in refused.stderr
+    env.stop()
+    env.porttrap("flush")
+    assert env.srv.run(["nft", "list", "tables"]).split() == ["table", "inet", "other"]
+    assert env.service_reachable(env.atk, ATK4)
+    env.porttrap("flush")  # nothing left to remove: still fine
+
+
+def test_without_a_daemon_commands_say_so(env_factory) -> None:
+    env = env_factory(TRAPS)
+    done = env.porttrap("ban", ATK4, check=False)
+    assert done.returncode == 1
+    assert "porttrap is not running" in done.stderr and "Traceback" not in done.stderr
+    assert env.porttrap("status", check=False).returncode == 3
