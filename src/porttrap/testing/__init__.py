@@ -2,5 +2,6 @@
 firewall backend and store, and factories for hits and bans."""
 
 from porttrap.testing.clock import FakeClock
+from porttrap.testing.memory_firewall import MemoryFirewall
 
-__all__ = ["FakeClock"]
+__all__ = ["FakeClock", "MemoryFirewall"]

@@ -1,0 +1,97 @@
+"""The nftables backend: bans as elements of sets in porttrap's own `inet` table.
+
+Every method is one libnftables transaction (see `porttrap.firewall.ruleset` for the
+commands and for why the drop happens in prerouting at priority -350). Nothing outside
+porttrap's table is read or changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+from porttrap import log
+from porttrap.errors import FirewallError
+from porttrap.firewall.base import KernelEntry
+from porttrap.firewall.kernel import Nft
+from porttrap.firewall.plan import final_states, strongest
+from porttrap.firewall.ruleset import Ruleset, parse_entries
+from porttrap.model import Ban, Change, IPNetwork, show
+
+_FAILED_SHOWN = 10  # targets named in the error raised after a partial failure
+
+
+class NftablesBackend:
+    """FirewallBackend on nftables. `nft` defaults to a libnftables context created now, in
+    the calling thread's network namespace."""
+
+    name = "nftables"
+
+    def __init__(self, table: str = "porttrap", nft: Nft | None = None) -> None:
+        self._nft = nft if nft is not None else Nft()
+        self._rules = Ruleset(table)
+
+    def setup(self, bans: Sequence[Ban], now: float) -> None:
+        """Replace porttrap's table in one transaction: stray elements go, missing ones come."""
+        self._nft.run(self._rules.replace(strongest(bans, now), now))
+
+    def apply(self, changes: Sequence[Change], now: float) -> None:
+        """All changes in one transaction; if the kernel refuses it, each target on its own,
+        so that one bad element does not hold back the others. A ban already over at `now`
+        lifts the target, as the kernel would have by then."""
+        states = final_states(changes, now)
+        if not states:
+            return
+        try:
+            self._nft.run(self._rules.update(states, now))
+        except FirewallError as err:
+            self._apply_each(states, now, err)
+
+    def entries(self) -> list[KernelEntry]:
+        if not self._table_exists():
+            return []
+        return parse_entries(self._nft.list_json(self._rules.table_spec()))
+
+    def teardown(self) -> None:
+        self._nft.run(self._rules.remove())
+
+    def _table_exists(self) -> bool:
+        tables = self._nft.list_json({"tables": None})
+        return self._rules.table_spec() in [_bare(item) for item in tables]
+
+    def _apply_each(
+        self, states: Mapping[IPNetwork, Ban | None], now: float, err: FirewallError
+    ) -> None:
+        if not self._table_exists():
+            raise FirewallError(
+                f"{err} (porttrap's table inet {self._rules.table} is missing: it is created "
+                "when the daemon starts, or by `setup`)"
+            ) from err
+        failed = [target for target, ban in states.items() if not self._apply_one(target, ban, now)]
+        if failed:
+            raise FirewallError(_partial_failure(failed, len(states)))
+
+    def _apply_one(self, target: IPNetwork, ban: Ban | None, now: float) -> bool:
+        try:
+            self._nft.run(self._rules.update({target: ban}, now))
+        except FirewallError as err:
+            action = "unban" if ban is None else "ban"
+            log.event(
+                "firewall-error", logging.ERROR, action=action, address=show(target), error=str(err)
+            )
+            return False
+        return True
+
+
+def _bare(item: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+    """A listed table without its handle, to compare with the spec porttrap writes."""
+    return {kind: {k: v for k, v in spec.items() if k != "handle"} for kind, spec in item.items()}
+
+
+def _partial_failure(failed: list[IPNetwork], total: int) -> str:
+    names = ", ".join(show(target) for target in failed[:_FAILED_SHOWN])
+    more = f" and {len(failed) - _FAILED_SHOWN} more" if len(failed) > _FAILED_SHOWN else ""
+    return (
+        f"nftables refused {len(failed)} of {total} changes, for {names}{more} "
+        "(the others were applied; each failure is logged as event=firewall-error)"
+    )

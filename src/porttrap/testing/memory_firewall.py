@@ -1,0 +1,66 @@
+"""An in-memory FirewallBackend that holds what the kernel would hold.
+
+It follows the nftables backend's semantics, timeouts included: a ban applied at `now` gets
+the same whole-second timeout, counted on the injected clock from the moment of the call, and
+vanishes from `entries()` when it runs out. `fail_next()` makes the next call raise, to test
+how callers handle a refusing kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from porttrap.clock import Clock
+from porttrap.errors import FirewallError
+from porttrap.firewall.base import KernelEntry
+from porttrap.firewall.plan import final_states, strongest, timeout_seconds
+from porttrap.model import Ban, Change, IPNetwork
+
+
+class MemoryFirewall:
+    name = "memory"
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._deadlines: dict[IPNetwork, float | None] = {}  # on clock.now(); None: permanent
+        self._failure: FirewallError | None = None
+
+    def fail_next(self, error: FirewallError | None = None) -> None:
+        """Make the next setup/apply/teardown raise `error` and change nothing."""
+        self._failure = error or FirewallError("nftables refused the change (simulated)")
+
+    def setup(self, bans: Sequence[Ban], now: float) -> None:
+        self._check()
+        self._deadlines = {
+            target: self._deadline(ban, now) for target, ban in strongest(bans, now).items()
+        }
+
+    def apply(self, changes: Sequence[Change], now: float) -> None:
+        self._check()
+        for target, ban in final_states(changes, now).items():
+            if ban is None:
+                self._deadlines.pop(target, None)
+            else:
+                self._deadlines[target] = self._deadline(ban, now)
+
+    def entries(self) -> list[KernelEntry]:
+        now = self._clock.now()
+        held = [
+            KernelEntry(target, None if deadline is None else deadline - now)
+            for target, deadline in self._deadlines.items()
+            if deadline is None or deadline > now
+        ]
+        return sorted(held, key=lambda entry: (entry.target.version, entry.target))
+
+    def teardown(self) -> None:
+        self._check()
+        self._deadlines = {}
+
+    def _deadline(self, ban: Ban, now: float) -> float | None:
+        timeout = timeout_seconds(ban, now)
+        return None if timeout is None else self._clock.now() + timeout
+
+    def _check(self) -> None:
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure

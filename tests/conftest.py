@@ -1,0 +1,66 @@
+"""Shared fixtures. Kernel tests (`@pytest.mark.kernel`) need root, `ip` and `nft`: without
+them they are skipped with the reason, except under CI (env CI set), where they fail, so a CI
+run never passes by skipping them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess  # noqa: TID251 - reads the host's ruleset to prove tests left it alone
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from netns import Netns
+
+
+def kernel_unavailable() -> str | None:
+    """Why kernel tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "kernel tests need root (they create network namespaces): run pytest as root"
+    missing = [tool for tool in ("ip", "nft") if shutil.which(tool) is None]
+    if missing:
+        return f"kernel tests need {' and '.join(missing)}: apt-get install iproute2 nftables"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("kernel") is None:
+        return
+    reason = kernel_unavailable()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run kernel tests, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _host_ruleset() -> str:
+    return subprocess.run(
+        ["nft", "list", "ruleset"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+
+
+@pytest.fixture(autouse=True)
+def _host_ruleset_untouched(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Kernel tests must leave the host's own ruleset exactly as it was."""
+    if request.node.get_closest_marker("kernel") is None:
+        yield
+        return
+    before = _host_ruleset()
+    yield
+    assert _host_ruleset() == before, "a kernel test changed the host's nftables ruleset"
+
+
+@pytest.fixture
+def netns_factory() -> Iterator[Callable[[], Netns]]:
+    """Makes fresh network namespaces; all are deleted after the test, even when it fails."""
+    made: list[Netns] = []
+
+    def make() -> Netns:
+        made.append(Netns.create())
+        return made[-1]
+
+    yield make
+    for netns in reversed(made):
+        netns.delete()

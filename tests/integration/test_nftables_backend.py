@@ -1,0 +1,70 @@
+"""What only the real nftables backend can show: the ruleset as nft prints it, other tables
+left alone, and one refused element not holding back the rest of a batch."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+
+import pytest
+
+from netns import Netns, in_host_netns
+from porttrap.errors import FirewallError
+from porttrap.firewall.kernel import Nft
+from porttrap.firewall.nftables import NftablesBackend
+from porttrap.model import Ban, show
+
+pytestmark = pytest.mark.kernel
+
+NOW = 1_800_000_000.0
+
+
+def ban(target: str, seconds: float | None) -> Ban:
+    expires = None if seconds is None else NOW + seconds
+    return Ban(ipaddress.ip_network(target), NOW, expires, 1, "trap:tcp/23")
+
+
+@pytest.fixture
+def netns(netns_factory: Callable[[], Netns]) -> Netns:
+    return netns_factory()
+
+
+@pytest.fixture
+def backend(netns: Netns) -> NftablesBackend:
+    with netns.inside():
+        assert not in_host_netns(), "refusing to bind libnftables to the host's namespace"
+        nft = Nft()
+    return NftablesBackend(nft=nft)
+
+
+def test_chain_hooks_prerouting_before_conntrack(netns: Netns, backend: NftablesBackend) -> None:
+    backend.setup([], NOW)
+    listing = netns.run(["nft", "list", "chain", "inet", "porttrap", "prerouting"])
+    assert "type filter hook prerouting priority -350; policy accept;" in listing
+    assert listing.count(" drop") == 8
+    assert "ip saddr @ban_v4 drop" in listing
+    assert "ip6 saddr @permanent_net_v6 drop" in listing
+
+
+def test_other_tables_are_left_alone(netns: Netns, backend: NftablesBackend) -> None:
+    netns.run(["nft", "add table inet other; add set inet other s { type ipv4_addr; }"])
+    netns.run(["nft", "add", "element", "inet", "other", "s", "{ 192.0.2.9 }"])
+    backend.setup([ban("192.0.2.9", None)], NOW)
+    backend.apply([ban("198.51.100.1", 60)], NOW)
+    backend.teardown()
+    assert netns.run(["nft", "list", "tables"]).splitlines() == ["table inet other"]
+    assert "192.0.2.9" in netns.run(["nft", "list", "set", "inet", "other", "s"])
+
+
+def test_a_refused_target_does_not_hold_back_the_others(
+    backend: NftablesBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend.setup([ban("192.0.2.0/25", 3600)], NOW)
+    overlapping = ban("192.0.2.0/24", 3600)  # an interval set refuses overlapping ranges
+    with pytest.raises(FirewallError, match=r"refused 1 of 2 changes, for 192\.0\.2\.0/24 "):
+        backend.apply([overlapping, ban("198.51.100.1", 60)], NOW)
+    assert sorted(show(entry.target) for entry in backend.entries()) == [
+        "192.0.2.0/25",
+        "198.51.100.1",
+    ]
+    assert any("event=firewall-error action=ban address=192.0.2.0/24" in m for m in caplog.messages)
