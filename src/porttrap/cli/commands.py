@@ -117,6 +117,8 @@ def ban(args: argparse.Namespace) -> int:
     for item in answer["bans"]:
         until = item["expires_at"] or "permanent"
         print(f"banned {item['address']} until {until} (ban #{item['ban_count']})")
+    if answer["count"] > len(answer["bans"]):
+        print(f"... and {answer['count'] - len(answer['bans'])} more")
     return 0
 
 

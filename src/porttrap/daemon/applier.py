@@ -70,12 +70,21 @@ class Applier:
         batch, self._pending = self._pending, []
         if not batch:
             return
+        started = self.clock.monotonic()
         try:
             self.firewall.apply(batch, self.clock.now())
         except FirewallError as err:
             log.event("firewall-error", logging.ERROR, error=str(err), retry_in=RECONCILE_DELAY)
             self._schedule_reconcile()
+        applied = self.clock.monotonic()
         self._record(batch)
+        log.event(
+            "applied",
+            logging.DEBUG,
+            changes=len(batch),
+            kernel_ms=round((applied - started) * 1000, 1),
+            store_ms=round((self.clock.monotonic() - applied) * 1000, 1),
+        )
 
     def _record(self, batch: Sequence[Change]) -> None:
         bans = [c for c in batch if isinstance(c, Ban)]

@@ -12,6 +12,7 @@ from typing import Any
 from porttrap import __version__, log
 from porttrap.clock import Clock
 from porttrap.config.schema import Config
+from porttrap.daemon import memory
 from porttrap.daemon.applier import Applier, log_change
 from porttrap.daemon.control import ControlServer
 from porttrap.errors import PorttrapError, UsageError
@@ -25,6 +26,7 @@ from porttrap.store.base import Store
 HIT_FLUSH_INTERVAL = 0.5
 MAINTENANCE_INTERVAL = 60.0
 MAX_BUFFERED_HITS = 100_000
+MAX_ANSWERED = 1000  # bans listed in the answer to a bulk ban; the count covers all
 
 
 @dataclass
@@ -61,7 +63,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         await self._control.start()  # first: refuses when another daemon runs
         try:
-            self._restore(current_addresses())
+            with memory.bulk():
+                self._restore(current_addresses())
             self.report = self._sensor.start(loop)
             if self.report.none_set:
                 raise PorttrapError("no trap could be set (every trap port was skipped, see above)")
@@ -86,7 +89,7 @@ class Daemon:
 
     def _restore(self, own: frozenset[IPAddress]) -> None:
         """Bans from the store back into the policy and, in one batch, into the kernel."""
-        now = self.clock.now()
+        now, started = self.clock.now(), self.clock.monotonic()
         self.policy.protection.set_own(own)
         history = self.store.bans_since(now - self.config.ban.forget_after)
         unbans = self.policy.restore(self.store.active_bans(now), history, now)
@@ -97,7 +100,8 @@ class Daemon:
         active = self.policy.active(now)
         self.firewall.setup(active, now)
         permanent = sum(1 for b in active if b.permanent)
-        log.event("restored", bans=len(active), permanent=permanent)
+        seconds = round(self.clock.monotonic() - started, 3)
+        log.event("restored", bans=len(active), permanent=permanent, seconds=seconds)
 
     async def _serve(self) -> None:
         ticks = 0
@@ -189,6 +193,10 @@ class Daemon:
         }
 
     def _ban(self, request: dict[str, Any]) -> dict[str, Any]:
+        with memory.bulk():
+            return self._ban_all(request)
+
+    def _ban_all(self, request: dict[str, Any]) -> dict[str, Any]:
         targets = parse_targets(request.get("targets", []))
         duration, permanent = request.get("for"), bool(request.get("permanent"))
         if duration is not None and (not isinstance(duration, int | float) or duration <= 0):
@@ -199,9 +207,13 @@ class Daemon:
         now = self.clock.now()
         bans = [self.policy.ban(t, now, duration=duration, permanent=permanent) for t in targets]
         self.applier.apply_now(bans)
-        return {"bans": [ban_json(b) for b in bans]}
+        return {"count": len(bans), "bans": [ban_json(b) for b in bans[:MAX_ANSWERED]]}
 
     def _unban(self, request: dict[str, Any]) -> dict[str, Any]:
+        with memory.bulk():
+            return self._unban_all(request)
+
+    def _unban_all(self, request: dict[str, Any]) -> dict[str, Any]:
         targets = parse_targets(request.get("targets", []))
         now = self.clock.now()
         was_banned = [show(t) for t in targets if self._is_banned(t, now)]

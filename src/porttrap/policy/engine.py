@@ -67,12 +67,16 @@ class Policy:
     ) -> list[Unban]:
         """Load past and active bans. Returns unbans for active bans that are now protected
         (an address added to the allow list, or now one of this host's)."""
-        for stored in history:
-            if stored.lifted_at is None:
-                self._past.setdefault(stored.ban.target, []).append(stored.ban.banned_at)
+        shared: dict[IPNetwork, IPNetwork] = {}
         for ban in active:
             if ban.active(now):
                 self._remember(ban)
+                shared[ban.target] = ban.target
+        for stored in history:
+            if stored.lifted_at is None:
+                # one network object per target: at 100,000 bans the copies cost megabytes
+                target = shared.get(stored.ban.target, stored.ban.target)
+                self._past.setdefault(target, []).append(stored.ban.banned_at)
         return self._unban_protected(now)
 
     def set_own_addresses(self, own: Iterable[IPAddress], now: float) -> list[Unban]:

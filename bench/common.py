@@ -1,0 +1,49 @@
+"""Shared by the benchmarks: the test suite's namespaces and daemon environment, outside pytest.
+
+Everything runs in network namespaces made here and removed at the end, even on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
+
+from daemon_env import Env  # noqa: E402
+from netns import Netns  # noqa: E402
+
+
+@contextlib.contextmanager
+def environment(config: str) -> Iterator[Env]:
+    made: list[Netns] = []
+
+    def make() -> Netns:
+        made.append(Netns.create("pt-bench-"))
+        return made[-1]
+
+    with tempfile.TemporaryDirectory(prefix="porttrap-bench-") as tmp:
+        try:
+            yield Env(make, Path(tmp), config)
+        finally:
+            for netns in reversed(made):
+                netns.delete()
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    cuts = statistics.quantiles(ordered, n=100, method="inclusive")
+    return {"n": len(ordered), "min": ordered[0], "p50": cuts[49], "p99": cuts[98],
+            "max": ordered[-1]}  # fmt: skip
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
