@@ -10,6 +10,7 @@ sends probe SYNs to a real service every 0.2 ms; the first probe that gets no an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import select
 import socket
@@ -30,10 +31,8 @@ def probe_answered(env, source: str) -> tuple[float, bool]:  # type: ignore[no-u
     sock = open_socket(env.atk, source, socket.SOCK_STREAM)
     sock.setblocking(False)
     sent = time.perf_counter()
-    try:
+    with contextlib.suppress(BlockingIOError):
         sock.connect((SRV4, SERVICE_PORT))
-    except BlockingIOError:
-        pass
     _, ready, _ = select.select([], [sock], [], PROBE_TIMEOUT)
     answered = bool(ready) and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
     sock.close()

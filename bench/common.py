@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
 
 from daemon_env import Env  # noqa: E402
+
 from netns import Netns  # noqa: E402
 
 

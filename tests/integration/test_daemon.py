@@ -9,9 +9,20 @@ from pathlib import Path
 
 import pytest
 from daemon_env import (
-    ALLOWED, ATK4, ATK4_B, ATK6, CLIENT, SRV4, SRV6, SRV_CLI, Env, tcp_works, udp_send,
+    ALLOWED,
+    ATK4,
+    ATK4_B,
+    ATK6,
+    CLIENT,
+    SRV4,
+    SRV6,
+    SRV_CLI,
+    Env,
+    tcp_works,
+    udp_send,
     wait_until,
 )  # fmt: skip
+
 from netns import Netns
 
 pytestmark = pytest.mark.kernel
