@@ -56,7 +56,9 @@ def hit_count(env: Env, address: str) -> int:
     return sum(1 for e in env.json("history", address, "-n", "1000") if e["what"] == "hit")
 
 
-def test_scanner_is_dropped_everywhere_and_clients_keep_working(env_factory) -> None:
+def test_scanner_is_dropped_everywhere_and_clients_keep_working(
+    env_factory: Callable[[str], Env],
+) -> None:
     env = env_factory(TRAPS + '[ban]\ntime = "1h"\n')
     env.start()
     assert env.service_reachable(env.atk, ATK4)
@@ -95,7 +97,9 @@ def test_scanner_is_dropped_everywhere_and_clients_keep_working(env_factory) -> 
     assert "event=ban address=192.0.2.2" in env.log_text()
 
 
-def test_escalation_then_permanent_across_kernel_expiries(env_factory) -> None:
+def test_escalation_then_permanent_across_kernel_expiries(
+    env_factory: Callable[[str], Env],
+) -> None:
     env = env_factory(TRAPS + '[ban]\ntime = "2s"\nescalation = "quadratic"\n'
                       "permanent_after = 3\n")  # fmt: skip
     env.start()
@@ -121,7 +125,7 @@ def test_escalation_then_permanent_across_kernel_expiries(env_factory) -> None:
     assert "event=permanent-ban address=192.0.2.2" in env.log_text()
 
 
-def test_restart_restores_bans_and_reconciles_the_kernel(env_factory) -> None:
+def test_restart_restores_bans_and_reconciles_the_kernel(env_factory: Callable[[str], Env]) -> None:
     env = env_factory(TRAPS)
     env.start()
     assert tcp_works(env.atk, ATK4, SRV4, 2323)
@@ -151,7 +155,9 @@ def test_restart_restores_bans_and_reconciles_the_kernel(env_factory) -> None:
     assert {b["address"] for b in env.json("bans")} == {"203.0.113.0/24", "198.51.100.77"}
 
 
-def test_admin_commands_refuse_what_would_lock_people_out(env_factory) -> None:
+def test_admin_commands_refuse_what_would_lock_people_out(
+    env_factory: Callable[[str], Env],
+) -> None:
     env = env_factory(TRAPS)
     env.start()
     for target in (SRV4, "198.51.100.0/24", "127.0.0.1"):
@@ -165,7 +171,7 @@ def test_admin_commands_refuse_what_would_lock_people_out(env_factory) -> None:
     assert env.service_reachable(env.cli, CLIENT, SRV_CLI)
 
 
-def test_flush_removes_only_porttraps_table(env_factory) -> None:
+def test_flush_removes_only_porttraps_table(env_factory: Callable[[str], Env]) -> None:
     env = env_factory(TRAPS)
     env.srv.run(["nft", "add", "table", "inet", "other"])  # someone else's table
     env.start()
@@ -180,7 +186,7 @@ def test_flush_removes_only_porttraps_table(env_factory) -> None:
     env.porttrap("flush")  # nothing left to remove: still fine
 
 
-def test_without_a_daemon_commands_say_so(env_factory) -> None:
+def test_without_a_daemon_commands_say_so(env_factory: Callable[[str], Env]) -> None:
     env = env_factory(TRAPS)
     done = env.porttrap("ban", ATK4, check=False)
     assert done.returncode == 1

@@ -23,14 +23,18 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_check_config_summarises_a_valid_file(capsys, config: Path) -> None:
+def test_check_config_summarises_a_valid_file(
+    capsys: pytest.CaptureFixture[str], config: Path
+) -> None:
     code, out, _ = run(capsys, "check-config", "-c", str(config))
     assert code == 0
     assert out == (f"{config}: OK (4 TCP and 0 UDP trap ports, 1 allow-list entries, "
                    "backend nftables)\n")  # fmt: skip
 
 
-def test_check_config_lists_every_problem(capsys, tmp_path: Path) -> None:
+def test_check_config_lists_every_problem(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[ban]\ntme = "1h"\nwindow = "soon"\n[firewall]\nbackend = "iptables"\n')
     code, out, err = run(capsys, "check-config", "-c", str(bad))
@@ -42,7 +46,9 @@ def test_check_config_lists_every_problem(capsys, tmp_path: Path) -> None:
     assert lines[2].startswith(f"porttrap: config error: {bad}:5: [firewall.backend]")
 
 
-def test_run_refuses_an_invalid_config_before_anything_else(capsys, tmp_path: Path) -> None:
+def test_run_refuses_an_invalid_config_before_anything_else(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[traps]\ntcp = ["70000"]\n')
     code, _, err = run(capsys, "run", "-c", str(bad))
@@ -50,25 +56,29 @@ def test_run_refuses_an_invalid_config_before_anything_else(capsys, tmp_path: Pa
     assert not (tmp_path / "state").exists()
 
 
-def test_missing_config_file_is_one_line(capsys, tmp_path: Path) -> None:
+def test_missing_config_file_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     code, _, err = run(capsys, "status", "-c", str(tmp_path / "nope.toml"))
     assert code == 2 and len(err.splitlines()) == 1 and "nope.toml" in err
 
 
-def test_status_without_daemon_exits_3(capsys, config: Path) -> None:
+def test_status_without_daemon_exits_3(capsys: pytest.CaptureFixture[str], config: Path) -> None:
     code, out, _ = run(capsys, "status", "-c", str(config))
     assert (code, out) == (3, "porttrap is not running\n")
 
 
 @pytest.mark.parametrize("command", [["ban", "198.51.100.7"], ["unban", "198.51.100.7"]])
-def test_ban_and_unban_need_the_daemon(capsys, config: Path, command: list[str]) -> None:
+def test_ban_and_unban_need_the_daemon(
+    capsys: pytest.CaptureFixture[str], config: Path, command: list[str]
+) -> None:
     code, _, err = run(capsys, *command, "-c", str(config))
     assert code == 1
     assert err.startswith("porttrap: error: porttrap is not running")
     assert len(err.splitlines()) == 1 and "Traceback" not in err
 
 
-def test_bad_arguments_are_one_line(capsys, config: Path) -> None:
+def test_bad_arguments_are_one_line(capsys: pytest.CaptureFixture[str], config: Path) -> None:
     code, _, err = run(capsys, "ban", "198.51.100.7", "--for", "soon", "-c", str(config))
     assert code == 1 and "--for: bad duration 'soon'" in err
     code, _, err = run(capsys, "history", "198.51.100.7/24", "-c", str(config))
@@ -77,17 +87,19 @@ def test_bad_arguments_are_one_line(capsys, config: Path) -> None:
     assert code == 1 and "give at least one ADDRESS" in err
 
 
-def test_bans_before_the_first_run_says_why(capsys, config: Path) -> None:
+def test_bans_before_the_first_run_says_why(
+    capsys: pytest.CaptureFixture[str], config: Path
+) -> None:
     code, _, err = run(capsys, "bans", "-c", str(config))
     assert code == 1 and "has not run yet" in err and len(err.splitlines()) == 1
 
 
-def test_verbose_shows_the_traceback(capsys, config: Path) -> None:
+def test_verbose_shows_the_traceback(capsys: pytest.CaptureFixture[str], config: Path) -> None:
     code, _, err = run(capsys, "ban", "198.51.100.7", "-v", "-c", str(config))
     assert code == 1 and "Traceback" in err
 
 
-def test_help_and_version(capsys) -> None:
+def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.startswith("porttrap 0.")
