@@ -45,13 +45,12 @@ class Store(Protocol):
         """Bans not lifted and not expired at `now` (permanent ones included)."""
         ...
 
-    def bans_since(self, since: float) -> list[Ban]:
-        """Every ban with banned_at >= since, oldest first (lifted ones too): for escalation."""
+    def bans_since(self, since: float) -> list[StoredBan]:
+        """Every ban with banned_at >= since, oldest first, lifted ones too (with when and why
+        they were lifted, so that escalation can leave them out)."""
         ...
 
-    def history(
-        self, target: IPNetwork | None = None, limit: int = 100
-    ) -> list[HistoryEntry]: ...
+    def history(self, target: IPNetwork | None = None, limit: int = 100) -> list[HistoryEntry]: ...
 
     def prune_hits(self, before: float) -> int:
         """Delete hits older than `before`; returns how many."""

@@ -1,0 +1,362 @@
+"""One contract for every Store: SQLite on a temporary file and the in-memory fake. Fixed
+timestamps throughout; nothing here reads the clock."""
+
+from __future__ import annotations
+
+import ipaddress
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from porttrap.errors import StoreError
+from porttrap.model import Ban, Hit, Outcome, Proto, Unban
+from porttrap.store.base import HistoryEntry, Store, StoredBan
+from porttrap.store.sqlite import SQLiteStore
+from porttrap.testing.memory_store import MemoryStore
+
+T0 = 1_800_000_000.0
+HOUR = 3600.0
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made: Store
+    if request.param == "sqlite":
+        made = SQLiteStore.open(tmp_path / "state" / "porttrap.db")
+    else:
+        made = MemoryStore()
+    yield made
+    made.close()
+
+
+def ban(target: str, at: float = T0, hours: float | None = 1.0, count: int = 1) -> Ban:
+    expires = None if hours is None else at + hours * HOUR
+    return Ban(ipaddress.ip_network(target), at, expires, count, f"trap:tcp/23 #{count}")
+
+
+def unban(target: str, at: float, reason: str = "by hand") -> Unban:
+    return Unban(ipaddress.ip_network(target), at, reason)
+
+
+def hit(source: str, at: float = T0, port: int = 23, proto: Proto = Proto.TCP) -> Hit:
+    local = "2001:db8::1" if ":" in source else "192.0.2.1"
+    return Hit(
+        at=at,
+        source=ipaddress.ip_address(source),
+        source_port=40000 + port,
+        local=ipaddress.ip_address(local),
+        port=port,
+        proto=proto,
+        kind="connect" if proto is Proto.TCP else "udp",
+    )
+
+
+def summary(entries: list[HistoryEntry]) -> list[tuple[float, str, str]]:
+    """(at, what, address) for each entry: enough to compare order and filtering."""
+    out = []
+    for entry in entries:
+        subject = entry.hit.source if entry.hit else entry.ban.target if entry.ban else None
+        out.append((entry.at - T0, entry.what, str(subject)))
+    return out
+
+
+# -- an empty store ----------------------------------------------------------------------
+
+
+def test_an_empty_store_has_nothing(store: Store) -> None:
+    assert store.active_bans(T0) == []
+    assert store.bans_since(0.0) == []
+    assert store.history() == []
+    assert store.counts(T0) == (0, 0)
+    assert store.prune_hits(T0) == 0
+
+
+def test_empty_batches_are_fine(store: Store) -> None:
+    store.add_hits([])
+    store.add_bans([])
+    store.lift([])
+    assert store.history() == []
+
+
+# -- bans --------------------------------------------------------------------------------
+
+
+def test_bans_come_back_exactly_as_given(store: Store) -> None:
+    bans = [
+        ban("198.51.100.7", at=T0 + 0.25),
+        ban("2001:db8::7", at=T0 + 1, hours=None, count=3),
+        ban("203.0.113.0/24", at=T0 + 2, hours=24, count=2),
+        ban("2001:db8:1::/48", at=T0 + 3),
+    ]
+    store.add_bans(bans)
+    assert store.active_bans(T0 + 10) == bans
+
+
+def test_a_ban_is_active_until_the_instant_it_expires(store: Store) -> None:
+    store.add_bans([ban("198.51.100.7", hours=1.0)])
+    assert len(store.active_bans(T0 + HOUR - 0.001)) == 1
+    assert store.active_bans(T0 + HOUR) == []
+
+
+def test_a_permanent_ban_never_expires(store: Store) -> None:
+    store.add_bans([ban("198.51.100.7", hours=None)])
+    assert store.active_bans(T0 + 100 * 365 * 86400) == [ban("198.51.100.7", hours=None)]
+
+
+def test_only_the_newest_active_ban_of_a_target_is_listed(store: Store) -> None:
+    first, second = ban("198.51.100.7", T0, 2.0), ban("198.51.100.7", T0 + 60, 4.0, count=2)
+    store.add_bans([second, first])  # recorded out of order: banned_at decides
+    assert store.active_bans(T0 + 120) == [second]
+
+
+def test_at_the_same_instant_the_ban_recorded_last_is_newest(store: Store) -> None:
+    first, second = ban("198.51.100.7", count=1), ban("198.51.100.7", count=2)
+    store.add_bans([first])
+    store.add_bans([second])
+    assert store.active_bans(T0) == [second]
+
+
+def test_an_older_ban_still_counts_when_the_newer_one_expired(store: Store) -> None:
+    long, short = ban("198.51.100.7", T0, 10.0), ban("198.51.100.7", T0 + 60, 1.0, count=2)
+    store.add_bans([long, short])
+    assert store.active_bans(T0 + 2 * HOUR) == [long]
+
+
+def test_active_bans_are_listed_oldest_first(store: Store) -> None:
+    bans = [ban(f"198.51.100.{n}", at=T0 + (5 - n)) for n in range(5)]
+    store.add_bans(bans)
+    assert store.active_bans(T0 + 10) == sorted(bans, key=lambda b: b.banned_at)
+
+
+def test_counts_match_the_active_bans(store: Store) -> None:
+    store.add_bans(
+        [
+            ban("198.51.100.1", hours=1.0),
+            ban("198.51.100.2", hours=None),
+            ban("198.51.100.2", at=T0 + 1, hours=2.0, count=2),  # newest of .2: not permanent
+            ban("198.51.100.3", at=T0 + 1, hours=None, count=3),
+            ban("198.51.100.4", hours=1.5),
+        ]
+    )
+    active = store.active_bans(T0 + HOUR - 1)
+    assert store.counts(T0 + HOUR - 1) == (len(active), 1) == (4, 1)
+    assert store.counts(T0 + HOUR) == (3, 1)
+
+
+# -- lifting -----------------------------------------------------------------------------
+
+
+def test_lift_ends_every_active_ban_of_the_target(store: Store) -> None:
+    store.add_bans([ban("198.51.100.7", T0, 2.0), ban("198.51.100.7", T0 + 60, 4.0, count=2)])
+    store.add_bans([ban("198.51.100.8")])
+    store.lift([unban("198.51.100.7", T0 + 120, "allow-listed")])
+    assert store.active_bans(T0 + 121) == [ban("198.51.100.8")]
+    lifted = [s for s in store.bans_since(0.0) if s.lifted_at is not None]
+    assert [(s.ban.ban_count, s.lifted_at, s.lifted_reason) for s in lifted] == [
+        (1, T0 + 120, "allow-listed"),
+        (2, T0 + 120, "allow-listed"),
+    ]
+
+
+def test_lift_leaves_expired_and_later_bans_alone(store: Store) -> None:
+    expired = ban("198.51.100.7", T0, 0.5)
+    later = ban("198.51.100.7", T0 + 2 * HOUR, 1.0, count=2)
+    store.add_bans([expired, later])
+    store.lift([unban("198.51.100.7", T0 + HOUR)])
+    assert store.bans_since(0.0) == [StoredBan(expired), StoredBan(later)]
+
+
+def test_lifting_twice_keeps_the_first_lift(store: Store) -> None:
+    store.add_bans([ban("198.51.100.7", hours=None)])
+    store.lift([unban("198.51.100.7", T0 + 10, "first")])
+    store.lift([unban("198.51.100.7", T0 + 20, "second")])
+    (stored,) = store.bans_since(0.0)
+    assert (stored.lifted_at, stored.lifted_reason) == (T0 + 10, "first")
+
+
+def test_lift_matches_the_target_exactly(store: Store) -> None:
+    network, inside = ban("203.0.113.0/24"), ban("203.0.113.9")
+    store.add_bans([network, inside])
+    store.lift([unban("203.0.113.9", T0 + 1)])
+    assert store.active_bans(T0 + 2) == [network]
+
+
+# -- bans_since --------------------------------------------------------------------------
+
+
+def test_bans_since_lists_lifted_ones_too_oldest_first(store: Store) -> None:
+    old, edge, late = ban("198.51.100.1", T0 - 1), ban("198.51.100.2", T0), ban("::7", T0 + 5)
+    store.add_bans([late, old, edge])
+    store.lift([unban("::7", T0 + 6, "oops")])
+    assert store.bans_since(T0) == [StoredBan(edge), StoredBan(late, T0 + 6, "oops")]
+
+
+# -- history -----------------------------------------------------------------------------
+
+
+def test_history_is_newest_first_with_hits_bans_and_unbans(store: Store) -> None:
+    store.add_hits([(hit("198.51.100.7", T0), Outcome.BANNED)])
+    store.add_bans([ban("198.51.100.7", T0)])
+    store.add_hits([(hit("198.51.100.7", T0 + 5, port=79), Outcome.ALREADY_BANNED)])
+    store.lift([unban("198.51.100.7", T0 + 9, "allow-listed")])
+    entries = store.history()
+    assert summary(entries) == [
+        (9, "unban", "198.51.100.7/32"),
+        (5, "hit", "198.51.100.7"),
+        (0, "ban", "198.51.100.7/32"),  # at the same instant the ban follows its hit
+        (0, "hit", "198.51.100.7"),
+    ]
+    assert entries[0].unban_reason == "allow-listed"
+    assert entries[0].ban == ban("198.51.100.7", T0)
+    assert entries[1].outcome is Outcome.ALREADY_BANNED
+    assert entries[1].hit == hit("198.51.100.7", T0 + 5, port=79)
+    assert entries[3].outcome is Outcome.BANNED
+
+
+def test_history_keeps_the_newest_up_to_the_limit(store: Store) -> None:
+    store.add_hits([(hit("198.51.100.7", T0 + n), Outcome.COUNTED) for n in range(10)])
+    store.add_bans([ban("198.51.100.7", T0 + 3.5)])
+    assert [at for at, _what, _address in summary(store.history(limit=4))] == [9, 8, 7, 6]
+    assert len(store.history(limit=100)) == 11
+    assert store.history(limit=0) == []
+
+
+def test_hits_at_the_same_instant_come_newest_recorded_first(store: Store) -> None:
+    store.add_hits([(hit("198.51.100.7", port=p), Outcome.COUNTED) for p in (1, 2, 3)])
+    assert [e.hit.port for e in store.history() if e.hit] == [3, 2, 1]
+
+
+def test_history_of_one_address(store: Store) -> None:
+    store.add_hits([(hit("198.51.100.7", T0), Outcome.COUNTED)])
+    store.add_hits([(hit("198.51.100.8", T0 + 1), Outcome.COUNTED)])
+    store.add_bans([ban("198.51.100.7", T0 + 2), ban("198.51.100.0/24", T0 + 3)])
+    address = ipaddress.ip_network("198.51.100.7")
+    assert summary(store.history(address)) == [
+        (2, "ban", "198.51.100.7/32"),
+        (0, "hit", "198.51.100.7"),
+    ]
+
+
+def test_history_of_a_network_holds_everything_inside_it(store: Store) -> None:
+    store.add_hits(
+        [
+            (hit("198.51.100.7", T0), Outcome.COUNTED),
+            (hit("198.51.101.7", T0 + 1), Outcome.COUNTED),  # outside the /24
+            (hit("2001:db8::7", T0 + 2), Outcome.COUNTED),  # another family
+        ]
+    )
+    store.add_bans(
+        [
+            ban("198.51.100.0/25", T0 + 3),
+            ban("198.51.0.0/16", T0 + 4),  # wider than the /24: not inside it
+            ban("198.51.100.200", T0 + 5),
+        ]
+    )
+    store.lift([unban("198.51.100.200", T0 + 6)])
+    network = ipaddress.ip_network("198.51.100.0/24")
+    assert summary(store.history(network)) == [
+        (6, "unban", "198.51.100.200/32"),
+        (5, "ban", "198.51.100.200/32"),
+        (3, "ban", "198.51.100.0/25"),
+        (0, "hit", "198.51.100.7"),
+    ]
+    assert len(store.history(network, limit=2)) == 2
+
+
+def test_history_of_an_ipv6_network(store: Store) -> None:
+    store.add_hits([(hit("2001:db8::7", T0), Outcome.COUNTED)])
+    store.add_hits([(hit("198.51.100.7", T0 + 1), Outcome.COUNTED)])
+    store.add_bans([ban("2001:db8::/64", T0 + 2)])
+    network = ipaddress.ip_network("2001:db8::/32")
+    assert summary(store.history(network)) == [
+        (2, "ban", "2001:db8::/64"),
+        (0, "hit", "2001:db8::7"),
+    ]
+
+
+# -- hits --------------------------------------------------------------------------------
+
+
+def test_hits_come_back_exactly_as_given(store: Store) -> None:
+    given = [
+        (hit("198.51.100.7", T0 + 0.125, port=23), Outcome.BANNED),
+        (hit("2001:db8::9", T0 + 1, port=161, proto=Proto.UDP), Outcome.ALLOWED),
+        (hit("192.0.2.1", T0 + 2, port=1), Outcome.OWN_ADDRESS),
+    ]
+    store.add_hits(given)
+    assert [(e.hit, e.outcome) for e in reversed(store.history())] == given
+
+
+def test_prune_removes_only_older_hits(store: Store) -> None:
+    store.add_hits([(hit("198.51.100.7", T0 + n), Outcome.COUNTED) for n in range(5)])
+    store.add_bans([ban("198.51.100.7", T0 - 100)])
+    assert store.prune_hits(T0 + 2) == 2
+    assert [at for at, what, _ in summary(store.history()) if what == "hit"] == [4, 3, 2]
+    assert store.bans_since(0.0) == [StoredBan(ban("198.51.100.7", T0 - 100))]
+
+
+# -- closing -----------------------------------------------------------------------------
+
+
+def test_a_closed_store_refuses_work(store: Store) -> None:
+    store.close()
+    with pytest.raises(StoreError):
+        store.add_bans([ban("198.51.100.7")])
+    with pytest.raises(StoreError):
+        store.active_bans(T0)
+
+
+# -- the fake and SQLite agree -----------------------------------------------------------
+
+TARGETS = ["198.51.100.1", "198.51.100.2", "198.51.100.0/24", "2001:db8::1"]
+SCOPES = [None, *(ipaddress.ip_network(t) for t in TARGETS), ipaddress.ip_network("::/0")]
+instants = st.integers(0, 6).map(lambda n: T0 + n)  # few instants: many ties
+bans = st.builds(
+    ban,
+    st.sampled_from(TARGETS),
+    instants,
+    st.sampled_from([None, 1 / 3600, 3 / 3600]),
+    st.integers(1, 3),
+)
+unbans = st.builds(unban, st.sampled_from(TARGETS), instants)
+hits = st.tuples(
+    st.builds(hit, st.sampled_from(["198.51.100.1", "198.51.100.9", "2001:db8::1"]), instants),
+    st.sampled_from(Outcome),
+)
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("add_bans"), st.lists(bans, max_size=4)),
+        st.tuples(st.just("lift"), st.lists(unbans, max_size=2)),
+        st.tuples(st.just("add_hits"), st.lists(hits, max_size=4)),
+        st.tuples(st.just("prune_hits"), instants),
+    ),
+    max_size=12,
+)
+
+
+def observe(store: Store) -> list[object]:
+    seen: list[object] = []
+    for n in range(8):
+        now = T0 + n
+        seen += [store.active_bans(now), store.bans_since(now), store.counts(now)]
+    for scope in SCOPES:
+        seen += [store.history(scope, limit) for limit in (0, 1, 3, 100)]
+    return seen
+
+
+@settings(max_examples=60, deadline=None)
+@given(operations)
+def test_the_memory_store_behaves_like_sqlite(steps: list[tuple[str, object]]) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        stores: list[Store] = [SQLiteStore.open(Path(directory) / "porttrap.db"), MemoryStore()]
+        for name, argument in steps:
+            for store in stores:
+                getattr(store, name)(argument)
+        sqlite, memory = (observe(store) for store in stores)
+        for store in stores:
+            store.close()
+    assert memory == sqlite
