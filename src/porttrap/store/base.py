@@ -31,7 +31,8 @@ class HistoryEntry:
 
 
 class Store(Protocol):
-    """Persistent hits and bans. Writes are durable when the call returns."""
+    """Persistent hits and bans. A write that returned survives a crash of porttrap (SQLite
+    WAL, synchronous=NORMAL); a power cut may lose the last few, as it loses the kernel's bans."""
 
     def add_hits(self, hits: Sequence[tuple[Hit, Outcome]]) -> None: ...
 
