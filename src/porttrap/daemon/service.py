@@ -9,10 +9,9 @@ import signal
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from porttrap import __version__, log
+from porttrap import __version__, heap, log
 from porttrap.clock import Clock
 from porttrap.config.schema import Config
-from porttrap.daemon import memory
 from porttrap.daemon.applier import Applier, log_change
 from porttrap.daemon.control import ControlServer
 from porttrap.errors import PorttrapError, UsageError
@@ -63,7 +62,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         await self._control.start()  # first: refuses when another daemon runs
         try:
-            with memory.bulk():
+            with heap.bulk():
                 self._restore(current_addresses())
             self.report = self._sensor.start(loop)
             if self.report.none_set:
@@ -193,7 +192,7 @@ class Daemon:
         }
 
     def _ban(self, request: dict[str, Any]) -> dict[str, Any]:
-        with memory.bulk():
+        with heap.bulk():
             return self._ban_all(request)
 
     def _ban_all(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -210,7 +209,7 @@ class Daemon:
         return {"count": len(bans), "bans": [ban_json(b) for b in bans[:MAX_ANSWERED]]}
 
     def _unban(self, request: dict[str, Any]) -> dict[str, Any]:
-        with memory.bulk():
+        with heap.bulk():
             return self._unban_all(request)
 
     def _unban_all(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -3,10 +3,7 @@ not convert cleanly raises `BadRow` saying what is wrong, and the caller skips t
 
 from __future__ import annotations
 
-import gc
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any, TypeVar
 
@@ -19,20 +16,6 @@ _Choice = TypeVar("_Choice", Proto, Outcome)
 
 class BadRow(ValueError):
     """One row that cannot be read; the message says which column and why."""
-
-
-@contextmanager
-def bulk() -> Iterator[None]:
-    """Pause the cycle collector while many rows become objects. Rows and model values hold
-    no cycles, but each hundred thousand of them made the collector walk the growing heap
-    again and again: with it paused, active_bans of 100,000 bans takes half the time."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def hit_row(hit: Hit, outcome: Outcome) -> Row:

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from porttrap import log
 from porttrap.errors import StoreError
+from porttrap.heap import collector_paused
 from porttrap.model import Ban, Hit, IPNetwork, Outcome, Unban, show
 from porttrap.store import rows
 from porttrap.store.base import HistoryEntry, StoredBan
@@ -169,12 +170,12 @@ class SQLiteStore:
 
     def active_bans(self, now: float) -> list[Ban]:
         """Bans not lifted and not expired at `now`: the newest one for each target."""
-        with self._read("active bans") as conn, rows.bulk():
+        with self._read("active bans") as conn, collector_paused():
             found = conn.execute(_SQL_ACTIVE, {"now": now})
             return _newest_per_target(list(self._convert("bans", found, _ban_with_keys)))
 
     def bans_since(self, since: float) -> list[StoredBan]:
-        with self._read("bans") as conn, rows.bulk():
+        with self._read("bans") as conn, collector_paused():
             return list(self._convert("bans", conn.execute(_SQL_SINCE, (since,)), _stored))
 
     def counts(self, now: float) -> tuple[int, int]:

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def bulk() -> Iterator[None]:
-    """Pause the cycle collector for a bulk operation, then settle the heap."""
+def collector_paused() -> Iterator[None]:
+    """Pause the cycle collector while many acyclic objects are made (rows, bans)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -24,6 +24,15 @@ def bulk() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+@contextlib.contextmanager
+def bulk() -> Iterator[None]:
+    """Pause the cycle collector for a bulk operation, then settle the heap."""
+    try:
+        with collector_paused():
+            yield
+    finally:
         settle()
 
 
