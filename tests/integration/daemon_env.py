@@ -129,14 +129,35 @@ class Env:
                 return list(item["set"].get("elem", []))
         return []
 
-    def in_set(self, name: str, address: str) -> bool:
+    def element(self, name: str, address: str) -> Any:
+        """The element holding `address` (an address or a CIDR range) in one of porttrap's
+        sets, as nft's JSON writes it ('192.0.2.2', or {"elem": {"val": ..., "timeout": ...}}
+        when it has a timeout), or None."""
         for elem in self.nft_set(name):
             value = elem["elem"]["val"] if isinstance(elem, dict) and "elem" in elem else elem
             if isinstance(value, dict) and "prefix" in value:
                 value = f"{value['prefix']['addr']}/{value['prefix']['len']}"
             if value == address:
-                return True
-        return False
+                return elem
+        return None
+
+    def in_set(self, name: str, address: str) -> bool:
+        return self.element(name, address) is not None
+
+    def permanent_in(self, name: str, address: str) -> bool:
+        """Whether `address` is in set `name` without a timeout: a permanent ban."""
+        elem = self.element(name, address)
+        if elem is None:
+            return False
+        details = elem["elem"] if isinstance(elem, dict) and "elem" in elem else {}
+        return "timeout" not in details and "expires" not in details
+
+    def expires(self, name: str, address: str) -> float | None:
+        """Seconds left on `address` in set `name`; None when absent or without a timeout."""
+        elem = self.element(name, address)
+        if isinstance(elem, dict) and "elem" in elem and "expires" in elem["elem"]:
+            return float(elem["elem"]["expires"])
+        return None
 
     def service_reachable(self, ns: Netns, source: str, host: str = SRV4) -> bool:
         return tcp_works(ns, source, host, SERVICE_PORT)

@@ -41,9 +41,20 @@ def test_chain_hooks_prerouting_before_conntrack(netns: Netns, backend: Nftables
     backend.setup([], NOW)
     listing = netns.run(["nft", "list", "chain", "inet", "porttrap", "prerouting"])
     assert "type filter hook prerouting priority -350; policy accept;" in listing
-    assert listing.count(" drop") == 8
+    assert listing.count(" drop") == 4
     assert "ip saddr @ban_v4 drop" in listing
-    assert "ip6 saddr @permanent_net_v6 drop" in listing
+    assert "ip6 saddr @ban_net_v6 drop" in listing
+
+
+def test_permanent_bans_are_elements_without_a_timeout(
+    netns: Netns, backend: NftablesBackend
+) -> None:
+    backend.setup([ban("192.0.2.9", None), ban("198.51.100.0/24", 3600)], NOW)
+    backend.apply([ban("198.51.100.1", 60), ban("198.51.100.0/24", None)], NOW)
+    listing = netns.run(["nft", "list", "table", "inet", "porttrap"])
+    assert listing.count("set ban") == 4
+    assert "elements = { 192.0.2.9, 198.51.100.1 timeout 1m expires " in listing
+    assert "elements = { 198.51.100.0/24 }" in listing
 
 
 def test_other_tables_are_left_alone(netns: Netns, backend: NftablesBackend) -> None:
@@ -68,3 +79,12 @@ def test_a_refused_target_does_not_hold_back_the_others(
         "198.51.100.1",
     ]
     assert any("event=firewall-error action=ban address=192.0.2.0/24" in m for m in caplog.messages)
+
+
+def test_a_table_name_that_is_an_nft_keyword_fails_at_setup(netns: Netns) -> None:
+    with netns.inside():
+        assert not in_host_netns(), "refusing to bind libnftables to the host's namespace"
+        nft = Nft()
+    with pytest.raises(FirewallError, match=r"syntax error.*set another \[firewall\] table"):
+        NftablesBackend("meta", nft=nft).setup([ban("192.0.2.9", None)], NOW)
+    assert netns.run(["nft", "list", "tables"]) == ""

@@ -4,9 +4,8 @@ fake libnftables), dry-run's log lines, the memory fake's failure injection, sel
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
-from typing import Any
+from collections.abc import Sequence
 
 import pytest
 
@@ -33,13 +32,12 @@ class FakeNft(Nft):
     def __init__(self, bad: set[str], tables: list[JsonCommand] | None = None) -> None:
         self.bad = bad
         self.tables = [TABLE] if tables is None else tables
-        self.batches: list[list[JsonCommand]] = []
+        self.batches: list[Sequence[str]] = []
 
-    def run(self, commands: list[JsonCommand]) -> dict[str, Any]:
+    def run(self, commands: Sequence[str]) -> None:
         self.batches.append(commands)
-        if any(address in json.dumps(commands) for address in self.bad):
+        if any(address in "\n".join(commands) for address in self.bad):
             raise FirewallError("nftables refused adding 1 element to set ban_v4: boom")
-        return {}
 
     def list_json(self, what: JsonCommand) -> list[JsonCommand]:
         return self.tables
@@ -115,6 +113,17 @@ def test_memory_timeouts_run_out_on_the_clock() -> None:
     ]
     clock.advance(0.5)
     assert [str(e.target) for e in memory.entries()] == ["192.0.2.2/32"]
+
+
+def test_a_syntax_error_suggests_another_table_name() -> None:
+    class Refusing(FakeNft):
+        def run(self, commands: Sequence[str]) -> None:
+            raise FirewallError("nftables refused adding table ip: syntax error, unexpected ip")
+
+    with pytest.raises(
+        FirewallError, match=r"may not take 'ip' as a table name.*e\.g\. \"porttrap\""
+    ):
+        NftablesBackend("ip", nft=Refusing(bad=set())).setup([], NOW)
 
 
 def test_select_dry_run() -> None:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from porttrap.errors import FirewallError
 from porttrap.firewall.kernel import Nft, describe, has_net_admin
-
-WHERE = {"family": "inet", "table": "porttrap"}
 
 
 class FakeContext:
@@ -31,24 +27,28 @@ def nft_answering(context: FakeContext, monkeypatch: pytest.MonkeyPatch) -> Nft:
     return nft
 
 
-def elements(verb: str, name: str, count: int) -> dict[str, Any]:
-    return {verb: {"element": {**WHERE, "name": name, "elem": ["192.0.2.1"] * count}}}
+def elements(verb: str, name: str, count: int) -> str:
+    return (
+        f"{verb} element inet porttrap {name} {{ {', '.join(['192.0.2.1 timeout 1s'] * count)} }}"
+    )
 
 
 def test_describe_counts_elements_once_per_verb_and_set() -> None:
-    batch: list[dict[str, Any]] = [
-        {"add": {"table": {"family": "inet", "name": "porttrap"}}},
-        {"add": {"set": {**WHERE, "name": "ban_v4"}}},
-        {"add": {"set": {**WHERE, "name": "ban_v6"}}},
-        {"add": {"rule": {**WHERE, "chain": "prerouting", "expr": []}}},
-        {"add": {"rule": {**WHERE, "chain": "prerouting", "expr": []}}},
+    batch = [
+        "add table inet porttrap",
+        "add set inet porttrap ban_v4 { type ipv4_addr; flags timeout; }",
+        "add set inet porttrap ban_net_v4 { type ipv4_addr; flags interval,timeout; }",
+        "add chain inet porttrap prerouting { type filter hook prerouting priority -350; }",
+        "add rule inet porttrap prerouting ip saddr @ban_v4 drop",
+        "add rule inet porttrap prerouting ip saddr @ban_net_v4 drop",
         elements("add", "ban_v4", 3),
         elements("delete", "ban_v4", 3),
-        elements("add", "ban_v4", 3),
+        elements("add", "ban_v4", 2),
     ]
     assert describe(batch) == (
         "adding 3 elements to set ban_v4, deleting 3 elements from set ban_v4, "
-        "adding table porttrap, adding 2 sets, adding 2 rules in chain prerouting"
+        "adding table porttrap, adding 2 sets, adding chain prerouting, "
+        "adding 2 rules in chain prerouting"
     )
 
 
@@ -57,7 +57,17 @@ def test_describe_is_short_for_many_sets() -> None:
     assert describe(batch).endswith("adding 1 element to set s5 and 3 more")
 
 
-def test_run_sends_one_batch_and_parses_output(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_sends_one_batch_in_nft_syntax(monkeypatch: pytest.MonkeyPatch) -> None:
+    context = FakeContext(0)
+    nft = nft_answering(context, monkeypatch)
+    nft.run(["add table inet porttrap", elements("add", "ban_v4", 2)])
+    assert context.sent == [
+        "add table inet porttrap\n"
+        "add element inet porttrap ban_v4 { 192.0.2.1 timeout 1s, 192.0.2.1 timeout 1s }"
+    ]
+
+
+def test_list_json_sends_json_and_parses_output(monkeypatch: pytest.MonkeyPatch) -> None:
     context = FakeContext(0, '{"nftables": [{"metainfo": {}}, {"table": {"name": "t"}}]}')
     nft = nft_answering(context, monkeypatch)
     assert nft.list_json({"tables": None}) == [{"table": {"name": "t"}}]
@@ -65,14 +75,38 @@ def test_run_sends_one_batch_and_parses_output(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_run_error_says_what_was_attempted(monkeypatch: pytest.MonkeyPatch) -> None:
-    error = "internal:0:0-0: Error: Could not process rule: No such file or directory\n\n"
+    command = "add element inet porttrap ban_net_v4 { 198.51.100.0/24, 192.0.2.0/24 timeout 1s }"
+    culprit = " " * command.index("192.0.2.0/24") + "^" * len("192.0.2.0/24") + "\n"
+    error = f"Error: interval overlaps with an existing one\n{command}\n{culprit}"
     nft = nft_answering(FakeContext(1, "", error), monkeypatch)
     with pytest.raises(FirewallError) as raised:
-        nft.run([elements("delete", "ban_v4", 2)])
+        nft.run([command])
     assert str(raised.value) == (
-        "nftables refused deleting 2 elements from set ban_v4: "
-        "Could not process rule: No such file or directory"
+        "nftables refused adding 2 elements to set ban_net_v4: "
+        "interval overlaps with an existing one"
     )
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        ("internal:0:0-0: Error: Could not process rule: No such file or directory\n\n",
+         "Could not process rule: No such file or directory"),
+        ("Error: syntax error, unexpected ip, expecting string\nadd table inet ip\n"
+         "               ^^\nError: syntax error, unexpected ip, expecting string\n"
+         "add table inet ip\n               ^^\nError: B\nadd table inet ip\n^^^\n",
+         "syntax error, unexpected ip, expecting string; B"),
+        ("something else\n\n", "something else"),
+        ("", "no error text"),
+    ],
+)  # fmt: skip
+def test_run_error_text_is_one_line(
+    error: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nft = nft_answering(FakeContext(1, "", error), monkeypatch)
+    with pytest.raises(FirewallError) as raised:
+        nft.run(["add table inet porttrap"])
+    assert str(raised.value) == f"nftables refused adding table porttrap: {expected}"
 
 
 @pytest.mark.parametrize(

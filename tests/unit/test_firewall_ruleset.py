@@ -1,4 +1,4 @@
-"""The nftables JSON porttrap sends, exactly, and the parse of what nft lists (recorded)."""
+"""The nft commands porttrap sends, exactly, and the parse of what nft lists (recorded)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,17 @@ from typing import Any
 import pytest
 
 from porttrap.firewall.plan import final_states, strongest, timeout_seconds
-from porttrap.firewall.ruleset import SETS, Ruleset, parse_element, parse_entries, set_name
-from porttrap.model import Ban, Unban, show
+from porttrap.firewall.ruleset import (
+    SETS,
+    Ruleset,
+    parse_element,
+    parse_entries,
+    place,
+)
+from porttrap.model import Ban, Change, Unban, show
 
 DATA = Path(__file__).parent.parent / "data" / "nft"
 NOW = 1_800_000_000.0
-WHERE = {"family": "inet", "table": "porttrap"}
 
 
 def ban(target: str, seconds: float | None) -> Ban:
@@ -26,77 +31,76 @@ def ban(target: str, seconds: float | None) -> Ban:
 def test_set_names_and_flags() -> None:
     assert {s.name: s.flags for s in SETS} == {
         "ban_v4": ["timeout"],
-        "permanent_v4": [],
         "ban_net_v4": ["interval", "timeout"],
-        "permanent_net_v4": ["interval"],
         "ban_v6": ["timeout"],
-        "permanent_v6": [],
         "ban_net_v6": ["interval", "timeout"],
-        "permanent_net_v6": ["interval"],
     }
 
 
 @pytest.mark.parametrize(
-    ("target", "permanent", "name"),
+    ("target", "name", "nft_key"),
     [
-        ("192.0.2.1/32", False, "ban_v4"),
-        ("192.0.2.0/24", True, "permanent_net_v4"),
-        ("2001:db8::1/128", True, "permanent_v6"),
-        ("2001:db8::/32", False, "ban_net_v6"),
+        ("192.0.2.1/32", "ban_v4", "192.0.2.1"),
+        ("192.0.2.0/24", "ban_net_v4", "192.0.2.0/24"),
+        ("2001:db8::1/128", "ban_v6", "2001:db8::1"),
+        ("2001:db8::/32", "ban_net_v6", "2001:db8::/32"),
+        ("2001:db8:0:0:1::/80", "ban_net_v6", "2001:db8:0:0:1::/80"),
+        ("::ffff:192.0.2.1/128", "ban_v6", "::ffff:192.0.2.1"),
     ],
 )
-def test_set_for_each_kind_of_target(target: str, permanent: bool, name: str) -> None:
-    assert set_name(ipaddress.ip_network(target), permanent) == name
+def test_set_and_key_for_each_kind_of_target(target: str, name: str, nft_key: str) -> None:
+    assert place(ipaddress.ip_network(target)) == (name, nft_key)
 
 
 def test_replace_recreates_the_table_in_one_batch() -> None:
     bans = strongest([ban("192.0.2.1", 59.2), ban("2001:db8::/48", None)], NOW)
-    commands = Ruleset().replace(bans, NOW)
-    table = {"table": {"family": "inet", "name": "porttrap"}}
-    assert commands[:3] == [{"add": table}, {"delete": table}, {"add": table}]
-    assert commands[11] == {
-        "add": {"chain": {**WHERE, "name": "prerouting", "type": "filter",
-                          "hook": "prerouting", "prio": -350, "policy": "accept"}}
-    }  # fmt: skip
-    assert commands[12] == {
-        "add": {"rule": {**WHERE, "chain": "prerouting", "expr": [
-            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
-                       "right": "@ban_v4"}},
-            {"drop": None},
-        ]}}
-    }  # fmt: skip
-    assert commands[-2:] == [
-        {"add": {"element": {**WHERE, "name": "ban_v4",
-                             "elem": [{"elem": {"val": "192.0.2.1", "timeout": 60}}]}}},
-        {"add": {"element": {**WHERE, "name": "permanent_net_v6",
-                             "elem": [{"prefix": {"addr": "2001:db8::", "len": 48}}]}}},
-    ]  # fmt: skip
-    assert len(commands) == 3 + 8 + 1 + 8 + 2
+    assert Ruleset().replace(bans, NOW) == [
+        "add table inet porttrap",
+        "delete table inet porttrap",
+        "add table inet porttrap",
+        "add set inet porttrap ban_v4 { type ipv4_addr; flags timeout; }",
+        "add set inet porttrap ban_net_v4 { type ipv4_addr; flags interval,timeout; }",
+        "add set inet porttrap ban_v6 { type ipv6_addr; flags timeout; }",
+        "add set inet porttrap ban_net_v6 { type ipv6_addr; flags interval,timeout; }",
+        "add chain inet porttrap prerouting "
+        "{ type filter hook prerouting priority -350; policy accept; }",
+        "add rule inet porttrap prerouting ip saddr @ban_v4 drop",
+        "add rule inet porttrap prerouting ip saddr @ban_net_v4 drop",
+        "add rule inet porttrap prerouting ip6 saddr @ban_v6 drop",
+        "add rule inet porttrap prerouting ip6 saddr @ban_net_v6 drop",
+        "add element inet porttrap ban_v4 { 192.0.2.1 timeout 60s }",
+        "add element inet porttrap ban_net_v6 { 2001:db8::/48 }",
+    ]
 
 
 def test_update_adds_deletes_then_adds_each_target() -> None:
-    states = final_states(
-        [ban("192.0.2.1", 60), Unban(ipaddress.ip_network("192.0.2.2"), NOW, "")], NOW
-    )
-    assert Ruleset("pt").update(states, NOW) == [
-        {"add": {"element": {"family": "inet", "table": "pt", "name": "ban_v4", "elem": [
-            {"elem": {"val": "192.0.2.1", "timeout": 1}},
-            {"elem": {"val": "192.0.2.2", "timeout": 1}},
-        ]}}},
-        {"add": {"element": {"family": "inet", "table": "pt", "name": "permanent_v4",
-                             "elem": ["192.0.2.1", "192.0.2.2"]}}},
-        {"delete": {"element": {"family": "inet", "table": "pt", "name": "ban_v4",
-                                "elem": ["192.0.2.1", "192.0.2.2"]}}},
-        {"delete": {"element": {"family": "inet", "table": "pt", "name": "permanent_v4",
-                                "elem": ["192.0.2.1", "192.0.2.2"]}}},
-        {"add": {"element": {"family": "inet", "table": "pt", "name": "ban_v4",
-                             "elem": [{"elem": {"val": "192.0.2.1", "timeout": 60}}]}}},
-    ]  # fmt: skip
+    changes: list[Change] = [
+        ban("192.0.2.1", 60),
+        Unban(ipaddress.ip_network("192.0.2.2"), NOW, ""),
+        ban("192.0.2.3", None),
+        ban("2001:db8::/64", 0.5),
+    ]
+    assert Ruleset("pt").update(final_states(changes, NOW), NOW) == [
+        "add element inet pt ban_v4 { 192.0.2.1 timeout 1s, 192.0.2.2 timeout 1s, "
+        "192.0.2.3 timeout 1s }",
+        "add element inet pt ban_net_v6 { 2001:db8::/64 timeout 1s }",
+        "delete element inet pt ban_v4 { 192.0.2.1, 192.0.2.2, 192.0.2.3 }",
+        "delete element inet pt ban_net_v6 { 2001:db8::/64 }",
+        "add element inet pt ban_v4 { 192.0.2.1 timeout 60s, 192.0.2.3 }",
+        "add element inet pt ban_net_v6 { 2001:db8::/64 timeout 1s }",
+    ]
+
+
+def test_update_of_unbans_only_adds_then_deletes() -> None:
+    states = final_states([Unban(ipaddress.ip_network("2001:db8::9"), NOW, "")], NOW)
+    assert Ruleset().update(states, NOW) == [
+        "add element inet porttrap ban_v6 { 2001:db8::9 timeout 1s }",
+        "delete element inet porttrap ban_v6 { 2001:db8::9 }",
+    ]
 
 
 def test_remove_never_fails_on_a_missing_table() -> None:
-    table = {"table": {"family": "inet", "name": "porttrap"}}
-    assert Ruleset().remove() == [{"add": table}, {"delete": table}]
+    assert Ruleset().remove() == ["add table inet porttrap", "delete table inet porttrap"]
 
 
 def test_parse_recorded_listing() -> None:
@@ -114,6 +118,7 @@ def test_parse_recorded_listing() -> None:
         ({"range": ["192.0.2.0", "192.0.2.5"]}, [("192.0.2.0/30", None), ("192.0.2.4/31", None)]),
         ({"elem": {"val": "2001:db8::1", "timeout": 60, "expires": 42}}, [("2001:db8::1", 42.0)]),
         ({"elem": {"val": "192.0.2.1", "comment": "no timeout"}}, [("192.0.2.1", None)]),
+        ({"elem": {"val": "192.0.2.1", "timeout": 60}}, [("192.0.2.1", 60.0)]),
     ],
 )
 def test_parse_element_forms(raw: object, expected: list[tuple[str, float | None]]) -> None:

@@ -1,14 +1,16 @@
-"""The one place that talks to the kernel firewall: libnftables, through its JSON interface.
+"""The one place that talks to the kernel firewall: libnftables, in-process.
 
-`python3-nftables` wraps libnftables with ctypes and has no types; `Nft` is the typed facade
-over it, so nothing else in porttrap sees the untyped module. A libnftables context opens its
-netlink socket when created, in the network namespace of the creating thread, and keeps using
-that namespace afterwards.
+porttrap writes in nft's own syntax (see `porttrap.firewall.ruleset` for why) and reads nft's
+JSON output. `python3-nftables` wraps libnftables with ctypes and has no types; `Nft` is the
+typed facade over it, so nothing else in porttrap sees the untyped module. A libnftables context
+opens its netlink socket when created, in the network namespace of the creating thread, and
+keeps using that namespace afterwards.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,32 +39,35 @@ class Nft:
             raise FirewallError(f"libnftables cannot be loaded ({err}): {INSTALL_HINT}") from err
         self._ctx.set_json_output(True)
 
-    def run(self, commands: list[JsonCommand]) -> dict[str, Any]:
-        """Run `commands` as one libnftables batch: one kernel transaction, all or nothing.
-
-        Returns nft's JSON output ({} when it prints nothing); FirewallError carries nft's
-        error text and a summary of what was attempted."""
-        text = json.dumps({"nftables": commands}, separators=(",", ":"))
-        rc, output, error = self._ctx.cmd(text)
+    def run(self, commands: Sequence[str]) -> None:
+        """Run `commands`, one nft command each in nft's syntax (`add element inet t s { ... }`),
+        as one libnftables batch: one kernel transaction, all or nothing. FirewallError carries
+        nft's error text and a summary of what was attempted."""
+        rc, _, error = self._ctx.cmd("\n".join(commands))
         if rc != 0:
             raise FirewallError(f"nftables refused {describe(commands)}: {_clean(error)}")
-        return json.loads(output) if output else {}
 
     def list_json(self, what: JsonCommand) -> list[JsonCommand]:
         """`list` one object, e.g. {"table": {"family": "inet", "name": "porttrap"}} or
         {"tables": None}; the objects nft prints, without its metainfo."""
-        items = self.run([{"list": what}]).get("nftables", [])
+        text = json.dumps({"nftables": [{"list": what}]}, separators=(",", ":"))
+        rc, output, error = self._ctx.cmd(text)
+        if rc != 0:
+            raise FirewallError(f"nftables refused listing {json.dumps(what)}: {_clean(error)}")
+        items = json.loads(output).get("nftables", []) if output else []
         return [item for item in items if "metainfo" not in item]
 
 
-def describe(commands: list[JsonCommand]) -> str:
+def describe(commands: Sequence[str]) -> str:
     """A short account of a batch, elements first, e.g. 'adding 3 elements to set ban_v4,
-    adding 8 sets'. Elements count once per verb and set (a batch may add the same twice)."""
+    adding 4 sets'. Elements count once per verb and set (a batch may add the same twice).
+    Reads porttrap's own commands, which all start `VERB KIND FAMILY TABLE [NAME]`."""
     counts: dict[str, int] = {}
     for command in commands:
-        for verb, body in command.items():
-            for kind, spec in (body or {}).items():
-                _tally(counts, _one(verb, kind, spec), kind, _size(kind, spec))
+        verb, kind, _family, table, *rest = command.split(" ", 5)
+        name = rest[0] if rest and kind != "table" else table
+        size = command.count(",") + 1 if kind == "element" else 1
+        _tally(counts, _one(verb, kind, name), kind, size)
     parts = [what.format(n=n, s="" if n == 1 else "s") for what, n in counts.items()]
     parts.sort(key=lambda part: " element" not in part)
     shown = ", ".join(parts[:_PARTS_SHOWN])
@@ -75,29 +80,26 @@ def _tally(counts: dict[str, int], what: str, kind: str, size: int) -> None:
     counts[what] = max(before, size) if kind == "element" else before + size
 
 
-def _one(verb: str, kind: str, spec: Any) -> str:
+def _one(verb: str, kind: str, name: str) -> str:
     doing = _VERBS.get(verb, verb)
-    name = spec.get("name", "") if isinstance(spec, dict) else ""
     if kind == "element":
         preposition = "from" if verb == "delete" else "to"
         return f"{doing} {{n}} element{{s}} {preposition} set {name}"
     if kind == "rule":
-        return f"{doing} {{n}} rule{{s}} in chain {spec.get('chain', '')}"
+        return f"{doing} {{n}} rule{{s}} in chain {name}"
     if kind == "set":
         return f"{doing} {{n}} set{{s}}"
-    return f"{doing} {kind} {name}".rstrip()
-
-
-def _size(kind: str, spec: Any) -> int:
-    if kind == "element" and isinstance(spec, dict):
-        return len(spec.get("elem", []))
-    return 1
+    return f"{doing} {kind} {name}"
 
 
 def _clean(error: str) -> str:
-    """nft's error text as one line: 'internal:0:0-0: Error: X' -> 'X'."""
-    lines = [line.split("Error: ", 1)[-1] for line in error.splitlines() if line.strip()]
-    text = "; ".join(lines) or "no error text"
+    """nft's error text as one line: each distinct 'Error: X' as X, without the command nft
+    echoes after it (it may hold 100,000 elements) and the line of ^ under it (nft 1.0.6 can
+    echo the wrong line of a batch, so those marks are not worth reading)."""
+    lines = error.splitlines()
+    found = [line.split("Error: ", 1)[1] for line in lines if "Error: " in line]
+    parts = dict.fromkeys(found or [line for line in lines if line.strip()])
+    text = "; ".join(parts) or "no error text"
     return text if len(text) <= _ERROR_CHARS else text[:_ERROR_CHARS] + "..."
 
 

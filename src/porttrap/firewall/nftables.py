@@ -2,7 +2,8 @@
 
 Every method is one libnftables transaction (see `porttrap.firewall.ruleset` for the
 commands and for why the drop happens in prerouting at priority -350). Nothing outside
-porttrap's table is read or changed.
+porttrap's table is read or changed. A temporary ban is a set element with a kernel timeout,
+a permanent one an element without.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class NftablesBackend:
 
     def setup(self, bans: Sequence[Ban], now: float) -> None:
         """Replace porttrap's table in one transaction: stray elements go, missing ones come."""
-        self._nft.run(self._rules.replace(strongest(bans, now), now))
+        self._run(self._rules.replace(strongest(bans, now), now))
 
     def apply(self, changes: Sequence[Change], now: float) -> None:
         """All changes in one transaction; if the kernel refuses it, each target on its own,
@@ -43,7 +44,7 @@ class NftablesBackend:
         if not states:
             return
         try:
-            self._nft.run(self._rules.update(states, now))
+            self._run(self._rules.update(states, now))
         except FirewallError as err:
             self._apply_each(states, now, err)
 
@@ -53,7 +54,18 @@ class NftablesBackend:
         return parse_entries(self._nft.list_json(self._rules.table_spec()))
 
     def teardown(self) -> None:
-        self._nft.run(self._rules.remove())
+        self._run(self._rules.remove())
+
+    def _run(self, commands: list[str]) -> None:
+        try:
+            self._nft.run(commands)
+        except FirewallError as err:
+            if "syntax error" not in str(err):
+                raise
+            raise FirewallError(
+                f"{err} (nft's syntax may not take {self._rules.table!r} as a table name, if it "
+                'is one of its keywords: set another [firewall] table, e.g. "porttrap")'
+            ) from err
 
     def _table_exists(self) -> bool:
         tables = self._nft.list_json({"tables": None})
@@ -73,7 +85,7 @@ class NftablesBackend:
 
     def _apply_one(self, target: IPNetwork, ban: Ban | None, now: float) -> bool:
         try:
-            self._nft.run(self._rules.update({target: ban}, now))
+            self._run(self._rules.update({target: ban}, now))
         except FirewallError as err:
             action = "unban" if ban is None else "ban"
             log.event(
