@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -95,14 +96,29 @@ def show(target: IPNetwork) -> str:
     return str(target)
 
 
+def single_network(text: str) -> IPNetwork | None:
+    """A plain address as a /32 or /128, twice as fast as ip_network (which parses in Python):
+    restoring or banning 100,000 addresses is mostly this. None: not a plain address."""
+    try:
+        if ":" in text:
+            return IPv6Network(socket.inet_pton(socket.AF_INET6, text))
+        return IPv4Network(socket.inet_pton(socket.AF_INET, text))
+    except (OSError, ValueError):
+        return None
+
+
 def parse_target(text: str) -> IPNetwork:
     """'198.51.100.7', '2001:db8::/48' ... as a network; ValueError says what is wrong."""
+    text = text.strip()
+    single = single_network(text)
+    if single is not None:
+        return single
     try:
-        return ipaddress.ip_network(text.strip(), strict=True)
+        return ipaddress.ip_network(text, strict=True)
     except ValueError:
         pass
     try:
-        fixed = ipaddress.ip_network(text.strip(), strict=False)
+        fixed = ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise ValueError(f"{text!r} is not an IPv4/IPv6 address or network") from None
     raise ValueError(f"{text!r} has host bits set: did you mean {fixed}?")

@@ -195,6 +195,23 @@ def test_bans_since_lists_lifted_ones_too_oldest_first(store: Store) -> None:
     assert store.bans_since(T0) == [StoredBan(edge), StoredBan(late, T0 + 6, "oops")]
 
 
+def test_bans_to_restore_are_recent_ones_and_old_ones_still_active(store: Store) -> None:
+    forgotten = ban("198.51.100.1", T0 - 100, hours=0.01)  # old and over: not needed
+    old_permanent = ban("198.51.100.2", T0 - 100, hours=None)  # old but still active
+    old_long = ban("198.51.100.3", T0 - 50, hours=10)  # old but still active
+    old_lifted = ban("198.51.100.4", T0 - 40, hours=None)  # old, active, but lifted
+    recent_over = ban("198.51.100.5", T0, hours=0.001)  # recent: counts for escalation
+    recent = ban("2001:db8::5", T0 + 1)
+    store.add_bans([recent, forgotten, old_permanent, old_long, old_lifted, recent_over])
+    store.lift([unban("198.51.100.4", T0 - 30)])
+    assert store.bans_to_restore(T0 + 60, since=T0) == [
+        StoredBan(old_permanent),
+        StoredBan(old_long),
+        StoredBan(recent_over),
+        StoredBan(recent),
+    ]
+
+
 # -- history -----------------------------------------------------------------------------
 
 

@@ -100,7 +100,7 @@ class Env:
     def start(self) -> None:
         with self.log.open("a") as log:
             self.daemon = subprocess.Popen(
-                ["ip", "netns", "exec", self.srv.name, *PORTTRAP, "run", "-v", "-c",
+                ["ip", "netns", "exec", self.srv.name, *PORTTRAP, "run", "-c",
                  str(self.config)],
                 stdout=log, stderr=log, text=True,
             )  # fmt: skip

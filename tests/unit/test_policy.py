@@ -168,14 +168,14 @@ def test_manual_ban_refuses_protected_targets() -> None:
         ("127.0.0.0/8", "loopback"),
     ]:
         with pytest.raises(UsageError, match=why):
-            engine.ban(ip_network(target), T0)
+            engine.ban([ip_network(target)], T0)
 
 
 def test_manual_ban_kinds_and_cidr_cover_hits() -> None:
     engine = make()
-    net = engine.ban(ip_network("198.51.100.0/24"), T0, duration=60)
-    perm = engine.ban(ip_network("2001:db8::/48"), T0, permanent=True)
-    escalated = engine.ban(ip_network("203.0.113.9/32"), T0)
+    (net,) = engine.ban([ip_network("198.51.100.0/24")], T0, duration=60)
+    (perm,) = engine.ban([ip_network("2001:db8::/48")], T0, permanent=True)
+    (escalated,) = engine.ban([ip_network("203.0.113.9/32")], T0)
     assert (net.expires_at, perm.expires_at, escalated.expires_at) == (T0 + 60, None, T0 + H)
     assert play(engine, [hit(1), hit(1, source="2001:db8::1"), hit(61)]) == [
         (Outcome.ALREADY_BANNED, None),
@@ -197,8 +197,8 @@ def test_restore_continues_escalation_and_lifts_newly_protected() -> None:
     lifted = Ban(ip_network(ATTACKER), T0 - 3 * H, T0 - 2.5 * H, 1, "trap:tcp/23")
     allowed = Ban(ip_network("192.0.2.9/32"), T0 - 60, T0 + H, 1, "trap:tcp/23")
     engine = make(allow=("192.0.2.0/24",))
-    history = [StoredBan(lifted, T0 - 2.9 * H, "manual"), StoredBan(old), StoredBan(allowed)]
-    unbans = engine.restore([allowed], history, T0)
+    stored = [StoredBan(lifted, T0 - 2.9 * H, "manual"), StoredBan(old), StoredBan(allowed)]
+    unbans = engine.restore(stored, T0)
     assert [str(u.target) for u in unbans] == ["192.0.2.9/32"]
     assert play(engine, [hit(0)]) == [(Outcome.BANNED, 4 * H)]
     assert [(str(b.target), b.ban_count) for b in engine.active(T0)] == [(f"{ATTACKER}/32", 2)]
@@ -215,7 +215,7 @@ def test_own_address_change_lifts_its_ban() -> None:
 def test_expire_forgets_ended_bans_and_closed_windows() -> None:
     engine = make(BanPolicy(trigger=2))
     engine.on_hit(hit(0, source="198.51.100.1"), T0)
-    engine.ban(ip_network("198.51.100.2/32"), T0, duration=30)
+    engine.ban([ip_network("198.51.100.2/32")], T0, duration=30)
     assert [str(b.target) for b in engine.expire(T0 + 31)] == ["198.51.100.2/32"]
     engine.expire(T0 + 700)
     assert play(engine, [hit(701, source="198.51.100.1", port=24)]) == [(Outcome.COUNTED, None)]
@@ -235,3 +235,13 @@ def test_udp_broadcast_and_multicast_are_not_scans() -> None:
         Outcome.NOT_UNICAST,
         Outcome.BANNED,
     ]
+
+
+def test_manual_ban_is_all_or_nothing() -> None:
+    engine = make(allow=("192.0.2.0/24",))
+    targets = [ip_network("198.51.100.1/32"), ip_network("192.0.2.5/32"), ip_network("::1/128")]
+    with pytest.raises(UsageError) as refused:
+        engine.ban(targets, T0)
+    assert "192.0.2.5: 192.0.2.5 is on the allow list" in str(refused.value)
+    assert "::1: ::1 is an address of this host" in str(refused.value)
+    assert engine.active(T0) == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 from porttrap import log
@@ -17,15 +18,17 @@ from porttrap.model import Ban, Change, Unban, show
 from porttrap.store.base import Store
 
 RECONCILE_DELAY = 5.0
+BULK = 1000  # more changes than this in one batch are logged as a summary
 
 
-def log_change(change: Change) -> None:
+def log_change(change: Change, level: int = logging.INFO) -> None:
     if isinstance(change, Unban):
-        log.event("unban", address=show(change.target), reason=change.reason)
+        log.event("unban", level, address=show(change.target), reason=change.reason)
         return
     name = "permanent-ban" if change.permanent else "ban"
     log.event(
         name,
+        level,
         address=show(change.target),
         until=log.iso(change.expires_at),
         ban_count=change.ban_count,
@@ -78,12 +81,14 @@ class Applier:
             self._schedule_reconcile()
         applied = self.clock.monotonic()
         self._record(batch)
+        stored = self.clock.monotonic()
+        self._log(batch)
         log.event(
             "applied",
-            logging.DEBUG,
+            logging.INFO if len(batch) > BULK else logging.DEBUG,
             changes=len(batch),
             kernel_ms=round((applied - started) * 1000, 1),
-            store_ms=round((self.clock.monotonic() - applied) * 1000, 1),
+            store_ms=round((stored - applied) * 1000, 1),
         )
 
     def _record(self, batch: Sequence[Change]) -> None:
@@ -93,8 +98,21 @@ class Applier:
             self.store.add_bans(bans)
         if unbans:
             self.store.lift(unbans)
-        for change in batch:
-            log_change(change)
+
+    def _log(self, batch: Sequence[Change]) -> None:
+        """One line per change; a bulk request (an admin's ban list) is summed up in one line
+        per kind at info level, with the per-address lines at debug level."""
+        bulk = len(batch) > BULK
+        if not bulk or log.LOGGER.isEnabledFor(logging.DEBUG):
+            for change in batch:
+                log_change(change, logging.DEBUG if bulk else logging.INFO)
+        if bulk:
+            kinds = Counter(
+                "unban" if isinstance(c, Unban) else "permanent-ban" if c.permanent else "ban"
+                for c in batch
+            )
+            for kind, count in sorted(kinds.items()):
+                log.event(f"bulk-{kind}", count=count)
 
     def _schedule_reconcile(self) -> None:
         if self._reconcile is None:

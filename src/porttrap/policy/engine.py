@@ -62,22 +62,25 @@ class Policy:
 
     # -- state from the store ------------------------------------------------------------
 
-    def restore(
-        self, active: Iterable[Ban], history: Iterable[StoredBan], now: float
-    ) -> list[Unban]:
-        """Load past and active bans. Returns unbans for active bans that are now protected
-        (an address added to the allow list, or now one of this host's)."""
-        shared: dict[IPNetwork, IPNetwork] = {}
-        for ban in active:
+    def restore(self, stored: Iterable[StoredBan], now: float) -> list[Unban]:
+        """Load bans from the store, oldest first (`Store.bans_to_restore`): the ones not
+        lifted count toward escalation, and the newest of a target is active if it has not
+        run out. Returns unbans for active bans that are now protected (an address added to
+        the allow list, or now one of this host's)."""
+        for record in stored:
+            ban = record.ban
+            if record.lifted_at is not None:
+                continue
+            self._past.setdefault(ban.target, []).append(ban.banned_at)
             if ban.active(now):
                 self._remember(ban)
-                shared[ban.target] = ban.target
-        for stored in history:
-            if stored.lifted_at is None:
-                # one network object per target: at 100,000 bans the copies cost megabytes
-                target = shared.get(stored.ban.target, stored.ban.target)
-                self._past.setdefault(target, []).append(stored.ban.banned_at)
+            else:
+                self._forget(ban.target)
         return self._unban_protected(now)
+
+    def _forget(self, target: IPNetwork) -> None:
+        self._active.pop(target, None)
+        self._active_nets.pop(target, None)
 
     def set_own_addresses(self, own: Iterable[IPAddress], now: float) -> list[Unban]:
         """The host's addresses changed; returns unbans for any that were banned."""
@@ -127,38 +130,48 @@ class Policy:
 
     def ban(
         self,
-        target: IPNetwork,
+        targets: Sequence[IPNetwork],
         now: float,
         *,
         duration: float | None = None,
         permanent: bool = False,
         reason: str = "manual",
-    ) -> Ban:
-        """An admin's ban. Without `duration` or `permanent` the escalation decides.
-        Raises UsageError when the target is protected."""
-        why = self.protection.conflict(target)
-        if why:
-            raise UsageError(f"refusing to ban {show(target)}: {why}")
+    ) -> list[Ban]:
+        """An admin's bans. Without `duration` or `permanent` the escalation decides.
+        All or nothing: raises UsageError naming every protected target, and bans none."""
+        conflicts = [f"{show(t)}: {why}" for t in targets if (why := self.protection.conflict(t))]
+        if conflicts:
+            raise UsageError("refusing to ban " + "; ".join(conflicts))
+        return [self._manual(t, now, duration, permanent, reason) for t in targets]
+
+    def _manual(self, target: IPNetwork, now: float, duration: float | None, permanent: bool,
+                reason: str) -> Ban:  # fmt: skip
+        count = self._count_past(target, now) + 1
         if permanent:
-            return self._record(target, now, None, reason)
+            return self._record(target, now, None, reason, count)
         if duration is not None:
-            return self._record(target, now, now + duration, reason)
-        return self._ban(target, now, self.policy.time, reason)
+            return self._record(target, now, now + duration, reason, count)
+        seconds = ban_duration(self.policy, self.policy.time, count)
+        return self._record(target, now, None if seconds is None else now + seconds, reason, count)
 
     def _ban(self, target: IPNetwork, now: float, base: float, reason: str) -> Ban:
-        seconds = ban_duration(self.policy, base, self._count_past(target, now) + 1)
-        return self._record(target, now, None if seconds is None else now + seconds, reason)
+        count = self._count_past(target, now) + 1
+        seconds = ban_duration(self.policy, base, count)
+        return self._record(target, now, None if seconds is None else now + seconds, reason, count)
 
     def _count_past(self, target: IPNetwork, now: float) -> int:
+        past = self._past.get(target)
+        if past is None:
+            return 0
         horizon = now - self.policy.forget_after
-        past = [at for at in self._past.get(target, ()) if at > horizon]
-        self._past[target] = past
+        if past and past[0] <= horizon:
+            past[:] = [at for at in past if at > horizon]
         return len(past)
 
-    def _record(self, target: IPNetwork, now: float, expires: float | None, reason: str) -> Ban:
-        count = self._count_past(target, now) + 1
+    def _record(self, target: IPNetwork, now: float, expires: float | None, reason: str,
+                count: int) -> Ban:  # fmt: skip
         ban = Ban(target, now, expires, count, reason)
-        self._past[target].append(now)
+        self._past.setdefault(target, []).append(now)
         self._remember(ban)
         return ban
 
@@ -195,8 +208,7 @@ class Policy:
             b for b in (*self._active.values(), *self._active_nets.values()) if not b.active(now)
         ]
         for ban in expired:
-            self._active.pop(ban.target, None)
-            self._active_nets.pop(ban.target, None)
+            self._forget(ban.target)
         horizon = now - self.policy.window
         for source in [s for s, seen in self._recent.items() if max(seen.values()) <= horizon]:
             del self._recent[source]

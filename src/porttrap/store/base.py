@@ -46,6 +46,11 @@ class Store(Protocol):
         """Bans not lifted and not expired at `now` (permanent ones included)."""
         ...
 
+    def bans_to_restore(self, now: float, since: float) -> list[StoredBan]:
+        """What the daemon needs on start, in one read, oldest first: every ban made since
+        `since` (lifted ones too: escalation) and every ban still active at `now`."""
+        ...
+
     def bans_since(self, since: float) -> list[StoredBan]:
         """Every ban with banned_at >= since, oldest first, lifted ones too (with when and why
         they were lifted, so that escalation can leave them out)."""

@@ -64,6 +64,13 @@ _SQL_COUNTS = """SELECT count(*), coalesce(sum(expires_at IS NULL), 0) FROM (
 ) WHERE newest = 1"""
 _SQL_SINCE = """SELECT id, target, banned_at, expires_at, ban_count, reason, lifted_at,
     lifted_reason FROM bans WHERE banned_at >= ? ORDER BY banned_at, id"""
+_SQL_RESTORE = """SELECT id, target, banned_at, expires_at, ban_count, reason, lifted_at,
+    lifted_reason FROM bans WHERE banned_at >= :since
+    UNION ALL
+    SELECT id, target, banned_at, expires_at, ban_count, reason, lifted_at, lifted_reason
+    FROM bans WHERE banned_at < :since AND lifted_at IS NULL
+        AND (expires_at IS NULL OR expires_at > :now)
+    ORDER BY banned_at, id"""
 _SQL_PRUNE = "DELETE FROM hits WHERE at < ?"
 
 
@@ -173,6 +180,11 @@ class SQLiteStore:
         with self._read("active bans") as conn, collector_paused():
             found = conn.execute(_SQL_ACTIVE, {"now": now})
             return _newest_per_target(list(self._convert("bans", found, _ban_with_keys)))
+
+    def bans_to_restore(self, now: float, since: float) -> list[StoredBan]:
+        with self._read("bans") as conn, collector_paused():
+            found = conn.execute(_SQL_RESTORE, {"now": now, "since": since})
+            return list(self._convert("bans", found, _stored))
 
     def bans_since(self, since: float) -> list[StoredBan]:
         with self._read("bans") as conn, collector_paused():

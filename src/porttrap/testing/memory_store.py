@@ -76,6 +76,12 @@ class MemoryStore:
                 newest[record.ban.target] = record.ban
         return list(newest.values())
 
+    def bans_to_restore(self, now: float, since: float) -> list[StoredBan]:
+        self._check_open()
+        return [
+            r.stored() for r in self._oldest_first() if r.ban.banned_at >= since or r.active(now)
+        ]
+
     def bans_since(self, since: float) -> list[StoredBan]:
         self._check_open()
         return [r.stored() for r in self._oldest_first() if r.ban.banned_at >= since]
