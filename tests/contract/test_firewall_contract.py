@@ -194,3 +194,11 @@ def test_setup_after_teardown_works(fw: Harness) -> None:
     fw.backend.teardown()
     fw.backend.setup([fw.ban("2001:db8::1", 60)], fw.now)
     fw.assert_holds({"2001:db8::1": 60})
+
+
+def test_present_from_setup_until_teardown(fw: Harness) -> None:
+    assert not fw.backend.present()
+    fw.backend.setup([], fw.now)
+    assert fw.backend.present()
+    fw.backend.teardown()
+    assert not fw.backend.present()

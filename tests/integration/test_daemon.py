@@ -191,3 +191,17 @@ def test_without_a_daemon_commands_say_so(env_factory: Callable[[str], Env]) -> 
     assert done.returncode == 1
     assert "porttrap is not running" in done.stderr and "Traceback" not in done.stderr
     assert env.porttrap("status", check=False).returncode == 3
+
+
+def test_a_firewall_reload_that_flushes_everything_is_repaired(
+    env_factory: Callable[[str], Env],
+) -> None:
+    env = env_factory(TRAPS)
+    env.start()
+    assert tcp_works(env.atk, ATK4, SRV4, 2323)
+    wait_until(lambda: env.in_set("ban_v4", ATK4), 5, "ban in kernel")
+    env.srv.run(["nft", "flush", "ruleset"])  # what `systemctl restart nftables` does
+    assert env.service_reachable(env.atk, ATK4)
+    wait_until(lambda: not env.service_reachable(env.atk, ATK4), 15, "ban put back")
+    assert env.in_set("ban_v4", ATK4)
+    assert "event=firewall-missing table=porttrap" in env.log_text()

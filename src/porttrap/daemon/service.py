@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 from dataclasses import asdict, dataclass, field
@@ -14,7 +15,7 @@ from porttrap.clock import Clock
 from porttrap.config.schema import Config
 from porttrap.daemon.applier import Applier, log_change
 from porttrap.daemon.control import ControlServer
-from porttrap.errors import PorttrapError, UsageError
+from porttrap.errors import FirewallError, PorttrapError, UsageError
 from porttrap.firewall.base import FirewallBackend
 from porttrap.model import Ban, Hit, IPAddress, IPNetwork, Outcome, Unban, parse_target, show
 from porttrap.policy import Policy, Protection
@@ -24,6 +25,7 @@ from porttrap.store.base import Store
 
 HIT_FLUSH_INTERVAL = 0.5
 MAINTENANCE_INTERVAL = 60.0
+FIREWALL_CHECK_INTERVAL = 5.0
 MAX_BUFFERED_HITS = 100_000
 MAX_ANSWERED = 1000  # bans listed in the answer to a bulk ban; the count covers all
 
@@ -105,14 +107,29 @@ class Daemon:
 
     async def _serve(self) -> None:
         ticks = 0
+        per_check = int(FIREWALL_CHECK_INTERVAL / HIT_FLUSH_INTERVAL)
         per_maintenance = int(MAINTENANCE_INTERVAL / HIT_FLUSH_INTERVAL)
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), HIT_FLUSH_INTERVAL)
             self._store_hits()
             ticks += 1
+            if ticks % per_check == 0:
+                self._check_firewall()
             if ticks % per_maintenance == 0:
                 self._maintain()
+
+    def _check_firewall(self) -> None:
+        """Put the ruleset back when something removed it (a firewall reload that ran
+        `nft flush ruleset`, an admin's `nft delete table`): bans must not vanish silently."""
+        try:
+            present = self.firewall.present()
+        except FirewallError as err:
+            log.event("firewall-error", logging.ERROR, error=str(err))
+            return
+        if not present:
+            log.event("firewall-missing", logging.WARNING, table=self.config.firewall.table)
+            self.applier.reconcile()
 
     async def _shutdown(self, flush_on_exit: bool) -> None:
         self._sensor.close()

@@ -45,6 +45,11 @@ class FirewallBackend(Protocol):
         """Every ban the kernel holds now (empty when porttrap's table does not exist)."""
         ...
 
+    def present(self) -> bool:
+        """Whether porttrap's ruleset is in the kernel. Cheap: the daemon asks every few
+        seconds, because a firewall reload elsewhere (`nft flush ruleset`) can remove it."""
+        ...
+
     def teardown(self) -> None:
         """Remove porttrap's table and everything in it. Not an error when it is absent."""
         ...

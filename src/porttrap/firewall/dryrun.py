@@ -36,6 +36,9 @@ class DryRunBackend:
     def entries(self) -> list[KernelEntry]:
         return self._memory.entries()
 
+    def present(self) -> bool:
+        return self._memory.present()
+
     def teardown(self) -> None:
         log.event("dry-run-teardown")
         self._memory.teardown()

@@ -49,7 +49,7 @@ class NftablesBackend:
             self._apply_each(states, now, err)
 
     def entries(self) -> list[KernelEntry]:
-        if not self._table_exists():
+        if not self.present():
             return []
         return parse_entries(self._nft.list_json(self._rules.table_spec()))
 
@@ -67,14 +67,14 @@ class NftablesBackend:
                 'is one of its keywords: set another [firewall] table, e.g. "porttrap")'
             ) from err
 
-    def _table_exists(self) -> bool:
+    def present(self) -> bool:
         tables = self._nft.list_json({"tables": None})
         return self._rules.table_spec() in [_bare(item) for item in tables]
 
     def _apply_each(
         self, states: Mapping[IPNetwork, Ban | None], now: float, err: FirewallError
     ) -> None:
-        if not self._table_exists():
+        if not self.present():
             raise FirewallError(
                 f"{err} (porttrap's table inet {self._rules.table} is missing: it is created "
                 "when the daemon starts, or by `setup`)"

@@ -24,19 +24,31 @@ class MemoryFirewall:
         self._clock = clock
         self._deadlines: dict[IPNetwork, float | None] = {}  # on clock.now(); None: permanent
         self._failure: FirewallError | None = None
+        self._present = False
 
     def fail_next(self, error: FirewallError | None = None) -> None:
         """Make the next setup/apply/teardown raise `error` and change nothing."""
         self._failure = error or FirewallError("nftables refused the change (simulated)")
 
+    def vanish(self) -> None:
+        """Lose everything, as when someone runs `nft flush ruleset`."""
+        self._deadlines = {}
+        self._present = False
+
+    def present(self) -> bool:
+        return self._present
+
     def setup(self, bans: Sequence[Ban], now: float) -> None:
         self._check()
+        self._present = True
         self._deadlines = {
             target: self._deadline(ban, now) for target, ban in strongest(bans, now).items()
         }
 
     def apply(self, changes: Sequence[Change], now: float) -> None:
         self._check()
+        if not self._present:
+            raise FirewallError("porttrap's table is not in the kernel (simulated)")
         for target, ban in final_states(changes, now).items():
             if ban is None:
                 self._deadlines.pop(target, None)
@@ -54,7 +66,7 @@ class MemoryFirewall:
 
     def teardown(self) -> None:
         self._check()
-        self._deadlines = {}
+        self.vanish()
 
     def _deadline(self, ban: Ban, now: float) -> float | None:
         timeout = timeout_seconds(ban, now)
