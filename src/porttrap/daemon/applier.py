@@ -19,6 +19,11 @@ from porttrap.store.base import Store
 
 RECONCILE_DELAY = 5.0
 BULK = 1000  # more changes than this in one batch are logged as a summary
+Job = Callable[[], None]
+
+
+def run_now(job: Job) -> None:
+    job()
 
 
 def log_change(change: Change, level: int = logging.INFO) -> None:
@@ -45,9 +50,11 @@ class Applier:
         store: Store,
         clock: Clock,
         active: Callable[[float], list[Ban]],
+        write: Callable[[Job], None] = run_now,
     ) -> None:
         self.firewall = firewall
         self.store = store
+        self.write = write  # where store writes run: StoreWriter.submit in the daemon
         self.clock = clock
         self.active = active
         self._pending: list[Change] = []
@@ -79,25 +86,23 @@ class Applier:
         except FirewallError as err:
             log.event("firewall-error", logging.ERROR, error=str(err), retry_in=RECONCILE_DELAY)
             self._schedule_reconcile()
-        applied = self.clock.monotonic()
+        kernel_ms = round((self.clock.monotonic() - started) * 1000, 1)
         self._record(batch)
-        stored = self.clock.monotonic()
         self._log(batch)
-        log.event(
-            "applied",
-            logging.INFO if len(batch) > BULK else logging.DEBUG,
-            changes=len(batch),
-            kernel_ms=round((applied - started) * 1000, 1),
-            store_ms=round((stored - applied) * 1000, 1),
-        )
+        level = logging.INFO if len(batch) > BULK else logging.DEBUG
+        log.event("applied", level, changes=len(batch), kernel_ms=kernel_ms)
 
     def _record(self, batch: Sequence[Change]) -> None:
         bans = [c for c in batch if isinstance(c, Ban)]
         unbans = [c for c in batch if isinstance(c, Unban)]
-        if bans:
-            self.store.add_bans(bans)
-        if unbans:
-            self.store.lift(unbans)
+
+        def job() -> None:
+            if bans:
+                self.store.add_bans(bans)
+            if unbans:
+                self.store.lift(unbans)
+
+        self.write(job)
 
     def _log(self, batch: Sequence[Change]) -> None:
         """One line per change; a bulk request (an admin's ban list) is summed up in one line

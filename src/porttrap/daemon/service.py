@@ -15,6 +15,7 @@ from porttrap.clock import Clock
 from porttrap.config.schema import Config
 from porttrap.daemon.applier import Applier, log_change
 from porttrap.daemon.control import ControlServer
+from porttrap.daemon.writer import StoreWriter
 from porttrap.errors import FirewallError, PorttrapError, UsageError
 from porttrap.firewall.base import FirewallBackend
 from porttrap.model import Ban, Hit, IPAddress, IPNetwork, Outcome, Unban, parse_target, show
@@ -48,7 +49,8 @@ class Daemon:
         self.store = store
         self.firewall = firewall
         self.policy = Policy(config.ban, config.traps, Protection(config.allow))
-        self.applier = Applier(firewall, store, clock, self.policy.active)
+        self.writer = StoreWriter()
+        self.applier = Applier(firewall, store, clock, self.policy.active, self.writer.submit)
         self.counters = Counters()
         self.started_at = clock.now()
         self.report = TrapReport(set=[], skipped=[])
@@ -66,6 +68,7 @@ class Daemon:
         try:
             with heap.bulk():
                 self._restore(current_addresses())
+            self.writer.start()
             self.report = self._sensor.start(loop)
             if self.report.none_set:
                 raise PorttrapError("no trap could be set (every trap port was skipped, see above)")
@@ -136,6 +139,7 @@ class Daemon:
         self._watcher.close()
         self.applier.flush()
         self._store_hits()
+        self.writer.close()  # every record written before the store is closed
         await self._control.close()
         if flush_on_exit:
             self.firewall.teardown()
@@ -146,9 +150,13 @@ class Daemon:
         now = self.clock.now()
         for ban in self.policy.expire(now):
             log.event("ban-expired", address=show(ban.target), ban_count=ban.ban_count)
-        pruned = self.store.prune_hits(now - self.config.store.hit_retention)
-        if pruned:
-            log.event("hits-pruned", count=pruned)
+        before = now - self.config.store.hit_retention
+
+        def prune() -> None:
+            if pruned := self.store.prune_hits(before):
+                log.event("hits-pruned", count=pruned)
+
+        self.writer.submit(prune)
 
     # -- events --------------------------------------------------------------------------
 
@@ -180,7 +188,7 @@ class Daemon:
     def _store_hits(self) -> None:
         if self._hits:
             batch, self._hits = self._hits, []
-            self.store.add_hits(batch)
+            self.writer.submit(lambda: self.store.add_hits(batch))
 
     # -- control requests ----------------------------------------------------------------
 

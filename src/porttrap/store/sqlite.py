@@ -329,7 +329,9 @@ def _make_private(path: Path) -> None:
 
 def _connect(path: Path, target: str, uri: bool) -> sqlite3.Connection:
     try:
-        return sqlite3.connect(target, uri=uri, isolation_level=None)
+        # check_same_thread=False: the daemon opens the store, restores from it, then hands
+        # it to its writer thread (daemon/writer.py); one thread at a time uses it.
+        return sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as e:
         raise StoreError(f"cannot open {path}: {e}") from e
 
