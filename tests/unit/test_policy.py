@@ -245,3 +245,18 @@ def test_manual_ban_is_all_or_nothing() -> None:
     assert "192.0.2.5: 192.0.2.5 is on the allow list" in str(refused.value)
     assert "::1: ::1 is an address of this host" in str(refused.value)
     assert engine.active(T0) == []
+
+
+def test_restore_lifts_bans_on_own_and_loopback_addresses() -> None:
+    engine = make(own=("203.0.113.1",))
+    stored = [
+        StoredBan(Ban(ip_network(t), T0 - 60, T0 + H, 1, "old"))
+        for t in ("203.0.113.1/32", "127.0.0.2/32", "198.51.100.9/32", "203.0.113.0/24")
+    ]
+    unbans = engine.restore(stored, T0)
+    assert sorted(str(u.target) for u in unbans) == [
+        "127.0.0.2/32",
+        "203.0.113.0/24",
+        "203.0.113.1/32",
+    ]
+    assert [str(b.target) for b in engine.active(T0)] == ["198.51.100.9/32"]

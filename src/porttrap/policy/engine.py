@@ -67,16 +67,20 @@ class Policy:
         lifted count toward escalation, and the newest of a target is active if it has not
         run out. Returns unbans for active bans that are now protected (an address added to
         the allow list, or now one of this host's)."""
+        past = self._past
         for record in stored:
             ban = record.ban
             if record.lifted_at is not None:
                 continue
-            self._past.setdefault(ban.target, []).append(ban.banned_at)
+            if (times := past.get(ban.target)) is None:
+                past[ban.target] = [ban.banned_at]
+            else:
+                times.append(ban.banned_at)
             if ban.active(now):
                 self._remember(ban)
             else:
                 self._forget(ban.target)
-        return self._unban_protected(now)
+        return self._unban_protected(now, scan=True)
 
     def _forget(self, target: IPNetwork) -> None:
         self._active.pop(target, None)
@@ -85,15 +89,21 @@ class Policy:
     def set_own_addresses(self, own: Iterable[IPAddress], now: float) -> list[Unban]:
         """The host's addresses changed; returns unbans for any that were banned."""
         self.protection.set_own(own)
-        return self._unban_protected(now)
+        return self._unban_protected(now, scan=False)
 
-    def _unban_protected(self, now: float) -> list[Unban]:
-        unbans = []
-        for target in list(self._active) + list(self._active_nets):
-            why = self.protection.conflict(target)
-            if why:
-                unbans.append(self.unban(target, now, f"protected: {why}"))
-        return unbans
+    def _unban_protected(self, now: float, scan: bool) -> list[Unban]:
+        """Unbans for active bans that protection forbids. The host's own addresses are looked
+        up, not scanned for (they change often, bans are many); `scan` also checks every
+        single-address ban against loopback and the allow list (on start: the list may have
+        changed since the bans were made)."""
+        found = [t for t in self._active_nets if self.protection.conflict(t)]
+        found += [t for own in self.protection.own if (t := as_network(own)) in self._active]
+        if scan:
+            found += [t for t in self._active if self.protection.allowed(t.network_address)]
+        return [
+            self.unban(t, now, f"protected: {self.protection.conflict(t)}")
+            for t in dict.fromkeys(found)
+        ]
 
     # -- hits ----------------------------------------------------------------------------
 

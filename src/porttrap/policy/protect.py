@@ -21,6 +21,10 @@ class Protection:
     def set_own(self, own: Iterable[IPAddress]) -> None:
         self._own = frozenset(own)
 
+    def allowed(self, address: IPAddress) -> bool:
+        """On the allow list, or loopback (the host's own addresses are not checked here)."""
+        return address.is_loopback or any(address in net for net in self._allow)
+
     def outcome_for(self, address: IPAddress) -> Outcome | None:
         """ALLOWED or OWN_ADDRESS when `address` must never be banned, else None."""
         if address.is_loopback or address in self._own:
