@@ -4,6 +4,8 @@
 #                            /etc/porttrap/porttrap.toml when present)
 #   setup.sh test [ARGS...]  runs the whole test suite (lint, types, unit, contract, integration)
 # Run it as root from a checkout. Idempotent: a second run installs nothing new.
+# PORTTRAP_NETNS=NAME setup.sh run: install here, then run the daemon inside network namespace
+# NAME (made if missing, with lo up): a way to try porttrap without touching this host's network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,11 +35,18 @@ if [ ! -x "$venv/bin/python" ]; then
   # --system-site-packages: the nftables binding comes from Debian, not from PyPI
   /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
 
 if [ "$mode" = run ]; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check . >&2
   ln -sf "$venv/bin/porttrap" /usr/local/sbin/porttrap
+  if [ -n "${PORTTRAP_NETNS:-}" ]; then
+    if [ ! -e "/run/netns/$PORTTRAP_NETNS" ]; then
+      ip netns add "$PORTTRAP_NETNS"
+      ip netns exec "$PORTTRAP_NETNS" ip link set lo up
+    fi
+    echo "setup.sh: running porttrap inside network namespace $PORTTRAP_NETNS" >&2
+    exec ip netns exec "$PORTTRAP_NETNS" "$venv/bin/porttrap" run "$@"
+  fi
   exec "$venv/bin/porttrap" run "$@"
 fi
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess  # noqa: TID251 - runs the CLI as a user would
+import sys
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
 
 from porttrap.cli.main import main
+from porttrap.model import Ban
+from porttrap.store.sqlite import SQLiteStore
 
 
 @pytest.fixture
@@ -106,3 +111,15 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["ban", "--help"])
     assert "--permanent" in capsys.readouterr().out
+
+
+def test_a_closed_pipe_is_not_an_error(config: Path, tmp_path: Path) -> None:
+    store = SQLiteStore.open(tmp_path / "state" / "porttrap.db")
+    bans = [Ban(ip_network(f"2001:db8::{n:x}"), 1e9, None, 1, "manual") for n in range(1, 5000)]
+    store.add_bans(bans)
+    store.close()
+    # far more than a pipe holds, so the write fails once head has gone
+    script = f"{sys.executable} -m porttrap bans --json -c {config} | head -c 1"
+    piped = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=False)
+    assert piped.stdout == "["
+    assert piped.stderr == ""
