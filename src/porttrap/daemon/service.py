@@ -103,10 +103,17 @@ class Daemon:
             for unban in unbans:
                 log_change(unban)
         active = self.policy.active(now)
+        decided = self.clock.monotonic()
         self.firewall.setup(active, now)
-        permanent = sum(1 for b in active if b.permanent)
-        seconds = round(self.clock.monotonic() - started, 3)
-        log.event("restored", bans=len(active), permanent=permanent, seconds=seconds)
+        done = self.clock.monotonic()
+        log.event(
+            "restored",
+            bans=len(active),
+            permanent=sum(1 for b in active if b.permanent),
+            seconds=round(done - started, 3),
+            store_s=round(decided - started, 3),  # read and decided
+            kernel_s=round(done - decided, 3),
+        )
 
     async def _serve(self) -> None:
         ticks = 0
