@@ -88,3 +88,26 @@ def test_a_table_name_that_is_an_nft_keyword_fails_at_setup(netns: Netns) -> Non
     with pytest.raises(FirewallError, match=r"syntax error.*set another \[firewall\] table"):
         NftablesBackend("meta", nft=nft).setup([ban("192.0.2.9", None)], NOW)
     assert netns.run(["nft", "list", "tables"]) == ""
+
+
+def test_a_refused_target_in_one_chunk_does_not_hold_back_other_chunks(
+    backend: NftablesBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("porttrap.firewall.nftables.CHUNK", 2)
+    backend.setup([ban("192.0.2.0/25", 3600)], NOW)
+    changes = [
+        ban("198.51.100.1", 60),
+        ban("192.0.2.0/24", 60),
+        ban("198.51.100.2", 60),
+        ban("198.51.100.3", 60),
+        ban("2001:db8::1", 60),
+    ]
+    with pytest.raises(FirewallError, match=r"refused 1 of 5 changes, for 192\.0\.2\.0/24 "):
+        backend.apply(changes, NOW)
+    assert sorted(show(entry.target) for entry in backend.entries()) == [
+        "192.0.2.0/25",
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "2001:db8::1",
+    ]
