@@ -16,7 +16,7 @@ import select
 import socket
 import time
 
-from common import environment, percentiles
+from common import Steal, environment, percentiles
 from daemon_env import ATK4, SERVICE_PORT, SRV4, open_socket, tcp_works
 
 from porttrap.model import Proto  # noqa: F401 - the package must import from this venv
@@ -63,9 +63,14 @@ def main() -> None:
         for source in sources:
             env.atk.run(["ip", "addr", "add", f"{source}/24", "dev", _atk_device(env)])
         env.start()
-        samples = [one_try(env, source) for source in sources]
+        with Steal() as steal:
+            samples = [one_try(env, source) for source in sources]
         env.stop()
-    result = {"benchmark": "trap connect -> dropped (ms)", **percentiles(samples)}
+    result = {
+        "benchmark": "trap connect -> dropped (ms)",
+        **percentiles(samples),
+        "cpu_steal_percent": steal.percent,
+    }
     print(json.dumps(result, indent=2))
 
 

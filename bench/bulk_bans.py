@@ -13,7 +13,7 @@ import json
 import re
 import time
 
-from common import environment, rss_mib
+from common import Steal, environment, rss_mib
 
 CONFIG = '[traps]\ntcp = ["2323"]\nudp = []\n'
 
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=100_000)
     args = parser.parse_args()
     result: dict[str, float | int] = {"bans": args.count}
-    with environment(CONFIG) as env:
+    with environment(CONFIG) as env, Steal() as steal:
         env.start()
         assert env.daemon is not None
         result["rss_mib_idle"] = round(rss_mib(env.daemon.pid), 1)
@@ -54,6 +54,7 @@ def main() -> None:
         result["rss_mib_after_restore"] = round(rss_mib(env.daemon.pid), 1)
         assert env.json("status")["bans"]["active"] == args.count
         env.stop()
+    result["cpu_steal_percent"] = steal.percent
     print(json.dumps(result, indent=2))
 
 

@@ -6,9 +6,11 @@ Everything runs in network namespaces made here and removed at the end, even on 
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,3 +50,22 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+class Steal:
+    """CPU time the hypervisor took from this VM while a block ran, as a share of the wall
+    time of all CPUs: on a shared VM it is what makes latency tails, not the code."""
+
+    def __enter__(self) -> Steal:
+        self._start = (_steal_ticks(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        ticks, started = _steal_ticks() - self._start[0], time.perf_counter() - self._start[1]
+        hz = os.sysconf("SC_CLK_TCK")
+        self.percent = round(100 * ticks / hz / (started * (os.cpu_count() or 1)), 1)
+
+
+def _steal_ticks() -> int:
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8])  # cpu user nice system idle iowait irq softirq steal
