@@ -138,17 +138,22 @@ def test_tcp_connect_gives_one_hit_and_the_client_sees_the_close(address: IPAddr
     run(scenario)
 
 
-def test_a_connection_the_peer_aborted_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
-    (port,) = free_ports(1)
+def accept_fails_with(monkeypatch: pytest.MonkeyPatch, errors: list[OSError]) -> None:
+    """accept() raises the errors in `errors` (popped from the end, the list may grow) first."""
     real_accept = socket.socket.accept
-    aborted = [OSError(errno.ECONNABORTED, "aborted")]
 
     def accept(sock: socket.socket) -> tuple[socket.socket, Any]:
-        if aborted:
-            raise aborted.pop()
+        if errors:
+            raise errors.pop()
         return real_accept(sock)
 
     monkeypatch.setattr(socket.socket, "accept", accept)
+
+
+def test_a_connection_the_peer_aborted_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    (port,) = free_ports(1)
+    aborted = [OSError(errno.ECONNABORTED, "aborted")]
+    accept_fails_with(monkeypatch, aborted)
 
     async def scenario() -> None:
         sensor = Sensor([Trap(Proto.TCP, port, V4)])
@@ -166,15 +171,8 @@ def test_enobufs_backs_off_doubling_then_accepts(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     (port,) = free_ports(1)
-    real_accept = socket.socket.accept
     failures = [OSError(errno.ENOBUFS, "No buffer space available") for _ in range(4)]
-
-    def accept(sock: socket.socket) -> tuple[socket.socket, Any]:
-        if failures:
-            raise failures.pop()
-        return real_accept(sock)
-
-    monkeypatch.setattr(socket.socket, "accept", accept)
+    accept_fails_with(monkeypatch, failures)
 
     async def scenario() -> None:
         sensor = Sensor([Trap(Proto.TCP, port, V4)])
