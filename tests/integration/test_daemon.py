@@ -3,6 +3,8 @@ running in its own network namespace and real packets from other namespaces."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -183,6 +185,16 @@ def test_flush_removes_only_porttraps_table(env_factory: Callable[[str], Env]) -
     assert env.srv.run(["nft", "list", "tables"]).split() == ["table", "inet", "other"]
     assert env.service_reachable(env.atk, ATK4)
     env.porttrap("flush")  # nothing left to remove: still fine
+
+
+def test_sighup_does_not_stop_the_daemon(env_factory: Callable[[str], Env]) -> None:
+    env = env_factory(TRAPS)
+    env.start()
+    assert env.daemon is not None
+    os.kill(env.daemon.pid, signal.SIGHUP)
+    wait_until(lambda: "event=reload-unsupported" in env.log_text(), 5, "SIGHUP logged")
+    assert env.daemon.poll() is None and env.json("status")["running"]
+    env.stop()
 
 
 def test_without_a_daemon_commands_say_so(env_factory: Callable[[str], Env]) -> None:

@@ -75,6 +75,7 @@ class Daemon:
             self._watcher.start(loop)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, _no_reload)
             log.event(
                 "start",
                 version=__version__,
@@ -282,3 +283,12 @@ def ban_json(ban: Ban) -> dict[str, Any]:
 
 def unban_json(unban: Unban) -> dict[str, Any]:
     return {"address": show(unban.target), "at": log.iso(unban.at), "reason": unban.reason}
+
+
+def _no_reload() -> None:
+    """SIGHUP must not kill a security daemon (its default action would): say what to do."""
+    log.event(
+        "reload-unsupported",
+        logging.WARNING,
+        hint="this version does not reload its configuration: restart porttrap to apply it",
+    )
