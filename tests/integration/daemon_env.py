@@ -97,15 +97,16 @@ class Env:
     def json(self, *args: str) -> Any:
         return json.loads(self.porttrap(*args, "--json").stdout)
 
-    def start(self) -> None:
+    def start(self, *extra: str, wait: bool = True) -> None:
         with self.log.open("a") as log:
             self.daemon = subprocess.Popen(
                 ["ip", "netns", "exec", self.srv.name, *PORTTRAP, "run", "-c",
-                 str(self.config)],
+                 str(self.config), *extra],
                 stdout=log, stderr=log, text=True,
             )  # fmt: skip
         self.srv.processes.append(self.daemon)
-        wait_until(self._running, 20, "daemon answers status")
+        if wait:
+            wait_until(self._running, 20, "daemon answers status")
 
     def _running(self) -> bool:
         assert self.daemon is not None

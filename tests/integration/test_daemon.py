@@ -16,6 +16,7 @@ from daemon_env import (
     ATK4_B,
     ATK6,
     CLIENT,
+    SERVICE_PORT,
     SRV4,
     SRV6,
     SRV_CLI,
@@ -169,6 +170,10 @@ def test_admin_commands_refuse_what_would_lock_people_out(
     assert done.returncode == 1
     assert "did you mean 198.51.100.0/24" in done.stderr and "192.0.2.300" in done.stderr
     assert env.json("bans") == []
+    env.porttrap("ban", "203.0.113.0/24")
+    done = env.porttrap("ban", "203.0.113.128/25", check=False)
+    assert done.returncode == 1 and "overlaps the ban on 203.0.113.0/24" in done.stderr
+    assert [b["address"] for b in env.json("bans")] == ["203.0.113.0/24"]
     assert env.service_reachable(env.cli, CLIENT, SRV_CLI)
 
 
@@ -185,6 +190,37 @@ def test_flush_removes_only_porttraps_table(env_factory: Callable[[str], Env]) -
     assert env.srv.run(["nft", "list", "tables"]).split() == ["table", "inet", "other"]
     assert env.service_reachable(env.atk, ATK4)
     env.porttrap("flush")  # nothing left to remove: still fine
+
+
+def test_no_trap_at_all_is_an_error_and_the_kernel_keeps_its_bans(
+    env_factory: Callable[[str], Env],
+) -> None:
+    env = env_factory(TRAPS)
+    env.start()
+    env.porttrap("ban", "198.51.100.77", "--permanent")
+    env.stop()
+    # the only trap port is the one the protected host's real service listens on
+    env.config.write_text(
+        f'state_dir = "{env.state}"\n[traps]\ntcp = ["{SERVICE_PORT}"]\nudp = []\n'
+    )
+    env.start(wait=False)
+    assert env.daemon is not None
+    assert env.daemon.wait(timeout=20) == 1
+    log = env.log_text()
+    assert f"event=trap-skipped proto=tcp port={SERVICE_PORT}" in log and 'reason="in use"' in log
+    assert "porttrap: error: no trap could be set" in log
+    assert env.permanent_in("ban_v4", "198.51.100.77")  # restored before the traps, left as is
+
+
+def test_flush_on_exit_leaves_no_table(env_factory: Callable[[str], Env]) -> None:
+    env = env_factory(TRAPS)
+    env.start("--flush-on-exit")
+    assert tcp_works(env.atk, ATK4, SRV4, 2323)
+    wait_until(lambda: env.in_set("ban_v4", ATK4), 5, "ban in kernel")
+    env.stop()
+    assert env.srv.run(["nft", "list", "tables"]) == ""
+    assert env.service_reachable(env.atk, ATK4)
+    assert [b["address"] for b in env.json("bans")] == [ATK4]  # the database keeps it
 
 
 def test_sighup_does_not_stop_the_daemon(env_factory: Callable[[str], Env]) -> None:

@@ -260,3 +260,33 @@ def test_restore_lifts_bans_on_own_and_loopback_addresses() -> None:
         "203.0.113.1/32",
     ]
     assert [str(b.target) for b in engine.active(T0)] == ["198.51.100.9/32"]
+
+
+def test_network_bans_may_not_overlap() -> None:
+    engine = make()
+    engine.ban([ip_network("198.51.100.0/24")], T0)
+    with pytest.raises(UsageError, match=r"198.51.100.0/25: overlaps the ban on 198.51.100.0/24"):
+        engine.ban([ip_network("198.51.100.0/25")], T0)
+    with pytest.raises(UsageError, match=r"2001:db8::/64: overlaps the ban on 2001:db8::/48"):
+        engine.ban([ip_network("2001:db8::/48"), ip_network("2001:db8::/64")], T0)
+    again = engine.ban([ip_network("198.51.100.0/24"), ip_network("198.51.100.9/32")], T0)
+    assert [b.ban_count for b in again] == [2, 1]  # the same network again, and an address in it
+
+
+def test_restore_lifts_older_overlapping_network_bans() -> None:
+    def stored(target: str, at: float) -> StoredBan:
+        return StoredBan(Ban(ip_network(target), T0 - at, T0 + H, 1, "manual"))
+
+    engine = make()
+    unbans = engine.restore(
+        [
+            stored("198.51.100.0/24", 30),
+            stored("198.51.100.0/25", 20),
+            stored("203.0.113.0/24", 10),
+        ],
+        T0,
+    )
+    assert [(str(u.target), u.reason) for u in unbans] == [
+        ("198.51.100.0/24", "overlapped by the newer ban on 198.51.100.0/25")
+    ]
+    assert sorted(str(b.target) for b in engine.active(T0)) == ["198.51.100.0/25", "203.0.113.0/24"]

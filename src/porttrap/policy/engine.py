@@ -80,7 +80,28 @@ class Policy:
                 self._remember(ban)
             else:
                 self._forget(ban.target)
-        return self._unban_protected(now, scan=True)
+        return self._unban_overlapping(now) + self._unban_protected(now, scan=True)
+
+    def _unban_overlapping(self, now: float) -> list[Unban]:
+        """Older network bans that a newer one overlaps (a database from before porttrap
+        refused such bans, or edited by hand): the kernel cannot hold both."""
+        kept: list[Ban] = []
+        unbans = []
+        for ban in sorted(self._active_nets.values(), key=lambda b: b.banned_at, reverse=True):
+            newer = next(
+                (
+                    k
+                    for k in kept
+                    if k.target.version == ban.target.version and k.target.overlaps(ban.target)
+                ),
+                None,
+            )
+            if newer is None:
+                kept.append(ban)
+            else:
+                reason = f"overlapped by the newer ban on {show(newer.target)}"
+                unbans.append(self.unban(ban.target, now, reason))
+        return unbans
 
     def _forget(self, target: IPNetwork) -> None:
         self._active.pop(target, None)
@@ -150,12 +171,30 @@ class Policy:
         """An admin's bans. Without `duration` or `permanent` the escalation decides.
         All or nothing: raises UsageError naming every protected target, and bans none."""
         conflicts = [f"{show(t)}: {why}" for t in targets if (why := self.protection.conflict(t))]
+        conflicts += self._overlaps(targets, now)
         if conflicts:
             raise UsageError("refusing to ban " + "; ".join(conflicts))
         return [self._manual(t, now, duration, permanent, reason) for t in targets]
 
-    def _manual(self, target: IPNetwork, now: float, duration: float | None, permanent: bool,
-                reason: str) -> Ban:  # fmt: skip
+    def _overlaps(self, targets: Sequence[IPNetwork], now: float) -> list[str]:
+        """Network bans may not overlap each other (the kernel's interval sets refuse it): a
+        new one must not overlap an active one, other than the same network, nor another new
+        one. Single addresses inside a banned network are fine."""
+        nets = [t for t in targets if t.prefixlen != t.max_prefixlen]
+        if not nets:
+            return []
+        held = [b.target for b in self._active_nets.values() if b.active(now)]
+        problems = []
+        for n, net in enumerate(nets):
+            for other in [*held, *nets[:n]]:
+                if other != net and other.version == net.version and net.overlaps(other):
+                    problems.append(f"{show(net)}: overlaps the ban on {show(other)}")
+                    break
+        return problems
+
+    def _manual(
+        self, target: IPNetwork, now: float, duration: float | None, permanent: bool, reason: str
+    ) -> Ban:
         count = self._count_past(target, now) + 1
         if permanent:
             return self._record(target, now, None, reason, count)
@@ -178,8 +217,9 @@ class Policy:
             past[:] = [at for at in past if at > horizon]
         return len(past)
 
-    def _record(self, target: IPNetwork, now: float, expires: float | None, reason: str,
-                count: int) -> Ban:  # fmt: skip
+    def _record(
+        self, target: IPNetwork, now: float, expires: float | None, reason: str, count: int
+    ) -> Ban:
         ban = Ban(target, now, expires, count, reason)
         self._past.setdefault(target, []).append(now)
         self._remember(ban)
