@@ -223,6 +223,20 @@ def test_flush_on_exit_leaves_no_table(env_factory: Callable[[str], Env]) -> Non
     assert [b["address"] for b in env.json("bans")] == [ATK4]  # the database keeps it
 
 
+def test_an_address_the_host_takes_on_is_unbanned_and_protected(
+    env_factory: Callable[[str], Env],
+) -> None:
+    env = env_factory(TRAPS)
+    env.start()
+    env.porttrap("ban", "203.0.113.50", "--permanent")
+    env.srv.run(["ip", "addr", "add", "203.0.113.50/32", "dev", "lo"])
+    wait_until(lambda: env.json("bans") == [], 5, "ban lifted once the address is the host's")
+    assert not env.in_set("ban_v4", "203.0.113.50")
+    assert "event=unban address=203.0.113.50 reason=" in env.log_text()
+    done = env.porttrap("ban", "203.0.113.50", check=False)
+    assert done.returncode == 1 and "is an address of this host" in done.stderr
+
+
 def test_sighup_does_not_stop_the_daemon(env_factory: Callable[[str], Env]) -> None:
     env = env_factory(TRAPS)
     env.start()

@@ -72,7 +72,7 @@ class Daemon:
             self.report = self._sensor.start(loop)
             if self.report.none_set:
                 raise PorttrapError("no trap could be set (every trap port was skipped, see above)")
-            self._watcher.start(loop)
+            self._watch_addresses(loop)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
             loop.add_signal_handler(signal.SIGHUP, _no_reload)
@@ -91,6 +91,19 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _watch_addresses(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Follow the host's addresses; the first reading after subscribing counts too, as
+        an address may have come since the restore."""
+        try:
+            self.on_addresses(self._watcher.start(loop))
+        except OSError as err:  # no netlink (a seccomp sandbox): keep the start-up reading
+            log.event(
+                "host-addresses-static",
+                logging.WARNING,
+                error=str(err),
+                hint="the host's own addresses are not followed until a restart",
+            )
 
     def _restore(self, own: frozenset[IPAddress]) -> None:
         """Bans from the store back into the policy and, in one batch, into the kernel."""
