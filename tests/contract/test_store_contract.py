@@ -120,10 +120,15 @@ def test_at_the_same_instant_the_ban_recorded_last_is_newest(store: Store) -> No
     assert store.active_bans(T0) == [second]
 
 
-def test_an_older_ban_still_counts_when_the_newer_one_expired(store: Store) -> None:
-    long, short = ban("198.51.100.7", T0, 10.0), ban("198.51.100.7", T0 + 60, 1.0, count=2)
-    store.add_bans([long, short])
-    assert store.active_bans(T0 + 2 * HOUR) == [long]
+def test_a_newer_ban_replaces_an_older_one_even_when_shorter(store: Store) -> None:
+    # as in the kernel (and the policy): `porttrap ban --for 1h` on a permanently banned
+    # address leaves it banned for an hour, then not at all
+    permanent = ban("198.51.100.7", T0, None)
+    short = ban("198.51.100.7", T0 + 60, 1.0, count=2)
+    store.add_bans([permanent, short])
+    assert store.active_bans(T0 + 120) == [short]
+    assert store.active_bans(T0 + 2 * HOUR) == []
+    assert store.counts(T0 + 2 * HOUR) == (0, 0)
 
 
 def test_active_bans_are_listed_oldest_first(store: Store) -> None:

@@ -48,20 +48,25 @@ _SQL_LIFT = """UPDATE bans SET lifted_at = :at, lifted_reason = :reason
     AND lifted_at IS NULL AND (expires_at IS NULL OR expires_at > :at)"""
 # Two branches so that each is an index search (bans_active) rather than a scan of every ban
 # ever made; unordered, since sorting in Python is cheaper than making SQLite pick a plan.
-_SQL_ACTIVE = """SELECT id, target, banned_at, expires_at, ban_count, reason FROM bans
-        WHERE lifted_at IS NULL AND expires_at IS NULL
+# A ban counts only while it is its target's newest one not lifted: a newer ban replaces it,
+# as in the kernel, even when the newer one is shorter (bans_target indexes the lookup).
+_NEWEST = """NOT EXISTS (SELECT 1 FROM bans AS later WHERE later.target = bans.target
+    AND later.lifted_at IS NULL AND (later.banned_at > bans.banned_at
+        OR (later.banned_at = bans.banned_at AND later.id > bans.id)))"""
+_SQL_ACTIVE = f"""SELECT id, target, banned_at, expires_at, ban_count, reason FROM bans
+        WHERE lifted_at IS NULL AND expires_at IS NULL AND {_NEWEST}
     UNION ALL
     SELECT id, target, banned_at, expires_at, ban_count, reason FROM bans
-        WHERE lifted_at IS NULL AND expires_at > :now"""
-_SQL_COUNTS = """SELECT count(*), coalesce(sum(expires_at IS NULL), 0) FROM (
+        WHERE lifted_at IS NULL AND expires_at > :now AND {_NEWEST}"""  # noqa: S608 - constants
+_SQL_COUNTS = f"""SELECT count(*), coalesce(sum(expires_at IS NULL), 0) FROM (
     SELECT expires_at, row_number() OVER (
         PARTITION BY target ORDER BY banned_at DESC, id DESC) AS newest
     FROM (SELECT id, target, banned_at, expires_at FROM bans
-            WHERE lifted_at IS NULL AND expires_at IS NULL
+            WHERE lifted_at IS NULL AND expires_at IS NULL AND {_NEWEST}
         UNION ALL
         SELECT id, target, banned_at, expires_at FROM bans
-            WHERE lifted_at IS NULL AND expires_at > :now)
-) WHERE newest = 1"""
+            WHERE lifted_at IS NULL AND expires_at > :now AND {_NEWEST})
+) WHERE newest = 1"""  # noqa: S608 - constants only
 _SQL_SINCE = """SELECT id, target, banned_at, expires_at, ban_count, reason, lifted_at,
     lifted_reason FROM bans WHERE banned_at >= ? ORDER BY banned_at, id"""
 _SQL_RESTORE = """SELECT id, target, banned_at, expires_at, ban_count, reason, lifted_at,

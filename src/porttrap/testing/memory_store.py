@@ -67,14 +67,15 @@ class MemoryStore:
         return pruned
 
     def active_bans(self, now: float) -> list[Ban]:
-        """Bans not lifted and not expired at `now`: the newest one for each target."""
+        """The newest ban of each target that is neither lifted nor over at `now`: a newer
+        ban replaces an older one, as in the kernel, even when the newer one is shorter."""
         self._check_open()
-        newest: dict[IPNetwork, Ban] = {}
+        newest: dict[IPNetwork, _BanRecord] = {}
         for record in self._oldest_first():
-            if record.active(now):
+            if record.lifted_at is None:
                 newest.pop(record.ban.target, None)
-                newest[record.ban.target] = record.ban
-        return list(newest.values())
+                newest[record.ban.target] = record
+        return [record.ban for record in newest.values() if record.active(now)]
 
     def bans_to_restore(self, now: float, since: float) -> list[StoredBan]:
         self._check_open()
