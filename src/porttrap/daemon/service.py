@@ -28,6 +28,7 @@ HIT_FLUSH_INTERVAL = 0.5
 MAINTENANCE_INTERVAL = 60.0
 FIREWALL_CHECK_INTERVAL = 5.0
 MAX_BUFFERED_HITS = 100_000
+MAX_WRITE_BACKLOG = 20  # store jobs waiting (about 10 s of hit batches) before hits give way
 MAX_ANSWERED = 1000  # bans listed in the answer to a bulk ban; the count covers all
 
 
@@ -207,9 +208,16 @@ class Daemon:
         self.applier.submit(self.policy.set_own_addresses(own, self.clock.now()))
 
     def _store_hits(self) -> None:
-        if self._hits:
-            batch, self._hits = self._hits, []
-            self.writer.submit(lambda: self.store.add_hits(batch))
+        if not self._hits:
+            return
+        batch, self._hits = self._hits, []
+        if self.writer.pending > MAX_WRITE_BACKLOG:  # the disk is far behind: hits give way,
+            self.counters.hits_not_stored += len(batch)  # bans are always written
+            log.event(
+                "hits-not-stored", logging.WARNING, count=len(batch), backlog=self.writer.pending
+            )
+            return
+        self.writer.submit(lambda: self.store.add_hits(batch))
 
     # -- control requests ----------------------------------------------------------------
 

@@ -21,12 +21,21 @@ class StoreWriter:
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="porttrap-store", daemon=True)
+        self._lock = threading.Lock()
+        self._pending = 0
         self.failures = 0
+
+    @property
+    def pending(self) -> int:
+        """Jobs submitted and not finished: how far the disk is behind."""
+        return self._pending
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, job: Job) -> None:
+        with self._lock:
+            self._pending += 1
         self._jobs.put(job)
 
     def close(self) -> None:
@@ -40,10 +49,17 @@ class StoreWriter:
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             try:
-                job()
-            except (StoreError, OSError) as err:
-                self.failures += 1
-                log.event("store-error", logging.ERROR, error=str(err))
-            except Exception:  # a bug must not silently stop every later write
-                self.failures += 1
-                log.LOGGER.exception("event=store-error error=unexpected")
+                self._run(job)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+    def _run(self, job: Job) -> None:
+        try:
+            job()
+        except (StoreError, OSError) as err:
+            self.failures += 1
+            log.event("store-error", logging.ERROR, error=str(err))
+        except Exception:  # a bug must not silently stop every later write
+            self.failures += 1
+            log.LOGGER.exception("event=store-error error=unexpected")
