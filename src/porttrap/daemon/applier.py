@@ -1,4 +1,4 @@
-"""Applies decisions: kernel first, then the store, then one log line each.
+"""Applies decisions: kernel first, then the store (on the writer thread), then the log.
 
 Decisions made within one turn of the event loop go to the kernel as one batch.
 """
@@ -71,8 +71,9 @@ class Applier:
             asyncio.get_running_loop().call_soon(self.flush)
 
     def apply_now(self, changes: Sequence[Change]) -> None:
-        """Apply at once (for admin requests that want the result)."""
-        self.submit(changes)
+        """Apply at once, with anything already queued (for admin requests that want the
+        result)."""
+        self._pending.extend(changes)
         self.flush()
 
     def flush(self) -> None:
