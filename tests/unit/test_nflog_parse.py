@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from porttrap.sensors.netlink import NLMSG_ERROR
 from porttrap.sensors.nflog import (
     NFULNL_MSG_PACKET,
-    NLMSG_ERROR,
     LoggedPacket,
     NflogReceiver,
     bind_failure,

@@ -25,6 +25,11 @@ def align(length: int) -> int:
     return (length + 3) & ~3
 
 
+def message(kind: int, flags: int, seq: int, body: bytes) -> bytes:
+    """One netlink message to send; the kernel fills in our port id."""
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, flags, seq, 0) + body
+
+
 def split(data: bytes) -> tuple[list[Message], int]:
     """(type, seq, body) of each netlink message; 1 more if bytes at the end frame none."""
     messages: list[Message] = []

@@ -24,11 +24,18 @@ from dataclasses import dataclass, field
 
 from porttrap.clock import Clock, SystemClock
 from porttrap.log import LOGGER, event, fields
+from porttrap.sensors.netlink import (
+    ERRNO,
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    align,
+    message,
+    split,
+)
 
 NETLINK_NETFILTER = 12
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h; not in Python's socket module before 3.12
-NLMSG_ERROR = 2
-NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 NFNL_SUBSYS_ULOG = 4
@@ -49,12 +56,10 @@ ERROR_PAUSE = 1.0  # seconds without reading after an unexpected error, so it ca
 WARN_EVERY = 60.0  # seconds between WARNING-level overrun events; DEBUG in between
 ACK_TIMEOUT = 2.0
 
-_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, seq, portid (host order)
 _NFGENMSG = struct.Struct("!BBH")  # family, version, res_id (network order)
 _NLATTR = struct.Struct("=HH")  # length, type
 _PACKET_HDR = struct.Struct("!HBx")  # hw_protocol, hook
 _TIMESTAMP = struct.Struct("!QQ")  # sec, usec
-_ERRNO = struct.Struct("=i")
 _ETHERTYPES = {0x0800: 4, 0x86DD: 6}
 
 PacketHandler = Callable[["LoggedPacket"], None]
@@ -90,7 +95,7 @@ def parse_messages(data: bytes) -> list[LoggedPacket]:
 
 def parse_batch(data: bytes) -> Batch:
     """Like `parse_messages`, and also counts what was skipped. Never raises on bad bytes."""
-    messages, malformed = _split(data)
+    messages, malformed = split(data)
     packets: list[LoggedPacket] = []
     ignored = 0
     for kind, _, body in messages:
@@ -106,25 +111,6 @@ def parse_batch(data: bytes) -> Batch:
     return Batch(packets, malformed, ignored)
 
 
-def _align(length: int) -> int:
-    return (length + 3) & ~3
-
-
-def _split(data: bytes) -> tuple[list[tuple[int, int, bytes]], int]:
-    """(type, seq, body) of each netlink message; 1 more if bytes at the end frame none."""
-    messages: list[tuple[int, int, bytes]] = []
-    offset = 0
-    while offset < len(data):
-        if len(data) - offset < _NLMSGHDR.size:
-            return messages, 1
-        length, kind, _, seq, _ = _NLMSGHDR.unpack_from(data, offset)
-        if length < _NLMSGHDR.size or offset + length > len(data):
-            return messages, 1  # a bad length leaves nothing after it to trust
-        messages.append((kind, seq, data[offset + _NLMSGHDR.size : offset + length]))
-        offset += _align(length)
-    return messages, 0
-
-
 def _attributes(data: bytes, offset: int) -> dict[int, bytes] | None:
     """Attribute type -> value from `offset` on; None when a length is impossible."""
     found: dict[int, bytes] = {}
@@ -133,7 +119,7 @@ def _attributes(data: bytes, offset: int) -> dict[int, bytes] | None:
         if length < _NLATTR.size or offset + length > len(data):
             return None
         found.setdefault(kind & NLA_TYPE_MASK, data[offset + _NLATTR.size : offset + length])
-        offset += _align(length)
+        offset += align(length)
     return found
 
 
@@ -166,14 +152,14 @@ def _timestamp(value: bytes | None) -> float | None:
 
 def _attribute(kind: int, value: bytes) -> bytes:
     length = _NLATTR.size + len(value)
-    return _NLATTR.pack(length, kind) + value + b"\0" * (_align(length) - length)
+    return _NLATTR.pack(length, kind) + value + b"\0" * (align(length) - length)
 
 
 def config_message(seq: int, family: int, res_id: int, attributes: bytes) -> bytes:
     """An NFULNL_MSG_CONFIG request asking for an ack."""
     body = _NFGENMSG.pack(family, 0, res_id) + attributes
     flags = NLM_F_REQUEST | NLM_F_ACK
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), NFULNL_MSG_CONFIG, flags, seq, 0) + body
+    return message(NFULNL_MSG_CONFIG, flags, seq, body)
 
 
 def _bind_attributes() -> bytes:
@@ -248,9 +234,9 @@ def _request(sock: socket.socket, message: bytes, seq: int, early: list[bytes]) 
     sock.sendto(message, (0, 0))
     for _ in range(DRAIN_LIMIT):
         data = sock.recv(RECV_SIZE)
-        for kind, answered, body in _split(data)[0]:
-            if kind == NLMSG_ERROR and answered == seq and len(body) >= _ERRNO.size:
-                return -int(_ERRNO.unpack_from(body)[0])
+        for kind, answered, body in split(data)[0]:
+            if kind == NLMSG_ERROR and answered == seq and len(body) >= ERRNO.size:
+                return -int(ERRNO.unpack_from(body)[0])
         early.append(data)
     raise OSError(errno.ETIMEDOUT, f"no netlink ack among {DRAIN_LIMIT} datagrams")
 
