@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from porttrap.sensors.netlink import NLMSG_ERROR
+from porttrap.sensors.netlink import NLMSG_DONE, NLMSG_ERROR
 from porttrap.sensors.nflog import (
     NFULNL_MSG_PACKET,
     LoggedPacket,
@@ -26,7 +26,6 @@ from porttrap.sensors.nflog import (
 
 DATA = Path(__file__).parent.parent / "data" / "nflog"
 SAMPLES = sorted(path.stem for path in DATA.glob("*.bin"))
-NLMSG_DONE = 3
 
 
 def sample(name: str) -> bytes:
