@@ -19,7 +19,6 @@ import time
 from common import Steal, environment, percentiles
 from daemon_env import ATK4, SERVICE_PORT, SRV4, open_socket, tcp_works
 
-
 CONFIG = '[traps]\ntcp = ["2323"]\nudp = []\n[ban]\ntime = "1h"\n'
 PROBE_TIMEOUT = 0.02
 PROBE_GAP = 0.0002
