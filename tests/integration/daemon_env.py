@@ -119,6 +119,21 @@ class Env:
         os.kill(self.daemon.pid, signal.SIGTERM)
         assert self.daemon.wait(timeout=20) == 0, self.log_text()
 
+    def recorded_bans(self, count: int, ban_count: int | None = None) -> Any:
+        """`porttrap bans --json` once it lists `count` bans (each the `ban_count`-th of its
+        address, when given): a trap's ban reaches the kernel first and the database a moment
+        later, on the writer thread. Returns that very listing: a short ban may be over by
+        the next one."""
+        seen: list[Any] = []
+
+        def listed() -> bool:
+            seen[:] = self.json("bans")
+            counts = {b["ban_count"] for b in seen}
+            return len(seen) == count and (ban_count is None or counts == {ban_count})
+
+        wait_until(listed, 5, f"{count} bans recorded")
+        return seen
+
     def log_text(self) -> str:
         return self.log.read_text()
 

@@ -24,7 +24,7 @@ from daemon_env import (
     tcp_works,
     udp_send,
     wait_until,
-)  # fmt: skip
+)
 
 from netns import Netns
 
@@ -84,7 +84,7 @@ def test_scanner_is_dropped_everywhere_and_clients_keep_working(
     for source in (CLIENT, ALLOWED):
         assert env.service_reachable(env.cli, source, SRV_CLI)
 
-    bans = {b["address"]: b for b in env.json("bans")}
+    bans = {b["address"]: b for b in env.recorded_bans(3)}
     assert set(bans) == {ATK4, ATK4_B, ATK6}
     assert bans[ATK4]["reason"] == "trap:tcp/2323" and bans[ATK4_B]["reason"] == "trap:udp/6969"
     for ban in bans.values():
@@ -103,21 +103,20 @@ def test_scanner_is_dropped_everywhere_and_clients_keep_working(
 def test_escalation_then_permanent_across_kernel_expiries(
     env_factory: Callable[[str], Env],
 ) -> None:
-    env = env_factory(TRAPS + '[ban]\ntime = "2s"\nescalation = "quadratic"\n'
-                      "permanent_after = 3\n")  # fmt: skip
+    env = env_factory(TRAPS + '[ban]\ntime = "2s"\nescalation = "quadratic"\npermanent_after = 3\n')
     env.start()
     lengths = []
     for expected_count, wait in ((1, 8), (2, 14)):
         assert tcp_works(env.atk, ATK4, SRV4, 2323)
         wait_until(lambda: not env.service_reachable(env.atk, ATK4), 5, "dropped")
-        (ban,) = env.json("bans")
+        (ban,) = env.recorded_bans(1, ban_count=expected_count)
         assert ban["ban_count"] == expected_count
         lengths.append(ban["expires_at"])
         # the kernel lifts the ban by itself when its timeout runs out
         wait_until(lambda: env.service_reachable(env.atk, ATK4), wait, "ban expired in kernel")
     assert tcp_works(env.atk, ATK4, SRV4, 2323)
     wait_until(lambda: env.permanent_in("ban_v4", ATK4), 5, "permanent ban (no timeout) in kernel")
-    (ban,) = env.json("bans")
+    (ban,) = env.recorded_bans(1)
     assert (ban["permanent"], ban["expires_at"], ban["ban_count"]) == (True, None, 3)
     history = [e for e in env.json("history", ATK4) if e["what"] == "ban"]
     durations = [e["ban_count"] for e in history]

@@ -89,3 +89,22 @@ def test_hits_give_way_when_the_disk_is_far_behind(tmp_path: Path) -> None:
     daemon._store_hits()  # ...and hits are stored again
     daemon.writer.close()
     assert [e.outcome for e in store.history()] == [Outcome.ALREADY_BANNED]
+
+
+def test_a_barrier_is_done_once_every_earlier_job_ran() -> None:
+    writer = StoreWriter()
+    release = threading.Event()
+    done: list[int] = []
+
+    def slow() -> None:
+        release.wait(timeout=10)
+        done.append(1)
+
+    writer.start()
+    writer.submit(slow)
+    barrier = writer.barrier()
+    assert not barrier.done()
+    release.set()
+    barrier.result(timeout=10)
+    assert done == [1]
+    writer.close()

@@ -12,19 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import inspect
 import json
 import logging
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from porttrap import log
 from porttrap.errors import DaemonNotRunning, PorttrapError
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
+# A handler answers at once, or (ban, unban) once what it did is recorded.
+Handler = Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
 MAX_REQUEST = 64 * 1024 * 1024  # a ban list read from a file can be large
 _CRED = struct.Struct("3i")
 
@@ -72,7 +74,7 @@ class ControlServer:
             if uid not in (0, os.getuid()):
                 answer = {"ok": False, "error": "only root may control porttrap"}
             else:
-                answer = self._answer(await reader.readline())
+                answer = await self._answer(await reader.readline())
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError) as err:
@@ -80,13 +82,16 @@ class ControlServer:
         finally:
             writer.close()
 
-    def _answer(self, line: bytes) -> dict[str, Any]:
+    async def _answer(self, line: bytes) -> dict[str, Any]:
         try:
             request = json.loads(line)
             handler = self.handlers.get(request.get("cmd", ""))
             if handler is None:
                 return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
-            return {"ok": True, **handler(request)}
+            answer = handler(request)
+            if inspect.isawaitable(answer):
+                answer = await answer
+            return {"ok": True, **answer}
         except PorttrapError as err:
             return {"ok": False, "error": str(err)}
         except (ValueError, TypeError, AttributeError) as err:

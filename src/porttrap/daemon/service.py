@@ -14,7 +14,7 @@ from porttrap import __version__, heap, log
 from porttrap.clock import Clock
 from porttrap.config.schema import Config
 from porttrap.daemon.applier import Applier, log_change
-from porttrap.daemon.control import ControlServer
+from porttrap.daemon.control import ControlServer, Handler
 from porttrap.daemon.writer import StoreWriter
 from porttrap.errors import FirewallError, PorttrapError, UsageError
 from porttrap.firewall.base import FirewallBackend
@@ -221,7 +221,7 @@ class Daemon:
 
     # -- control requests ----------------------------------------------------------------
 
-    def _handlers(self) -> dict[str, Any]:
+    def _handlers(self) -> dict[str, Handler]:
         return {"status": self._status, "ban": self._ban, "unban": self._unban}
 
     def _status(self, _request: dict[str, Any]) -> dict[str, Any]:
@@ -246,9 +246,16 @@ class Daemon:
             },
         }
 
-    def _ban(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _ban(self, request: dict[str, Any]) -> dict[str, Any]:
         with heap.bulk():
-            return self._ban_all(request)
+            answer = self._ban_all(request)
+        await self._recorded()
+        return answer
+
+    async def _recorded(self) -> None:
+        """Wait, without blocking the loop, until the store holds what was just applied: an
+        admin's `porttrap bans` right after `porttrap ban` must show it."""
+        await asyncio.wrap_future(self.writer.barrier())
 
     def _ban_all(self, request: dict[str, Any]) -> dict[str, Any]:
         targets = parse_targets(request.get("targets", []))
@@ -260,9 +267,11 @@ class Daemon:
         self.applier.apply_now(bans)
         return {"count": len(bans), "bans": [ban_json(b) for b in bans[:MAX_ANSWERED]]}
 
-    def _unban(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _unban(self, request: dict[str, Any]) -> dict[str, Any]:
         with heap.bulk():
-            return self._unban_all(request)
+            answer = self._unban_all(request)
+        await self._recorded()
+        return answer
 
     def _unban_all(self, request: dict[str, Any]) -> dict[str, Any]:
         targets = parse_targets(request.get("targets", []))

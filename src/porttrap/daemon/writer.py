@@ -8,6 +8,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 
 from porttrap import log
 from porttrap.errors import StoreError
@@ -37,6 +38,12 @@ class StoreWriter:
         with self._lock:
             self._pending += 1
         self._jobs.put(job)
+
+    def barrier(self) -> Future[None]:
+        """A future done once every job submitted before it has run (jobs run in order)."""
+        done: Future[None] = Future()
+        self.submit(lambda: done.set_result(None))
+        return done
 
     def close(self) -> None:
         """Write everything submitted so far, then stop the thread."""
