@@ -15,8 +15,11 @@ from porttrap.config.schema import (
     Config,
     Escalation,
     FirewallConfig,
+    KernelSensor,
+    Modes,
     StoreConfig,
     Trap,
+    TrapMode,
 )
 from porttrap.config.traps import default_ports
 from porttrap.errors import ConfigError, ConfigProblem
@@ -71,6 +74,26 @@ def test_full_contract_file_gives_exact_config() -> None:
             Trap(UDP, 69),
             Trap(UDP, 161),
         ),
+        modes=Modes(
+            tcp=TrapMode.CONNECT,
+            udp=TrapMode.CONNECT,
+            advanced_tcp=frozenset(range(1, 65536)),
+            advanced_udp=frozenset(range(1, 65536)),
+            exclude_tcp=frozenset({113, 139}),
+            exclude_udp=frozenset({67, 137, 138, 520}),
+        ),
+        kernel=KernelSensor(
+            nflog_group=7022,
+            block=True,
+            block_time=60.0,
+            block_size=65536,
+            client_time=3600.0,
+            client_size=65536,
+            quiet=True,
+            event_rate=1000,
+            source_rate=10,
+            queue=10_000,
+        ),
         ban=BanPolicy(
             time=3600.0,
             escalation=Escalation.QUADRATIC,
@@ -79,6 +102,7 @@ def test_full_contract_file_gives_exact_config() -> None:
             trigger=1,
             window=600.0,
             forget_after=90 * DAY,
+            confirm=2,
         ),
         allow=(ip_network("192.0.2.0/24"), ip_network("2001:db8::7/128")),
         firewall=FirewallConfig(backend="nftables", table="porttrap"),

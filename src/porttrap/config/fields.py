@@ -143,6 +143,14 @@ def duration(value: object) -> float:
     return total
 
 
+def duration_or_zero(value: object) -> float:
+    """Like `duration`, but 0 (or "0s") is allowed: for a time whose zero turns something off."""
+    total = _duration_seconds(value)
+    if total < 0:
+        raise ValueError(f"a duration cannot be negative, got {show(value)}; write 0 for none")
+    return total
+
+
 def _duration_seconds(value: object) -> float:
     if isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -175,6 +183,24 @@ def at_least(minimum: int) -> Parser[int]:
         raise ValueError(f"expected a whole number of at least {minimum}, got {show(value)}")
 
     return parse
+
+
+def between(low: int, high: int) -> Parser[int]:
+    def parse(value: object) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return value
+        raise ValueError(f"expected a whole number from {low} to {high}, got {show(value)}")
+
+    return parse
+
+
+def boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        fixed = value.strip().lower()
+        raise ValueError(f"expected true or false without quotes, got {show(value)}; write {fixed}")
+    raise ValueError(f"expected true or false, got {show(value)}")
 
 
 def one_of(choices: type[E]) -> Parser[E]:

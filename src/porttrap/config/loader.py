@@ -16,13 +16,14 @@ from porttrap.config.schema import (
     Config,
     Escalation,
     FirewallConfig,
+    KernelSensor,
     StoreConfig,
 )
-from porttrap.config.traps import build_traps
+from porttrap.config.traps import build_modes, build_traps
 from porttrap.errors import ConfigError, ConfigProblem
 from porttrap.units import format_duration
 
-TOP_KEYS = ("state_dir", "traps", "ban", "allow", "firewall", "store")
+TOP_KEYS = ("state_dir", "traps", "kernel", "ban", "allow", "firewall", "store")
 BAN_KEYS = (
     "time",
     "escalation",
@@ -31,6 +32,19 @@ BAN_KEYS = (
     "trigger",
     "window",
     "forget_after",
+    "confirm",
+)
+KERNEL_KEYS = (
+    "nflog_group",
+    "block",
+    "block_time",
+    "block_size",
+    "client_time",
+    "client_size",
+    "quiet",
+    "event_rate",
+    "source_rate",
+    "queue",
 )
 BACKENDS = ("nftables", "dry-run")
 _ALLOW_EXAMPLE = '["192.0.2.0/24", "2001:db8::7"]'
@@ -88,9 +102,12 @@ def _syntax_problem(exc: tomllib.TOMLDecodeError, text: str, path: Path | None) 
 def _config(data: Table, problems: Problems, path: Path | None) -> Config:
     top = Section(data, "", problems)
     top.check_keys(TOP_KEYS)
+    traps = top.sub("traps")
     return Config(
         state_dir=top.get("state_dir", fields.absolute_path, DEFAULT_STATE_DIR),
-        traps=build_traps(top.sub("traps")),
+        traps=build_traps(traps),
+        modes=build_modes(traps),
+        kernel=_kernel(top.sub("kernel")),
         ban=_ban(top.sub("ban")),
         allow=tuple(top.sub("allow").items("addresses", fields.network, _ALLOW_EXAMPLE)),
         firewall=_firewall(top.sub("firewall")),
@@ -114,6 +131,7 @@ def _ban(section: Section) -> BanPolicy:
         trigger=section.get("trigger", fields.at_least(1), default.trigger),
         window=section.get("window", fields.duration, default.window),
         forget_after=section.get("forget_after", fields.duration, default.forget_after),
+        confirm=section.get("confirm", fields.at_least(1), default.confirm),
     )
 
 
@@ -131,6 +149,23 @@ def _human(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return format_duration(seconds)
+
+
+def _kernel(section: Section) -> KernelSensor:
+    section.check_keys(KERNEL_KEYS)
+    default, set_size = KernelSensor(), fields.between(1024, 16_777_216)
+    return KernelSensor(
+        nflog_group=section.get("nflog_group", fields.between(0, 65535), default.nflog_group),
+        block=section.get("block", fields.boolean, default.block),
+        block_time=section.get("block_time", fields.duration, default.block_time),
+        block_size=section.get("block_size", set_size, default.block_size),
+        client_time=section.get("client_time", fields.duration_or_zero, default.client_time),
+        client_size=section.get("client_size", set_size, default.client_size),
+        quiet=section.get("quiet", fields.boolean, default.quiet),
+        event_rate=section.get("event_rate", fields.at_least(1), default.event_rate),
+        source_rate=section.get("source_rate", fields.at_least(1), default.source_rate),
+        queue=section.get("queue", fields.at_least(100), default.queue),
+    )
 
 
 def _firewall(section: Section) -> FirewallConfig:

@@ -1,5 +1,6 @@
 """The `[traps]` section: plain port lists per protocol plus `[[traps.port]]` entries with their
-own address or ban time, expanded into one `Trap` per port."""
+own address or ban time, expanded into one `Trap` per port; and how each protocol is watched
+(`mode`, with the port ranges of `[traps.advanced]`)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,18 @@ from dataclasses import dataclass
 
 from porttrap.config import fields
 from porttrap.config.fields import Problems, Section
-from porttrap.config.schema import DEFAULT_TCP_TRAPS, DEFAULT_UDP_TRAPS, Trap
+from porttrap.config.schema import DEFAULT_TCP_TRAPS, DEFAULT_UDP_TRAPS, Modes, Trap, TrapMode
 from porttrap.model import IPAddress, Proto
 from porttrap.units import parse_ports
 
+TCP, UDP = Proto.TCP, Proto.UDP
 DEFAULTS = {Proto.TCP: DEFAULT_TCP_TRAPS, Proto.UDP: DEFAULT_UDP_TRAPS}
-KEYS = ("tcp", "udp", "port")
+KEYS = ("tcp", "udp", "port", "mode", "advanced")
 ENTRY_KEYS = ("port", "proto", "address", "ban")
+ADVANCED_KEYS = ("tcp", "udp", "exclude_tcp", "exclude_udp")
 _LIST_EXAMPLE = '["23", "2323", "5900-5910"]'
+_RANGE_EXAMPLE = '["1-65535"]'
+_MODE_TABLE_EXAMPLE = '{ tcp = "stealth", udp = "connect" }'
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +41,27 @@ def build_traps(section: Section) -> tuple[Trap, ...]:
     replaced = {(trap.proto, trap.port) for trap in specific}
     traps = {Trap(proto, port) for proto, port in plain - replaced} | specific
     return tuple(sorted(traps, key=_order))
+
+
+def build_modes(section: Section) -> Modes:
+    """Each protocol's mode (`[traps] mode`) and what advanced mode watches (`[traps.advanced]`).
+
+    `[traps.advanced]` is read and checked whatever the modes: people switch back and forth.
+    """
+    modes = _modes(section)
+    advanced = section.sub("advanced")
+    advanced.check_keys(ADVANCED_KEYS)
+    default = Modes()
+    tcp = _advanced(advanced, TCP, modes[TCP], default.advanced_tcp, default.exclude_tcp)
+    udp = _advanced(advanced, UDP, modes[UDP], default.advanced_udp, default.exclude_udp)
+    return Modes(
+        tcp=modes[TCP],
+        udp=modes[UDP],
+        advanced_tcp=tcp[0],
+        advanced_udp=udp[0],
+        exclude_tcp=tcp[1],
+        exclude_udp=udp[1],
+    )
 
 
 def default_ports(proto: Proto) -> set[int]:
@@ -112,3 +138,67 @@ def _clash_message(trap: Trap, there: IPAddress | None, other: int) -> str:
 
 def _on(address: IPAddress | None) -> str:
     return "on every address" if address is None else f"on {address}"
+
+
+def _modes(section: Section) -> dict[Proto, TrapMode]:
+    """`mode = "stealth"` for both protocols, or `mode = { tcp = "stealth" }` for each one."""
+    value = section.table.get("mode")
+    if not isinstance(value, dict):
+        mode = section.get("mode", _mode, TrapMode.CONNECT)
+        return dict.fromkeys(Proto, mode)
+    table = Section(value, fields.join(section.key, "mode"), section.problems)
+    table.check_keys([proto.value for proto in Proto])
+    parse = fields.one_of(TrapMode)
+    return {proto: table.get(proto.value, parse, TrapMode.CONNECT) for proto in Proto}
+
+
+def _mode(value: object) -> TrapMode:
+    if isinstance(value, str):
+        return fields.one_of(TrapMode)(value)
+    names = ", ".join(fields.show(mode.value) for mode in TrapMode)
+    raise ValueError(
+        f"expected one of {names}, or a table such as {_MODE_TABLE_EXAMPLE}, "
+        f"got {fields.show(value)}"
+    )
+
+
+def _advanced(
+    section: Section,
+    proto: Proto,
+    mode: TrapMode,
+    watched: frozenset[int],
+    excluded: frozenset[int],
+) -> tuple[frozenset[int], frozenset[int]]:
+    """The ports advanced mode watches for `proto`, and those it leaves alone (given: defaults)."""
+    before = len(section.problems)
+    watched = _port_set(section, proto.value, watched)
+    excluded = _port_set(section, f"exclude_{proto.value}", excluded)
+    if mode is TrapMode.ADVANCED and len(section.problems) == before:
+        _check_watched(section, proto, watched, excluded)
+    return watched, excluded
+
+
+def _port_set(section: Section, name: str, default: frozenset[int]) -> frozenset[int]:
+    if name not in section.table:
+        return default
+    found = section.items(name, fields.ports, _RANGE_EXAMPLE)
+    return frozenset(port for ports in found for port in ports)
+
+
+def _check_watched(
+    section: Section, proto: Proto, watched: frozenset[int], excluded: frozenset[int]
+) -> None:
+    """Advanced mode with no port left to watch is a mistake, not a way to turn it off."""
+    if watched - excluded:
+        return
+    name = proto.value
+    if watched:
+        why = f"every port of {name} is also in exclude_{name}, which leaves nothing to watch"
+        fix = f"remove some from exclude_{name}"
+    else:
+        why = "an empty list leaves nothing to watch"
+        fix = f"list ports such as {_RANGE_EXAMPLE}"
+    section.problems.add(
+        fields.join(section.key, name),
+        f'{name} is in "advanced" mode, but {why}; {fix}, or set another mode for {name}',
+    )
