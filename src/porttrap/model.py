@@ -26,6 +26,7 @@ class Outcome(enum.StrEnum):
     ALLOWED = "allowed"  # source is on the allow list
     OWN_ADDRESS = "own-address"  # source is one of this host's addresses (or loopback)
     NOT_UNICAST = "not-unicast"  # a UDP broadcast/multicast: not aimed at this host, so no scan
+    CLIENT = "client"  # a probe (forgeable) from a recent client of a served port: never bans
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,16 @@ class Hit:
     local: IPAddress
     port: int
     proto: Proto
-    kind: str = "connect"  # how the trap was touched: "connect" (TCP handshake), "udp"
+    # How the trap was touched: "connect" (a TCP handshake), "udp" (a datagram), or the class
+    # of a TCP probe the kernel saw: syn, fin, null, xmas, ack, maimon, "other FSRPAU".
+    kind: str = "connect"
+    # The kernel saw this source complete a TCP connection to a served port recently.
+    client: bool = False
+
+    @property
+    def verified(self) -> bool:
+        """Only a completed handshake proves the source address; anything else can be forged."""
+        return self.kind == "connect"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,14 @@ DEFAULT_UDP_TRAPS = (
 )  # fmt: skip
 
 
+class TrapMode(enum.StrEnum):
+    """How a protocol's traps are watched."""
+
+    CONNECT = "connect"  # sockets bound on the trap ports (full TCP handshakes, UDP datagrams)
+    STEALTH = "stealth"  # nftables rules on the trap ports: every probe seen, none answered
+    ADVANCED = "advanced"  # nftables rules on every port in a range that nothing serves
+
+
 class Escalation(enum.StrEnum):
     QUADRATIC = "quadratic"  # n-th ban lasts time * n**2  (port_trap)
     EXPONENTIAL = "exponential"  # n-th ban lasts time * 2**(n-1)
@@ -47,6 +55,55 @@ class BanPolicy:
     trigger: int = 1  # distinct trap ports hit within `window` needed to ban
     window: float = 600.0
     forget_after: float = 90 * 86400.0  # bans older than this no longer count toward escalation
+    # Hits from a source before a hit that cannot prove its source (a stealth probe, a UDP
+    # datagram: both can be forged) may ban it. A TCP handshake (connect mode) proves it.
+    confirm: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Modes:
+    """The trap mode of each protocol, and what advanced mode watches."""
+
+    tcp: TrapMode = TrapMode.CONNECT
+    udp: TrapMode = TrapMode.CONNECT
+    # Advanced mode: the ports watched, minus the excluded ones (and whatever is served).
+    advanced_tcp: frozenset[int] = frozenset(range(1, 65536))
+    advanced_udp: frozenset[int] = frozenset(range(1, 65536))
+    # Left alone even when nothing serves them (PortSentry's defaults): ident (113), NetBIOS
+    # (139, and broadcasts to 137, 138), DHCP (67) and RIP (520).
+    exclude_tcp: frozenset[int] = frozenset({113, 139})
+    exclude_udp: frozenset[int] = frozenset({67, 137, 138, 520})
+
+    def of(self, proto: Proto) -> TrapMode:
+        return self.tcp if proto is Proto.TCP else self.udp
+
+    def watched(self, proto: Proto) -> frozenset[int]:
+        """The ports advanced mode watches for `proto`."""
+        return self.advanced_tcp if proto is Proto.TCP else self.advanced_udp
+
+    def excluded(self, proto: Proto) -> frozenset[int]:
+        return self.exclude_tcp if proto is Proto.TCP else self.exclude_udp
+
+    @property
+    def kernel(self) -> bool:
+        """Whether any protocol is watched by the kernel sensor (stealth or advanced)."""
+        return TrapMode.CONNECT is not self.tcp or TrapMode.CONNECT is not self.udp
+
+
+@dataclass(frozen=True, slots=True)
+class KernelSensor:
+    """The `[kernel]` section: the nftables sensor of stealth and advanced modes."""
+
+    nflog_group: int = 7022  # NFLOG group the kernel reports trap packets to
+    block: bool = True  # first-packet block: a trap packet drops its source at once
+    block_time: float = 60.0  # how long a first-packet block lasts
+    block_size: int = 65536  # sources per block set (two generations per IP family)
+    client_time: float = 3600.0  # sources that completed a TCP connection this recently ...
+    client_size: int = 65536  # ... are exempt from blocks; this many per IP family
+    quiet: bool = True  # non-SYN TCP probes to ports nothing serves: dropped, no RST
+    event_rate: int = 1000  # trap packets per second the kernel reports, per path (new/repeat)
+    source_rate: int = 10  # ... and per source
+    queue: int = 10_000  # reported packets the daemon holds before it drops (and counts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +121,8 @@ class StoreConfig:
 class Config:
     state_dir: Path = DEFAULT_STATE_DIR
     traps: tuple[Trap, ...] = ()
+    modes: Modes = field(default_factory=Modes)
+    kernel: KernelSensor = field(default_factory=KernelSensor)
     ban: BanPolicy = field(default_factory=BanPolicy)
     allow: tuple[IPNetwork, ...] = ()
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
