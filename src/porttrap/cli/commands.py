@@ -16,6 +16,7 @@ from porttrap.daemon import control
 from porttrap.daemon.service import Daemon, ban_json
 from porttrap.errors import DaemonNotRunning, PorttrapError, UsageError
 from porttrap.firewall.select import make_backend
+from porttrap.firewall.sensor import make_sensor
 from porttrap.model import IPNetwork, Proto, parse_target
 from porttrap.store.sqlite import SQLiteStore
 from porttrap.units import parse_duration
@@ -32,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
     clock = SystemClock()
     store = SQLiteStore.open(cfg.database)
     try:
-        firewall = make_backend(cfg.firewall.backend, cfg.firewall.table, clock)
-        asyncio.run(Daemon(cfg, clock, store, firewall).run(args.flush_on_exit))
+        sensor = make_sensor(cfg)
+        firewall = make_backend(cfg.firewall.backend, cfg.firewall.table, clock, sensor)
+        asyncio.run(Daemon(cfg, clock, store, firewall, sensor).run(args.flush_on_exit))
     finally:
         store.close()
     return 0
@@ -45,7 +47,8 @@ def check_config(args: argparse.Namespace) -> int:
     source = cfg.source or "built-in defaults"
     print(
         f"{source}: OK ({tcp} TCP and {len(cfg.traps) - tcp} UDP trap ports, "
-        f"{len(cfg.allow)} allow-list entries, backend {cfg.firewall.backend})"
+        f"{len(cfg.allow)} allow-list entries, backend {cfg.firewall.backend}, "
+        f"modes tcp={cfg.modes.tcp} udp={cfg.modes.udp})"
     )
     return 0
 

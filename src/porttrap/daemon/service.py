@@ -12,15 +12,17 @@ from typing import Any
 
 from porttrap import __version__, heap, log
 from porttrap.clock import Clock
-from porttrap.config.schema import Config
+from porttrap.config.schema import Config, TrapMode
 from porttrap.daemon.applier import Applier, log_change
 from porttrap.daemon.control import ControlServer, Handler
 from porttrap.daemon.writer import StoreWriter
 from porttrap.errors import FirewallError, PorttrapError, UsageError
 from porttrap.firewall.base import FirewallBackend
+from porttrap.firewall.sensor import NftSensor
 from porttrap.model import Ban, Hit, IPAddress, IPNetwork, Outcome, Unban, parse_target, show
 from porttrap.policy import Policy, Protection
 from porttrap.sensors.hostaddrs import AddressWatcher, current_addresses
+from porttrap.sensors.kernel import KernelTraps
 from porttrap.sensors.sockets import SocketTraps, TrapReport
 from porttrap.store.base import Store
 
@@ -43,7 +45,12 @@ class Daemon:
     """Wiring and event handling. `run()` returns when asked to stop."""
 
     def __init__(
-        self, config: Config, clock: Clock, store: Store, firewall: FirewallBackend
+        self,
+        config: Config,
+        clock: Clock,
+        store: Store,
+        firewall: FirewallBackend,
+        sensor: NftSensor | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -57,7 +64,11 @@ class Daemon:
         self.report = TrapReport(set=[], skipped=[])
         self._hits: list[tuple[Hit, Outcome]] = []
         self._stop = asyncio.Event()
-        self._sensor = SocketTraps(config.traps, self.on_hit, clock)
+        connect = [t for t in config.traps if config.modes.of(t.proto) is TrapMode.CONNECT]
+        self._sensor = SocketTraps(connect, self.on_hit, clock)
+        self._kernel = (
+            KernelTraps(sensor, config.kernel, self.on_hit, clock) if sensor is not None else None
+        )
         self._watcher = AddressWatcher(self.on_addresses)
         self._control = ControlServer(config.control_socket, self._handlers())
 
@@ -67,12 +78,16 @@ class Daemon:
         loop = asyncio.get_running_loop()
         await self._control.start()  # first: refuses when another daemon runs
         try:
+            if self._kernel is not None:
+                self._prepare_kernel()
             with heap.bulk():
                 self._restore(current_addresses())
             self.writer.start()
             self.report = self._sensor.start(loop)
-            if self.report.none_set:
+            if self.report.none_set and self._kernel is None:
                 raise PorttrapError("no trap could be set (every trap port was skipped, see above)")
+            if self._kernel is not None:
+                self._start_kernel(loop)
             self._watch_addresses(loop)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
@@ -84,6 +99,8 @@ class Daemon:
                 backend=self.firewall.name,
                 traps=len(self.report.set),
                 skipped=len(self.report.skipped),
+                tcp=self.config.modes.tcp,
+                udp=self.config.modes.udp,
                 config=self.config.source or "built-in defaults",
             )
             await self._serve()
@@ -92,6 +109,29 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _prepare_kernel(self) -> None:
+        """The served ports, read before the table is built: none may be a trap, ever."""
+        assert self._kernel is not None
+        try:
+            self._kernel.prepare()
+        except OSError as err:
+            raise PorttrapError(
+                f"cannot read which ports this host serves (netlink sock_diag: {err}); the "
+                "kernel sensor needs it so as never to trap a service port"
+            ) from err
+
+    def _start_kernel(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._kernel is not None
+        try:
+            self._kernel.start(loop)
+        except OSError as err:
+            group = self.config.kernel.nflog_group
+            raise PorttrapError(
+                f"the kernel sensor cannot receive reports on NFLOG group {group}: {err} "
+                "(another program, such as ulogd or a second porttrap, may hold the group: "
+                "set another [kernel] nflog_group)"
+            ) from err
 
     def _watch_addresses(self, loop: asyncio.AbstractEventLoop) -> None:
         """Follow the host's addresses; the first reading after subscribing counts too, as
@@ -158,6 +198,8 @@ class Daemon:
 
     async def _shutdown(self, flush_on_exit: bool) -> None:
         self._sensor.close()
+        if self._kernel is not None:
+            self._kernel.close()
         self._watcher.close()
         self.applier.flush()
         self._store_hits()
@@ -238,6 +280,7 @@ class Daemon:
                 "set": [asdict(t) for t in self.report.set],
                 "skipped": [asdict(t) for t in self.report.skipped],
             },
+            "kernel": self._kernel.status() if self._kernel is not None else None,
             "bans": {"active": len(active), "permanent": sum(1 for b in active if b.permanent)},
             "hits": {
                 "total": self.counters.hits,

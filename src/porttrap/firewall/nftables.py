@@ -17,6 +17,7 @@ from porttrap.firewall.base import KernelEntry
 from porttrap.firewall.kernel import Nft
 from porttrap.firewall.plan import final_states, strongest
 from porttrap.firewall.ruleset import Ruleset, parse_entries
+from porttrap.firewall.sensor import NftSensor
 from porttrap.model import Ban, Change, IPNetwork, show
 
 _FAILED_SHOWN = 10  # targets named in the error raised after a partial failure
@@ -31,13 +32,18 @@ class NftablesBackend:
 
     name = "nftables"
 
-    def __init__(self, table: str = "porttrap", nft: Nft | None = None) -> None:
+    def __init__(
+        self, table: str = "porttrap", nft: Nft | None = None, sensor: NftSensor | None = None
+    ) -> None:
         self._nft = nft if nft is not None else Nft()
         self._rules = Ruleset(table)
+        self.sensor = sensor
 
     def setup(self, bans: Sequence[Ban], now: float) -> None:
-        """Replace porttrap's table in one transaction: stray elements go, missing ones come."""
-        self._run(self._rules.replace(strongest(bans, now), now))
+        """Replace porttrap's table in one transaction: stray elements go, missing ones come,
+        and the kernel sensor (stealth and advanced modes) comes with it, as it was."""
+        sensor = self.sensor.commands() if self.sensor is not None else []
+        self._run(self._rules.replace(strongest(bans, now), now) + sensor)
 
     def apply(self, changes: Sequence[Change], now: float) -> None:
         """The changes in one transaction per `CHUNK` targets; if the kernel refuses one, each
