@@ -73,12 +73,16 @@ def test_scanner_is_dropped_everywhere_and_clients_keep_working(
     assert tcp_works(env.atk, ATK6, SRV6, 2323)
     wait_until(lambda: not env.service_reachable(env.atk, ATK6, SRV6), 5, "v6 attacker dropped")
 
-    udp_send(env.atk, ATK4_B, SRV4, 6969)
+    udp_send(env.atk, ATK4_B, SRV4, 6969)  # a datagram's source can be forged: one counts...
+    wait_until(lambda: hit_count(env, ATK4_B) == 1, 5, "first UDP hit stored")
+    assert env.service_reachable(env.atk, ATK4_B)
+    udp_send(env.atk, ATK4_B, SRV4, 6969)  # ...the second in the window bans (confirm = 2)
     wait_until(lambda: not env.service_reachable(env.atk, ATK4_B), 5, "UDP prober dropped")
-    wait_until(lambda: hit_count(env, ATK4_B) == 1, 5, "UDP hit stored")
+    wait_until(lambda: hit_count(env, ATK4_B) == 2, 5, "UDP hits stored")
     udp_send(env.atk, ATK4_B, SRV4, 6969)  # dropped in the kernel: the trap never sees it
     time.sleep(1.0)
-    assert hit_count(env, ATK4_B) == 1
+    outcomes = [e["outcome"] for e in env.json("history", ATK4_B) if e["what"] == "hit"]
+    assert sorted(outcomes) == ["banned", "counted"]
 
     assert tcp_works(env.cli, ALLOWED, SRV_CLI, 2323)  # allow-listed: counted, never banned
     for source in (CLIENT, ALLOWED):

@@ -26,7 +26,9 @@ def hit(
     proto: Proto = Proto.TCP,
     local: str = "203.0.113.1",
 ) -> Hit:
-    return Hit(T0 + at, ip_address(source), 40000, ip_address(local), port, proto)
+    """A TCP handshake or, for UDP, a datagram (see test_policy_confirm for the others)."""
+    kind = "udp" if proto is Proto.UDP else "connect"
+    return Hit(T0 + at, ip_address(source), 40000, ip_address(local), port, proto, kind)
 
 
 def make(
@@ -222,7 +224,7 @@ def test_expire_forgets_ended_bans_and_closed_windows() -> None:
 
 
 def test_udp_broadcast_and_multicast_are_not_scans() -> None:
-    engine = make(own=("203.0.113.1",))
+    engine = make(BanPolicy(confirm=1), own=("203.0.113.1",))
     hits = [
         hit(0, proto=Proto.UDP, local="203.0.113.255"),
         hit(0, proto=Proto.UDP, local="255.255.255.255"),

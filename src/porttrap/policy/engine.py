@@ -1,7 +1,16 @@
-"""Hits in, decisions out: trigger and window, escalation, permanent bans, protection."""
+"""Hits in, decisions out: trigger and window, confirmation, escalation, permanent bans,
+protection.
+
+Only a completed TCP handshake proves where a hit came from. A stealth probe (a SYN, FIN ...)
+or a UDP datagram can carry any source address, so anyone could get a third party banned with
+one forged packet: such hits ban only when the source sent several (`confirm`) within the window,
+and never when they name a recent client of this host (the kernel saw it complete a connection
+to a served port), whose address a forger would pick to cut the host off from its users.
+"""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +41,39 @@ class Verdict:
     ban: Ban | None = None
 
 
+class _Recent:
+    """What the window holds of one source: each trap port it touched, with the time of the
+    latest hit there, and the times of its latest `confirm` hits of any kind (oldest first).
+    Both stay small, whatever the traffic: a source is banned once it has touched
+    max(trigger, confirm) ports within the window, and `hits` holds `confirm` times at most."""
+
+    __slots__ = ("hits", "ports")
+
+    def __init__(self, confirm: int) -> None:
+        self.ports: dict[TrapKey, float] = {}
+        self.hits: deque[float] = deque(maxlen=max(confirm, 1))
+
+    def add(self, key: TrapKey, now: float, horizon: float) -> int:
+        """Note a hit on `key`; returns the distinct ports touched after `horizon`."""
+        ports = self.ports
+        ports[key] = now
+        self.hits.append(now)
+        for stale in [k for k, at in ports.items() if at <= horizon]:
+            del ports[stale]
+        return len(ports)
+
+    def confirmed(self, horizon: float) -> bool:
+        """Whether the latest `confirm` hits all came after `horizon`: at least `confirm`
+        hits within the window."""
+        hits = self.hits
+        return len(hits) == hits.maxlen and hits[0] > horizon
+
+    @property
+    def last(self) -> float:
+        """When the source last hit a trap (once it has gone a window, expire drops it)."""
+        return self.hits[-1]
+
+
 def ban_duration(policy: BanPolicy, base: float, count: int) -> float | None:
     """Seconds the `count`-th ban lasts (None: permanent), from first-ban time `base`."""
     if policy.permanent_after and count >= policy.permanent_after:
@@ -48,14 +90,17 @@ def ban_duration(policy: BanPolicy, base: float, count: int) -> float | None:
 class Policy:
     """The ban policy and the state it needs: recent hits, past bans and active bans.
 
-    Every method takes `now` (seconds since the epoch); nothing here reads a clock.
+    A source is banned once it touched `trigger` distinct trap ports within `window`. A hit that
+    cannot prove its source (see the module docstring) must in addition be at least the
+    `confirm`-th hit from that source within the window, and one from a recent client never
+    counts. Every method takes `now` (seconds since the epoch); nothing here reads a clock.
     """
 
     def __init__(self, policy: BanPolicy, traps: Sequence[Trap], protection: Protection) -> None:
         self.policy = policy
         self.protection = protection
         self._trap_bans = {(t.proto, t.port, t.address): t.ban for t in traps if t.ban}
-        self._recent: dict[IPAddress, dict[TrapKey, float]] = {}
+        self._recent: dict[IPAddress, _Recent] = {}
         self._past: dict[IPNetwork, list[float]] = {}
         self._active: dict[IPNetwork, Ban] = {}
         self._active_nets: dict[IPNetwork, Ban] = {}
@@ -132,6 +177,9 @@ class Policy:
     # -- hits ----------------------------------------------------------------------------
 
     def on_hit(self, hit: Hit, now: float) -> Verdict:
+        """Classify one hit and ban its source when it completes the trigger. Runs for every
+        packet a sensor reports (thousands a second under a scan): the work per hit is bounded
+        by `trigger` and `confirm`, never by the traffic."""
         if hit.proto is Proto.UDP and self.protection.aimed_elsewhere(hit.local):
             return Verdict(Outcome.NOT_UNICAST)
         protected = self.protection.outcome_for(hit.source)
@@ -139,21 +187,28 @@ class Policy:
             return Verdict(protected)
         if self.banned(hit.source, now) is not None:
             return Verdict(Outcome.ALREADY_BANNED)
-        if self._count_recent(hit, now) < self.policy.trigger:
+        verified = hit.verified
+        if hit.client and not verified:
+            # Forged probes naming a real client would otherwise cut the host off from it.
+            return Verdict(Outcome.CLIENT)
+        if not self._triggered(hit, verified, now):
             return Verdict(Outcome.COUNTED)
         self._recent.pop(hit.source, None)
         base = self._base_time(hit)
         reason = f"trap:{hit.proto}/{hit.port}"
         return Verdict(Outcome.BANNED, self._ban(as_network(hit.source), now, base, reason))
 
-    def _count_recent(self, hit: Hit, now: float) -> int:
-        """Distinct trap ports this source touched within the window, this hit included."""
-        seen = self._recent.setdefault(hit.source, {})
-        seen[(hit.proto, hit.port)] = now
+    def _triggered(self, hit: Hit, verified: bool, now: float) -> bool:
+        """Count the hit; True when its source touched `trigger` distinct trap ports within
+        the window and, unless the hit proves its source, sent `confirm` hits in it: one
+        forged packet must not ban an innocent address."""
+        recent = self._recent.get(hit.source)
+        if recent is None:
+            recent = self._recent[hit.source] = _Recent(self.policy.confirm)
         horizon = now - self.policy.window
-        for key in [k for k, at in seen.items() if at <= horizon]:
-            del seen[key]
-        return len(seen)
+        if recent.add((hit.proto, hit.port), now, horizon) < self.policy.trigger:
+            return False
+        return verified or recent.confirmed(horizon)
 
     def _base_time(self, hit: Hit) -> float:
         specific = self._trap_bans.get((hit.proto, hit.port, hit.local))
@@ -255,14 +310,19 @@ class Policy:
     def active(self, now: float) -> list[Ban]:
         return [b for b in (*self._active.values(), *self._active_nets.values()) if b.active(now)]
 
+    def watched(self) -> int:
+        """How many sources the engine holds recent hits of (what `expire` trims)."""
+        return len(self._recent)
+
     def expire(self, now: float) -> list[Ban]:
-        """Forget bans that ran out and hit windows that closed; returns the expired bans."""
+        """Forget bans that ran out and sources whose window closed (their ports and hit
+        counts both); returns the expired bans."""
         expired = [
             b for b in (*self._active.values(), *self._active_nets.values()) if not b.active(now)
         ]
         for ban in expired:
             self._forget(ban.target)
         horizon = now - self.policy.window
-        for source in [s for s, seen in self._recent.items() if max(seen.values()) <= horizon]:
+        for source in [s for s, recent in self._recent.items() if recent.last <= horizon]:
             del self._recent[source]
         return expired
