@@ -202,6 +202,7 @@ def test_after_a_flood_of_forged_sources_a_new_scanner_is_still_blocked(
     assert not env.service_reachable(env.atk, ATK4)
     status = kernel_status(env)
     assert status["events"]["over_total_rate"] + status["events"]["reported"] >= 2500
+    assert "rotations (each drops the oldest blocks)" in env.porttrap("status").stdout
 
 
 def listening(ns: Netns, port: int) -> bool:

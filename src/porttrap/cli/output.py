@@ -100,7 +100,34 @@ def status_text(status: dict[str, Any]) -> str:
             for t in traps["skipped"]
         ]
         lines.append(f"hits since start: {status['hits']['total']}")
+        if status.get("kernel"):
+            lines += kernel_text(status["kernel"])
     bans = status.get("bans")
     if bans:
         lines.append(f"bans: {bans['active']} active, {bans['permanent']} of them permanent")
     return "\n".join(lines)
+
+
+def kernel_text(kernel: dict[str, Any]) -> list[str]:
+    """The kernel sensor's part of `porttrap status`: modes, block sets, reports."""
+    modes = kernel["modes"]
+    block, events = kernel["block"], kernel["events"]
+    served = " ".join(
+        f"{proto}/{port}" for proto, ports in kernel["served"].items() for port in ports
+    )
+    lines = [
+        f"kernel sensor: tcp {modes['tcp']}, udp {modes['udp']}; served (never trapped): "
+        f"{served or 'nothing'}"
+    ]
+    if block["enabled"]:
+        fill = block["fill"][block["current"]]
+        lines.append(
+            f"  first-packet blocks: about {fill} of {block['size']} in the current set, "
+            f"{block['rotations']} rotations (each drops the oldest blocks)"
+        )
+    lines.append(
+        f"  reports: {events['received']} received; not sent: {events['over_source_rate']} "
+        f"over the per-source rate, {events['over_total_rate']} over the total rate; "
+        f"lost: {events['lost_overruns']} overruns"
+    )
+    return lines

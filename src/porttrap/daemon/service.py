@@ -235,8 +235,12 @@ class Daemon:
             self._hits.append((hit, verdict.outcome))
         else:
             self.counters.hits_not_stored += 1
+        # A forged flood can make thousands of unverified hits a second: they are stored (see
+        # `porttrap history`) and counted in status, and logged only when they ban.
+        quiet = not hit.verified and verdict.outcome is not Outcome.BANNED
         log.event(
             "hit",
+            logging.DEBUG if quiet else logging.INFO,
             src=hit.source,
             sport=hit.source_port,
             dst=hit.local,
