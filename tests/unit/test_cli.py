@@ -33,8 +33,19 @@ def test_check_config_summarises_a_valid_file(
 ) -> None:
     code, out, _ = run(capsys, "check-config", "-c", str(config))
     assert code == 0
-    assert out == (f"{config}: OK (4 TCP and 0 UDP trap ports, 1 allow-list entries, "
-                   "backend nftables)\n")  # fmt: skip
+    assert out == (f"{config}: OK (TCP: 4 trap ports, connect mode; UDP: 0 trap ports, "
+                   "connect mode; 1 allow-list entries, backend nftables)\n")  # fmt: skip
+
+
+def test_check_config_summarises_the_trap_modes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "modes.toml"
+    config.write_text('[traps]\nmode = { tcp = "advanced", udp = "stealth" }\nudp = ["69"]\n')
+    code, out, _ = run(capsys, "check-config", "-c", str(config))
+    assert code == 0
+    assert "TCP: advanced mode, 65533 ports watched unless served" in out
+    assert "UDP: 1 trap ports, stealth mode" in out
 
 
 def test_check_config_lists_every_problem(

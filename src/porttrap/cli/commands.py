@@ -11,7 +11,7 @@ from typing import Any
 from porttrap import config as config_mod
 from porttrap.cli import output
 from porttrap.clock import SystemClock
-from porttrap.config.schema import Config
+from porttrap.config.schema import Config, TrapMode
 from porttrap.daemon import control
 from porttrap.daemon.service import Daemon, ban_json
 from porttrap.errors import DaemonNotRunning, PorttrapError, UsageError
@@ -43,14 +43,24 @@ def run(args: argparse.Namespace) -> int:
 
 def check_config(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    tcp = sum(1 for t in cfg.traps if t.proto is Proto.TCP)
     source = cfg.source or "built-in defaults"
+    traps = "; ".join(_traps_summary(cfg, proto) for proto in Proto)
     print(
-        f"{source}: OK ({tcp} TCP and {len(cfg.traps) - tcp} UDP trap ports, "
-        f"{len(cfg.allow)} allow-list entries, backend {cfg.firewall.backend}, "
-        f"modes tcp={cfg.modes.tcp} udp={cfg.modes.udp})"
+        f"{source}: OK ({traps}; {len(cfg.allow)} allow-list entries, "
+        f"backend {cfg.firewall.backend})"
     )
     return 0
+
+
+def _traps_summary(cfg: Config, proto: Proto) -> str:
+    """'TCP: 4 trap ports, connect mode' or 'UDP: advanced mode, 65531 ports watched'."""
+    mode = cfg.modes.of(proto)
+    name = proto.value.upper()
+    if mode is TrapMode.ADVANCED:
+        watched = cfg.modes.watched(proto) - cfg.modes.excluded(proto)
+        return f"{name}: advanced mode, {len(watched)} ports watched unless served"
+    count = sum(1 for t in cfg.traps if t.proto is proto)
+    return f"{name}: {count} trap ports, {mode} mode"
 
 
 def status(args: argparse.Namespace) -> int:
