@@ -1,0 +1,497 @@
+"""The kernel sensor's nft commands (firewall/sensor_rules.py, pure) and the state NftSensor keeps
+(firewall/sensor.py), with a recording stand-in for libnftables: which commands each setting
+brings or leaves out, rotation, served ports, the recorded counter listing (tests/data/nft/
+list_counters.json, with its expected parse beside it) and the spec read from a config."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from porttrap.config import load_text
+from porttrap.config.schema import KernelSensor, TrapMode
+from porttrap.firewall.kernel import JsonCommand, Nft
+from porttrap.firewall.nftables import NftablesBackend
+from porttrap.firewall.ruleset import Ruleset
+from porttrap.firewall.sensor import NftSensor, make_sensor, spec_from_config
+from porttrap.firewall.sensor_rules import (
+    COUNTERS,
+    SensorRules,
+    SensorSpec,
+    parse_counters,
+    port_ranges,
+)
+from porttrap.model import Proto
+
+DATA = Path(__file__).parent.parent / "data" / "nft"
+TCP, UDP = Proto.TCP, Proto.UDP
+CONNECT, STEALTH, ADVANCED = TrapMode.CONNECT, TrapMode.STEALTH, TrapMode.ADVANCED
+T = "inet porttrap"
+NOTHING: dict[Proto, frozenset[int]] = {}
+QUIET = 'counter name "quiet" drop'
+
+
+class RecordingNft(Nft):
+    """Stands in for libnftables: keeps each batch `run` gets; `list_json` answers `listing`."""
+
+    def __init__(self, listing: Sequence[JsonCommand] = ()) -> None:  # no libnftables here
+        self.batches: list[list[str]] = []
+        self.listed: list[JsonCommand] = []
+        self.listing = list(listing)
+
+    def run(self, commands: Sequence[str]) -> None:
+        self.batches.append(list(commands))
+
+    def list_json(self, what: JsonCommand) -> list[JsonCommand]:
+        self.listed.append(what)
+        return self.listing
+
+
+def spec(
+    tcp: TrapMode = CONNECT,
+    udp: TrapMode = CONNECT,
+    *,
+    ports: dict[Proto, frozenset[int]] | None = None,
+    at: Mapping[Proto, tuple[tuple[str, int], ...]] | None = None,
+    exclude: dict[Proto, frozenset[int]] | None = None,
+    allow: tuple[str, ...] = (),
+    **kernel: Any,
+) -> SensorSpec:
+    """A spec with traps on 23 and 2323 (TCP) and 161 (UDP) unless told otherwise."""
+    return SensorSpec(
+        modes={TCP: tcp, UDP: udp},
+        ports=ports or {TCP: frozenset({23, 2323}), UDP: frozenset({161})},
+        at=at or {},
+        exclude=exclude or {},
+        allow=tuple(ipaddress.ip_network(a) for a in allow),
+        kernel=KernelSensor(**kernel),
+    )
+
+
+def create(given: SensorSpec, served: dict[Proto, frozenset[int]] = NOTHING) -> list[str]:
+    return SensorRules("porttrap", given).create(served)
+
+
+def rules_of(commands: list[str]) -> list[str]:
+    return [c for c in commands if c.startswith("add rule ")]
+
+
+def mentioning(commands: list[str], text: str) -> list[str]:
+    return [c for c in commands if text in c]
+
+
+# --- port_ranges ---
+
+
+@pytest.mark.parametrize(
+    ("ports", "expected"),
+    [
+        ([22, 23, 24, 80], ["22-24", "80"]),
+        ([80, 24, 22, 23, 23, 81], ["22-24", "80-81"]),  # unsorted, a duplicate
+        ([1, 3, 5], ["1", "3", "5"]),
+        ([65535], ["65535"]),
+        (range(1, 65536), ["1-65535"]),
+        ([], []),
+    ],
+)
+def test_port_ranges_joins_runs(ports: list[int], expected: list[str]) -> None:
+    assert port_ranges(ports) == expected
+
+
+# --- create: which protocols ---
+
+
+def test_every_protocol_in_connect_mode_gives_no_sensor() -> None:
+    assert create(spec()) == []
+    assert SensorRules("porttrap", spec()).create({TCP: frozenset({22})}, "b") == []
+
+
+def test_tcp_stealth_only_watches_tcp() -> None:
+    commands = create(spec(tcp=STEALTH))
+    assert f"add set {T} traps_tcp {{ type inet_service; flags interval; }}" in commands
+    assert f"add element {T} traps_tcp {{ 23, 2323 }}" in commands
+    assert f"add set {T} open_tcp {{ type inet_service; }}" in commands
+    assert mentioning(commands, "_udp") == []
+    assert mentioning(commands, "udp dport") == []
+    assert len(mentioning(rules_of(commands), "goto probe")) == 1
+
+
+def test_udp_advanced_only_watches_its_range_and_leaves_out_excluded_and_served() -> None:
+    given = spec(
+        udp=ADVANCED,
+        ports={UDP: frozenset(range(1, 65536))},
+        exclude={UDP: frozenset({67, 137})},
+    )
+    commands = create(given, {UDP: frozenset({53}), TCP: frozenset({22})})
+    assert f"add element {T} traps_udp {{ 1-65535 }}" in commands
+    assert f"add element {T} open_udp {{ 53, 67, 137 }}" in commands
+    assert mentioning(commands, "_tcp") == []
+    assert mentioning(commands, QUIET) == []  # quiet is about TCP, which sockets watch here
+    [probe] = mentioning(rules_of(commands), "goto probe")
+    assert probe == (
+        f"add rule {T} input meta l4proto udp fib daddr type local "
+        "udp dport @traps_udp udp dport != @open_udp goto probe"
+    )
+
+
+def test_both_protocols_each_get_their_sets_and_trap_rule() -> None:
+    commands = create(spec(tcp=STEALTH, udp=ADVANCED), {TCP: frozenset({22})})
+    for name in ("traps_tcp", "open_tcp", "traps_udp", "open_udp"):
+        assert len(mentioning(commands, f"add set {T} {name} ")) == 1
+    assert f"add element {T} open_tcp {{ 22 }}" in commands
+    assert mentioning(commands, f"add element {T} open_udp") == []  # nothing served or excluded
+    probes = mentioning(rules_of(commands), " input meta l4proto")
+    assert [c.split()[7] for c in probes] == ["tcp", "udp", "tcp"]  # two traps, then quiet
+    assert probes[-1].endswith(QUIET)
+
+
+def test_tcp_trap_rules_leave_replies_alone() -> None:
+    """A SYN-ACK or RST to a trap port answers the host's own packet: never a probe."""
+    [probe] = mentioning(create(spec(tcp=STEALTH)), "goto probe")
+    assert "tcp flags & (syn | ack) != syn | ack tcp flags & rst == 0 " in probe
+    assert "tcp dport @traps_tcp tcp dport != @open_tcp" in probe
+
+
+def test_objects_come_before_chains_and_chains_before_rules() -> None:
+    commands = create(spec(tcp=STEALTH, udp=STEALTH))
+    kinds = [" ".join(c.split()[:2]) for c in commands]
+    first_chain, first_rule = kinds.index("add chain"), kinds.index("add rule")
+    assert set(kinds[:first_chain]) == {"add limit", "add counter", "add set", "add element"}
+    assert set(kinds[first_chain:first_rule]) == {"add chain"}
+    assert set(kinds[first_rule:]) == {"add rule"}
+    assert [c.split()[4] for c in mentioning(commands, "add counter")] == list(COUNTERS)
+    assert f"add chain {T} input {{ type filter hook input priority -150; policy accept; }}" in (
+        commands
+    )
+
+
+def test_every_report_path_logs_to_the_group_with_its_prefix() -> None:
+    commands = create(spec(tcp=STEALTH, nflog_group=42, source_rate=5, event_rate=300))
+    logs = mentioning(commands, " log prefix ")
+    assert [c.split('log prefix "')[1].split('"')[0] for c in logs] == [
+        "porttrap:new",
+        "porttrap:repeat",
+        "porttrap:client",
+        "porttrap:exempt",
+    ]
+    assert all(c.endswith("group 42 snaplen 128 drop") for c in logs)
+    assert ['limit name "rate_repeat"' in c for c in logs] == [False, True, False, False]
+    assert f"add limit {T} rate_new {{ rate 300/second burst 300 packets; }}" in commands
+    assert len(mentioning(commands, "limit rate over 5/second burst 5 packets")) == 8
+
+
+# --- create: kernel settings ---
+
+
+def test_block_on_inserts_into_the_current_generation_and_drops_blocked_sources() -> None:
+    rules = SensorRules("porttrap", spec(tcp=STEALTH))
+    commands = rules.create(NOTHING, "b")
+    assert mentioning(rules_of(commands), " block update ") == [
+        f'add rule {T} block update @block_b_v4 {{ ip saddr }} counter name "block_b"',
+        f'add rule {T} block update @block_b_v6 {{ ip6 saddr }} counter name "block_b"',
+    ]
+    assert len(mentioning(commands, "saddr @block_a_v4 goto blocked")) == 1
+    assert len(mentioning(commands, "saddr @block_b_v6 goto blocked")) == 1
+    assert f"add rule {T} probe jump block" in commands
+    assert len(mentioning(commands, f"add rule {T} forward ")) == 5
+
+
+def test_block_off_leaves_out_every_block_rule() -> None:
+    commands = create(spec(tcp=STEALTH, udp=STEALTH, block=False))
+    assert mentioning(rules_of(commands), "@block_") == []
+    assert mentioning(commands, "update @block_") == []
+    assert mentioning(commands, "goto blocked") == []
+    assert mentioning(commands, "jump block") == []
+    assert mentioning(commands, f"add rule {T} forward ") == []
+    assert f"add rule {T} probe goto report_new" in commands
+
+
+def test_client_time_zero_leaves_out_the_client_rules() -> None:
+    commands = create(spec(tcp=STEALTH, client_time=0))
+    assert mentioning(rules_of(commands), "@clients_") == []
+    assert mentioning(commands, "goto report_client") == []
+    assert len(mentioning(create(spec(tcp=STEALTH)), "@clients_")) == 4  # updated, then matched
+
+
+def test_client_and_block_sets_have_their_time_and_size() -> None:
+    given = spec(tcp=STEALTH, client_time=1800.5, client_size=99, block_time=30, block_size=7)
+    commands = create(given)
+    assert (
+        f"add set {T} clients_v6 {{ type ipv6_addr; flags dynamic,timeout; "
+        "timeout 1801s; size 99; }"
+    ) in commands
+    assert (
+        f"add set {T} block_a_v4 {{ type ipv4_addr; flags dynamic,timeout; timeout 30s; size 7; }}"
+    ) in commands
+
+
+@pytest.mark.parametrize(
+    ("tcp", "udp", "quiet", "expected"),
+    [
+        (STEALTH, CONNECT, True, 1),
+        (ADVANCED, ADVANCED, True, 1),
+        (STEALTH, STEALTH, False, 0),
+        (CONNECT, STEALTH, True, 0),  # only UDP in the kernel: TCP has sockets on its traps
+        (CONNECT, ADVANCED, True, 0),
+    ],
+)
+def test_the_quiet_rule_only_when_tcp_is_in_the_kernel_and_quiet_is_on(
+    tcp: TrapMode, udp: TrapMode, quiet: bool, expected: int
+) -> None:
+    commands = create(spec(tcp, udp, quiet=quiet))
+    quiet_rules = mentioning(commands, QUIET)
+    assert len(quiet_rules) == expected
+    if expected:
+        assert quiet_rules == [
+            f"add rule {T} input meta l4proto tcp fib daddr type local "
+            "tcp flags & (fin | syn | rst | ack) != syn tcp dport != @open_tcp " + QUIET
+        ]
+
+
+def test_traps_on_an_address_fill_only_the_set_of_their_ip_version() -> None:
+    at = {TCP: (("192.0.2.1", 2323), ("2001:db8::1", 2324), ("192.0.2.5", 8080))}
+    commands = create(spec(tcp=STEALTH, at=at))
+    assert f"add set {T} traps_tcp_at_v4 {{ type ipv4_addr . inet_service; }}" in commands
+    assert f"add element {T} traps_tcp_at_v4 {{ 192.0.2.1 . 2323, 192.0.2.5 . 8080 }}" in commands
+    assert f"add element {T} traps_tcp_at_v6 {{ 2001:db8::1 . 2324 }}" in commands
+    for version, match in ((4, "ip daddr . tcp dport"), (6, "ip6 daddr . tcp dport")):
+        rules = mentioning(commands, f"{match} @traps_tcp_at_v{version} tcp dport != @open_tcp")
+        assert [rule.split()[4] for rule in rules] == ["input", "blocked"]
+
+
+def test_an_address_family_without_traps_has_an_empty_set_and_no_rule() -> None:
+    commands = create(spec(tcp=STEALTH, at={TCP: (("192.0.2.1", 2323),)}))
+    assert f"add set {T} traps_tcp_at_v6 {{ type ipv6_addr . inet_service; }}" in commands
+    assert mentioning(commands, f"add element {T} traps_tcp_at_v6") == []
+    assert mentioning(commands, "ip6 daddr . tcp dport") == []
+    assert len(mentioning(commands, "ip daddr . tcp dport @traps_tcp_at_v4")) == 2
+
+
+def test_no_traps_gives_empty_sets_without_element_commands() -> None:
+    commands = create(spec(tcp=STEALTH, ports={TCP: frozenset()}))
+    assert f"add set {T} traps_tcp {{ type inet_service; flags interval; }}" in commands
+    assert mentioning(commands, "add element") == []
+
+
+def test_the_open_set_is_the_served_ports_and_the_excluded_ones() -> None:
+    given = spec(tcp=ADVANCED, exclude={TCP: frozenset({113, 139})})
+    served = {TCP: frozenset({22, 113, 443}), UDP: frozenset({53})}
+    commands = create(given, served)
+    assert mentioning(commands, f"add element {T} open_tcp") == [
+        f"add element {T} open_tcp {{ 22, 113, 139, 443 }}"
+    ]
+    assert given.open_ports(served, TCP) == {22, 113, 139, 443}
+    assert given.open_ports(served, UDP) == {53}
+    assert given.open_ports({}, TCP) == {113, 139}
+
+
+def test_allow_list_fills_the_allow_set_of_each_version() -> None:
+    commands = create(spec(udp=STEALTH, allow=("203.0.113.0/24", "2001:db8::7/128")))
+    assert f"add element {T} allow_v4 {{ 203.0.113.0/24 }}" in commands
+    assert f"add element {T} allow_v6 {{ 2001:db8::7/128 }}" in commands
+    assert mentioning(create(spec(udp=STEALTH)), f"add element {T} allow_") == []
+
+
+def test_the_table_name_is_used_everywhere() -> None:
+    commands = SensorRules("trap2", spec(tcp=STEALTH)).create(NOTHING)
+    assert all(" inet trap2 " in c for c in commands)
+
+
+# --- changes while running ---
+
+
+def test_rotate_flushes_the_generation_then_points_the_block_chain_at_it() -> None:
+    assert SensorRules("porttrap", spec(tcp=STEALTH)).rotate("b") == [
+        f"flush set {T} block_b_v4",
+        f"flush set {T} block_b_v6",
+        f"flush chain {T} block",
+        f'add rule {T} block update @block_b_v4 {{ ip saddr }} counter name "block_b"',
+        f'add rule {T} block update @block_b_v6 {{ ip6 saddr }} counter name "block_b"',
+    ]
+
+
+def test_rotate_back_to_a() -> None:
+    commands = SensorRules("porttrap", spec(udp=ADVANCED)).rotate("a")
+    assert commands[:2] == [f"flush set {T} block_a_v4", f"flush set {T} block_a_v6"]
+    assert all("block_b" not in c for c in commands)
+
+
+def test_set_open_with_nothing_changes_nothing() -> None:
+    assert SensorRules("porttrap", spec(tcp=STEALTH)).set_open(TCP, [], []) == []
+
+
+def test_set_open_adds_and_deletes_sorted() -> None:
+    assert SensorRules("porttrap", spec(tcp=STEALTH)).set_open(TCP, [443, 80], {8080, 25}) == [
+        f"add element {T} open_tcp {{ 80, 443 }}",
+        f"delete element {T} open_tcp {{ 25, 8080 }}",
+    ]
+
+
+def test_counters_spec_lists_the_tables_counters() -> None:
+    rules = SensorRules("trap2", spec(tcp=STEALTH))
+    assert rules.counters_spec() == {"counters": {"family": "inet", "table": "trap2"}}
+
+
+# --- counters ---
+
+
+def test_parse_recorded_counters() -> None:
+    """Recorded after real traffic (a UDP flood from two sources, two TCP ACKs to a port nothing
+    serves), with a counter that is not the sensor's (legacy_hits) in the same table."""
+    listing = json.loads((DATA / "list_counters.json").read_text())
+    expected = json.loads((DATA / "list_counters.expected.json").read_text())
+    assert parse_counters(listing["nftables"]) == expected
+
+
+def test_parse_counters_ignores_what_is_not_a_sensor_counter() -> None:
+    items: list[JsonCommand] = [
+        {"metainfo": {"version": "1.0.6"}},
+        {"counter": {"name": "quiet", "packets": 4, "bytes": 160}},
+        {"counter": {"name": "other", "packets": 9}},
+        {"counter": "not a table"},
+        {"limit": {"name": "rate_new"}},
+        {"counter": {"name": "reported"}},  # no packets: none counted
+    ]
+    assert parse_counters(items) == {"quiet": 4, "reported": 0}
+    assert parse_counters([]) == {}
+
+
+# --- NftSensor ---
+
+
+def sensor_of(given: SensorSpec, nft: RecordingNft | None = None) -> NftSensor:
+    return NftSensor(SensorRules("porttrap", given), nft or RecordingNft())
+
+
+def test_serve_sends_only_the_difference_and_keeps_excluded_ports_open() -> None:
+    nft = RecordingNft()
+    sensor = sensor_of(spec(tcp=ADVANCED, udp=STEALTH, exclude={TCP: frozenset({113})}), nft)
+    sensor.serve({TCP: frozenset({22, 113}), UDP: frozenset({53})})
+    sensor.serve({TCP: frozenset({22, 443}), UDP: frozenset({53})})
+    sensor.serve({TCP: frozenset({22, 443}), UDP: frozenset({53})})
+    assert nft.batches == [
+        [f"add element {T} open_tcp {{ 22 }}", f"add element {T} open_udp {{ 53 }}"],
+        [f"add element {T} open_tcp {{ 443 }}"],  # 113 stays: it is excluded
+    ]
+    assert sensor.served == {TCP: frozenset({22, 443}), UDP: frozenset({53})}
+
+
+def test_serve_in_connect_mode_sends_nothing_but_keeps_the_state() -> None:
+    nft = RecordingNft()
+    sensor = sensor_of(spec(udp=STEALTH), nft)
+    sensor.serve({TCP: frozenset({22})})
+    assert nft.batches == []
+    assert sensor.served == {TCP: frozenset({22}), UDP: frozenset()}
+
+
+def test_a_rebuilt_table_gets_the_served_ports_and_the_current_generation() -> None:
+    nft = RecordingNft()
+    sensor = sensor_of(spec(tcp=STEALTH), nft)
+    sensor.serve({TCP: frozenset({22})})
+    assert sensor.rotate() == "b"
+    assert (sensor.generation, sensor.rotations) == ("b", 1)
+    assert nft.batches[-1] == SensorRules("porttrap", sensor.rules.spec).rotate("b")
+    commands = sensor.commands()
+    assert f"add element {T} open_tcp {{ 22 }}" in commands
+    assert len(mentioning(commands, "update @block_b_")) == 2
+    assert mentioning(commands, "update @block_a_") == []
+    assert sensor.rotate() == "a"
+    assert (sensor.generation, sensor.rotations) == ("a", 2)
+
+
+def test_counters_are_read_from_the_listing_of_the_table() -> None:
+    listing = json.loads((DATA / "list_counters.json").read_text())["nftables"]
+    nft = RecordingNft(listing)
+    sensor = sensor_of(spec(tcp=STEALTH), nft)
+    assert sensor.counters()["over_source"] == 9
+    assert nft.listed == [{"counters": {"family": "inet", "table": "porttrap"}}]
+
+
+def test_backend_setup_adds_the_sensor_to_the_table_in_the_same_batch() -> None:
+    nft = RecordingNft()
+    sensor = sensor_of(spec(tcp=STEALTH), nft)
+    NftablesBackend("porttrap", nft=nft, sensor=sensor).setup([], 0.0)
+    NftablesBackend("porttrap", nft=nft).setup([], 0.0)
+    table = Ruleset("porttrap").replace({}, 0.0)
+    assert nft.batches == [table + sensor.commands(), table]
+
+
+# --- from the configuration ---
+
+
+def test_stealth_spec_splits_port_traps_from_address_traps() -> None:
+    config = load_text(
+        """
+        [traps]
+        mode = "stealth"
+        tcp = ["23", "5900-5902"]
+        udp = ["161"]
+        [[traps.port]]
+        port = "2323"
+        proto = "tcp"
+        address = "192.0.2.1"
+        [[traps.port]]
+        port = "2323"
+        proto = "tcp"
+        address = "2001:db8::1"
+        [allow]
+        addresses = ["203.0.113.0/24"]
+        [kernel]
+        block_size = 2048
+        """,
+        None,
+    )
+    given = spec_from_config(config)
+    assert given.modes == {TCP: STEALTH, UDP: STEALTH}
+    assert given.protos == [TCP, UDP]
+    assert given.ports == {TCP: {23, 5900, 5901, 5902}, UDP: {161}}
+    assert given.at == {TCP: (("192.0.2.1", 2323), ("2001:db8::1", 2323)), UDP: ()}
+    assert given.exclude == {TCP: frozenset(), UDP: frozenset()}
+    assert given.allow == (ipaddress.ip_network("203.0.113.0/24"),)
+    assert given.kernel.block_size == 2048
+
+
+def test_advanced_spec_watches_the_range_minus_the_excluded_ports() -> None:
+    config = load_text(
+        """
+        [traps]
+        mode = { tcp = "advanced", udp = "connect" }
+        udp = ["161"]
+        [traps.advanced]
+        tcp = ["1-1024"]
+        exclude_tcp = ["113", "139", "445"]
+        """,
+        None,
+    )
+    given = spec_from_config(config)
+    assert given.modes == {TCP: ADVANCED, UDP: CONNECT}
+    assert given.protos == [TCP]
+    assert given.ports[TCP] == frozenset(range(1, 1025))
+    assert given.exclude[TCP] == {113, 139, 445}
+    assert given.at[TCP] == ()
+    commands = SensorRules("porttrap", given).create(NOTHING)
+    assert f"add element {T} traps_tcp {{ 1-1024 }}" in commands
+    assert f"add element {T} open_tcp {{ 113, 139, 445 }}" in commands
+
+
+def test_advanced_defaults_watch_every_port_and_leave_the_usual_ones_alone() -> None:
+    given = spec_from_config(load_text('[traps]\nmode = "advanced"\n', None))
+    assert given.ports == {TCP: frozenset(range(1, 65536)), UDP: frozenset(range(1, 65536))}
+    assert given.exclude == {TCP: {113, 139}, UDP: {67, 137, 138, 520}}
+
+
+def test_make_sensor_is_none_in_connect_mode() -> None:
+    assert make_sensor(load_text('[traps]\ntcp = ["23"]\n', None)) is None
+
+
+def test_make_sensor_uses_the_configured_table() -> None:
+    config = load_text('[traps]\nmode = "stealth"\n[firewall]\ntable = "trap2"\n', None)
+    sensor = make_sensor(config)
+    assert sensor is not None
+    assert (sensor.generation, sensor.rotations) == ("a", 0)
+    assert all(" inet trap2 " in c for c in sensor.commands())
