@@ -14,7 +14,6 @@ import pytest
 
 from netns import Netns, in_host_netns
 from porttrap.config import load_text
-from porttrap.errors import FirewallError
 from porttrap.firewall.kernel import Nft
 from porttrap.firewall.nftables import NftablesBackend
 from porttrap.firewall.sensor import NftSensor, make_sensor
@@ -223,12 +222,6 @@ def test_counters_returns_all_six(load: Callable[[str], Loaded]) -> None:
     assert loaded.sensor.counters() == dict.fromkeys(COUNTERS, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=FirewallError,
-    reason="sensor_rules._sets puts the allow list into an interval set unmerged: nft refuses "
-    "a network and an address inside it ('conflicting intervals specified')",
-)
 def test_an_allow_list_with_an_address_inside_a_network_loads(
     load: Callable[[str], Loaded],
 ) -> None:

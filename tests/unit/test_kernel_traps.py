@@ -360,11 +360,6 @@ def test_a_counter_that_goes_down_restarts_the_estimate() -> None:
     assert fill.fill("a") == before + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BlockFill.record: after a counter restart the insertions made before the first "
-    "sample (here 5) are not counted, so the estimate is no longer an upper bound",
-)
 def test_insertions_before_the_first_sample_after_a_rebuild_count() -> None:
     fill = BlockFill(block_time=60.0)
     fill.record(0.0, {"block_a": 0})

@@ -27,6 +27,7 @@ class NftSensor:
         self.served: dict[Proto, frozenset[int]] = {proto: frozenset() for proto in Proto}
         self.generation = GENERATIONS[0]
         self.rotations = 0
+        self.builds = 0  # tables built with the sensor in them (start, and after a rebuild)
 
     @property
     def _nft(self) -> Nft:
@@ -37,6 +38,7 @@ class NftSensor:
 
     def commands(self) -> list[str]:
         """The sensor as it should be now, for a table being created."""
+        self.builds += 1
         return self.rules.create(self.served, self.generation)
 
     def serve(self, served: Ports) -> None:

@@ -39,6 +39,7 @@ prerouting) cuts everything.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -143,7 +144,9 @@ class SensorRules:
                 if at:
                     commands.append(self._add_elements(name, at))
         for version, _, kind in _FAMILIES:
-            allow = [str(n) for n in self.spec.allow if n.version == version]
+            # Merged: an interval set refuses overlapping elements (a /24 and an address in it).
+            nets = [n for n in self.spec.allow if n.version == version]
+            allow = [str(n) for n in ipaddress.collapse_addresses(nets)]  # type: ignore[type-var]
             commands.append(self._set(f"allow_v{version}", kind, "interval"))
             if allow:
                 commands.append(self._add_elements(f"allow_v{version}", allow))

@@ -73,12 +73,15 @@ class BlockFill:
         default_factory=lambda: {g: deque() for g in GENERATIONS}
     )
 
-    def record(self, now: float, counts: dict[str, int]) -> None:
+    def record(self, now: float, counts: dict[str, int], rebuilt: bool = False) -> None:
+        """The counters read at `now`; `rebuilt`: the table was built again since the last
+        reading (its sets and counters started from zero)."""
         for generation in GENERATIONS:
             value = counts.get(f"block_{generation}", 0)
             samples = self._samples[generation]
-            if samples and value < samples[-1][1]:  # the table was rebuilt: counters restart
-                samples.clear()
+            if rebuilt or (samples and value < samples[-1][1]):
+                samples.clear()  # every insertion counted since the rebuild is in the sets
+                samples.append((now, 0))
                 self._base[generation] = 0
             samples.append((now, value))
             horizon = now - self.block_time
@@ -133,6 +136,7 @@ class KernelTraps:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_warning: float | None = None
+        self._builds = 0  # the sensor's table builds seen by the fill estimate
 
     def prepare(self) -> None:
         """Read the served ports before porttrap's table is built, so that no service port is
@@ -216,7 +220,8 @@ class KernelTraps:
         if not self.settings.block:
             return
         now = self._clock.monotonic()
-        self.fill.record(now, self.kernel_counters)
+        rebuilt, self._builds = self.sensor.builds != self._builds, self.sensor.builds
+        self.fill.record(now, self.kernel_counters, rebuilt)
         current = self.sensor.generation
         if self.fill.fill(current) < self.settings.block_size * ROTATE_AT:
             return
