@@ -101,7 +101,7 @@ class KernelSensor:
     client_time: float = 3600.0  # sources that completed a TCP connection this recently ...
     client_size: int = 65536  # ... are exempt from blocks; this many per IP family
     quiet: bool = True  # non-SYN TCP probes to ports nothing serves: dropped, no RST
-    event_rate: int = 1000  # trap packets per second the kernel reports, per path (new/repeat)
+    event_rate: int = 250  # trap packets per second the kernel reports, per path (new/repeat)
     source_rate: int = 10  # ... and per source
     queue: int = 10_000  # reported packets the daemon holds before it drops (and counts)
 
