@@ -225,3 +225,15 @@ UDP_ECHO = (
     "while True:\n"
     "    data, peer = s.recvfrom(100); s.sendto(data, peer)\n"
 )
+
+
+def test_a_syn_scanner_that_finds_an_open_port_is_no_client(
+    env_factory: Callable[[str], Env],
+) -> None:
+    # SYN, SYN-ACK, then the scanner's kernel answers RST: conntrack calls that `established`,
+    # but the handshake never completed, so the source must not be exempt as a client.
+    env = env_factory(STEALTH)
+    assert answers(env.atk, [Probe(ATK4, SRV4, SERVICE_PORT, "syn")], timeout=1) == ["SA"]
+    send(env.atk, [Probe(ATK4, SRV4, TRAP, "syn")])
+    wait_until(lambda: blocked(env, ATK4), 5, "the scanner blocked at its first trap packet")
+    assert [h["outcome"] for h in hits_from(env, ATK4)] == ["counted"]

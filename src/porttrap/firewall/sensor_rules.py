@@ -7,6 +7,10 @@ transaction and `porttrap flush` removes everything. The path of a packet:
       loopback                                        -> leave it
       part of a known connection (established/related) -> leave it; a TCP client's packet
                                                           refreshes its place in @clients
+                                                          (only once the handshake completed:
+                                                          conntrack's `assured`; `established`
+                                                          alone is true of a SYN scanner's RST
+                                                          after a SYN-ACK)
       source in a first-packet block                  -> `blocked`: a trap packet is reported
                                                           as a repeat, everything is dropped
       trap packet (a trap port, or in advanced mode   -> `probe`
@@ -204,7 +208,7 @@ class SensorRules:
                 rules.append(
                     self._rule(
                         "known",
-                        f"meta l4proto tcp ct direction original "
+                        f"meta l4proto tcp ct direction original ct status assured "
                         f"update @clients_v{version} {{ {protocol} saddr }}",
                     )
                 )
