@@ -69,3 +69,16 @@ class Steal:
 def _steal_ticks() -> int:
     fields = Path("/proc/stat").read_text().splitlines()[0].split()
     return int(fields[8])  # cpu user nice system idle iowait irq softirq steal
+
+
+def machine() -> dict[str, str | int | float]:
+    """What the figures depend on besides the code: the kernel and the CPUs of this VM, and
+    how busy the VM was at the start (the 1-minute load average: other work competes for the
+    same CPUs)."""
+    return {"kernel": os.uname().release, "cpus": os.cpu_count() or 1,
+            "load_average_1min": os.getloadavg()[0]}  # fmt: skip
+
+
+def log_problems(log: str) -> list[str]:
+    """The daemon's log lines that are not `level=info` (warnings, errors, tracebacks)."""
+    return [line for line in log.splitlines() if line and not line.startswith("level=info")]

@@ -19,7 +19,7 @@ esac
 # nftables + libnftables' Python binding (python3-nftables) for the firewall, iproute2 for the
 # network namespaces the tests build; Debian's own python3 so that the binding imports.
 packages=(nftables python3 python3-venv python3-nftables iproute2)
-[ "$mode" = test ] && packages+=(procps)
+[ "$mode" = test ] && packages+=(procps nmap)  # nmap: bench/nmap_scan.py
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
