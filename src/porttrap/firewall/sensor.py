@@ -7,11 +7,18 @@ firewall reload removed it) comes back as it was, and runs the changes through `
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from porttrap.config.schema import Config, TrapMode
 from porttrap.firewall.kernel import Nft
-from porttrap.firewall.sensor_rules import GENERATIONS, SensorRules, SensorSpec, parse_counters
+from porttrap.firewall.objects import read_counters
+from porttrap.firewall.sensor_rules import (
+    COUNTERS,
+    GENERATIONS,
+    SensorRules,
+    SensorSpec,
+    parse_counters,
+)
 from porttrap.model import Proto
 
 Ports = Mapping[Proto, frozenset[int]]
@@ -21,9 +28,18 @@ class NftSensor:
     """The sensor part of porttrap's table. `commands()` is what `NftablesBackend.setup`
     adds to the table; the other methods change a table that exists."""
 
-    def __init__(self, rules: SensorRules, nft: Nft | None = None) -> None:
+    def __init__(
+        self,
+        rules: SensorRules,
+        nft: Nft | None = None,
+        read: Callable[[str], dict[str, int]] | None = None,
+    ) -> None:
+        """`read`: how to read the counters of a table by name (`objects.read_counters`, which
+        costs the same whatever the sets hold); None: through libnftables' listing, which
+        fetches every set element first (seconds under a flood)."""
         self.rules = rules
         self._given = nft
+        self._read = read
         self.served: dict[Proto, frozenset[int]] = {proto: frozenset() for proto in Proto}
         self.generation = GENERATIONS[0]
         self.rotations = 0
@@ -63,7 +79,9 @@ class NftSensor:
 
     def counters(self) -> dict[str, int]:
         """Packets per named counter (see sensor_rules.COUNTERS)."""
-        return parse_counters(self._nft.list_json(self.rules.counters_spec()))
+        if self._read is None:
+            return parse_counters(self._nft.list_json(self.rules.counters_spec()))
+        return {name: n for name, n in self._read(self.rules.table).items() if name in COUNTERS}
 
 
 def spec_from_config(config: Config) -> SensorSpec:
@@ -89,4 +107,5 @@ def make_sensor(config: Config) -> NftSensor | None:
     """The kernel sensor the configuration asks for; None when every protocol uses sockets."""
     if not config.modes.kernel:
         return None
-    return NftSensor(SensorRules(config.firewall.table, spec_from_config(config)))
+    rules = SensorRules(config.firewall.table, spec_from_config(config))
+    return NftSensor(rules, read=read_counters)

@@ -106,6 +106,7 @@ class SensorRules:
 
     def __init__(self, table: str, spec: SensorSpec) -> None:
         self.spec = spec
+        self.table = table
         self._where = f"inet {table}"
         self._k = spec.kernel
 
