@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from netns import Netns
-from porttrap.firewall.objects import read_counters
+from porttrap.firewall.objects import read_counters, table_exists
 
 pytestmark = pytest.mark.kernel
 
@@ -49,3 +49,14 @@ def test_a_missing_table_has_no_counters(netns_factory: Callable[[], Netns]) -> 
     ns = netns_factory()
     with ns.inside():
         assert read_counters("porttrap") == {}
+
+
+def test_table_exists_follows_the_kernel(netns_factory: Callable[[], Netns]) -> None:
+    ns = netns_factory()
+    with ns.inside():
+        assert not table_exists("porttrap")
+    ns.run(["nft", "add", "table", "inet", "porttrap"])
+    ns.run(["nft", "add", "table", "ip", "other"])
+    with ns.inside():
+        assert table_exists("porttrap")
+        assert not table_exists("other")  # family ip, not inet

@@ -9,7 +9,7 @@ a permanent one an element without.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from porttrap import log
 from porttrap.errors import FirewallError
@@ -33,11 +33,18 @@ class NftablesBackend:
     name = "nftables"
 
     def __init__(
-        self, table: str = "porttrap", nft: Nft | None = None, sensor: NftSensor | None = None
+        self,
+        table: str = "porttrap",
+        nft: Nft | None = None,
+        sensor: NftSensor | None = None,
+        exists: Callable[[str], bool] | None = None,
     ) -> None:
+        """`exists`: how to tell whether a table exists (`objects.table_exists`, one netlink
+        message); None: libnftables' `list tables`, which fetches every set element first."""
         self._nft = nft if nft is not None else Nft()
         self._rules = Ruleset(table)
         self.sensor = sensor
+        self._exists = exists
 
     def setup(self, bans: Sequence[Ban], now: float) -> None:
         """Replace porttrap's table in one transaction: stray elements go, missing ones come,
@@ -80,6 +87,8 @@ class NftablesBackend:
             ) from err
 
     def present(self) -> bool:
+        if self._exists is not None:
+            return self._exists(self._rules.table)
         tables = self._nft.list_json({"tables": None})
         return self._rules.table_spec() in [_bare(item) for item in tables]
 

@@ -99,3 +99,47 @@ def read_counters(table: str) -> dict[str, int]:
     except OSError as err:
         raise FirewallError(f"reading counters of table inet {table}: {err}") from err
     raise FirewallError(f"reading counters of table inet {table}: the dump did not end")
+
+
+NFT_MSG_GETTABLE = 1
+NFTA_TABLE_NAME = 1
+ENOENT = 2
+
+
+def table_request(seq: int, table: str) -> bytes:
+    """A request for table inet `table` alone (not a dump)."""
+    body = _NFGENMSG.pack(NFPROTO_INET, 0, 0)
+    body += _attribute(NFTA_TABLE_NAME, table.encode() + b"\0")
+    kind = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE
+    return netlink.message(kind, netlink.NLM_F_REQUEST | netlink.NLM_F_ACK, seq, body)
+
+
+def parse_table_reply(data: bytes, table: str) -> bool | None:
+    """True: the table exists; False: the kernel said ENOENT; None: nothing decisive yet."""
+    for kind, _, body in netlink.split(data)[0]:
+        if kind == netlink.NLMSG_ERROR:
+            code = -netlink.ERRNO.unpack_from(body)[0] if len(body) >= 4 else 0
+            if code == ENOENT:
+                return False
+            if code:
+                raise FirewallError(f"looking up table inet {table}: errno {code}")
+            return True  # the ack after the table's description
+        if kind == NFNL_SUBSYS_NFTABLES << 8 | 0:  # NFT_MSG_NEWTABLE: the description
+            return True
+    return None
+
+
+def table_exists(table: str) -> bool:
+    """Whether table inet `table` exists, in the calling thread's namespace. One message, so
+    its cost does not grow with the sets (libnftables' `list tables` fetches every element)."""
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+            sock.settimeout(TIMEOUT)
+            sock.send(table_request(1, table))
+            for _ in range(MAX_DATAGRAMS):
+                found = parse_table_reply(sock.recv(RECV_SIZE), table)
+                if found is not None:
+                    return found
+    except OSError as err:
+        raise FirewallError(f"looking up table inet {table}: {err}") from err
+    raise FirewallError(f"looking up table inet {table}: no answer")

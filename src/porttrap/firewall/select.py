@@ -8,6 +8,7 @@ from porttrap.firewall.base import FirewallBackend
 from porttrap.firewall.dryrun import DryRunBackend
 from porttrap.firewall.kernel import is_supported
 from porttrap.firewall.nftables import NftablesBackend
+from porttrap.firewall.objects import table_exists
 from porttrap.firewall.sensor import NftSensor
 
 BACKENDS = ("nftables", "dry-run")
@@ -30,7 +31,7 @@ def make_backend(
                 f"firewall backend 'nftables' cannot run: {reason} "
                 '(or set backend = "dry-run" in [firewall] to only log what would be banned)'
             )
-        return NftablesBackend(table, sensor=sensor)
+        return NftablesBackend(table, sensor=sensor, exists=table_exists)
     if name == "dry-run":
         return DryRunBackend(clock)
     raise FirewallError(f"unknown firewall backend {name!r}: choose one of {', '.join(BACKENDS)}")
