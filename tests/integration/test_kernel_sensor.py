@@ -18,6 +18,7 @@ from daemon_env import (
     ATK4_B,
     ATK6,
     CLIENT,
+    SERVICE,
     SERVICE_PORT,
     SRV4,
     SRV6,
@@ -160,7 +161,7 @@ def test_advanced_mode_traps_unserved_ports_and_follows_services_that_start_and_
     assert env.service_reachable(env.atk, ATK4)  # a served port is never a trap
     assert not hits_from(env, ATK4)
     late = 7070
-    server = env.srv.start([sys.executable, "-c", SERVICE_ON % late])
+    server = env.srv.start([sys.executable, "-c", SERVICE % late])
     wait_until(lambda: listening(env.srv, late), 5, "late service listening")
     started = time.monotonic()  # noqa: TID251 - test timing
     wait_until(lambda: late in env.nft_set("open_tcp"), 5, "late service excluded")
@@ -179,7 +180,7 @@ def test_the_hosts_own_connections_out_are_untouched_in_advanced_mode(
     env_factory: Callable[[str], Env],
 ) -> None:
     env = env_factory(ADVANCED)
-    env.atk.start([sys.executable, "-c", SERVICE_ON % 6000])
+    env.atk.start([sys.executable, "-c", SERVICE % 6000])
     env.atk.start([sys.executable, "-c", UDP_ECHO % 6001])
     wait_until(lambda: tcp_works(env.srv, SRV4, ATK4, 6000), 5, "outgoing TCP works")
     with open_socket(env.srv, SRV4, socket.SOCK_DGRAM) as sock:
@@ -213,12 +214,6 @@ def kernel_status(env: Env) -> Any:
     return env.json("status")["kernel"]
 
 
-SERVICE_ON = (
-    "import socket\n"
-    "s = socket.create_server(('::', %d), family=socket.AF_INET6, dualstack_ipv6=True)\n"
-    "while True:\n"
-    "    c, _ = s.accept(); c.close()\n"
-)
 UDP_ECHO = (
     "import socket\n"
     "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', %d))\n"

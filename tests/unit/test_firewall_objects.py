@@ -6,17 +6,17 @@ import struct
 
 import pytest
 
+from porttrap import netlink
 from porttrap.errors import FirewallError
 from porttrap.firewall import objects
-from porttrap.sensors import netlink
 
 
 def counter_message(table: str, name: str, packets: int) -> bytes:
-    data = objects._attribute(objects.NFTA_COUNTER_PACKETS, struct.pack("!Q", packets))
+    data = netlink.attribute(objects.NFTA_COUNTER_PACKETS, struct.pack("!Q", packets))
     body = struct.pack("!BBH", objects.NFPROTO_INET, 0, 0)
-    body += objects._attribute(objects.NFTA_OBJ_TABLE, table.encode() + b"\0")
-    body += objects._attribute(objects.NFTA_OBJ_NAME, name.encode() + b"\0")
-    body += objects._attribute(objects.NFTA_OBJ_DATA | 0x8000, data)  # NLA_F_NESTED
+    body += netlink.attribute(objects.NFTA_OBJ_TABLE, table.encode() + b"\0")
+    body += netlink.attribute(objects.NFTA_OBJ_NAME, name.encode() + b"\0")
+    body += netlink.attribute(objects.NFTA_OBJ_DATA | 0x8000, data)  # NLA_F_NESTED
     kind = objects.NFNL_SUBSYS_NFTABLES << 8 | 20  # NFT_MSG_NEWOBJ, as dumps answer
     return netlink.message(kind, 0, 1, body)
 
@@ -40,6 +40,6 @@ def test_the_request_asks_for_counter_objects_of_one_table() -> None:
     assert bad == 0
     [(kind, seq, body)] = messages
     assert (kind, seq) == (objects.NFNL_SUBSYS_NFTABLES << 8 | objects.NFT_MSG_GETOBJ, 5)
-    attrs = objects.attributes(body, 4)
+    attrs = netlink.attributes(body, 4) or {}
     assert attrs[objects.NFTA_OBJ_TABLE] == b"porttrap\0"
     assert attrs[objects.NFTA_OBJ_TYPE] == struct.pack("!I", objects.NFT_OBJECT_COUNTER)

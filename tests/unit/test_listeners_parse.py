@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from porttrap.model import Proto
+from porttrap.netlink import NLMSG_DONE, NLMSG_ERROR
 from porttrap.sensors.listeners import (
     ALL_STATES,
     SOCK_DIAG_BY_FAMILY,
@@ -29,7 +30,6 @@ from porttrap.sensors.listeners import (
     request,
     served_ports,
 )
-from porttrap.sensors.netlink import NLMSG_DONE, NLMSG_ERROR
 
 DATA = Path(__file__).parent.parent / "data" / "sockdiag"
 SAMPLES = sorted(path.stem for path in DATA.glob("*.bin"))

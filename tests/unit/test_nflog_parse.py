@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from porttrap.sensors.netlink import NLMSG_DONE, NLMSG_ERROR
+from porttrap.netlink import NLMSG_DONE, NLMSG_ERROR
 from porttrap.sensors.nflog import (
     NFULNL_MSG_PACKET,
     LoggedPacket,

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from itertools import count
 
+from porttrap import netlink
 from porttrap.clock import Clock, SystemClock
 from porttrap.log import LOGGER, event, fields
 from porttrap.model import IPAddress, Proto
-from porttrap.sensors import netlink
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -102,7 +102,7 @@ def parse_reply(data: bytes, proto: Proto, seq: int | None = None) -> Reply:
             elif (listener := _listener(body, proto, addresses)) is not None:
                 listeners.append(listener)
         elif kind in (netlink.NLMSG_DONE, netlink.NLMSG_ERROR):
-            done, code = True, _errno(body)
+            done, code = True, netlink.error_code(body)
             malformed += code is None
             error = code or 0
     return Reply(listeners, malformed, done, error)
@@ -121,13 +121,6 @@ def _listener(
     if address is None:
         address = addresses[key] = _ADDRESS[family](src)
     return Listener(proto, sport, address, _IFINDEX.unpack_from(body, _MESSAGE.size)[0])
-
-
-def _errno(body: bytes) -> int | None:
-    """The positive errno in an NLMSG_DONE or NLMSG_ERROR body (0: none); None: too short."""
-    if len(body) < netlink.ERRNO.size:
-        return None
-    return max(0, -int(netlink.ERRNO.unpack_from(body)[0]))
 
 
 def served_ports(listeners: Iterable[Listener]) -> Ports:

@@ -24,19 +24,20 @@ from dataclasses import dataclass, field
 
 from porttrap.clock import Clock, SystemClock
 from porttrap.log import LOGGER, event, fields
-from porttrap.sensors.netlink import (
+from porttrap.netlink import (
     ERRNO,
+    NETLINK_NETFILTER,
+    NFGENMSG,
     NLM_F_ACK,
     NLM_F_REQUEST,
     NLMSG_ERROR,
-    align,
+    attribute,
+    attributes,
     message,
     split,
 )
 
-NETLINK_NETFILTER = 12
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h; not in Python's socket module before 3.12
-NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET = NFNL_SUBSYS_ULOG << 8 | 0
@@ -56,8 +57,6 @@ ERROR_PAUSE = 1.0  # seconds without reading after an unexpected error, so it ca
 WARN_EVERY = 60.0  # seconds between WARNING-level overrun events; DEBUG in between
 ACK_TIMEOUT = 2.0
 
-_NFGENMSG = struct.Struct("!BBH")  # family, version, res_id (network order)
-_NLATTR = struct.Struct("=HH")  # length, type
 _PACKET_HDR = struct.Struct("!HBx")  # hw_protocol, hook
 _TIMESTAMP = struct.Struct("!QQ")  # sec, usec
 _ETHERTYPES = {0x0800: 4, 0x86DD: 6}
@@ -111,32 +110,20 @@ def parse_batch(data: bytes) -> Batch:
     return Batch(packets, malformed, ignored)
 
 
-def _attributes(data: bytes, offset: int) -> dict[int, bytes] | None:
-    """Attribute type -> value from `offset` on; None when a length is impossible."""
-    found: dict[int, bytes] = {}
-    while len(data) - offset >= _NLATTR.size:
-        length, kind = _NLATTR.unpack_from(data, offset)
-        if length < _NLATTR.size or offset + length > len(data):
-            return None
-        found.setdefault(kind & NLA_TYPE_MASK, data[offset + _NLATTR.size : offset + length])
-        offset += align(length)
-    return found
-
-
 def _packet(body: bytes) -> LoggedPacket | None:
     """An NFULNL_MSG_PACKET body; None when malformed, family 0 when not IPv4/IPv6."""
-    attributes = _attributes(body, _NFGENMSG.size) if len(body) >= _NFGENMSG.size else None
-    header = attributes.get(NFULA_PACKET_HDR, b"") if attributes is not None else b""
-    if attributes is None or len(header) < _PACKET_HDR.size:
+    found = attributes(body, NFGENMSG.size) if len(body) >= NFGENMSG.size else None
+    header = found.get(NFULA_PACKET_HDR, b"") if found is not None else b""
+    if found is None or len(header) < _PACKET_HDR.size:
         return None
     hw_protocol, hook = _PACKET_HDR.unpack_from(header)
-    prefix = attributes.get(NFULA_PREFIX, b"").split(b"\0", 1)[0]
+    prefix = found.get(NFULA_PREFIX, b"").split(b"\0", 1)[0]
     return LoggedPacket(
         family=_ETHERTYPES.get(hw_protocol, 0),
         prefix=prefix.decode("utf-8", "replace"),
-        payload=attributes.get(NFULA_PAYLOAD, b""),
+        payload=found.get(NFULA_PAYLOAD, b""),
         hook=hook,
-        timestamp=_timestamp(attributes.get(NFULA_TIMESTAMP)),
+        timestamp=_timestamp(found.get(NFULA_TIMESTAMP)),
     )
 
 
@@ -150,14 +137,9 @@ def _timestamp(value: bytes | None) -> float | None:
 # -- configuration messages ----------------------------------------------------------------------
 
 
-def _attribute(kind: int, value: bytes) -> bytes:
-    length = _NLATTR.size + len(value)
-    return _NLATTR.pack(length, kind) + value + b"\0" * (align(length) - length)
-
-
 def config_message(seq: int, family: int, res_id: int, attributes: bytes) -> bytes:
     """An NFULNL_MSG_CONFIG request asking for an ack."""
-    body = _NFGENMSG.pack(family, 0, res_id) + attributes
+    body = NFGENMSG.pack(family, 0, res_id) + attributes
     flags = NLM_F_REQUEST | NLM_F_ACK
     return message(NFULNL_MSG_CONFIG, flags, seq, body)
 
@@ -166,10 +148,10 @@ def _bind_attributes() -> bytes:
     """Bind the group, copy COPY_RANGE bytes of each packet, flush at QTHRESH or TIMEOUT."""
     return b"".join(
         (
-            _attribute(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND])),
-            _attribute(NFULA_CFG_MODE, struct.pack("!IBx", COPY_RANGE, NFULNL_COPY_PACKET)),
-            _attribute(NFULA_CFG_TIMEOUT, struct.pack("!I", TIMEOUT)),
-            _attribute(NFULA_CFG_QTHRESH, struct.pack("!I", QTHRESH)),
+            attribute(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND])),
+            attribute(NFULA_CFG_MODE, struct.pack("!IBx", COPY_RANGE, NFULNL_COPY_PACKET)),
+            attribute(NFULA_CFG_TIMEOUT, struct.pack("!I", TIMEOUT)),
+            attribute(NFULA_CFG_QTHRESH, struct.pack("!I", QTHRESH)),
         )
     )
 
@@ -215,13 +197,13 @@ def _configure(sock: socket.socket, group: int) -> list[bytes]:
     bind the group; the datagrams read that were not acks. OSError if the group is refused."""
     early: list[bytes] = []
     requests = [
-        (family, 0, _attribute(NFULA_CFG_CMD, bytes([command])))
+        (family, 0, attribute(NFULA_CFG_CMD, bytes([command])))
         for family in (socket.AF_INET, socket.AF_INET6)
         for command in (NFULNL_CFG_CMD_PF_UNBIND, NFULNL_CFG_CMD_PF_BIND)
     ]
     requests.append((socket.AF_UNSPEC, group, _bind_attributes()))
-    for seq, (family, res_id, attributes) in enumerate(requests, 1):
-        code = _request(sock, config_message(seq, family, res_id, attributes), seq, early)
+    for seq, (family, res_id, attrs) in enumerate(requests, 1):
+        code = _request(sock, config_message(seq, family, res_id, attrs), seq, early)
         if code and seq == len(requests):
             raise bind_failure(group, code)
         if code:  # a PF_(UN)BIND refused: harmless, only old kernels need them

@@ -24,8 +24,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent.parent)]
 
 from netns import Netns  # noqa: E402
+from porttrap import netlink  # noqa: E402
 from porttrap.model import Proto  # noqa: E402
-from porttrap.sensors import netlink  # noqa: E402
 from porttrap.sensors.listeners import (  # noqa: E402
     ALL_STATES,
     SOCK_DIAG_BY_FAMILY,
