@@ -11,6 +11,7 @@ import porttrap.config.loader
 from porttrap.config import load, load_text
 from porttrap.config.locate import line_of, locate
 from porttrap.config.schema import (
+    AllowList,
     BanPolicy,
     Config,
     Escalation,
@@ -104,7 +105,7 @@ def test_full_contract_file_gives_exact_config() -> None:
             forget_after=90 * DAY,
             confirm=2,
         ),
-        allow=(ip_network("192.0.2.0/24"), ip_network("2001:db8::7/128")),
+        allow=AllowList((ip_network("192.0.2.0/24"), ip_network("2001:db8::7/128"))),
         firewall=FirewallConfig(backend="nftables", table="porttrap"),
         store=StoreConfig(hit_retention=90 * DAY),
         source=path,
@@ -272,7 +273,7 @@ def test_dry_run_backend_and_other_escalations() -> None:
 
 def test_allow_keeps_networks_and_makes_addresses_single_hosts() -> None:
     text = '[allow]\naddresses = ["10.0.0.0/8", "198.51.100.7", "2001:db8::/32", "::1"]\n'
-    assert load_text(text, None).allow == (
+    assert load_text(text, None).allow.networks == (
         ip_network("10.0.0.0/8"),
         ip_network("198.51.100.7/32"),
         ip_network("2001:db8::/32"),

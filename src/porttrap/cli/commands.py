@@ -45,10 +45,8 @@ def check_config(args: argparse.Namespace) -> int:
     cfg = _config(args)
     source = cfg.source or "built-in defaults"
     traps = "; ".join(_traps_summary(cfg, proto) for proto in Proto)
-    print(
-        f"{source}: OK ({traps}; {len(cfg.allow)} allow-list entries, "
-        f"backend {cfg.firewall.backend})"
-    )
+    allowed = len(cfg.allow.networks) + len(cfg.allow.patterns)
+    print(f"{source}: OK ({traps}; {allowed} allow-list entries, backend {cfg.firewall.backend})")
     return 0
 
 

@@ -252,6 +252,17 @@ def address(value: object) -> IPAddress:
     )
 
 
+def pattern(value: object) -> str:
+    """A regular expression (Python's `re`), matched against the whole text of an address."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a regular expression in a string, got {show(value)}")
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(f"{show(value)} is not a valid regular expression: {err}") from None
+    return value
+
+
 def network(value: object) -> IPNetwork:
     """An address (as a /32 or /128) or a network in CIDR notation, IPv4 or IPv6."""
     if isinstance(value, str):

@@ -12,15 +12,20 @@ from porttrap.config.fields import Problems, Section, Table
 from porttrap.config.schema import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_STATE_DIR,
+    AllowList,
     BanPolicy,
     Config,
     Escalation,
     FirewallConfig,
     KernelSensor,
+    Modes,
+    Respond,
     StoreConfig,
+    TrapMode,
 )
 from porttrap.config.traps import build_modes, build_traps
 from porttrap.errors import ConfigError, ConfigProblem
+from porttrap.model import Proto
 from porttrap.units import format_duration
 
 TOP_KEYS = ("state_dir", "traps", "kernel", "ban", "allow", "firewall", "store")
@@ -33,6 +38,7 @@ BAN_KEYS = (
     "window",
     "forget_after",
     "confirm",
+    "respond",
 )
 KERNEL_KEYS = (
     "nflog_group",
@@ -48,6 +54,8 @@ KERNEL_KEYS = (
 )
 BACKENDS = ("nftables", "dry-run")
 _ALLOW_EXAMPLE = '["192.0.2.0/24", "2001:db8::7"]'
+_PATTERN_EXAMPLE = """['198\\.51\\.100\\.[0-9]+']"""
+_RESPOND_TABLE_EXAMPLE = '{ tcp = "ban", udp = "log" }'
 _SYNTAX_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _SYNTAX_AT_END = re.compile(r"\s*\(at end of document\)$")
 
@@ -103,16 +111,26 @@ def _config(data: Table, problems: Problems, path: Path | None) -> Config:
     top = Section(data, "", problems)
     top.check_keys(TOP_KEYS)
     traps = top.sub("traps")
+    modes, kernel, ban = build_modes(traps), _kernel(top.sub("kernel")), _ban(top.sub("ban"))
+    _check_respond(top, modes, kernel, ban)
     return Config(
         state_dir=top.get("state_dir", fields.absolute_path, DEFAULT_STATE_DIR),
         traps=build_traps(traps),
-        modes=build_modes(traps),
-        kernel=_kernel(top.sub("kernel")),
-        ban=_ban(top.sub("ban")),
-        allow=tuple(top.sub("allow").items("addresses", fields.network, _ALLOW_EXAMPLE)),
+        modes=modes,
+        kernel=kernel,
+        ban=ban,
+        allow=_allow(top.sub("allow")),
         firewall=_firewall(top.sub("firewall")),
         store=_store(top.sub("store")),
         source=path,
+    )
+
+
+def _allow(section: Section) -> AllowList:
+    section.check_keys(("addresses", "patterns"))
+    return AllowList(
+        networks=tuple(section.items("addresses", fields.network, _ALLOW_EXAMPLE)),
+        patterns=tuple(section.items("patterns", fields.pattern, _PATTERN_EXAMPLE)),
     )
 
 
@@ -121,6 +139,7 @@ def _ban(section: Section) -> BanPolicy:
     default, before = BanPolicy(), len(section.problems)
     time = section.get("time", fields.duration, default.time)
     max_time = section.get("max_time", fields.duration, default.max_time)
+    respond = _respond(section)
     if max_time < time and len(section.problems) == before:
         section.problems.add("ban.max_time", _max_time_message(section, time, max_time))
     return BanPolicy(
@@ -132,7 +151,48 @@ def _ban(section: Section) -> BanPolicy:
         window=section.get("window", fields.duration, default.window),
         forget_after=section.get("forget_after", fields.duration, default.forget_after),
         confirm=section.get("confirm", fields.at_least(1), default.confirm),
+        respond_tcp=respond[Proto.TCP],
+        respond_udp=respond[Proto.UDP],
     )
+
+
+def _respond(section: Section) -> dict[Proto, Respond]:
+    """`respond = "log"` for both protocols, or `respond = { udp = "log" }` for each one."""
+    value = section.table.get("respond")
+    if not isinstance(value, dict):
+        respond = section.get("respond", _respond_value, Respond.BAN)
+        return dict.fromkeys(Proto, respond)
+    table = Section(value, fields.join(section.key, "respond"), section.problems)
+    table.check_keys([proto.value for proto in Proto])
+    parse = fields.one_of(Respond)
+    return {proto: table.get(proto.value, parse, Respond.BAN) for proto in Proto}
+
+
+def _respond_value(value: object) -> Respond:
+    if isinstance(value, str):
+        return fields.one_of(Respond)(value)
+    names = ", ".join(fields.show(respond.value) for respond in Respond)
+    raise ValueError(
+        f"expected one of {names}, or a table such as {_RESPOND_TABLE_EXAMPLE}, "
+        f"got {fields.show(value)}"
+    )
+
+
+def _check_respond(top: Section, modes: Modes, kernel: KernelSensor, ban: BanPolicy) -> None:
+    """The kernel sensor's first-packet block is a ban of its own: a protocol that must not
+    ban (respond "log", or "command": bans are the command's job) cannot have it."""
+    if not kernel.block:
+        return
+    for proto in Proto:
+        respond = ban.respond(proto)
+        if respond is Respond.BAN or modes.of(proto) is TrapMode.CONNECT:
+            continue
+        top.problems.add(
+            "ban.respond",
+            f'{proto.value} responds with "{respond}" but is in "{modes.of(proto)}" mode, whose '
+            "kernel sensor drops a trap packet's source at once (first-packet block): set "
+            '[kernel] block = false, or respond = "ban"',
+        )
 
 
 def _max_time_message(section: Section, time: float, max_time: float) -> str:

@@ -30,6 +30,14 @@ class TrapMode(enum.StrEnum):
     ADVANCED = "advanced"  # nftables rules on every port in a range that nothing serves
 
 
+class Respond(enum.StrEnum):
+    """What a hit that reaches the trigger does (PortSentry's BLOCK_TCP / BLOCK_UDP 1, 0, 2)."""
+
+    BAN = "ban"  # kernel ban, and the ban actions
+    LOG = "log"  # hits stored and logged; nothing banned, no ban actions
+    COMMAND = "command"  # the ban is decided and recorded and its actions run; no kernel ban
+
+
 class Escalation(enum.StrEnum):
     QUADRATIC = "quadratic"  # n-th ban lasts time * n**2  (port_trap)
     EXPONENTIAL = "exponential"  # n-th ban lasts time * 2**(n-1)
@@ -58,6 +66,11 @@ class BanPolicy:
     # Hits from a source before a hit that cannot prove its source (a stealth probe, a UDP
     # datagram: both can be forged) may ban it. A TCP handshake (connect mode) proves it.
     confirm: int = 2
+    respond_tcp: Respond = Respond.BAN
+    respond_udp: Respond = Respond.BAN
+
+    def respond(self, proto: Proto) -> Respond:
+        return self.respond_tcp if proto is Proto.TCP else self.respond_udp
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +120,89 @@ class KernelSensor:
 
 
 @dataclass(frozen=True, slots=True)
+class AllowList:
+    """Who is never banned: networks, and regular expressions matched against the whole text
+    of an address (port_trap's whitelist.txt patterns that are not exact networks)."""
+
+    networks: tuple[IPNetwork, ...] = ()
+    patterns: tuple[str, ...] = ()
+
+
+class Event(enum.StrEnum):
+    """What actions can be run on."""
+
+    HIT = "hit"
+    BAN = "ban"
+    PERMANENT_BAN = "permanent-ban"
+    UNBAN = "unban"
+
+
+BAN_EVENTS = frozenset({Event.BAN, Event.PERMANENT_BAN})
+
+
+@dataclass(frozen=True, slots=True)
+class CommandAction:
+    """`[[actions.command]]`: run a program (PortSentry's KILL_RUN_CMD)."""
+
+    run: tuple[str, ...]  # argv; with shell, one item: the shell command
+    on: frozenset[Event] = BAN_EVENTS
+    shell: bool = False
+    first: bool = False  # KILL_RUN_CMD_FIRST: started just before the kernel ban
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class HostsDenyAction:
+    """`[actions.hosts_deny]`: a TCP wrappers line per ban (PortSentry's KILL_HOSTS_DENY)."""
+
+    file: Path = Path("/etc/hosts.deny")
+    line: str = "ALL: $TARGET$"
+    keep: bool = False  # keep the line after the ban ends (PortSentry never removed it)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAction:
+    """`[[actions.webhook]]`: an HTTP POST of the event as JSON."""
+
+    url: str
+    on: frozenset[Event] = BAN_EVENTS
+    timeout: float = 5.0
+    retries: int = 3
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Actions:
+    commands: tuple[CommandAction, ...] = ()
+    hosts_deny: HostsDenyAction | None = None
+    webhooks: tuple[WebhookAction, ...] = ()
+    max_running: int = 4  # commands and webhooks running at once
+    queue: int = 1000  # actions waiting beyond this are dropped (and counted)
+
+
+class LogFormat(enum.StrEnum):
+    PORTTRAP = "porttrap"  # event=... key=value lines
+    JSON = "json"  # one JSON object per line
+    PORTSENTRY = "portsentry"  # PortSentry's attackalert lines (fail2ban filters match them)
+    NET_BOUNCER = "net-bouncer"  # net-bouncer's "Connection from <ip>" lines
+
+
+@dataclass(frozen=True, slots=True)
+class LogOutput:
+    to: str = "stderr"  # "stderr", "syslog" or an absolute file path
+    format: LogFormat = LogFormat.PORTTRAP
+    facility: str = "daemon"  # syslog only
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    outputs: tuple[LogOutput, ...] = (LogOutput(),)
+
+
+@dataclass(frozen=True, slots=True)
 class FirewallConfig:
-    backend: str = "nftables"  # "nftables" | "dry-run"
+    backend: str = "nftables"  # "nftables" | "ipset" | "auto" | "dry-run"
     table: str = "porttrap"  # nftables table name in family inet
 
 
@@ -121,10 +215,13 @@ class StoreConfig:
 class Config:
     state_dir: Path = DEFAULT_STATE_DIR
     traps: tuple[Trap, ...] = ()
+    banner: bytes = b""  # PORT_BANNER: sent on connect-mode TCP traps before closing
     modes: Modes = field(default_factory=Modes)
     kernel: KernelSensor = field(default_factory=KernelSensor)
     ban: BanPolicy = field(default_factory=BanPolicy)
-    allow: tuple[IPNetwork, ...] = ()
+    allow: AllowList = field(default_factory=AllowList)
+    actions: Actions = field(default_factory=Actions)
+    log: LogConfig = field(default_factory=LogConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     source: Path | None = None  # the file this was read from; None: built-in defaults

@@ -56,7 +56,7 @@ class Daemon:
         self.clock = clock
         self.store = store
         self.firewall = firewall
-        self.policy = Policy(config.ban, config.traps, Protection(config.allow))
+        self.policy = Policy(config.ban, config.traps, _protection(config))
         self.writer = StoreWriter()
         self.applier = Applier(firewall, store, clock, self.policy.active, self.writer.submit)
         self.counters = Counters()
@@ -330,6 +330,10 @@ class Daemon:
 
     def _is_banned(self, target: IPNetwork, now: float) -> bool:
         return any(b.target == target for b in self.policy.active(now))
+
+
+def _protection(config: Config) -> Protection:
+    return Protection(config.allow.networks, patterns=config.allow.patterns)
 
 
 def parse_targets(raw: object) -> list[IPNetwork]:

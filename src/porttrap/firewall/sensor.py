@@ -100,7 +100,7 @@ def spec_from_config(config: Config) -> SensorSpec:
             ports[proto] = frozenset(t.port for t in traps if t.address is None)
             at[proto] = tuple((str(t.address), t.port) for t in traps if t.address is not None)
             exclude[proto] = frozenset()
-    return SensorSpec(modes, ports, at, exclude, config.allow, config.kernel)
+    return SensorSpec(modes, ports, at, exclude, config.allow.networks, config.kernel)
 
 
 def make_sensor(config: Config) -> NftSensor | None:

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from porttrap.model import IPAddress, IPNetwork, Outcome
 
 
 class Protection:
-    """Answers 'may this address or network be banned?' with the reason when it may not."""
+    """Answers 'may this address or network be banned?' with the reason when it may not.
 
-    def __init__(self, allow: Iterable[IPNetwork], own: Iterable[IPAddress] = ()) -> None:
+    `patterns` are regular expressions matched against the whole text of an address (port_trap's
+    whitelist entries that are not exact networks); they protect single addresses only, so a
+    network ban is never refused for them.
+    """
+
+    def __init__(
+        self,
+        allow: Iterable[IPNetwork],
+        own: Iterable[IPAddress] = (),
+        patterns: Iterable[str] = (),
+    ) -> None:
         self._allow = tuple(allow)
         self._own: frozenset[IPAddress] = frozenset(own)
+        self._patterns = tuple(re.compile(pattern) for pattern in patterns)
 
     @property
     def own(self) -> frozenset[IPAddress]:
@@ -23,13 +35,21 @@ class Protection:
 
     def allowed(self, address: IPAddress) -> bool:
         """On the allow list, or loopback (the host's own addresses are not checked here)."""
-        return address.is_loopback or any(address in net for net in self._allow)
+        return address.is_loopback or self._listed(address)
+
+    def _listed(self, address: IPAddress) -> bool:
+        if any(address in net for net in self._allow):
+            return True
+        if not self._patterns:
+            return False
+        text = str(address)
+        return any(pattern.fullmatch(text) for pattern in self._patterns)
 
     def outcome_for(self, address: IPAddress) -> Outcome | None:
         """ALLOWED or OWN_ADDRESS when `address` must never be banned, else None."""
         if address.is_loopback or address in self._own:
             return Outcome.OWN_ADDRESS
-        if any(address in net for net in self._allow):
+        if self._listed(address):
             return Outcome.ALLOWED
         return None
 
