@@ -27,6 +27,7 @@ class Outcome(enum.StrEnum):
     OWN_ADDRESS = "own-address"  # source is one of this host's addresses (or loopback)
     NOT_UNICAST = "not-unicast"  # a UDP broadcast/multicast: not aimed at this host, so no scan
     CLIENT = "client"  # a probe (forgeable) from a recent client of a served port: never bans
+    LOGGED = "logged"  # the protocol responds with "log" ([ban] respond): recorded, never bans
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,20 @@ class Unban:
 
 
 Change = Ban | Unban
+
+
+def trap_reason(proto: Proto, port: int) -> str:
+    """The reason of a ban a trap caused: 'trap:tcp/23'."""
+    return f"trap:{proto}/{port}"
+
+
+def trapped_by(reason: str) -> tuple[Proto, int] | None:
+    """The (protocol, port) of a trap ban's reason; None for any other reason (an admin's)."""
+    kind, _, where = reason.partition(":")
+    proto, _, port = where.partition("/")
+    if kind != "trap" or proto not in ("tcp", "udp") or not port.isdigit():
+        return None
+    return Proto(proto), int(port)
 
 
 def as_network(address: IPAddress | IPNetwork) -> IPNetwork:

@@ -26,6 +26,10 @@ def run_now(job: Job) -> None:
     job()
 
 
+def always(_ban: Ban) -> bool:
+    return True
+
+
 def log_change(change: Change, level: int = logging.INFO) -> None:
     if isinstance(change, Unban):
         log.event("unban", level, address=show(change.target), reason=change.reason)
@@ -50,9 +54,14 @@ class Applier:
         store: Store,
         clock: Clock,
         active: Callable[[float], list[Ban]],
+        *,
         write: Callable[[Job], None] = run_now,
+        enforced: Callable[[Ban], bool] = always,
     ) -> None:
+        """`enforced`: whether a ban goes to the kernel (`Policy.enforced`: a protocol that
+        responds with "command" leaves banning to its command); every ban is recorded."""
         self.firewall = firewall
+        self.enforced = enforced
         self.store = store
         self.write = write  # where store writes run: StoreWriter.submit in the daemon
         self.clock = clock
@@ -82,8 +91,10 @@ class Applier:
         if not batch:
             return
         started = self.clock.monotonic()
+        kernel = [c for c in batch if isinstance(c, Unban) or self.enforced(c)]
         try:
-            self.firewall.apply(batch, self.clock.now())
+            if kernel:
+                self.firewall.apply(kernel, self.clock.now())
         except FirewallError as err:
             log.event("firewall-error", logging.ERROR, error=str(err), retry_in=RECONCILE_DELAY)
             self._schedule_reconcile()
@@ -125,12 +136,16 @@ class Applier:
             loop = asyncio.get_running_loop()
             self._reconcile = loop.call_later(RECONCILE_DELAY, self.reconcile)
 
+    def kernel_bans(self, now: float) -> list[Ban]:
+        """The active bans that belong in the kernel."""
+        return [ban for ban in self.active(now) if self.enforced(ban)]
+
     def reconcile(self) -> None:
         """Make the kernel hold exactly the active bans (one transaction)."""
         self._reconcile = None
         now = self.clock.now()
         try:
-            bans = self.active(now)
+            bans = self.kernel_bans(now)
             self.firewall.setup(bans, now)
             log.event("reconciled", bans=len(bans))
         except FirewallError as err:

@@ -58,7 +58,14 @@ class Daemon:
         self.firewall = firewall
         self.policy = Policy(config.ban, config.traps, _protection(config))
         self.writer = StoreWriter()
-        self.applier = Applier(firewall, store, clock, self.policy.active, self.writer.submit)
+        self.applier = Applier(
+            firewall,
+            store,
+            clock,
+            self.policy.active,
+            write=self.writer.submit,
+            enforced=self.policy.enforced,
+        )
         self.counters = Counters()
         self.started_at = clock.now()
         self.report = TrapReport(set=[], skipped=[])
@@ -157,7 +164,7 @@ class Daemon:
             self.store.lift(unbans)
             for unban in unbans:
                 log_change(unban)
-        active = self.policy.active(now)
+        active = self.applier.kernel_bans(now)
         decided = self.clock.monotonic()
         self.firewall.setup(active, now)
         done = self.clock.monotonic()

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from porttrap.config.schema import BanPolicy, Escalation, Trap
+from porttrap.config.schema import BanPolicy, Escalation, Respond, Trap
 from porttrap.errors import UsageError
 from porttrap.model import (
     Ban,
@@ -26,6 +26,8 @@ from porttrap.model import (
     Unban,
     as_network,
     show,
+    trap_reason,
+    trapped_by,
 )
 from porttrap.policy.protect import Protection
 from porttrap.store.base import StoredBan
@@ -180,23 +182,31 @@ class Policy:
         """Classify one hit and ban its source when it completes the trigger. Runs for every
         packet a sensor reports (thousands a second under a scan): the work per hit is bounded
         by `trigger` and `confirm`, never by the traffic."""
-        if hit.proto is Proto.UDP and self.protection.aimed_elsewhere(hit.local):
-            return Verdict(Outcome.NOT_UNICAST)
-        protected = self.protection.outcome_for(hit.source)
-        if protected is not None:
-            return Verdict(protected)
-        if self.banned(hit.source, now) is not None:
-            return Verdict(Outcome.ALREADY_BANNED)
-        verified = hit.verified
-        if hit.client and not verified:
-            # Forged probes naming a real client would otherwise cut the host off from it.
-            return Verdict(Outcome.CLIENT)
-        if not self._triggered(hit, verified, now):
+        spared = self._spared(hit, now)
+        if spared is not None:
+            return Verdict(spared)
+        if not self._triggered(hit, hit.verified, now):
             return Verdict(Outcome.COUNTED)
         self._recent.pop(hit.source, None)
         base = self._base_time(hit)
-        reason = f"trap:{hit.proto}/{hit.port}"
+        reason = trap_reason(hit.proto, hit.port)
         return Verdict(Outcome.BANNED, self._ban(as_network(hit.source), now, base, reason))
+
+    def _spared(self, hit: Hit, now: float) -> Outcome | None:
+        """Why `hit` cannot count toward a ban, or None when it counts."""
+        if hit.proto is Proto.UDP and self.protection.aimed_elsewhere(hit.local):
+            return Outcome.NOT_UNICAST
+        protected = self.protection.outcome_for(hit.source)
+        if protected is not None:
+            return protected
+        if self.banned(hit.source, now) is not None:
+            return Outcome.ALREADY_BANNED
+        if hit.client and not hit.verified:
+            # Forged probes naming a real client would otherwise cut the host off from it.
+            return Outcome.CLIENT
+        if self.policy.respond(hit.proto) is Respond.LOG:
+            return Outcome.LOGGED
+        return None
 
     def _triggered(self, hit: Hit, verified: bool, now: float) -> bool:
         """Count the hit; True when its source touched `trigger` distinct trap ports within
@@ -306,6 +316,15 @@ class Policy:
             if address in net_ban.target and net_ban.active(now):
                 return net_ban
         return None
+
+    def enforced(self, ban: Ban) -> bool:
+        """Whether `ban` belongs in the kernel. A trap ban of a protocol that responds with
+        "command" does not (the command does the banning); an admin's ban does unless no
+        protocol responds with "ban" (the kernel is then porttrap's to leave alone)."""
+        trap = trapped_by(ban.reason)
+        if trap is not None:
+            return self.policy.respond(trap[0]) is not Respond.COMMAND
+        return Respond.BAN in (self.policy.respond_tcp, self.policy.respond_udp)
 
     def active(self, now: float) -> list[Ban]:
         return [b for b in (*self._active.values(), *self._active_nets.values()) if b.active(now)]
