@@ -107,10 +107,12 @@ def test_scanner_is_dropped_everywhere_and_clients_keep_working(
 def test_escalation_then_permanent_across_kernel_expiries(
     env_factory: Callable[[str], Env],
 ) -> None:
-    env = env_factory(TRAPS + '[ban]\ntime = "2s"\nescalation = "quadratic"\npermanent_after = 3\n')
+    # 4 s, then 16 s: long enough for `porttrap bans` to list the first ban before it ends,
+    # even when each CLI call takes a second under CPU steal
+    env = env_factory(TRAPS + '[ban]\ntime = "4s"\nescalation = "quadratic"\npermanent_after = 3\n')
     env.start()
     lengths = []
-    for expected_count, wait in ((1, 8), (2, 14)):
+    for expected_count, wait in ((1, 12), (2, 26)):
         assert tcp_works(env.atk, ATK4, SRV4, 2323)
         wait_until(lambda: not env.service_reachable(env.atk, ATK4), 5, "dropped")
         (ban,) = env.recorded_bans(1, ban_count=expected_count)
