@@ -1,5 +1,5 @@
-"""One contract for every FirewallBackend: the in-memory fake, dry-run, and real nftables in a
-fresh network namespace. The kernel counts real seconds and reports whole ones, so remaining
+"""One contract for every FirewallBackend: the in-memory fake, dry-run, and real nftables and
+real ipset + iptables, each in a fresh network namespace. The kernel counts real seconds and reports whole ones, so remaining
 times are compared within SLACK."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import pytest
 from netns import Netns, in_host_netns
 from porttrap.firewall.base import FirewallBackend
 from porttrap.firewall.dryrun import DryRunBackend
+from porttrap.firewall.exec import Exec
+from porttrap.firewall.ipset import IpsetBackend
 from porttrap.firewall.kernel import Nft
 from porttrap.firewall.nftables import NftablesBackend
 from porttrap.model import Ban, Change, Unban, show
@@ -65,14 +67,23 @@ def _kernel_backend(netns_factory: Callable[[], Netns]) -> NftablesBackend:
     return NftablesBackend(nft=nft)
 
 
-@pytest.fixture(params=["memory", "dry-run", pytest.param("nftables", marks=pytest.mark.kernel)])
+KERNEL = pytest.mark.kernel
+
+
+@pytest.fixture(
+    params=["memory", "dry-run", pytest.param("nftables", marks=KERNEL),
+            pytest.param("ipset", marks=KERNEL)]  # fmt: skip
+)
 def fw(request: pytest.FixtureRequest) -> Harness:
     clock = FakeClock()
     if request.param == "memory":
         return Harness(MemoryFirewall(clock), clock)
     if request.param == "dry-run":
         return Harness(DryRunBackend(clock), clock)
-    return Harness(_kernel_backend(request.getfixturevalue("netns_factory")), clock)
+    netns = request.getfixturevalue("netns_factory")
+    if request.param == "ipset":
+        return Harness(IpsetBackend(clock=clock, runner=Exec(netns=netns().name)), clock)
+    return Harness(_kernel_backend(netns), clock)
 
 
 MIXED = {
@@ -202,3 +213,15 @@ def test_present_from_setup_until_teardown(fw: Harness) -> None:
     assert fw.backend.present()
     fw.backend.teardown()
     assert not fw.backend.present()
+
+
+LONG = 40 * 86400.0  # more than ipset's longest element timeout (2,147,483 s, 24.8 days)
+
+
+def test_a_ban_longer_than_the_kernel_can_time_keeps_its_full_time(fw: Harness) -> None:
+    fw.backend.setup([fw.ban("198.51.100.7", LONG), fw.ban("2001:db8::/48", LONG)], fw.now)
+    fw.backend.apply([fw.ban("203.0.113.0/24", LONG + HOUR)], fw.now)
+    fw.assert_holds({"198.51.100.7": LONG, "2001:db8::/48": LONG, "203.0.113.0/24": LONG + HOUR})
+    assert fw.backend.present()
+    fw.backend.apply([fw.ban("198.51.100.7", 60)], fw.now)
+    fw.assert_holds({"198.51.100.7": 60, "2001:db8::/48": LONG, "203.0.113.0/24": LONG + HOUR})

@@ -133,7 +133,8 @@ def test_select_dry_run() -> None:
 
 def test_select_unknown_lists_the_choices() -> None:
     with pytest.raises(
-        FirewallError, match="unknown firewall backend 'iptables': choose one of nftables, dry-run"
+        FirewallError,
+        match="unknown firewall backend 'iptables': choose one of nftables, ipset, auto, dry-run",
     ):
         select.make_backend("iptables", "porttrap", FakeClock())
 

@@ -15,7 +15,7 @@ from porttrap.config.schema import Config, TrapMode
 from porttrap.daemon import control
 from porttrap.daemon.service import Daemon, ban_json
 from porttrap.errors import DaemonNotRunning, PorttrapError, UsageError
-from porttrap.firewall.select import make_backend
+from porttrap.firewall.select import make_backend, removed
 from porttrap.firewall.sensor import make_sensor
 from porttrap.model import IPNetwork, Proto, parse_target
 from porttrap.store.sqlite import SQLiteStore
@@ -150,8 +150,9 @@ def flush(args: argparse.Namespace) -> int:
             "porttrap is running: stop it first (or run it with --flush-on-exit); "
             "a running daemon would put its bans back"
         )
-    make_backend(cfg.firewall.backend, cfg.firewall.table, SystemClock()).teardown()
-    print(f"removed nftables table inet {cfg.firewall.table} (bans stay in the database)")
+    backend = make_backend(cfg.firewall.backend, cfg.firewall.table, SystemClock())
+    backend.teardown()
+    print(f"removed {removed(backend, cfg.firewall.table)} (bans stay in the database)")
     return 0
 
 

@@ -52,7 +52,7 @@ KERNEL_KEYS = (
     "source_rate",
     "queue",
 )
-BACKENDS = ("nftables", "dry-run")
+BACKENDS = ("nftables", "ipset", "auto", "dry-run")
 _ALLOW_EXAMPLE = '["192.0.2.0/24", "2001:db8::7"]'
 _PATTERN_EXAMPLE = """['198\\.51\\.100\\.[0-9]+']"""
 _RESPOND_TABLE_EXAMPLE = '{ tcp = "ban", udp = "log" }'

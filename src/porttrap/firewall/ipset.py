@@ -1,0 +1,217 @@
+"""The ipset backend, for hosts without nftables: bans as elements of two ipset sets (IPv4,
+IPv6) with per-element timeouts, dropped by a chain of porttrap's own in iptables' and
+ip6tables' raw table, jumped to first thing in PREROUTING.
+
+`porttrap.firewall.ipset_rules` writes the scripts and reads the listings (and says why raw
+PREROUTING); everything runs through `porttrap.firewall.exec`, in batches: one `ipset restore`
+per setup, apply or re-arm, one `iptables-restore` transaction per family and setup. Nothing but
+porttrap's own sets and chain is changed. Bans longer than ipset's 24.8-day limit are re-armed
+(`porttrap.firewall.rearm`) whenever the daemon checks the firewall or applies changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+from porttrap import log
+from porttrap.clock import Clock, SystemClock
+from porttrap.errors import FirewallError
+from porttrap.firewall import ipset_rules as rules
+from porttrap.firewall.base import KernelEntry
+from porttrap.firewall.exec import CommandFailed, Exec, Runner
+from porttrap.firewall.ipset_rules import FAMILIES, Element, Family, Names, RawTable
+from porttrap.firewall.kernel import has_net_admin
+from porttrap.firewall.plan import final_states, strongest
+from porttrap.firewall.rearm import LongBans
+from porttrap.model import Ban, Change, IPNetwork, show
+
+PROGRAMS = ("ipset", "iptables", "ip6tables", "iptables-restore", "ip6tables-restore")
+INSTALL_HINT = "apt-get install ipset iptables"
+WAIT = "5"  # seconds iptables waits for the xtables lock (iptables-legacy) before failing
+_MISSING_SET = "does not exist"
+
+
+class IpsetBackend:
+    """FirewallBackend on ipset + iptables. `runner` defaults to running the programs in this
+    process's network namespace; `clock` tells `present` when long bans are due."""
+
+    name = "ipset"
+
+    def __init__(
+        self, table: str = "porttrap", clock: Clock | None = None, runner: Runner | None = None
+    ) -> None:
+        self.names = Names(table)
+        self._clock = clock if clock is not None else SystemClock()
+        self._run = runner if runner is not None else Exec()
+        self._long = LongBans()
+
+    def setup(self, bans: Sequence[Ban], now: float) -> None:
+        """Fill new sets and swap them in (each live set changes in one kernel operation), then
+        (re)make the chain and put the jump to it first in raw PREROUTING, one iptables
+        transaction per family."""
+        self._long.clear()
+        elements = []
+        for target, ban in strongest(bans, now).items():
+            element = self._long.arm(target, ban.expires_at, now) if _holdable(target) else None
+            if element is not None:
+                elements.append(element)
+        self._ipset(rules.setup_script(self.names, self._set_names(), elements))
+        for family in FAMILIES:
+            script = rules.iptables_setup(self._raw(family), self.names, family)
+            self._run.run([family.restore, "-w", WAIT, "--noflush"], script)
+
+    def apply(self, changes: Sequence[Change], now: float) -> None:
+        """The changes, and any long bans due for re-arming, in one `ipset -exist restore`. A
+        ban already over at `now` lifts the target, as the kernel would have by then."""
+        states: dict[IPNetwork, Element | None] = {}
+        refused: list[IPNetwork] = []
+        for target, ban in final_states(changes, now).items():
+            if not _holdable(target):
+                refused.append(target)
+            elif ban is None:
+                self._long.forget(target)
+                states[target] = None
+            else:
+                states[target] = self._long.arm(target, ban.expires_at, now)
+        for target, expires_at in self._long.due(now):
+            states.setdefault(target, self._long.arm(target, expires_at, now))
+        self._update(states)
+        if refused:
+            names = ", ".join(show(target) for target in refused)
+            raise FirewallError(f"{names} not banned: ipset's hash:net cannot hold a /0 network")
+
+    def entries(self) -> list[KernelEntry]:
+        """The elements of porttrap's sets; a long ban shows the time it has left, not the
+        shorter timeout the kernel holds until it is re-armed."""
+        existing = set(self._set_names())
+        now = self._clock.now()
+        found: list[KernelEntry] = []
+        for name in (self.names.set(family) for family in FAMILIES):
+            if name in existing:
+                found += rules.parse_save(self._run.run(["ipset", "save", name]), [name])
+        return [self._with_full_time(entry, now) for entry in found]
+
+    def present(self) -> bool:
+        """Whether both families' chains are in place with the jump first in raw PREROUTING
+        (two `iptables -S` of the small raw table). Re-arms the long bans that are due."""
+        if not all(rules.in_place(self._raw(f), self.names, f) for f in FAMILIES):
+            return False
+        self._rearm(self._clock.now())
+        return True
+
+    def teardown(self) -> None:
+        """Remove the jumps and porttrap's chain, then porttrap's sets (the rules referring
+        to a set must go before it can). Only what exists is touched."""
+        for family in FAMILIES:
+            script = rules.iptables_teardown(self._raw(family), self.names)
+            if script:
+                self._run.run([family.restore, "-w", WAIT, "--noflush"], script)
+        script = rules.teardown_script(self.names, self._set_names())
+        if script:
+            self._ipset(script)
+        self._long.clear()
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _rearm(self, now: float) -> None:
+        due = self._long.due(now)
+        if not due:
+            return
+        states = {target: self._long.arm(target, expires_at, now) for target, expires_at in due}
+        try:
+            self._update(states)
+        except FirewallError:
+            for target, expires_at in due:  # try again at the next check
+                self._long.retry_at(target, expires_at, now)
+            raise
+        log.event("rearmed", logging.DEBUG, bans=len(due), held=len(self._long))
+
+    def _update(self, states: Mapping[IPNetwork, Element | None]) -> None:
+        script = rules.update_script(self.names, states)
+        if script:
+            self._ipset(script, exist=True)
+
+    def _ipset(self, script: str, exist: bool = False) -> None:
+        argv = ["ipset", "-exist", "restore"] if exist else ["ipset", "restore"]
+        try:
+            self._run.run(argv, script)
+        except CommandFailed as err:
+            raise FirewallError(self._explain(err, script)) from err
+
+    def _explain(self, err: CommandFailed, script: str) -> str:
+        text = str(err)
+        number = rules.error_line(err.stderr)
+        lines = script.splitlines()
+        if number is not None and 0 < number <= len(lines):
+            text += f" (script line {number}: {lines[number - 1]})"
+        if _MISSING_SET in err.stderr:
+            sets = " and ".join(self.names.set(family) for family in FAMILIES)
+            text += f"; porttrap's sets {sets} are made when the daemon starts (setup)"
+        return text
+
+    def _set_names(self) -> list[str]:
+        return rules.parse_names(self._run.run(["ipset", "list", "-n"]))
+
+    def _raw(self, family: Family) -> RawTable:
+        return rules.parse_raw(self._run.run([family.iptables, "-w", WAIT, "-t", "raw", "-S"]))
+
+    def _with_full_time(self, entry: KernelEntry, now: float) -> KernelEntry:
+        if entry.remaining is None:
+            return entry
+        full = self._long.remaining(entry.target, now)
+        return entry if full is None else KernelEntry(entry.target, full)
+
+
+def _holdable(target: IPNetwork) -> bool:
+    if rules.holdable(target):
+        return True
+    log.event(
+        "firewall-error",
+        logging.ERROR,
+        action="ban",
+        address=show(target),
+        error="ipset's hash:net sets cannot hold a /0 network",
+    )
+    return False
+
+
+def is_supported(
+    runner: Runner | None = None,
+    status: Path = Path("/proc/self/status"),
+    which: Callable[[str], str | None] = shutil.which,
+) -> tuple[bool, str]:
+    """Whether the ipset backend can work here, and if not, how to fix it. Only reads: the
+    programs on PATH, CAP_NET_ADMIN, `ipset list -n` (the kernel's ip_set answers) and
+    `iptables -t raw -S` for both families (the raw table is there)."""
+    missing = [program for program in PROGRAMS if which(program) is None]
+    if missing:
+        return False, f"{', '.join(missing)} not found: {INSTALL_HINT}"
+    if not has_net_admin(status.read_text()):
+        return False, (
+            "changing ipset and iptables needs CAP_NET_ADMIN: run porttrap as root, or give its "
+            "service AmbientCapabilities=CAP_NET_ADMIN"
+        )
+    run = runner if runner is not None else Exec()
+    problem = _kernel_problem(run, _probes())
+    if problem is not None:
+        return False, problem
+    return True, "ipset and iptables found, CAP_NET_ADMIN held, ip_set and the raw tables usable"
+
+
+def _probes() -> Iterable[tuple[list[str], str]]:
+    yield ["ipset", "list", "-n"], "load the ip_set kernel module (modprobe ip_set)"
+    for family in FAMILIES:
+        module = "iptable_raw" if family.version == 4 else "ip6table_raw"
+        yield [family.iptables, "-w", WAIT, "-t", "raw", "-S"], f"modprobe {module}"
+
+
+def _kernel_problem(run: Runner, probes: Iterable[tuple[list[str], str]]) -> str | None:
+    for argv, fix in probes:
+        try:
+            run.run(argv)
+        except FirewallError as err:
+            return f"{err}: {fix}"
+    return None
