@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 from porttrap.config import fields
+from porttrap.config.actions import build_actions
 from porttrap.config.fields import Problems, Section, Table
 from porttrap.config.schema import (
     DEFAULT_CONFIG_PATH,
@@ -28,7 +29,7 @@ from porttrap.errors import ConfigError, ConfigProblem
 from porttrap.model import Proto
 from porttrap.units import format_duration
 
-TOP_KEYS = ("state_dir", "traps", "kernel", "ban", "allow", "firewall", "store")
+TOP_KEYS = ("state_dir", "traps", "kernel", "ban", "allow", "actions", "firewall", "store")
 BAN_KEYS = (
     "time",
     "escalation",
@@ -120,6 +121,7 @@ def _config(data: Table, problems: Problems, path: Path | None) -> Config:
         kernel=kernel,
         ban=ban,
         allow=_allow(top.sub("allow")),
+        actions=build_actions(top.sub("actions")),
         firewall=_firewall(top.sub("firewall")),
         store=_store(top.sub("store")),
         source=path,
