@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from porttrap import __version__, log
-from porttrap.cli import commands
+from porttrap.cli import commands, importing
 from porttrap.errors import ConfigError, PorttrapError
 
 EXIT_ERROR = 1
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands.flush,
         "remove porttrap's nftables table (and nothing else); the daemon must be stopped",
     )
+    importing.add_parser(sub, _common)
     return parser
 
 

@@ -1,0 +1,186 @@
+"""`porttrap import portsentry|port-trap`: the old tool's files in, a porttrap config out (stdout
+or -o FILE), notes on stderr; for port_trap also its ban history, into porttrap's database."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from porttrap import config as config_mod
+from porttrap.config.legacy import datatrap, port_trap, portsentry
+from porttrap.config.legacy.notes import Conversion
+from porttrap.daemon import control
+from porttrap.errors import ConfigError, PorttrapError
+from porttrap.model import Ban, show
+from porttrap.store.sqlite import SQLiteStore
+
+Common = Callable[[argparse.ArgumentParser], None]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: Common) -> None:
+    """The `import` command and its two sources."""
+    text = "write a porttrap config from PortSentry's or port_trap's files"
+    parser = sub.add_parser(
+        "import",
+        help=text,
+        description=f"{text}. The config goes to stdout (or -o FILE); everything that could "
+        "not be carried over exactly is listed on stderr, one line each (file:line: KEY: why).",
+    )
+    sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    ps = sources.add_parser(
+        "portsentry",
+        help="PortSentry 1.2 or 2.x: portsentry.conf, the ignore files, /etc/default/portsentry",
+        description="Import PortSentry's portsentry.conf (1.2 or 2.x format), its ignore files "
+        "and the modes in /etc/default/portsentry (TCP_MODE, UDP_MODE).",
+    )
+    ps.add_argument(
+        "directory",
+        nargs="?",
+        type=Path,
+        default=portsentry.DEFAULT_DIR,
+        metavar="DIR",
+        help="PortSentry's directory (default: /etc/portsentry)",
+    )
+    ps.add_argument(
+        "--defaults",
+        type=Path,
+        default=portsentry.DEFAULT_DEFAULTS,
+        metavar="FILE",
+        help="the file with TCP_MODE and UDP_MODE (default: /etc/default/portsentry)",
+    )
+    pt = sources.add_parser(
+        "port-trap",
+        help="port_trap: list_of_ports.txt, for_permanent_ban.txt, whitelist.txt, datatrap.db",
+        description="Import port_trap's traps, permanent-ban count and whitelist, and its ban "
+        "history (datatrap.db) into porttrap's database, so that escalation continues.",
+    )
+    pt.add_argument(
+        "directory",
+        type=Path,
+        metavar="DIR",
+        help="port_trap's directory (where list_of_ports.txt is)",
+    )
+    pt.add_argument(
+        "--no-history", action="store_true", help="do not import datatrap.db's ban history"
+    )
+    pt.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="porttrap's state directory whose database gets the history (default: "
+        "state_dir of the -c config, /var/lib/porttrap)",
+    )
+    for each, func in ((ps, import_portsentry), (pt, import_port_trap)):
+        common(each)
+        each.add_argument(
+            "-o",
+            "--output",
+            type=Path,
+            metavar="FILE",
+            help="write the config to FILE (default: stdout)",
+        )
+        each.add_argument("--force", action="store_true", help="replace FILE when it exists")
+        each.set_defaults(func=func)
+
+
+def import_portsentry(args: argparse.Namespace) -> int:
+    conversion = portsentry.convert(portsentry.read(args.directory, args.defaults))
+    _emit(conversion, args.output, args.force)
+    return 0
+
+
+def import_port_trap(args: argparse.Namespace) -> int:
+    conversion = port_trap.convert(port_trap.read(args.directory))
+    database = args.directory / datatrap.DB_FILE
+    history = None
+    if not args.no_history and database.is_file():
+        history = datatrap.read(database)  # a database that is not port_trap's stops here
+    _emit(conversion, args.output, args.force)
+    if args.no_history:
+        return 0
+    if history is None:
+        _say(f"{database}: not found: no ban history to import")
+        return 0
+    _import_history(history, _state_dir(args))
+    return 0
+
+
+def _emit(conversion: Conversion, output: Path | None, force: bool) -> None:
+    """Check the config loads, print the notes, then write it (stdout or atomically to FILE)."""
+    try:
+        config_mod.load_text(conversion.toml, output)
+    except ConfigError as err:  # a bug of the importer: never write what porttrap refuses
+        found = "; ".join(str(p) for p in err.problems)
+        raise PorttrapError(f"the imported config does not load ({found}); please report") from err
+    for note in conversion.notes:
+        _say(str(note))
+    if output is None:
+        sys.stdout.write(conversion.toml)
+        return
+    _write(output, conversion.toml, force)
+    _say(f"wrote {output}; check it with: porttrap check-config -c {output}")
+
+
+def _write(path: Path, text: str, force: bool) -> None:
+    """Write `path` atomically (a temporary file renamed over it), refusing to replace an
+    existing file unless `force`."""
+    if path.exists() and not force:
+        raise PorttrapError(f"{path} exists: give --force to replace it, or another -o FILE")
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        Path(temporary).chmod(0o644)
+        if force:
+            Path(temporary).replace(path)
+        else:
+            os.link(temporary, path)  # fails if the file appeared meanwhile: never replaced
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    if args.state_dir is not None:
+        return Path(args.state_dir)
+    return config_mod.load(args.config).state_dir
+
+
+def _import_history(history: datatrap.History, state_dir: Path) -> None:
+    """Add the bans porttrap's database does not have yet (importing twice adds nothing), in
+    one transaction; say what was left out and whether a running daemon must restart."""
+    for problem in history.problems:
+        _say(str(problem))
+    database = state_dir / "porttrap.db"
+    with SQLiteStore.open(database) as store:
+        new = _new_bans(store, history.bans)
+        store.add_bans(new)
+    skipped = history.rows - len(history.bans)
+    _say(
+        f"{database}: imported {len(new)} bans of {history.rows} rows of port_trap's history "
+        f"({len(history.bans) - len(new)} already there, {skipped} rows left out)"
+    )
+    if new and control.ping(state_dir / "control.sock"):
+        _say(
+            "porttrap is running: restart it (systemctl restart porttrap) so that it restores "
+            "the imported bans and counts them toward escalation"
+        )
+
+
+def _new_bans(store: SQLiteStore, bans: Sequence[Ban]) -> list[Ban]:
+    if not bans:
+        return []
+    have = {
+        (show(b.ban.target), b.ban.banned_at, b.ban.reason)
+        for b in store.bans_since(min(ban.banned_at for ban in bans))
+    }
+    return [b for b in bans if (show(b.target), b.banned_at, b.reason) not in have]
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)

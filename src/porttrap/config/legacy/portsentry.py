@@ -1,0 +1,593 @@
+"""PortSentry (1.2, as Debian ships it, and 2.x) to porttrap.
+
+What PortSentry did, from its code, and what the import makes of it:
+- Modes (Debian's /etc/default/portsentry, TCP_MODE and UDP_MODE): tcp/udp bind the ports of
+  TCP_PORTS/UDP_PORTS (porttrap's "connect"), stcp/sudp watch them with a raw socket ("stealth"),
+  atcp/audp watch every port below ADVANCED_PORTS_x that nothing serves, less ADVANCED_EXCLUDE_x
+  ("advanced"). An empty mode watches nothing of that protocol.
+- BLOCK_x: 0 logs only ([ban] respond "log"), 1 blocks ("ban": porttrap's firewall replaces
+  KILL_ROUTE; KILL_HOSTS_DENY and KILL_RUN_CMD run too), 2 runs KILL_RUN_CMD only ("command").
+- SCAN_TRIGGER: its state engine reacts at the N-th hit of a host (0 and 1: the first), in 1.2
+  and 2.x alike (CheckStateEngine), whatever the port; the README's "N grace hits" is off by one.
+- A block is never lifted: routes and rules stay until reboot, hosts.deny lines for good. So every
+  porttrap ban is permanent (`permanent_after = 1`); deleting that line gives porttrap's escalation.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from porttrap.config.legacy import tomlout
+from porttrap.config.legacy.notes import Conversion, Note, SourceFile
+from porttrap.config.legacy.portsentry_files import (
+    Conf,
+    Ignored,
+    Modes,
+    Setting,
+    parse_conf,
+    parse_defaults,
+    parse_ignore,
+    ports,
+)
+
+DEFAULT_DIR = Path("/etc/portsentry")
+DEFAULT_DEFAULTS = Path("/etc/default/portsentry")
+CONF_FILE = "portsentry.conf"
+STATIC_IGNORE = "portsentry.ignore.static"  # Debian merges it into IGNORE_FILE at each start
+BANNER_BYTES = 1024
+_MODE = {
+    "": "",
+    "tcp": "connect",
+    "udp": "connect",
+    "stcp": "stealth",
+    "sudp": "stealth",
+    "atcp": "advanced",
+    "audp": "advanced",
+}
+_RESPOND = {0: "log", 1: "ban", 2: "command"}
+# Programs whose KILL_ROUTE blocks the host: porttrap's own firewall ban replaces them.
+_BLOCKERS = {
+    "route",
+    "ip",
+    "iptables",
+    "ip6tables",
+    "iptables-legacy",
+    "iptables-nft",
+    "ipchains",
+    "ipfwadm",
+    "ipfw",
+    "pfctl",
+    "ipf",
+    "nft",
+    "nftables",
+    "ipset",
+    "firewall-cmd",
+    "ufw",
+}
+_SHELL_SYNTAX = set("|&;<>()$`\\'\"*?[]{}~#!\n")
+_PLACEHOLDER = re.compile(r"\$(TARGET|PORT|MODE)\$")
+_OTHER_PLACEHOLDER = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*\$")
+_NUMBER = re.compile(r"\s*([+-]?\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class PortSentryFiles:
+    """PortSentry's files as read. `defaults` None: /etc/default/portsentry was not found at
+    `defaults_name`. `problems`: files the config names that could not be read."""
+
+    conf: SourceFile
+    defaults: SourceFile | None
+    defaults_name: str
+    ignore: tuple[SourceFile, ...] = ()
+    problems: tuple[Note, ...] = ()
+
+
+def read(directory: Path = DEFAULT_DIR, defaults: Path = DEFAULT_DEFAULTS) -> PortSentryFiles:
+    """portsentry.conf in `directory`, the mode file `defaults`, and the ignore files.
+    Raises FileNotFoundError when there is no portsentry.conf."""
+    conf_path = directory / CONF_FILE
+    if not conf_path.is_file():
+        raise FileNotFoundError(
+            f"{conf_path} not found: give PortSentry's configuration directory "
+            f"(default {DEFAULT_DIR})"
+        )
+    conf = _source(conf_path)
+    problems: list[Note] = []
+    ignore = _ignore_files(directory, parse_conf(conf, []), problems)
+    return PortSentryFiles(
+        conf=conf,
+        defaults=_source(defaults) if defaults.is_file() else None,
+        defaults_name=str(defaults),
+        ignore=tuple(ignore),
+        problems=tuple(problems),
+    )
+
+
+def _source(path: Path) -> SourceFile:
+    return SourceFile(str(path), path.read_text(encoding="utf-8", errors="replace"))
+
+
+def _ignore_files(directory: Path, conf: Conf, problems: list[Note]) -> list[SourceFile]:
+    """IGNORE_FILE (read from `directory` when it names PortSentry's default directory, so
+    that a copied directory imports as itself), and Debian's static file when it is not that."""
+    found, setting = [], conf.get("IGNORE_FILE")
+    paths = [directory / STATIC_IGNORE] if (directory / STATIC_IGNORE).is_file() else []
+    if setting is not None and setting.value:
+        named = Path(setting.value)
+        if named.parent == DEFAULT_DIR or not named.is_file():
+            named = directory / named.name
+        if named.is_file():
+            paths.insert(0, named)
+        elif paths:
+            problems.append(
+                Note(
+                    conf.name,
+                    setting.line,
+                    "IGNORE_FILE",
+                    f"{setting.value} "
+                    "not found; Debian builds it at start from portsentry.ignore.static, read "
+                    "instead",
+                )
+            )
+        else:
+            problems.append(
+                Note(
+                    conf.name,
+                    setting.line,
+                    "IGNORE_FILE",
+                    f"{setting.value} not found: no ignore entries to carry over",
+                )
+            )
+    for path in dict.fromkeys(p.resolve() for p in paths):
+        found.append(_source(path))
+    return found
+
+
+def convert(files: PortSentryFiles) -> Conversion:
+    """The porttrap config that does what PortSentry did, and notes on what differs."""
+    notes = list(files.problems)
+    conf = parse_conf(files.conf, notes)
+    modes = _modes(files, conf, notes)
+    work = _Import(conf, modes, notes)
+    lines = work.header(files) + work.traps() + work.ban() + work.kernel()
+    lines += work.allow(files.ignore) + work.actions() + work.leftovers()
+    ordered = sorted(notes, key=lambda n: (_file_order(n.file, files), n.line or 0))
+    return Conversion("\n".join(lines) + "\n", tuple(ordered))
+
+
+def _file_order(name: str, files: PortSentryFiles) -> int:
+    order = [files.defaults_name, files.conf.name, *(f.name for f in files.ignore)]
+    return order.index(name) if name in order else len(order)
+
+
+def _modes(files: PortSentryFiles, conf: Conf, notes: list[Note]) -> Modes:
+    if files.defaults is not None:
+        return parse_defaults(files.defaults, notes)
+    if conf.version == 2:
+        notes.append(
+            Note(
+                files.defaults_name,
+                None,
+                "",
+                "not found: PortSentry 2.x's default "
+                "mode assumed, stealth for TCP_PORTS and UDP_PORTS (--stealth); give "
+                "the modes with --defaults FILE (TCP_MODE=..., UDP_MODE=...)",
+            )
+        )
+        return Modes("stcp", "sudp")
+    notes.append(
+        Note(
+            files.defaults_name,
+            None,
+            "",
+            'not found: TCP_MODE="tcp" and '
+            'UDP_MODE="udp" assumed (Debian\'s first install); give the modes with '
+            "--defaults FILE",
+        )
+    )
+    return Modes("tcp", "udp")
+
+
+@dataclass
+class _Import:
+    """One translation: the parsed files, the notes, and what each section decided."""
+
+    conf: Conf
+    modes: Modes
+    notes: list[Note]
+    used: set[str] = field(default_factory=set)
+    responds: dict[str, str] = field(default_factory=dict)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def note(self, key: str, message: str, setting: Setting | None = None) -> None:
+        line = setting.line if setting else None
+        self.notes.append(Note(self.conf.name, line, key, message))
+
+    def setting(self, key: str) -> Setting | None:
+        self.used.add(key)
+        return self.conf.get(key)
+
+    def where(self, key: str) -> str:
+        found = self.conf.get(key)
+        name = Path(self.conf.name).name
+        return f"{name}:{found.line}: {key}" if found else f"{key} not set"
+
+    def mode(self, proto: str) -> str:
+        """The porttrap mode of `proto`, "" when PortSentry did not watch it."""
+        return _MODE[self.modes.tcp if proto == "tcp" else self.modes.udp]
+
+    def respond(self, proto: str) -> str:
+        """What a hit of `proto` does ([ban] respond), from BLOCK_TCP / BLOCK_UDP."""
+        if proto not in self.responds:
+            self.responds[proto] = self._respond(proto)
+        return self.responds[proto]
+
+    def _respond(self, proto: str) -> str:
+        key = f"BLOCK_{proto.upper()}"
+        found = self.setting(key)
+        if found is None:
+            if self.mode(proto):
+                self.note(key, 'not set: PortSentry\'s default, 0 (log only): respond "log"')
+            return "log"
+        value = _number(found.value)
+        if value not in _RESPOND:
+            self.note(
+                key,
+                f"{found.value!r} is not 0, 1 or 2: PortSentry treated it as 0 "
+                '(log only): respond "log"',
+                found,
+            )
+            return "log"
+        return _RESPOND[value]
+
+    def header(self, files: PortSentryFiles) -> list[str]:
+        version = "2.x" if self.conf.version == 2 else "1.2"
+        read = ", ".join([files.conf.name, *([files.defaults.name] if files.defaults else [])])
+        return tomlout.comment(
+            f"porttrap configuration imported from PortSentry {version} ({read}) by 'porttrap "
+            "import portsentry'. Each value says where it came from; 'porttrap check-config "
+            "-c FILE' checks it."
+        )
+
+    # -- [traps] -------------------------------------------------------------------------
+
+    def traps(self) -> list[str]:
+        lines = ["", "[traps]"]
+        tcp, udp = self.mode("tcp"), self.mode("udp")
+        if (tcp or "connect") == (udp or "connect"):
+            lines.append(f'mode = "{tcp or "connect"}"  # {self._mode_source()}')
+        else:
+            lines.append(
+                f'mode = {{ tcp = "{tcp or "connect"}", udp = "{udp or "connect"}" }}'
+                f"  # {self._mode_source()}"
+            )
+        lines += self._port_list("tcp") + self._port_list("udp") + self._banner()
+        return lines + self._advanced()
+
+    def _mode_source(self) -> str:
+        return f'TCP_MODE="{self.modes.tcp}", UDP_MODE="{self.modes.udp}"'
+
+    def _port_list(self, proto: str) -> list[str]:
+        key = f"{proto.upper()}_PORTS"
+        found = self.setting(key)
+        mode = self.mode(proto)
+        if not mode:
+            return [f"{proto} = []  # {proto.upper()}_MODE is empty: PortSentry did not watch it"]
+        if found is None:
+            if mode != "advanced":
+                self.note(
+                    key,
+                    f"not set: PortSentry's {proto} mode stopped at start, so "
+                    f"nothing of {proto.upper()} was watched: {proto} = []",
+                )
+            return [f"{proto} = []  # {key} not set"]
+        listed = ports(found, self.conf.version, self.conf.name, self.notes)
+        used = " (used when the mode is not advanced)" if mode == "advanced" else ""
+        return [f"{proto} = {tomlout.strings(listed)}  # {self.where(key)}{used}"]
+
+    def _banner(self) -> list[str]:
+        found = self.setting("PORT_BANNER")
+        if found is None:
+            return []
+        if self.mode("tcp") != "connect":
+            self.note(
+                "PORT_BANNER",
+                "only shown in connect mode (tcp), which TCP is not in: not carried over",
+                found,
+            )
+            return []
+        text = found.value.encode()[:BANNER_BYTES].decode(errors="ignore")
+        if self.mode("udp") == "connect":
+            self.note(
+                "PORT_BANNER",
+                "PortSentry also sent it to UDP senders in udp mode; "
+                "porttrap shows it on TCP connections only",
+                found,
+            )
+        return [f"banner = {tomlout.string(text)}  # {self.where('PORT_BANNER')}"]
+
+    def _advanced(self) -> list[str]:
+        lines: list[str] = []
+        for proto in ("tcp", "udp"):
+            if self.mode(proto) != "advanced":
+                continue
+            key, exclude = f"ADVANCED_PORTS_{proto.upper()}", f"ADVANCED_EXCLUDE_{proto.upper()}"
+            found = self.setting(key)
+            top = _number(found.value) if found else 1024
+            if found is None:
+                self.note(key, "not set: PortSentry assumed 1024, the ports below it")
+            watched = f"1-{min(top, 65536) - 1}" if top > 1 else "1-1023"
+            if top <= 1 and found is not None:
+                self.note(
+                    key,
+                    f"{found.value!r} leaves no port below it to watch: the ports "
+                    "below 1024 are watched, PortSentry's default",
+                    found,
+                )
+            lines.append(f'{proto} = ["{watched}"]  # {self.where(key)}: the ports below it')
+            excluded = self.setting(exclude)
+            listed = (
+                ports(excluded, self.conf.version, self.conf.name, self.notes) if excluded else []
+            )
+            lines.append(f"exclude_{proto} = {tomlout.strings(listed)}  # {self.where(exclude)}")
+        return ["", "[traps.advanced]", *lines] if lines else []
+
+    # -- [ban] and [kernel] --------------------------------------------------------------
+
+    def ban(self) -> list[str]:
+        tcp, udp = self.respond("tcp"), self.respond("udp")
+        lines = ["", "[ban]"]
+        source = f"{self.where('BLOCK_TCP')}, {self.where('BLOCK_UDP')}"
+        if tcp == udp:
+            lines.append(f'respond = "{tcp}"  # {source}')
+        else:
+            lines.append(f'respond = {{ tcp = "{tcp}", udp = "{udp}" }}  # {source}')
+        lines += tomlout.comment(
+            "PortSentry never lifted a block (routes and rules stayed until reboot, hosts.deny "
+            "lines for good): every ban is permanent. Delete this line for porttrap's "
+            "escalation instead (1h, then 4h, then permanent at the 3rd ban)."
+        )
+        lines.append("permanent_after = 1")
+        self.note(
+            "",
+            "PortSentry's blocks never expired: every porttrap ban is permanent "
+            "([ban] permanent_after = 1); delete that line for porttrap's escalation",
+        )
+        return lines + self._trigger()
+
+    def _trigger(self) -> list[str]:
+        found = self.setting("SCAN_TRIGGER")
+        value = max(_number(found.value), 0) if found else 0
+        trigger = max(value, 1)
+        lines = [
+            f"trigger = {trigger}  # {self.where('SCAN_TRIGGER')}: PortSentry reacted at the "
+            f"{_nth(trigger)} hit"
+        ]
+        if trigger > 1:
+            lines.append(f"confirm = {trigger}")
+            lines.append('window = "1d"  # PortSentry remembered hits with no time limit')
+            self.note(
+                "SCAN_TRIGGER",
+                f"PortSentry reacted at the {_nth(trigger)} hit of a host "
+                f"on any port, repeats included; porttrap at {trigger} distinct trap ports "
+                "within a day (window)",
+                found,
+            )
+        elif self._unverified():
+            lines.append("confirm = 2  # probes and UDP can be forged: ban at the second")
+            self.note(
+                "SCAN_TRIGGER",
+                "PortSentry reacted to the first stealth probe or UDP "
+                "datagram, which anyone can forge in a third party's name; porttrap bans "
+                "at the second (confirm = 2; [kernel] block drops the source at its first "
+                "packet meanwhile). Set confirm = 1 to ban at the first",
+                found,
+            )
+        return lines
+
+    def _unverified(self) -> bool:
+        """Whether a protocol that acts on its hits has hits that cannot prove their source."""
+        udp = self.mode("udp") != "" and self.respond("udp") != "log"
+        return udp or (self.mode("tcp") not in ("", "connect") and self.respond("tcp") != "log")
+
+    def kernel(self) -> list[str]:
+        need = [
+            p
+            for p in ("tcp", "udp")
+            if self.mode(p) in ("stealth", "advanced") and self.respond(p) != "ban"
+        ]
+        if not need:
+            return []
+        which = " and ".join(need)
+        return [
+            "",
+            "[kernel]",
+            f"block = false  # {which} in stealth/advanced mode must not ban: "
+            "no first-packet block",
+        ]
+
+    # -- [allow] -------------------------------------------------------------------------
+
+    def allow(self, files: tuple[SourceFile, ...]) -> list[str]:
+        self.used.add("IGNORE_FILE")
+        entries: list[str] = []
+        seen: set[str] = set()
+        for source in files:
+            for item in parse_ignore(source):
+                entries += self._ignored(item, seen)
+        if not entries:
+            return []
+        return ["", "[allow]", "addresses = [", *entries, "]"]
+
+    def _ignored(self, item: Ignored, seen: set[str]) -> list[str]:
+        if item.note:
+            self.notes.append(Note(item.file, item.line, item.text, item.note))
+        if item.network is None or str(item.network) in seen:
+            return []
+        seen.add(str(item.network))
+        return [f'    "{item.network}",  # {Path(item.file).name}:{item.line}: {item.text}']
+
+    # -- [actions] -----------------------------------------------------------------------
+
+    def actions(self) -> list[str]:
+        responds = {self.respond(p) for p in ("tcp", "udp") if self.mode(p)}
+        lines = self._hosts_deny("ban" in responds)
+        lines += self._kill_route("ban" in responds)
+        lines += self._run_cmd(responds)
+        return lines
+
+    def _hosts_deny(self, blocking: bool) -> list[str]:
+        found = self.setting("KILL_HOSTS_DENY")
+        if found is None:
+            return []
+        if not blocking:
+            self.note(
+                "KILL_HOSTS_DENY",
+                'PortSentry used it only with BLOCK_x="1", which no '
+                "watched protocol has: not carried over",
+                found,
+            )
+            return []
+        if "$TARGET$" not in found.value:
+            self.note(
+                "KILL_HOSTS_DENY",
+                "has no $TARGET$, so PortSentry skipped it: not carried over",
+                found,
+            )
+            return []
+        lines = ["", f"[actions.hosts_deny]  # {self.where('KILL_HOSTS_DENY')}"]
+        lines += [f"line = {tomlout.string(found.value)}", 'file = "/etc/hosts.deny"']
+        lines += tomlout.comment(
+            "PortSentry never removed its lines, and every ban here is permanent, so a line "
+            "stays as long as its ban: until 'porttrap unban', which then lifts it too."
+        )
+        lines.append("keep = false")
+        return lines
+
+    def _kill_route(self, blocking: bool) -> list[str]:
+        found = self.setting("KILL_ROUTE")
+        if found is None:
+            return []
+        if not blocking:
+            self.note(
+                "KILL_ROUTE",
+                'PortSentry ran it only with BLOCK_x="1", which no '
+                "watched protocol has: not carried over",
+                found,
+            )
+            return []
+        words = found.value.replace("|", " ").split()
+        if any(posixpath.basename(word) in _BLOCKERS for word in words):
+            target = re.search(r"-j\s+(\S+)", found.value)
+            how = (
+                f"; it answered with -j {target.group(1)}, porttrap drops"
+                if target and target.group(1) not in ("DROP", "DENY")
+                else ""
+            )
+            self.note(
+                "KILL_ROUTE",
+                "replaced by porttrap's own firewall ban (an nftables set "
+                f"before every other rule){how}: not carried over",
+                found,
+            )
+            return []
+        self.note(
+            "KILL_ROUTE",
+            "not a route or packet filter command porttrap knows: carried "
+            "over as a command run on every ban; remove it if porttrap's own ban makes it "
+            "redundant",
+            found,
+        )
+        return self._command(found, first=False)
+
+    def _run_cmd(self, responds: set[str]) -> list[str]:
+        found = self.setting("KILL_RUN_CMD")
+        first = self.setting("KILL_RUN_CMD_FIRST")
+        if found is None:
+            if first is not None:
+                self.note(
+                    "KILL_RUN_CMD_FIRST", "without KILL_RUN_CMD: nothing to carry over", first
+                )
+            return []
+        if not responds & {"ban", "command"}:
+            self.note(
+                "KILL_RUN_CMD",
+                'PortSentry ran it only with BLOCK_x="1" or "2", which '
+                "no watched protocol has: not carried over",
+                found,
+            )
+            return []
+        before = first is not None and _number(first.value) == 1 and "ban" in responds
+        return self._command(found, first=before)
+
+    def _command(self, found: Setting, first: bool) -> list[str]:
+        text = found.value.strip()
+        odd = _OTHER_PLACEHOLDER.findall(_PLACEHOLDER.sub("", text))
+        if odd:
+            self.note(
+                found.key,
+                f"{', '.join(odd)} would be read as porttrap placeholders, "
+                "which they are not: not carried over; add it by hand with ${NAME}$",
+                found,
+            )
+            return []
+        lines = ["", f"[[actions.command]]  # {self.where(found.key)}"]
+        lines.append('on = ["ban", "permanent-ban"]')
+        plain = _PLACEHOLDER.sub("", text)
+        words = text.split()
+        if _SHELL_SYNTAX & set(plain) or "=" in words[0]:
+            lines += [f"run = {tomlout.string(text)}", "shell = true  # it uses shell syntax"]
+        else:
+            if "/" in words[0] and not words[0].startswith("/"):
+                words[0] = posixpath.normpath("/" + words[0])
+                self.note(
+                    found.key, f"a relative program, which PortSentry ran from /: {words[0]}", found
+                )
+            lines.append(f"run = {tomlout.strings(words)}")
+        if first:
+            lines.append('first = true  # KILL_RUN_CMD_FIRST="1": before the ban')
+        lines.append('timeout = "30s"  # PortSentry waited for it, however long it took')
+        return lines
+
+    # -- everything else -----------------------------------------------------------------
+
+    def leftovers(self) -> list[str]:
+        """Notes for the settings porttrap does otherwise."""
+        instead = {
+            "HISTORY_FILE": "porttrap keeps every hit and ban in its database: porttrap history",
+            "BLOCKED_FILE": "porttrap keeps its bans in its database (porttrap bans); the "
+            "hosts listed there are not imported: 'porttrap ban --permanent -f FILE' bans them",
+            "RESOLVE_HOST": "porttrap never looks up names (a scanner controls its reverse DNS, "
+            "and lookups delay bans)",
+        }
+        for key, why in instead.items():
+            found = self.setting(key)
+            if found is not None:
+                self.note(key, f"{why}: not carried over", found)
+        for proto in ("tcp", "udp"):
+            if self.mode(proto) == "advanced":
+                continue
+            for key in (f"ADVANCED_PORTS_{proto.upper()}", f"ADVANCED_EXCLUDE_{proto.upper()}"):
+                found = self.setting(key)
+                if found is not None and self.mode(proto):
+                    self.note(
+                        key,
+                        f"{proto.upper()} is not in advanced mode, where this "
+                        "applies: not carried over",
+                        found,
+                    )
+        return []
+
+
+def _number(text: str) -> int:
+    """C's atoi: the leading number, 0 when there is none."""
+    match = _NUMBER.match(text)
+    return int(match.group(1)) if match else 0
+
+
+def _nth(count: int) -> str:
+    return {1: "first", 2: "second", 3: "third"}.get(count, f"{count}th")
