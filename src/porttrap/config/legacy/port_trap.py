@@ -95,15 +95,22 @@ def convert(files: PortTrapFiles) -> Conversion:
     lines += _traps_toml(traps, files.ports)
     lines += _ban_toml(traps, permanent, files)
     lines += allowed.toml()
+    order = [files.ports.name, PERMANENT_FILE, WHITELIST_FILE]
+    notes.sort(key=lambda n: (_rank(n.file, order), n.line or 0))
     return Conversion("\n".join(lines) + "\n", tuple(notes))
 
 
+def _rank(name: str, order: list[str]) -> int:
+    return next((i for i, end in enumerate(order) if name.endswith(end)), len(order))
+
+
 def _header(files: PortTrapFiles) -> list[str]:
-    return tomlout.comment(
-        f"porttrap configuration imported from port_trap ({Path(files.ports.name).parent}) by "
-        "'porttrap import port-trap'. Each value says where it came from; "
-        "'porttrap check-config -c FILE' checks it."
+    lines = tomlout.comment(
+        "porttrap configuration imported from port_trap by 'porttrap import port-trap'. Each "
+        "value says where it came from; 'porttrap check-config -c FILE' checks it. Read:"
     )
+    read = [files.ports, files.permanent, files.whitelist]
+    return lines + [f"#   {source.name}" for source in read if source is not None]
 
 
 # -- list_of_ports.txt -------------------------------------------------------------------------
@@ -240,8 +247,7 @@ def _traps_toml(traps: list[_Trap], source: SourceFile) -> list[str]:
     lines = [
         "",
         "[traps]",
-        f"# From {source.name}: port_trap's traps were TCP sockets that "
-        "accept a connection and close it.",
+        "# port_trap's traps were TCP sockets that accept a connection and close it.",
         'mode = "connect"',
         "tcp = []  # every trap is a [[traps.port]] below, with its own ban time",
         "udp = []  # port_trap had no UDP traps",
@@ -423,21 +429,31 @@ def _entry(allowed: _Allowed, entry: str, where: Note, notes: list[Note]) -> Non
 
 
 def _surprise(entry: str, result: whitelist.Converted, note: Callable[[str], None]) -> None:
-    """Say so when port_trap's matching let through more than the entry seems to name."""
+    """Say so when port_trap's matching let through more than the entry seems to name: a plain
+    address that is not alone, several networks, IPv6 texts below 2000:: left out."""
     shown = ", ".join(str(n) for n in result.networks)
     try:
         meant: IPNetwork | None = ipaddress.ip_network(entry)
     except ValueError:
         meant = None
+    said = []
     if meant is not None and result.networks != (meant,):
-        note(
+        said.append(
             f"port_trap matched the start of the address text only, and '.' matches any "
             f"character, so it allowed {shown}; carried over exactly: keep just {meant} if "
             "that was meant"
         )
-    elif result.below_2000:
-        note(
-            f"carried over as {shown}; like any pattern with '.', it also matched IPv6 "
-            "texts below 2000:: (e.g. 1:2:3::4 for '1.2.3.*'), loopback, IPv4-mapped and "
-            "reserved space that no trap hit comes from: those are left out"
+    elif len(result.networks) > 1:
+        said.append(
+            f"port_trap's re.match allowed {shown} (anchored at the start only): "
+            "carried over exactly"
         )
+    if result.below_2000:
+        said.append(
+            ("carried over as " + shown + "; it " if not said else "it ")
+            + "also matched IPv6 texts below 2000:: ('.' matches ':', as in 1:2:3::4 for "
+            "'1.2.3.*'): loopback, IPv4-mapped and reserved space, where no trap hit comes "
+            "from: left out"
+        )
+    if said:
+        note("; ".join(said))

@@ -246,12 +246,13 @@ class _Import:
 
     def header(self, files: PortSentryFiles) -> list[str]:
         version = "2.x" if self.conf.version == 2 else "1.2"
-        read = ", ".join([files.conf.name, *([files.defaults.name] if files.defaults else [])])
-        return tomlout.comment(
-            f"porttrap configuration imported from PortSentry {version} ({read}) by 'porttrap "
-            "import portsentry'. Each value says where it came from; 'porttrap check-config "
-            "-c FILE' checks it."
+        lines = tomlout.comment(
+            f"porttrap configuration imported from PortSentry {version} by 'porttrap import "
+            "portsentry'. Each value says where it came from; 'porttrap check-config -c FILE' "
+            "checks it. Read:"
         )
+        read = [files.conf, *([files.defaults] if files.defaults else []), *files.ignore]
+        return lines + [f"#   {source.name}" for source in read]
 
     # -- [traps] -------------------------------------------------------------------------
 
@@ -342,10 +343,8 @@ class _Import:
         tcp, udp = self.respond("tcp"), self.respond("udp")
         lines = ["", "[ban]"]
         source = f"{self.where('BLOCK_TCP')}, {self.where('BLOCK_UDP')}"
-        if tcp == udp:
-            lines.append(f'respond = "{tcp}"  # {source}')
-        else:
-            lines.append(f'respond = {{ tcp = "{tcp}", udp = "{udp}" }}  # {source}')
+        value = f'"{tcp}"' if tcp == udp else f'{{ tcp = "{tcp}", udp = "{udp}" }}'
+        lines += _commented(f"respond = {value}", source)
         lines += tomlout.comment(
             "PortSentry never lifted a block (routes and rules stayed until reboot, hosts.deny "
             "lines for good): every ban is permanent. Delete this line for porttrap's "
@@ -379,12 +378,12 @@ class _Import:
             )
         elif self._unverified():
             lines.append("confirm = 2  # probes and UDP can be forged: ban at the second")
+            meanwhile = "" if self.kernel() else "; [kernel] block drops it at its first packet"
             self.note(
                 "SCAN_TRIGGER",
-                "PortSentry reacted to the first stealth probe or UDP "
-                "datagram, which anyone can forge in a third party's name; porttrap bans "
-                "at the second (confirm = 2; [kernel] block drops the source at its first "
-                "packet meanwhile). Set confirm = 1 to ban at the first",
+                "PortSentry reacted to the first stealth probe or UDP datagram, which anyone "
+                "can forge in a third party's name; porttrap bans a source at its second "
+                f"(confirm = 2{meanwhile}). Set confirm = 1 to ban at the first",
                 found,
             )
         return lines
@@ -435,12 +434,12 @@ class _Import:
 
     def actions(self) -> list[str]:
         responds = {self.respond(p) for p in ("tcp", "udp") if self.mode(p)}
-        lines = self._hosts_deny("ban" in responds)
+        lines = self._hosts_deny("ban" in responds, "command" in responds)
         lines += self._kill_route("ban" in responds)
         lines += self._run_cmd(responds)
         return lines
 
-    def _hosts_deny(self, blocking: bool) -> list[str]:
+    def _hosts_deny(self, blocking: bool, commanding: bool) -> list[str]:
         found = self.setting("KILL_HOSTS_DENY")
         if found is None:
             return []
@@ -459,6 +458,13 @@ class _Import:
                 found,
             )
             return []
+        if commanding:
+            self.note(
+                "KILL_HOSTS_DENY",
+                'PortSentry wrote it for BLOCK_x="1" only; porttrap writes it on every ban, '
+                'those of the protocol with BLOCK_x="2" (respond "command") too',
+                found,
+            )
         lines = ["", f"[actions.hosts_deny]  # {self.where('KILL_HOSTS_DENY')}"]
         lines += [f"line = {tomlout.string(found.value)}", 'file = "/etc/hosts.deny"']
         lines += tomlout.comment(
@@ -591,3 +597,9 @@ def _number(text: str) -> int:
 
 def _nth(count: int) -> str:
     return {1: "first", 2: "second", 3: "third"}.get(count, f"{count}th")
+
+
+def _commented(line: str, comment: str) -> list[str]:
+    """`line  # comment`, or the comment on the line above when both do not fit on one."""
+    joined = f"{line}  # {comment}"
+    return [joined] if len(joined) <= tomlout.WIDTH else [f"# {comment}", line]

@@ -11,8 +11,9 @@ matching. For a text T that begins the text of every address of a network N, and
 - a complete match within T: every address of N matches (the match never looked past T);
 - a partial match: N's parts are looked at one by one (IPv4 octet by octet, IPv6 group by group
   and, within a group, hex digit by hex digit), down to single IPv4 addresses, decided by `re`.
-This holds for patterns that never look ahead of their match: patterns with `$`, `\\b`, `\\B`,
-`\\Z`, lookaheads, atomic groups or possessive quantifiers stay patterns. Each network decided
+This holds for patterns that never look ahead of their match: patterns with `$` (other than a
+last one, which the walk handles by deciding single addresses), `\\b`, `\\B`, `\\Z`,
+lookaheads, atomic groups or possessive quantifiers stay patterns. Each network decided
 by a partial test is also checked with `re` itself on its first and last address, and the walk
 gives up (the entry stays a pattern) beyond a budget of tests.
 
@@ -82,11 +83,13 @@ def check(pattern: str) -> list[str]:
 def convert(pattern: str, budget: int = BUDGET) -> Converted:
     """The exact networks `re.match(pattern, address_text)` holds, or the kept pattern.
     `pattern` must have passed `check`."""
-    unsafe = next((text for text in _LOOKS_AHEAD if text in pattern), None)
+    anchored = "|" not in pattern and _ends_with_dollar(pattern)
+    checked = pattern[:-1] if anchored else pattern
+    unsafe = next((text for text in _LOOKS_AHEAD if text in checked), None)
     if unsafe is not None:
         why = f"it contains {unsafe!r}, so whether it matches may depend on what follows"
         return _keep(pattern, why)
-    walk = _Walk(pattern, budget)
+    walk = _Walk(pattern, budget, anchored)
     try:
         walk.ipv4(())
         walk.ipv6()
@@ -130,8 +133,12 @@ def _collapse(found: list[IPNetwork]) -> tuple[IPNetwork, ...]:
 class _Walk:
     """One entry's walk over the address texts; collects the networks proven to match."""
 
-    def __init__(self, pattern: str, budget: int) -> None:
+    def __init__(self, pattern: str, budget: int, anchored: bool = False) -> None:
         self.full = re.compile(pattern)
+        # A pattern ending in `$` only matches whole texts: a text the walk tests is always
+        # followed by more, so its "complete" matches there (at the end of the test string)
+        # prove nothing, and are looked at closer; its failures still hold.
+        self.anchored = anchored
         try:
             self.partial = regex.compile(pattern)
         except regex.error as err:
@@ -149,7 +156,7 @@ class _Walk:
         found = self.partial.match(text, partial=True)
         if found is None:
             return _Verdict.NONE
-        return _Verdict.SOME if found.partial else _Verdict.ALL
+        return _Verdict.SOME if found.partial or self.anchored else _Verdict.ALL
 
     def matches(self, text: str) -> bool:
         self._spend()
