@@ -15,18 +15,16 @@ What PortSentry did, from its code, and what the import makes of it:
 
 from __future__ import annotations
 
-import posixpath
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from porttrap.config.legacy import tomlout
 from porttrap.config.legacy.notes import Conversion, Note, SourceFile
+from porttrap.config.legacy.portsentry_actions import Context, number
 from porttrap.config.legacy.portsentry_files import (
     Conf,
     Ignored,
     Modes,
-    Setting,
     parse_conf,
     parse_defaults,
     parse_ignore,
@@ -38,39 +36,9 @@ DEFAULT_DEFAULTS = Path("/etc/default/portsentry")
 CONF_FILE = "portsentry.conf"
 STATIC_IGNORE = "portsentry.ignore.static"  # Debian merges it into IGNORE_FILE at each start
 BANNER_BYTES = 1024
-_MODE = {
-    "": "",
-    "tcp": "connect",
-    "udp": "connect",
-    "stcp": "stealth",
-    "sudp": "stealth",
-    "atcp": "advanced",
-    "audp": "advanced",
-}
+_MODE = {"": "", "tcp": "connect", "udp": "connect", "stcp": "stealth", "sudp": "stealth",
+         "atcp": "advanced", "audp": "advanced"}  # fmt: skip
 _RESPOND = {0: "log", 1: "ban", 2: "command"}
-# Programs whose KILL_ROUTE blocks the host: porttrap's own firewall ban replaces them.
-_BLOCKERS = {
-    "route",
-    "ip",
-    "iptables",
-    "ip6tables",
-    "iptables-legacy",
-    "iptables-nft",
-    "ipchains",
-    "ipfwadm",
-    "ipfw",
-    "pfctl",
-    "ipf",
-    "nft",
-    "nftables",
-    "ipset",
-    "firewall-cmd",
-    "ufw",
-}
-_SHELL_SYNTAX = set("|&;<>()$`\\'\"*?[]{}~#!\n")
-_PLACEHOLDER = re.compile(r"\$(TARGET|PORT|MODE)\$")
-_OTHER_PLACEHOLDER = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*\$")
-_NUMBER = re.compile(r"\s*([+-]?\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +119,10 @@ def convert(files: PortSentryFiles) -> Conversion:
     notes = list(files.problems)
     conf = parse_conf(files.conf, notes)
     modes = _modes(files, conf, notes)
-    work = _Import(conf, modes, notes)
+    work = _Import(conf=conf, notes=notes, modes=modes)
     lines = work.header(files) + work.traps() + work.ban() + work.kernel()
-    lines += work.allow(files.ignore) + work.actions() + work.leftovers()
+    watched = {work.respond(p) for p in ("tcp", "udp") if work.mode(p)}
+    lines += work.allow(files.ignore) + work.actions(watched) + work.leftovers()
     ordered = sorted(notes, key=lambda n: (_file_order(n.file, files), n.line or 0))
     return Conversion("\n".join(lines) + "\n", tuple(ordered))
 
@@ -192,29 +161,11 @@ def _modes(files: PortSentryFiles, conf: Conf, notes: list[Note]) -> Modes:
 
 
 @dataclass
-class _Import:
+class _Import(Context):
     """One translation: the parsed files, the notes, and what each section decided."""
 
-    conf: Conf
-    modes: Modes
-    notes: list[Note]
-    used: set[str] = field(default_factory=set)
+    modes: Modes = field(default_factory=lambda: Modes("", ""))
     responds: dict[str, str] = field(default_factory=dict)
-
-    # -- helpers -------------------------------------------------------------------------
-
-    def note(self, key: str, message: str, setting: Setting | None = None) -> None:
-        line = setting.line if setting else None
-        self.notes.append(Note(self.conf.name, line, key, message))
-
-    def setting(self, key: str) -> Setting | None:
-        self.used.add(key)
-        return self.conf.get(key)
-
-    def where(self, key: str) -> str:
-        found = self.conf.get(key)
-        name = Path(self.conf.name).name
-        return f"{name}:{found.line}: {key}" if found else f"{key} not set"
 
     def mode(self, proto: str) -> str:
         """The porttrap mode of `proto`, "" when PortSentry did not watch it."""
@@ -233,7 +184,7 @@ class _Import:
             if self.mode(proto):
                 self.note(key, 'not set: PortSentry\'s default, 0 (log only): respond "log"')
             return "log"
-        value = _number(found.value)
+        value = number(found.value)
         if value not in _RESPOND:
             self.note(
                 key,
@@ -309,7 +260,7 @@ class _Import:
                 "porttrap shows it on TCP connections only",
                 found,
             )
-        return [f"banner = {tomlout.string(text)}  # {self.where('PORT_BANNER')}"]
+        return _commented(f"banner = {tomlout.string(text)}", self.where("PORT_BANNER"))
 
     def _advanced(self) -> list[str]:
         lines: list[str] = []
@@ -318,7 +269,7 @@ class _Import:
                 continue
             key, exclude = f"ADVANCED_PORTS_{proto.upper()}", f"ADVANCED_EXCLUDE_{proto.upper()}"
             found = self.setting(key)
-            top = _number(found.value) if found else 1024
+            top = number(found.value) if found else 1024
             if found is None:
                 self.note(key, "not set: PortSentry assumed 1024, the ports below it")
             watched = f"1-{min(top, 65536) - 1}" if top > 1 else "1-1023"
@@ -351,6 +302,8 @@ class _Import:
             "escalation instead (1h, then 4h, then permanent at the 3rd ban)."
         )
         lines.append("permanent_after = 1")
+        if not {self.respond(p) for p in ("tcp", "udp") if self.mode(p)} - {"log"}:
+            return lines + self._trigger()  # nothing is ever banned
         self.note(
             "",
             "PortSentry's blocks never expired: every porttrap ban is permanent "
@@ -360,7 +313,7 @@ class _Import:
 
     def _trigger(self) -> list[str]:
         found = self.setting("SCAN_TRIGGER")
-        value = max(_number(found.value), 0) if found else 0
+        value = max(number(found.value), 0) if found else 0
         trigger = max(value, 1)
         lines = [
             f"trigger = {trigger}  # {self.where('SCAN_TRIGGER')}: PortSentry reacted at the "
@@ -417,7 +370,9 @@ class _Import:
         seen: set[str] = set()
         for source in files:
             for item in parse_ignore(source):
-                entries += self._ignored(item, seen)
+                if item.text not in seen:  # Debian's built file repeats the static one
+                    entries += self._ignored(item, seen)
+                seen.add(item.text)
         if not entries:
             return []
         return ["", "[allow]", "addresses = [", *entries, "]"]
@@ -429,135 +384,6 @@ class _Import:
             return []
         seen.add(str(item.network))
         return [f'    "{item.network}",  # {Path(item.file).name}:{item.line}: {item.text}']
-
-    # -- [actions] -----------------------------------------------------------------------
-
-    def actions(self) -> list[str]:
-        responds = {self.respond(p) for p in ("tcp", "udp") if self.mode(p)}
-        lines = self._hosts_deny("ban" in responds, "command" in responds)
-        lines += self._kill_route("ban" in responds)
-        lines += self._run_cmd(responds)
-        return lines
-
-    def _hosts_deny(self, blocking: bool, commanding: bool) -> list[str]:
-        found = self.setting("KILL_HOSTS_DENY")
-        if found is None:
-            return []
-        if not blocking:
-            self.note(
-                "KILL_HOSTS_DENY",
-                'PortSentry used it only with BLOCK_x="1", which no '
-                "watched protocol has: not carried over",
-                found,
-            )
-            return []
-        if "$TARGET$" not in found.value:
-            self.note(
-                "KILL_HOSTS_DENY",
-                "has no $TARGET$, so PortSentry skipped it: not carried over",
-                found,
-            )
-            return []
-        if commanding:
-            self.note(
-                "KILL_HOSTS_DENY",
-                'PortSentry wrote it for BLOCK_x="1" only; porttrap writes it on every ban, '
-                'those of the protocol with BLOCK_x="2" (respond "command") too',
-                found,
-            )
-        lines = ["", f"[actions.hosts_deny]  # {self.where('KILL_HOSTS_DENY')}"]
-        lines += [f"line = {tomlout.string(found.value)}", 'file = "/etc/hosts.deny"']
-        lines += tomlout.comment(
-            "PortSentry never removed its lines, and every ban here is permanent, so a line "
-            "stays as long as its ban: until 'porttrap unban', which then lifts it too."
-        )
-        lines.append("keep = false")
-        return lines
-
-    def _kill_route(self, blocking: bool) -> list[str]:
-        found = self.setting("KILL_ROUTE")
-        if found is None:
-            return []
-        if not blocking:
-            self.note(
-                "KILL_ROUTE",
-                'PortSentry ran it only with BLOCK_x="1", which no '
-                "watched protocol has: not carried over",
-                found,
-            )
-            return []
-        words = found.value.replace("|", " ").split()
-        if any(posixpath.basename(word) in _BLOCKERS for word in words):
-            target = re.search(r"-j\s+(\S+)", found.value)
-            how = (
-                f"; it answered with -j {target.group(1)}, porttrap drops"
-                if target and target.group(1) not in ("DROP", "DENY")
-                else ""
-            )
-            self.note(
-                "KILL_ROUTE",
-                "replaced by porttrap's own firewall ban (an nftables set "
-                f"before every other rule){how}: not carried over",
-                found,
-            )
-            return []
-        self.note(
-            "KILL_ROUTE",
-            "not a route or packet filter command porttrap knows: carried "
-            "over as a command run on every ban; remove it if porttrap's own ban makes it "
-            "redundant",
-            found,
-        )
-        return self._command(found, first=False)
-
-    def _run_cmd(self, responds: set[str]) -> list[str]:
-        found = self.setting("KILL_RUN_CMD")
-        first = self.setting("KILL_RUN_CMD_FIRST")
-        if found is None:
-            if first is not None:
-                self.note(
-                    "KILL_RUN_CMD_FIRST", "without KILL_RUN_CMD: nothing to carry over", first
-                )
-            return []
-        if not responds & {"ban", "command"}:
-            self.note(
-                "KILL_RUN_CMD",
-                'PortSentry ran it only with BLOCK_x="1" or "2", which '
-                "no watched protocol has: not carried over",
-                found,
-            )
-            return []
-        before = first is not None and _number(first.value) == 1 and "ban" in responds
-        return self._command(found, first=before)
-
-    def _command(self, found: Setting, first: bool) -> list[str]:
-        text = found.value.strip()
-        odd = _OTHER_PLACEHOLDER.findall(_PLACEHOLDER.sub("", text))
-        if odd:
-            self.note(
-                found.key,
-                f"{', '.join(odd)} would be read as porttrap placeholders, "
-                "which they are not: not carried over; add it by hand with ${NAME}$",
-                found,
-            )
-            return []
-        lines = ["", f"[[actions.command]]  # {self.where(found.key)}"]
-        lines.append('on = ["ban", "permanent-ban"]')
-        plain = _PLACEHOLDER.sub("", text)
-        words = text.split()
-        if _SHELL_SYNTAX & set(plain) or "=" in words[0]:
-            lines += [f"run = {tomlout.string(text)}", "shell = true  # it uses shell syntax"]
-        else:
-            if "/" in words[0] and not words[0].startswith("/"):
-                words[0] = posixpath.normpath("/" + words[0])
-                self.note(
-                    found.key, f"a relative program, which PortSentry ran from /: {words[0]}", found
-                )
-            lines.append(f"run = {tomlout.strings(words)}")
-        if first:
-            lines.append('first = true  # KILL_RUN_CMD_FIRST="1": before the ban')
-        lines.append('timeout = "30s"  # PortSentry waited for it, however long it took')
-        return lines
 
     # -- everything else -----------------------------------------------------------------
 
@@ -587,12 +413,6 @@ class _Import:
                         found,
                     )
         return []
-
-
-def _number(text: str) -> int:
-    """C's atoi: the leading number, 0 when there is none."""
-    match = _NUMBER.match(text)
-    return int(match.group(1)) if match else 0
 
 
 def _nth(count: int) -> str:
