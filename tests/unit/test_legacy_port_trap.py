@@ -9,7 +9,9 @@ import functools
 import ipaddress
 import os
 import re
+import socket
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -175,6 +177,7 @@ def test_invalid_pattern_is_an_error() -> None:
 OCTET = st.integers(0, 255).map(str)
 CLASS = st.sampled_from(["[0-9]", "[1-3]", "[2-9]", "[0-4]", r"\d", "."])
 PIECE = st.one_of(OCTET, CLASS, st.sampled_from(["*", ".*", r"\.", "{1,3}", "1", "25"]))
+V6_PIECE = st.sampled_from(["2001", "2a03", ":", "db8", "[0-9a-f]", "[2-3]", "::", "a", ".", "*"])
 
 
 def _valid(pattern: str) -> bool:
@@ -185,7 +188,10 @@ def _valid(pattern: str) -> bool:
     return True
 
 
-PATTERNS = st.lists(PIECE, min_size=1, max_size=6).map("".join).filter(_valid)
+PATTERNS = st.one_of(
+    st.lists(PIECE, min_size=1, max_size=6).map("".join).filter(_valid),
+    st.lists(V6_PIECE, min_size=1, max_size=6).map("".join).filter(_valid),
+)
 ANY_V4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
 
 
@@ -201,7 +207,13 @@ def test_converted_networks_equal_the_re_match_set(pattern: str, data: st.DataOb
         lambda o: ipaddress.IPv4Address(".".join(map(str, o)))
     )
     v6 = st.integers(2**125, 2**128 - 1).map(ipaddress.IPv6Address)  # 2000:: and up
-    for address in data.draw(st.lists(st.one_of(near, ANY_V4, v6), min_size=20)):
+    groups = [int(g, 16) for g in re.findall(r"[0-9a-f]{1,4}", pattern) if int(g, 16) >= 0x2000]
+    near_v6 = st.tuples(
+        st.sampled_from(groups or [0x2001]),
+        st.sampled_from([0xDB8, 0x2A03, 1, 0xFFFF]),
+        st.integers(0, 2**96 - 1),
+    ).map(lambda t: ipaddress.IPv6Address((t[0] << 112) | (t[1] << 96) | t[2]))
+    for address in data.draw(st.lists(st.one_of(near, ANY_V4, v6, near_v6), min_size=20)):
         text = str(address)
         port_trap_allowed = bool(re.match(pattern, text))
         if result.pattern is not None:
@@ -411,3 +423,31 @@ def test_history_goes_to_the_state_dir_of_the_config(
     assert as_network(ipaddress.ip_address("203.0.113.9")) in {
         b.target for b in SQLiteStore.open(state / "porttrap.db").active_bans(NOW)
     }
+
+
+def test_a_running_daemon_is_told_to_restart(
+    capsys: pytest.CaptureFixture[str], old_install: Path, tmp_path: Path
+) -> None:
+    """The daemon reads bans at start: an import while it runs must say to restart it."""
+    state = tmp_path / "s"
+    state.mkdir()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(state / "control.sock"))
+    server.listen(4)
+
+    def answer() -> None:  # one status request: control.ping
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b'{"ok": true, "running": true}\n')
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        code, _, err = run(capsys, "import", "port-trap", str(old_install), "--state-dir",
+                           str(state))  # fmt: skip
+    finally:
+        thread.join(timeout=10)
+        server.close()
+    assert code == 0
+    assert "porttrap is running: restart it" in err
