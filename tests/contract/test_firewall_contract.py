@@ -1,6 +1,6 @@
 """One contract for every FirewallBackend: the in-memory fake, dry-run, and real nftables and
-real ipset + iptables, each in a fresh network namespace. The kernel counts real seconds and reports whole ones, so remaining
-times are compared within SLACK."""
+real ipset + iptables, each in a fresh network namespace. The kernel counts real seconds and
+reports whole ones, so remaining times are compared within SLACK."""
 
 from __future__ import annotations
 
@@ -71,8 +71,12 @@ KERNEL = pytest.mark.kernel
 
 
 @pytest.fixture(
-    params=["memory", "dry-run", pytest.param("nftables", marks=KERNEL),
-            pytest.param("ipset", marks=KERNEL)]  # fmt: skip
+    params=[
+        "memory",
+        "dry-run",
+        pytest.param("nftables", marks=KERNEL),
+        pytest.param("ipset", marks=KERNEL),
+    ]
 )
 def fw(request: pytest.FixtureRequest) -> Harness:
     clock = FakeClock()
