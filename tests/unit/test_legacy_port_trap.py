@@ -451,3 +451,16 @@ def test_a_running_daemon_is_told_to_restart(
         server.close()
     assert code == 0
     assert "porttrap is running: restart it" in err
+
+
+def test_an_invalid_config_stops_the_import_before_anything_is_written(
+    capsys: pytest.CaptureFixture[str], old_install: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "broken.toml"
+    config.write_text('state_dir = "relative"\n')
+    target = tmp_path / "porttrap.toml"
+    code, _, err = run(
+        capsys, "import", "port-trap", str(old_install), "-c", str(config), "-o", str(target)
+    )
+    assert code == 2 and "state_dir" in err
+    assert not target.exists()

@@ -96,16 +96,18 @@ def import_portsentry(args: argparse.Namespace) -> int:
 def import_port_trap(args: argparse.Namespace) -> int:
     conversion = port_trap.convert(port_trap.read(args.directory))
     database = args.directory / datatrap.DB_FILE
-    history = None
+    history, state_dir = None, None
     if not args.no_history and database.is_file():
-        history = datatrap.read(database)  # a database that is not port_trap's stops here
+        # Everything that can refuse comes before anything is written: a database that is
+        # not port_trap's, an invalid -c config.
+        history = datatrap.read(database)
+        state_dir = _state_dir(args)
     _emit(conversion, args.output, args.force)
-    if args.no_history:
+    if history is None or state_dir is None:
+        if not args.no_history:
+            _say(f"{database}: not found: no ban history to import")
         return 0
-    if history is None:
-        _say(f"{database}: not found: no ban history to import")
-        return 0
-    _import_history(history, _state_dir(args))
+    _import_history(history, state_dir)
     return 0
 
 

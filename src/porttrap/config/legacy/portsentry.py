@@ -209,6 +209,8 @@ class _Import(Context):
 
     def traps(self) -> list[str]:
         lines = ["", "[traps]"]
+        if self.conf.version == 1 and (self.mode("tcp") or self.mode("udp")):
+            self.note("", "PortSentry 1.2 watched IPv4 only; porttrap traps IPv4 and IPv6 alike")
         tcp, udp = self.mode("tcp"), self.mode("udp")
         if (tcp or "connect") == (udp or "connect"):
             lines.append(f'mode = "{tcp or "connect"}"  # {self._mode_source()}')
