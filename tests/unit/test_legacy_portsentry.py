@@ -75,6 +75,8 @@ def test_seed_fr_advanced_modes_block_and_actions() -> None:
     assert command.on == frozenset({Event.BAN, Event.PERMANENT_BAN})
     assert [str(n) for n in cfg.allow.networks] == ["203.0.113.209/32", "198.51.100.0/24"]
     assert cfg.banner == b""  # advanced TCP: no banner, in PortSentry either
+    outputs = [(o.to, o.format.value, o.facility) for o in cfg.log.outputs]
+    assert ("syslog", "portsentry", "daemon") in outputs  # attackalert lines where they were
 
 
 def test_seed_de_stealth_wrong_case_and_shell_command() -> None:

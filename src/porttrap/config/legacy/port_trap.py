@@ -95,6 +95,15 @@ def convert(files: PortTrapFiles) -> Conversion:
     lines += _traps_toml(traps, files.ports)
     lines += _ban_toml(traps, permanent, files)
     lines += allowed.toml()
+    notes.append(
+        Note(
+            files.ports.name,
+            None,
+            "",
+            "port_trap logged to syslog as port_trap.py; "
+            "porttrap logs to stderr, which journald keeps (journalctl -u porttrap)",
+        )
+    )
     order = [files.ports.name, PERMANENT_FILE, WHITELIST_FILE]
     notes.sort(key=lambda n: (_rank(n.file, order), n.line or 0))
     return Conversion("\n".join(lines) + "\n", tuple(notes))

@@ -122,7 +122,7 @@ def convert(files: PortSentryFiles) -> Conversion:
     work = _Import(conf=conf, notes=notes, modes=modes)
     lines = work.header(files) + work.traps() + work.ban() + work.kernel()
     watched = {work.respond(p) for p in ("tcp", "udp") if work.mode(p)}
-    lines += work.allow(files.ignore) + work.actions(watched) + work.leftovers()
+    lines += work.allow(files.ignore) + work.actions(watched) + _log() + work.leftovers()
     ordered = sorted(notes, key=lambda n: (_file_order(n.file, files), n.line or 0))
     return Conversion("\n".join(lines) + "\n", tuple(ordered))
 
@@ -425,3 +425,16 @@ def _commented(line: str, comment: str) -> list[str]:
     """`line  # comment`, or the comment on the line above when both do not fit on one."""
     joined = f"{line}  # {comment}"
     return [joined] if len(joined) <= tomlout.WIDTH else [f"# {comment}", line]
+
+
+def _log() -> list[str]:
+    """PortSentry's attackalert lines went to syslog (facility daemon): they still do, so that
+    logcheck, fail2ban filters and the like keep matching; porttrap's own lines go to stderr."""
+    lines = ["", "[log]"]
+    lines += tomlout.comment(
+        "PortSentry wrote its attackalert lines to syslog (facility daemon): the same lines go "
+        "there, so that what reads them keeps matching. porttrap's own lines go to stderr."
+    )
+    lines += ["[[log.output]]", 'to = "stderr"', 'format = "porttrap"']
+    lines += ["", "[[log.output]]", 'to = "syslog"', 'format = "portsentry"', 'facility = "daemon"']
+    return lines
