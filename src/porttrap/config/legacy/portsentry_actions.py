@@ -99,6 +99,13 @@ class Context:
             "stays as long as its ban: until 'porttrap unban', which then lifts it too."
         )
         lines.append("keep = false")
+        self.note(
+            "KILL_HOSTS_DENY",
+            "PortSentry never removed its lines; porttrap removes a "
+            "ban's line when the ban is lifted (keep = false), which with every ban "
+            "permanent happens only at 'porttrap unban'",
+            found,
+        )
         return lines
 
     def _kill_route(self, blocking: bool) -> list[str]:
