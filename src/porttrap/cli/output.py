@@ -102,10 +102,26 @@ def status_text(status: dict[str, Any]) -> str:
         lines.append(f"hits since start: {status['hits']['total']}")
         if status.get("kernel"):
             lines += kernel_text(status["kernel"])
+        if status.get("actions"):
+            lines += actions_text(status["actions"])
     bans = status.get("bans")
     if bans:
         lines.append(f"bans: {bans['active']} active, {bans['permanent']} of them permanent")
     return "\n".join(lines)
+
+
+def actions_text(actions: dict[str, Any]) -> list[str]:
+    """The actions' part of `porttrap status`: commands and webhooks, hosts.deny."""
+    lines = [
+        f"actions: {actions['run']} run ({actions['failed']} failed, {actions['timed_out']} "
+        f"timed out), {actions['running']} running, {actions['waiting']} waiting, "
+        f"{actions['dropped']} dropped (queue full)"
+    ]
+    deny = actions.get("hosts_deny")
+    if deny:
+        failed = f", {deny['failed']} failed writes" if deny["failed"] else ""
+        lines.append(f"  hosts.deny {deny['file']}: {deny['lines']} lines of porttrap's{failed}")
+    return lines
 
 
 def kernel_text(kernel: dict[str, Any]) -> list[str]:

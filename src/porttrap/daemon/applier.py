@@ -9,6 +9,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from porttrap import log
 from porttrap.clock import Clock
@@ -20,6 +21,15 @@ from porttrap.store.base import Store
 RECONCILE_DELAY = 5.0
 BULK = 1000  # more changes than this in one batch are logged as a summary
 Job = Callable[[], None]
+
+
+class ChangeListener(Protocol):
+    """Told of each batch around its kernel apply (the actions: `actions.Dispatcher`). Both
+    calls must return at once: a ban never waits for an action."""
+
+    def before_kernel(self, batch: Sequence[Change]) -> None: ...
+
+    def after_kernel(self, batch: Sequence[Change]) -> None: ...
 
 
 def run_now(job: Job) -> None:
@@ -57,11 +67,13 @@ class Applier:
         *,
         write: Callable[[Job], None] = run_now,
         enforced: Callable[[Ban], bool] = always,
+        listener: ChangeListener | None = None,
     ) -> None:
         """`enforced`: whether a ban goes to the kernel (`Policy.enforced`: a protocol that
         responds with "command" leaves banning to its command); every ban is recorded."""
         self.firewall = firewall
         self.enforced = enforced
+        self.listener = listener  # actions: `first` commands before the kernel, others after
         self.store = store
         self.write = write  # where store writes run: StoreWriter.submit in the daemon
         self.clock = clock
@@ -90,6 +102,8 @@ class Applier:
         batch, self._pending = self._pending, []
         if not batch:
             return
+        if self.listener is not None:
+            self.listener.before_kernel(batch)
         started = self.clock.monotonic()
         kernel = [c for c in batch if isinstance(c, Unban) or self.enforced(c)]
         try:
@@ -101,6 +115,8 @@ class Applier:
         kernel_ms = round((self.clock.monotonic() - started) * 1000, 1)
         self._record(batch)
         self._log(batch)
+        if self.listener is not None:
+            self.listener.after_kernel(batch)
         level = logging.INFO if len(batch) > BULK else logging.DEBUG
         log.event("applied", level, changes=len(batch), kernel_ms=kernel_ms)
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from porttrap import __version__, heap, log
+from porttrap.actions.dispatch import Dispatcher
 from porttrap.clock import Clock
 from porttrap.config.schema import Config, TrapMode
 from porttrap.daemon.applier import Applier, log_change
@@ -58,6 +59,7 @@ class Daemon:
         self.firewall = firewall
         self.policy = Policy(config.ban, config.traps, _protection(config))
         self.writer = StoreWriter()
+        self.actions = Dispatcher(config.actions, config.modes, config.state_dir)
         self.applier = Applier(
             firewall,
             store,
@@ -65,6 +67,7 @@ class Daemon:
             self.policy.active,
             write=self.writer.submit,
             enforced=self.policy.enforced,
+            listener=self.actions,
         )
         self.counters = Counters()
         self.started_at = clock.now()
@@ -89,6 +92,7 @@ class Daemon:
                 self._prepare_kernel()
             with heap.bulk():
                 self._restore(current_addresses())
+                self.actions.start(self.policy.active(self.clock.now()))
             self.writer.start()
             self.report = self._sensor.start(loop)
             if self.report.none_set and self._kernel is None:
@@ -164,6 +168,7 @@ class Daemon:
             self.store.lift(unbans)
             for unban in unbans:
                 log_change(unban)
+            self.actions.after_kernel(unbans)  # no kernel step: setup below leaves them out
         active = self.applier.kernel_bans(now)
         decided = self.clock.monotonic()
         self.firewall.setup(active, now)
@@ -209,18 +214,27 @@ class Daemon:
             self._kernel.close()
         self._watcher.close()
         self.applier.flush()
+        dropped, killed = await self.actions.close()  # running actions get a grace time
         self._store_hits()
         self.writer.close()  # every record written before the store is closed
         await self._control.close()
         if flush_on_exit:
             self.firewall.teardown()
             log.event("flushed", table=self.config.firewall.table)
-        log.event("stop", pid=os.getpid())
+        actions = self.actions.enabled
+        log.event(
+            "stop",
+            pid=os.getpid(),
+            actions_dropped=dropped if actions else None,
+            actions_killed=killed if actions else None,
+        )
 
     def _maintain(self) -> None:
         now = self.clock.now()
-        for ban in self.policy.expire(now):
+        expired = self.policy.expire(now)
+        for ban in expired:
             log.event("ban-expired", address=show(ban.target), ban_count=ban.ban_count)
+        self.actions.expired(expired)  # up to MAINTENANCE_INTERVAL after the kernel's expiry
         before = now - self.config.store.hit_retention
 
         def prune() -> None:
@@ -235,6 +249,8 @@ class Daemon:
         verdict = self.policy.on_hit(hit, self.clock.now())
         if verdict.ban is not None:
             self.applier.submit([verdict.ban])
+        if self.actions.wants_hits:  # bounded by [actions] queue, whatever the flood
+            self.actions.hit(hit, verdict.outcome, verdict.ban)
         self.counters.hits += 1
         by_outcome = self.counters.hits_by_outcome
         by_outcome[verdict.outcome] = by_outcome.get(verdict.outcome, 0) + 1
@@ -292,6 +308,7 @@ class Daemon:
                 "skipped": [asdict(t) for t in self.report.skipped],
             },
             "kernel": self._kernel.status() if self._kernel is not None else None,
+            "actions": self.actions.status() if self.actions.enabled else None,
             "bans": {"active": len(active), "permanent": sum(1 for b in active if b.permanent)},
             "hits": {
                 "total": self.counters.hits,

@@ -1,0 +1,167 @@
+"""From the daemon's events to actions: which commands, webhooks and hosts.deny lines each
+event calls for, and when.
+
+The daemon calls, all on its event loop and none of them blocking:
+- `hit` for every hit the policy saw (only when some action listens to "hit");
+- `before_kernel` / `after_kernel` from the applier around each kernel batch: commands with
+  `first = true` are started (spawned, not awaited) before the batch goes to the kernel, every
+  other action after it;
+- `expired` for bans that ran out (the daemon finds them once a minute);
+- `start` once the active bans are restored, `close` when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from porttrap.actions import events
+from porttrap.actions.events import ActionEvent
+from porttrap.actions.hostsdeny import HostsDeny
+from porttrap.actions.jobs import CommandJob, WebhookJob
+from porttrap.actions.runner import Runner
+from porttrap.config.schema import BAN_EVENTS, Actions, CommandAction, Event, Modes
+from porttrap.model import Ban, Change, Hit, IPNetwork, Outcome, Unban, show
+
+GRACE = 5.0  # seconds running actions get to end when the daemon stops
+STATE_FILE = "hosts-deny.json"
+
+
+class Dispatcher:
+    """Turns hits, bans and unbans into the configured actions."""
+
+    def __init__(
+        self,
+        config: Actions,
+        modes: Modes,
+        state_dir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        host: str | None = None,
+    ) -> None:
+        self.config = config
+        self.modes = modes
+        self.runner = Runner(config.max_running, config.queue)
+        self.hosts_deny = _hosts_deny(config, state_dir / STATE_FILE)
+        self.enabled = bool(config.commands or config.webhooks or self.hosts_deny)
+        listeners = [c.on for c in config.commands] + [w.on for w in config.webhooks]
+        self.wants_hits = any(Event.HIT in on for on in listeners)
+        # The lifted ban of an unban (its port and mode) is only needed for actions on unban.
+        self._track = any(Event.UNBAN in on for on in listeners)
+        self._bans: dict[IPNetwork, Ban] = {}
+        self._first = tuple(c for c in config.commands if c.first)
+        self._after = tuple(c for c in config.commands if not c.first)
+        self._env = dict(os.environ if env is None else env)
+        self._host = socket.gethostname() if host is None else host
+        self._stopping = threading.Event()
+
+    def start(self, active: Sequence[Ban]) -> None:
+        """The bans active at start: remembered for their unbans, and hosts.deny made to hold
+        exactly their lines (lines of bans that ended while porttrap was down go)."""
+        if self._track:
+            self._bans = {ban.target: ban for ban in active}
+        if self.hosts_deny is not None:
+            lines = {
+                show(b.target): self._deny_line(events.from_ban(b, self.modes)) for b in active
+            }
+            self.hosts_deny.sync({target: line for target, line in lines.items() if line})
+
+    def hit(self, hit: Hit, outcome: Outcome, ban: Ban | None) -> None:
+        if self.wants_hits:
+            event = events.from_hit(hit, outcome, ban, self.modes)
+            self._commands(event, self.config.commands)
+            self._webhooks(event)
+
+    def before_kernel(self, batch: Sequence[Change]) -> None:
+        """Start the `first` commands of `batch`: they run while the kernel is updated."""
+        for change in batch if self._first else ():
+            self._commands(self._event(change, remember=False), self._first)
+
+    def after_kernel(self, batch: Sequence[Change]) -> None:
+        """Every other action of `batch`, now that the kernel has it."""
+        if not self.enabled:
+            return
+        deny: list[tuple[str, str | None]] = []
+        for change in batch:
+            event = self._event(change, remember=True)
+            self._commands(event, self._after)
+            self._webhooks(event)
+            deny.append((event.address, self._deny_line(event)))
+        if self.hosts_deny is not None and self.hosts_deny.file is not None:
+            self.hosts_deny.update(deny)
+
+    def expired(self, bans: Iterable[Ban]) -> None:
+        """Bans that ran out: an unban event (reason "expired") each."""
+        if not self.enabled:
+            return
+        deny: list[tuple[str, str | None]] = []
+        for ban in bans:
+            if self._bans.get(ban.target) == ban:
+                del self._bans[ban.target]
+            event = events.from_expiry(ban, self.modes)
+            self._commands(event, self.config.commands)
+            self._webhooks(event)
+            deny.append((event.address, None))
+        if deny and self.hosts_deny is not None and self.hosts_deny.file is not None:
+            self.hosts_deny.update(deny)
+
+    def status(self) -> dict[str, Any]:
+        status = self.runner.status()
+        deny = self.hosts_deny
+        status["hosts_deny"] = (
+            None
+            if deny is None or deny.file is None
+            else {"file": str(deny.file), "lines": deny.lines, "failed": deny.failed}
+        )
+        return status
+
+    async def close(self, grace: float = GRACE) -> tuple[int, int]:
+        """Stop: no more webhook retries, waiting actions dropped, running ones given `grace`
+        seconds, then killed; hosts.deny brought up to date. Returns (dropped, killed)."""
+        self._stopping.set()
+        dropped, killed = await self.runner.close(grace)
+        if self.hosts_deny is not None:
+            await asyncio.to_thread(self.hosts_deny.close)
+        return dropped, killed
+
+    def _event(self, change: Change, *, remember: bool) -> ActionEvent:
+        if isinstance(change, Unban):
+            bans = self._bans
+            lifted = bans.pop(change.target, None) if remember else bans.get(change.target)
+            return events.from_unban(change, lifted, self.modes)
+        if remember and self._track:
+            self._bans[change.target] = change
+        return events.from_ban(change, self.modes)
+
+    def _commands(self, event: ActionEvent, commands: Iterable[CommandAction]) -> None:
+        for command in commands:
+            if event.name in command.on:
+                self.runner.submit(CommandJob(command, event, self._env))
+
+    def _webhooks(self, event: ActionEvent) -> None:
+        for webhook in self.config.webhooks:
+            if event.name in webhook.on:
+                self.runner.submit(WebhookJob(webhook, event, self._host, self._stopping))
+
+    def _deny_line(self, event: ActionEvent) -> str | None:
+        """The hosts.deny line of a ban event; None for an unban (its line goes)."""
+        deny = self.config.hosts_deny
+        if deny is None or event.name not in BAN_EVENTS:
+            return None
+        return events.expand(deny.line, events.placeholders(event))
+
+
+def _hosts_deny(config: Actions, state: Path) -> HostsDeny | None:
+    """The hosts.deny writer; also without [actions.hosts_deny] when a state file says that
+    porttrap left lines in a file (they are taken out at start)."""
+    deny = config.hosts_deny
+    if deny is not None:
+        return HostsDeny(deny.file, deny.line, deny.keep, state)
+    if state.exists():
+        return HostsDeny(None, "", False, state)
+    return None
