@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import functools
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from porttrap.config import load_text
-from porttrap.config.legacy import portsentry
+from porttrap.config.legacy import portsentry, tomlout
 from porttrap.config.legacy.notes import Conversion, Note, SourceFile
 from porttrap.config.legacy.portsentry_files import parse_conf, parse_defaults, parse_ignore
 from porttrap.config.schema import Event, Respond, TrapMode
@@ -170,3 +171,18 @@ def test_ignore_entries(entry: str, network: str | None, noted: bool) -> None:
 def test_missing_conf_is_an_error_that_says_what_to_give(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"portsentry\.conf not found"):
         portsentry.read(tmp_path, tmp_path / "default")
+
+
+@pytest.mark.parametrize(
+    "text", ["plain", 'a "quoted" word', "tab\tand\\back", "del\x7fchar", "ünïcode", "it's"]
+)
+def test_toml_strings_read_back_as_written(text: str) -> None:
+    for rendered in (tomlout.string(text), tomlout.literal(text)):
+        assert tomllib.loads(f"x = {rendered}\n")["x"] == text
+
+
+def test_long_arrays_wrap_and_still_parse() -> None:
+    items = [f"{port}" for port in range(1000, 1060)]
+    rendered = tomlout.strings(items)
+    assert max(len(line) for line in rendered.splitlines()) <= tomlout.WIDTH
+    assert tomllib.loads(f"x = {rendered}\n")["x"] == items
