@@ -17,8 +17,10 @@ esac
 [ "$(id -u)" = 0 ] || { echo "setup.sh: run me as root (porttrap manages the kernel firewall)" >&2; exit 1; }
 
 # nftables + libnftables' Python binding (python3-nftables) for the firewall, iproute2 for the
-# network namespaces the tests build; Debian's own python3 so that the binding imports.
-packages=(nftables python3 python3-venv python3-nftables iproute2)
+# network namespaces the tests build; Debian's own python3 so that the binding imports. ipset and
+# iptables: the ipset backend (backend = "ipset", or "auto" without nftables) and its tests;
+# neither package starts a service or loads rules.
+packages=(nftables python3 python3-venv python3-nftables iproute2 ipset iptables)
 [ "$mode" = test ] && packages+=(procps nmap)  # nmap: bench/nmap_scan.py
 missing=()
 for p in "${packages[@]}"; do
