@@ -10,6 +10,7 @@ from pathlib import Path
 from porttrap.config import fields
 from porttrap.config.actions import build_actions
 from porttrap.config.fields import Problems, Section, Table
+from porttrap.config.logsection import build_log
 from porttrap.config.schema import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_STATE_DIR,
@@ -24,12 +25,12 @@ from porttrap.config.schema import (
     StoreConfig,
     TrapMode,
 )
-from porttrap.config.traps import build_modes, build_traps
+from porttrap.config.traps import build_banner, build_modes, build_traps
 from porttrap.errors import ConfigError, ConfigProblem
 from porttrap.model import Proto
 from porttrap.units import format_duration
 
-TOP_KEYS = ("state_dir", "traps", "kernel", "ban", "allow", "actions", "firewall", "store")
+TOP_KEYS = ("state_dir", "traps", "kernel", "ban", "allow", "actions", "firewall", "store", "log")
 BAN_KEYS = (
     "time",
     "escalation",
@@ -117,6 +118,7 @@ def _config(data: Table, problems: Problems, path: Path | None) -> Config:
     return Config(
         state_dir=top.get("state_dir", fields.absolute_path, DEFAULT_STATE_DIR),
         traps=build_traps(traps),
+        banner=build_banner(traps),
         modes=modes,
         kernel=kernel,
         ban=ban,
@@ -124,6 +126,7 @@ def _config(data: Table, problems: Problems, path: Path | None) -> Config:
         actions=build_actions(top.sub("actions")),
         firewall=_firewall(top.sub("firewall")),
         store=_store(top.sub("store")),
+        log=build_log(top.sub("log")),
         source=path,
     )
 

@@ -184,6 +184,7 @@ class LogFormat(enum.StrEnum):
     PORTTRAP = "porttrap"  # event=... key=value lines
     JSON = "json"  # one JSON object per line
     PORTSENTRY = "portsentry"  # PortSentry's attackalert lines (fail2ban filters match them)
+    PORTSENTRY_HISTORY = "portsentry-history"  # portsentry.history lines (fail2ban's own filter)
     NET_BOUNCER = "net-bouncer"  # net-bouncer's "Connection from <ip>" lines
 
 

@@ -15,12 +15,13 @@ from porttrap.units import parse_ports
 
 TCP, UDP = Proto.TCP, Proto.UDP
 DEFAULTS = {Proto.TCP: DEFAULT_TCP_TRAPS, Proto.UDP: DEFAULT_UDP_TRAPS}
-KEYS = ("tcp", "udp", "port", "mode", "advanced")
+KEYS = ("tcp", "udp", "port", "mode", "advanced", "banner")
 ENTRY_KEYS = ("port", "proto", "address", "ban")
 ADVANCED_KEYS = ("tcp", "udp", "exclude_tcp", "exclude_udp")
 _LIST_EXAMPLE = '["23", "2323", "5900-5910"]'
 _RANGE_EXAMPLE = '["1-65535"]'
 _MODE_TABLE_EXAMPLE = '{ tcp = "stealth", udp = "connect" }'
+BANNER_MAX = 1024  # bytes of UTF-8: one non-blocking send, never a wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,24 @@ def build_modes(section: Section) -> Modes:
         exclude_tcp=tcp[1],
         exclude_udp=udp[1],
     )
+
+
+def build_banner(section: Section) -> bytes:
+    """`[traps] banner` (PortSentry's PORT_BANNER) as the bytes connect-mode TCP traps send."""
+    return section.get("banner", _banner, b"")
+
+
+def _banner(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError(
+            f'expected text such as "SSH-2.0-OpenSSH_9.2\\r\\n", got {fields.show(value)}'
+        )
+    data = value.encode("utf-8")
+    if len(data) > BANNER_MAX:
+        raise ValueError(
+            f"the banner is {len(data)} bytes in UTF-8, more than {BANNER_MAX}; shorten it"
+        )
+    return data
 
 
 def default_ports(proto: Proto) -> set[int]:
