@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from porttrap import config as config_mod
+from porttrap import log
 from porttrap.cli import output
 from porttrap.clock import SystemClock
 from porttrap.config.schema import Config, TrapMode
@@ -30,6 +31,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 def run(args: argparse.Namespace) -> int:
     cfg = _config(args)  # an invalid config stops here, before anything touches the kernel
+    log.configure(cfg, args.verbose)  # so does a log file or syslog that cannot be opened
     clock = SystemClock()
     store = SQLiteStore.open(cfg.database)
     try:

@@ -102,7 +102,7 @@ class Daemon:
             self._watch_addresses(loop)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-            loop.add_signal_handler(signal.SIGHUP, _no_reload)
+            loop.add_signal_handler(signal.SIGHUP, _on_hangup)
             log.event(
                 "start",
                 version=__version__,
@@ -390,8 +390,11 @@ def unban_json(unban: Unban) -> dict[str, Any]:
     return {"address": show(unban.target), "at": log.iso(unban.at), "reason": unban.reason}
 
 
-def _no_reload() -> None:
-    """SIGHUP must not kill a security daemon (its default action would): say what to do."""
+def _on_hangup() -> None:
+    """SIGHUP: reopen the log files (logrotate sends it after moving them), and say that the
+    configuration is not reloaded. It must not kill a security daemon (its default action)."""
+    if files := log.reopen():
+        log.event("log-reopened", files=files)
     log.event(
         "reload-unsupported",
         logging.WARNING,
