@@ -75,7 +75,7 @@ class Daemon:
         self._hits: list[tuple[Hit, Outcome]] = []
         self._stop = asyncio.Event()
         connect = [t for t in config.traps if config.modes.of(t.proto) is TrapMode.CONNECT]
-        self._sensor = SocketTraps(connect, self.on_hit, clock)
+        self._sensor = SocketTraps(connect, self.on_hit, clock, config.banner)
         self._kernel = (
             KernelTraps(sensor, config.kernel, self.on_hit, clock) if sensor is not None else None
         )

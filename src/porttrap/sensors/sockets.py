@@ -1,8 +1,10 @@
 """The socket trap sensor: a listening socket per trap port, all served by one asyncio loop.
 
 TCP traps let the kernel finish the handshake, then accept and close at once (a full connect is
-proof that the source address is not spoofed). UDP traps read each datagram's real destination
-from IP_PKTINFO / IPV6_PKTINFO, so a wildcard bind still reports which local address was hit.
+proof that the source address is not spoofed), after sending the banner when one is set
+(PortSentry's PORT_BANNER): one non-blocking send, given up if it would block. UDP traps read
+each datagram's real destination from IP_PKTINFO / IPV6_PKTINFO, so a wildcard bind still
+reports which local address was hit.
 
 Each socket has one `loop.add_reader` callback that drains a bounded number of connections or
 datagrams, so a flood on one port cannot starve the others. Running out of descriptors or
@@ -13,6 +15,7 @@ buffers (EMFILE, ENFILE, ENOBUFS, ENOMEM) removes the reader for a while, backin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -30,6 +33,7 @@ from porttrap.model import Hit, IPAddress, Proto, unmap
 from porttrap.sensors.holders import PortHolders
 
 LISTEN_BACKLOG = 511
+BANNER_MAX = 1024  # bytes: what one non-blocking send always fits in a new socket's buffer
 DRAIN_LIMIT = 64  # connections or datagrams per callback, then the loop serves the others
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
@@ -102,10 +106,13 @@ class SocketTraps:
     cheap (queue the hit). An exception from it is logged with its traceback and ignored.
     """
 
-    def __init__(self, traps: Sequence[Trap], on_hit: HitHandler, clock: Clock) -> None:
+    def __init__(
+        self, traps: Sequence[Trap], on_hit: HitHandler, clock: Clock, banner: bytes = b""
+    ) -> None:
         self._traps = tuple(traps)
         self._on_hit = on_hit
         self._clock = clock
+        self._banner = banner[:BANNER_MAX]
         self._listeners: list[_Listener] = []
         self._started = False
 
@@ -159,6 +166,7 @@ class SocketTraps:
             port=trap.port,
             emit=self._emit,
             clock=self._clock,
+            banner=self._banner,
         )
         listener.register(loop)
         self._listeners.append(listener)
@@ -257,8 +265,10 @@ class _Listener:
         port: int,
         emit: HitHandler,
         clock: Clock,
+        banner: bytes = b"",
     ) -> None:
         self.sock = sock
+        self._banner = banner
         self.proto = proto
         self.bound = bound
         self.port = port
@@ -317,6 +327,8 @@ class _Listener:
             except OSError as exc:  # the peer is gone already; nothing to report
                 event("trap-connection-lost", logging.DEBUG, port=self.port, errno=_name(exc))
                 return None
+            if self._banner:
+                send_banner(conn, self._banner)
         return self._hit(peer, _parse_ip(local[0]), "connect")
 
     def _receive(self) -> Hit:
@@ -369,6 +381,20 @@ class _Listener:
 
     def _log_unexpected(self) -> None:
         LOGGER.exception(fields("trap-error", proto=self.proto, port=self.port, address=self.bound))
+
+
+def send_banner(conn: socket.socket, banner: bytes) -> None:
+    """Send `banner` on a just accepted connection without ever waiting: a fresh socket's send
+    buffer takes 1024 bytes at once; if it would not, the banner is given up (and so is any
+    part that did not fit). What the peer already sent is read and dropped, so that closing
+    ends the connection with a FIN after the banner rather than a RST that could discard it."""
+    try:
+        conn.send(banner, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+    except OSError as exc:  # would block, or the peer is gone: the hit counts all the same
+        event("trap-banner-skipped", logging.DEBUG, errno=_name(exc))
+        return
+    with contextlib.suppress(OSError):  # nothing sent (would block) is the usual case
+        conn.recv(BANNER_MAX, socket.MSG_DONTWAIT)
 
 
 def _name(exc: BaseException) -> str:
