@@ -53,5 +53,20 @@ if [ "$mode" = run ]; then
 fi
 
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' >&2
+
+# fail2ban's own fail2ban-regex checks that porttrap's compatible log lines match its filters
+# (tests/integration/test_fail2ban.py). The Debian package is fetched and unpacked here, NEVER
+# installed: installing it starts the fail2ban service, whose default sshd jail would write
+# firewall rules into this machine's own network namespace. The tests run the unpacked copy.
+f2b=${PORTTRAP_FAIL2BAN:-/var/cache/porttrap-test/fail2ban}
+if [ ! -x "$f2b/root/usr/bin/fail2ban-regex" ]; then
+  echo "setup.sh: fetching fail2ban (unpacked into $f2b, not installed)" >&2
+  mkdir -p "$f2b" && fetch=$(mktemp -d "$f2b/fetch.XXXXXX")
+  (cd "$fetch" && { apt-get download -qq fail2ban 2>/dev/null \
+    || { apt-get update -qq && apt-get download -qq fail2ban; }; })
+  dpkg-deb -x "$fetch"/fail2ban_*.deb "$fetch/root"
+  mv -T "$fetch/root" "$f2b/root" && rm -rf "$fetch"
+fi
+export PORTTRAP_FAIL2BAN="$f2b"
 export PATH="$venv/bin:$PATH"
 exec scripts/check.sh "$@"
