@@ -96,10 +96,10 @@ def test_setup_script_first_time_renames_the_filled_sets_in() -> None:
         NAMES, ["other"], [element("192.0.2.7", 60), element("2001:db8::/48", 0)]
     )
     assert script.splitlines() == [
-        "create porttrap_v4_tmp hash:net family inet maxelem 16777216 timeout 0",
+        "create porttrap_v4_tmp hash:net family inet hashsize 1024 maxelem 16777216 timeout 0",
         "add porttrap_v4_tmp 192.0.2.7 timeout 60",
         "rename porttrap_v4_tmp porttrap_v4",
-        "create porttrap_v6_tmp hash:net family inet6 maxelem 16777216 timeout 0",
+        "create porttrap_v6_tmp hash:net family inet6 hashsize 1024 maxelem 16777216 timeout 0",
         "add porttrap_v6_tmp 2001:db8::/48 timeout 0",
         "rename porttrap_v6_tmp porttrap_v6",
     ]
@@ -110,14 +110,19 @@ def test_setup_script_swaps_and_clears_a_stale_temporary_set() -> None:
     script = rules.setup_script(NAMES, existing, [element("198.51.100.0/24", MAX_TIMEOUT)])
     assert script.splitlines() == [
         "destroy porttrap_v4_tmp",
-        "create porttrap_v4_tmp hash:net family inet maxelem 16777216 timeout 0",
+        "create porttrap_v4_tmp hash:net family inet hashsize 1024 maxelem 16777216 timeout 0",
         "add porttrap_v4_tmp 198.51.100.0/24 timeout 2147483",
         "swap porttrap_v4_tmp porttrap_v4",
         "destroy porttrap_v4_tmp",
-        "create porttrap_v6_tmp hash:net family inet6 maxelem 16777216 timeout 0",
+        "create porttrap_v6_tmp hash:net family inet6 hashsize 1024 maxelem 16777216 timeout 0",
         "swap porttrap_v6_tmp porttrap_v6",
         "destroy porttrap_v6_tmp",
     ]
+
+
+def test_hashsize_is_a_power_of_two_for_half_the_elements_at_least() -> None:
+    sizes = [rules.hashsize(count) for count in (0, 2048, 2049, 10_000, 100_000, 131_072)]
+    assert sizes == [1024, 1024, 2048, 8192, 65536, 65536]
 
 
 def test_update_script_adds_and_deletes_in_the_right_set() -> None:

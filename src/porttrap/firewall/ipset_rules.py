@@ -35,6 +35,7 @@ from porttrap.model import IPNetwork, single_network
 MAX_TIMEOUT = 2_147_483
 # A cap on elements per set, not an allocation: hash sets grow with what they hold.
 MAXELEM = 1 << 24
+MIN_HASHSIZE = 1024
 SET_NAME_MAX = 31  # IPSET_MAXNAMELEN - 1
 CHAIN_NAME_MAX = 28  # XT_EXTENSION_MAXNAMELEN - 1, iptables' limit on chain names
 TMP_SUFFIX = "_tmp"
@@ -135,8 +136,22 @@ class Element:
 # -- ipset restore scripts -----------------------------------------------------------------
 
 
-def _create(name: str, family: Family) -> str:
-    return f"create {name} hash:net family {family.ipset_family} maxelem {MAXELEM} timeout 0"
+def _create(name: str, family: Family, count: int) -> str:
+    return (
+        f"create {name} hash:net family {family.ipset_family} hashsize {hashsize(count)} "
+        f"maxelem {MAXELEM} timeout 0"
+    )
+
+
+def hashsize(count: int) -> int:
+    """Buckets for a set about to get `count` elements: a power of two, at least ipset's
+    default 1024, and at least half of `count`. A hash set that starts small is rehashed
+    each time a bucket fills up while it is filled: 100,000 bans went in about 40 % faster
+    with 65,536 buckets than from 1,024 (bench/ipset_bulk.py)."""
+    size = MIN_HASHSIZE
+    while size * 2 < count:
+        size *= 2
+    return size
 
 
 def _add(name: str, element: Element) -> str:
@@ -156,7 +171,7 @@ def setup_script(names: Names, existing: Iterable[str], elements: Iterable[Eleme
         live, tmp = names.set(family), names.tmp_set(family)
         if tmp in have:
             lines.append(f"destroy {tmp}")
-        lines.append(_create(tmp, family))
+        lines.append(_create(tmp, family, len(by_family[family.version])))
         lines += [_add(tmp, element) for element in by_family[family.version]]
         swap = [f"swap {tmp} {live}", f"destroy {tmp}"]
         lines += swap if live in have else [f"rename {tmp} {live}"]
