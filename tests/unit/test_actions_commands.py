@@ -189,3 +189,16 @@ def _alive(pid: int) -> bool:
     # a zombie waiting for its (re)parent to reap it has ended too
     status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     return status != "Z"
+
+
+def test_a_command_inherits_no_descriptor_of_the_daemon() -> None:
+    """Python opens everything close-on-exec; a C library (libnftables) may not."""
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    try:
+        check = f"test ! -e /proc/self/fd/{write_end} && test ! -e /proc/self/fd/{read_end}"
+        assert run(CommandAction(run=(f"exec /bin/sh -c '{check}'",), shell=True),
+                   ban_event()) is Ending.OK  # fmt: skip
+    finally:
+        os.close(read_end)
+        os.close(write_end)

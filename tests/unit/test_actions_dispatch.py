@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
+import pytest
+
 from porttrap.actions.dispatch import Dispatcher
 from porttrap.cli import output
 from porttrap.config.schema import (
@@ -281,3 +283,23 @@ def test_status_text_names_hosts_deny() -> None:
         "actions: 3 run (1 failed, 1 timed out), 0 running, 0 waiting, 0 dropped (queue full)",
         "  hosts.deny /etc/hosts.deny: 2 lines of porttrap's, 1 failed writes",
     ]
+
+
+def test_a_bug_in_an_action_never_stops_the_ban(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="porttrap")
+    actions = Actions(commands=(recording(tmp_path / "log", first=True), recording(tmp_path / "l")))
+
+    def broken(_job: object) -> None:
+        raise RuntimeError("a bug")
+
+    async def scenario() -> None:
+        dispatcher, applier, firewall, policy, clock = wired(actions, tmp_path)
+        monkeypatch.setattr(dispatcher.runner, "submit", broken)
+        applier.apply_now(policy.ban([ip_network("192.0.2.7/32")], clock.now()))
+        assert [str(e.target) for e in firewall.entries()] == ["192.0.2.7/32"]
+
+    asyncio.run(scenario())
+    assert "event=action-failed error=unexpected during=before-kernel" in caplog.text
+    assert "event=action-failed error=unexpected during=after-kernel" in caplog.text

@@ -158,3 +158,20 @@ def test_real_quick_commands_within_the_limits() -> None:
         "running": 0,
         "waiting": 0,
     }
+
+
+def test_full_tells_a_flood_to_drop_before_building_anything() -> None:
+    async def scenario() -> None:
+        runner = Runner(max_running=1, queue=1)
+        assert not runner.full(hit=True)
+        runner.submit(FakeJob("running", hit=True))
+        assert not runner.full(hit=True)
+        runner.submit(FakeJob("waiting", hit=True))
+        assert runner.full(hit=True)
+        assert not runner.full(hit=False)  # a ban's action would take the hit's place
+        runner.drop(3)
+        assert runner.dropped == 3
+        await runner.close(grace=0.0)
+        assert runner.full(hit=False)
+
+    asyncio.run(scenario())

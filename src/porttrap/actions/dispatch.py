@@ -13,13 +13,15 @@ The daemon calls, all on its event loop and none of them blocking:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from porttrap import log
 from porttrap.actions import events
 from porttrap.actions.events import ActionEvent
 from porttrap.actions.hostsdeny import HostsDeny
@@ -50,7 +52,8 @@ class Dispatcher:
         self.hosts_deny = _hosts_deny(config, state_dir / STATE_FILE)
         self.enabled = bool(config.commands or config.webhooks or self.hosts_deny)
         listeners = [c.on for c in config.commands] + [w.on for w in config.webhooks]
-        self.wants_hits = any(Event.HIT in on for on in listeners)
+        self._hit_actions = sum(1 for on in listeners if Event.HIT in on)
+        self.wants_hits = self._hit_actions > 0
         # The lifted ban of an unban (its port and mode) is only needed for actions on unban.
         self._track = any(Event.UNBAN in on for on in listeners)
         self._bans: dict[IPNetwork, Ban] = {}
@@ -63,6 +66,10 @@ class Dispatcher:
     def start(self, active: Sequence[Ban]) -> None:
         """The bans active at start: remembered for their unbans, and hosts.deny made to hold
         exactly their lines (lines of bans that ended while porttrap was down go)."""
+        with _contained("start"):
+            self._start(active)
+
+    def _start(self, active: Sequence[Ban]) -> None:
         if self._track:
             self._bans = {ban.target: ban for ban in active}
         if self.hosts_deny is not None:
@@ -73,19 +80,30 @@ class Dispatcher:
 
     def hit(self, hit: Hit, outcome: Outcome, ban: Ban | None) -> None:
         if self.wants_hits:
-            event = events.from_hit(hit, outcome, ban, self.modes)
-            self._commands(event, self.config.commands)
-            self._webhooks(event)
+            with _contained("hit"):
+                self._hit(hit, outcome, ban)
+
+    def _hit(self, hit: Hit, outcome: Outcome, ban: Ban | None) -> None:
+        if self.runner.full(hit=True):  # a flood: drop at once, without building anything
+            self.runner.drop(self._hit_actions)
+            return
+        event = events.from_hit(hit, outcome, ban, self.modes)
+        self._commands(event, self.config.commands)
+        self._webhooks(event)
 
     def before_kernel(self, batch: Sequence[Change]) -> None:
         """Start the `first` commands of `batch`: they run while the kernel is updated."""
-        for change in batch if self._first else ():
-            self._commands(self._event(change, remember=False), self._first)
+        with _contained("before-kernel"):
+            for change in batch if self._first else ():
+                self._commands(self._event(change, remember=False), self._first)
 
     def after_kernel(self, batch: Sequence[Change]) -> None:
         """Every other action of `batch`, now that the kernel has it."""
-        if not self.enabled:
-            return
+        if self.enabled:
+            with _contained("after-kernel"):
+                self._after_kernel(batch)
+
+    def _after_kernel(self, batch: Sequence[Change]) -> None:
         deny: list[tuple[str, str | None]] = []
         for change in batch:
             event = self._event(change, remember=True)
@@ -97,8 +115,11 @@ class Dispatcher:
 
     def expired(self, bans: Iterable[Ban]) -> None:
         """Bans that ran out: an unban event (reason "expired") each."""
-        if not self.enabled:
-            return
+        if self.enabled:
+            with _contained("expired"):
+                self._expired(bans)
+
+    def _expired(self, bans: Iterable[Ban]) -> None:
         deny: list[tuple[str, str | None]] = []
         for ban in bans:
             if self._bans.get(ban.target) == ban:
@@ -154,6 +175,15 @@ class Dispatcher:
         if deny is None or event.name not in BAN_EVENTS:
             return None
         return events.expand(deny.line, events.placeholders(event))
+
+
+@contextlib.contextmanager
+def _contained(during: str) -> Iterator[None]:
+    """A bug in an action must not reach the daemon: before_kernel runs ahead of a ban."""
+    try:
+        yield
+    except Exception:
+        log.LOGGER.exception(log.fields("action-failed", error="unexpected", during=during))
 
 
 def _hosts_deny(config: Actions, state: Path) -> HostsDeny | None:

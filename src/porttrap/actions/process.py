@@ -19,6 +19,7 @@ import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 OUTPUT_LIMIT = 4096  # bytes of a command's output kept for the log
 KILL_AFTER = 5.0  # seconds from SIGTERM to SIGKILL
@@ -50,11 +51,12 @@ def spawn(argv: Sequence[str], env: dict[str, str]) -> tuple[int, int]:
     Returns (pid, read end of the pipe, non-blocking). Raises OSError when it cannot start
     (no such program, not executable ...)."""
     read_fd, write_fd = os.pipe()  # both close-on-exec; dup2 makes the child's 1 and 2
-    actions = [
+    actions: list[tuple[int, int] | tuple[int, int, int] | tuple[int, int, str, int, int]] = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_DUP2, write_fd, 1),
         (os.POSIX_SPAWN_DUP2, write_fd, 2),
     ]
+    actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in inherited_fds()]
     start = os.posix_spawn if "/" in argv[0] else os.posix_spawnp  # a name: looked up in PATH
     try:
         pid = start(
@@ -73,6 +75,20 @@ def spawn(argv: Sequence[str], env: dict[str, str]) -> tuple[int, int]:
         os.close(write_fd)
     os.set_blocking(read_fd, False)
     return pid, read_fd
+
+
+def inherited_fds() -> list[int]:
+    """The daemon's descriptors above 2 that a child would inherit. Python opens everything
+    close-on-exec, but C libraries in the daemon may not (libnftables' netlink socket does
+    not): a hook must not hold porttrap's sockets. (posix_spawn, unlike subprocess, does not
+    close them; a descriptor closed meanwhile by another thread is no error.)"""
+    found = []
+    for entry in Path("/proc/self/fd").iterdir():
+        fd = int(entry.name)
+        with contextlib.suppress(OSError):  # the listing's own descriptor, now closed
+            if fd > 2 and os.get_inheritable(fd):
+                found.append(fd)
+    return found
 
 
 class Process:

@@ -71,6 +71,19 @@ class Runner:
             "waiting": self.waiting,
         }
 
+    def full(self, *, hit: bool) -> bool:
+        """Whether a job (a hit's, with `hit`) would be dropped now: a flood of hits can skip
+        building jobs that would only be dropped (`drop`)."""
+        if self._closed:
+            return True
+        if len(self._running) < self.max_running or self.waiting < self.queue:
+            return False
+        return hit or not self._hits
+
+    def drop(self, count: int) -> None:
+        """Count `count` actions that were not even built, as `full` advised."""
+        self._drop(count)
+
     def submit(self, job: Job) -> None:
         """Start `job` now if a slot is free, else queue it (or drop it when the queue is
         full). Called on the event loop."""
