@@ -27,7 +27,7 @@ class Outcome(enum.StrEnum):
     OWN_ADDRESS = "own-address"  # source is one of this host's addresses (or loopback)
     NOT_UNICAST = "not-unicast"  # a UDP broadcast/multicast: not aimed at this host, so no scan
     CLIENT = "client"  # a probe (forgeable) from a recent client of a served port: never bans
-    LOGGED = "logged"  # the protocol responds with "log" ([ban] respond): recorded, never bans
+    LOGGED = "logged"  # would have banned, but the protocol responds with "log" ([ban] respond)
 
 
 @dataclass(frozen=True, slots=True)

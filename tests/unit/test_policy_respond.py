@@ -118,6 +118,19 @@ def test_log_records_hits_and_never_bans_only_its_protocol() -> None:
     assert policy.on_hit(hit("198.51.100.7", TCP, at=2), T0 + 2).outcome is Outcome.BANNED
 
 
+def test_log_reports_what_would_have_banned_after_the_trigger_and_confirm() -> None:
+    policy = Policy(BanPolicy(respond_tcp=Respond.LOG, trigger=2), (), Protection([]))
+    outcomes = [policy.on_hit(hit("198.51.100.7", port=p), T0).outcome for p in (23, 24, 25)]
+    assert outcomes == [Outcome.COUNTED, Outcome.LOGGED, Outcome.COUNTED]
+    probes = Policy(BanPolicy(respond_tcp=Respond.LOG), (), Protection([]))
+    syn = Hit(T0, ip_address("198.51.100.8"), 1, ip_address("203.0.113.1"), 23, TCP, "syn")
+    assert [probes.on_hit(syn, T0).outcome for _ in range(3)] == [
+        Outcome.COUNTED,  # a probe can be forged: it takes `confirm` (2) of them
+        Outcome.LOGGED,
+        Outcome.COUNTED,
+    ]
+
+
 def test_log_still_spares_the_allow_list_first() -> None:
     policy = Policy(BanPolicy(respond_tcp=Respond.LOG), (), Protection([], patterns=[".*"]))
     assert policy.on_hit(hit("198.51.100.7"), T0).outcome is Outcome.ALLOWED

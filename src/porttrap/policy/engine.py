@@ -188,6 +188,9 @@ class Policy:
         if not self._triggered(hit, hit.verified, now):
             return Verdict(Outcome.COUNTED)
         self._recent.pop(hit.source, None)
+        if self.policy.respond(hit.proto) is Respond.LOG:
+            # would have banned: reported (fail2ban may act on it), never banned
+            return Verdict(Outcome.LOGGED)
         base = self._base_time(hit)
         reason = trap_reason(hit.proto, hit.port)
         return Verdict(Outcome.BANNED, self._ban(as_network(hit.source), now, base, reason))
@@ -204,8 +207,6 @@ class Policy:
         if hit.client and not hit.verified:
             # Forged probes naming a real client would otherwise cut the host off from it.
             return Outcome.CLIENT
-        if self.policy.respond(hit.proto) is Respond.LOG:
-            return Outcome.LOGGED
         return None
 
     def _triggered(self, hit: Hit, verified: bool, now: float) -> bool:
