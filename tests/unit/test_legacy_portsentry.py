@@ -78,6 +78,13 @@ def test_seed_fr_advanced_modes_block_and_actions() -> None:
     assert cfg.banner == b""  # advanced TCP: no banner, in PortSentry either
     outputs = [(o.to, o.format.value, o.facility) for o in cfg.log.outputs]
     assert ("syslog", "portsentry", "daemon") in outputs  # attackalert lines where they were
+    uncommented = imported("seed-fr").toml.replace("# [[log.output]]", "[[log.output]]")
+    uncommented = uncommented.replace("# to = ", "to = ").replace("# format = ", "format = ")
+    history = load_text(uncommented, None).log.outputs[-1]  # for fail2ban's [portsentry] jail
+    assert (history.to, history.format.value) == (
+        "/var/lib/portsentry/portsentry.history",
+        "portsentry-history",
+    )
 
 
 def test_seed_de_stealth_wrong_case_and_shell_command() -> None:

@@ -122,7 +122,7 @@ def convert(files: PortSentryFiles) -> Conversion:
     work = _Import(conf=conf, notes=notes, modes=modes)
     lines = work.header(files) + work.traps() + work.ban() + work.kernel()
     watched = {work.respond(p) for p in ("tcp", "udp") if work.mode(p)}
-    lines += work.allow(files.ignore) + work.actions(watched) + _log() + work.leftovers()
+    lines += work.allow(files.ignore) + work.actions(watched) + work.log() + work.leftovers()
     ordered = sorted(notes, key=lambda n: (_file_order(n.file, files), n.line or 0))
     return Conversion("\n".join(lines) + "\n", tuple(ordered))
 
@@ -387,21 +387,50 @@ class _Import(Context):
         seen.add(str(item.network))
         return [f'    "{item.network}",  # {Path(item.file).name}:{item.line}: {item.text}']
 
+    # -- [log] ---------------------------------------------------------------------------
+
+    def log(self) -> list[str]:
+        """PortSentry's attackalert lines went to syslog (facility daemon): they still do, so
+        that logcheck and the like keep matching; porttrap's own lines go to stderr. Its history
+        file, which fail2ban's own [portsentry] jail reads, is offered commented out: whether
+        that jail stays is not in PortSentry's files."""
+        lines = ["", "[log]"]
+        lines += tomlout.comment(
+            "PortSentry wrote its attackalert lines to syslog (facility daemon): the same lines "
+            "go there, so that what reads them keeps matching. porttrap's own lines go to stderr."
+        )
+        lines += ["[[log.output]]", 'to = "stderr"', 'format = "porttrap"']
+        lines += ["", "[[log.output]]", 'to = "syslog"', 'format = "portsentry"']
+        lines.append('facility = "daemon"')
+        history = self.conf.get("HISTORY_FILE")
+        if history is not None and history.value.startswith("/"):
+            why = tomlout.comment(
+                f"fail2ban's own [portsentry] jail reads {self.where('HISTORY_FILE')}: if the "
+                "jail stays, uncomment this output, which writes that file's lines."
+            )
+            lines += ["", *why]
+            lines += ["# [[log.output]]", f"# to = {tomlout.string(history.value)}"]
+            lines.append('# format = "portsentry-history"')
+        return lines
+
     # -- everything else -----------------------------------------------------------------
 
     def leftovers(self) -> list[str]:
         """Notes for the settings porttrap does otherwise."""
         instead = {
-            "HISTORY_FILE": "porttrap keeps every hit and ban in its database: porttrap history",
-            "BLOCKED_FILE": "porttrap keeps its bans in its database (porttrap bans); the "
-            "hosts listed there are not imported: 'porttrap ban --permanent -f FILE' bans them",
+            "HISTORY_FILE": "porttrap keeps every hit and ban in its database (porttrap "
+            "history); for a fail2ban [portsentry] jail that reads this file, [log] has an "
+            "output that writes it, commented out",
+            "BLOCKED_FILE": "porttrap keeps its bans in its database (porttrap bans): not "
+            "carried over; the hosts listed there are not imported: 'porttrap ban --permanent "
+            "-f FILE' bans them",
             "RESOLVE_HOST": "porttrap never looks up names (a scanner controls its reverse DNS, "
-            "and lookups delay bans)",
+            "and lookups delay bans): not carried over",
         }
         for key, why in instead.items():
             found = self.setting(key)
             if found is not None:
-                self.note(key, f"{why}: not carried over", found)
+                self.note(key, why, found)
         for proto in ("tcp", "udp"):
             if self.mode(proto) == "advanced":
                 continue
@@ -425,16 +454,3 @@ def _commented(line: str, comment: str) -> list[str]:
     """`line  # comment`, or the comment on the line above when both do not fit on one."""
     joined = f"{line}  # {comment}"
     return [joined] if len(joined) <= tomlout.WIDTH else [f"# {comment}", line]
-
-
-def _log() -> list[str]:
-    """PortSentry's attackalert lines went to syslog (facility daemon): they still do, so that
-    logcheck, fail2ban filters and the like keep matching; porttrap's own lines go to stderr."""
-    lines = ["", "[log]"]
-    lines += tomlout.comment(
-        "PortSentry wrote its attackalert lines to syslog (facility daemon): the same lines go "
-        "there, so that what reads them keeps matching. porttrap's own lines go to stderr."
-    )
-    lines += ["[[log.output]]", 'to = "stderr"', 'format = "porttrap"']
-    lines += ["", "[[log.output]]", 'to = "syslog"', 'format = "portsentry"', 'facility = "daemon"']
-    return lines
