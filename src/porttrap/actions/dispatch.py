@@ -161,13 +161,21 @@ class Dispatcher:
 
     def _commands(self, event: ActionEvent, commands: Iterable[CommandAction]) -> None:
         for command in commands:
-            if event.name in command.on:
+            if event.name in command.on and self._room(event):
                 self.runner.submit(CommandJob(command, event, self._env))
 
     def _webhooks(self, event: ActionEvent) -> None:
         for webhook in self.config.webhooks:
-            if event.name in webhook.on:
+            if event.name in webhook.on and self._room(event):
                 self.runner.submit(WebhookJob(webhook, event, self._host, self._stopping))
+
+    def _room(self, event: ActionEvent) -> bool:
+        """Whether the runner would take an action of `event`; if not, it is counted as
+        dropped without being built (a bulk ban of 100,000 addresses, a flood of hits)."""
+        if self.runner.full(hit=event.name is Event.HIT):
+            self.runner.drop(1)
+            return False
+        return True
 
     def _deny_line(self, event: ActionEvent) -> str | None:
         """The hosts.deny line of a ban event; None for an unban (its line goes)."""
