@@ -17,7 +17,7 @@ ADMIN = "# the admin's own\nsshd: 198.51.100.0/24\nALL: 192.0.2.9\n"
 
 
 def deny(tmp_path: Path, *, keep: bool = False, name: str = "hosts.deny") -> HostsDeny:
-    return HostsDeny(tmp_path / name, "ALL: $TARGET$", keep, tmp_path / "state.json")
+    return HostsDeny(tmp_path / name, keep, tmp_path / "state.json")
 
 
 def lines(path: Path) -> list[str]:
@@ -231,7 +231,7 @@ def test_another_file_or_none_configured_takes_porttraps_lines_out_of_the_old_on
     moved.close()
     assert old.read_text() == ADMIN
     assert lines(tmp_path / "other.deny") == ["ALL: 192.0.2.1"]
-    unconfigured = HostsDeny(None, "", False, tmp_path / "state.json")
+    unconfigured = HostsDeny(None, False, tmp_path / "state.json")
     unconfigured.sync({})
     unconfigured.close()
     assert (tmp_path / "other.deny").read_text() == ""
@@ -261,3 +261,28 @@ def test_a_crash_before_the_rename_leaves_no_line_nothing_will_remove(
     restarted.sync({})
     restarted.close()
     assert path.read_text() == ADMIN and owned(tmp_path) == {}
+
+
+def test_an_edit_saved_while_porttrap_rewrites_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from porttrap.actions import hostsdeny
+
+    path = tmp_path / "hosts.deny"
+    path.write_text(ADMIN)
+    real_read = hostsdeny.read
+    edits = ["ALL: 203.0.113.7\n"]
+
+    def read_then_the_admin_saves(file: Path) -> hostsdeny.Snapshot:
+        snapshot = real_read(file)
+        if edits:  # the admin's editor saves between porttrap's read and its rename
+            with file.open("a") as out:
+                out.write(edits.pop())
+        return snapshot
+
+    monkeypatch.setattr(hostsdeny, "read", read_then_the_admin_saves)
+    writer = deny(tmp_path)
+    writer.update([("192.0.2.1", "ALL: 192.0.2.1")])
+    writer.close()
+    assert path.read_text() == ADMIN + "ALL: 203.0.113.7\nALL: 192.0.2.1\n"
+    assert writer.failed == 0

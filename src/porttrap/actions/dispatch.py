@@ -199,7 +199,7 @@ def _hosts_deny(config: Actions, state: Path) -> HostsDeny | None:
     porttrap left lines in a file (they are taken out at start)."""
     deny = config.hosts_deny
     if deny is not None:
-        return HostsDeny(deny.file, deny.line, deny.keep, state)
+        return HostsDeny(deny.file, deny.keep, state)
     if state.exists():
-        return HostsDeny(None, "", False, state)
+        return HostsDeny(None, False, state)
     return None

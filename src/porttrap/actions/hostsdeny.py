@@ -10,6 +10,8 @@
   ended while porttrap was down go.
 - Atomic: the new content goes to a temporary file in the same directory, fsync, rename; the
   mode and owner of the old file are kept. A reader sees the old file or the new one, whole.
+  When the file changed since it was read (the admin saved an edit meanwhile), the new one is
+  not renamed over it: it is read and edited again.
 - A symbolic link is refused: the rename would replace the link, not the file it points to.
 - Crash-safe ownership: the state file lists a line before it is added to hosts.deny and
   until after it is removed, so a crash can leave a stale entry in the state (harmless: its
@@ -36,11 +38,16 @@ from pathlib import Path
 from porttrap import log
 
 STATE_VERSION = 1
+ATTEMPTS = 3  # reads and rewrites when the file keeps changing under porttrap
 NEW_FILE_MODE = 0o644  # hosts.deny is read by every program linked with libwrap
 
 
 class HostsDenyError(Exception):
     """hosts.deny cannot be read or replaced; the message says why and what to do."""
+
+
+class ChangedMeanwhile(HostsDenyError):
+    """The file changed between porttrap's read and its rename: read it again."""
 
 
 # -- the pure part -------------------------------------------------------------------------
@@ -105,12 +112,25 @@ def _without(lines: list[str], drop: Counter[str]) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The file as read: its lines, and its mode and owner (None: it does not exist)."""
+    """The file as read: its lines, its mode and owner (None: it does not exist), and what
+    tells whether it changed since (inode, modification time, size)."""
 
     lines: list[str]
     mode: int | None = None
     uid: int = 0
     gid: int = 0
+    identity: tuple[int, int, int] | None = None
+
+
+def _identity(info: os.stat_result) -> tuple[int, int, int]:
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+def _current(path: Path) -> tuple[int, int, int] | None:
+    try:
+        return _identity(path.lstat())
+    except FileNotFoundError:
+        return None
 
 
 def read(path: Path) -> Snapshot:
@@ -131,7 +151,8 @@ def read(path: Path) -> Snapshot:
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
-    return Snapshot(lines, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
+    mode = stat.S_IMODE(info.st_mode)
+    return Snapshot(lines, mode, info.st_uid, info.st_gid, _identity(info))
 
 
 def _symlink_message(path: Path) -> str:
@@ -143,18 +164,33 @@ def _symlink_message(path: Path) -> str:
 
 
 def write(path: Path, lines: list[str], like: Snapshot) -> None:
-    """Replace `path` atomically with `lines`, keeping the mode and owner it had."""
-    if path.is_symlink():  # it may have become one since it was read
-        raise HostsDenyError(_symlink_message(path))
+    """Replace `path` atomically with `lines`, keeping the mode and owner it had. Raises
+    ChangedMeanwhile, and changes nothing, when `path` is no longer what `like` read."""
+
+    def unchanged() -> None:
+        if path.is_symlink():  # it may have become one since it was read
+            raise HostsDenyError(_symlink_message(path))
+        if _current(path) != like.identity:
+            raise ChangedMeanwhile(f"{path} changed while porttrap rewrote it")
+
     data = "".join(f"{line}\n" for line in lines).encode("utf-8", "surrogateescape")
     mode = NEW_FILE_MODE if like.mode is None else like.mode
+    owner = (like.uid, like.gid) if like.mode is not None else None
     try:
-        _replace(path, data, mode, (like.uid, like.gid) if like.mode is not None else None)
+        _replace(path, data, mode, owner, check=unchanged)
     except OSError as err:
         raise HostsDenyError(f"cannot write {path}: {err.strerror or err}") from None
 
 
-def _replace(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
+def _replace(
+    path: Path,
+    data: bytes,
+    mode: int,
+    owner: tuple[int, int] | None,
+    check: Callable[[], None] | None = None,
+) -> None:
+    """Write `data` to a temporary file beside `path`, sync it, then (when `check` does not
+    raise) rename it over `path`."""
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.porttrap-")
     try:
         with os.fdopen(fd, "wb") as file:
@@ -164,6 +200,8 @@ def _replace(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) 
             if owner is not None and owner != (os.geteuid(), os.getegid()):
                 os.fchown(file.fileno(), *owner)
             os.fsync(file.fileno())
+        if check is not None:
+            check()
         Path(temporary).replace(path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -232,11 +270,10 @@ class HostsDeny:
     it should have done is tried again with the next request (and at the next start).
     """
 
-    def __init__(self, file: Path | None, line: str, keep: bool, state_path: Path) -> None:
+    def __init__(self, file: Path | None, keep: bool, state_path: Path) -> None:
         """`file` None: hosts.deny is no longer configured; `sync` removes the lines porttrap
         left in the file named by the state file, and nothing is added."""
         self.file = file
-        self.line = line
         self.keep = keep
         self.failed = 0
         self._state_path = state_path
@@ -289,10 +326,14 @@ class HostsDeny:
                 while batch[-1] is not None:
                     batch.append(self._requests.get_nowait())
             stopping = batch[-1] is None
-            for request in batch:
-                if request is not None:
-                    request(self)
-            self._write()
+            try:
+                for request in batch:
+                    if request is not None:
+                        request(self)
+                self._write()
+            except Exception:  # a bug must not silently stop every later edit
+                self.failed += 1
+                log.LOGGER.exception(log.fields("action-failed", action="hosts-deny"))
 
     def _load(self) -> None:
         state = load_state(self._state_path)
@@ -331,6 +372,15 @@ class HostsDeny:
 
     def _apply(self, file: Path) -> None:
         self._state_file = file
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                self._edit(file)
+                return
+            except ChangedMeanwhile:
+                if attempt == ATTEMPTS:
+                    raise
+
+    def _edit(self, file: Path) -> None:
         snapshot = read(file)
         edit = reconcile(snapshot.lines, self._owned, self._wanted, self._dirty, self.keep)
         if edit.lines is not None:
