@@ -259,8 +259,9 @@ class Daemon:
         else:
             self.counters.hits_not_stored += 1
         # A forged flood can make thousands of unverified hits a second: they are stored (see
-        # `porttrap history`) and counted in status, and logged only when they ban.
-        quiet = not hit.verified and verdict.outcome is not Outcome.BANNED
+        # `porttrap history`) and counted in status, and logged only when they ban (or would
+        # have, with respond = "log").
+        quiet = not hit.verified and verdict.outcome not in (Outcome.BANNED, Outcome.LOGGED)
         log.event(
             "hit",
             logging.DEBUG if quiet else logging.INFO,
