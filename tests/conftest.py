@@ -36,9 +36,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def _host_ruleset() -> str:
-    return subprocess.run(
-        ["nft", "list", "ruleset"], capture_output=True, text=True, check=True, timeout=30
-    ).stdout
+    """The host's nftables ruleset (iptables-nft rules included) and its ipset set names."""
+    commands = [["nft", "list", "ruleset"]]
+    if shutil.which("ipset") is not None:
+        commands.append(["ipset", "list", "-n"])
+    return "".join(
+        subprocess.run(command, capture_output=True, text=True, check=True, timeout=30).stdout
+        for command in commands
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +54,7 @@ def _host_ruleset_untouched(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     before = _host_ruleset()
     yield
-    assert _host_ruleset() == before, "a kernel test changed the host's nftables ruleset"
+    assert _host_ruleset() == before, "a kernel test changed the host's ruleset or ipsets"
 
 
 @pytest.fixture

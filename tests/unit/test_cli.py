@@ -48,6 +48,25 @@ def test_check_config_summarises_the_trap_modes(
     assert "UDP: 1 trap ports, stealth mode" in out
 
 
+def test_check_config_summarises_respond_actions_and_log_outputs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "acts.toml"
+    config.write_text(
+        '[ban]\nrespond = { udp = "log" }\n'
+        '[[actions.command]]\nrun = ["/bin/true", "$TARGET$"]\n'
+        '[[actions.webhook]]\nurl = "https://hooks.example.org/x"\n'
+        '[[log.output]]\nto = "syslog"\nformat = "portsentry"\n'
+    )
+    code, out, _ = run(capsys, "check-config", "-c", str(config))
+    assert code == 0
+    assert out.splitlines()[1:] == [
+        "  respond: tcp ban, udp log",
+        "  actions: 1 command(s), 1 webhook(s)",
+        "  log: syslog (portsentry)",
+    ]
+
+
 def test_check_config_lists_every_problem(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

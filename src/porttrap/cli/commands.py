@@ -12,7 +12,7 @@ from porttrap import config as config_mod
 from porttrap import log
 from porttrap.cli import output
 from porttrap.clock import SystemClock
-from porttrap.config.schema import Config, TrapMode
+from porttrap.config.schema import Config, LogConfig, Respond, TrapMode
 from porttrap.daemon import control
 from porttrap.daemon.service import Daemon, ban_json
 from porttrap.errors import DaemonNotRunning, PorttrapError, UsageError
@@ -49,7 +49,26 @@ def check_config(args: argparse.Namespace) -> int:
     traps = "; ".join(_traps_summary(cfg, proto) for proto in Proto)
     allowed = len(cfg.allow.networks) + len(cfg.allow.patterns)
     print(f"{source}: OK ({traps}; {allowed} allow-list entries, backend {cfg.firewall.backend})")
+    for line in _response_summary(cfg):
+        print(f"  {line}")
     return 0
+
+
+def _response_summary(cfg: Config) -> list[str]:
+    """What differs from "ban, log to stderr": respond, actions and log outputs, a line each."""
+    lines = []
+    responds = {proto: cfg.ban.respond(proto) for proto in Proto}
+    if set(responds.values()) != {Respond.BAN}:
+        lines.append("respond: " + ", ".join(f"{p.value} {r}" for p, r in responds.items()))
+    actions = cfg.actions
+    done = [f"{len(actions.commands)} command(s)"] if actions.commands else []
+    done += [f"hosts.deny lines in {actions.hosts_deny.file}"] if actions.hosts_deny else []
+    done += [f"{len(actions.webhooks)} webhook(s)"] if actions.webhooks else []
+    if done:
+        lines.append("actions: " + ", ".join(done))
+    if cfg.log.outputs != LogConfig().outputs:
+        lines.append("log: " + ", ".join(f"{o.to} ({o.format})" for o in cfg.log.outputs))
+    return lines
 
 
 def _traps_summary(cfg: Config, proto: Proto) -> str:

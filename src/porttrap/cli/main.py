@@ -68,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.set_defaults(func=func)
         return cmd
 
-    run = add("run", commands.run, "run the daemon in the foreground (logs to stderr)")
+    run = add(
+        "run",
+        commands.run,
+        "run the daemon in the foreground (logs to stderr, or where [log] says)",
+    )
     run.add_argument(
         "--flush-on-exit",
         action="store_true",
