@@ -53,7 +53,10 @@ def ban_event(address: str = "192.0.2.7", port: int = 23) -> ActionEvent:
 
 def run(action: CommandAction, event: ActionEvent) -> Ending:
     async def scenario() -> Ending:
-        job = CommandJob(action, event, os.environ)
+        # the daemon's own environment, without PORTTRAP_* variables of the test run's
+        # (setup.sh exports PORTTRAP_FAIL2BAN), so that those the hook sees are the event's
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("PORTTRAP_")}
+        job = CommandJob(action, event, inherited)
         return await job.start(asyncio.get_running_loop())
 
     return asyncio.run(scenario())
