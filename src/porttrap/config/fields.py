@@ -221,6 +221,31 @@ def choice_message(value: object, names: Sequence[str]) -> str:
     return f"expected one of {listed}, got {show(value)}{guess}"
 
 
+def per_protocol(
+    section: Section, name: str, choices: type[E], default: E, example: str
+) -> dict[Proto, E]:
+    """`name = "x"` for both protocols, or `name = { tcp = "x", udp = "y" }` for each one
+    (a protocol left out keeps `default`); `example` is such a table, for messages."""
+    value = section.table.get(name)
+    if isinstance(value, dict):
+        table = Section(value, join(section.key, name), section.problems)
+        table.check_keys([proto.value for proto in Proto])
+        return {proto: table.get(proto.value, one_of(choices), default) for proto in Proto}
+    return dict.fromkeys(Proto, section.get(name, _one_or_table(choices, example), default))
+
+
+def _one_or_table(choices: type[E], example: str) -> Parser[E]:
+    def parse(value: object) -> E:
+        if isinstance(value, str):
+            return one_of(choices)(value)
+        names = ", ".join(show(choice.value) for choice in choices)
+        raise ValueError(
+            f"expected one of {names}, or a table such as {example}, got {show(value)}"
+        )
+
+    return parse
+
+
 def proto(value: object) -> Proto:
     return one_of(Proto)(value)
 

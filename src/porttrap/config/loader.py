@@ -56,8 +56,8 @@ KERNEL_KEYS = (
 )
 BACKENDS = ("nftables", "ipset", "auto", "dry-run")
 _ALLOW_EXAMPLE = '["192.0.2.0/24", "2001:db8::7"]'
+_RESPOND_EXAMPLE = '{ tcp = "ban", udp = "log" }'
 _PATTERN_EXAMPLE = """['198\\.51\\.100\\.[0-9]+']"""
-_RESPOND_TABLE_EXAMPLE = '{ tcp = "ban", udp = "log" }'
 _SYNTAX_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _SYNTAX_AT_END = re.compile(r"\s*\(at end of document\)$")
 
@@ -144,7 +144,7 @@ def _ban(section: Section) -> BanPolicy:
     default, before = BanPolicy(), len(section.problems)
     time = section.get("time", fields.duration, default.time)
     max_time = section.get("max_time", fields.duration, default.max_time)
-    respond = _respond(section)
+    respond = fields.per_protocol(section, "respond", Respond, Respond.BAN, _RESPOND_EXAMPLE)
     if max_time < time and len(section.problems) == before:
         section.problems.add("ban.max_time", _max_time_message(section, time, max_time))
     return BanPolicy(
@@ -158,28 +158,6 @@ def _ban(section: Section) -> BanPolicy:
         confirm=section.get("confirm", fields.at_least(1), default.confirm),
         respond_tcp=respond[Proto.TCP],
         respond_udp=respond[Proto.UDP],
-    )
-
-
-def _respond(section: Section) -> dict[Proto, Respond]:
-    """`respond = "log"` for both protocols, or `respond = { udp = "log" }` for each one."""
-    value = section.table.get("respond")
-    if not isinstance(value, dict):
-        respond = section.get("respond", _respond_value, Respond.BAN)
-        return dict.fromkeys(Proto, respond)
-    table = Section(value, fields.join(section.key, "respond"), section.problems)
-    table.check_keys([proto.value for proto in Proto])
-    parse = fields.one_of(Respond)
-    return {proto: table.get(proto.value, parse, Respond.BAN) for proto in Proto}
-
-
-def _respond_value(value: object) -> Respond:
-    if isinstance(value, str):
-        return fields.one_of(Respond)(value)
-    names = ", ".join(fields.show(respond.value) for respond in Respond)
-    raise ValueError(
-        f"expected one of {names}, or a table such as {_RESPOND_TABLE_EXAMPLE}, "
-        f"got {fields.show(value)}"
     )
 
 

@@ -161,24 +161,7 @@ def _on(address: IPAddress | None) -> str:
 
 def _modes(section: Section) -> dict[Proto, TrapMode]:
     """`mode = "stealth"` for both protocols, or `mode = { tcp = "stealth" }` for each one."""
-    value = section.table.get("mode")
-    if not isinstance(value, dict):
-        mode = section.get("mode", _mode, TrapMode.CONNECT)
-        return dict.fromkeys(Proto, mode)
-    table = Section(value, fields.join(section.key, "mode"), section.problems)
-    table.check_keys([proto.value for proto in Proto])
-    parse = fields.one_of(TrapMode)
-    return {proto: table.get(proto.value, parse, TrapMode.CONNECT) for proto in Proto}
-
-
-def _mode(value: object) -> TrapMode:
-    if isinstance(value, str):
-        return fields.one_of(TrapMode)(value)
-    names = ", ".join(fields.show(mode.value) for mode in TrapMode)
-    raise ValueError(
-        f"expected one of {names}, or a table such as {_MODE_TABLE_EXAMPLE}, "
-        f"got {fields.show(value)}"
-    )
+    return fields.per_protocol(section, "mode", TrapMode, TrapMode.CONNECT, _MODE_TABLE_EXAMPLE)
 
 
 def _advanced(
