@@ -8,10 +8,15 @@ import os
 import shutil
 import subprocess  # noqa: TID251 - reads the host's ruleset to prove tests left it alone
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from netns import Netns
+
+if TYPE_CHECKING:
+    from daemon_env import Env
 
 
 def kernel_unavailable() -> str | None:
@@ -79,3 +84,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI, which must run every test: {report.longrepr}"
+
+
+@pytest.fixture
+def env_factory(
+    netns_factory: Callable[[], Netns], tmp_path: Path
+) -> Iterator[Callable[[str], Env]]:
+    """The daemon end-to-end tests' environments (not started), one config each; on failure,
+    what each daemon logged."""
+    from daemon_env import Env  # tests/integration: on the path for those tests only
+
+    made: list[Env] = []
+
+    def make(config: str) -> Env:
+        made.append(Env(netns_factory, tmp_path, config))
+        return made[-1]
+
+    yield make
+    for env in made:
+        if env.log.exists():
+            print(env.log_text())

@@ -11,7 +11,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -30,22 +30,6 @@ with open({record!r}, "a") as out:
     env = {{k: v for k, v in os.environ.items() if k.startswith("PORTTRAP_")}}
     out.write(json.dumps({{"argv": sys.argv[1:], "env": env}}) + "\\n")
 """
-
-
-@pytest.fixture
-def env_factory(
-    netns_factory: Callable[[], Netns], tmp_path: Path
-) -> Iterator[Callable[[str], Env]]:
-    made: list[Env] = []
-
-    def make(config: str) -> Env:
-        made.append(Env(netns_factory, tmp_path, config))
-        return made[-1]
-
-    yield make
-    for env in made:  # on failure, show what the daemon said
-        if env.log.exists():
-            print(env.log_text())
 
 
 class Recorder:

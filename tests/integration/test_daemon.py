@@ -7,8 +7,7 @@ import functools
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from daemon_env import (
@@ -27,8 +26,6 @@ from daemon_env import (
     wait_until,
 )
 
-from netns import Netns
-
 pytestmark = pytest.mark.kernel
 
 TRAPS = """
@@ -38,22 +35,6 @@ udp = ["6969"]
 [allow]
 addresses = ["198.51.100.3"]
 """
-
-
-@pytest.fixture
-def env_factory(
-    netns_factory: Callable[[], Netns], tmp_path: Path
-) -> Iterator[Callable[[str], Env]]:
-    made: list[Env] = []
-
-    def make(config: str) -> Env:
-        made.append(Env(netns_factory, tmp_path, config))
-        return made[-1]
-
-    yield make
-    for env in made:  # on failure, show what the daemon said
-        if env.log.exists():
-            print(env.log_text())
 
 
 def hit_count(env: Env, address: str) -> int:
