@@ -22,6 +22,12 @@ esac
 # neither package starts a service or loads rules.
 packages=(nftables python3 python3-venv python3-nftables iproute2 ipset iptables)
 [ "$mode" = test ] && packages+=(procps nmap)  # nmap: bench/nmap_scan.py
+# `porttrap report` tests render the page in headless Chromium and read the screenshot:
+# chromium, a font so that text renders (--no-install-recommends pulls none), tesseract-ocr (OCR)
+[ "$mode" = test ] && packages+=(chromium fonts-dejavu-core tesseract-ocr)
+# completion tests: bash-completion loads the script, zsh and tmux run it as a person would
+[ "$mode" = test ] && packages+=(bash-completion zsh tmux)
+# tmux also drives `porttrap top` in tests/integration/test_top_tmux.py
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

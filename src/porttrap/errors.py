@@ -35,6 +35,14 @@ class ConfigError(PorttrapError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+class RemoteConfigError(PorttrapError):
+    """The daemon found its configuration invalid (`porttrap reload`): the problems, as text."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
 class UsageError(PorttrapError):
     """A bad argument on the command line or in a control request."""
 

@@ -82,7 +82,7 @@ def test_outputs_banner_logrotate_and_fail2ban(env: Env, tmp_path: Path) -> None
         (logs / name).rename(logs / f"{name}.1")
     os.kill(env.daemon.pid, signal.SIGHUP)
     wait_until(lambda: "event=log-reopened files=4" in env.log_text(), 10, "files reopened")
-    assert "event=reload-unsupported" in env.log_text()
+    wait_until(lambda: "event=reloaded changed=nothing" in env.log_text(), 10, "reloaded")
 
     assert banner_of(env.atk, ATK6, SRV6) == BANNER.encode()
     env.recorded_bans(2)

@@ -12,8 +12,10 @@ from porttrap import config as config_mod
 from porttrap import log
 from porttrap.cli import output
 from porttrap.clock import SystemClock
+from porttrap.config.metrics import exposure_warning
 from porttrap.config.schema import Config, LogConfig, Respond, TrapMode
 from porttrap.daemon import control
+from porttrap.daemon.notify import Notifier
 from porttrap.daemon.service import Daemon, ban_json
 from porttrap.errors import DaemonNotRunning, PorttrapError, UsageError
 from porttrap.firewall.select import make_backend, removed
@@ -30,6 +32,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
+    notifier = Notifier.from_environment()  # first: no hook may inherit systemd's variables
     cfg = _config(args)  # an invalid config stops here, before anything touches the kernel
     log.configure(cfg, args.verbose)  # so does a log file or syslog that cannot be opened
     clock = SystemClock()
@@ -37,9 +40,37 @@ def run(args: argparse.Namespace) -> int:
     try:
         sensor = make_sensor(cfg)
         firewall = make_backend(cfg.firewall.backend, cfg.firewall.table, clock, sensor)
-        asyncio.run(Daemon(cfg, clock, store, firewall, sensor).run(args.flush_on_exit))
+        daemon = Daemon(
+            cfg,
+            clock,
+            store,
+            firewall,
+            sensor,
+            config_path=args.config,
+            verbose=args.verbose,
+            notifier=notifier,
+        )
+        asyncio.run(daemon.run(args.flush_on_exit))
     finally:
         store.close()
+        notifier.close()
+    return 0
+
+
+def reload(args: argparse.Namespace) -> int:
+    """Ask the daemon to apply its configuration again; its refusal lists every problem."""
+    cfg = _config(args)  # checked here first: an invalid file is refused without asking
+    try:
+        answer = control.request(cfg.control_socket, {"cmd": "reload"}, timeout=120.0)
+    except DaemonNotRunning as err:
+        print(f"porttrap: {err}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    changed = answer.get("changed") or []
+    what = ", ".join(changed) if changed else "nothing changed"
+    print(f"reloaded in {answer.get('seconds')} s: {what}")
+    for trap in answer.get("traps", {}).get("skipped", []):
+        print(f"  trap skipped: {trap['proto']}/{trap['port']} on {trap['address']}: "
+              f"{trap['reason']}")  # fmt: skip
     return 0
 
 
@@ -55,7 +86,8 @@ def check_config(args: argparse.Namespace) -> int:
 
 
 def _response_summary(cfg: Config) -> list[str]:
-    """What differs from "ban, log to stderr": respond, actions and log outputs, a line each."""
+    """What differs from "ban, log to stderr, no metrics": respond, actions, log outputs and
+    the metrics endpoint, a line each."""
     lines = []
     responds = {proto: cfg.ban.respond(proto) for proto in Proto}
     if set(responds.values()) != {Respond.BAN}:
@@ -68,6 +100,10 @@ def _response_summary(cfg: Config) -> list[str]:
         lines.append("actions: " + ", ".join(done))
     if cfg.log.outputs != LogConfig().outputs:
         lines.append("log: " + ", ".join(f"{o.to} ({o.format})" for o in cfg.log.outputs))
+    if cfg.metrics.listen is not None:
+        lines.append(f"metrics: {cfg.metrics.url}")
+        if warning := exposure_warning(cfg.metrics.listen):
+            lines.append(f"warning: {warning}")
     return lines
 
 

@@ -28,14 +28,25 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
         "import",
         help=text,
         description=f"{text}. The config goes to stdout (or -o FILE); everything that could "
-        "not be carried over exactly is listed on stderr, one line each (file:line: KEY: why).",
+        "not be carried over exactly is listed on stderr, one line each (file:line: KEY: why). "
+        "Exit 0 when the config was written (notes are normal), 1 when nothing could be.",
+        epilog="examples:\n"
+        "  porttrap import portsentry -o /etc/porttrap/porttrap.toml\n"
+        "  porttrap import port-trap /opt/port_trap -o /etc/porttrap/porttrap.toml\n"
+        "  porttrap import portsentry --help",
     )
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
     ps = sources.add_parser(
         "portsentry",
         help="PortSentry 1.2 or 2.x: portsentry.conf, the ignore files, /etc/default/portsentry",
         description="Import PortSentry's portsentry.conf (1.2 or 2.x format), its ignore files "
-        "and the modes in /etc/default/portsentry (TCP_MODE, UDP_MODE).",
+        "and the modes in /etc/default/portsentry (TCP_MODE, UDP_MODE). Only reads them: "
+        "stop PortSentry yourself once the new config checks out. Needs root only to write "
+        "into /etc/porttrap.",
+        epilog="examples:\n"
+        "  porttrap import portsentry               /etc/portsentry, config on stdout\n"
+        "  porttrap import portsentry -o /etc/porttrap/porttrap.toml\n"
+        "  porttrap import portsentry ./portsentry --defaults ./default-portsentry",
     )
     ps.add_argument(
         "directory",
@@ -56,7 +67,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
         "port-trap",
         help="port_trap: list_of_ports.txt, for_permanent_ban.txt, whitelist.txt, datatrap.db",
         description="Import port_trap's traps, permanent-ban count and whitelist, and its ban "
-        "history (datatrap.db) into porttrap's database, so that escalation continues.",
+        "history (datatrap.db) into porttrap's database, so that escalation continues. "
+        "Importing the history twice adds nothing; a running porttrap must be restarted to "
+        "use it. Needs root to write porttrap's database (or use --no-history).",
+        epilog="examples:\n"
+        "  porttrap import port-trap /opt/port_trap -o /etc/porttrap/porttrap.toml\n"
+        "  porttrap import port-trap /opt/port_trap --no-history   (config only, stdout)",
     )
     pt.add_argument(
         "directory",

@@ -10,9 +10,19 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from porttrap import __version__, log
-from porttrap.cli import commands, importing
-from porttrap.errors import ConfigError, PorttrapError
+from porttrap import log
+from porttrap.cli import (
+    commands,
+    completion,
+    demo,
+    helptext,
+    importing,
+    report,
+    service,
+    top,
+    version,
+)
+from porttrap.errors import ConfigError, PorttrapError, RemoteConfigError
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
@@ -54,16 +64,13 @@ def _targets(parser: argparse.ArgumentParser, verb: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="porttrap",
-        description="Trap ports that no legitimate client touches and ban every address that "
-        "touches one in nftables: first for a while, then longer, then for good.",
-    )
-    parser.add_argument("--version", action="version", version=f"porttrap {__version__}")
+    parser = argparse.ArgumentParser(prog="porttrap", description=helptext.DESCRIPTION)
+    parser.add_argument("--version", action=version.VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Command, text: str) -> argparse.ArgumentParser:
-        cmd = sub.add_parser(name, help=text, description=text)
+        about = helptext.COMMANDS[name]
+        cmd = sub.add_parser(name, help=text, description=about.description, epilog=about.epilog)
         _common(cmd)
         cmd.set_defaults(func=func)
         return cmd
@@ -96,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument(
         "address", nargs="?", metavar="ADDRESS", help="only this address or network"
     )
-    history.add_argument("-n", "--limit", type=int, default=50, help="how many entries (50)")
+    history.add_argument(
+        "-n", "--limit", type=int, default=50, help="how many entries (default: 50)"
+    )
     _json(history)
     ban = add("ban", commands.ban, "ban addresses now, through the running daemon")
     _targets(ban, "ban")
@@ -110,11 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--permanent", action="store_true", help="ban for good")
     _targets(add("unban", commands.unban, "lift bans now, through the running daemon"), "unban")
     add(
+        "reload",
+        commands.reload,
+        "apply the edited configuration in the running daemon, keeping every ban",
+    )
+    add(
         "flush",
         commands.flush,
         "remove porttrap's nftables table (and nothing else); the daemon must be stopped",
     )
     importing.add_parser(sub, _common)
+    top.add_parser(sub, _common)
+    service.add_parser(sub, _common)
+    report.add_parser(sub, _common)
+    demo.add_parser(sub)
+    completion.add_parser(sub)
+    helptext.finish(parser)
     return parser
 
 
@@ -127,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `porttrap history | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except ConfigError as err:
+    except (ConfigError, RemoteConfigError) as err:
         for problem in err.problems:
             print(f"porttrap: config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG

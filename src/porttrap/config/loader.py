@@ -11,6 +11,7 @@ from porttrap.config import fields
 from porttrap.config.actions import build_actions
 from porttrap.config.fields import Problems, Section, Table
 from porttrap.config.logsection import build_log
+from porttrap.config.metrics import build_metrics
 from porttrap.config.schema import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_STATE_DIR,
@@ -30,7 +31,18 @@ from porttrap.errors import ConfigError, ConfigProblem
 from porttrap.model import Proto
 from porttrap.units import format_duration
 
-TOP_KEYS = ("state_dir", "traps", "kernel", "ban", "allow", "actions", "firewall", "store", "log")
+TOP_KEYS = (
+    "state_dir",
+    "traps",
+    "kernel",
+    "ban",
+    "allow",
+    "actions",
+    "firewall",
+    "store",
+    "log",
+    "metrics",
+)
 BAN_KEYS = (
     "time",
     "escalation",
@@ -115,9 +127,10 @@ def _config(data: Table, problems: Problems, path: Path | None) -> Config:
     traps = top.sub("traps")
     modes, kernel, ban = build_modes(traps), _kernel(top.sub("kernel")), _ban(top.sub("ban"))
     _check_respond(top, modes, kernel, ban)
+    trap_list = build_traps(traps)
     return Config(
         state_dir=top.get("state_dir", fields.absolute_path, DEFAULT_STATE_DIR),
-        traps=build_traps(traps),
+        traps=trap_list,
         banner=build_banner(traps),
         modes=modes,
         kernel=kernel,
@@ -127,6 +140,7 @@ def _config(data: Table, problems: Problems, path: Path | None) -> Config:
         firewall=_firewall(top.sub("firewall")),
         store=_store(top.sub("store")),
         log=build_log(top.sub("log")),
+        metrics=build_metrics(top.sub("metrics"), trap_list),
         source=path,
     )
 

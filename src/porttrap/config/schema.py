@@ -213,6 +213,28 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Listen:
+    """An address and TCP port to listen on (an IP address: never a host name)."""
+
+    host: IPAddress
+    port: int
+
+    def __str__(self) -> str:
+        return (
+            f"[{self.host}]:{self.port}" if self.host.version == 6 else f"{self.host}:{self.port}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: Listen | None = None  # the Prometheus endpoint's address; None: no endpoint
+
+    @property
+    def url(self) -> str | None:
+        return None if self.listen is None else f"http://{self.listen}/metrics"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     state_dir: Path = DEFAULT_STATE_DIR
     traps: tuple[Trap, ...] = ()
@@ -225,6 +247,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: Path | None = None  # the file this was read from; None: built-in defaults
 
     @property

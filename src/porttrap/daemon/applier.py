@@ -32,6 +32,21 @@ class ChangeListener(Protocol):
     def after_kernel(self, batch: Sequence[Change]) -> None: ...
 
 
+class Listeners:
+    """Several listeners told in order (the actions, then the daemon's counters)."""
+
+    def __init__(self, *listeners: ChangeListener) -> None:
+        self.listeners = listeners
+
+    def before_kernel(self, batch: Sequence[Change]) -> None:
+        for listener in self.listeners:
+            listener.before_kernel(batch)
+
+    def after_kernel(self, batch: Sequence[Change]) -> None:
+        for listener in self.listeners:
+            listener.after_kernel(batch)
+
+
 def run_now(job: Job) -> None:
     job()
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from porttrap import log
-from porttrap.errors import DaemonNotRunning, PorttrapError
+from porttrap.errors import ConfigError, DaemonNotRunning, PorttrapError, RemoteConfigError
 
 # A handler answers at once, or (ban, unban) once what it did is recorded.
 Handler = Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
@@ -92,6 +92,9 @@ class ControlServer:
             if inspect.isawaitable(answer):
                 answer = await answer
             return {"ok": True, **answer}
+        except ConfigError as err:
+            problems = [str(p) for p in err.problems]
+            return {"ok": False, "error": "invalid configuration", "problems": problems}
         except PorttrapError as err:
             return {"ok": False, "error": str(err)}
         except (ValueError, TypeError, AttributeError) as err:
@@ -122,6 +125,8 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 30.0) -> dict[
             raise PorttrapError(f"permission denied on {path}: run this as root") from err
         sock.sendall(json.dumps(payload).encode() + b"\n")
         answer = _read_line(sock)
+    if not answer.get("ok") and isinstance(problems := answer.get("problems"), list):
+        raise RemoteConfigError([str(p) for p in problems])
     if not answer.get("ok"):
         raise PorttrapError(str(answer.get("error", "the daemon refused the request")))
     return answer

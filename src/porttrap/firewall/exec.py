@@ -31,6 +31,7 @@ PACKAGES = {  # the Debian package that ships each program porttrap runs
     "iptables-restore": "iptables",
     "ip6tables-restore": "iptables",
     "ip": "iproute2",
+    "nft": "nftables",  # `porttrap demo` reads its namespace's sets with it
 }
 
 

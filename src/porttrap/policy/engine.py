@@ -157,6 +157,21 @@ class Policy:
         self._active.pop(target, None)
         self._active_nets.pop(target, None)
 
+    def reconfigure(
+        self, policy: BanPolicy, traps: Sequence[Trap], protection: Protection, now: float
+    ) -> list[Unban]:
+        """A reloaded configuration: new rules, the same state (recent hits, past bans and
+        active bans: escalation goes on where it was). The host's own addresses carry over.
+        Returns unbans for active bans that the new allow list protects."""
+        protection.set_own(self.protection.own)
+        if policy.confirm != self.policy.confirm:  # each source's hit times, kept to the new size
+            for recent in self._recent.values():
+                recent.hits = deque(recent.hits, maxlen=max(policy.confirm, 1))
+        self.policy = policy
+        self.protection = protection
+        self._trap_bans = {(t.proto, t.port, t.address): t.ban for t in traps if t.ban}
+        return self._unban_protected(now, scan=True)
+
     def set_own_addresses(self, own: Iterable[IPAddress], now: float) -> list[Unban]:
         """The host's addresses changed; returns unbans for any that were banned."""
         self.protection.set_own(own)

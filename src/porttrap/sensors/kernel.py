@@ -151,6 +151,12 @@ class KernelTraps:
         self._on_served(self._watcher.start(loop))
         self._schedule()
 
+    def reconfigure(self, settings: KernelSensor) -> None:
+        """Reloaded [kernel] settings (the NFLOG group and queue stay: a restart changes them).
+        The caller rebuilds the table, which empties the block sets the estimate follows."""
+        self.settings = settings
+        self.fill = BlockFill(settings.block_time)
+
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

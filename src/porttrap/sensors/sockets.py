@@ -129,6 +129,33 @@ class SocketTraps:
                 self._bind(loop, trap, address, report, holders)
         return report
 
+    def update(
+        self, loop: asyncio.AbstractEventLoop, traps: Sequence[Trap], banner: bytes
+    ) -> TrapReport:
+        """A reloaded configuration: sockets of traps that stay are kept (no moment without
+        them), new traps are bound, and those no longer wanted closed. A port moving between
+        one address and all of them is closed first, as Linux refuses both at once."""
+        self._traps, self._banner = tuple(traps), banner[:BANNER_MAX]
+        wanted = {(t.proto, a, t.port): t for t in self._traps for a in _addresses(t)}
+        kept = [item for item in self._listeners if item.key in wanted]
+        gone = [item for item in self._listeners if item.key not in wanted]
+        still_trapped = {(proto, port) for (proto, _, port) in wanted}
+        gone.sort(key=lambda item: (item.proto, item.port) not in still_trapped)
+        for listener in gone:  # moving ones first, before their new sockets are bound
+            listener.close()
+            event("trap-removed", proto=listener.proto, port=listener.port,
+                  address=str(listener.bound))  # fmt: skip
+        self._listeners = kept
+        report, holders = TrapReport(), PortHolders()
+        for item in kept:
+            item.banner = self._banner
+            report.set.append(BoundTrap(item.proto, item.port, str(item.bound)))
+        have = {item.key for item in kept}
+        for key, trap in wanted.items():
+            if key not in have:
+                self._bind(loop, trap, key[1], report, holders)
+        return report
+
     def close(self) -> None:
         """Unregister and close every trap socket. Safe to call more than once."""
         for listener in self._listeners:
@@ -268,7 +295,7 @@ class _Listener:
         banner: bytes = b"",
     ) -> None:
         self.sock = sock
-        self._banner = banner
+        self.banner = banner
         self.proto = proto
         self.bound = bound
         self.port = port
@@ -279,6 +306,10 @@ class _Listener:
         self._timer: asyncio.TimerHandle | None = None
         self._backoff = BACKOFF_MIN
         self._last_warning: float | None = None
+
+    @property
+    def key(self) -> tuple[Proto, IPAddress, int]:
+        return (self.proto, self.bound, self.port)
 
     def register(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -327,8 +358,8 @@ class _Listener:
             except OSError as exc:  # the peer is gone already; nothing to report
                 event("trap-connection-lost", logging.DEBUG, port=self.port, errno=_name(exc))
                 return None
-            if self._banner:
-                send_banner(conn, self._banner)
+            if self.banner:
+                send_banner(conn, self.banner)
         return self._hit(peer, _parse_ip(local[0]), "connect")
 
     def _receive(self) -> Hit:

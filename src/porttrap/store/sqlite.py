@@ -207,6 +207,14 @@ class SQLiteStore:
             streams = [self._stream(conn, s, target, limit) for s in (_HITS, _BANS, _LIFTS)]
             return newest_first(streams, limit)
 
+    @contextmanager
+    def reading(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One read transaction on the connection itself, for read-only queries that the
+        `Store` protocol has no method for (the report's aggregates, porttrap.report.data):
+        every query in it sees one snapshot; sqlite3 errors leave as `StoreError`."""
+        with self._read(what) as conn:
+            yield conn
+
     def _stream(
         self, conn: sqlite3.Connection, stream: _Stream, target: IPNetwork | None, limit: int
     ) -> list[Keyed]:

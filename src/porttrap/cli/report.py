@@ -1,0 +1,167 @@
+"""`porttrap report`: one self-contained HTML page of hits and bans over a period, from the
+database, opened read-only (it works whether the daemon runs or not, and never writes it)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from porttrap import config as config_mod
+from porttrap.clock import SystemClock
+from porttrap.errors import PorttrapError, UsageError
+from porttrap.report import data, html
+from porttrap.store.sqlite import SQLiteStore
+from porttrap.units import parse_duration
+
+Common = Callable[[argparse.ArgumentParser], None]
+
+_DESCRIPTION = """\
+Write one self-contained HTML page about what porttrap saw over a period: hits and bans over
+time, the most hit ports, the scan classes (connect, syn, fin, null, xmas, ack, udp ...) and
+the busiest sources with every ban they got and whether they are banned now. The page needs no
+network to view (inline CSS and SVG, no script) and can be mailed or archived as it is.
+
+The database (state_dir/porttrap.db of the config) is opened read-only: the report works
+whether the daemon runs or not, and never changes it. Times are UTC."""
+
+_EPILOG = """\
+examples:
+  porttrap report -o report.html              the last 7 days
+  porttrap report --since 1d -o today.html    the last 24 hours, by the hour
+  porttrap report --since 30d --until 2026-12-01 -o november.html
+  porttrap report --since 90d --top 50 > quarter.html
+  porttrap report --database copy-of-porttrap.db -o report.html
+
+The chart buckets follow the period: hourly up to 2 days, 6-hourly up to 2 weeks, daily up to
+120 days, weekly beyond. Hits older than hit_retention (90d by default) are pruned by the
+daemon, so a longer --since shows bans only for its start.
+Without -o the page goes to stdout, so that it can be piped (to mail, ssh, a web root); on a
+terminal it is refused rather than printed. -o writes a temporary file beside FILE and renames
+it over FILE: a reader (a web server, a browser) never sees half a report."""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: Common) -> None:
+    """The `report` command."""
+    parser = sub.add_parser(
+        "report",
+        help="write an HTML report (charts of hits, bans, ports, scan classes, top sources)",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,  # reflowed, examples kept as written: cli.helptext.finish
+    )
+    common(parser)
+    parser.add_argument(
+        "--since",
+        default="7d",
+        metavar="DURATION",
+        help="how far back the report goes from --until: 12h, 7d, 2w, 90d ... (default: 7d)",
+    )
+    parser.add_argument(
+        "--until",
+        metavar="TIME",
+        help="end of the period, as 2026-12-01 or 2026-12-01T08:00 (UTC unless an offset such "
+        "as +01:00 is given; default: now)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="write the page to FILE, replacing it atomically (default: stdout)",
+    )
+    parser.add_argument(
+        "--top",
+        type=_positive,
+        default=20,
+        metavar="N",
+        help="how many ports and sources to list (default: 20)",
+    )
+    parser.add_argument(
+        "--database",
+        type=Path,
+        metavar="FILE",
+        help="read this porttrap database instead of state_dir/porttrap.db of the config",
+    )
+    parser.set_defaults(func=report)
+
+
+def report(args: argparse.Namespace) -> int:
+    if args.output is None and sys.stdout.isatty():
+        raise UsageError(
+            "the report is an HTML page: give -o FILE (e.g. -o report.html) or redirect "
+            "stdout to a file"
+        )
+    cfg = config_mod.load(args.config)
+    now = SystemClock().now()
+    period = _period(args.since, args.until, now)
+    database = args.database or cfg.database
+    retention = cfg.store.hit_retention
+    with SQLiteStore.open(database, readonly=True) as store:
+        found = data.collect(
+            store, period, now, socket.gethostname(), top=args.top, retention=retention
+        )
+    page = html.render(found)
+    if args.output is None:
+        sys.stdout.write(page)
+    else:
+        write_atomically(args.output, page)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _period(since: str, until: str | None, now: float) -> data.Period:
+    try:
+        length = parse_duration(since)
+    except ValueError as e:
+        raise UsageError(f"--since: {e}") from None
+    end = now if until is None else parse_time(until)
+    return data.Period.of(end - length, end)
+
+
+def parse_time(text: str) -> float:
+    """'2026-12-01', '2026-12-01T08:00', '2026-12-01 08:00:00+01:00' ... as epoch seconds;
+    UTC unless the text gives an offset."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(
+            f"--until: {text!r} is not a date or time; expected e.g. 2026-12-01 or "
+            "2026-12-01T08:00 (UTC unless an offset such as +01:00 is given)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `path` through a temporary file in the same directory, renamed over it."""
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    except OSError as e:
+        raise PorttrapError(
+            f"cannot write {path}: {e.strerror}; check that {path.parent} exists and is writable"
+        ) from e
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        Path(temporary).chmod(0o644)
+        Path(temporary).replace(path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

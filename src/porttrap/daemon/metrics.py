@@ -1,0 +1,298 @@
+"""What the Prometheus endpoint shows: the daemon's state, read when Prometheus scrapes.
+
+The collector reads the daemon's counters and tables at scrape time and keeps nothing of its
+own, so a reload that replaces the actions or the kernel settings is seen at the next scrape.
+It runs on the daemon's event loop (see `daemon.metrics_server`): nothing changes the dicts it
+reads while it reads them.
+
+Counters start at zero with the daemon; Prometheus's rate() takes restarts in its stride.
+Sources are never a label: a flood of forged addresses would make a series each. The busiest
+sources are in `porttrap top` and `porttrap report`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from ipaddress import IPv4Network, IPv6Network
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from porttrap import __version__
+from porttrap.daemon.stats import OTHER_PORT, Histogram, Stats
+from porttrap.model import Ban, Proto
+
+if TYPE_CHECKING:
+    from porttrap.daemon.service import Daemon
+
+BAN_KINDS = ("temporary", "permanent")
+UNBAN_KINDS = ("lifted", "expired")
+_EXPIRES, _REASON, _TARGET = attrgetter("expires_at"), attrgetter("reason"), attrgetter("target")
+# porttrap_events_dropped_total{what}: what porttrap counted but let go under load.
+DROPPED_HELP = (
+    "Events porttrap let go under load, by what: hit_not_stored (hits counted and acted on but "
+    "not written to the database: the disk fell behind), action (commands and webhooks not run: "
+    "more waited than [actions] queue), kernel_source_rate and kernel_total_rate (trap packets "
+    "dropped but not reported: over [kernel] source_rate or event_rate), kernel_overrun "
+    "(reports lost when the NFLOG socket's buffer overflowed)"
+)
+
+
+class DaemonCollector(Collector):
+    """Reads a running `Daemon` into metric families."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[Metric]:
+        daemon = self.daemon
+        kernel = daemon.kernel.status() if daemon.kernel is not None else None
+        acts = daemon.actions.status()
+        yield from info(daemon)
+        yield from hits(daemon.stats)
+        yield from bans(daemon.stats, daemon.policy.active(daemon.clock.now()), daemon)
+        yield from dropped(daemon.counters.hits_not_stored, acts, kernel)
+        yield from latency(daemon.stats)
+        yield from store(daemon)
+        yield from actions(acts)
+        yield from kernel_sensor(kernel)
+
+
+def registry_for(daemon: Daemon) -> CollectorRegistry:
+    """A registry of its own (the client's global one would also export whatever else
+    registers there), holding the daemon's collector."""
+    registry = CollectorRegistry()
+    registry.register(DaemonCollector(daemon))
+    return registry
+
+
+def info(daemon: Daemon) -> Iterator[Metric]:
+    modes = daemon.config.modes
+    yield InfoMetricFamily(
+        "porttrap",
+        "The running porttrap: its version, firewall backend and trap mode per protocol.",
+        value={
+            "version": __version__,
+            "backend": daemon.firewall.name,
+            "tcp_mode": str(modes.of(Proto.TCP)),
+            "udp_mode": str(modes.of(Proto.UDP)),
+        },
+    )
+    yield GaugeMetricFamily(
+        "porttrap_start_time_seconds",
+        "When the daemon started, in seconds since the epoch (counters start at zero then).",
+        value=daemon.started_at,
+    )
+    sockets = GaugeMetricFamily(
+        "porttrap_trap_sockets",
+        "Trap sockets of connect mode, by protocol and state: set (listening) or skipped (the "
+        "port was taken or refused; check-config and the start log say why).",
+        labels=["proto", "state"],
+    )
+    for state, traps in (("set", daemon.report.set), ("skipped", daemon.report.skipped)):
+        per_proto = Counter(trap.proto.value for trap in traps)
+        for proto in Proto:
+            sockets.add_metric([proto.value, state], per_proto[proto.value])
+    yield sockets
+
+
+def hits(stats: Stats) -> Iterator[Metric]:
+    family = CounterMetricFamily(
+        "porttrap_hits",
+        'Trap hits, by protocol, trap port ("other" once 1024 distinct ports were counted), '
+        "kind of probe (connect, udp, syn, fin, null, xmas, ...) and what the policy made of it "
+        "(counted, banned, already-banned, allowed, own-address, client, logged, not-unicast).",
+        labels=["proto", "port", "kind", "outcome"],
+    )
+    for (proto, port, kind, outcome), count in sorted(stats.hits.items()):
+        label = "other" if port == OTHER_PORT else str(port)
+        family.add_metric([proto, label, kind, outcome], count)
+    yield family
+
+
+def bans(stats: Stats, active: Sequence[Ban], daemon: Daemon) -> Iterator[Metric]:
+    made = CounterMetricFamily(
+        "porttrap_bans",
+        "Bans made since the daemon started, by kind: temporary or permanent.",
+        labels=["kind"],
+    )
+    for kind in BAN_KINDS:
+        made.add_metric([kind], stats.bans[kind])
+    yield made
+    lifted = CounterMetricFamily(
+        "porttrap_unbans",
+        "Bans ended since the daemon started, by how: lifted (porttrap unban, the allow list, "
+        "the host's own address) or expired.",
+        labels=["how"],
+    )
+    for how in UNBAN_KINDS:
+        lifted.add_metric([how], stats.unbans[how])
+    yield lifted
+    yield from _active(active, daemon)
+
+
+def _active(active: Sequence[Ban], daemon: Daemon) -> Iterator[Metric]:
+    kinds, sets = tally(active, daemon.applier.enforced)
+    family = GaugeMetricFamily(
+        "porttrap_bans_active",
+        "Bans in force now, by kind: temporary or permanent.",
+        labels=["kind"],
+    )
+    for kind in BAN_KINDS:
+        family.add_metric([kind], kinds[kind])
+    yield family
+    elements = GaugeMetricFamily(
+        "porttrap_set_elements",
+        "Bans the daemon keeps in the kernel's ban sets, by address family (ipv4: sets ban_v4 "
+        "and ban_net_v4; ipv6: ban_v6 and ban_net_v6). Bans of a protocol that responds with "
+        '"command" are active but in no set.',
+        labels=["family"],
+    )
+    for family_name, count in sets.items():
+        elements.add_metric([family_name], count)
+    yield elements
+    yield GaugeMetricFamily(
+        "porttrap_sources_watched",
+        "Sources whose recent hits the policy remembers, to count them toward a ban.",
+        value=daemon.policy.watched(),
+    )
+
+
+def tally(
+    active: Sequence[Ban], enforced: Callable[[Ban], bool]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Active bans by kind, and those in the kernel by address family. It runs on the loop at
+    each scrape, so its passes over the bans are C-level map/Counter ones (100,000 bans: see
+    bench/metrics_scrape.py). Whether a ban belongs in the kernel depends on its reason alone
+    (Policy.enforced), so it is asked once per reason."""
+    permanent = list(map(_EXPIRES, active)).count(None)
+    by_reason = dict(zip(map(_REASON, active), active, strict=True))  # a ban of each reason
+    kept = {reason for reason, ban in by_reason.items() if enforced(ban)}
+    in_kernel = active if len(kept) == len(by_reason) else [b for b in active if b.reason in kept]
+    families = Counter(map(type, map(_TARGET, in_kernel)))
+    sets = {"ipv4": families[IPv4Network], "ipv6": families[IPv6Network]}
+    return {"temporary": len(active) - permanent, "permanent": permanent}, sets
+
+
+def dropped(
+    hits_not_stored: int, acts: Mapping[str, Any], kernel: Mapping[str, Any] | None
+) -> Iterator[Metric]:
+    family = CounterMetricFamily("porttrap_events_dropped", DROPPED_HELP, labels=["what"])
+    family.add_metric(["hit_not_stored"], hits_not_stored)
+    family.add_metric(["action"], acts["dropped"])
+    if kernel is not None:
+        events = kernel["events"]
+        family.add_metric(["kernel_source_rate"], events["over_source_rate"])
+        family.add_metric(["kernel_total_rate"], events["over_total_rate"])
+        family.add_metric(["kernel_overrun"], events["lost_overruns"])
+    yield family
+
+
+def latency(stats: Stats) -> Iterator[Metric]:
+    yield histogram(
+        "porttrap_decision_seconds",
+        "Seconds from a hit's arrival in the daemon to the policy's decision on it.",
+        stats.decision,
+    )
+    yield histogram(
+        "porttrap_ban_to_kernel_seconds",
+        "Seconds from the hit that made a ban to that ban being in the kernel firewall.",
+        stats.to_kernel,
+    )
+
+
+def histogram(name: str, documentation: str, source: Histogram) -> HistogramMetricFamily:
+    """Stats' per-bucket counts made cumulative, as Prometheus wants them."""
+    buckets, total = [], 0
+    for bound, count in zip((*source.bounds, float("inf")), source.buckets, strict=True):
+        total += count
+        buckets.append((_le(bound), float(total)))
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=source.total)
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if math.isinf(bound) else repr(bound)
+
+
+def store(daemon: Daemon) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "porttrap_store_backlog",
+        "Database writes waiting for the writer thread; hits give way above 20 (see "
+        'porttrap_events_dropped_total{what="hit_not_stored"}), bans never do.',
+        value=daemon.writer.pending,
+    )
+    yield CounterMetricFamily(
+        "porttrap_store_write_failures",
+        "Database writes that failed (the log says why: a full disk, a locked file ...).",
+        value=daemon.writer.failures,
+    )
+
+
+def actions(status: Mapping[str, Any]) -> Iterator[Metric]:
+    yield CounterMetricFamily(
+        "porttrap_actions_started",
+        "Commands and webhooks started ([actions]).",
+        value=status["run"],
+    )
+    failed = CounterMetricFamily(
+        "porttrap_actions_failed",
+        "Commands and webhooks that failed, by why: error (an exit status or HTTP error) or "
+        "timeout.",
+        labels=["why"],
+    )
+    failed.add_metric(["error"], status["failed"])
+    failed.add_metric(["timeout"], status["timed_out"])
+    yield failed
+    yield GaugeMetricFamily(
+        "porttrap_actions_waiting",
+        "Commands and webhooks queued for a free slot ([actions] max_running).",
+        value=status["waiting"],
+    )
+
+
+def kernel_sensor(kernel: Mapping[str, Any] | None) -> Iterator[Metric]:
+    """The kernel sensor's reports and first-packet block sets (stealth and advanced modes);
+    the families are there without samples when the sensor does not run."""
+    received = CounterMetricFamily(
+        "porttrap_kernel_reports",
+        "Trap packets the kernel reported to the daemon (NFLOG) and the daemon received.",
+    )
+    fill = GaugeMetricFamily(
+        "porttrap_kernel_block_fill",
+        "Sources in each first-packet block set generation (a or b), estimated from the "
+        "kernel's insertion counts (an upper bound); porttrap rotates generations at half of "
+        "porttrap_kernel_block_capacity.",
+        labels=["generation"],
+    )
+    capacity = GaugeMetricFamily(
+        "porttrap_kernel_block_capacity",
+        "Sources each first-packet block set generation can hold ([kernel] block_size).",
+    )
+    rotations = CounterMetricFamily(
+        "porttrap_kernel_block_rotations",
+        "Block set rotations: under a flood of new sources the oldest blocks gave way.",
+    )
+    quiet = CounterMetricFamily(
+        "porttrap_kernel_quiet_drops",
+        "Non-SYN TCP packets to ports nothing serves, dropped without an answer ([kernel] "
+        "quiet), so that no RST tells a port's state.",
+    )
+    if kernel is not None:
+        block = kernel["block"]
+        received.add_metric([], kernel["events"]["received"])
+        for generation, estimate in sorted(block["fill"].items()):
+            fill.add_metric([generation], estimate)
+        capacity.add_metric([], block["size"])
+        rotations.add_metric([], block["rotations"])
+        quiet.add_metric([], kernel["quiet_drops"])
+    yield from (received, fill, capacity, rotations, quiet)

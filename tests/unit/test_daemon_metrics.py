@@ -1,0 +1,191 @@
+"""The metrics a real Daemon (fake clock, memory firewall and store) exposes, rendered by the
+client library and read back with its own parser: exact values for each family."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.core import Metric
+
+from porttrap import __version__
+from porttrap.config import load_text
+from porttrap.daemon import stats as stats_mod
+from porttrap.daemon.metrics import histogram, registry_for
+from porttrap.daemon.service import Daemon
+from porttrap.daemon.stats import Histogram
+from porttrap.model import Hit, Proto
+from porttrap.testing import FakeClock, MemoryFirewall, MemoryStore
+from scrape import by, families, labels, values
+
+
+def scrape(daemon: Daemon) -> dict[str, Metric]:
+    """The families of one scrape, by name, as the client's parser reads the text."""
+    return families(generate_latest(registry_for(daemon)).decode())
+
+
+def one(family: Metric, **pairs: str) -> float:
+    return values(family)[labels(**pairs)]
+
+
+def hit(source: str, port: int, proto: Proto = Proto.TCP, kind: str = "connect") -> Hit:
+    return Hit(1_800_000_000.0, ip_address(source), 40000, ip_address("192.0.2.1"), port, proto,
+               kind=kind)  # fmt: skip
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    config = load_text(
+        f'state_dir = "{tmp_path}"\n[traps]\ntcp = ["23"]\nudp = ["161"]\n'
+        '[ban]\nrespond = { udp = "command" }\n',
+        None,
+    )
+    clock = FakeClock()
+    made = Daemon(config, clock, MemoryStore(), MemoryFirewall(clock))
+    made.firewall.setup([], clock.now())  # what Daemon.run does first
+    yield made
+    made.writer.close()
+
+
+def run_on_loop(daemon: Daemon, *hits: Hit, requests: tuple[tuple[str, Any], ...] = ()) -> None:
+    """Feed hits and control requests on a running loop, and let the applier's batches go."""
+
+    async def feed() -> None:
+        for each in hits:
+            daemon.on_hit(each)
+        for name, request in requests:
+            await getattr(daemon, name)(request)
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    daemon.writer.start()
+    asyncio.run(feed())
+
+
+def test_an_idle_daemon_exports_every_family_at_zero(daemon: Daemon) -> None:
+    got = scrape(daemon)
+    assert one(got["porttrap_info"], version=__version__, backend="memory",
+               tcp_mode="connect", udp_mode="connect") == 1  # fmt: skip
+    assert values(got["porttrap_start_time_seconds"]) == {frozenset(): 1_800_000_000.0}
+    assert values(got["porttrap_hits"]) == {}
+    assert by("kind", got["porttrap_bans"]) == {"temporary": 0, "permanent": 0}
+    assert by("how", got["porttrap_unbans"]) == {"lifted": 0, "expired": 0}
+    assert by("kind", got["porttrap_bans_active"]) == {"temporary": 0, "permanent": 0}
+    assert by("family", got["porttrap_set_elements"]) == {"ipv4": 0, "ipv6": 0}
+    dropped = by("what", got["porttrap_events_dropped"])
+    assert dropped == {"hit_not_stored": 0, "action": 0}  # no kernel sensor: no kernel series
+    assert got["porttrap_decision_seconds"].type == "histogram"
+    assert values(got["porttrap_decision_seconds"], "porttrap_decision_seconds_count") == {
+        frozenset(): 0
+    }
+    for name in ("porttrap_kernel_reports", "porttrap_kernel_block_fill"):
+        assert got[name].samples == []  # declared, so dashboards find the name
+
+
+def test_hits_bans_and_sets_as_the_daemon_holds_them(daemon: Daemon) -> None:
+    run_on_loop(
+        daemon,
+        hit("198.51.100.7", 23),  # a TCP handshake: banned at once
+        hit("198.51.100.7", 23),  # seen again before the kernel drops it
+        hit("198.51.100.8", 161, Proto.UDP, "udp"),  # forgeable: the first only counts...
+        hit("198.51.100.8", 161, Proto.UDP, "udp"),  # ...the second bans; udp responds "command"
+        requests=(
+            ("_ban", {"targets": ["203.0.113.0/24"], "permanent": True}),
+            ("_ban", {"targets": ["2001:db8::9", "2001:db8::10"], "for": 600}),
+            ("_unban", {"targets": ["2001:db8::10"]}),
+        ),
+    )
+    got = scrape(daemon)
+    assert values(got["porttrap_hits"]) == {
+        labels(proto="tcp", port="23", kind="connect", outcome="banned"): 1,
+        labels(proto="tcp", port="23", kind="connect", outcome="already-banned"): 1,
+        labels(proto="udp", port="161", kind="udp", outcome="counted"): 1,
+        labels(proto="udp", port="161", kind="udp", outcome="banned"): 1,
+    }
+    assert by("kind", got["porttrap_bans"]) == {"temporary": 4, "permanent": 1}
+    assert by("how", got["porttrap_unbans"]) == {"lifted": 1, "expired": 0}
+    assert by("kind", got["porttrap_bans_active"]) == {"temporary": 3, "permanent": 1}
+    # The UDP ban is active but the command does the banning: it is in no kernel set.
+    assert by("family", got["porttrap_set_elements"]) == {"ipv4": 2, "ipv6": 1}
+    assert len(daemon.firewall.entries()) == 3  # what the sets count is what the kernel holds
+    decision = got["porttrap_decision_seconds"]
+    assert values(decision, "porttrap_decision_seconds_count") == {frozenset(): 4}
+    assert (
+        by("le", decision, "porttrap_decision_seconds_bucket")["0.0001"] == 4
+    )  # the fake clock stands still: every one at 0 s
+    to_kernel = got["porttrap_ban_to_kernel_seconds"]
+    assert values(to_kernel, "porttrap_ban_to_kernel_seconds_count") == {frozenset(): 2}
+
+
+def test_expired_bans_and_ports_past_the_limit(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stats_mod, "MAX_PORTS", 1)
+    run_on_loop(daemon, hit("198.51.100.7", 23), hit("198.51.100.9", 2323))
+    assert isinstance(daemon.clock, FakeClock)
+    daemon.clock.advance(2 * 3600)
+    daemon._maintain()
+    got = scrape(daemon)
+    assert by("port", got["porttrap_hits"]) == {"23": 1, "other": 1}
+    assert by("how", got["porttrap_unbans"]) == {"lifted": 0, "expired": 2}
+    assert by("kind", got["porttrap_bans_active"]) == {"temporary": 0, "permanent": 0}
+    assert by("family", got["porttrap_set_elements"]) == {"ipv4": 0, "ipv6": 0}
+
+
+def test_store_backlog_failures_and_dropped_hits(daemon: Daemon) -> None:
+    daemon.counters.hits_not_stored = 7
+    daemon.writer.submit(lambda: None)  # the writer is not started: the job waits
+    daemon.writer.failures = 2
+    daemon.actions.runner.drop(3)
+    got = scrape(daemon)
+    assert values(got["porttrap_store_backlog"]) == {frozenset(): 1}
+    assert values(got["porttrap_store_write_failures"]) == {frozenset(): 2}
+    assert by("what", got["porttrap_events_dropped"]) == {"hit_not_stored": 7, "action": 3}
+
+
+class KernelStub:
+    """The kernel sensor's status, shaped as KernelTraps.status() gives it."""
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "block": {"enabled": True, "size": 65536, "time": 60.0, "current": "b",
+                      "fill": {"a": 120, "b": 7}, "rotations": 3},
+            "events": {"reported": 140, "over_source_rate": 11, "over_total_rate": 5,
+                       "received": 139, "lost_overruns": 1, "malformed": 0, "foreign": 0},
+            "quiet_drops": 42,
+        }  # fmt: skip
+
+
+def test_the_kernel_sensors_reports_blocks_and_drops(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(daemon, "_kernel", KernelStub())
+    got = scrape(daemon)
+    assert by("what", got["porttrap_events_dropped"]) == {
+        "hit_not_stored": 0, "action": 0,
+        "kernel_source_rate": 11, "kernel_total_rate": 5, "kernel_overrun": 1}  # fmt: skip
+    assert values(got["porttrap_kernel_reports"]) == {frozenset(): 139}
+    assert by("generation", got["porttrap_kernel_block_fill"]) == {"a": 120, "b": 7}
+    assert values(got["porttrap_kernel_block_capacity"]) == {frozenset(): 65536}
+    assert values(got["porttrap_kernel_block_rotations"]) == {frozenset(): 3}
+    assert values(got["porttrap_kernel_quiet_drops"]) == {frozenset(): 42}
+
+
+def test_histograms_are_made_cumulative_with_sum_and_count() -> None:
+    source = Histogram(bounds=(0.001, 0.01), buckets=[0, 0, 0])
+    for seconds in (0.0005, 0.001, 0.002, 3.0):
+        source.observe(seconds)
+    family = histogram("porttrap_x_seconds", "x", source)
+    samples = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert samples == {
+        ("porttrap_x_seconds_bucket", "0.001"): 2,  # le is "less than or equal"
+        ("porttrap_x_seconds_bucket", "0.01"): 3,
+        ("porttrap_x_seconds_bucket", "+Inf"): 4,
+        ("porttrap_x_seconds_count", None): 4,
+        ("porttrap_x_seconds_sum", None): pytest.approx(3.0035),
+    }
