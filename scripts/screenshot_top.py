@@ -207,7 +207,7 @@ def plan(rng: random.Random) -> list[Probe]:
     fresh = addresses(rng)
     probes = []
     for second in range(SECONDS):
-        rate = 1.0 + 4.0 * math.sin(second / 5.0) ** 2 + (6 if 36 <= second < 41 else 0)
+        rate = 1.0 + 4.0 * math.sin(second / 5.0 + 1.0) ** 2 + (6 if 36 <= second < 41 else 0)
         for _ in range(round(rate * rng.uniform(0.6, 1.4))):
             at = second + rng.random()
             address = next(fresh)
@@ -225,14 +225,14 @@ def plan(rng: random.Random) -> list[Probe]:
         if second % 4 == 1:
             port = rng.choice([21, 445, 3389, 8081])
             probes.append(Probe(second + 0.5, tcp(ADMIN_SCANNER, port), "the admin's scanner"))
-    end = SECONDS - 7  # while the background goes on
+    end = SECONDS - 4  # while the background goes on
     probes += [
-        Probe(end + 0.3, tcp("203.0.113.7", 3389), "back: ban #2"),
-        Probe(end + 1.2, sweep("198.51.100.66", [23, 2323, 445]), "back again: ban #3"),
-        Probe(end + 2.0, by_hand("ban", "198.51.100.0/28", "--for", "1d"), "network by hand"),
+        Probe(end + 0.5, by_hand("ban", "198.51.100.0/28", "--for", "1d"), "network by hand"),
+        Probe(end + 1.5, sweep("198.51.100.66", [23, 2323, 445]), "back again: ban #3"),
+        Probe(end + 2.5, tcp("203.0.113.7", 3389), "back: ban #2"),
         Probe(end + 3.0, tcp("2001:db8::a:27", 23), "an IPv6 scanner"),
-        Probe(end + 3.6, sweep("203.0.113.251", [445, 1433, 3389, 5900]), "a sweep"),
-        Probe(end + 4.2, udp("203.0.113.250", 161), "SNMP"),
+        Probe(end + 3.3, sweep("203.0.113.251", [445, 1433, 3389, 5900]), "a sweep"),
+        Probe(end + 3.6, udp("203.0.113.250", 161), "SNMP"),
     ]
     return sorted(probes, key=lambda p: p.at)
 

@@ -24,6 +24,7 @@ class Tmux:
         self.name = f"porttrap-test-{secrets.token_hex(4)}"
         self._dir = tempfile.TemporaryDirectory(prefix="porttrap-tmux-")
         self.status_file = Path(self._dir.name) / "status"
+        self._socket: Path | None = None
 
     def __enter__(self) -> Tmux:
         return self
@@ -55,6 +56,7 @@ class Tmux:
         self.tmux("-u", "new-session", "-d", "-s", SESSION, "-x", str(width), "-y", str(height),
                   script)  # fmt: skip
         self.tmux("set-option", "-t", SESSION, "remain-on-exit", "on")
+        self._socket = Path(self.pane("#{socket_path}"))
 
     def screen(self, colours: bool = False) -> str:
         """The visible screen, one line per row (with colours: ANSI escapes)."""
@@ -102,4 +104,7 @@ class Tmux:
         return self.wait_until(lambda screen: text not in screen, timeout, f"{text!r} gone")
 
     def kill(self) -> None:
+        """Stop the server, and remove its socket (kill-server leaves it behind)."""
         self.tmux("kill-server", check=False)
+        if self._socket is not None:
+            self._socket.unlink(missing_ok=True)

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from porttrap.cli import topview
+from porttrap.cli import topdata, topview
 from porttrap.cli.main import main
-from porttrap.cli.topview import Rates, Snapshot, Style, View, Watch, plain, render
+from porttrap.cli.topdata import Rates, Snapshot, View, Watch
+from porttrap.cli.topview import Style, plain, render
 from porttrap.log import iso
 
 T = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -58,13 +59,13 @@ TOP = {
 
 
 def snapshot(**changes: Any) -> Snapshot:
-    return topview.parse(STATUS, {**TOP, **changes})
+    return topdata.parse(STATUS, {**TOP, **changes})
 
 
-def view(warning: str | None = None) -> View:
+def view(failing_for: float | None = None) -> View:
     """A minute of history: no reading for 56 s, then 0, 2, 1 and 8 hits a second."""
     history = (None,) * 56 + (0.0, 2.0, 1.0, 8.0)
-    return View(snapshot(), history, 8.0, 2.75, 1.0, warning)
+    return View(snapshot(), history, 8.0, 2.75, 1.0, failing_for, "connection refused")
 
 
 FULL = [
@@ -137,7 +138,7 @@ def test_a_daemon_that_stops_answering_is_said_above_its_last_numbers() -> None:
     assert render(watch.view(14.5, 1.0), 120, 12)[1][0].style is Style.WARN
     assert "192.0.2.66" in "\n".join(lines)  # the last numbers stay
     watch.answered(15.0, snapshot())
-    assert watch.view(15.0, 1.0).warning is None
+    assert watch.view(15.0, 1.0).failing_for is None
 
 
 def test_before_the_first_answer_the_view_waits() -> None:
@@ -148,7 +149,7 @@ def test_before_the_first_answer_the_view_waits() -> None:
 
 
 def test_empty_tables_say_so() -> None:
-    empty = topview.parse(STATUS, {**TOP, "ports": [], "sources": [], "recent_bans": []})
+    empty = topdata.parse(STATUS, {**TOP, "ports": [], "sources": [], "recent_bans": []})
     lines = plain(render(View(empty, (), None, None, 1.0), 100, None))
     assert lines[4:] == [
         " TRAP PORTS           TOP SOURCES",
@@ -165,7 +166,7 @@ def test_empty_tables_say_so() -> None:
 @settings(deadline=None)  # 2 shared CPUs: the first example can be slow
 @given(width=st.integers(0, 200), height=st.integers(0, 60), warn=st.booleans())
 def test_every_size_fits_exactly(width: int, height: int, warn: bool) -> None:
-    lines = render(view(warning="not answering" if warn else None), width, height)
+    lines = render(view(failing_for=12.0 if warn else None), width, height)
     assert len(lines) == height
     assert all(sum(len(s.text) for s in line) <= width for line in lines)
 
@@ -253,7 +254,7 @@ def test_spans(seconds: float, text: str) -> None:
 
 def test_an_answer_of_another_version_is_refused_with_what_is_missing() -> None:
     with pytest.raises(ValueError, match=r"unexpected answer from the daemon.*'sources'"):
-        topview.parse(STATUS, {k: v for k, v in TOP.items() if k != "sources"})
+        topdata.parse(STATUS, {k: v for k, v in TOP.items() if k != "sources"})
 
 
 def test_without_a_daemon_top_exits_3_with_one_line(
@@ -283,7 +284,7 @@ def test_the_title_counts_trap_ports_skipped_ports_and_kernel_modes() -> None:
     skipped = {**TCP2323, "reason": "address in use", "holder": None}
     kernel = {"modes": {"tcp": "advanced", "udp": "connect"}}
     status = {**STATUS, "traps": {"set": [TCP23_V4], "skipped": [skipped]}, "kernel": kernel}
-    lines = plain(render(View(topview.parse(status, TOP), (), None, None, 1.0), 140, None))
+    lines = plain(render(View(topdata.parse(status, TOP), (), None, None, 1.0), 140, None))
     assert lines[0].startswith(
         " porttrap 0.1.0  |  up 1h02m  |  1 trap port, 1 skipped (tcp advanced)  |  backend"
     )

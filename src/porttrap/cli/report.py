@@ -41,6 +41,7 @@ examples:
 The chart buckets follow the period: hourly up to 2 days, 6-hourly up to 2 weeks, daily up to
 120 days, weekly beyond. Hits older than hit_retention (90d by default) are pruned by the
 daemon, so a longer --since shows bans only for its start.
+
 Without -o the page goes to stdout, so that it can be piped (to mail, ssh, a web root); on a
 terminal it is refused rather than printed. -o writes a temporary file beside FILE and renames
 it over FILE: a reader (a web server, a browser) never sees half a report."""

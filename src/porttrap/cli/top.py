@@ -1,6 +1,7 @@
 """`porttrap top`: the running daemon's hits per second, top trap ports, top sources and recent
 bans, refreshed in place with curses until q; or one plain-text frame (`--once`, or when
-stdout is not a terminal). The layout is `topview`'s; this module reads and draws."""
+stdout is not a terminal). What is shown is `topdata`'s, how it is laid out `topview`'s; this
+module reads the daemon and draws."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from pathlib import Path
 from types import FrameType
 
 from porttrap import config as config_mod
-from porttrap.cli import topview
+from porttrap.cli import topdata, topview
 from porttrap.cli.commands import EXIT_NOT_RUNNING
-from porttrap.cli.topview import Line, Snapshot, Style, Watch
+from porttrap.cli.topdata import Snapshot, Watch
+from porttrap.cli.topview import Line, Style
 from porttrap.clock import Clock, SystemClock
 from porttrap.daemon import control
 from porttrap.errors import DaemonNotRunning, PorttrapError
@@ -143,7 +145,7 @@ class Reader:
         answer = control.request(self.socket, {"cmd": "top", "limit": rows}, self.timeout)
         at = (sent + self.clock.monotonic()) / 2
         try:
-            return at, topview.parse(status, answer)
+            return at, topdata.parse(status, answer)
         except ValueError as err:
             raise PorttrapError(
                 f"{self.socket}: {err}: is the daemon another version of porttrap? "

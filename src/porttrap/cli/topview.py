@@ -1,25 +1,20 @@
-"""What `porttrap top` shows, as pure functions: the daemon's answers in, lines of text out.
+"""What `porttrap top` shows, as pure functions: a `topdata.View` in, lines of text out.
 
-`parse` turns the answers to `status` and `top` into a `Snapshot`; `Watch` keeps the
-successive snapshots' totals (hits per second are computed from them) and whether the daemon
-still answers; `render` lays a `View` out in a given width and height as `Line`s of styled
-segments, which `top` draws with curses or prints as plain text. No terminal, socket or clock
-here: every time is a parameter, so the layout is tested line by line.
+`render` lays a view out in a given width and height as `Line`s of styled segments, which
+`top` draws with curses or prints as plain text. No terminal, socket or clock here, so the
+layout is tested line by line.
 """
 
 from __future__ import annotations
 
-import bisect
 import enum
-import itertools
 import math
-from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-WINDOW = 60.0  # seconds of hits per second kept for the sparkline and the average
+from porttrap.cli.topdata import WINDOW, BanInfo, Snapshot, View
+
 SIDE_BY_SIDE_GAP = 4  # columns between the ports and the sources tables
 MAX_ADDRESS = 39  # the longest IPv6 address; a longer (network) text is cut
 BAR_WIDTH = 12  # the ports table's share bar
@@ -31,7 +26,7 @@ class Style(enum.Enum):
     """How a segment looks; `top` maps each to curses attributes."""
 
     PLAIN = "plain"
-    TITLE = "title"  # the top bar, reverse video
+    TITLE = "title"  # the top bar
     HEAD = "head"  # section and column titles
     DIM = "dim"  # secondary text: units, "ago", the key help
     BAR = "bar"  # sparkline and share bars
@@ -48,219 +43,6 @@ class Segment:
 
 
 Line = tuple[Segment, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class PortRow:
-    proto: str
-    port: int | None  # None: the ports past the daemon's table, summed
-    hits: int
-
-
-@dataclass(frozen=True, slots=True)
-class BanInfo:
-    address: str
-    banned_at: float
-    expires_at: float | None  # None: permanent
-    ban_count: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRow:
-    address: str
-    hits: int
-    last_seen: float
-    last_port: int
-    last_proto: str
-    ban: BanInfo | None
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """One reading of the daemon: the answers to `status` and `top`, with times as epoch
-    seconds (the daemon's clock)."""
-
-    version: str
-    pid: int
-    backend: str
-    trap_ports: int  # (protocol, port) pairs with a trap socket, on any address
-    skipped_ports: int  # ... that could not be bound on some address
-    modes: tuple[str, ...]  # the kernel sensor's modes other than connect: "tcp advanced"
-    started_at: float
-    now: float
-    hits: int
-    bans_active: int
-    bans_permanent: int
-    bans_made: int
-    ports: tuple[PortRow, ...]
-    sources: tuple[SourceRow, ...]
-    recent_bans: tuple[BanInfo, ...]
-
-
-def _epoch(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp()
-
-
-def _ban(item: Mapping[str, Any]) -> BanInfo:
-    expires = item["expires_at"]
-    return BanInfo(
-        address=str(item["address"]),
-        banned_at=_epoch(item["banned_at"]),
-        expires_at=None if expires is None or item.get("permanent") else _epoch(expires),
-        ban_count=int(item["ban_count"]),
-        reason=str(item["reason"]),
-    )
-
-
-def _ports_of(traps: Iterable[Mapping[str, Any]]) -> int:
-    return len({(t["proto"], t["port"]) for t in traps})
-
-
-def _modes(kernel: Mapping[str, Any] | None) -> tuple[str, ...]:
-    if not kernel:
-        return ()
-    return tuple(f"{p} {m}" for p, m in sorted(kernel["modes"].items()) if m != "connect")
-
-
-def parse(status: Mapping[str, Any], top: Mapping[str, Any]) -> Snapshot:
-    """The two answers as a `Snapshot`; ValueError (with what is wrong) when either is not
-    what this version of porttrap sends."""
-    try:
-        return Snapshot(
-            version=str(status["version"]),
-            pid=int(status["pid"]),
-            backend=str(status["backend"]),
-            trap_ports=_ports_of(status["traps"]["set"]),
-            skipped_ports=_ports_of(status["traps"]["skipped"]),
-            modes=_modes(status.get("kernel")),
-            started_at=_epoch(top["started_at"]),
-            now=_epoch(top["now"]),
-            hits=int(top["hits"]["total"]),
-            bans_active=int(top["bans"]["active"]),
-            bans_permanent=int(top["bans"]["permanent"]),
-            bans_made=sum(int(n) for n in top["bans"]["made"].values()),
-            ports=tuple(PortRow(str(p["proto"]), p["port"], int(p["hits"])) for p in top["ports"]),
-            sources=tuple(
-                SourceRow(
-                    address=str(s["address"]),
-                    hits=int(s["hits"]),
-                    last_seen=_epoch(s["last_seen"]),
-                    last_port=int(s["last_port"]),
-                    last_proto=str(s["last_proto"]),
-                    ban=None if s["banned"] is None else _ban(s["banned"]),
-                )
-                for s in top["sources"]
-            ),
-            recent_bans=tuple(_ban(b) for b in top["recent_bans"]),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise ValueError(
-            f"unexpected answer from the daemon ({type(err).__name__}: {err})"
-        ) from err
-
-
-# -- rates -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    at: float  # the reader's monotonic clock
-    hits: int
-
-
-@dataclass
-class Rates:
-    """Hits per second from successive readings of the daemon's total, over the last
-    `window` seconds. Readings need not be evenly spaced: a busy daemon answers late."""
-
-    window: float = WINDOW
-    samples: deque[Sample] = field(default_factory=deque)
-
-    def add(self, at: float, hits: int) -> None:
-        if self.samples and (hits < self.samples[-1].hits or at <= self.samples[-1].at):
-            self.samples.clear()  # the daemon restarted (its counts start again at 0)
-        self.samples.append(Sample(at, hits))
-        while len(self.samples) > 2 and at - self.samples[1].at >= self.window:
-            self.samples.popleft()
-
-    def current(self, step: float) -> float | None:
-        """Over the last `step` seconds before the newest reading: readings that come late,
-        and then one soon after the other, do not make it jump."""
-        return self.series(step, 1)[0]
-
-    def series(self, step: float, count: int) -> list[float | None]:
-        """Hits per second in each of the last `count` slots of `step` seconds that end at
-        the newest reading, oldest first; None before the first reading. Between two
-        readings the hits are taken as evenly spread."""
-        if len(self.samples) < 2:
-            return [None] * count
-        end = self.samples[-1].at
-        totals = [self._total_at(end - step * k) for k in range(count, -1, -1)]
-        return [
-            None if a is None or b is None else (b - a) / step
-            for a, b in itertools.pairwise(totals)
-        ]
-
-    def _total_at(self, at: float) -> float | None:
-        """The total at time `at`, interpolated between the readings around it."""
-        times = [s.at for s in self.samples]
-        if at < times[0]:
-            return None
-        i = bisect.bisect_right(times, at)
-        if i == len(times):
-            return float(self.samples[-1].hits)
-        a, b = self.samples[i - 1], self.samples[i]
-        return a.hits + (b.hits - a.hits) * (at - a.at) / (b.at - a.at)
-
-    def average(self) -> float | None:
-        """Over the whole window (or what there is of it)."""
-        if len(self.samples) < 2:
-            return None
-        first, last = self.samples[0], self.samples[-1]
-        return (last.hits - first.hits) / (last.at - first.at)
-
-
-@dataclass
-class Watch:
-    """What the view knows: the newest snapshot, the rates, and whether the daemon answers."""
-
-    rates: Rates = field(default_factory=Rates)
-    snapshot: Snapshot | None = None
-    failing_since: float | None = None  # monotonic time of the first unanswered reading
-    trouble: str = ""
-
-    def answered(self, at: float, snapshot: Snapshot) -> None:
-        if self.snapshot is not None and snapshot.started_at != self.snapshot.started_at:
-            self.rates.samples.clear()  # another daemon: its counts are not comparable
-        self.snapshot = snapshot
-        self.rates.add(at, snapshot.hits)
-        self.failing_since, self.trouble = None, ""
-
-    def failed(self, at: float, reason: str) -> None:
-        if self.failing_since is None:
-            self.failing_since = at
-        self.trouble = reason
-
-    def view(self, at: float, interval: float) -> View:
-        warning = None
-        if self.failing_since is not None:
-            warning = (
-                f"not answering, retrying every {_number(interval)}s "
-                f"(for {span(at - self.failing_since)}): {self.trouble}"
-            )
-        slots = tuple(self.rates.series(interval, max(1, round(WINDOW / interval))))
-        return View(self.snapshot, slots, slots[-1], self.rates.average(), interval, warning)
-
-
-@dataclass(frozen=True, slots=True)
-class View:
-    snapshot: Snapshot | None
-    history: tuple[float | None, ...]  # hits per second in each `interval` of the last minute
-    now: float | None  # hits per second over the last interval
-    average: float | None  # hits per second over the last minute
-    interval: float
-    warning: str | None = None
 
 
 # -- text --------------------------------------------------------------------------------
@@ -573,8 +355,10 @@ def render(view: View, width: int | None, height: int | None, unicode: bool = Tr
     every row of every table). Lines never exceed the width; sections that do not fit in
     the height lose rows, then go."""
     head = [_title(view, width)]
-    if view.warning:
-        head.append((Segment(f" {view.warning}", Style.WARN),))
+    if view.failing_for is not None:
+        warning = (f" not answering, retrying every {_number(view.interval)}s "
+                   f"(for {span(view.failing_for)}): {view.trouble}")  # fmt: skip
+        head.append((Segment(warning, Style.WARN),))
     head += [*_summary(view, width), _spark(view, width, unicode), ()]
     foot: list[Line] = []
     if height is not None:
@@ -583,7 +367,7 @@ def render(view: View, width: int | None, height: int | None, unicode: bool = Tr
     snap = view.snapshot
     if snap is not None:
         ports, sources, recent = _ports(snap, unicode), _sources(snap), _recent(snap)
-        wide = width is None or ports.width() + SIDE_BY_SIDE_GAP + sources.width() <= width
+        wide = width is None or 1 + ports.width() + SIDE_BY_SIDE_GAP + sources.width() <= width
         # One above the other, the sources come first: who scans matters most.
         blocks: list[Block] = [(ports, sources), recent] if wide else [sources, ports, recent]
         body = _body(blocks, None if height is None else height - len(head) - len(foot))
