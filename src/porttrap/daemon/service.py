@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,7 @@ MAX_ANSWERED = 1000  # bans listed in the answer to a bulk ban; the count covers
 
 @dataclass
 class Counters:
-    hits: int = 0
-    hits_by_outcome: dict[str, int] = field(default_factory=dict)
-    hits_not_stored: int = 0
+    hits_not_stored: int = 0  # hits and bans themselves are counted in `Stats`
 
 
 class Daemon:
@@ -313,9 +311,6 @@ class Daemon:
         self.stats.hit(hit, verdict.outcome)
         if self.actions.wants_hits:  # bounded by [actions] queue, whatever the flood
             self.actions.hit(hit, verdict.outcome, verdict.ban)
-        self.counters.hits += 1
-        by_outcome = self.counters.hits_by_outcome
-        by_outcome[verdict.outcome] = by_outcome.get(verdict.outcome, 0) + 1
         if len(self._hits) < MAX_BUFFERED_HITS:
             self._hits.append((hit, verdict.outcome))
         else:
@@ -495,8 +490,8 @@ class Daemon:
             "actions": self.actions.status() if self.actions.enabled else None,
             "bans": {"active": len(active), "permanent": sum(1 for b in active if b.permanent)},
             "hits": {
-                "total": self.counters.hits,
-                **self.counters.hits_by_outcome,
+                "total": self.stats.total_hits,
+                **self.stats.by_outcome(),
                 "not_stored": self.counters.hits_not_stored,
             },
         }
@@ -514,7 +509,7 @@ class Daemon:
         return {
             "now": log.iso(now),
             "started_at": log.iso(self.started_at),
-            "hits": {"total": self.stats.total_hits, **self.counters.hits_by_outcome},
+            "hits": {"total": self.stats.total_hits, **self.stats.by_outcome()},
             "bans": {
                 "active": len(active),
                 "permanent": sum(1 for b in active if b.permanent),

@@ -113,6 +113,13 @@ class Stats:
         ranked = sorted(self.sources.items(), key=lambda i: (i[1].hits, i[1].last_seen))
         return ranked[::-1][:limit]
 
+    def by_outcome(self) -> dict[str, int]:
+        """Hits per outcome ("banned", "counted" ...)."""
+        counts: Counter[str] = Counter()
+        for (_proto, _port, _kind, outcome), count in self.hits.items():
+            counts[outcome] += count
+        return dict(counts)
+
     @property
     def total_hits(self) -> int:
         return sum(self.hits.values())
