@@ -4,7 +4,7 @@ A command on every hit (a slow one: `sleep 30`, so every slot stays busy) and a 
 N hits from N sources: the first `max_running` commands are spawned, `queue` wait, the rest are
 dropped. Then one admin bulk ban of B addresses with a command on ban. Reports the loop time per
 hit and per ban, and how many actions were spawned, queued and dropped. No network: the
-dispatcher is driven directly, as `Daemon.on_hit` and the applier drive it.
+dispatcher is driven directly, as the daemon's shell drives it (`ActionsHit`, `ActionsAfter`).
 
     .venv/bin/python bench/actions_flood.py [--hits 200000] [--bans 10000]
 """

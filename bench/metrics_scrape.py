@@ -1,6 +1,7 @@
 """What one Prometheus scrape costs a busy daemon: time and size.
 
-A real Daemon (its firewall and store the in-memory fakes: nothing here touches the kernel)
+A real daemon, core and shell (its firewall and store the in-memory fakes: nothing here
+touches the kernel)
 holds `--bans` active bans (from 2001:db8::/32) and hit counters for `--ports` distinct TCP
 ports (each with a counted and a banned series, plus the "other" series past 1,024 ports). Its
 metrics endpoint listens on 127.0.0.1 (a free port); the script scrapes it over TCP as
@@ -32,7 +33,8 @@ from prometheus_client import generate_latest
 
 from porttrap.config.schema import Config, Listen
 from porttrap.daemon.metrics import registry_for
-from porttrap.daemon.service import Daemon
+from porttrap.daemon.shell import Shell
+from porttrap.daemon.wiring import make_shell
 from porttrap.model import Hit, Outcome, Proto
 from porttrap.testing import FakeClock, MemoryFirewall, MemoryStore
 
@@ -40,16 +42,16 @@ LOCAL = ipaddress.ip_address("203.0.113.1")
 SOURCE = ipaddress.ip_address("198.51.100.7")
 
 
-def busy_daemon(state: Path, ports: int, bans: int) -> Daemon:
+def busy_daemon(state: Path, ports: int, bans: int) -> Shell:
     clock = FakeClock()
-    daemon = Daemon(Config(state_dir=state), clock, MemoryStore(), MemoryFirewall(clock))
+    daemon = make_shell(Config(state_dir=state), clock, MemoryStore(), MemoryFirewall(clock))
     for port in range(1, ports + 2):  # one past the limit: the "other" series
         for outcome in (Outcome.COUNTED, Outcome.BANNED):
             hit = Hit(clock.now(), SOURCE, 40000, LOCAL, port, Proto.TCP, "syn")
-            daemon.stats.hit(hit, outcome)
+            daemon.core.stats.hit(hit, outcome)
     base = int(ipaddress.ip_address("2001:db8::"))
     targets = [ipaddress.ip_network(base + n) for n in range(bans)]
-    daemon.policy.ban(targets, clock.now(), duration=86400.0)
+    daemon.core.policy.ban(targets, clock.now(), duration=86400.0)
     return daemon
 
 
@@ -69,11 +71,11 @@ async def scrape(address: tuple[str, int], gzipped: bool) -> tuple[float, int]:
     return seconds, len(body)
 
 
-async def measure(daemon: Daemon, count: int) -> dict[str, object]:
+async def measure(daemon: Shell, count: int) -> dict[str, object]:
     await daemon.metrics.start(Listen(ipaddress.ip_address("127.0.0.1"), 0))
     address = daemon.metrics.address
     assert address is not None
-    registry = registry_for(daemon)
+    registry = registry_for(daemon.snapshot)
     collect = []
     for _ in range(count):
         started = time.perf_counter()

@@ -19,10 +19,10 @@ import re
 import socket
 import sys
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from porttrap import units
 from porttrap.config.schema import Config, LogFormat, LogOutput
 from porttrap.logformats import (
     HEADERLESS,
@@ -36,6 +36,7 @@ from porttrap.logformats import (
 from porttrap.logoutputs import SYSLOG_ADDRESS, FileOutput, LineStream, SyslogOutput
 
 LOGGER = logging.getLogger("porttrap")
+iso = units.iso  # the log lines' time format
 EVENT_ATTR = "porttrap_event"  # LogRecord attributes that carry the event as data
 FIELDS_ATTR = "porttrap_fields"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -79,13 +80,6 @@ def event(name: str, level: int = logging.INFO, **values: Any) -> None:
     if LOGGER.isEnabledFor(level):
         extra = {EVENT_ATTR: name, FIELDS_ATTR: values}
         LOGGER.log(level, fields(name, **values), extra=extra)
-
-
-def iso(at: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 UTC ('2026-11-22T05:00:00Z'); None stays None."""
-    if at is None:
-        return None
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def event_of(record: logging.LogRecord, traceback: str | None = None) -> LogEvent:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 IPAddress = IPv4Address | IPv6Address
@@ -27,6 +27,7 @@ class Outcome(enum.StrEnum):
     OWN_ADDRESS = "own-address"  # source is one of this host's addresses (or loopback)
     NOT_UNICAST = "not-unicast"  # a UDP broadcast/multicast: not aimed at this host, so no scan
     CLIENT = "client"  # a probe (forgeable) from a recent client of a served port: never bans
+    PEER = "peer"  # a probe or datagram (forgeable) from a peer of the host: never bans
     LOGGED = "logged"  # would have banned, but the protocol responds with "log" ([ban] respond)
 
 
@@ -84,6 +85,47 @@ class Unban:
 
 
 Change = Ban | Unban
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBan:
+    """A ban as recorded, with how it ended if it was lifted early."""
+
+    ban: Ban
+    lifted_at: float | None = None
+    lifted_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BoundTrap:
+    """A trap socket that is listening. `address` as bound: "0.0.0.0", "::" or one address."""
+
+    proto: Proto
+    port: int
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedTrap:
+    """A trap socket that could not be bound, why, and who holds the port when known."""
+
+    proto: Proto
+    port: int
+    address: str
+    reason: str
+    holder: str | None = None  # "sshd pid=123"
+
+
+@dataclass(frozen=True)
+class TrapReport:
+    """What the socket traps managed to set. The daemon decides what to do with none set."""
+
+    set: list[BoundTrap] = field(default_factory=list)
+    skipped: list[SkippedTrap] = field(default_factory=list)
+
+    @property
+    def none_set(self) -> bool:
+        return not self.set
 
 
 def trap_reason(proto: Proto, port: int) -> str:

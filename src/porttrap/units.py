@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -56,3 +57,10 @@ def parse_ports(text: str | int) -> range:
     if high < low:
         raise ValueError(f"range {text!r} ends before it starts")
     return range(low, high + 1)
+
+
+def iso(at: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC ('2026-11-22T05:00:00Z'); None stays None."""
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

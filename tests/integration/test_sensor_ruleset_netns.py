@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 
 from netns import Netns, in_host_netns
 from porttrap.config import load_text
+from porttrap.core.kernel import older
 from porttrap.firewall.kernel import Nft
 from porttrap.firewall.nftables import NftablesBackend
-from porttrap.firewall.sensor import NftSensor, make_sensor
-from porttrap.firewall.sensor_rules import COUNTERS
+from porttrap.firewall.objects import read_counters, table_exists
 from porttrap.model import Proto
+from porttrap.sensorspec import COUNTERS, Ports, SensorState, spec_from_config
 
 pytestmark = pytest.mark.kernel
 
@@ -71,12 +72,26 @@ class CountingNft(Nft):
 
 @dataclass
 class Loaded:
-    """A backend with the sensor, both bound to libnftables in `netns`."""
+    """The nftables backend bound to `netns`, and the sensor as the core would want it (`state`:
+    what `setup` builds, kept up to date by `serve` and `rotate` as the core's would be)."""
 
     netns: Netns
     backend: NftablesBackend
-    sensor: NftSensor
+    state: SensorState
     libnft: CountingNft
+
+    def setup(self) -> None:
+        self.backend.setup([], NOW, self.state)
+
+    def serve(self, ports: Ports) -> None:
+        self.backend.serve(ports)
+        self.state = replace(self.state, served=ports)
+
+    def rotate(self) -> str:
+        generation = older(self.state.generation)
+        self.backend.rotate(generation)
+        self.state = replace(self.state, generation=generation)
+        return generation
 
     def nft(self, *argv: str) -> str:
         return self.netns.run(["nft", *argv])
@@ -105,10 +120,18 @@ def load(netns_factory: Callable[[], Netns]) -> Callable[[str], Loaded]:
         with netns.inside():
             assert not in_host_netns(), "refusing to bind libnftables to the host's namespace"
             nft = CountingNft()
-        sensor = make_sensor(load_text(config, None))
-        assert sensor is not None
-        sensor = NftSensor(sensor.rules, nft)  # the namespace's context, never a lazy one
-        return Loaded(netns, NftablesBackend(TABLE, nft=nft, sensor=sensor), sensor, nft)
+        state = SensorState(spec_from_config(load_text(config, None)), {})
+
+        def exists(table: str) -> bool:
+            with netns.inside():
+                return table_exists(table)
+
+        def read(table: str) -> dict[str, int]:
+            with netns.inside():
+                return read_counters(table)
+
+        backend = NftablesBackend(TABLE, nft=nft, exists=exists, read=read)
+        return Loaded(netns, backend, state, nft)
 
     return make
 
@@ -118,14 +141,14 @@ def test_every_combination_loads_in_one_transaction_and_tears_down(
     load: Callable[[str], Loaded], name: str
 ) -> None:
     loaded = load(CONFIGS[name])
-    loaded.backend.setup([], NOW)
+    loaded.setup()
     assert loaded.libnft.batches == 1
     listing = loaded.listing()
     assert "chain input {" in listing
     assert loaded.chain("input") == INPUT_CHAIN
     assert "chain prerouting {" in listing  # the bans, in the same table
-    assert loaded.sensor.counters() == dict.fromkeys(COUNTERS, 0)
-    loaded.backend.setup([], NOW)  # a rebuild replaces it all, in one transaction again
+    assert loaded.backend.sensor_counters() == dict.fromkeys(COUNTERS, 0)
+    loaded.setup()  # a rebuild replaces it all, in one transaction again
     assert loaded.listing() == listing
     loaded.backend.teardown()
     assert loaded.nft("list", "tables") == ""
@@ -145,7 +168,7 @@ def test_the_settings_show_in_the_rules(
     load: Callable[[str], Loaded], name: str, present: list[str], absent: list[str]
 ) -> None:
     loaded = load(CONFIGS[name])
-    loaded.backend.setup([], NOW)
+    loaded.setup()
     chains = "\n".join(
         loaded.listing("chain", chain)
         for chain in ("input", "forward", "known", "blocked", "probe", "block", "report_new")
@@ -158,7 +181,7 @@ def test_the_settings_show_in_the_rules(
 
 def test_traps_on_addresses_fill_the_set_of_their_family(load: Callable[[str], Loaded]) -> None:
     loaded = load(CONFIGS["traps-on-addresses"])
-    loaded.backend.setup([], NOW)
+    loaded.setup()
     assert loaded.elements("traps_tcp_at_v4") == [{"concat": ["192.0.2.1", 2323]}]
     assert loaded.elements("traps_tcp_at_v6") == [{"concat": ["2001:db8::1", 2323]}]
     assert loaded.elements("traps_udp_at_v6") == [{"concat": ["2001:db8::1", 5353]}]
@@ -174,7 +197,7 @@ def test_advanced_mode_watches_every_port_but_the_excluded_ones(
     load: Callable[[str], Loaded],
 ) -> None:
     loaded = load(CONFIGS["both-advanced"])
-    loaded.backend.setup([], NOW)
+    loaded.setup()
     assert loaded.elements("traps_tcp") == [{"range": [1, 65535]}]
     assert loaded.elements("open_tcp") == [113, 139]
     assert sorted(loaded.elements("open_udp")) == [67, 137, 138, 520]
@@ -183,14 +206,14 @@ def test_advanced_mode_watches_every_port_but_the_excluded_ones(
 
 def test_serve_adds_and_removes_open_ports_in_the_kernel(load: Callable[[str], Loaded]) -> None:
     loaded = load(CONFIGS["both-advanced"])
-    loaded.backend.setup([], NOW)
-    loaded.sensor.serve({TCP: frozenset({22, 443}), UDP: frozenset({53})})
+    loaded.setup()
+    loaded.serve({TCP: frozenset({22, 443}), UDP: frozenset({53})})
     assert loaded.elements("open_tcp") == [22, 113, 139, 443]
     assert sorted(loaded.elements("open_udp")) == [53, 67, 137, 138, 520]
-    loaded.sensor.serve({TCP: frozenset({443, 8443}), UDP: frozenset()})
+    loaded.serve({TCP: frozenset({443, 8443}), UDP: frozenset()})
     assert loaded.elements("open_tcp") == [113, 139, 443, 8443]
     assert sorted(loaded.elements("open_udp")) == [67, 137, 138, 520]
-    loaded.backend.setup([], NOW)  # rebuilt as it was
+    loaded.setup()  # rebuilt as it was
     assert loaded.elements("open_tcp") == [113, 139, 443, 8443]
 
 
@@ -198,28 +221,28 @@ def test_rotate_switches_the_block_chain_and_empties_the_new_generation(
     load: Callable[[str], Loaded],
 ) -> None:
     loaded = load(CONFIGS["tcp-stealth"])
-    loaded.backend.setup([], NOW)
+    loaded.setup()
     assert "update @block_a_v4 { ip saddr }" in loaded.listing("chain", "block")
     for name, address in BLOCKED.items():
         loaded.nft("add", "element", "inet", TABLE, name, f"{{ {address} }}")
-    assert loaded.sensor.rotate() == "b"
+    assert loaded.rotate() == "b"
     block = loaded.listing("chain", "block")
     assert "update @block_b_v4 { ip saddr }" in block
     assert "update @block_b_v6 { ip6 saddr }" in block
     assert "@block_a_" not in block
     assert loaded.elements("block_b_v4") == loaded.elements("block_b_v6") == []
     assert [e["elem"]["val"] for e in loaded.elements("block_a_v4")] == ["192.0.2.7"]
-    loaded.backend.setup([], NOW)  # rebuilt with the current generation
+    loaded.setup()  # rebuilt with the current generation
     assert "update @block_b_v4" in loaded.listing("chain", "block")
-    assert loaded.sensor.rotate() == "a"
+    assert loaded.rotate() == "a"
     assert "update @block_a_v4" in loaded.listing("chain", "block")
 
 
 def test_counters_returns_all_six(load: Callable[[str], Loaded]) -> None:
     loaded = load(CONFIGS["udp-stealth"])
-    loaded.backend.setup([], NOW)
+    loaded.setup()
     loaded.nft("add", "counter", "inet", TABLE, "legacy_hits")
-    assert loaded.sensor.counters() == dict.fromkeys(COUNTERS, 0)
+    assert loaded.backend.sensor_counters() == dict.fromkeys(COUNTERS, 0)
 
 
 def test_an_allow_list_with_an_address_inside_a_network_loads(
@@ -227,5 +250,5 @@ def test_an_allow_list_with_an_address_inside_a_network_loads(
 ) -> None:
     config = '[traps]\nmode = "stealth"\n[allow]\naddresses = ["192.0.2.0/24", "192.0.2.7"]\n'
     loaded = load(config)  # the configuration is valid: connect mode takes it
-    loaded.backend.setup([], NOW)
+    loaded.setup()
     assert loaded.elements("allow_v4") == [{"prefix": {"addr": "192.0.2.0", "len": 24}}]

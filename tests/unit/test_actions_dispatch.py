@@ -1,12 +1,13 @@
 """Which actions each event calls for, and when: `first` commands started before the kernel
 apply, the others after it; unbans and expiries; hit hooks under a flood; respond "command"
-and "log"; shutdown; what `porttrap status` shows. The applier and daemon are real, the
+and "log"; shutdown; what `porttrap status` shows. The core and its shell are real, the
 firewall and store are the shipped fakes, the commands are real processes."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
@@ -21,13 +22,15 @@ from porttrap.config.schema import (
     Config,
     Event,
     HostsDenyAction,
-    Modes,
     Respond,
 )
-from porttrap.daemon.applier import Applier
-from porttrap.daemon.service import Daemon
-from porttrap.model import Ban, Change, Hit, Outcome, Proto, Unban
-from porttrap.policy import Policy, Protection
+from porttrap.core.events import AdminBan, AdminUnban, Started, Tick, TurnEnded
+from porttrap.daemon.shell import Shell
+from porttrap.daemon.wiring import make_shell
+from porttrap.daemon.writer import Job, StoreWriter
+from porttrap.model import Ban, Change, Hit, Outcome, Proto
+from porttrap.policy import Policy
+from porttrap.store.base import Store
 from porttrap.testing import FakeClock, MemoryFirewall, MemoryStore
 
 ALL = frozenset(Event)
@@ -52,27 +55,70 @@ async def settle(dispatcher: Dispatcher) -> None:
 class Watching(MemoryFirewall):
     """Notes how many actions had been started when each batch reached the kernel."""
 
-    def __init__(self, clock: FakeClock, dispatcher: Dispatcher) -> None:
+    def __init__(self, clock: FakeClock) -> None:
         super().__init__(clock)
-        self.dispatcher = dispatcher
+        self.dispatcher: Dispatcher | None = None
         self.started_before: list[int] = []
 
     def apply(self, changes: Sequence[Change], now: float) -> None:
+        assert self.dispatcher is not None
         self.started_before.append(self.dispatcher.runner.run)
         super().apply(changes, now)
 
 
-def wired(
-    actions: Actions, tmp_path: Path, respond: Respond = Respond.BAN
-) -> tuple[Dispatcher, Applier, Watching, Policy, FakeClock]:
+@dataclass
+class Rig:
+    """The real core and shell over the fakes, driven by events as the daemon's loop would."""
+
+    shell: Shell
+    firewall: Watching
+    clock: FakeClock
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self.shell.actions
+
+    @property
+    def policy(self) -> Policy:
+        return self.shell.core.policy
+
+    @property
+    def store(self) -> Store:
+        return self.shell.store
+
+    def ban(self, *targets: str, duration: float | None = None) -> None:
+        self.shell.feed(AdminBan(tuple(ip_network(t) for t in targets), duration))
+
+    def unban(self, *targets: str) -> None:
+        self.shell.feed(AdminUnban(tuple(ip_network(t) for t in targets)))
+
+    def hit(self, made: Hit) -> None:
+        """A hit, and the end of its loop turn."""
+        self.shell.on_hit(made)
+        self.shell.feed(TurnEnded())
+
+    def tick(self) -> None:
+        self.shell.feed(Tick())
+
+
+def wired(actions: Actions, tmp_path: Path, respond: Respond = Respond.BAN) -> Rig:
     clock = FakeClock()
-    dispatcher = Dispatcher(actions, Modes(), tmp_path, host="gw1")
-    firewall = Watching(clock, dispatcher)
-    firewall.setup([], clock.now())
-    policy = Policy(BanPolicy(respond_tcp=respond, respond_udp=respond), (), Protection([]))
-    applier = Applier(firewall, MemoryStore(), clock, policy.active,
-                      enforced=policy.enforced, listener=dispatcher)  # fmt: skip
-    return dispatcher, applier, firewall, policy, clock
+    firewall = Watching(clock)
+    config = Config(
+        state_dir=tmp_path, actions=actions, ban=BanPolicy(respond_tcp=respond, respond_udp=respond)
+    )
+    shell = make_shell(config, clock, MemoryStore(), firewall)
+    firewall.dispatcher = shell.actions
+    shell.writer = shell.effects.writer = InlineWriter()
+    shell.feed(Started(frozenset(), []))
+    return Rig(shell, firewall, clock)
+
+
+class InlineWriter(StoreWriter):
+    """Writes at once, on the caller's thread."""
+
+    def submit(self, job: Job) -> None:
+        job()
 
 
 def hit(source: str, clock: FakeClock, port: int = 23) -> Hit:
@@ -86,11 +132,11 @@ def test_first_commands_start_before_the_kernel_apply_and_the_others_after(
     actions = Actions(commands=(recording(log, first=True), recording(log)))
 
     async def scenario() -> None:
-        dispatcher, applier, firewall, policy, clock = wired(actions, tmp_path)
-        applier.apply_now(policy.ban([ip_network("192.0.2.7/32")], clock.now()))
-        assert firewall.started_before == [1]  # the first command, and only it, had started
-        assert dispatcher.runner.run == 2
-        await settle(dispatcher)
+        rig = wired(actions, tmp_path)
+        rig.ban("192.0.2.7")
+        assert rig.firewall.started_before == [1]  # the first command, and only it, had started
+        assert rig.dispatcher.runner.run == 2
+        await settle(rig.dispatcher)
 
     asyncio.run(scenario())
     assert recorded(log) == ["ban 192.0.2.7 0 admin manual"] * 2
@@ -100,11 +146,11 @@ def test_the_kernel_apply_never_waits_for_a_first_command(tmp_path: Path) -> Non
     slow = CommandAction(run=("/bin/sleep", "60"), first=True, timeout=60.0)
 
     async def scenario() -> None:
-        dispatcher, applier, firewall, policy, clock = wired(Actions(commands=(slow,)), tmp_path)
-        applier.apply_now(policy.ban([ip_network("192.0.2.7/32")], clock.now()))
-        assert [str(e.target) for e in firewall.entries()] == ["192.0.2.7/32"]
-        assert dispatcher.runner.running == 1  # still sleeping, and the ban is in
-        assert await dispatcher.close(grace=0.1) == (0, 1)
+        rig = wired(Actions(commands=(slow,)), tmp_path)
+        rig.ban("192.0.2.7")
+        assert [str(e.target) for e in rig.firewall.entries()] == ["192.0.2.7/32"]
+        assert rig.dispatcher.runner.running == 1  # still sleeping, and the ban is in
+        assert await rig.dispatcher.close(grace=0.1) == (0, 1)
 
     asyncio.run(scenario())
 
@@ -114,19 +160,14 @@ def test_unbans_carry_the_lifted_ban_and_expiries_say_expired(tmp_path: Path) ->
     actions = Actions(commands=(recording(log, on=frozenset({Event.UNBAN})),))
 
     async def scenario() -> None:
-        dispatcher, applier, _, policy, clock = wired(actions, tmp_path)
-        dispatcher.start([])
-        verdict = policy.on_hit(hit("192.0.2.7", clock, port=2323), clock.now())
-        assert verdict.ban is not None
-        applier.apply_now([verdict.ban])
-        applier.apply_now([policy.unban(ip_network("192.0.2.7/32"), clock.now())])
-        applier.apply_now([policy.unban(ip_network("192.0.2.99/32"), clock.now())])  # not banned
-        expiring = policy.on_hit(hit("192.0.2.8", clock), clock.now()).ban
-        assert expiring is not None
-        applier.apply_now([expiring])
-        clock.advance(7200)
-        dispatcher.expired(policy.expire(clock.now()))
-        await settle(dispatcher)
+        rig = wired(actions, tmp_path)
+        rig.hit(hit("192.0.2.7", rig.clock, port=2323))
+        rig.unban("192.0.2.7")
+        rig.unban("192.0.2.99")  # not banned
+        rig.hit(hit("192.0.2.8", rig.clock))
+        rig.clock.advance(7200)
+        rig.tick()
+        await settle(rig.dispatcher)
 
     asyncio.run(scenario())
     assert recorded(log) == [
@@ -142,10 +183,10 @@ def test_bans_restored_on_start_are_known_to_their_unbans(tmp_path: Path) -> Non
     restored = Ban(ip_network("2001:db8::/48"), 0.0, None, 3, "trap:udp/161")
 
     async def scenario() -> None:
-        dispatcher, applier, _, _, clock = wired(actions, tmp_path)
-        dispatcher.start([restored])
-        applier.apply_now([Unban(restored.target, clock.now(), "manual")])
-        await settle(dispatcher)
+        rig = wired(actions, tmp_path)
+        rig.dispatcher.start([restored])
+        rig.unban("2001:db8::/48")
+        await settle(rig.dispatcher)
 
     asyncio.run(scenario())
     assert recorded(log) == ["unban 2001:db8::/48 161 udp manual"]
@@ -158,16 +199,16 @@ def test_respond_command_runs_the_hook_records_the_ban_and_leaves_the_kernel_alo
     actions = Actions(commands=(recording(log),))
 
     async def scenario() -> None:
-        dispatcher, applier, firewall, policy, clock = wired(actions, tmp_path, Respond.COMMAND)
-        verdict = policy.on_hit(hit("192.0.2.7", clock), clock.now())
-        assert verdict.outcome is Outcome.BANNED and verdict.ban is not None
-        applier.apply_now([verdict.ban])
-        assert firewall.entries() == []
-        assert [b.target for b in applier.store.active_bans(clock.now())] == [verdict.ban.target]
-        await settle(dispatcher)
+        rig = wired(actions, tmp_path, Respond.COMMAND)
+        rig.hit(hit("192.0.2.7", rig.clock))
+        assert rig.shell.core.stats.by_outcome() == {Outcome.BANNED.value: 1}
+        assert rig.firewall.entries() == []
+        stored = [b.target for b in rig.store.active_bans(rig.clock.now())]
+        assert stored == [ip_network("192.0.2.7/32")]
+        await settle(rig.dispatcher)
 
     asyncio.run(scenario())
-    assert recorded(log) == ["ban 192.0.2.7 23 tcp trap:tcp/23"]
+    assert recorded(log) == ["ban 192.0.2.7 23 tcp trap:tcp/23", "hit 192.0.2.7 23 tcp trap:tcp/23"]
 
 
 def test_respond_log_bans_nothing_and_runs_only_hit_hooks(tmp_path: Path) -> None:
@@ -183,12 +224,11 @@ def test_respond_log_bans_nothing_and_runs_only_hit_hooks(tmp_path: Path) -> Non
     actions = Actions(commands=(*actions.commands, outcome))
 
     async def scenario() -> None:
-        dispatcher, applier, firewall, policy, clock = wired(actions, tmp_path, Respond.LOG)
-        verdict = policy.on_hit(hit("192.0.2.7", clock), clock.now())
-        assert verdict == type(verdict)(Outcome.LOGGED)
-        dispatcher.hit(hit("192.0.2.7", clock), verdict.outcome, verdict.ban)
-        assert applier.firewall.entries() == [] and firewall.started_before == []
-        await settle(dispatcher)
+        rig = wired(actions, tmp_path, Respond.LOG)
+        rig.hit(hit("192.0.2.7", rig.clock))
+        assert rig.shell.core.stats.by_outcome() == {Outcome.LOGGED.value: 1}
+        assert rig.firewall.entries() == [] and rig.firewall.started_before == []
+        await settle(rig.dispatcher)
 
     asyncio.run(scenario())
     assert recorded(hits) == ["hit 192.0.2.7 23 tcp trap:tcp/23"]
@@ -204,10 +244,11 @@ def test_hosts_deny_follows_bans_unbans_and_expiries(tmp_path: Path) -> None:
     )
 
     async def scenario() -> None:
-        dispatcher, applier, _, policy, clock = wired(actions, tmp_path)
+        rig = wired(actions, tmp_path)
+        dispatcher = rig.dispatcher
         dispatcher.start([Ban(ip_network("198.51.100.0/24"), 0.0, None, 1, "manual")])
-        applier.apply_now(policy.ban([ip_network("192.0.2.7/32")], clock.now(), duration=60))
-        applier.apply_now(policy.ban([ip_network("192.0.2.8/32")], clock.now(), duration=600))
+        rig.ban("192.0.2.7", duration=60)
+        rig.ban("192.0.2.8", duration=600)
         await asyncio.to_thread(dispatcher.hosts_deny.close)  # type: ignore[union-attr]
         assert deny.read_text().splitlines() == [
             "sshd: ALL",
@@ -215,9 +256,9 @@ def test_hosts_deny_follows_bans_unbans_and_expiries(tmp_path: Path) -> None:
             "ALL: 192.0.2.7 : spawn /bin/echo admin",
             "ALL: 192.0.2.8 : spawn /bin/echo admin",
         ]
-        clock.advance(120)
-        dispatcher.expired(policy.expire(clock.now()))
-        applier.apply_now([policy.unban(ip_network("198.51.100.0/24"), clock.now())])
+        rig.clock.advance(120)
+        rig.tick()
+        rig.unban("198.51.100.0/24")
         await dispatcher.close()
         assert dispatcher.status()["hosts_deny"] == {"file": str(deny), "lines": 1, "failed": 0}
 
@@ -230,10 +271,9 @@ def test_shutdown_drops_what_waits_and_kills_what_runs(tmp_path: Path) -> None:
     actions = Actions(commands=(slow,), max_running=1)
 
     async def scenario() -> tuple[int, int]:
-        dispatcher, applier, _, policy, clock = wired(actions, tmp_path)
-        targets = [ip_network(f"192.0.2.{n}/32") for n in range(1, 4)]
-        applier.apply_now(policy.ban(targets, clock.now()))
-        return await dispatcher.close(grace=0.1)
+        rig = wired(actions, tmp_path)
+        rig.ban(*(f"192.0.2.{n}" for n in range(1, 4)))
+        return await rig.dispatcher.close(grace=0.1)
 
     assert asyncio.run(scenario()) == (2, 1)
 
@@ -245,11 +285,12 @@ def test_a_flood_of_hits_cannot_pile_up_hit_actions_and_status_shows_it(tmp_path
     clock = FakeClock()
 
     async def scenario() -> dict[str, object]:
-        daemon = Daemon(config, clock, MemoryStore(), MemoryFirewall(clock))
+        daemon = make_shell(config, clock, MemoryStore(), MemoryFirewall(clock))
         for n in range(5000):
             daemon.on_hit(hit(f"2001:db8::{n:x}", clock))
-        status = daemon._status({})
+        status = daemon.handlers["status"]({})
         await daemon.actions.close(grace=0.1)
+        assert isinstance(status, dict)
         return status
 
     status = asyncio.run(scenario())
@@ -271,9 +312,10 @@ def test_a_flood_of_hits_cannot_pile_up_hit_actions_and_status_shows_it(tmp_path
 
 def test_without_actions_nothing_is_set_up(tmp_path: Path) -> None:
     clock = FakeClock()
-    daemon = Daemon(Config(state_dir=tmp_path), clock, MemoryStore(), MemoryFirewall(clock))
+    daemon = make_shell(Config(state_dir=tmp_path), clock, MemoryStore(), MemoryFirewall(clock))
     assert not daemon.actions.enabled and not daemon.actions.wants_hits
-    assert daemon._status({})["actions"] is None
+    status = daemon.handlers["status"]({})
+    assert isinstance(status, dict) and status["actions"] is None
 
 
 def test_status_text_names_hosts_deny() -> None:
@@ -295,10 +337,10 @@ def test_a_bug_in_an_action_never_stops_the_ban(
         raise RuntimeError("a bug")
 
     async def scenario() -> None:
-        dispatcher, applier, firewall, policy, clock = wired(actions, tmp_path)
-        monkeypatch.setattr(dispatcher.runner, "submit", broken)
-        applier.apply_now(policy.ban([ip_network("192.0.2.7/32")], clock.now()))
-        assert [str(e.target) for e in firewall.entries()] == ["192.0.2.7/32"]
+        rig = wired(actions, tmp_path)
+        monkeypatch.setattr(rig.dispatcher.runner, "submit", broken)
+        rig.ban("192.0.2.7")
+        assert [str(e.target) for e in rig.firewall.entries()] == ["192.0.2.7/32"]
 
     asyncio.run(scenario())
     assert "event=action-failed error=unexpected during=before-kernel" in caplog.text

@@ -1,9 +1,10 @@
-"""The metrics a real Daemon (fake clock, memory firewall and store) exposes, rendered by the
+"""The metrics a real Shell (fake clock, memory firewall and store) exposes, rendered by the
 client library and read back with its own parser: exact values for each family."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Iterator
 from ipaddress import ip_address
 from pathlib import Path
@@ -15,18 +16,20 @@ from prometheus_client.core import Metric
 
 from porttrap import __version__
 from porttrap.config import load_text
-from porttrap.daemon import stats as stats_mod
+from porttrap.core import stats as stats_mod
+from porttrap.core.events import BlocksRotated, CountersRead, Started, Tick
+from porttrap.core.stats import Histogram
 from porttrap.daemon.metrics import histogram, registry_for
-from porttrap.daemon.service import Daemon
-from porttrap.daemon.stats import Histogram
+from porttrap.daemon.shell import Shell
+from porttrap.daemon.wiring import make_shell
 from porttrap.model import Hit, Proto
 from porttrap.testing import FakeClock, MemoryFirewall, MemoryStore
 from scrape import by, families, labels, values
 
 
-def scrape(daemon: Daemon) -> dict[str, Metric]:
+def scrape(daemon: Shell) -> dict[str, Metric]:
     """The families of one scrape, by name, as the client's parser reads the text."""
-    return families(generate_latest(registry_for(daemon)).decode())
+    return families(generate_latest(registry_for(daemon.snapshot)).decode())
 
 
 def one(family: Metric, **pairs: str) -> float:
@@ -39,27 +42,29 @@ def hit(source: str, port: int, proto: Proto = Proto.TCP, kind: str = "connect")
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
+def daemon(tmp_path: Path) -> Iterator[Shell]:
     config = load_text(
         f'state_dir = "{tmp_path}"\n[traps]\ntcp = ["23"]\nudp = ["161"]\n'
         '[ban]\nrespond = { udp = "command" }\n',
         None,
     )
     clock = FakeClock()
-    made = Daemon(config, clock, MemoryStore(), MemoryFirewall(clock))
-    made.firewall.setup([], clock.now())  # what Daemon.run does first
+    made = make_shell(config, clock, MemoryStore(), MemoryFirewall(clock))
+    made.feed(Started(frozenset(), []))  # what Shell.run does first
     yield made
     made.writer.close()
 
 
-def run_on_loop(daemon: Daemon, *hits: Hit, requests: tuple[tuple[str, Any], ...] = ()) -> None:
+def run_on_loop(daemon: Shell, *hits: Hit, requests: tuple[tuple[str, Any], ...] = ()) -> None:
     """Feed hits and control requests on a running loop, and let the applier's batches go."""
 
     async def feed() -> None:
         for each in hits:
             daemon.on_hit(each)
         for name, request in requests:
-            await getattr(daemon, name)(request)
+            answer = daemon.handlers[name](request)
+            assert inspect.isawaitable(answer)
+            await answer
         for _ in range(3):
             await asyncio.sleep(0)
 
@@ -67,7 +72,7 @@ def run_on_loop(daemon: Daemon, *hits: Hit, requests: tuple[tuple[str, Any], ...
     asyncio.run(feed())
 
 
-def test_an_idle_daemon_exports_every_family_at_zero(daemon: Daemon) -> None:
+def test_an_idle_daemon_exports_every_family_at_zero(daemon: Shell) -> None:
     got = scrape(daemon)
     assert one(got["porttrap_info"], version=__version__, backend="memory",
                tcp_mode="connect", udp_mode="connect") == 1  # fmt: skip
@@ -87,7 +92,7 @@ def test_an_idle_daemon_exports_every_family_at_zero(daemon: Daemon) -> None:
         assert got[name].samples == []  # declared, so dashboards find the name
 
 
-def test_hits_bans_and_sets_as_the_daemon_holds_them(daemon: Daemon) -> None:
+def test_hits_bans_and_sets_as_the_daemon_holds_them(daemon: Shell) -> None:
     run_on_loop(
         daemon,
         hit("198.51.100.7", 23),  # a TCP handshake: banned at once
@@ -95,9 +100,9 @@ def test_hits_bans_and_sets_as_the_daemon_holds_them(daemon: Daemon) -> None:
         hit("198.51.100.8", 161, Proto.UDP, "udp"),  # forgeable: the first only counts...
         hit("198.51.100.8", 161, Proto.UDP, "udp"),  # ...the second bans; udp responds "command"
         requests=(
-            ("_ban", {"targets": ["203.0.113.0/24"], "permanent": True}),
-            ("_ban", {"targets": ["2001:db8::9", "2001:db8::10"], "for": 600}),
-            ("_unban", {"targets": ["2001:db8::10"]}),
+            ("ban", {"targets": ["203.0.113.0/24"], "permanent": True}),
+            ("ban", {"targets": ["2001:db8::9", "2001:db8::10"], "for": 600}),
+            ("unban", {"targets": ["2001:db8::10"]}),
         ),
     )
     got = scrape(daemon)
@@ -123,13 +128,13 @@ def test_hits_bans_and_sets_as_the_daemon_holds_them(daemon: Daemon) -> None:
 
 
 def test_expired_bans_and_ports_past_the_limit(
-    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+    daemon: Shell, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(stats_mod, "MAX_PORTS", 1)
     run_on_loop(daemon, hit("198.51.100.7", 23), hit("198.51.100.9", 2323))
     assert isinstance(daemon.clock, FakeClock)
     daemon.clock.advance(2 * 3600)
-    daemon._maintain()
+    daemon.feed(Tick())
     got = scrape(daemon)
     assert by("port", got["porttrap_hits"]) == {"23": 1, "other": 1}
     assert by("how", got["porttrap_unbans"]) == {"lifted": 0, "expired": 2}
@@ -137,8 +142,8 @@ def test_expired_bans_and_ports_past_the_limit(
     assert by("family", got["porttrap_set_elements"]) == {"ipv4": 0, "ipv6": 0}
 
 
-def test_store_backlog_failures_and_dropped_hits(daemon: Daemon) -> None:
-    daemon.counters.hits_not_stored = 7
+def test_store_backlog_failures_and_dropped_hits(daemon: Shell) -> None:
+    daemon.core.hits_not_stored = 7
     daemon.writer.submit(lambda: None)  # the writer is not started: the job waits
     daemon.writer.failures = 2
     daemon.actions.runner.drop(3)
@@ -148,31 +153,28 @@ def test_store_backlog_failures_and_dropped_hits(daemon: Daemon) -> None:
     assert by("what", got["porttrap_events_dropped"]) == {"hit_not_stored": 7, "action": 3}
 
 
-class KernelStub:
-    """The kernel sensor's status, shaped as KernelTraps.status() gives it."""
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "block": {"enabled": True, "size": 65536, "time": 60.0, "current": "b",
-                      "fill": {"a": 120, "b": 7}, "rotations": 3},
-            "events": {"reported": 140, "over_source_rate": 11, "over_total_rate": 5,
-                       "received": 139, "lost_overruns": 1, "malformed": 0, "foreign": 0},
-            "quiet_drops": 42,
-        }  # fmt: skip
-
-
-def test_the_kernel_sensors_reports_blocks_and_drops(
-    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(daemon, "_kernel", KernelStub())
+def test_the_kernel_sensors_reports_blocks_and_drops(tmp_path: Path) -> None:
+    config = load_text(f'state_dir = "{tmp_path}"\n[traps]\nmode = "stealth"\n', None)
+    clock = FakeClock()
+    firewall = MemoryFirewall(clock)
+    daemon = make_shell(config, clock, MemoryStore(), firewall, firewall)
+    daemon.feed(Started(frozenset(), [], served={Proto.TCP: frozenset(), Proto.UDP: frozenset()}))
+    daemon.feed(CountersRead({}, 1.0))
+    counters = {"block_a": 120, "block_b": 7, "reported": 140, "over_source": 11,
+                "over_rate": 5, "quiet": 42}  # fmt: skip
+    daemon.feed(CountersRead(counters, 2.0))
+    daemon.feed(BlocksRotated("b", 3.0))  # b emptied: its 7 insertions are gone
+    assert daemon._kernel is not None
+    daemon._kernel.receiver.received = 139
+    daemon._kernel.receiver.overruns = 1
     got = scrape(daemon)
     assert by("what", got["porttrap_events_dropped"]) == {
         "hit_not_stored": 0, "action": 0,
         "kernel_source_rate": 11, "kernel_total_rate": 5, "kernel_overrun": 1}  # fmt: skip
     assert values(got["porttrap_kernel_reports"]) == {frozenset(): 139}
-    assert by("generation", got["porttrap_kernel_block_fill"]) == {"a": 120, "b": 7}
+    assert by("generation", got["porttrap_kernel_block_fill"]) == {"a": 120, "b": 0}
     assert values(got["porttrap_kernel_block_capacity"]) == {frozenset(): 65536}
-    assert values(got["porttrap_kernel_block_rotations"]) == {frozenset(): 3}
+    assert values(got["porttrap_kernel_block_rotations"]) == {frozenset(): 1}
     assert values(got["porttrap_kernel_quiet_drops"]) == {frozenset(): 42}
 
 

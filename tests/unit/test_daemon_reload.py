@@ -17,9 +17,10 @@ import pytest
 
 from porttrap.config import load_text
 from porttrap.config.schema import BanPolicy, Config, KernelSensor, Trap
-from porttrap.daemon import reload
-from porttrap.daemon.service import Daemon
-from porttrap.errors import ConfigError, PorttrapError
+from porttrap.core import reload
+from porttrap.daemon.shell import Shell
+from porttrap.daemon.wiring import make_shell
+from porttrap.errors import PorttrapError, RemoteConfigError
 from porttrap.model import Hit, Outcome, Proto
 from porttrap.policy import Policy, Protection
 from porttrap.sensors.sockets import SocketTraps
@@ -194,11 +195,11 @@ def test_a_port_moving_from_one_address_to_all_is_closed_before_it_is_bound() ->
 # -- the daemon ---------------------------------------------------------------------------
 
 
-def daemon_with(path: Path, text: str, state: Path) -> Daemon:
+def daemon_with(path: Path, text: str, state: Path) -> Shell:
     path.write_text(f'state_dir = "{state}"\n{text}')
     config = cfg(f'state_dir = "{state}"\n{text}')
     clock = FakeClock(T0)
-    return Daemon(config, clock, MemoryStore(), MemoryFirewall(clock), config_path=path)
+    return make_shell(config, clock, MemoryStore(), MemoryFirewall(clock), config_path=path)
 
 
 def test_the_daemon_refuses_a_bad_file_and_keeps_its_configuration(
@@ -210,7 +211,7 @@ def test_the_daemon_refuses_a_bad_file_and_keeps_its_configuration(
     running = daemon.config
     path.write_text('[ban]\ntime = "forever"\ntrigger = 0\n')
 
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(RemoteConfigError) as refused:
         asyncio.run(daemon.reload())
     assert len(refused.value.problems) == 2
     assert daemon.config is running
@@ -228,14 +229,14 @@ def test_the_daemon_applies_a_new_ban_policy_and_keeps_its_bans(tmp_path: Path) 
     daemon = daemon_with(path, '[ban]\ntime = "1h"\n', tmp_path)
 
     async def scenario() -> dict[str, object]:
-        daemon.policy.ban([ip_network("192.0.2.7/32")], T0, permanent=True)
+        daemon.core.policy.ban([ip_network("192.0.2.7/32")], T0, permanent=True)
         path.write_text(f'state_dir = "{tmp_path}"\n[ban]\ntime = "2h"\n')
         return await daemon.reload()
 
     answer = asyncio.run(scenario())
     assert answer["changed"] == ["ban"]
-    assert daemon.config.ban.time == 7200.0 and daemon.policy.policy.time == 7200.0
-    (ban,) = daemon.policy.active(T0)
+    assert daemon.config.ban.time == 7200.0 and daemon.core.policy.policy.time == 7200.0
+    (ban,) = daemon.core.policy.active(T0)
     assert ban.permanent and str(ban.target) == "192.0.2.7/32"
 
 

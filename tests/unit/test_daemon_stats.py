@@ -6,8 +6,8 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
-from porttrap.daemon import stats as stats_mod
-from porttrap.daemon.stats import OTHER_PORT, Histogram, Stats
+from porttrap.core import stats as stats_mod
+from porttrap.core.stats import OTHER_PORT, Histogram, Stats
 from porttrap.model import Ban, Hit, Outcome, Proto, Unban
 
 T0 = 1_800_000_000.0
@@ -59,13 +59,12 @@ def test_the_source_table_keeps_the_busiest_half_when_full(monkeypatch: pytest.M
     assert stats.sources_forgotten == 2
 
 
-def test_bans_and_unbans_are_counted_once_applied() -> None:
+def test_bans_and_unbans_are_counted_as_applied() -> None:
     stats = Stats()
     net = ip_network("198.51.100.7/32")
     batch = [Ban(net, T0, T0 + 60, 1, "tcp/23"), Ban(net, T0, None, 3, "tcp/23")]
-    stats.before_kernel(batch)
     assert not stats.bans
-    stats.after_kernel([*batch, Unban(net, T0, "manual")])
+    stats.applied([*batch, Unban(net, T0, "manual")])
     stats.expired(batch[:1])
     assert stats.bans == {"temporary": 1, "permanent": 1}
     assert stats.unbans == {"lifted": 1, "expired": 1}

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import functools
 import threading
-from ipaddress import ip_address
-from pathlib import Path
 
 import pytest
 
-from porttrap.config.schema import Config
-from porttrap.daemon.service import MAX_WRITE_BACKLOG, Daemon
 from porttrap.daemon.writer import StoreWriter
 from porttrap.errors import StoreError
-from porttrap.model import Hit, Outcome, Proto
-from porttrap.testing import FakeClock
-from porttrap.testing.memory_firewall import MemoryFirewall
-from porttrap.testing.memory_store import MemoryStore
 
 
 def test_jobs_run_in_order_off_the_callers_thread() -> None:
@@ -71,24 +63,6 @@ def test_pending_counts_jobs_not_finished() -> None:
     release.set()
     writer.close()
     assert writer.pending == 0
-
-
-def test_hits_give_way_when_the_disk_is_far_behind(tmp_path: Path) -> None:
-    clock = FakeClock()
-    store = MemoryStore()
-    daemon = Daemon(Config(state_dir=tmp_path), clock, store, MemoryFirewall(clock))
-    for _ in range(MAX_WRITE_BACKLOG + 1):  # the writer is not started: jobs wait
-        daemon.writer.submit(lambda: None)
-    hit = Hit(clock.now(), ip_address("198.51.100.7"), 4000, ip_address("192.0.2.1"), 23, Proto.TCP)
-    daemon._hits = [(hit, Outcome.BANNED)] * 3
-    daemon._store_hits()
-    assert daemon.counters.hits_not_stored == 3 and daemon.writer.pending == MAX_WRITE_BACKLOG + 1
-    daemon._hits = [(hit, Outcome.ALREADY_BANNED)]
-    daemon.writer.close()  # the backlog is written...
-    daemon.writer = StoreWriter()
-    daemon._store_hits()  # ...and hits are stored again
-    daemon.writer.close()
-    assert [e.outcome for e in store.history()] == [Outcome.ALREADY_BANNED]
 
 
 def test_a_barrier_is_done_once_every_earlier_job_ran() -> None:

@@ -175,7 +175,7 @@ def test_a_long_ban_lasts_exactly_its_time(seconds: float, check_every: float) -
         assert entry.remaining is not None
         assert abs(entry.remaining - (ends - clock.now())) <= 1
         clock.advance(check_every)
-        assert fw.present()
+        fw.maintain(clock.now())
     assert kernel.held_until("198.51.100.7") <= ends + 1
 
 
@@ -184,13 +184,24 @@ def test_re_arms_only_when_due_and_the_kernel_shows_the_maximum_until_then() -> 
     fw.setup([long_ban(clock, 40)], clock.now())
     scripts = len(kernel.scripts)
     clock.advance(REARM_EVERY - 5)
-    assert fw.present()
+    fw.maintain(clock.now())
     assert len(kernel.scripts) == scripts
     assert kernel.held_until("198.51.100.7") == NOW + MAX_TIMEOUT
     clock.advance(5)
-    assert fw.present()
+    fw.maintain(clock.now())
     assert kernel.scripts[-1] == f"add porttrap_v4 198.51.100.7 timeout {MAX_TIMEOUT}\n"
     assert kernel.held_until("198.51.100.7") == clock.now() + MAX_TIMEOUT
+
+
+def test_a_check_never_re_arms_only_the_upkeep_does() -> None:
+    clock, kernel, fw = lab()
+    fw.setup([long_ban(clock, 40)], clock.now())
+    scripts = len(kernel.scripts)
+    clock.advance(REARM_EVERY)
+    assert fw.present()  # the firewall check reads, and writes nothing
+    assert len(kernel.scripts) == scripts
+    fw.maintain(clock.now())
+    assert kernel.scripts[scripts:] == [f"add porttrap_v4 198.51.100.7 timeout {MAX_TIMEOUT}\n"]
 
 
 def test_apply_takes_due_re_arms_along() -> None:
@@ -203,7 +214,8 @@ def test_apply_takes_due_re_arms_along() -> None:
         f"add porttrap_v4 198.51.100.7 timeout {MAX_TIMEOUT}\n"
     )
     clock.advance(60)
-    assert fw.present() and kernel.scripts[-1].startswith("add porttrap_v6")  # unchanged
+    fw.maintain(clock.now())
+    assert kernel.scripts[-1].startswith("add porttrap_v6")  # unchanged
 
 
 def test_a_failed_re_arm_is_tried_again_at_the_next_check() -> None:
@@ -212,9 +224,9 @@ def test_a_failed_re_arm_is_tried_again_at_the_next_check() -> None:
     clock.advance(REARM_EVERY)
     kernel.fail_next = True
     with pytest.raises(FirewallError, match="Kernel error received"):
-        fw.present()
+        fw.maintain(clock.now())
     clock.advance(5)
-    assert fw.present()
+    fw.maintain(clock.now())
     assert kernel.scripts[-1] == f"add porttrap_v4 198.51.100.7 timeout {MAX_TIMEOUT}\n"
 
 
@@ -226,10 +238,11 @@ def test_unban_setup_and_teardown_stop_re_arming() -> None:
     fw.setup([long_ban(clock, 50, "192.0.2.0/24")], clock.now())  # 2001:db8::7 left out
     scripts = len(kernel.scripts)
     clock.advance(REARM_EVERY)
-    assert fw.present()
+    fw.maintain(clock.now())
     assert kernel.scripts[scripts:] == [f"add porttrap_v4 192.0.2.0/24 timeout {MAX_TIMEOUT}\n"]
     assert [show(e.target) for e in fw.entries()] == ["192.0.2.0/24"]
     fw.teardown()
     assert kernel.scripts[-1] == "destroy porttrap_v4\ndestroy porttrap_v6\n"
     clock.advance(REARM_EVERY)
-    assert fw.present() and len(kernel.scripts) == scripts + 2
+    fw.maintain(clock.now())
+    assert len(kernel.scripts) == scripts + 2

@@ -7,7 +7,6 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
 
 import pytest
 
@@ -16,7 +15,6 @@ from porttrap.firewall import ipset, select
 from porttrap.firewall.exec import CommandFailed, Exec
 from porttrap.firewall.ipset import IpsetBackend
 from porttrap.firewall.nftables import NftablesBackend
-from porttrap.firewall.sensor import NftSensor
 from porttrap.testing import FakeClock
 
 YES = (True, "fine here")
@@ -31,8 +29,7 @@ def checks(nftables: select.Check, ipset_check: select.Check) -> dict[str, selec
 
 
 def make(name: str, supported: dict[str, select.Check], sensor: bool = False) -> object:
-    fake_sensor = cast(NftSensor, object()) if sensor else None
-    return select.make_backend(name, "porttrap", FakeClock(), fake_sensor, supported)
+    return select.make_backend(name, "porttrap", FakeClock(), sensor, supported)
 
 
 def test_auto_prefers_nftables_and_says_why(caplog: pytest.LogCaptureFixture) -> None:

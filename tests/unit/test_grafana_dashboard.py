@@ -14,7 +14,7 @@ from prometheus_client import generate_latest
 
 from porttrap.config.schema import Config
 from porttrap.daemon.metrics import registry_for
-from porttrap.daemon.service import Daemon
+from porttrap.daemon.wiring import make_shell
 from porttrap.testing import FakeClock, MemoryFirewall, MemoryStore
 from scrape import METRIC, dashboard, dashboard_metrics, expressions, families, sample_names
 
@@ -73,8 +73,8 @@ def test_what_the_brief_asks_for_is_on_it() -> None:
 
 def test_every_metric_it_queries_is_exported(tmp_path: Path) -> None:
     clock = FakeClock()
-    daemon = Daemon(Config(state_dir=tmp_path), clock, MemoryStore(), MemoryFirewall(clock))
-    exported = sample_names(families(generate_latest(registry_for(daemon)).decode()))
+    daemon = make_shell(Config(state_dir=tmp_path), clock, MemoryStore(), MemoryFirewall(clock))
+    exported = sample_names(families(generate_latest(registry_for(daemon.snapshot)).decode()))
     missing = dashboard_metrics() - exported
     assert not missing
     assert len(dashboard_metrics()) >= 15

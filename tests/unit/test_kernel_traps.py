@@ -16,16 +16,20 @@ from typing import Any
 
 import pytest
 
-from porttrap.config.schema import KernelSensor, TrapMode
+from porttrap.config import load_text
+from porttrap.config.schema import KernelSensor
+from porttrap.core.events import FirewallMissing, Started
+from porttrap.core.kernel import BlockFill, KernelState
+from porttrap.daemon.shell import Shell
+from porttrap.daemon.wiring import make_shell
 from porttrap.errors import FirewallError
-from porttrap.firewall.kernel import JsonCommand, Nft
-from porttrap.firewall.sensor import NftSensor
-from porttrap.firewall.sensor_rules import SensorRules, SensorSpec
+from porttrap.firewall.kernel import Nft
+from porttrap.firewall.nftables import NftablesBackend
 from porttrap.model import Hit, Proto
-from porttrap.sensors.kernel import BlockFill, KernelTraps, hit_of
-from porttrap.sensors.listeners import Ports
+from porttrap.sensors.kernel import KernelReports, hit_of
 from porttrap.sensors.nflog import LoggedPacket, parse_messages
-from porttrap.testing import FakeClock
+from porttrap.sensorspec import Ports
+from porttrap.testing import FakeClock, MemoryStore
 
 DATA = Path(__file__).parent.parent / "data"
 SAMPLES: list[dict[str, Any]] = json.loads((DATA / "packets" / "samples.json").read_text())
@@ -165,12 +169,12 @@ def test_an_unreadable_payload_makes_no_hit(payload: bytes, family: int) -> None
     assert hit_of(LoggedPacket(family, NEW, payload, timestamp=AT), AT) is None
 
 
-# --- the sensor under KernelTraps ---
+# --- the sensor: the core decides, the nftables backend writes (a stand-in for libnftables) ---
 
 
 class KernelNft(Nft):
-    """Stands in for libnftables: keeps the batches run, answers counter listings from
-    `counts`, and refuses every change while `refusing` is set."""
+    """Stands in for libnftables: keeps the batches run, and refuses every change while
+    `refusing` is set."""
 
     def __init__(self) -> None:  # no libnftables here
         self.batches: list[list[str]] = []
@@ -182,56 +186,58 @@ class KernelNft(Nft):
             raise FirewallError("nftables refused it: No such file or directory (simulated)")
         self.batches.append(list(commands))
 
-    def list_json(self, what: JsonCommand) -> list[JsonCommand]:
-        return [{"counter": {"name": name, "packets": n}} for name, n in self.counts.items()]
+
+CONFIG = """
+[traps]
+mode = {{ tcp = "stealth", udp = "advanced" }}
+tcp = ["23"]
+[traps.advanced]
+exclude_udp = ["67"]
+[kernel]
+block_size = {block_size}
+block_time = "{block_time}s"
+block = {block}
+"""
 
 
 @dataclasses.dataclass
 class Rig:
-    traps: KernelTraps
+    shell: Shell
     nft: KernelNft
     clock: FakeClock
-    hits: list[Hit]
 
     @property
-    def sensor(self) -> NftSensor:
-        return self.traps.sensor
+    def kernel(self) -> KernelState:
+        assert self.shell.core.kernel is not None
+        return self.shell.core.kernel
 
     def poll(self, seconds: float = 0.25, **counts: int) -> None:
-        """`seconds` later, the kernel's counters read `counts`: check the block sets."""
+        """`seconds` later, the kernel's counters read `counts` (as the shell's poll timer
+        reads them): the block sets and lingering ports are checked."""
         self.clock.advance(seconds)
         self.nft.counts.update(counts)
-        self.traps._check_blocks()
+        self.shell.read_counters()
 
     def served(self, seconds: float = 0.0, **ports: set[int]) -> None:
-        """`seconds` later, the listener watcher reports `ports` served."""
+        """`seconds` later, the listeners sensor reports `ports` served."""
         self.clock.advance(seconds)
-        self.traps._on_served(served(**ports))
-
-    def tick(self, seconds: float, **ports: set[int]) -> None:
-        """`seconds` later, the poll timer runs while `ports` are still served."""
-        self.clock.advance(seconds)
-        self.traps._apply_served(served(**ports), self.clock.monotonic())
+        self.shell.on_served(served(**ports))
 
 
 def served(tcp: set[int] | None = None, udp: set[int] | None = None) -> Ports:
     return {TCP: frozenset(tcp or ()), UDP: frozenset(udp or ())}
 
 
-def rig(block_size: int = 100, block_time: float = 60.0, **kernel: Any) -> Rig:
-    settings = KernelSensor(block_size=block_size, block_time=block_time, **kernel)
-    spec = SensorSpec(
-        modes={TCP: TrapMode.STEALTH, UDP: TrapMode.ADVANCED},
-        ports={TCP: frozenset({23}), UDP: frozenset(range(1, 65536))},
-        at={},
-        exclude={UDP: frozenset({67})},
-        allow=(),
-        kernel=settings,
-    )
-    nft, clock, hits = KernelNft(), FakeClock(), list[Hit]()
-    sensor = NftSensor(SensorRules("porttrap", spec), nft)
-    traps = KernelTraps(sensor, settings, hits.append, clock, linger=10.0)
-    return Rig(traps, nft, clock, hits)
+def rig(block_size: int = 2048, block_time: float = 60.0, block: bool = True) -> Rig:
+    text = CONFIG.format(block_size=block_size, block_time=block_time, block=str(block).lower())
+    config = load_text(text, None)
+    nft, clock = KernelNft(), FakeClock()
+    backend = NftablesBackend(nft=nft, exists=lambda _table: True, read=lambda _t: nft.counts)
+    shell = make_shell(config, clock, MemoryStore(), backend, backend)
+    shell.feed(Started(frozenset(), [], served=served()))
+    assert nft.batches and "add table inet porttrap" in nft.batches[0]
+    nft.batches.clear()
+    return Rig(shell, nft, clock)
 
 
 def rotation_to(generation: str) -> list[str]:
@@ -250,64 +256,73 @@ def rotation_to(generation: str) -> list[str]:
 
 
 def test_rotation_comes_when_the_current_generation_is_half_full_and_not_before() -> None:
-    r = rig(block_size=100)
+    r = rig(block_size=2048)
     r.poll(block_a=0, block_b=0)
-    r.poll(block_a=49)
-    assert (r.sensor.generation, r.nft.batches) == ("a", [])
-    r.poll(block_a=50)
-    assert (r.sensor.generation, r.sensor.rotations) == ("b", 1)
+    r.poll(block_a=1023)
+    assert (r.kernel.generation, r.nft.batches) == ("a", [])
+    r.poll(block_a=1024)
+    assert (r.kernel.generation, r.kernel.rotations) == ("b", 1)
     assert r.nft.batches == [rotation_to("b")]
-    assert r.traps.kernel_counters == {"block_a": 50, "block_b": 0}
-    assert r.traps.fill.fill("b") == 0
+    assert r.kernel.counters == {"block_a": 1024, "block_b": 0}
+    assert r.kernel.fill.fill("b") == 0
 
 
 def test_generations_take_turns_and_each_counts_from_when_it_was_emptied() -> None:
-    r = rig(block_size=100)
+    r = rig(block_size=2048)
     r.poll(block_a=0, block_b=0)
-    r.poll(block_a=50)  # -> b
-    r.poll(block_b=49)
-    assert r.sensor.generation == "b"
-    r.poll(block_b=50)  # -> a, emptied: its 50 earlier insertions are gone
-    assert r.sensor.generation == "a"
-    assert r.traps.fill.fill("a") == 0
-    r.poll(block_a=99)
-    assert r.sensor.generation == "a"
-    r.poll(block_a=100)  # 50 more since it was emptied -> b
-    assert (r.sensor.generation, r.sensor.rotations) == ("b", 3)
+    r.poll(block_a=1024)  # -> b
+    r.poll(block_b=1023)
+    assert r.kernel.generation == "b"
+    r.poll(block_b=1024)  # -> a, emptied: its 1024 earlier insertions are gone
+    assert r.kernel.generation == "a"
+    assert r.kernel.fill.fill("a") == 0
+    r.poll(block_a=2047)
+    assert r.kernel.generation == "a"
+    r.poll(block_a=2048)  # 1024 more since it was emptied -> b
+    assert (r.kernel.generation, r.kernel.rotations) == ("b", 3)
     assert r.nft.batches == [rotation_to("b"), rotation_to("a"), rotation_to("b")]
 
 
 def test_insertions_older_than_block_time_do_not_count() -> None:
-    r = rig(block_size=100, block_time=60.0)
+    r = rig(block_size=2048, block_time=60.0)
     r.poll(block_a=0)
-    r.poll(1.0, block_a=40)
-    r.poll(61.0, block_a=60)  # the first 40 have expired: 20 in the set
-    assert r.traps.fill.fill("a") == 20
-    assert r.sensor.generation == "a"
-    r.poll(1.0, block_a=90)
-    assert r.sensor.generation == "b"
+    r.poll(1.0, block_a=800)
+    r.poll(61.0, block_a=1200)  # the first 800 have expired: 400 in the set
+    assert r.kernel.fill.fill("a") == 400
+    assert r.kernel.generation == "a"
+    r.poll(1.0, block_a=1900)
+    assert r.kernel.generation == "b"
 
 
 def test_without_blocks_the_counters_are_read_but_nothing_rotates() -> None:
-    r = rig(block_size=100, block=False)
+    r = rig(block=False)
     r.poll(block_a=0, reported=0)
-    r.poll(block_a=1000, reported=7)
-    assert r.traps.kernel_counters == {"block_a": 1000, "reported": 7}
-    assert (r.sensor.generation, r.nft.batches) == ("a", [])
+    r.poll(block_a=100_000, reported=7)
+    assert r.kernel.counters == {"block_a": 100_000, "reported": 7}
+    assert (r.kernel.generation, r.nft.batches) == ("a", [])
 
 
 def test_a_refused_rotation_changes_nothing_and_is_tried_again() -> None:
-    r = rig(block_size=100)
+    r = rig(block_size=2048)
     r.poll(block_a=0)
-    r.nft.counts["block_a"] = 60
     r.nft.refusing = True
-    r.clock.advance(0.25)
-    with pytest.raises(FirewallError):  # _tick logs it
-        r.traps._check_blocks()
-    assert (r.sensor.generation, r.sensor.rotations) == ("a", 0)
+    r.poll(block_a=1500)
+    assert (r.kernel.generation, r.kernel.rotations) == ("a", 0)
     r.nft.refusing = False
-    r.poll(block_a=60)
-    assert (r.sensor.generation, r.nft.batches) == ("b", [rotation_to("b")])
+    r.poll(block_a=1500)
+    assert (r.kernel.generation, r.nft.batches) == ("b", [rotation_to("b")])
+
+
+def test_a_rebuild_restarts_the_estimate_and_keeps_the_generation() -> None:
+    r = rig(block_size=2048)
+    r.poll(block_a=0, block_b=0)
+    r.poll(block_a=1024)  # -> b
+    r.nft.counts.update(block_a=0, block_b=0)  # the table is built again: counters from 0
+    r.shell.feed(FirewallMissing())
+    assert f"add rule {T} block update @block_b_v4 {{ ip saddr }} " \
+        'counter name "block_b"' in r.nft.batches[-1]  # fmt: skip
+    r.poll(block_b=1000)
+    assert (r.kernel.generation, r.kernel.fill.fill("b")) == ("b", 1000)
 
 
 # --- BlockFill ---
@@ -376,14 +391,14 @@ def test_a_port_that_stops_being_served_is_trapped_again_after_linger() -> None:
     r.served(tcp={80})
     assert r.nft.batches == [[f"add element {T} open_tcp {{ 80 }}"]]
     r.served(1.0)  # 80 closes
-    assert r.sensor.served[TCP] == {80}
-    r.tick(9.9)
-    assert r.sensor.served[TCP] == {80}
+    assert r.kernel.wanted[TCP] == {80}
+    r.poll(9.9)
+    assert r.kernel.wanted[TCP] == {80}
     assert len(r.nft.batches) == 1
-    r.tick(0.1)
-    assert r.sensor.served[TCP] == frozenset()
+    r.poll(0.1)
+    assert r.kernel.wanted[TCP] == frozenset()
     assert r.nft.batches[1:] == [[f"delete element {T} open_tcp {{ 80 }}"]]
-    r.tick(10.0)
+    r.poll(10.0)
     assert len(r.nft.batches) == 2
 
 
@@ -392,14 +407,14 @@ def test_a_port_served_again_during_linger_is_never_trapped() -> None:
     r.served(tcp={80})
     r.served(1.0)
     r.served(5.0, tcp={80})
-    r.tick(20.0, tcp={80})
-    assert r.sensor.served[TCP] == {80}
+    r.poll(20.0)
+    assert r.kernel.wanted[TCP] == {80}
     assert r.nft.batches == [[f"add element {T} open_tcp {{ 80 }}"]]
     r.served(1.0)  # closes again: a full linger from now
-    r.tick(9.5)
-    assert r.sensor.served[TCP] == {80}
-    r.tick(0.5)
-    assert r.sensor.served[TCP] == frozenset()
+    r.poll(9.5)
+    assert r.kernel.wanted[TCP] == {80}
+    r.poll(0.5)
+    assert r.kernel.wanted[TCP] == frozenset()
 
 
 def test_each_port_lingers_from_its_own_closing() -> None:
@@ -407,10 +422,10 @@ def test_each_port_lingers_from_its_own_closing() -> None:
     r.served(tcp={80, 443}, udp={53})
     r.served(1.0, tcp={443}, udp={53})
     r.served(5.0, tcp={443})
-    r.tick(5.0, tcp={443})
-    assert r.sensor.served == served(tcp={443}, udp={53})
-    r.tick(5.0, tcp={443})
-    assert r.sensor.served == served(tcp={443})
+    r.poll(5.0)
+    assert r.kernel.wanted == served(tcp={443}, udp={53})
+    r.poll(5.0)
+    assert r.kernel.wanted == served(tcp={443})
     assert r.nft.batches == [
         [f"add element {T} open_tcp {{ 80, 443 }}", f"add element {T} open_udp {{ 53 }}"],
         [f"delete element {T} open_tcp {{ 80 }}"],
@@ -422,7 +437,7 @@ def test_an_excluded_port_stays_open_when_its_service_stops() -> None:
     r = rig()
     r.served(udp={67, 68})
     r.served(1.0)
-    r.tick(10.0)
+    r.poll(10.0)
     assert r.nft.batches == [
         [f"add element {T} open_udp {{ 68 }}"],  # 67 was open already (excluded)
         [f"delete element {T} open_udp {{ 68 }}"],
@@ -437,25 +452,26 @@ def test_a_refused_change_of_served_ports_is_logged_and_kept_for_the_rebuild(
     with caplog.at_level(logging.WARNING):
         r.served(tcp={80})
     assert any("event=kernel-sensor-error action=served-ports" in m for m in caplog.messages)
-    assert r.sensor.served[TCP] == {80}
-    assert f"add element {T} open_tcp {{ 80 }}" in r.sensor.commands()
+    assert r.kernel.wanted[TCP] == {80}
+    r.nft.refusing = False
+    r.shell.feed(FirewallMissing())  # the table is built again, with the port open
+    assert f"add element {T} open_tcp {{ 80 }}" in r.nft.batches[-1]
 
 
 # --- reports ---
 
 
 def test_reports_become_hits_and_the_rest_is_counted() -> None:
-    r = rig()
+    hits: list[Hit] = []
+    clock = FakeClock()
+    reports = KernelReports(KernelSensor(), hits.append, clock)
     [udp] = nflog("udp4")  # logged with another program's prefix, "porttrap-udp:"
     [bare] = nflog("tcp4-no-prefix")
     [tcp] = nflog("tcp4-syn")
-    r.traps._on_packet(udp)
-    r.traps._on_packet(bare)
-    r.traps._on_packet(dataclasses.replace(tcp, prefix=NEW, payload=b"\x45"))
-    r.traps._on_packet(dataclasses.replace(tcp, prefix=CLIENT, timestamp=None))
-    assert (r.traps.counts.foreign, r.traps.counts.unreadable) == (2, 1)
-    [hit] = r.hits
-    assert (hit.at, hit.client, hit.port) == (r.clock.now(), True, 2323)
-    status = r.traps.status()
-    assert status["events"]["foreign"] == 2
-    assert status["events"]["malformed"] == 1
+    reports._on_packet(udp)
+    reports._on_packet(bare)
+    reports._on_packet(dataclasses.replace(tcp, prefix=NEW, payload=b"\x45"))
+    reports._on_packet(dataclasses.replace(tcp, prefix=CLIENT, timestamp=None))
+    assert (reports.foreign, reports.unreadable) == (2, 1)
+    [hit] = hits
+    assert (hit.at, hit.client, hit.port) == (clock.now(), True, 2323)

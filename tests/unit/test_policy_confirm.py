@@ -99,14 +99,13 @@ def test_probes_need_trigger_ports_and_confirm_hits() -> None:
     assert play(make(trigger=3, confirm=5), other) == [COUNTED] * 4 + [BANNED]
 
 
-def test_expire_forgets_counts_whose_window_closed() -> None:
+def test_forget_quiet_forgets_counts_whose_window_closed() -> None:
     engine = make(window=600, confirm=3)
     play(engine, [hit(0), hit(0, source="198.51.100.8"), hit(300, source="198.51.100.8")])
-    engine.expire(T0 + 599)
+    assert engine.forget_quiet(T0 + 599) == 2
     assert engine.watched() == 2
-    engine.expire(T0 + 600)
-    assert engine.watched() == 1
-    engine.expire(T0 + 900)
+    assert engine.forget_quiet(T0 + 600) == 1
+    assert engine.forget_quiet(T0 + 900) == 0
     assert engine.watched() == 0
 
 

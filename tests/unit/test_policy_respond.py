@@ -1,18 +1,20 @@
 """`[allow] patterns` and `[ban] respond`: from the TOML text to the policy's decisions and to
-what the applier sends to the kernel."""
+what the daemon sends to the kernel."""
 
 from __future__ import annotations
 
 import asyncio
 from ipaddress import ip_address, ip_network
+from pathlib import Path
 
 import pytest
 
 from porttrap.config import load_text
-from porttrap.config.schema import BanPolicy, Respond
-from porttrap.daemon.applier import Applier
+from porttrap.config.schema import BanPolicy, Config, Respond
+from porttrap.core.events import AdminUnban, Reconcile, Started, TurnEnded
+from porttrap.daemon.wiring import make_shell
 from porttrap.errors import ConfigError
-from porttrap.model import Ban, Hit, Outcome, Proto, Unban, trap_reason, trapped_by
+from porttrap.model import Hit, Outcome, Proto, trap_reason, trapped_by
 from porttrap.policy import Policy, Protection
 from porttrap.testing import FakeClock
 from porttrap.testing.memory_firewall import MemoryFirewall
@@ -171,31 +173,27 @@ def test_trap_reasons_round_trip_and_others_are_not_trap_bans() -> None:
         assert trapped_by(other) is None
 
 
-# --- [ban] respond: the applier --------------------------------------------------------------
+# --- [ban] respond: the daemon ----------------------------------------------------------------
 
 
-def test_the_applier_records_every_ban_but_sends_only_enforced_ones_to_the_kernel() -> None:
-    clock = FakeClock()
+def test_every_ban_is_recorded_but_only_enforced_ones_reach_the_kernel(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
     firewall, store = MemoryFirewall(clock), MemoryStore()
-    policy = Policy(BanPolicy(respond_tcp=Respond.COMMAND, confirm=1), (), Protection([]))
-    applier = Applier(firewall, store, clock, policy.active, enforced=policy.enforced)
-    now = clock.now()
-    by_command = policy.on_hit(hit("198.51.100.7", TCP), now).ban
-    by_kernel = policy.on_hit(hit("198.51.100.8", UDP), now).ban
-    assert by_command is not None and by_kernel is not None
+    config = Config(state_dir=tmp_path, ban=BanPolicy(respond_tcp=Respond.COMMAND, confirm=1))
+    shell = make_shell(config, clock, store, firewall)
 
     async def scenario() -> None:
-        firewall.setup([], now)
-        applier.apply_now([by_command, by_kernel])
+        shell.feed(Started(frozenset(), []))
+        shell.on_hit(hit("198.51.100.7", TCP))  # decided by the command
+        shell.on_hit(hit("198.51.100.8", UDP))  # banned in the kernel
+        shell.feed(TurnEnded())
         assert [str(e.target) for e in firewall.entries()] == ["198.51.100.8/32"]
-        assert {str(b.target) for b in store.active_bans(now)} == {
-            "198.51.100.7/32",
-            "198.51.100.8/32",
-        }
-        applier.reconcile()  # a rebuild of the kernel state keeps the command's ban out too
+        shell.feed(Reconcile())  # a rebuild of the kernel state keeps the command's ban out too
         assert [str(e.target) for e in firewall.entries()] == ["198.51.100.8/32"]
-        applier.apply_now([Unban(by_command.target, now, "manual")])
-        assert {str(b.target) for b in store.active_bans(now)} == {"198.51.100.8/32"}
+        shell.feed(AdminUnban((ip_network("198.51.100.7/32"),)))
 
     asyncio.run(scenario())
-    assert isinstance(by_command, Ban)
+    shell.writer.close()
+    assert {str(b.target) for b in store.active_bans(T0)} == {"198.51.100.8/32"}
+    recorded = {str(e.ban.target) for e in store.history() if e.ban is not None}
+    assert recorded == {"198.51.100.7/32", "198.51.100.8/32"}  # both were recorded

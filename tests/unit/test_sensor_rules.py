@@ -1,12 +1,10 @@
-"""The kernel sensor's nft commands (firewall/sensor_rules.py, pure) and the state NftSensor keeps
-(firewall/sensor.py), with a recording stand-in for libnftables: which commands each setting
-brings or leaves out, rotation, served ports, the recorded counter listing (tests/data/nft/
-list_counters.json, with its expected parse beside it) and the spec read from a config."""
+"""The kernel sensor's nft commands (firewall/sensor_rules.py, pure) and how the nftables
+backend, their one writer, runs them, with a recording stand-in for libnftables: which commands
+each setting brings or leaves out, rotation, served ports, and the spec read from a config."""
 
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,18 +13,14 @@ import pytest
 
 from porttrap.config import load_text
 from porttrap.config.schema import KernelSensor, TrapMode
+from porttrap.core.core import Core
+from porttrap.errors import FirewallError
 from porttrap.firewall.kernel import JsonCommand, Nft
 from porttrap.firewall.nftables import NftablesBackend
 from porttrap.firewall.ruleset import Ruleset
-from porttrap.firewall.sensor import NftSensor, make_sensor, spec_from_config
-from porttrap.firewall.sensor_rules import (
-    COUNTERS,
-    SensorRules,
-    SensorSpec,
-    parse_counters,
-    port_ranges,
-)
+from porttrap.firewall.sensor_rules import SensorRules, port_ranges
 from porttrap.model import Proto
+from porttrap.sensorspec import COUNTERS, SensorSpec, SensorState, spec_from_config
 
 DATA = Path(__file__).parent.parent / "data" / "nft"
 TCP, UDP = Proto.TCP, Proto.UDP
@@ -299,7 +293,7 @@ def test_allow_list_fills_the_allow_set_of_each_version() -> None:
 
 def test_the_table_name_is_used_everywhere() -> None:
     commands = SensorRules("trap2", spec(tcp=STEALTH)).create(NOTHING)
-    assert all(" inet trap2 " in c for c in commands)
+    assert all(" inet trap2" in c for c in commands)
 
 
 # --- changes while running ---
@@ -332,93 +326,73 @@ def test_set_open_adds_and_deletes_sorted() -> None:
     ]
 
 
-def test_counters_spec_lists_the_tables_counters() -> None:
-    rules = SensorRules("trap2", spec(tcp=STEALTH))
-    assert rules.counters_spec() == {"counters": {"family": "inet", "table": "trap2"}}
+# --- the nftables backend, the one writer of the sensor's rules ---
 
 
-# --- counters ---
-
-
-def test_parse_recorded_counters() -> None:
-    """Recorded after real traffic (a UDP flood from two sources, two TCP ACKs to a port nothing
-    serves), with a counter that is not the sensor's (legacy_hits) in the same table."""
-    listing = json.loads((DATA / "list_counters.json").read_text())
-    expected = json.loads((DATA / "list_counters.expected.json").read_text())
-    assert parse_counters(listing["nftables"]) == expected
-
-
-def test_parse_counters_ignores_what_is_not_a_sensor_counter() -> None:
-    items: list[JsonCommand] = [
-        {"metainfo": {"version": "1.0.6"}},
-        {"counter": {"name": "quiet", "packets": 4, "bytes": 160}},
-        {"counter": {"name": "other", "packets": 9}},
-        {"counter": "not a table"},
-        {"limit": {"name": "rate_new"}},
-        {"counter": {"name": "reported"}},  # no packets: none counted
-    ]
-    assert parse_counters(items) == {"quiet": 4, "reported": 0}
-    assert parse_counters([]) == {}
-
-
-# --- NftSensor ---
-
-
-def sensor_of(given: SensorSpec, nft: RecordingNft | None = None) -> NftSensor:
-    return NftSensor(SensorRules("porttrap", given), nft or RecordingNft())
+def backend_with(given: SensorSpec, nft: RecordingNft, generation: str = "a") -> NftablesBackend:
+    """A backend whose table was set up with the sensor of `given` (that batch forgotten)."""
+    counters = {"quiet": 4, "legacy_hits": 2, "reported": 1}
+    backend = NftablesBackend(nft=nft, exists=lambda _table: True, read=lambda _t: counters)
+    backend.setup([], 0.0, SensorState(given, {}, generation))
+    nft.batches.clear()
+    return backend
 
 
 def test_serve_sends_only_the_difference_and_keeps_excluded_ports_open() -> None:
     nft = RecordingNft()
-    sensor = sensor_of(spec(tcp=ADVANCED, udp=STEALTH, exclude={TCP: frozenset({113})}), nft)
-    sensor.serve({TCP: frozenset({22, 113}), UDP: frozenset({53})})
-    sensor.serve({TCP: frozenset({22, 443}), UDP: frozenset({53})})
-    sensor.serve({TCP: frozenset({22, 443}), UDP: frozenset({53})})
+    backend = backend_with(spec(tcp=ADVANCED, udp=STEALTH, exclude={TCP: frozenset({113})}), nft)
+    backend.serve({TCP: frozenset({22, 113}), UDP: frozenset({53})})
+    backend.serve({TCP: frozenset({22, 443}), UDP: frozenset({53})})
+    backend.serve({TCP: frozenset({22, 443}), UDP: frozenset({53})})
     assert nft.batches == [
         [f"add element {T} open_tcp {{ 22 }}", f"add element {T} open_udp {{ 53 }}"],
         [f"add element {T} open_tcp {{ 443 }}"],  # 113 stays: it is excluded
     ]
-    assert sensor.served == {TCP: frozenset({22, 443}), UDP: frozenset({53})}
 
 
-def test_serve_in_connect_mode_sends_nothing_but_keeps_the_state() -> None:
+def test_serve_of_a_protocol_in_connect_mode_sends_nothing() -> None:
     nft = RecordingNft()
-    sensor = sensor_of(spec(udp=STEALTH), nft)
-    sensor.serve({TCP: frozenset({22})})
+    backend_with(spec(udp=STEALTH), nft).serve({TCP: frozenset({22})})
     assert nft.batches == []
-    assert sensor.served == {TCP: frozenset({22}), UDP: frozenset()}
 
 
-def test_a_rebuilt_table_gets_the_served_ports_and_the_current_generation() -> None:
+def test_serve_and_rotate_without_a_sensor_in_the_table_are_refused() -> None:
+    backend = NftablesBackend(nft=RecordingNft(), exists=lambda _table: True)
+    backend.setup([], 0.0)
+    with pytest.raises(FirewallError, match="holds no kernel sensor"):
+        backend.serve({TCP: frozenset({22})})
+    with pytest.raises(FirewallError, match="holds no kernel sensor"):
+        backend.rotate("b")
+
+
+def test_a_table_is_built_with_the_served_ports_and_the_generation_it_is_given() -> None:
     nft = RecordingNft()
-    sensor = sensor_of(spec(tcp=STEALTH), nft)
-    sensor.serve({TCP: frozenset({22})})
-    assert sensor.rotate() == "b"
-    assert (sensor.generation, sensor.rotations) == ("b", 1)
-    assert nft.batches[-1] == SensorRules("porttrap", sensor.rules.spec).rotate("b")
-    commands = sensor.commands()
+    backend = NftablesBackend(nft=nft, exists=lambda _table: True)
+    given = spec(tcp=STEALTH)
+    backend.setup([], 0.0, SensorState(given, {TCP: frozenset({22})}, "b"))
+    (commands,) = nft.batches
     assert f"add element {T} open_tcp {{ 22 }}" in commands
     assert len(mentioning(commands, "update @block_b_")) == 2
     assert mentioning(commands, "update @block_a_") == []
-    assert sensor.rotate() == "a"
-    assert (sensor.generation, sensor.rotations) == ("a", 2)
+    backend.rotate("a")
+    assert nft.batches[-1] == SensorRules("porttrap", given).rotate("a")
+    backend.serve({TCP: frozenset({22, 80})})  # diffs against what the table was built with
+    assert nft.batches[-1] == [f"add element {T} open_tcp {{ 80 }}"]
 
 
-def test_counters_are_read_from_the_listing_of_the_table() -> None:
-    listing = json.loads((DATA / "list_counters.json").read_text())["nftables"]
-    nft = RecordingNft(listing)
-    sensor = sensor_of(spec(tcp=STEALTH), nft)
-    assert sensor.counters()["over_source"] == 9
-    assert nft.listed == [{"counters": {"family": "inet", "table": "porttrap"}}]
+def test_sensor_counters_are_the_sensors_only() -> None:
+    backend = backend_with(spec(tcp=STEALTH), RecordingNft())
+    assert backend.sensor_counters() == {"quiet": 4, "reported": 1}
+    assert set(backend.sensor_counters()) <= set(COUNTERS)
 
 
 def test_backend_setup_adds_the_sensor_to_the_table_in_the_same_batch() -> None:
     nft = RecordingNft()
-    sensor = sensor_of(spec(tcp=STEALTH), nft)
-    NftablesBackend("porttrap", nft=nft, sensor=sensor).setup([], 0.0)
+    given = spec(tcp=STEALTH)
+    NftablesBackend("porttrap", nft=nft).setup([], 0.0, SensorState(given, {}))
     NftablesBackend("porttrap", nft=nft).setup([], 0.0)
     table = Ruleset("porttrap").replace({}, 0.0)
-    assert nft.batches == [table + sensor.commands(), table]
+    assert nft.batches == [table + SensorRules("porttrap", given).create({}), table]
 
 
 # --- from the configuration ---
@@ -485,13 +459,14 @@ def test_advanced_defaults_watch_every_port_and_leave_the_usual_ones_alone() -> 
     assert given.exclude == {TCP: {113, 139}, UDP: {67, 137, 138, 520}}
 
 
-def test_make_sensor_is_none_in_connect_mode() -> None:
-    assert make_sensor(load_text('[traps]\ntcp = ["23"]\n', None)) is None
+def test_connect_mode_has_no_kernel_sensor() -> None:
+    assert Core(load_text('[traps]\ntcp = ["23"]\n', None), started_at=0.0).kernel is None
 
 
-def test_make_sensor_uses_the_configured_table() -> None:
+def test_the_sensor_is_built_in_the_configured_table() -> None:
     config = load_text('[traps]\nmode = "stealth"\n[firewall]\ntable = "trap2"\n', None)
-    sensor = make_sensor(config)
-    assert sensor is not None
-    assert (sensor.generation, sensor.rotations) == ("a", 0)
-    assert all(" inet trap2 " in c for c in sensor.commands())
+    nft = RecordingNft()
+    NftablesBackend("trap2", nft=nft).setup([], 0.0, SensorState(spec_from_config(config), {}))
+    (commands,) = nft.batches
+    assert all(" inet trap2" in c for c in commands)
+    assert len(mentioning(commands, "update @block_a_")) == 2

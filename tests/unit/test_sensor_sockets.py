@@ -18,14 +18,12 @@ import psutil
 import pytest
 
 from porttrap.config.schema import Trap
-from porttrap.model import Hit, IPAddress, Proto
+from porttrap.model import BoundTrap, Hit, IPAddress, Proto, TrapReport
 from porttrap.sensors.sockets import (
     BACKOFF_MIN,
     IP_PKTINFO,
     IPV6_PKTINFO,
-    BoundTrap,
     SocketTraps,
-    TrapReport,
     bind_failure_reason,
     pktinfo_destination,
 )

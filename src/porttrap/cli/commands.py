@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,11 @@ from porttrap.cli import output
 from porttrap.clock import SystemClock
 from porttrap.config.metrics import exposure_warning
 from porttrap.config.schema import Config, LogConfig, Respond, TrapMode
-from porttrap.daemon import control
+from porttrap.core.views import ban_json
+from porttrap.daemon import control, wiring
 from porttrap.daemon.notify import Notifier
-from porttrap.daemon.service import Daemon, ban_json
 from porttrap.errors import DaemonNotRunning, PorttrapError, UsageError
 from porttrap.firewall.select import make_backend, removed
-from porttrap.firewall.sensor import make_sensor
 from porttrap.model import IPNetwork, Proto, parse_target
 from porttrap.store.sqlite import SQLiteStore
 from porttrap.units import parse_duration
@@ -33,26 +31,17 @@ def _config(args: argparse.Namespace) -> Config:
 
 def run(args: argparse.Namespace) -> int:
     notifier = Notifier.from_environment()  # first: no hook may inherit systemd's variables
-    cfg = _config(args)  # an invalid config stops here, before anything touches the kernel
-    log.configure(cfg, args.verbose)  # so does a log file or syslog that cannot be opened
-    clock = SystemClock()
-    store = SQLiteStore.open(cfg.database)
     try:
-        sensor = make_sensor(cfg)
-        firewall = make_backend(cfg.firewall.backend, cfg.firewall.table, clock, sensor)
-        daemon = Daemon(
+        cfg = _config(args)  # an invalid config stops here, before anything touches the kernel
+        log.configure(cfg, args.verbose)  # so does a log file or syslog that cannot be opened
+        wiring.run(
             cfg,
-            clock,
-            store,
-            firewall,
-            sensor,
+            notifier=notifier,
             config_path=args.config,
             verbose=args.verbose,
-            notifier=notifier,
+            flush_on_exit=args.flush_on_exit,
         )
-        asyncio.run(daemon.run(args.flush_on_exit))
     finally:
-        store.close()
         notifier.close()
     return 0
 

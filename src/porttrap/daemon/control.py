@@ -92,7 +92,7 @@ class ControlServer:
             if inspect.isawaitable(answer):
                 answer = await answer
             return {"ok": True, **answer}
-        except ConfigError as err:
+        except (ConfigError, RemoteConfigError) as err:
             problems = [str(p) for p in err.problems]
             return {"ok": False, "error": "invalid configuration", "problems": problems}
         except PorttrapError as err:

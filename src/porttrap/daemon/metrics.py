@@ -1,9 +1,9 @@
 """What the Prometheus endpoint shows: the daemon's state, read when Prometheus scrapes.
 
-The collector reads the daemon's counters and tables at scrape time and keeps nothing of its
-own, so a reload that replaces the actions or the kernel settings is seen at the next scrape.
-It runs on the daemon's event loop (see `daemon.metrics_server`): nothing changes the dicts it
-reads while it reads them.
+The collector asks for the core's `Snapshot` at scrape time and keeps nothing of its own, so a
+reload that replaces the actions or the kernel settings is seen at the next scrape. It runs on
+the daemon's event loop (see `daemon.metrics_server`): nothing changes what the snapshot refers
+to while it is read.
 
 Counters start at zero with the daemon; Prometheus's rate() takes restarts in its stride.
 Sources are never a label: a flood of forged addresses would make a series each. The busiest
@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from ipaddress import IPv4Network, IPv6Network
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -29,11 +29,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from porttrap import __version__
-from porttrap.daemon.stats import OTHER_PORT, Histogram, Stats
+from porttrap.core.snapshot import Snapshot
+from porttrap.core.stats import OTHER_PORT, Histogram, Stats
+from porttrap.core.views import kernel_status
 from porttrap.model import Ban, Proto
-
-if TYPE_CHECKING:
-    from porttrap.daemon.service import Daemon
 
 BAN_KINDS = ("temporary", "permanent")
 UNBAN_KINDS = ("lifted", "expired")
@@ -48,42 +47,42 @@ DROPPED_HELP = (
 )
 
 
-class DaemonCollector(Collector):
-    """Reads a running `Daemon` into metric families."""
+class SnapshotCollector(Collector):
+    """Reads the daemon's `Snapshot` into metric families."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        daemon = self.daemon
-        kernel = daemon.kernel.status() if daemon.kernel is not None else None
-        acts = daemon.actions.status()
-        yield from info(daemon)
-        yield from hits(daemon.stats)
-        yield from bans(daemon.stats, daemon.policy.active(daemon.clock.now()), daemon)
-        yield from dropped(daemon.counters.hits_not_stored, acts, kernel)
-        yield from latency(daemon.stats)
-        yield from store(daemon)
+        snap = self.snapshot()
+        kernel = kernel_status(snap.kernel, snap.io.reports) if snap.kernel is not None else None
+        acts = snap.io.actions
+        yield from info(snap)
+        yield from hits(snap.stats)
+        yield from bans(snap)
+        yield from dropped(snap.hits_not_stored, acts, kernel)
+        yield from latency(snap)
+        yield from store(snap)
         yield from actions(acts)
         yield from kernel_sensor(kernel)
 
 
-def registry_for(daemon: Daemon) -> CollectorRegistry:
+def registry_for(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
     """A registry of its own (the client's global one would also export whatever else
-    registers there), holding the daemon's collector."""
+    registers there), holding the collector of the daemon's snapshots."""
     registry = CollectorRegistry()
-    registry.register(DaemonCollector(daemon))
+    registry.register(SnapshotCollector(snapshot))
     return registry
 
 
-def info(daemon: Daemon) -> Iterator[Metric]:
-    modes = daemon.config.modes
+def info(snap: Snapshot) -> Iterator[Metric]:
+    modes = snap.modes
     yield InfoMetricFamily(
         "porttrap",
         "The running porttrap: its version, firewall backend and trap mode per protocol.",
         value={
             "version": __version__,
-            "backend": daemon.firewall.name,
+            "backend": snap.io.backend,
             "tcp_mode": str(modes.of(Proto.TCP)),
             "udp_mode": str(modes.of(Proto.UDP)),
         },
@@ -91,7 +90,7 @@ def info(daemon: Daemon) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "porttrap_start_time_seconds",
         "When the daemon started, in seconds since the epoch (counters start at zero then).",
-        value=daemon.started_at,
+        value=snap.started_at,
     )
     sockets = GaugeMetricFamily(
         "porttrap_trap_sockets",
@@ -99,7 +98,8 @@ def info(daemon: Daemon) -> Iterator[Metric]:
         "port was taken or refused; check-config and the start log say why).",
         labels=["proto", "state"],
     )
-    for state, traps in (("set", daemon.report.set), ("skipped", daemon.report.skipped)):
+    report = snap.io.traps
+    for state, traps in (("set", report.set), ("skipped", report.skipped)):
         per_proto = Counter(trap.proto.value for trap in traps)
         for proto in Proto:
             sockets.add_metric([proto.value, state], per_proto[proto.value])
@@ -120,7 +120,8 @@ def hits(stats: Stats) -> Iterator[Metric]:
     yield family
 
 
-def bans(stats: Stats, active: Sequence[Ban], daemon: Daemon) -> Iterator[Metric]:
+def bans(snap: Snapshot) -> Iterator[Metric]:
+    stats = snap.stats
     made = CounterMetricFamily(
         "porttrap_bans",
         "Bans made since the daemon started, by kind: temporary or permanent.",
@@ -138,11 +139,11 @@ def bans(stats: Stats, active: Sequence[Ban], daemon: Daemon) -> Iterator[Metric
     for how in UNBAN_KINDS:
         lifted.add_metric([how], stats.unbans[how])
     yield lifted
-    yield from _active(active, daemon)
+    yield from _active(snap)
 
 
-def _active(active: Sequence[Ban], daemon: Daemon) -> Iterator[Metric]:
-    kinds, sets = tally(active, daemon.applier.enforced)
+def _active(snap: Snapshot) -> Iterator[Metric]:
+    kinds, sets = tally(snap.active, snap.enforced)
     family = GaugeMetricFamily(
         "porttrap_bans_active",
         "Bans in force now, by kind: temporary or permanent.",
@@ -164,7 +165,7 @@ def _active(active: Sequence[Ban], daemon: Daemon) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "porttrap_sources_watched",
         "Sources whose recent hits the policy remembers, to count them toward a ban.",
-        value=daemon.policy.watched(),
+        value=snap.watched,
     )
 
 
@@ -198,16 +199,16 @@ def dropped(
     yield family
 
 
-def latency(stats: Stats) -> Iterator[Metric]:
+def latency(snap: Snapshot) -> Iterator[Metric]:
     yield histogram(
         "porttrap_decision_seconds",
         "Seconds from a hit's arrival in the daemon to the policy's decision on it.",
-        stats.decision,
+        snap.io.decision or Histogram(),
     )
     yield histogram(
         "porttrap_ban_to_kernel_seconds",
         "Seconds from the hit that made a ban to that ban being in the kernel firewall.",
-        stats.to_kernel,
+        snap.io.to_kernel or Histogram(),
     )
 
 
@@ -224,17 +225,17 @@ def _le(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(bound)
 
 
-def store(daemon: Daemon) -> Iterator[Metric]:
+def store(snap: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "porttrap_store_backlog",
         "Database writes waiting for the writer thread; hits give way above 20 (see "
         'porttrap_events_dropped_total{what="hit_not_stored"}), bans never do.',
-        value=daemon.writer.pending,
+        value=snap.io.store_backlog,
     )
     yield CounterMetricFamily(
         "porttrap_store_write_failures",
         "Database writes that failed (the log says why: a full disk, a locked file ...).",
-        value=daemon.writer.failures,
+        value=snap.io.store_failures,
     )
 
 

@@ -31,10 +31,10 @@ from porttrap.config.metrics import exposure_warning
 from porttrap.config.schema import Listen
 from porttrap.errors import PorttrapError
 
-if TYPE_CHECKING:  # the client library is imported when an endpoint starts (see daemon_registry)
+if TYPE_CHECKING:  # the client library is imported when an endpoint starts (see snapshot_registry)
     from prometheus_client.registry import Collector
 
-    from porttrap.daemon.service import Daemon
+    from porttrap.core.snapshot import Snapshot
 
 PATH = "/metrics"
 MAX_HEAD = 8192  # bytes of request line and headers (a scraper sends about 300)
@@ -82,14 +82,14 @@ def text(status: int, message: str, **headers: str) -> Response:
     return Response(status, f"{message}\n".encode(), headers)
 
 
-def daemon_registry(daemon: Daemon) -> Callable[[], Collector]:
-    """The daemon's registry, made when an endpoint first starts: importing the client library
-    takes about 0.1 s, which every CLI command (they import the daemon) would pay otherwise."""
+def snapshot_registry(snapshot: Callable[[], Snapshot]) -> Callable[[], Collector]:
+    """The registry of the daemon's snapshots, made when an endpoint first starts: importing
+    the client library takes about 0.1 s, which a daemon without metrics need not pay."""
 
     def make() -> Collector:
         from porttrap.daemon.metrics import registry_for
 
-        return registry_for(daemon)
+        return registry_for(snapshot)
 
     return make
 

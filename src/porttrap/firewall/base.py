@@ -1,4 +1,5 @@
-"""The firewall seam: one small interface every backend implements."""
+"""The firewall seam: one small interface every backend implements, and one more that the
+backend holding the kernel sensor of stealth and advanced modes implements (nftables)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from porttrap.model import Ban, Change, IPNetwork
+from porttrap.sensorspec import Ports, SensorState
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,21 +26,32 @@ class KernelEntry:
 class FirewallBackend(Protocol):
     """Applies bans in the kernel. Implementations touch only porttrap's own table/sets.
 
-    All methods are synchronous and quick (one kernel transaction each); the daemon calls
-    them from its event loop. Errors are `FirewallError` with what was attempted.
+    All methods are synchronous and quick (one kernel transaction each); the daemon's shell
+    calls them from its event loop when the core says so. Errors are `FirewallError` with what
+    was attempted. A check (`present`, `entries`) never changes anything.
     """
 
     name: str
 
-    def setup(self, bans: Sequence[Ban], now: float) -> None:
+    def setup(self, bans: Sequence[Ban], now: float, sensor: SensorState | None = None) -> None:
         """Atomically (re)create porttrap's ruleset holding exactly `bans` (the active ones,
-        with their remaining time). Anything else in porttrap's sets is removed; nothing
-        outside porttrap's own table is touched."""
+        with their remaining time) and, when given, the kernel sensor as `sensor` says. Anything
+        else in porttrap's sets is removed; nothing outside porttrap's own table is touched."""
         ...
 
     def apply(self, changes: Sequence[Change], now: float) -> None:
         """Apply bans and unbans in one transaction. A ban of a target already in the kernel
         replaces its timeout; an unban of a target not in the kernel is not an error."""
+        ...
+
+    def expire(self, bans: Sequence[Ban], now: float) -> None:
+        """These bans ran out at or before `now`. A backend whose kernel ends timed bans by
+        itself has nothing to do; one without kernel timeouts removes them."""
+        ...
+
+    def maintain(self, now: float) -> None:
+        """Periodic upkeep (every few seconds): ipset re-arms the bans longer than its
+        timeouts can hold. Nothing for most backends."""
         ...
 
     def entries(self) -> list[KernelEntry]:
@@ -52,4 +65,21 @@ class FirewallBackend(Protocol):
 
     def teardown(self) -> None:
         """Remove porttrap's table and everything in it. Not an error when it is absent."""
+        ...
+
+
+class SensorBackend(Protocol):
+    """The one writer of the kernel sensor's rules (stealth and advanced modes), which live in
+    the backend's own table: the core decides, the backend writes and reads."""
+
+    def serve(self, ports: Ports) -> None:
+        """Never trap these ports (the served ones, and those that lately were)."""
+        ...
+
+    def rotate(self, empty: str) -> None:
+        """Empty block generation `empty` and make it current, in one transaction."""
+        ...
+
+    def sensor_counters(self) -> dict[str, int]:
+        """Packets per named counter of the sensor (`sensorspec.COUNTERS`)."""
         ...

@@ -13,6 +13,7 @@ from porttrap.clock import Clock
 from porttrap.firewall.base import KernelEntry
 from porttrap.firewall.plan import strongest
 from porttrap.model import Ban, Change, show
+from porttrap.sensorspec import SensorState
 from porttrap.testing.memory_firewall import MemoryFirewall
 
 
@@ -22,7 +23,7 @@ class DryRunBackend:
     def __init__(self, clock: Clock) -> None:
         self._memory = MemoryFirewall(clock)
 
-    def setup(self, bans: Sequence[Ban], now: float) -> None:
+    def setup(self, bans: Sequence[Ban], now: float, sensor: SensorState | None = None) -> None:
         active = strongest(bans, now)
         permanent = sum(ban.permanent for ban in active.values())
         log.event("dry-run-setup", bans=len(active), permanent=permanent)
@@ -32,6 +33,12 @@ class DryRunBackend:
         for change in changes:
             _log_change(change)
         self._memory.apply(changes, now)
+
+    def expire(self, bans: Sequence[Ban], now: float) -> None:
+        self._memory.expire(bans, now)
+
+    def maintain(self, now: float) -> None:
+        """Nothing to keep up."""
 
     def entries(self) -> list[KernelEntry]:
         return self._memory.entries()

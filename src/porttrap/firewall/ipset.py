@@ -6,7 +6,8 @@ ip6tables' raw table, jumped to first thing in PREROUTING.
 PREROUTING); everything runs through `porttrap.firewall.exec`, in batches: one `ipset restore`
 per setup, apply or re-arm, one `iptables-restore` transaction per family and setup. Nothing but
 porttrap's own sets and chain is changed. Bans longer than ipset's 24.8-day limit are re-armed
-(`porttrap.firewall.rearm`) whenever the daemon checks the firewall or applies changes.
+(`porttrap.firewall.rearm`) by the daemon's upkeep (`maintain`, every 5 s) and whenever it
+applies changes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from porttrap.firewall.kernel import has_net_admin
 from porttrap.firewall.plan import final_states, strongest
 from porttrap.firewall.rearm import LongBans
 from porttrap.model import Ban, Change, IPNetwork, show
+from porttrap.sensorspec import SensorState
 
 PROGRAMS = ("ipset", "iptables", "ip6tables", "iptables-restore", "ip6tables-restore")
 INSTALL_HINT = "apt-get install ipset iptables"
@@ -36,7 +38,7 @@ _MISSING_SET = "does not exist"
 
 class IpsetBackend:
     """FirewallBackend on ipset + iptables. `runner` defaults to running the programs in this
-    process's network namespace; `clock` tells `present` when long bans are due."""
+    process's network namespace; `clock` gives `entries` the time left of long bans."""
 
     name = "ipset"
 
@@ -48,10 +50,12 @@ class IpsetBackend:
         self._run = runner if runner is not None else Exec()
         self._long = LongBans()
 
-    def setup(self, bans: Sequence[Ban], now: float) -> None:
+    def setup(self, bans: Sequence[Ban], now: float, sensor: SensorState | None = None) -> None:
         """Fill new sets and swap them in (each live set changes in one kernel operation), then
         (re)make the chain and put the jump to it first in raw PREROUTING, one iptables
-        transaction per family."""
+        transaction per family. There is no kernel sensor here (it is nftables rules)."""
+        if sensor is not None:
+            raise FirewallError("the kernel sensor of stealth and advanced modes needs nftables")
         self._long.clear()
         elements = []
         for target, ban in strongest(bans, now).items():
@@ -94,13 +98,18 @@ class IpsetBackend:
                 found += rules.parse_save(self._run.run(["ipset", "save", name]), [name])
         return [self._with_full_time(entry, now) for entry in found]
 
+    def expire(self, bans: Sequence[Ban], now: float) -> None:
+        """Nothing: every element has a kernel timeout (a long ban's is re-armed until the
+        time left fits, and then ends on time)."""
+
+    def maintain(self, now: float) -> None:
+        """Re-arm the long bans that are due (see `porttrap.firewall.rearm`)."""
+        self._rearm(now)
+
     def present(self) -> bool:
         """Whether both families' chains are in place with the jump first in raw PREROUTING
-        (two `iptables -S` of the small raw table). Re-arms the long bans that are due."""
-        if not all(rules.in_place(self._raw(f), self.names, f) for f in FAMILIES):
-            return False
-        self._rearm(self._clock.now())
-        return True
+        (two `iptables -S` of the small raw table)."""
+        return all(rules.in_place(self._raw(f), self.names, f) for f in FAMILIES)
 
     def teardown(self) -> None:
         """Remove the jumps and porttrap's chain, then porttrap's sets (the rules referring

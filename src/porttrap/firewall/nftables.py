@@ -1,9 +1,12 @@
-"""The nftables backend: bans as elements of sets in porttrap's own `inet` table.
+"""The nftables backend: bans as elements of sets in porttrap's own `inet` table, and the
+kernel sensor of stealth and advanced modes in the same table (this backend is the one writer
+of its rules).
 
 Every method is one libnftables transaction (see `porttrap.firewall.ruleset` for the
 commands and for why the drop happens in prerouting at priority -350). Nothing outside
 porttrap's table is read or changed. A temporary ban is a set element with a kernel timeout,
-a permanent one an element without.
+a permanent one an element without. Whether the table exists and the sensor's counters are
+read over netlink (`porttrap.firewall.objects`): one message each, whatever the sets hold.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from porttrap import log
 from porttrap.errors import FirewallError
 from porttrap.firewall.base import KernelEntry
 from porttrap.firewall.kernel import Nft
+from porttrap.firewall.objects import read_counters, table_exists
 from porttrap.firewall.plan import final_states, strongest
 from porttrap.firewall.ruleset import Ruleset, parse_entries
-from porttrap.firewall.sensor import NftSensor
+from porttrap.firewall.sensor_rules import SensorRules
 from porttrap.model import Ban, Change, IPNetwork, show
+from porttrap.sensorspec import COUNTERS, Ports, SensorState, no_ports
 
 _FAILED_SHOWN = 10  # targets named in the error raised after a partial failure
 # Targets per apply transaction: libnftables and the kernel slow down on huge transactions
@@ -27,8 +32,8 @@ CHUNK = 10_000
 
 
 class NftablesBackend:
-    """FirewallBackend on nftables. `nft` defaults to a libnftables context created now, in
-    the calling thread's network namespace."""
+    """FirewallBackend and SensorBackend on nftables. `nft` defaults to a libnftables context
+    created now, in the calling thread's network namespace."""
 
     name = "nftables"
 
@@ -36,21 +41,26 @@ class NftablesBackend:
         self,
         table: str = "porttrap",
         nft: Nft | None = None,
-        sensor: NftSensor | None = None,
-        exists: Callable[[str], bool] | None = None,
+        exists: Callable[[str], bool] = table_exists,
+        read: Callable[[str], dict[str, int]] = read_counters,
     ) -> None:
-        """`exists`: how to tell whether a table exists (`objects.table_exists`, one netlink
-        message); None: libnftables' `list tables`, which fetches every set element first."""
         self._nft = nft if nft is not None else Nft()
         self._rules = Ruleset(table)
-        self.sensor = sensor
         self._exists = exists
+        self._read = read
+        self._sensor: SensorRules | None = None  # the sensor of the last setup
+        self._served: Ports = no_ports()  # ... and the ports it leaves open now
 
-    def setup(self, bans: Sequence[Ban], now: float) -> None:
+    def setup(self, bans: Sequence[Ban], now: float, sensor: SensorState | None = None) -> None:
         """Replace porttrap's table in one transaction: stray elements go, missing ones come,
-        and the kernel sensor (stealth and advanced modes) comes with it, as it was."""
-        sensor = self.sensor.commands() if self.sensor is not None else []
-        self._run(self._rules.replace(strongest(bans, now), now) + sensor)
+        and the kernel sensor comes with it as `sensor` says."""
+        commands = self._rules.replace(strongest(bans, now), now)
+        rules = SensorRules(self._rules.table, sensor.spec) if sensor is not None else None
+        if sensor is not None and rules is not None:
+            commands += rules.create(sensor.served, sensor.generation)
+        self._run(commands)
+        self._sensor = rules
+        self._served = dict(sensor.served) if sensor is not None else no_ports()
 
     def apply(self, changes: Sequence[Change], now: float) -> None:
         """The changes in one transaction per `CHUNK` targets; if the kernel refuses one, each
@@ -67,13 +77,56 @@ class NftablesBackend:
         if failed:
             raise FirewallError(_partial_failure(failed, len(states)))
 
+    def expire(self, bans: Sequence[Ban], now: float) -> None:
+        """Nothing: every timed ban is an element with a kernel timeout."""
+
+    def maintain(self, now: float) -> None:
+        """Nothing: the kernel's timeouts are long enough for any ban."""
+
     def entries(self) -> list[KernelEntry]:
         if not self.present():
             return []
         return parse_entries(self._nft.list_json(self._rules.table_spec()))
 
+    def present(self) -> bool:
+        return self._exists(self._rules.table)
+
     def teardown(self) -> None:
         self._run(self._rules.remove())
+        self._sensor, self._served = None, no_ports()
+
+    # -- the kernel sensor ---------------------------------------------------------------
+
+    def serve(self, ports: Ports) -> None:
+        """Add and delete ports of the sensor's `open_*` sets, the difference to what they
+        hold. FirewallError when the kernel refuses (the table may be gone: the next setup
+        brings the sets back as the core then wants them)."""
+        rules = self._sensor_rules()
+        commands = []
+        for proto in rules.spec.protos:
+            now_open = rules.spec.open_ports(ports, proto)
+            before = rules.spec.open_ports(self._served, proto)
+            commands += rules.set_open(proto, now_open - before, before - now_open)
+        if commands:
+            self._run(commands)
+        self._served = dict(ports)
+
+    def rotate(self, empty: str) -> None:
+        self._run(self._sensor_rules().rotate(empty))
+
+    def sensor_counters(self) -> dict[str, int]:
+        found = self._read(self._rules.table)
+        return {name: count for name, count in found.items() if name in COUNTERS}
+
+    def _sensor_rules(self) -> SensorRules:
+        if self._sensor is None:
+            raise FirewallError(
+                f"porttrap's table inet {self._rules.table} holds no kernel sensor (it is made "
+                "with the table when stealth or advanced mode is on)"
+            )
+        return self._sensor
+
+    # -- helpers -------------------------------------------------------------------------
 
     def _run(self, commands: list[str]) -> None:
         try:
@@ -85,12 +138,6 @@ class NftablesBackend:
                 f"{err} (nft's syntax may not take {self._rules.table!r} as a table name, if it "
                 'is one of its keywords: set another [firewall] table, e.g. "porttrap")'
             ) from err
-
-    def present(self) -> bool:
-        if self._exists is not None:
-            return self._exists(self._rules.table)
-        tables = self._nft.list_json({"tables": None})
-        return self._rules.table_spec() in [_bare(item) for item in tables]
 
     def _apply_each(
         self, states: Mapping[IPNetwork, Ban | None], now: float, err: FirewallError
@@ -113,11 +160,6 @@ class NftablesBackend:
             )
             return False
         return True
-
-
-def _bare(item: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
-    """A listed table without its handle, to compare with the spec porttrap writes."""
-    return {kind: {k: v for k, v in spec.items() if k != "handle"} for kind, spec in item.items()}
 
 
 def _partial_failure(failed: list[IPNetwork], total: int) -> str:

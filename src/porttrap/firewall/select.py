@@ -14,8 +14,6 @@ from porttrap.firewall.dryrun import DryRunBackend
 from porttrap.firewall.ipset_rules import FAMILIES
 from porttrap.firewall.kernel import is_supported
 from porttrap.firewall.nftables import NftablesBackend
-from porttrap.firewall.objects import table_exists
-from porttrap.firewall.sensor import NftSensor
 
 BACKENDS = ("nftables", "ipset", "auto", "dry-run")
 AUTO_ORDER = ("nftables", "ipset")  # nftables first: one kernel transaction per batch, in-process
@@ -32,20 +30,20 @@ def make_backend(
     name: str,
     table: str,
     clock: Clock,
-    sensor: NftSensor | None = None,
+    sensor: bool = False,
     supported: Mapping[str, Check] | None = None,
 ) -> FirewallBackend:
-    """The backend called `name`, with the kernel sensor of stealth and advanced modes when
-    given; FirewallError says why it cannot run here and what to do. `supported` replaces the
-    checks of `checks()` (tests)."""
+    """The backend called `name`, able to hold the kernel sensor of stealth and advanced modes
+    when `sensor`; FirewallError says why it cannot run here and what to do. `supported`
+    replaces the checks of `checks()` (tests)."""
     if name not in BACKENDS:
         raise FirewallError(
             f"unknown firewall backend {name!r}: choose one of {', '.join(BACKENDS)}"
         )
     found = supported if supported is not None else checks()
     if name == "auto":
-        name = choose(found, sensor is not None)
-    elif sensor is not None and name != "nftables":
+        name = choose(found, sensor)
+    elif sensor and name != "nftables":
         raise FirewallError(
             f'stealth and advanced trap modes need backend = "nftables", not {name!r}: the '
             'kernel sensor is nftables rules (set [traps] mode = "connect" to use sockets)'
@@ -56,7 +54,7 @@ def make_backend(
         return DryRunBackend(clock)
     if name == "ipset":
         return ipset.IpsetBackend(table, clock)
-    return NftablesBackend(table, sensor=sensor, exists=table_exists)
+    return NftablesBackend(table)
 
 
 def _require(name: str, check: Check) -> None:

@@ -46,45 +46,17 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from porttrap.config.schema import KernelSensor, TrapMode
 from porttrap.firewall.kernel import JsonCommand
-from porttrap.model import IPNetwork, Proto
+from porttrap.model import Proto
+from porttrap.sensorspec import COUNTERS, GENERATIONS, PATHS, PREFIX, SensorSpec
 
 INPUT_PRIORITY = -150  # after conntrack (-200) and DNAT (-100 is after: see the module doc)
 SNAPLEN = 128  # bytes of each reported packet: the IP and TCP/UDP headers
 METER_TIMEOUT = 60  # seconds a per-source meter lives after its last packet
-GENERATIONS = ("a", "b")
-PATHS = ("new", "repeat", "client", "exempt")  # the `porttrap:<path>` prefix of each report
-PREFIX = "porttrap:"
-COUNTERS = ("block_a", "block_b", "reported", "over_source", "over_rate", "quiet")
 _FAMILIES = ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr"))
 _NOT_REPLIES = "tcp flags & (syn | ack) != syn | ack tcp flags & rst == 0"
-
-
-@dataclass(frozen=True, slots=True)
-class SensorSpec:
-    """What the kernel sensor watches. Per protocol in stealth or advanced mode: `ports` (the
-    trap ports in stealth mode, the watched range in advanced mode), `at` (stealth traps on
-    one address: (address, port)), and `exclude` (ports left alone besides the served ones)."""
-
-    modes: Mapping[Proto, TrapMode]
-    ports: Mapping[Proto, frozenset[int]]
-    at: Mapping[Proto, tuple[tuple[str, int], ...]]
-    exclude: Mapping[Proto, frozenset[int]]
-    allow: tuple[IPNetwork, ...]
-    kernel: KernelSensor
-
-    @property
-    def protos(self) -> list[Proto]:
-        """The protocols the kernel watches (not in connect mode)."""
-        return [p for p in Proto if self.modes.get(p, TrapMode.CONNECT) is not TrapMode.CONNECT]
-
-    def open_ports(self, served: Mapping[Proto, frozenset[int]], proto: Proto) -> frozenset[int]:
-        """Ports of `proto` never trapped: the served ones and the excluded ones."""
-        return served.get(proto, frozenset()) | self.exclude.get(proto, frozenset())
 
 
 def port_ranges(ports: Iterable[int]) -> list[str]:

@@ -10,6 +10,10 @@ to a served port), whose address a forger would pick to cut the host off from it
 
 from __future__ import annotations
 
+import bisect
+import heapq
+import itertools
+import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +27,7 @@ from porttrap.model import (
     IPNetwork,
     Outcome,
     Proto,
+    StoredBan,
     Unban,
     as_network,
     show,
@@ -30,7 +35,7 @@ from porttrap.model import (
     trapped_by,
 )
 from porttrap.policy.protect import Protection
-from porttrap.store.base import StoredBan
+from porttrap.units import iso
 
 TrapKey = tuple[Proto, int]
 
@@ -76,6 +81,16 @@ class _Recent:
         return self.hits[-1]
 
 
+def enforced_under(policy: BanPolicy, ban: Ban) -> bool:
+    """Whether `ban` belongs in the kernel under `policy`. A trap ban of a protocol that
+    responds with "command" does not (the command does the banning); an admin's ban does unless
+    no protocol responds with "ban" (the kernel is then porttrap's to leave alone)."""
+    trap = trapped_by(ban.reason)
+    if trap is not None:
+        return policy.respond(trap[0]) is not Respond.COMMAND
+    return Respond.BAN in (policy.respond_tcp, policy.respond_udp)
+
+
 def ban_duration(policy: BanPolicy, base: float, count: int) -> float | None:
     """Seconds the `count`-th ban lasts (None: permanent), from first-ban time `base`."""
     if policy.permanent_after and count >= policy.permanent_after:
@@ -106,6 +121,10 @@ class Policy:
         self._past: dict[IPNetwork, list[float]] = {}
         self._active: dict[IPNetwork, Ban] = {}
         self._active_nets: dict[IPNetwork, Ban] = {}
+        # When each timed ban runs out: (expires_at, tie-break, target). An entry whose ban
+        # was lifted or replaced since is stale and skipped (see `expire`).
+        self._ends: list[tuple[float, int, IPNetwork]] = []
+        self._order = itertools.count()
 
     # -- state from the store ------------------------------------------------------------
 
@@ -130,6 +149,13 @@ class Policy:
                 same[target] = ban
             else:
                 same.pop(target, None)
+        order = self._order
+        self._ends = [
+            (b.expires_at, next(order), b.target)
+            for b in (*singles.values(), *nets.values())
+            if b.expires_at is not None
+        ]
+        heapq.heapify(self._ends)
         return self._unban_overlapping(now) + self._unban_protected(now, scan=True)
 
     def _unban_overlapping(self, now: float) -> list[Unban]:
@@ -164,6 +190,7 @@ class Policy:
         active bans: escalation goes on where it was). The host's own addresses carry over.
         Returns unbans for active bans that the new allow list protects."""
         protection.set_own(self.protection.own)
+        protection.take_peers(self.protection)
         if policy.confirm != self.policy.confirm:  # each source's hit times, kept to the new size
             for recent in self._recent.values():
                 recent.hits = deque(recent.hits, maxlen=max(policy.confirm, 1))
@@ -219,9 +246,12 @@ class Policy:
             return protected
         if self.banned(hit.source, now) is not None:
             return Outcome.ALREADY_BANNED
-        if hit.client and not hit.verified:
-            # Forged probes naming a real client would otherwise cut the host off from it.
-            return Outcome.CLIENT
+        if not hit.verified:
+            # Forged probes naming a real client or a peer would cut the host off from it.
+            if hit.client:
+                return Outcome.CLIENT
+            if self.protection.peer(hit.source, now):
+                return Outcome.PEER
         return None
 
     def _triggered(self, hit: Hit, verified: bool, now: float) -> bool:
@@ -259,6 +289,39 @@ class Policy:
         if conflicts:
             raise UsageError("refusing to ban " + "; ".join(conflicts))
         return [self._manual(t, now, duration, permanent, reason) for t in targets]
+
+    def adopt(self, ban: Ban, now: float) -> Ban | str:
+        """A ban another host decided, held here as it was decided (its times, its reason);
+        it counts toward escalation here too. Refused, with why, when it has ended, when the
+        local protection forbids it (own addresses, the allow list, loopback, a peer), when a
+        ban held here already lasts as long, or when it would overlap a network ban."""
+        why = self._refusal(ban, now)
+        if why is not None:
+            return why
+        bisect.insort(self._past.setdefault(ban.target, []), ban.banned_at)
+        self._remember(ban)
+        return ban
+
+    def _refusal(self, ban: Ban, now: float) -> str | None:
+        target = ban.target
+        if not ban.active(now):
+            return "it has ended"
+        if why := self.protection.conflict(target):
+            return why
+        single = target.prefixlen == target.max_prefixlen
+        if single and self.protection.peer(target.network_address, now):
+            return f"{target.network_address} is a peer of this host"
+        held = self._held(target, now)
+        if held is not None and (
+            held.expires_at is None or held.expires_at >= (ban.expires_at or math.inf)
+        ):
+            return f"already banned here until {iso(held.expires_at) or 'forever'}"
+        overlap = self._overlaps([target], now)
+        return overlap[0] if overlap else None
+
+    def _held(self, target: IPNetwork, now: float) -> Ban | None:
+        ban = self._active.get(target) or self._active_nets.get(target)
+        return ban if ban is not None and ban.active(now) else None
 
     def _overlaps(self, targets: Sequence[IPNetwork], now: float) -> list[str]:
         """Network bans may not overlap each other (the kernel's interval sets refuse it): a
@@ -312,6 +375,20 @@ class Policy:
     def _remember(self, ban: Ban) -> None:
         single = ban.target.prefixlen == ban.target.max_prefixlen
         (self._active if single else self._active_nets)[ban.target] = ban
+        if ban.expires_at is not None:
+            heapq.heappush(self._ends, (ban.expires_at, next(self._order), ban.target))
+            if len(self._ends) > 2 * (len(self._active) + len(self._active_nets)) + 64:
+                self._compact_ends()
+
+    def _compact_ends(self) -> None:
+        """Drop the stale entries (lifted or replaced bans) so that they cannot pile up."""
+        self._ends = [end for end in self._ends if self._current(end[2], end[0]) is not None]
+        heapq.heapify(self._ends)
+
+    def _current(self, target: IPNetwork, expires_at: float) -> Ban | None:
+        """The active ban on `target` if it ends at `expires_at` (else the entry is stale)."""
+        ban = self._active.get(target) or self._active_nets.get(target)
+        return ban if ban is not None and ban.expires_at == expires_at else None
 
     def unban(self, target: IPNetwork, now: float, reason: str = "manual") -> Unban:
         """Lift the ban on `target`. A lifted ban no longer counts toward escalation: an admin
@@ -334,30 +411,37 @@ class Policy:
         return None
 
     def enforced(self, ban: Ban) -> bool:
-        """Whether `ban` belongs in the kernel. A trap ban of a protocol that responds with
-        "command" does not (the command does the banning); an admin's ban does unless no
-        protocol responds with "ban" (the kernel is then porttrap's to leave alone)."""
-        trap = trapped_by(ban.reason)
-        if trap is not None:
-            return self.policy.respond(trap[0]) is not Respond.COMMAND
-        return Respond.BAN in (self.policy.respond_tcp, self.policy.respond_udp)
+        """Whether `ban` belongs in the kernel (`enforced_under` the current settings)."""
+        return enforced_under(self.policy, ban)
 
     def active(self, now: float) -> list[Ban]:
         return [b for b in (*self._active.values(), *self._active_nets.values()) if b.active(now)]
 
     def watched(self) -> int:
-        """How many sources the engine holds recent hits of (what `expire` trims)."""
+        """How many sources the engine holds recent hits of (what `forget_quiet` trims)."""
         return len(self._recent)
 
+    def next_end(self) -> float | None:
+        """When the next timed ban runs out (it may have been lifted since), if any."""
+        return self._ends[0][0] if self._ends else None
+
     def expire(self, now: float) -> list[Ban]:
-        """Forget bans that ran out and sources whose window closed (their ports and hit
-        counts both); returns the expired bans."""
-        expired = [
-            b for b in (*self._active.values(), *self._active_nets.values()) if not b.active(now)
-        ]
-        for ban in expired:
-            self._forget(ban.target)
+        """Forget the bans that ran out by `now` and return them, oldest end first. Costs
+        O(log n) per ended ban, nothing more: the daemon asks twice a second."""
+        ends, expired = self._ends, []
+        while ends and ends[0][0] <= now:
+            expires_at, _, target = heapq.heappop(ends)
+            ban = self._current(target, expires_at)
+            if ban is not None:
+                self._forget(target)
+                expired.append(ban)
+        return expired
+
+    def forget_quiet(self, now: float) -> int:
+        """Forget sources whose window closed (their ports and hit counts both); returns how
+        many sources are still watched."""
         horizon = now - self.policy.window
         for source in [s for s, recent in self._recent.items() if recent.last <= horizon]:
             del self._recent[source]
-        return expired
+        self.protection.forget_peers(now)
+        return len(self._recent)

@@ -1,4 +1,5 @@
-"""Who is never banned: the allow list, the host's own addresses and loopback."""
+"""Who is never banned: the allow list, the host's own addresses and loopback; and who is
+never banned on evidence that can be forged: the host's peers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import re
 from collections.abc import Iterable
 
 from porttrap.model import IPAddress, IPNetwork, Outcome
+
+MAX_PEERS = 65_536  # peers remembered; past it, the one whose protection ends first goes
 
 
 class Protection:
@@ -25,6 +28,7 @@ class Protection:
         self._allow = tuple(allow)
         self._own: frozenset[IPAddress] = frozenset(own)
         self._patterns = tuple(re.compile(pattern) for pattern in patterns)
+        self._peers: dict[IPAddress, float] = {}
 
     @property
     def own(self) -> frozenset[IPAddress]:
@@ -32,6 +36,30 @@ class Protection:
 
     def set_own(self, own: Iterable[IPAddress]) -> None:
         self._own = frozenset(own)
+
+    @property
+    def peers(self) -> dict[IPAddress, float]:
+        """The host's peers and until when each is protected."""
+        return self._peers
+
+    def take_peers(self, other: Protection) -> None:
+        """Carry the peers of the protection this one replaces (a reload)."""
+        self._peers = other._peers
+
+    def note_peer(self, address: IPAddress, until: float) -> None:
+        """`address` is a peer of the host (it talks to it of its own accord) until `until`."""
+        peers = self._peers
+        if address not in peers and len(peers) >= MAX_PEERS:
+            del peers[min(peers, key=peers.__getitem__)]
+        peers[address] = max(until, peers.get(address, until))
+
+    def peer(self, address: IPAddress, now: float) -> bool:
+        until = self._peers.get(address)
+        return until is not None and until > now
+
+    def forget_peers(self, now: float) -> None:
+        for address in [a for a, until in self._peers.items() if until <= now]:
+            del self._peers[address]
 
     def allowed(self, address: IPAddress) -> bool:
         """On the allow list, or loopback (the host's own addresses are not checked here)."""

@@ -23,13 +23,12 @@ import resource
 import socket
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from porttrap.clock import Clock
 from porttrap.config.schema import Trap
 from porttrap.log import LOGGER, event, fields
-from porttrap.model import Hit, IPAddress, Proto, unmap
+from porttrap.model import BoundTrap, Hit, IPAddress, Proto, SkippedTrap, TrapReport, unmap
 from porttrap.sensors.holders import PortHolders
 
 LISTEN_BACKLOG = 511
@@ -65,38 +64,6 @@ TRANSIENT_ERRNOS = frozenset(
 )
 
 HitHandler = Callable[[Hit], None]
-
-
-@dataclass(frozen=True, slots=True)
-class BoundTrap:
-    """A trap socket that is listening. `address` as bound: "0.0.0.0", "::" or one address."""
-
-    proto: Proto
-    port: int
-    address: str
-
-
-@dataclass(frozen=True, slots=True)
-class SkippedTrap:
-    """A trap socket that could not be bound, why, and who holds the port when known."""
-
-    proto: Proto
-    port: int
-    address: str
-    reason: str
-    holder: str | None = None  # "sshd pid=123"
-
-
-@dataclass(frozen=True)
-class TrapReport:
-    """What `SocketTraps.start` managed to set. The daemon decides what to do with none set."""
-
-    set: list[BoundTrap] = field(default_factory=list)
-    skipped: list[SkippedTrap] = field(default_factory=list)
-
-    @property
-    def none_set(self) -> bool:
-        return not self.set
 
 
 class SocketTraps:

@@ -6,16 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from porttrap.model import Ban, Hit, IPNetwork, Outcome, Unban
+from porttrap.model import Ban, Hit, IPNetwork, Outcome, StoredBan, Unban
 
-
-@dataclass(frozen=True, slots=True)
-class StoredBan:
-    """A ban as recorded, with how it ended if it was lifted early."""
-
-    ban: Ban
-    lifted_at: float | None = None
-    lifted_reason: str | None = None
+__all__ = ["HistoryEntry", "Store", "StoredBan"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,10 @@
 
 It follows the nftables backend's semantics, timeouts included: a ban applied at `now` gets
 the same whole-second timeout, counted on the injected clock from the moment of the call, and
-vanishes from `entries()` when it runs out. `fail_next()` makes the next call raise, to test
-how callers handle a refusing kernel.
+vanishes from `entries()` when it runs out. With `timeouts=False` it is a backend without kernel
+timeouts (a cloud firewall, an XDP map): a ban stays until `expire` removes it. `fail_next()`
+makes the next call raise, to test how callers handle a refusing kernel. It records the kernel
+sensor state of the last setup and the sensor calls since (`sensor`, `served`, `rotations`).
 """
 
 from __future__ import annotations
@@ -15,16 +17,22 @@ from porttrap.errors import FirewallError
 from porttrap.firewall.base import KernelEntry
 from porttrap.firewall.plan import final_states, strongest, timeout_seconds
 from porttrap.model import Ban, Change, IPNetwork
+from porttrap.sensorspec import Ports, SensorState
 
 
 class MemoryFirewall:
     name = "memory"
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, *, timeouts: bool = True) -> None:
         self._clock = clock
+        self.timeouts = timeouts
         self._deadlines: dict[IPNetwork, float | None] = {}  # on clock.now(); None: permanent
         self._failure: FirewallError | None = None
         self._present = False
+        self.sensor: SensorState | None = None
+        self.served: Ports | None = None
+        self.rotations: list[str] = []
+        self.maintained = 0
 
     def fail_next(self, error: FirewallError | None = None) -> None:
         """Make the next setup/apply/teardown raise `error` and change nothing."""
@@ -38,12 +46,14 @@ class MemoryFirewall:
     def present(self) -> bool:
         return self._present
 
-    def setup(self, bans: Sequence[Ban], now: float) -> None:
+    def setup(self, bans: Sequence[Ban], now: float, sensor: SensorState | None = None) -> None:
         self._check()
         self._present = True
         self._deadlines = {
             target: self._deadline(ban, now) for target, ban in strongest(bans, now).items()
         }
+        self.sensor = sensor
+        self.served = None if sensor is None else sensor.served
 
     def apply(self, changes: Sequence[Change], now: float) -> None:
         self._check()
@@ -55,12 +65,38 @@ class MemoryFirewall:
             else:
                 self._deadlines[target] = self._deadline(ban, now)
 
+    def expire(self, bans: Sequence[Ban], now: float) -> None:
+        self._check()
+        for ban in bans:
+            self._deadlines.pop(ban.target, None)
+
+    def maintain(self, now: float) -> None:
+        self.maintained += 1
+
+    def serve(self, ports: Ports) -> None:
+        self._check()
+        self._sensor_set()
+        self.served = ports
+
+    def rotate(self, empty: str) -> None:
+        self._check()
+        self._sensor_set()
+        self.rotations.append(empty)
+
+    def sensor_counters(self) -> dict[str, int]:
+        self._check()
+        return {}
+
+    def _sensor_set(self) -> None:
+        if not self._present or self.sensor is None:
+            raise FirewallError("no kernel sensor in the table (simulated)")
+
     def entries(self) -> list[KernelEntry]:
         now = self._clock.now()
         held = [
             KernelEntry(target, None if deadline is None else deadline - now)
             for target, deadline in self._deadlines.items()
-            if deadline is None or deadline > now
+            if deadline is None or not self.timeouts or deadline > now
         ]
         return sorted(held, key=lambda entry: (entry.target.version, entry.target))
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import fields
 
 from porttrap.config.schema import Config
-from porttrap.firewall.sensor import spec_from_config
 from porttrap.model import Proto
+from porttrap.sensorspec import spec_from_config
 
 
 def changed(old: Config, new: Config) -> list[str]:

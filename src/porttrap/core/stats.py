@@ -1,4 +1,5 @@
-"""What the daemon counts for people: `porttrap top` and the metrics endpoint read it.
+"""What the daemon counts for people: `porttrap top` and the metrics endpoint read it (through
+the core's `Snapshot`).
 
 Counters only grow (they start at 0 with the daemon, as Prometheus expects); what a flood of
 forged sources could grow without end is bounded: ports past `MAX_PORTS` distinct (protocol,
@@ -89,10 +90,8 @@ class Stats:
         self.sources_forgotten += len(ranked) - len(keep)
         self.sources = dict(keep)
 
-    def before_kernel(self, batch: Sequence[Change]) -> None:
-        """(A `ChangeListener`: bans are counted once applied.)"""
-
-    def after_kernel(self, batch: Sequence[Change]) -> None:
+    def applied(self, batch: Sequence[Change]) -> None:
+        """A batch of bans and unbans went to the kernel."""
         for change in batch:
             if isinstance(change, Ban):
                 self.bans["permanent" if change.permanent else "temporary"] += 1

@@ -1,0 +1,257 @@
+"""What the core wants done. Every output of the core is one of these frozen values; the shell
+(`porttrap.daemon.shell`) carries them out, in order, against the firewall, the store, the
+sensors, the actions and the log. Nothing here does anything.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from porttrap.config.schema import Config, Trap
+from porttrap.core.events import Event
+from porttrap.model import Ban, Change, Hit, Outcome
+from porttrap.sensorspec import Ports, SensorState
+
+
+class SetupReason(enum.StrEnum):
+    START = "start"
+    RECONCILE = "reconcile"  # after a refusal, or a ruleset that vanished
+    RELOAD = "reload"  # the table's rules changed; a refusal refuses the reload
+
+
+# -- asking the shell for events ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FlushSoon:
+    """Feed `TurnEnded` once the loop has finished its current turn: the changes of a turn go
+    to the kernel as one batch."""
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """Feed `event` after `delay` seconds."""
+
+    delay: float
+    event: Event
+
+
+# -- the firewall --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """Replace porttrap's ruleset in one transaction: exactly `bans`, and the kernel sensor as
+    `sensor` says (None: no sensor). On refusal the shell feeds `FirewallFailed`, or
+    `ReloadFailed` for a reload's."""
+
+    bans: Sequence[Ban]
+    now: float
+    reason: SetupReason
+    sensor: SensorState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:
+    """Bans and unbans in one kernel transaction. `arrivals`: the shell's stamps of the hits
+    that caused these bans (for its latency histogram)."""
+
+    changes: Sequence[Change]
+    now: float
+    arrivals: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Expire:
+    """These bans ran out: a backend without kernel timeouts removes them now."""
+
+    bans: Sequence[Ban]
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class CheckFirewall:
+    """Is porttrap's ruleset still in the kernel? If not, the shell feeds `FirewallMissing`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Maintain:
+    """The backend's periodic upkeep (ipset re-arms bans longer than its timeouts hold)."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class ServePorts:
+    """The kernel sensor must never trap these ports (served now, or lately)."""
+
+    ports: Ports
+
+
+@dataclass(frozen=True, slots=True)
+class RotateBlocks:
+    """Empty block generation `empty` and make it current; the shell feeds `BlocksRotated`."""
+
+    empty: str
+
+
+# -- the store -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecordHits:
+    hits: Sequence[tuple[Hit, Outcome]]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordChanges:
+    """Bans to add and unbans to mark as lifted, as one write."""
+
+    changes: Sequence[Change]
+
+
+@dataclass(frozen=True, slots=True)
+class PruneHits:
+    """Delete the hits older than `before`."""
+
+    before: float
+
+
+# -- the actions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ActionsStart:
+    """The active bans at start: hosts.deny is made to hold exactly their lines."""
+
+    active: Sequence[Ban]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionsHit:
+    hit: Hit
+    outcome: Outcome
+    ban: Ban | None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionsBefore:
+    """The `first = true` commands of these changes, started before the kernel batch."""
+
+    changes: Sequence[Change]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionsAfter:
+    """Every other action of these changes, now that the kernel has them."""
+
+    changes: Sequence[Change]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionsExpired:
+    bans: Sequence[Ban]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceActions:
+    """New action settings (a reload): the running actions finish first."""
+
+    config: Config
+    active: Sequence[Ban]
+
+
+# -- sensors and reload ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateTraps:
+    """The connect-mode trap sockets are now these (kept, bound or closed as needed)."""
+
+    traps: tuple[Trap, ...]
+    banner: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareReload:
+    """Open what the new configuration needs and can fail to open (log outputs, the metrics
+    listener), then feed `ReloadPrepared`, or undo and feed `ReloadFailed`."""
+
+    config: Config
+    changed: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded:
+    """The reload is done (or there was nothing to do): the shell answers and logs it."""
+
+    changed: tuple[str, ...]
+
+
+# -- logs and answers ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """One log event (`porttrap.log.event`)."""
+
+    name: str
+    level: int
+    fields: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LogChanges:
+    """A line per ban and unban; a batch of more than `BULK` is summed up in a line per kind,
+    the lines per change then at debug level."""
+
+    changes: Sequence[Change]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The answer to the control request being handled; `after_store`: send it once the store
+    holds what was just decided (`porttrap bans` right after `porttrap ban` must show it)."""
+
+    payload: Mapping[str, object]
+    after_store: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """The control request being handled is refused: `message`, and `problems` (a
+    configuration's, one each)."""
+
+    message: str
+    problems: tuple[str, ...] = ()
+
+
+Command = (
+    FlushSoon
+    | Schedule
+    | Setup
+    | Apply
+    | Expire
+    | CheckFirewall
+    | Maintain
+    | ServePorts
+    | RotateBlocks
+    | RecordHits
+    | RecordChanges
+    | PruneHits
+    | ActionsStart
+    | ActionsHit
+    | ActionsBefore
+    | ActionsAfter
+    | ActionsExpired
+    | ReplaceActions
+    | UpdateTraps
+    | PrepareReload
+    | Reloaded
+    | Log
+    | LogChanges
+    | Answer
+    | Refuse
+)

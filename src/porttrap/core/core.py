@@ -1,0 +1,469 @@
+"""The daemon's core: `handle(event, now)` returns the commands that the event calls for.
+
+It holds the policy (which hits ban, for how long), the daemon's counters, the changes decided
+in the current loop turn, the hits waiting to be stored, the kernel sensor's desired state and
+a reload in progress. It reads no clock (`now` is given), opens nothing and waits for nothing:
+the shell (`porttrap.daemon.shell`) turns sensor reports and timers into events and carries out
+the commands. Tests feed events and assert the exact commands (`porttrap.testing.playbook`).
+
+The paths, in the order of the commands each returns:
+- a hit: the policy's verdict; a ban joins the turn's batch (`FlushSoon` for the first); the
+  hit's actions and log line. At the end of the turn (`TurnEnded`) the batch goes out:
+  `first` actions, the kernel (one `Apply`), the store, the log, the other actions.
+- an admin's ban or unban: the same, at once, then the answer once the store has it.
+- a tick (0.5 s): bans that ran out (`Expire`), hits to the store (they give way when the disk
+  is far behind; bans never do); every 5 s the firewall check and upkeep; every minute the
+  pruning of old hits and quiet sources.
+- the kernel sensor (stealth, advanced): served ports never trapped, block sets rotated.
+- a reload: refused, or prepared by the shell, then the table rebuilt when its rules change,
+  then committed; see `_reload_*`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from porttrap.config.schema import Config, Event, Trap, TrapMode
+from porttrap.core import reload
+from porttrap.core.commands import (
+    ActionsAfter,
+    ActionsBefore,
+    ActionsExpired,
+    ActionsHit,
+    ActionsStart,
+    Answer,
+    Apply,
+    CheckFirewall,
+    Command,
+    Expire,
+    FlushSoon,
+    Log,
+    LogChanges,
+    Maintain,
+    PrepareReload,
+    PruneHits,
+    RecordChanges,
+    RecordHits,
+    Refuse,
+    Reloaded,
+    ReplaceActions,
+    Schedule,
+    Setup,
+    SetupReason,
+    UpdateTraps,
+)
+from porttrap.core.events import (
+    AddressesChanged,
+    AdminBan,
+    AdminUnban,
+    BlocksRotated,
+    CountersRead,
+    FirewallFailed,
+    FirewallMissing,
+    HitSeen,
+    PeerSeen,
+    Reconcile,
+    ReloadCommitted,
+    ReloadFailed,
+    ReloadInvalid,
+    ReloadPrepared,
+    ReloadRequested,
+    RemoteBan,
+    ServedPortsChanged,
+    Started,
+    Stopping,
+    Tick,
+    TurnEnded,
+)
+from porttrap.core.events import Event as CoreEvent
+from porttrap.core.kernel import KernelState
+from porttrap.core.snapshot import IoFigures, KernelView, Snapshot
+from porttrap.core.stats import Stats
+from porttrap.core.views import ban_json
+from porttrap.errors import UsageError
+from porttrap.model import Ban, Change, Hit, IPNetwork, Outcome, Unban, show
+from porttrap.policy import Policy, Protection
+from porttrap.policy.engine import enforced_under
+from porttrap.sensorspec import GENERATIONS, SensorState, spec_from_config
+
+MAX_BUFFERED_HITS = 100_000  # hits waiting for the store; past it they are counted, not kept
+MAX_WRITE_BACKLOG = 20  # store jobs waiting (about 10 s of hit batches) before hits give way
+MAX_ANSWERED = 1000  # bans listed in the answer to a bulk ban; the count covers all
+RECONCILE_DELAY = 5.0  # seconds before a refused kernel change is tried again, as a rebuild
+CHECK_EVERY = 10  # ticks (5 s) between checks that porttrap's ruleset is still there
+MAINTAIN_EVERY = 120  # ticks (60 s) between prunings of old hits and quiet sources
+REFUSED_HINT = "the running configuration stays; fix the file and reload again"
+
+Handler = Callable[[Any, float], list[Command]]
+
+
+def protection(config: Config) -> Protection:
+    return Protection(config.allow.networks, patterns=config.allow.patterns)
+
+
+def connect_traps(config: Config) -> tuple[Trap, ...]:
+    """The traps the socket sensor sets (those of protocols in connect mode)."""
+    return tuple(t for t in config.traps if config.modes.of(t.proto) is TrapMode.CONNECT)
+
+
+class Core:
+    """Events in, commands out. `started_at`: when the daemon started (for status)."""
+
+    def __init__(self, config: Config, started_at: float) -> None:
+        self.config = config
+        self.started_at = started_at
+        self.policy = Policy(config.ban, config.traps, protection(config))
+        self.stats = Stats()
+        self.hits_not_stored = 0
+        self.kernel = KernelState(spec_from_config(config)) if config.modes.kernel else None
+        self._pending: list[Change] = []  # decided this loop turn, not yet sent out
+        self._arrivals: list[float] = []  # the shell's stamps of the hits that banned
+        self._flush_asked = False
+        self._hits: list[tuple[Hit, Outcome]] = []
+        self._reconcile_due = False
+        self._ticks = 0
+        self._reload: tuple[Config, tuple[str, ...]] | None = None
+        self._read_actions(config)
+        self._handlers: dict[type, Handler] = {
+            Started: self._started,
+            HitSeen: self._hit,
+            TurnEnded: self._turn_ended,
+            Tick: self._tick,
+            AddressesChanged: self._addresses,
+            ServedPortsChanged: self._served,
+            CountersRead: self._counters,
+            BlocksRotated: self._rotated,
+            FirewallFailed: self._firewall_failed,
+            FirewallMissing: self._firewall_missing,
+            Reconcile: self._reconcile,
+            AdminBan: self._admin_ban,
+            AdminUnban: self._admin_unban,
+            RemoteBan: self._remote_ban,
+            PeerSeen: self._peer_seen,
+            ReloadRequested: self._reload_requested,
+            ReloadInvalid: self._reload_invalid,
+            ReloadPrepared: self._reload_prepared,
+            ReloadCommitted: self._reload_committed,
+            ReloadFailed: self._reload_failed,
+            Stopping: self._stopping,
+        }
+
+    def handle(self, event: CoreEvent, now: float) -> list[Command]:
+        """The commands `event`, happening at `now` (seconds since the epoch), calls for."""
+        return self._handlers[type(event)](event, now)
+
+    def _read_actions(self, config: Config) -> None:
+        actions = config.actions
+        self._hit_actions = any(Event.HIT in a.on for a in actions.commands) or any(
+            Event.HIT in a.on for a in actions.webhooks
+        )
+        self._first_actions = any(command.first for command in config.actions.commands)
+
+    # -- start and stop ------------------------------------------------------------------
+
+    def _started(self, event: Started, now: float) -> list[Command]:
+        """Bans from the store back into the policy and, in one transaction, the kernel."""
+        self.policy.protection.set_own(event.own)
+        if self.kernel is not None and event.served is not None:
+            self.kernel.serving = self.kernel.wanted = dict(event.served)
+        unbans = self.policy.restore(event.stored, now)
+        commands: list[Command] = []
+        if unbans:  # no Apply: the setup leaves them out
+            commands += [RecordChanges(unbans), LogChanges(unbans), ActionsAfter(unbans)]
+        commands.append(self._setup(now, SetupReason.START))
+        commands.append(ActionsStart(self.policy.active(now)))
+        return commands
+
+    def _stopping(self, _event: Stopping, now: float) -> list[Command]:
+        """Whatever is decided goes out; every hit kept is written."""
+        commands = self._flush(now)
+        if self._hits:
+            batch, self._hits = self._hits, []
+            commands.append(RecordHits(batch))
+        return commands
+
+    # -- hits ----------------------------------------------------------------------------
+
+    def _hit(self, event: HitSeen, now: float) -> list[Command]:
+        hit = event.hit
+        verdict = self.policy.on_hit(hit, now)
+        outcome = verdict.outcome
+        commands = [] if verdict.ban is None else self._queue([verdict.ban], event.arrived)
+        self.stats.hit(hit, outcome)
+        if self._hit_actions:  # bounded by [actions] queue, whatever the flood
+            commands.append(ActionsHit(hit, outcome, verdict.ban))
+        if len(self._hits) < MAX_BUFFERED_HITS:
+            self._hits.append((hit, outcome))
+        else:
+            self.hits_not_stored += 1
+        # A forged flood can make thousands of unverified hits a second: they are stored (see
+        # `porttrap history`) and counted in status, and logged only when they ban (or would
+        # have, with respond = "log").
+        quiet = not hit.verified and outcome not in (Outcome.BANNED, Outcome.LOGGED)
+        commands.append(
+            Log("hit", logging.DEBUG if quiet else logging.INFO, _hit_fields(hit, outcome))
+        )
+        return commands
+
+    # -- the batch of a loop turn --------------------------------------------------------
+
+    def _queue(self, changes: Sequence[Change], arrived: float | None = None) -> list[Command]:
+        """Changes join the turn's batch; the first asks for the end of the turn."""
+        if not changes:
+            return []
+        self._pending.extend(changes)
+        if arrived is not None:
+            self._arrivals.append(arrived)
+        if self._flush_asked:
+            return []
+        self._flush_asked = True
+        return [FlushSoon()]
+
+    def _turn_ended(self, _event: TurnEnded, now: float) -> list[Command]:
+        return self._flush(now)
+
+    def _flush(self, now: float) -> list[Command]:
+        """The batch out: `first` actions, the kernel, the store, the log, the actions."""
+        self._flush_asked = False
+        batch, self._pending = self._pending, []
+        arrivals, self._arrivals = tuple(self._arrivals), []
+        if not batch:
+            return []
+        commands: list[Command] = [ActionsBefore(batch)] if self._first_actions else []
+        enforced = self.policy.enforced
+        kernel = [c for c in batch if isinstance(c, Unban) or enforced(c)]
+        if kernel:
+            commands.append(Apply(kernel, now, arrivals))
+        commands += [RecordChanges(batch), LogChanges(batch), ActionsAfter(batch)]
+        self.stats.applied(batch)
+        return commands
+
+    # -- time ----------------------------------------------------------------------------
+
+    def _tick(self, event: Tick, now: float) -> list[Command]:
+        self._ticks += 1
+        commands = self._expire(now) + self._store_hits(event.store_backlog)
+        if self._ticks % CHECK_EVERY == 0:
+            commands += [CheckFirewall(), Maintain(now)]
+        if self._ticks % MAINTAIN_EVERY == 0:
+            self.policy.forget_quiet(now)
+            commands.append(PruneHits(now - self.config.store.hit_retention))
+        return commands
+
+    def _expire(self, now: float) -> list[Command]:
+        """Bans that ran out: the kernel let them go by itself (or is told to), the actions
+        hear of it."""
+        expired = self.policy.expire(now)
+        if not expired:
+            return []
+        self.stats.expired(expired)
+        enforced = self.policy.enforced
+        commands: list[Command] = [Expire([b for b in expired if enforced(b)], now)]
+        commands += [
+            Log("ban-expired", logging.INFO, {"address": show(b.target), "ban_count": b.ban_count})
+            for b in expired
+        ]
+        commands.append(ActionsExpired(expired))
+        return commands
+
+    def _store_hits(self, backlog: int) -> list[Command]:
+        if not self._hits:
+            return []
+        batch, self._hits = self._hits, []
+        if backlog > MAX_WRITE_BACKLOG:  # the disk is far behind: hits give way
+            self.hits_not_stored += len(batch)
+            fields = {"count": len(batch), "backlog": backlog}
+            return [Log("hits-not-stored", logging.WARNING, fields)]
+        return [RecordHits(batch)]
+
+    # -- the host and the kernel ---------------------------------------------------------
+
+    def _addresses(self, event: AddressesChanged, now: float) -> list[Command]:
+        return self._queue(self.policy.set_own_addresses(event.own, now))
+
+    def _served(self, event: ServedPortsChanged, _now: float) -> list[Command]:
+        return [] if self.kernel is None else self.kernel.served(event.ports, event.mono)
+
+    def _counters(self, event: CountersRead, _now: float) -> list[Command]:
+        return [] if self.kernel is None else self.kernel.read(event.counters, event.mono)
+
+    def _rotated(self, event: BlocksRotated, _now: float) -> list[Command]:
+        return [] if self.kernel is None else self.kernel.rotated(event.emptied, event.mono)
+
+    def _kernel_bans(self, now: float, enforced: Callable[[Ban], bool]) -> list[Ban]:
+        return [ban for ban in self.policy.active(now) if enforced(ban)]
+
+    def _setup(self, now: float, reason: SetupReason) -> Setup:
+        sensor = self.kernel.state() if self.kernel is not None else None
+        return Setup(self._kernel_bans(now, self.policy.enforced), now, reason, sensor)
+
+    def _firewall_failed(self, event: FirewallFailed, _now: float) -> list[Command]:
+        fields = {"error": event.error, "retry_in": RECONCILE_DELAY}
+        commands: list[Command] = [Log("firewall-error", logging.ERROR, fields)]
+        if not self._reconcile_due:
+            self._reconcile_due = True
+            commands.append(Schedule(RECONCILE_DELAY, Reconcile()))
+        return commands
+
+    def _reconcile(self, _event: Reconcile, now: float) -> list[Command]:
+        """Make the kernel hold exactly the active bans (one transaction)."""
+        self._reconcile_due = False
+        return [self._setup(now, SetupReason.RECONCILE)]
+
+    def _firewall_missing(self, _event: FirewallMissing, now: float) -> list[Command]:
+        """Something removed the ruleset (`nft flush ruleset`): bans must not vanish."""
+        fields = {"table": self.config.firewall.table}
+        return [
+            Log("firewall-missing", logging.WARNING, fields),
+            self._setup(now, SetupReason.RECONCILE),
+        ]
+
+    # -- admin requests ------------------------------------------------------------------
+
+    def _admin_ban(self, event: AdminBan, now: float) -> list[Command]:
+        try:
+            bans = self.policy.ban(
+                event.targets, now, duration=event.duration, permanent=event.permanent
+            )
+        except UsageError as err:
+            return [Refuse(str(err))]
+        self._pending.extend(bans)
+        answer = {"count": len(bans), "bans": [ban_json(b) for b in bans[:MAX_ANSWERED]]}
+        return [*self._flush(now), Answer(answer, after_store=True)]
+
+    def _admin_unban(self, event: AdminUnban, now: float) -> list[Command]:
+        was_banned = [show(t) for t in event.targets if self._is_banned(t, now)]
+        unbans = [self.policy.unban(t, now) for t in event.targets]
+        self._pending.extend(unbans)
+        answer = {"unbanned": [show(u.target) for u in unbans], "were_banned": was_banned}
+        return [*self._flush(now), Answer(answer, after_store=True)]
+
+    def _is_banned(self, target: IPNetwork, now: float) -> bool:
+        return any(b.target == target for b in self.policy.active(now))
+
+    # -- other hosts ---------------------------------------------------------------------
+
+    def _remote_ban(self, event: RemoteBan, now: float) -> list[Command]:
+        held = self.policy.adopt(event.ban, now)
+        fields: dict[str, object] = {"address": show(event.ban.target), "origin": event.origin}
+        if isinstance(held, str):
+            return [Log("remote-ban-refused", logging.INFO, {**fields, "why": held})]
+        return [Log("remote-ban", logging.INFO, fields), *self._queue([held])]
+
+    def _peer_seen(self, event: PeerSeen, _now: float) -> list[Command]:
+        self.policy.protection.note_peer(event.address, event.until)
+        return []
+
+    # -- reload --------------------------------------------------------------------------
+
+    def _reload_requested(self, event: ReloadRequested, _now: float) -> list[Command]:
+        """Refused when a part needs a restart; nothing to do when nothing changed; else the
+        shell prepares what can fail to open (`PrepareReload`)."""
+        new = event.config
+        if restart := reload.needs_restart(self.config, new):
+            message = (
+                "not reloaded, these changes need a restart (systemctl restart porttrap): "
+                + "; ".join(restart)
+            )
+            return _refused(message)
+        changed = tuple(reload.changed(self.config, new))
+        if not changed:
+            self.config = new
+            return [Reloaded(())]
+        self._reload = (new, changed)
+        return [PrepareReload(new, changed)]
+
+    def _reload_invalid(self, event: ReloadInvalid, _now: float) -> list[Command]:
+        return _refused("invalid configuration", event.problems)
+
+    def _reload_prepared(self, _event: ReloadPrepared, now: float) -> list[Command]:
+        """Rebuild the table when its rules or `[ban] respond` change: one transaction, with
+        every active ban that belongs in the kernel under the new settings (anything queued
+        goes out first, into the old table). The shell feeds `ReloadCommitted`, or
+        `ReloadFailed` when the kernel refuses (the old table then stays)."""
+        assert self._reload is not None, "ReloadPrepared without a reload in progress"
+        new, _ = self._reload
+        if not reload.kernel_changed(self.config, new):
+            return self._commit(now)
+        sensor = None
+        if self.kernel is not None:
+            kernel = self.kernel
+            sensor = SensorState(spec_from_config(new), kernel.wanted, kernel.generation)
+        bans = self._kernel_bans(now, lambda ban: enforced_under(new.ban, ban))
+        return [*self._flush(now), Setup(bans, now, SetupReason.RELOAD, sensor)]
+
+    def _reload_committed(self, _event: ReloadCommitted, now: float) -> list[Command]:
+        return self._commit(now)
+
+    def _commit(self, now: float) -> list[Command]:
+        """The new settings in force: policy, allow list, kernel sensor, actions, traps.
+        Bans, escalation and counters carry over."""
+        assert self._reload is not None, "a reload commits only once prepared"
+        (new, changed), self._reload = self._reload, None
+        old, self.config = self.config, new
+        unbans = self.policy.reconfigure(new.ban, new.traps, protection(new), now)
+        if self.kernel is not None and reload.kernel_changed(old, new):
+            self.kernel.respec(spec_from_config(new))
+        self._read_actions(new)
+        commands = self._queue(unbans)
+        if "actions" in changed or "modes" in changed:
+            commands.append(ReplaceActions(new, self.policy.active(now)))
+        if {"traps", "modes", "banner"} & set(changed):
+            commands.append(UpdateTraps(connect_traps(new), new.banner))
+        return [*commands, Reloaded(changed)]
+
+    def _reload_failed(self, event: ReloadFailed, _now: float) -> list[Command]:
+        self._reload = None
+        return _refused(event.error)
+
+    # -- views ---------------------------------------------------------------------------
+
+    def snapshot(self, now: float, io: IoFigures) -> Snapshot:
+        kernel = self.kernel
+        view = None
+        if kernel is not None:
+            view = KernelView(
+                modes=kernel.spec.modes,
+                served=kernel.wanted,
+                settings=kernel.settings,
+                generation=kernel.generation,
+                fill={g: kernel.fill.fill(g) for g in GENERATIONS},
+                rotations=kernel.rotations,
+                counters=kernel.counters,
+            )
+        return Snapshot(
+            now=now,
+            started_at=self.started_at,
+            source=self.config.source,
+            modes=self.config.modes,
+            active=self.policy.active(now),
+            enforced=self.policy.enforced,
+            stats=self.stats,
+            hits_not_stored=self.hits_not_stored,
+            watched=self.policy.watched(),
+            kernel=view,
+            io=io,
+        )
+
+
+def _hit_fields(hit: Hit, outcome: Outcome) -> dict[str, object]:
+    return {
+        "src": hit.source,
+        "sport": hit.source_port,
+        "dst": hit.local,
+        "port": hit.port,
+        "proto": hit.proto,
+        "kind": hit.kind,
+        "outcome": outcome,
+    }
+
+
+def _refused(error: str, problems: tuple[str, ...] = ()) -> list[Command]:
+    commands: list[Command] = [
+        Log("config-error", logging.ERROR, {"problem": problem}) for problem in problems
+    ]
+    commands.append(Log("reload-refused", logging.ERROR, {"error": error, "hint": REFUSED_HINT}))
+    commands.append(Refuse(error, problems))
+    return commands

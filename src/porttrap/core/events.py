@@ -1,0 +1,193 @@
+"""What happens to the daemon. Every input of the core is one of these frozen values; the shell
+makes them from sensor reports, timers, control requests and the results of its commands.
+
+Nothing here holds a socket, a clock or a callback: an event is data, and a test writes the
+events of a scenario as a list (see `porttrap.testing.playbook`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from porttrap.config.schema import Config
+from porttrap.model import Ban, Hit, IPAddress, IPNetwork, StoredBan
+from porttrap.sensorspec import Ports
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The daemon starts: the host's addresses, the bans read from the store (oldest first, as
+    `Store.bans_to_restore` gives them) and, with the kernel sensor, the ports this host serves
+    (read before porttrap's table is built, so that no service port is ever a trap)."""
+
+    own: frozenset[IPAddress]
+    stored: Sequence[StoredBan]
+    served: Ports | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HitSeen:
+    """A sensor saw a trap touched. `arrived` is the shell's monotonic stamp, carried through
+    to the kernel apply so that the shell can measure hit-to-kernel latency; the core never
+    reads it."""
+
+    hit: Hit
+    arrived: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AddressesChanged:
+    """The host's own addresses are now `own` (all interfaces, loopback too)."""
+
+    own: frozenset[IPAddress]
+
+
+@dataclass(frozen=True, slots=True)
+class ServedPortsChanged:
+    """The ports this host serves changed (the listeners sensor). `mono`: monotonic seconds,
+    for how long a port that stopped being served stays out of the traps."""
+
+    ports: Ports
+    mono: float
+
+
+@dataclass(frozen=True, slots=True)
+class CountersRead:
+    """The kernel sensor's named counters, read at monotonic time `mono`."""
+
+    counters: dict[str, int]
+    mono: float
+
+
+@dataclass(frozen=True, slots=True)
+class BlocksRotated:
+    """The firewall emptied block generation `emptied` and made it current (`RotateBlocks`)."""
+
+    emptied: str
+    mono: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Twice a second. `store_backlog`: store jobs not yet written (the disk's lag)."""
+
+    store_backlog: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnded:
+    """The event loop finished the turn in which the core asked for it (`FlushSoon`): the
+    changes decided during the turn go to the kernel as one batch."""
+
+
+@dataclass(frozen=True, slots=True)
+class FirewallFailed:
+    """The kernel refused an `Apply` or a `Setup` (other than a reload's)."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class FirewallMissing:
+    """`CheckFirewall` found porttrap's ruleset gone (a firewall reload flushed it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reconcile:
+    """Time to make the kernel hold exactly the active bans again (after a refusal)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdminBan:
+    """`porttrap ban`: without `duration` or `permanent` the escalation decides."""
+
+    targets: tuple[IPNetwork, ...]
+    duration: float | None = None
+    permanent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AdminUnban:
+    """`porttrap unban`."""
+
+    targets: tuple[IPNetwork, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteBan:
+    """A ban another host decided (the fleet). Applied here unless the local protection says
+    no: the host's own addresses, its allow list, loopback and its peers always win."""
+
+    ban: Ban
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSeen:
+    """The host talks to `address` of its own accord (a resolver, a gateway, a VPN endpoint):
+    until `until`, evidence that can be forged never bans it."""
+
+    address: IPAddress
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadRequested:
+    """A valid configuration was read again (SIGHUP, `porttrap reload`)."""
+
+    config: Config
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadInvalid:
+    """The configuration read again is invalid: every problem, as text."""
+
+    problems: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPrepared:
+    """The shell opened what the new configuration needs (log outputs, metrics listener)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadCommitted:
+    """The kernel took the reload's new table, or it needed none: the reload can finish."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadFailed:
+    """Preparing the reload failed; the shell put back what it had opened."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stopping:
+    """The daemon stops: whatever is pending is applied and recorded."""
+
+
+Event = (
+    Started
+    | HitSeen
+    | AddressesChanged
+    | ServedPortsChanged
+    | CountersRead
+    | BlocksRotated
+    | Tick
+    | TurnEnded
+    | FirewallFailed
+    | FirewallMissing
+    | Reconcile
+    | AdminBan
+    | AdminUnban
+    | RemoteBan
+    | PeerSeen
+    | ReloadRequested
+    | ReloadInvalid
+    | ReloadPrepared
+    | ReloadCommitted
+    | ReloadFailed
+    | Stopping
+)

@@ -1,0 +1,79 @@
+"""One typed view of the running daemon, made by the core on request: `porttrap status`,
+`porttrap top` and the metrics endpoint read this and nothing else.
+
+A snapshot refers to the core's own tables instead of copying them (a scrape with 100,000 bans
+must stay cheap), so it is read at once, on the event loop, before the next event changes them.
+Half of it is what only the shell can measure (`IoFigures`): it hands those figures to the core,
+which puts them beside its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from porttrap.config.schema import KernelSensor, Modes, TrapMode
+from porttrap.core.stats import Histogram, Stats
+from porttrap.model import Ban, Proto, TrapReport
+from porttrap.sensorspec import Ports
+
+
+@dataclass(frozen=True, slots=True)
+class ReportFigures:
+    """What the kernel sensor's receiver counted: NFLOG reports received, lost to buffer
+    overruns, malformed, not TCP/UDP we can read, and logged to our group by a foreign rule."""
+
+    received: int = 0
+    overruns: int = 0
+    malformed: int = 0
+    unreadable: int = 0
+    foreign: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IoFigures:
+    """What the shell measures: its I/O parts' counters and the latency histograms."""
+
+    backend: str
+    traps: TrapReport
+    actions: Mapping[str, Any]  # `Dispatcher.status()`
+    actions_enabled: bool = False
+    store_backlog: int = 0
+    store_failures: int = 0
+    reports: ReportFigures | None = None
+    decision: Histogram | None = None  # a hit's arrival to its decision
+    to_kernel: Histogram | None = None  # a banning hit's arrival to its ban in the kernel
+
+
+@dataclass(frozen=True, slots=True)
+class KernelView:
+    """The kernel sensor (stealth and advanced modes) as the core keeps it."""
+
+    modes: Mapping[Proto, TrapMode]
+    served: Ports
+    settings: KernelSensor
+    generation: str
+    fill: Mapping[str, int]
+    rotations: int
+    counters: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    now: float
+    started_at: float
+    source: Path | None  # the configuration file; None: built-in defaults
+    modes: Modes
+    active: Sequence[Ban]
+    enforced: Callable[[Ban], bool]  # whether a ban belongs in the kernel (`[ban] respond`)
+    stats: Stats
+    hits_not_stored: int
+    watched: int  # sources whose recent hits the policy remembers
+    kernel: KernelView | None
+    io: IoFigures
+
+    @property
+    def permanent(self) -> int:
+        return sum(1 for ban in self.active if ban.permanent)

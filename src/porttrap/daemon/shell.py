@@ -1,0 +1,487 @@
+"""The shell around the core: the one place that does I/O.
+
+It runs the event loop; turns sensor reports, timers, signals and control requests into the
+core's events; carries out the core's commands (`porttrap.daemon.effects`), feeding back the
+events their outcomes make; and answers `status`, `top` and the metrics from the core's
+snapshot. Nothing here decides anything about bans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from porttrap import __version__, heap, log
+from porttrap import config as config_mod
+from porttrap.actions.dispatch import Dispatcher
+from porttrap.clock import Clock
+from porttrap.config.schema import Config
+from porttrap.core import commands as c
+from porttrap.core import events as e
+from porttrap.core import requests, views
+from porttrap.core.core import Core, connect_traps
+from porttrap.core.snapshot import IoFigures, ReportFigures, Snapshot
+from porttrap.daemon.control import ControlServer, Handler
+from porttrap.daemon.effects import Effects
+from porttrap.daemon.metrics_server import MetricsServer, snapshot_registry
+from porttrap.daemon.notify import Notifier
+from porttrap.daemon.writer import StoreWriter
+from porttrap.errors import (
+    ConfigError,
+    FirewallError,
+    PorttrapError,
+    RemoteConfigError,
+    UsageError,
+)
+from porttrap.firewall.base import FirewallBackend, SensorBackend
+from porttrap.model import Hit, TrapReport
+from porttrap.sensors import listeners
+from porttrap.sensors.hostaddrs import AddressWatcher, current_addresses
+from porttrap.sensors.kernel import KernelReports
+from porttrap.sensors.listeners import ListenerWatcher
+from porttrap.sensors.sockets import SocketTraps
+from porttrap.sensorspec import Ports
+from porttrap.store.base import Store
+
+TICK = 0.5  # seconds between ticks (hits to the store, expiries, the firewall check ...)
+POLL = 0.25  # seconds between reads of the kernel sensor's counters
+STATUS_EVERY = 120  # ticks (60 s) between systemd STATUS= lines
+
+
+class Shell:
+    """Runs the daemon until asked to stop. Built by `porttrap.daemon.wiring`."""
+
+    def __init__(
+        self,
+        core: Core,
+        clock: Clock,
+        store: Store,
+        firewall: FirewallBackend,
+        sensor: SensorBackend | None,
+        *,
+        config_path: Path | None = None,
+        verbose: bool = False,
+        notifier: Notifier | None = None,
+    ) -> None:
+        config = core.config
+        self.core = core
+        self.clock = clock
+        self.store = store
+        self.firewall = firewall
+        self.config_path = config_path
+        self.verbose = verbose
+        self.notifier = notifier if notifier is not None else Notifier(None)
+        self.writer = StoreWriter()
+        actions = Dispatcher(config.actions, config.modes, config.state_dir)
+        self.effects = Effects(
+            clock,
+            firewall=firewall,
+            sensor=sensor,
+            store=store,
+            writer=self.writer,
+            actions=actions,
+        )
+        self._effects = self.effects.table_of()
+        self._effects |= {
+            c.FlushSoon: self._flush_soon,
+            c.Schedule: self._schedule,
+            c.UpdateTraps: self._update_traps,
+        }
+        self.report = TrapReport()
+        self._traps = SocketTraps(connect_traps(config), self.on_hit, clock, config.banner)
+        self._kernel = KernelReports(config.kernel, self.on_hit, clock) if sensor else None
+        self._listeners = ListenerWatcher(self.on_served, clock=clock) if sensor else None
+        self._addresses = AddressWatcher(self._on_addresses)
+        self.handlers = self._handlers()  # the control socket's requests, by "cmd"
+        self._control = ControlServer(config.control_socket, self.handlers)
+        self.metrics = MetricsServer(snapshot_registry(self.snapshot))
+        self._stop = asyncio.Event()
+        self._reloading = asyncio.Lock()
+        self._timers: set[asyncio.Handle] = set()
+        self._poller: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def config(self) -> Config:
+        return self.core.config
+
+    @property
+    def actions(self) -> Dispatcher:
+        return self.effects.actions
+
+    # -- feeding the core ----------------------------------------------------------------
+
+    def feed(self, event: e.Event) -> list[c.Command]:
+        """Handle `event` and the events its commands lead to. Returns the commands left for
+        the caller: answers, refusals and the reload's asynchronous steps."""
+        return self._run(self.core.handle(event, self.clock.now()))
+
+    def _run(self, commands: list[c.Command]) -> list[c.Command]:
+        left: list[c.Command] = []
+        batches = deque([commands])
+        while batches:
+            follow: list[e.Event] = []
+            for command in batches.popleft():
+                effect = self._effects.get(type(command))
+                if effect is None:
+                    left.append(command)
+                elif (event := effect(command)) is not None:
+                    follow.append(event)
+            now = self.clock.now()
+            batches.extend(self.core.handle(event, now) for event in follow)
+        return left
+
+    def on_hit(self, hit: Hit) -> None:
+        """From the sensors, for each trap touched (thousands a second under a scan)."""
+        arrived = self.clock.monotonic()
+        commands = self.core.handle(e.HitSeen(hit, arrived), self.clock.now())
+        self.effects.latency.decision.observe(self.clock.monotonic() - arrived)
+        self._run(commands)
+
+    def _on_addresses(self, own: frozenset[Any]) -> None:
+        self.feed(e.AddressesChanged(own))
+
+    def on_served(self, ports: Ports) -> None:
+        """From the listeners sensor: the ports this host serves changed."""
+        self.feed(e.ServedPortsChanged(ports, self.clock.monotonic()))
+
+    def _flush_soon(self, _command: c.FlushSoon) -> None:
+        """The changes of this loop turn go out together, once the turn is over."""
+        self._later(0, e.TurnEnded())
+
+    def _schedule(self, command: c.Schedule) -> None:
+        self._later(command.delay, command.event)
+
+    def _later(self, delay: float, event: e.Event) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            self.feed(event)
+
+        handle: asyncio.Handle = loop.call_later(delay, fire) if delay else loop.call_soon(fire)
+        self._timers.add(handle)
+
+    def _update_traps(self, command: c.UpdateTraps) -> None:
+        loop = asyncio.get_running_loop()
+        self.report = self._traps.update(loop, command.traps, command.banner)
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def run(self, flush_on_exit: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        await self._control.start()  # first: refuses when another daemon runs
+        try:
+            # Before the served ports are read: the metrics port is then never a trap.
+            await self.metrics.start(self.config.metrics.listen)
+            self._restore(self._served_now())
+            self.writer.start()
+            self.report = self._traps.start(loop)
+            if self.report.none_set and self._kernel is None:
+                raise PorttrapError("no trap could be set (every trap port was skipped, see above)")
+            self._start_kernel(loop)
+            self._watch_addresses(loop)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+            self._log_start()
+            self.notifier.ready(self._summary())
+            await self._serve()
+        finally:
+            self.notifier.stopping()
+            await self._shutdown(flush_on_exit)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _served_now(self) -> listeners.Ports | None:
+        """The served ports, read before the table is built: none may be a trap, ever."""
+        if self._kernel is None:
+            return None
+        try:
+            return listeners.current()
+        except OSError as err:
+            raise PorttrapError(
+                f"cannot read which ports this host serves (netlink sock_diag: {err}); the "
+                "kernel sensor needs it so as never to trap a service port"
+            ) from err
+
+    def _restore(self, served: listeners.Ports | None) -> None:
+        """Bans from the store back into the core and, in one batch, into the kernel."""
+        self.effects.restore.started = self.clock.monotonic()
+        with heap.bulk():  # 100,000 bans: see porttrap.heap
+            now = self.clock.now()
+            stored = self.store.bans_to_restore(now, now - self.config.ban.forget_after)
+            self.feed(e.Started(current_addresses(), stored, served))
+            del stored
+
+    def _start_kernel(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._kernel is None or self._listeners is None:
+            return
+        try:
+            self._kernel.start(loop)
+        except OSError as err:
+            group = self.config.kernel.nflog_group
+            raise PorttrapError(
+                f"the kernel sensor cannot receive reports on NFLOG group {group}: {err} "
+                "(another program, such as ulogd or a second porttrap, may hold the group: "
+                "set another [kernel] nflog_group)"
+            ) from err
+        self.on_served(self._listeners.start(loop))
+        self._poll_counters()
+
+    def _poll_counters(self) -> None:
+        """Every POLL seconds, for as long as the daemon runs."""
+        try:
+            self.read_counters()
+        finally:
+            self._poller = asyncio.get_running_loop().call_later(POLL, self._poll_counters)
+
+    def read_counters(self) -> None:
+        """The kernel sensor's counters to the core (served ports that stopped lingering,
+        block sets that fill); a failed read is logged and skipped."""
+        assert self.effects.sensor is not None, "counters without a kernel sensor"
+        try:
+            counters = self.effects.sensor.sensor_counters()
+        except FirewallError as err:
+            log.event("kernel-sensor-error", logging.DEBUG, action="counters", error=str(err))
+            return
+        self.feed(e.CountersRead(counters, self.clock.monotonic()))
+
+    def _watch_addresses(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Follow the host's addresses; the first reading after subscribing counts too, as
+        an address may have come since the restore."""
+        try:
+            self._on_addresses(self._addresses.start(loop))
+        except OSError as err:  # no netlink (a seccomp sandbox): keep the start-up reading
+            log.event(
+                "host-addresses-static",
+                logging.WARNING,
+                error=str(err),
+                hint="the host's own addresses are not followed until a restart",
+            )
+
+    def _log_start(self) -> None:
+        log.event(
+            "start",
+            version=__version__,
+            pid=os.getpid(),
+            backend=self.firewall.name,
+            traps=len(self.report.set),
+            skipped=len(self.report.skipped),
+            tcp=self.config.modes.tcp,
+            udp=self.config.modes.udp,
+            config=self.config.source or "built-in defaults",
+        )
+
+    async def _serve(self) -> None:
+        ticks = 0
+        watchdog = self.notifier.watchdog_interval
+        per_ping = max(1, int((watchdog or 0) / TICK))
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), TICK)
+            self.feed(e.Tick(self.writer.pending))
+            ticks += 1
+            if watchdog is not None and ticks % per_ping == 0:
+                # From the loop itself: a loop stuck in a callback pings no more, and
+                # systemd restarts porttrap (WatchdogSec=).
+                self.notifier.watchdog()
+            if ticks % STATUS_EVERY == 0:
+                self.notifier.status(self._summary())
+
+    async def _shutdown(self, flush_on_exit: bool) -> None:
+        self._traps.close()
+        if self._kernel is not None:
+            self._kernel.close()
+        if self._listeners is not None:
+            self._listeners.close()
+        self._addresses.close()
+        for timer in [*self._timers, self._poller]:
+            if timer is not None:
+                timer.cancel()
+        self.feed(e.Stopping())
+        dropped, killed = await self.actions.close()  # running actions get a grace time
+        self.writer.close()  # every record written before the store is closed
+        await self._control.close()
+        await self.metrics.close()
+        if flush_on_exit:
+            self.firewall.teardown()
+            log.event("flushed", table=self.config.firewall.table)
+        enabled = self.actions.enabled
+        log.event(
+            "stop",
+            pid=os.getpid(),
+            actions_dropped=dropped if enabled else None,
+            actions_killed=killed if enabled else None,
+        )
+
+    # -- views ---------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """The core's snapshot with the shell's own figures."""
+        reports = None
+        if self._kernel is not None:
+            receiver = self._kernel.receiver
+            reports = ReportFigures(
+                received=receiver.received,
+                overruns=receiver.overruns,
+                malformed=receiver.malformed,
+                unreadable=self._kernel.unreadable,
+                foreign=self._kernel.foreign,
+            )
+        io = IoFigures(
+            backend=self.firewall.name,
+            traps=self.report,
+            store_backlog=self.writer.pending,
+            store_failures=self.writer.failures,
+            actions_enabled=self.actions.enabled,
+            actions=self.actions.status(),
+            reports=reports,
+            decision=self.effects.latency.decision,
+            to_kernel=self.effects.latency.to_kernel,
+        )
+        return self.core.snapshot(self.clock.now(), io)
+
+    def _summary(self) -> str:
+        """One line for `systemctl status`."""
+        snap = self.snapshot()
+        return (
+            f"{len(self.report.set)} trap sockets, {len(snap.active)} bans "
+            f"({snap.permanent} permanent), {snap.stats.total_hits} hits"
+        )
+
+    # -- control requests ----------------------------------------------------------------
+
+    def _handlers(self) -> dict[str, Handler]:
+        return {
+            "status": lambda _request: views.status(self.snapshot(), os.getpid()),
+            "top": lambda request: views.top(self.snapshot(), requests.top_limit(request)),
+            "reload": self._reload_request,
+            "ban": lambda request: self._admin(requests.ban(request)),
+            "unban": lambda request: self._admin(requests.unban(request)),
+        }
+
+    async def _admin(self, event: e.AdminBan | e.AdminUnban) -> dict[str, Any]:
+        with heap.bulk():
+            left = self.feed(event)
+        return await self._answer(left)
+
+    async def _answer(self, left: list[c.Command]) -> dict[str, Any]:
+        """The answer among the commands left, once the store has what it says when asked;
+        a refusal raises, for the control socket to send."""
+        for command in left:
+            if isinstance(command, c.Refuse):
+                if command.problems:
+                    raise RemoteConfigError(list(command.problems))
+                raise UsageError(command.message)
+            if isinstance(command, c.Answer):
+                if command.after_store:
+                    await asyncio.wrap_future(self.writer.barrier())
+                return dict(command.payload)
+        raise PorttrapError("the daemon had no answer to this request (a bug: please report)")
+
+    # -- reload --------------------------------------------------------------------------
+
+    def _on_hangup(self) -> None:
+        """SIGHUP: reopen the log files (logrotate sends it after moving them) and reload the
+        configuration; an invalid one is logged and the running one stays."""
+        if files := log.reopen():
+            log.event("log-reopened", files=files)
+        task = asyncio.get_running_loop().create_task(self._reload_logged())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload_logged(self) -> None:
+        with contextlib.suppress(PorttrapError):  # logged by the core
+            await self.reload()
+
+    async def _reload_request(self, _request: dict[str, Any]) -> dict[str, Any]:
+        return await self.reload()
+
+    async def reload(self) -> dict[str, Any]:
+        """Read the configuration again and apply it: traps, kernel rules (one transaction),
+        policy, allow list, actions, logs. Bans, escalation and counters carry over. Raises
+        PorttrapError (RemoteConfigError for an invalid file) with the running configuration
+        left as it was."""
+        async with self._reloading:
+            self.notifier.reloading()
+            started = self.clock.monotonic()
+            try:
+                try:
+                    event: e.Event = e.ReloadRequested(config_mod.load(self.config_path))
+                except ConfigError as err:
+                    event = e.ReloadInvalid(tuple(str(p) for p in err.problems))
+                left = await self._steps(self.feed(event))
+                done = next((x for x in left if isinstance(x, c.Reloaded)), None)
+                if done is None:
+                    await self._answer(left)  # raises the refusal
+                    raise PorttrapError("the reload ended without an answer (a bug)")
+            finally:
+                self.notifier.ready(self._summary())
+            seconds = round(self.clock.monotonic() - started, 3)
+            changed = list(done.changed)
+            log.event("reloaded", changed=",".join(changed) or "nothing", seconds=seconds)
+            return {"changed": changed, "seconds": seconds, "traps": views.traps_json(self.report)}
+
+    async def _steps(self, left: list[c.Command]) -> list[c.Command]:
+        """Carry out the reload's asynchronous steps, in order, with what they lead to."""
+        pending = deque(left)
+        rest: list[c.Command] = []
+        while pending:
+            command = pending.popleft()
+            if isinstance(command, c.PrepareReload):
+                pending.extend(await self._prepare(command))
+            elif isinstance(command, c.ReplaceActions):
+                await self._replace_actions(command)
+            else:
+                rest.append(command)
+        return rest
+
+    async def _prepare(self, command: c.PrepareReload) -> list[c.Command]:
+        """Open what can fail to open first (the metrics listener, log outputs); then the
+        core goes on (the kernel, then the rest). On any refusal, the old ones come back."""
+        old, new = self.config, command.config
+        undo: list[Callable[[], Awaitable[None]]] = []
+        try:
+            if "metrics" in command.changed:
+                await self.metrics.restart(new.metrics.listen)  # back on the old one, or raises
+                undo.append(lambda: self._metrics_back(old))
+            if "log" in command.changed:
+                log.configure(new, self.verbose)  # opens every output first, or raises
+                undo.append(lambda: self._log_back(old))
+        except PorttrapError as err:
+            await _undo(undo)
+            return self.feed(e.ReloadFailed(str(err)))
+        left = self.feed(e.ReloadPrepared())  # the kernel may refuse the new table
+        if any(isinstance(command, c.Refuse) for command in left):
+            await _undo(undo)
+        return left
+
+    async def _metrics_back(self, old: Config) -> None:
+        with contextlib.suppress(PorttrapError):
+            await self.metrics.restart(old.metrics.listen)
+
+    async def _log_back(self, old: Config) -> None:
+        log.configure(old, self.verbose)
+
+    async def _replace_actions(self, command: c.ReplaceActions) -> None:
+        """A new dispatcher; the old one first finishes its running actions (up to its grace
+        time) and writes hosts.deny, so that both never write it at once."""
+        await self.actions.close()
+        new = command.config
+        actions = Dispatcher(new.actions, new.modes, new.state_dir)
+        actions.start(command.active)
+        self.effects.actions = actions
+
+
+async def _undo(steps: list[Callable[[], Awaitable[None]]]) -> None:
+    for step in reversed(steps):
+        await step()

@@ -1,0 +1,79 @@
+"""Building the daemon from a configuration: the one function the CLI calls to run it.
+
+It picks the store and the firewall backend the configuration names (the kernel sensor goes
+with nftables, which then writes its rules), makes the core and the shell, and runs the loop
+until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import cast
+
+from porttrap.clock import Clock, SystemClock
+from porttrap.config.schema import Config
+from porttrap.core.core import Core
+from porttrap.daemon.notify import Notifier
+from porttrap.daemon.shell import Shell
+from porttrap.firewall.base import FirewallBackend, SensorBackend
+from porttrap.firewall.select import make_backend
+from porttrap.store.base import Store
+from porttrap.store.sqlite import SQLiteStore
+
+
+def make_shell(
+    config: Config,
+    clock: Clock,
+    store: Store,
+    firewall: FirewallBackend,
+    sensor: SensorBackend | None = None,
+    *,
+    notifier: Notifier | None = None,
+    config_path: Path | None = None,
+    verbose: bool = False,
+) -> Shell:
+    """The core for `config` in a shell over these parts (tests give fakes)."""
+    core = Core(config, started_at=clock.now())
+    return Shell(
+        core,
+        clock,
+        store,
+        firewall,
+        sensor,
+        config_path=config_path,
+        verbose=verbose,
+        notifier=notifier,
+    )
+
+
+def run(
+    config: Config,
+    *,
+    notifier: Notifier,
+    config_path: Path | None = None,
+    verbose: bool = False,
+    flush_on_exit: bool = False,
+) -> None:
+    """Run porttrap as `config` says until asked to stop. `config_path`: what `-c` named (None:
+    the default place), read again on reload. Raises PorttrapError when it cannot start."""
+    clock = SystemClock()
+    store = SQLiteStore.open(config.database)
+    try:
+        firewall = make_backend(
+            config.firewall.backend, config.firewall.table, clock, sensor=config.modes.kernel
+        )
+        sensor = cast(SensorBackend, firewall) if config.modes.kernel else None
+        shell = make_shell(
+            config,
+            clock,
+            store,
+            firewall,
+            sensor,
+            notifier=notifier,
+            config_path=config_path,
+            verbose=verbose,
+        )
+        asyncio.run(shell.run(flush_on_exit))
+    finally:
+        store.close()

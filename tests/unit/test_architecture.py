@@ -1,0 +1,188 @@
+"""The architecture's nevers, read from the source: which package may import which.
+
+    policy  -> model, config                    (decisions; no I/O of any kind)
+    core    -> policy, model, config, sensorspec (events in, commands out; no I/O)
+    sensors -> model, config, netlink            (they only report: never the firewall)
+    cli     -> daemon.wiring (to run it), daemon.control (to talk to it), the store factory,
+               the firewall registry only for `flush`
+
+Every import counts, those inside functions and under TYPE_CHECKING too, and what a module
+imports is checked with everything it imports in turn (the closure), so a new indirection
+cannot hide a forbidden edge.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent.parent / "src"
+PACKAGE = SRC / "porttrap"
+
+# No I/O, thread, event loop, process or clock in the pure parts (socket is for the address
+# conversions of model.py only, checked separately below).
+IO_MODULES = {"asyncio", "threading", "subprocess", "selectors", "time", "concurrent", "signal"}
+IO_PACKAGES = (
+    "porttrap.firewall",
+    "porttrap.store",
+    "porttrap.sensors",
+    "porttrap.daemon",
+    "porttrap.actions",
+    "porttrap.cli",
+    "porttrap.log",
+    "porttrap.clock",
+    "porttrap.logoutputs",
+)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+@cache
+def imports(name: str) -> frozenset[str]:
+    """Every module `name` imports, by its full name (porttrap's and the standard library's
+    top-level names); `from porttrap.x import y` counts porttrap.x.y when that is a module."""
+    tree = ast.parse(MODULES[name].read_text())
+    package = name if MODULES[name].name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node, package)
+            modules = {f"{base}.{a.name}" for a in node.names} & MODULES.keys()
+            found.update(modules)
+            if len(modules) < len(node.names):  # names defined in `base` itself
+                found.add(base)
+    return frozenset(_ours_or_top(found))
+
+
+def _absolute(node: ast.ImportFrom, package: str) -> str:
+    if not node.level:
+        return node.module or ""
+    parts = package.split(".")
+    base = ".".join(parts[: len(parts) - node.level + 1])
+    return f"{base}.{node.module}" if node.module else base
+
+
+def _ours_or_top(names: Iterable[str]) -> Iterable[str]:
+    for name in names:
+        if name.startswith("porttrap"):
+            yield name
+        else:
+            yield name.split(".")[0]
+
+
+@cache
+def closure(name: str) -> frozenset[str]:
+    """`name` and everything it imports, in turn, within porttrap (and the outside modules
+    met on the way)."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        todo += [m for m in imports(current) if m in MODULES]
+        seen.update(m for m in imports(current) if m not in MODULES)
+    return frozenset(seen)
+
+
+def within(prefix: str) -> list[str]:
+    return [name for name in MODULES if name == prefix or name.startswith(f"{prefix}.")]
+
+
+def forbidden(name: str, packages: Iterable[str]) -> list[str]:
+    return sorted(
+        m for m in closure(name) for p in packages if m == p or m.startswith(f"{p}.")
+    )
+
+
+def test_the_module_list_is_read() -> None:
+    assert {"porttrap.core.core", "porttrap.policy.engine", "porttrap.daemon.shell"} <= set(
+        MODULES
+    )
+    assert "porttrap.model" in imports("porttrap.policy.engine")
+
+
+@pytest.mark.parametrize("name", within("porttrap.policy") + within("porttrap.core"))
+def test_the_policy_and_the_core_do_no_io(name: str) -> None:
+    """policy never imports firewall, store, sensors (nor any I/O); the core neither."""
+    assert forbidden(name, IO_PACKAGES) == []
+    assert sorted(closure(name) & IO_MODULES) == []
+
+
+@pytest.mark.parametrize("name", within("porttrap.policy") + within("porttrap.core"))
+def test_only_model_uses_socket_and_only_to_convert_addresses(name: str) -> None:
+    users = sorted(m for m in closure(name) if m in MODULES and "socket" in imports(m))
+    assert users in ([], ["porttrap.model"])
+    text = MODULES["porttrap.model"].read_text()
+    calls = {
+        node.attr
+        for node in ast.walk(ast.parse(text))
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "socket"
+    }
+    assert calls <= {"inet_pton", "inet_ntop", "AF_INET", "AF_INET6"}
+
+
+@pytest.mark.parametrize("name", within("porttrap.sensors"))
+def test_sensors_only_report_and_never_touch_the_firewall(name: str) -> None:
+    assert forbidden(name, ["porttrap.firewall", "porttrap.core", "porttrap.daemon"]) == []
+
+
+CLI_DAEMON = {"porttrap.daemon.wiring", "porttrap.daemon.control", "porttrap.daemon.notify"}
+CLI_FIREWALL = {  # flush removes the table itself; --version says what each backend needs
+    "porttrap.cli.commands": {"porttrap.firewall.select"},
+    "porttrap.cli.version": {"porttrap.firewall.select"},
+}
+
+
+@pytest.mark.parametrize("name", within("porttrap.cli"))
+def test_the_cli_reaches_the_daemon_through_its_wiring_only(name: str) -> None:
+    direct = imports(name)
+    daemon = {m for m in direct if m.startswith("porttrap.daemon")} - {"porttrap.daemon"}
+    assert daemon <= CLI_DAEMON
+    assert not {m for m in direct if m.startswith(("porttrap.core.core", "porttrap.sensors"))}
+    firewall = {m for m in direct if m.startswith("porttrap.firewall")}
+    assert firewall <= CLI_FIREWALL.get(name, set())
+    assert not {m for m in direct if m.startswith("porttrap.store.") and m != "porttrap.store.base"}
+
+
+def test_the_wiring_is_one_function_the_cli_calls() -> None:
+    callers = [name for name in within("porttrap.cli") if "porttrap.daemon.wiring" in imports(name)]
+    assert callers == ["porttrap.cli.commands"]
+    tree = ast.parse(MODULES["porttrap.cli.commands"].read_text())
+    used = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "wiring"
+    }
+    assert used == {"run"}
+
+
+def test_a_forbidden_edge_would_be_seen() -> None:
+    """The check itself: a module of the policy that imported the firewall would fail it."""
+    fake = "porttrap.policy._probe"
+    MODULES[fake] = PACKAGE / "firewall" / "nftables.py"  # a module that imports firewall
+    try:
+        imports.cache_clear()
+        closure.cache_clear()
+        assert forbidden(fake, IO_PACKAGES)
+    finally:
+        del MODULES[fake]
+        imports.cache_clear()
+        closure.cache_clear()

@@ -1,0 +1,683 @@
+"""The daemon's core as playbooks: these events, at these times, give exactly these commands
+(`porttrap.testing.playbook`, after mitmproxy's). No loop, no kernel, no store: the paths the
+end-to-end tests drive for real, checked here command by command."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import replace
+from ipaddress import ip_address, ip_network
+
+import pytest
+
+from porttrap.config import load_text
+from porttrap.config.schema import Config
+from porttrap.core.commands import (
+    ActionsAfter,
+    ActionsBefore,
+    ActionsExpired,
+    ActionsStart,
+    Answer,
+    Apply,
+    CheckFirewall,
+    Command,
+    Expire,
+    FlushSoon,
+    Log,
+    LogChanges,
+    Maintain,
+    PrepareReload,
+    PruneHits,
+    RecordChanges,
+    RecordHits,
+    Refuse,
+    Reloaded,
+    ReplaceActions,
+    RotateBlocks,
+    Schedule,
+    ServePorts,
+    Setup,
+    SetupReason,
+    UpdateTraps,
+)
+from porttrap.core.core import CHECK_EVERY, MAINTAIN_EVERY, MAX_WRITE_BACKLOG, Core
+from porttrap.core.events import (
+    AddressesChanged,
+    AdminBan,
+    AdminUnban,
+    BlocksRotated,
+    CountersRead,
+    FirewallFailed,
+    FirewallMissing,
+    HitSeen,
+    PeerSeen,
+    Reconcile,
+    ReloadCommitted,
+    ReloadFailed,
+    ReloadInvalid,
+    ReloadPrepared,
+    ReloadRequested,
+    RemoteBan,
+    ServedPortsChanged,
+    Started,
+    Stopping,
+    Tick,
+    TurnEnded,
+)
+from porttrap.core.views import ban_json
+from porttrap.model import Ban, Hit, Outcome, Proto, StoredBan, Unban
+from porttrap.sensorspec import SensorState, spec_from_config
+from porttrap.testing.playbook import T0, Playbook, later
+
+H = 3600.0
+HOST = "192.0.2.1"
+ATTACKER = "198.51.100.7"
+OTHER = "198.51.100.8"
+OWN = frozenset({ip_address(HOST)})
+
+
+def config(text: str = "") -> Config:
+    return load_text('[traps]\ntcp = ["23", "24"]\nudp = ["161"]\n' + text, None)
+
+
+def hit(source: str = ATTACKER, port: int = 23, kind: str = "connect", client: bool = False) -> Hit:
+    proto = Proto.UDP if kind == "udp" else Proto.TCP
+    return Hit(T0, ip_address(source), 40000, ip_address(HOST), port, proto, kind, client)
+
+
+def ban(
+    target: str, at: float, seconds: float | None, count: int = 1, reason: str = "trap:tcp/23"
+) -> Ban:
+    expires = None if seconds is None else at + seconds
+    return Ban(ip_network(target), at, expires, count, reason)
+
+
+def sent(*changes: Ban | Unban, now: float = T0) -> list[Command]:
+    """The commands of a batch that goes out: the kernel, the store, the log, the actions."""
+    return [Apply(changes, now), RecordChanges(changes), LogChanges(changes), ActionsAfter(changes)]
+
+
+def started(cfg: Config) -> tuple[Core, Playbook]:
+    """A core that has started with no bans (`Started` handled), and its playbook."""
+    core = Core(cfg, started_at=T0)
+    core.handle(Started(OWN, []), T0)
+    return core, Playbook(core)
+
+
+def test_a_trap_hit_bans_at_the_end_of_the_turn_kernel_first() -> None:
+    core = Core(config('[ban]\ntime = "1h"\n'), started_at=T0)
+    first = ban(ATTACKER, T0, H)
+    assert (
+        Playbook(core)
+        >> Started(OWN, [])
+        << Setup([], T0, SetupReason.START)
+        << ActionsStart([])
+        >> HitSeen(hit(), arrived=5.0)
+        << FlushSoon()
+        >> TurnEnded()
+        << Apply([first], T0, arrivals=(5.0,))
+        << RecordChanges([first])
+        << LogChanges([first])
+        << ActionsAfter([first])
+        >> Tick()
+        << RecordHits([(hit(), Outcome.BANNED)])
+    )
+
+
+def test_the_bans_of_one_turn_go_to_the_kernel_as_one_batch() -> None:
+    core, playbook = started(config())
+    bans = [ban(ATTACKER, T0, H), ban(OTHER, T0, H)]
+    assert (
+        playbook
+        >> HitSeen(hit(ATTACKER))
+        << FlushSoon()
+        >> HitSeen(hit(OTHER))  # the turn goes on: no second FlushSoon
+        >> HitSeen(hit(ATTACKER, port=24))  # already banned
+        >> TurnEnded()
+        << Apply(bans, T0)
+        << RecordChanges(bans)
+        << LogChanges(bans)
+        << ActionsAfter(bans)
+        >> TurnEnded()  # an empty turn sends nothing
+    )
+    assert core.stats.bans["temporary"] == 2
+    assert core.stats.by_outcome() == {"banned": 2, "already-banned": 1}
+
+
+def test_escalation_expiry_and_the_permanent_third_ban() -> None:
+    core, playbook = started(config('[ban]\ntime = "1h"\n'))
+    first, second = ban(ATTACKER, T0, H), ban(ATTACKER, T0 + H, 4 * H, count=2)
+    third = ban(ATTACKER, T0 + 5 * H, None, count=3)
+    assert (
+        playbook
+        >> HitSeen(hit())
+        << FlushSoon()
+        >> TurnEnded()
+        << Apply([first], T0)
+        << RecordChanges([first])
+        << LogChanges([first])
+        << ActionsAfter([first])
+        >> later(H - 1)
+        >> Tick()  # a second before its end: still on
+        << RecordHits([(hit(), Outcome.BANNED)])
+        >> later(1)
+        >> Tick()
+        << Expire([first], T0 + H)
+        << ActionsExpired([first])
+        >> HitSeen(replace(hit(), at=T0 + H))
+        << FlushSoon()
+        >> TurnEnded()
+        << Apply([second], T0 + H)
+        << RecordChanges([second])
+        << LogChanges([second])
+        << ActionsAfter([second])
+        >> later(4 * H)
+        >> Tick()
+        << Expire([second], T0 + 5 * H)
+        << ActionsExpired([second])
+        << RecordHits([(replace(hit(), at=T0 + H), Outcome.BANNED)])
+        >> HitSeen(hit())
+        << FlushSoon()
+        >> TurnEnded()
+        << Apply([third], T0 + 5 * H)
+        << RecordChanges([third])
+        << LogChanges([third])
+        << ActionsAfter([third])
+        >> later(365 * 86400)
+        >> Tick()  # a permanent ban never expires
+        << RecordHits([(hit(), Outcome.BANNED)])
+    )
+    assert core.stats.unbans["expired"] == 2
+
+
+def test_expiry_is_logged_and_expires_only_what_the_kernel_holds() -> None:
+    cfg = config('[ban]\ntime = "1m"\nrespond = { tcp = "command" }\n')
+    _, playbook = started(cfg)
+    playbook.ignored = ()  # logs too
+    trap = ban(ATTACKER, T0, 60)
+    admin = ban(OTHER, T0, 60, reason="manual")
+    assert (
+        playbook
+        >> AdminBan((ip_network(OTHER),), duration=60)
+        << Apply([admin], T0)  # admin bans reach the kernel while a protocol bans ...
+        << RecordChanges([admin])
+        << LogChanges([admin])
+        << ActionsAfter([admin])
+        << Answer({"count": 1, "bans": [ban_json(admin)]}, after_store=True)
+        >> HitSeen(hit())
+        << FlushSoon()
+        << Log("hit", logging.INFO, {"src": ip_address(ATTACKER), "sport": 40000,
+                                     "dst": ip_address(HOST), "port": 23, "proto": Proto.TCP,
+                                     "kind": "connect", "outcome": Outcome.BANNED})
+        >> TurnEnded()  # ... and trap bans of a "command" protocol never do
+        << RecordChanges([trap])
+        << LogChanges([trap])
+        << ActionsAfter([trap])
+        >> later(60)
+        >> Tick()
+        << Expire([admin], T0 + 60)
+        << Log("ban-expired", logging.INFO, {"address": OTHER, "ban_count": 1})
+        << Log("ban-expired", logging.INFO, {"address": ATTACKER, "ban_count": 1})
+        << ActionsExpired([admin, trap])
+        << RecordHits([(hit(), Outcome.BANNED)])
+    )  # fmt: skip
+
+
+def test_first_commands_start_before_the_kernel_batch() -> None:
+    cfg = config('[[actions.command]]\nrun = ["/bin/true"]\nfirst = true\n')
+    _, playbook = started(cfg)
+    first = ban(ATTACKER, T0, H)
+    assert (
+        playbook
+        >> HitSeen(hit())
+        << FlushSoon()
+        >> TurnEnded()
+        << ActionsBefore([first])
+        << Apply([first], T0)
+        << RecordChanges([first])
+        << LogChanges([first])
+        << ActionsAfter([first])
+    )
+
+
+def test_protected_sources_never_ban_and_are_recorded_as_such() -> None:
+    _, playbook = started(config(f'[allow]\naddresses = ["{OTHER}"]\n'))
+    assert (
+        playbook
+        >> HitSeen(hit(OTHER))
+        >> HitSeen(hit(HOST))
+        >> HitSeen(hit("127.0.0.1"))
+        >> Tick()
+        << RecordHits(
+            [
+                (hit(OTHER), Outcome.ALLOWED),
+                (hit(HOST), Outcome.OWN_ADDRESS),
+                (hit("127.0.0.1"), Outcome.OWN_ADDRESS),
+            ]
+        )
+    )
+
+
+def test_forged_probes_need_confirmation_and_never_ban_a_client_or_a_peer() -> None:
+    _, playbook = started(stealth())
+    syn = hit(kind="syn")
+    client = hit(OTHER, kind="syn", client=True)
+    peer = "198.51.100.9"
+    assert (
+        playbook
+        >> HitSeen(syn)  # one forged SYN: counted, never a ban
+        >> HitSeen(client)
+        >> HitSeen(client)
+        >> PeerSeen(ip_address(peer), until=T0 + 60)
+        >> HitSeen(hit(peer, kind="udp", port=161))
+        >> HitSeen(hit(peer, kind="udp", port=161))
+        >> Tick()
+        << RecordHits(
+            [
+                (syn, Outcome.COUNTED),
+                (client, Outcome.CLIENT),
+                (client, Outcome.CLIENT),
+                (hit(peer, kind="udp", port=161), Outcome.PEER),
+                (hit(peer, kind="udp", port=161), Outcome.PEER),
+            ]
+        )
+        >> HitSeen(syn)  # the second SYN confirms: banned
+        << FlushSoon()
+        >> HitSeen(hit(peer))  # a peer's completed handshake proves its address: that bans
+        >> TurnEnded()
+        << sent(ban(ATTACKER, T0, H), ban(peer, T0, H))
+    )
+
+
+def test_hits_give_way_to_bans_when_the_disk_is_far_behind() -> None:
+    core, playbook = started(config())
+    playbook.ignored = ()
+    assert (
+        playbook
+        >> HitSeen(hit(HOST))
+        << Log("hit", logging.INFO, {"src": ip_address(HOST), "sport": 40000,
+                                     "dst": ip_address(HOST), "port": 23, "proto": Proto.TCP,
+                                     "kind": "connect", "outcome": Outcome.OWN_ADDRESS})
+        >> Tick(store_backlog=MAX_WRITE_BACKLOG + 1)
+        << Log("hits-not-stored", logging.WARNING, {"count": 1, "backlog": MAX_WRITE_BACKLOG + 1})
+        >> Tick(store_backlog=MAX_WRITE_BACKLOG + 1)  # nothing is kept for later
+    )  # fmt: skip
+    assert core.hits_not_stored == 1
+
+
+def test_the_firewall_is_checked_every_5_s_and_old_hits_pruned_every_minute() -> None:
+    core, playbook = started(config())
+    for tick in range(1, MAINTAIN_EVERY + 1):
+        playbook >> Tick()
+        if tick % CHECK_EVERY == 0:
+            playbook << CheckFirewall() << Maintain(T0)
+    playbook << PruneHits(T0 - core.config.store.hit_retention)
+    assert playbook
+
+
+def test_a_refused_change_is_retried_once_as_a_rebuild_with_every_ban() -> None:
+    _, playbook = started(config())
+    first = ban(ATTACKER, T0, H)
+    assert (
+        playbook
+        >> HitSeen(hit())
+        << FlushSoon()
+        >> TurnEnded()
+        << sent(first)
+        >> FirewallFailed("nftables refused it")
+        << Schedule(5.0, Reconcile())
+        >> FirewallFailed("again")  # one retry is enough
+        >> later(5)
+        >> Reconcile()
+        << Setup([first], T0 + 5, SetupReason.RECONCILE)
+        >> FirewallMissing()  # someone ran `nft flush ruleset`
+        << Setup([first], T0 + 5, SetupReason.RECONCILE)
+    )
+
+
+def test_an_admin_ban_applies_at_once_and_answers_once_recorded() -> None:
+    _, playbook = started(config())
+    net = ban("203.0.113.0/24", T0, None, reason="manual")
+    assert (
+        playbook
+        >> HitSeen(hit())  # queued this turn: goes out with the admin's
+        << FlushSoon()
+        >> AdminBan((ip_network("203.0.113.0/24"),), permanent=True)
+        << sent(ban(ATTACKER, T0, H), net)
+        << Answer({"count": 1, "bans": [ban_json(net)]}, after_store=True)
+        >> AdminBan((ip_network(HOST),))
+        << Refuse(f"refusing to ban {HOST}: {HOST} is an address of this host")
+        >> AdminUnban((ip_network(ATTACKER), ip_network(OTHER)))
+        << sent(Unban(ip_network(ATTACKER), T0, "manual"), Unban(ip_network(OTHER), T0, "manual"))
+        << Answer({"unbanned": [ATTACKER, OTHER], "were_banned": [ATTACKER]}, after_store=True)
+        >> TurnEnded()  # the FlushSoon of the first hit finds nothing left
+    )  # fmt: skip
+
+
+def test_a_start_restores_bans_and_lifts_those_now_protected() -> None:
+    cfg = config(f'[allow]\naddresses = ["{OTHER}"]\n')
+    kept, allowed = ban(ATTACKER, T0 - 60, H), ban(OTHER, T0 - 60, H)
+    lifted = Unban(ip_network(OTHER), T0, f"protected: {OTHER} is on the allow list")
+    assert (
+        Playbook(Core(cfg, started_at=T0))
+        >> Started(OWN, [StoredBan(kept), StoredBan(allowed)])
+        << RecordChanges([lifted])
+        << LogChanges([lifted])
+        << ActionsAfter([lifted])
+        << Setup([kept], T0, SetupReason.START)
+        << ActionsStart([kept])
+    )
+
+
+def test_a_new_own_address_is_unbanned() -> None:
+    _, playbook = started(config())
+    lifted = Unban(ip_network(ATTACKER), T0, f"protected: {ATTACKER} is an address of this host")
+    assert (
+        playbook
+        >> HitSeen(hit())
+        << FlushSoon()
+        >> TurnEnded()
+        << sent(ban(ATTACKER, T0, H))
+        >> AddressesChanged(frozenset({ip_address(HOST), ip_address(ATTACKER)}))
+        << FlushSoon()
+        >> TurnEnded()
+        << sent(lifted)
+    )
+
+
+def test_stopping_sends_out_what_is_pending_and_writes_every_hit() -> None:
+    _, playbook = started(config())
+    first = ban(ATTACKER, T0, H)
+    assert (
+        playbook
+        >> HitSeen(hit())
+        << FlushSoon()
+        >> Stopping()
+        << Apply([first], T0)
+        << RecordChanges([first])
+        << LogChanges([first])
+        << ActionsAfter([first])
+        << RecordHits([(hit(), Outcome.BANNED)])
+    )
+
+
+def test_remote_bans_are_held_unless_the_local_protection_says_no() -> None:
+    _, playbook = started(config(f'[allow]\naddresses = ["{OTHER}"]\n'))
+    playbook.ignored = ()
+    remote = ban(ATTACKER, T0 - 10, H, count=2)
+    fields = {"address": OTHER, "origin": "web-2", "why": f"{OTHER} is on the allow list"}
+    assert (
+        playbook
+        >> RemoteBan(ban(OTHER, T0 - 10, H), origin="web-2")
+        << Log("remote-ban-refused", logging.INFO, fields)
+        >> RemoteBan(remote, origin="web-2")
+        << Log("remote-ban", logging.INFO, {"address": ATTACKER, "origin": "web-2"})
+        << FlushSoon()
+        >> RemoteBan(ban(ATTACKER, T0 - 5, 60), origin="web-3")  # shorter than the one held
+        << Log(
+            "remote-ban-refused",
+            logging.INFO,
+            {"address": ATTACKER, "origin": "web-3", "why": "already banned here until "
+             "2027-01-15T08:59:50Z"},
+        )
+        >> TurnEnded()
+        << Apply([remote], T0)
+        << RecordChanges([remote])
+        << LogChanges([remote])
+        << ActionsAfter([remote])
+    )  # fmt: skip
+
+
+# -- the kernel sensor -----------------------------------------------------------------------
+
+
+def stealth() -> Config:
+    return load_text('[traps]\nmode = "stealth"\ntcp = ["23"]\nudp = ["161"]\n'
+                     '[kernel]\nblock_size = 2048\nblock_time = "1m"\n', None)  # fmt: skip
+
+
+def ports(tcp: Iterable[int] = (), udp: Iterable[int] = ()) -> dict[Proto, frozenset[int]]:
+    return {Proto.TCP: frozenset(tcp), Proto.UDP: frozenset(udp)}
+
+
+def test_the_start_builds_the_sensor_with_the_ports_served_then() -> None:
+    cfg = stealth()
+    assert (
+        Playbook(Core(cfg, started_at=T0))
+        >> Started(OWN, [], served=ports({22}))
+        << Setup([], T0, SetupReason.START, SensorState(spec_from_config(cfg), ports({22}), "a"))
+        << ActionsStart([])
+    )
+
+
+def test_a_port_no_longer_served_is_trapped_again_only_after_linger() -> None:
+    _, playbook = started(stealth())
+    assert (
+        playbook
+        >> ServedPortsChanged(ports({22, 80}), mono=100.0)
+        << ServePorts(ports({22, 80}))
+        >> ServedPortsChanged(ports({22}), mono=101.0)  # 80 lingers
+        >> CountersRead({}, mono=110.9)
+        >> CountersRead({}, mono=111.0)
+        << ServePorts(ports({22}))
+        >> ServedPortsChanged(ports({22}), mono=112.0)  # no change, nothing to do
+    )
+
+
+def test_a_port_served_again_during_linger_is_never_trapped() -> None:
+    _, playbook = started(stealth())
+    assert (
+        playbook
+        >> ServedPortsChanged(ports({80}), mono=100.0)
+        << ServePorts(ports({80}))
+        >> ServedPortsChanged(ports(), mono=101.0)
+        >> ServedPortsChanged(ports({80}), mono=105.0)
+        >> CountersRead({}, mono=200.0)
+    )
+
+
+def test_block_sets_rotate_when_half_full_and_take_turns() -> None:
+    core, playbook = started(stealth())
+    assert (
+        playbook
+        >> CountersRead({"block_a": 0, "block_b": 0}, mono=10.0)
+        >> CountersRead({"block_a": 1023, "block_b": 0}, mono=11.0)
+        >> CountersRead({"block_a": 1024, "block_b": 0}, mono=12.0)
+        << RotateBlocks("b")
+        >> CountersRead({"block_a": 1024, "block_b": 0}, mono=12.25)  # refused: asked again
+        << RotateBlocks("b")
+        >> BlocksRotated("b", mono=12.3)
+        >> CountersRead({"block_a": 1024, "block_b": 1023}, mono=13.0)
+        >> CountersRead({"block_a": 1024, "block_b": 1024}, mono=14.0)
+        << RotateBlocks("a")
+    )
+    assert core.kernel is not None and core.kernel.generation == "b"
+    assert core.kernel.rotations == 1
+
+
+def test_block_rotation_warns_at_most_once_a_minute() -> None:
+    _, playbook = started(stealth())
+    playbook.ignored = ()
+    hint = ("many new sources hit traps (a forged flood?): the oldest first-packet blocks gave "
+            "way; raise [kernel] block_size to keep them longer")  # fmt: skip
+
+    def rotated(level: int, rotations: int) -> Log:
+        fields = {"rotations": rotations, "dropped_blocks": 0, "hint": hint}
+        return Log("block-sets-rotated", level, fields)
+
+    assert (
+        playbook
+        >> BlocksRotated("b", mono=10.0)
+        << rotated(logging.WARNING, 1)
+        >> BlocksRotated("a", mono=20.0)
+        << rotated(logging.DEBUG, 2)
+        >> BlocksRotated("b", mono=70.0)
+        << rotated(logging.WARNING, 3)
+    )
+
+
+def test_a_rebuild_carries_the_sensor_as_the_core_wants_it() -> None:
+    cfg = stealth()
+    _, playbook = started(cfg)
+    assert (
+        playbook
+        >> ServedPortsChanged(ports({443}), mono=1.0)
+        << ServePorts(ports({443}))
+        >> BlocksRotated("b", mono=2.0)
+        >> FirewallMissing()
+        << Setup(
+            [], T0, SetupReason.RECONCILE, SensorState(spec_from_config(cfg), ports({443}), "b")
+        )
+    )
+
+
+# -- reload ----------------------------------------------------------------------------------
+
+
+def test_a_reload_of_traps_and_allow_list_lifts_a_newly_allowed_ban() -> None:
+    old = config()
+    new = load_text('[traps]\ntcp = ["23", "2525"]\nudp = ["161"]\n'
+                    f'[allow]\naddresses = ["{ATTACKER}"]\n', None)  # fmt: skip
+    core, playbook = started(old)
+    lifted = Unban(ip_network(ATTACKER), T0, f"protected: {ATTACKER} is on the allow list")
+    assert (
+        playbook
+        >> HitSeen(hit())
+        << FlushSoon()
+        >> TurnEnded()
+        << sent(ban(ATTACKER, T0, H))
+        >> ReloadRequested(new)
+        << PrepareReload(new, ("traps", "allow"))
+        >> HitSeen(hit(OTHER))  # hits go on under the old settings while it prepares
+        << FlushSoon()
+        >> ReloadPrepared()  # no kernel rules in connect mode: committed at once
+        << UpdateTraps(new.traps, b"")
+        << Reloaded(("traps", "allow"))
+        >> TurnEnded()
+        << Apply([ban(OTHER, T0, H), lifted], T0)
+        << RecordChanges([ban(OTHER, T0, H), lifted])
+        << LogChanges([ban(OTHER, T0, H), lifted])
+        << ActionsAfter([ban(OTHER, T0, H), lifted])
+    )
+    assert core.config is new
+
+
+def test_a_reload_that_changes_nothing_says_so() -> None:
+    cfg = config()
+    _, playbook = started(cfg)
+    assert playbook >> ReloadRequested(config()) << Reloaded(())
+
+
+def test_a_reload_needing_a_restart_or_invalid_is_refused_with_every_problem() -> None:
+    cfg = config()
+    core, playbook = started(cfg)
+    other_table = config('[firewall]\ntable = "other"\n')
+    hint = "the running configuration stays; fix the file and reload again"
+    problems = ("a.toml:3: [ban] x: unknown key", "a.toml:4: [traps] bad")
+    message = ("not reloaded, these changes need a restart (systemctl restart porttrap): "
+               "[firewall] table: porttrap -> other (the bans live in the old one)")  # fmt: skip
+    playbook.ignored = ()
+    assert (
+        playbook
+        >> ReloadRequested(other_table)
+        << Log("reload-refused", logging.ERROR, {"error": message, "hint": hint})
+        << Refuse(message)
+        >> ReloadInvalid(problems)
+        << Log("config-error", logging.ERROR, {"problem": "a.toml:3: [ban] x: unknown key"})
+        << Log("config-error", logging.ERROR, {"problem": "a.toml:4: [traps] bad"})
+        << Log("reload-refused", logging.ERROR, {"error": "invalid configuration", "hint": hint})
+        << Refuse("invalid configuration", problems)
+    )  # fmt: skip
+    assert core.config is cfg
+
+
+def test_a_reload_of_the_sensor_rules_rebuilds_the_table_and_commits_only_then() -> None:
+    old = stealth()
+    new = load_text('[traps]\nmode = "stealth"\ntcp = ["23", "24"]\nudp = ["161"]\n'
+                    '[kernel]\nblock_size = 2048\nblock_time = "1m"\n', None)  # fmt: skip
+    core, playbook = started(old)
+    syn = hit(kind="syn")
+    banned = ban(ATTACKER, T0, H)
+    assert (
+        playbook
+        >> HitSeen(syn)
+        >> HitSeen(syn)
+        << FlushSoon()
+        >> ReloadRequested(new)
+        << PrepareReload(new, ("traps",))
+        >> ReloadPrepared()  # what is queued goes out first, into the old table
+        << Apply([banned], T0)
+        << RecordChanges([banned])
+        << LogChanges([banned])
+        << ActionsAfter([banned])
+        << Setup([banned], T0, SetupReason.RELOAD, SensorState(spec_from_config(new), ports(), "a"))
+        >> ReloadFailed("nftables refused it")  # the old table stays, and so do the settings
+        << Refuse("nftables refused it")
+    )  # fmt: skip
+    assert core.config is old
+    assert core.kernel is not None and core.kernel.spec == spec_from_config(old)
+    assert (
+        playbook
+        >> ReloadRequested(new)
+        << PrepareReload(new, ("traps",))
+        >> ReloadPrepared()
+        << Setup([banned], T0, SetupReason.RELOAD, SensorState(spec_from_config(new), ports(), "a"))
+        >> ReloadCommitted()
+        << UpdateTraps((), b"")  # no socket traps in stealth mode: none kept, none bound
+        << Reloaded(("traps",))
+    )  # fmt: skip
+    assert core.config is new and core.kernel.spec == spec_from_config(new)
+
+
+def test_a_reload_of_respond_rebuilds_with_the_bans_the_new_settings_keep() -> None:
+    old = config()
+    new = config('[ban]\nrespond = { tcp = "command" }\n')
+    _, playbook = started(old)
+    admin = ban(OTHER, T0, H, reason="manual")
+    assert (
+        playbook
+        >> HitSeen(hit())
+        << FlushSoon()
+        >> TurnEnded()
+        << sent(ban(ATTACKER, T0, H))
+        >> AdminBan((ip_network(OTHER),), duration=H)
+        << sent(admin)
+        << Answer({"count": 1, "bans": [ban_json(admin)]}, after_store=True)
+        >> ReloadRequested(new)
+        << PrepareReload(new, ("ban",))
+        >> ReloadPrepared()
+        << Setup([admin], T0, SetupReason.RELOAD)  # the trap ban leaves the kernel
+        >> ReloadCommitted()
+        << Reloaded(("ban",))
+    )
+
+
+def test_a_reload_of_actions_replaces_them_with_the_active_bans() -> None:
+    old = config()
+    new = config('[[actions.webhook]]\nurl = "http://192.0.2.9/hook"\n')
+    _, playbook = started(old)
+    first = ban(ATTACKER, T0, H)
+    assert (
+        playbook
+        >> HitSeen(hit())
+        << FlushSoon()
+        >> TurnEnded()
+        << sent(first)
+        >> ReloadRequested(new)
+        << PrepareReload(new, ("actions",))
+        >> ReloadPrepared()
+        << ReplaceActions(new, [first])
+        << Reloaded(("actions",))
+    )
+
+
+@pytest.mark.parametrize("respond", ["ban", "log"])
+def test_respond_log_reports_and_never_bans(respond: str) -> None:
+    core, playbook = started(config(f'[ban]\nrespond = "{respond}"\n'))
+    playbook >> HitSeen(hit())
+    if respond == "ban":
+        playbook << FlushSoon()
+    assert playbook
+    outcome = Outcome.BANNED if respond == "ban" else Outcome.LOGGED
+    assert core.stats.by_outcome() == {outcome.value: 1}
