@@ -18,7 +18,8 @@ from porttrap.daemon import control
 from porttrap.daemon.notify import Notifier
 from porttrap.daemon.service import Daemon, ban_json
 from porttrap.errors import DaemonNotRunning, PorttrapError, UsageError
-from porttrap.firewall.select import make_backend, removed
+from porttrap.firewall import registry
+from porttrap.firewall.select import make_backend
 from porttrap.firewall.sensor import make_sensor
 from porttrap.model import IPNetwork, Proto, parse_target
 from porttrap.store.sqlite import SQLiteStore
@@ -209,7 +210,8 @@ def flush(args: argparse.Namespace) -> int:
         )
     backend = make_backend(cfg.firewall.backend, cfg.firewall.table, SystemClock())
     backend.teardown()
-    print(f"removed {removed(backend, cfg.firewall.table)} (bans stay in the database)")
+    removed = registry.get(backend.name).removes(cfg.firewall.table)
+    print(f"removed {removed} (bans stay in the database)")
     return 0
 
 
