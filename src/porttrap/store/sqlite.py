@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from porttrap import log
-from porttrap.errors import StoreError
+from porttrap.errors import NoDatabase, StoreError
 from porttrap.heap import collector_paused
 from porttrap.model import Ban, Hit, IPNetwork, Outcome, Unban, show
 from porttrap.store import rows
@@ -316,7 +316,7 @@ def _open_writable(path: Path) -> sqlite3.Connection:
 
 def _open_readonly(path: Path) -> sqlite3.Connection:
     if not path.exists():
-        raise StoreError(f"no database at {path}: porttrap has not run yet with this state_dir")
+        raise NoDatabase(f"no database at {path}: porttrap has not run yet with this state_dir")
     conn = _connect(path, path.resolve().as_uri() + "?mode=ro", uri=True)
     try:
         _check_current(path, _probe(conn, path))
