@@ -1,6 +1,6 @@
 """Where hits and bans are kept so that they survive restarts. `base` is the interface
 (`Store`), `sqlite` the default store (one file in the state directory) with its versioned
-schema (`migrations`).
+schema (`migrations`) and the report's aggregates in SQL (`sqlite_report`).
 
 `open_store` is how the rest of porttrap opens a store: the CLI and the daemon name no store
 class, so that another store (PostgreSQL) is added here without touching them.

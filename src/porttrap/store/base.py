@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from porttrap.model import Ban, Hit, IPNetwork, Outcome, Unban
+
+if TYPE_CHECKING:  # the figures hold StoredBan: a run-time import would be circular
+    from porttrap.report.figures import Period, ReportFigures
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,12 @@ class Store(Protocol):
 
     def counts(self, now: float) -> tuple[int, int]:
         """(active bans, of which permanent)."""
+        ...
+
+    def report_figures(self, period: Period, top: int) -> ReportFigures:
+        """What `porttrap report` shows for `period`: the timeline, the `top` most hit ports
+        and busiest sources, the scan classes and the bans, from one snapshot; only reads.
+        The store aggregates (90 days may hold millions of hits): only figures come back."""
         ...
 
     def close(self) -> None: ...
