@@ -25,4 +25,5 @@ def open_store(config: Config, *, readonly: bool = False, database: Path | None 
     # load sqlite3 and every store with it.
     from porttrap.store.sqlite import SQLiteStore
 
-    return SQLiteStore.open(database or config.database, readonly=readonly)
+    path = database if database is not None else config.database
+    return SQLiteStore.open(path, readonly=readonly)
