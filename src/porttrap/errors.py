@@ -55,5 +55,10 @@ class StoreError(PorttrapError):
     """The database cannot be opened, migrated or read."""
 
 
+class NoDatabase(StoreError):
+    """A read-only open found no database: porttrap has not stored anything there yet. A
+    command that can do without one (`porttrap status`) says so rather than failing."""
+
+
 class DaemonNotRunning(PorttrapError):
     """A command needs the running daemon and none answers on the control socket."""

@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import report_sample as sample
 from porttrap.errors import StoreError
 from porttrap.model import Ban, Hit, Outcome, Proto, Unban
+from porttrap.report.figures import DAY, KindCount, Period, PortCount, SourceFigures
 from porttrap.store.base import HistoryEntry, Store, StoredBan
 from porttrap.store.sqlite import SQLiteStore
 from porttrap.testing.memory_store import MemoryStore
@@ -332,6 +334,79 @@ def test_a_closed_store_refuses_work(store: Store) -> None:
         store.active_bans(T0)
 
 
+# -- the report's figures ---------------------------------------------------------------
+
+
+def test_report_figures_of_a_day(store: Store) -> None:
+    sample.fill(store)
+    found = store.report_figures(sample.PERIOD, top=20)
+    busy = {i: (b.hits, b.bans, b.permanent_bans) for i, b in enumerate(found.timeline)
+            if b.hits or b.bans}  # fmt: skip
+    assert busy == {0: (1, 0, 0), 1: (8, 2, 0), 5: (2, 1, 0), 10: (0, 1, 1), 20: (0, 1, 0),
+                    23: (1, 0, 0)}  # fmt: skip
+    assert [b.start for b in found.timeline] == [sample.DAY0 + i * HOUR for i in range(24)]
+    assert found.hits == 12  # D 1 + A 7 + B 3 + C 1: the instant before and the end are out
+    assert found.ports == (
+        PortCount("tcp", 23, 6, 2),
+        PortCount("tcp", 445, 3, 1),
+        PortCount("tcp", 2323, 2, 1),
+        PortCount("udp", 161, 1, 1),
+    )
+    assert found.kinds == (KindCount("connect", 8, 2), KindCount("syn", 3, 1),
+                           KindCount("udp", 1, 1))  # fmt: skip
+    assert (found.port_count, found.source_count) == (4, 4)
+    assert (found.bans, found.permanent_bans, found.banned_targets) == (5, 1, 3)
+    assert found.network_bans == (StoredBan(sample.NETWORK_BAN),)
+
+
+def test_report_figures_of_the_busiest_sources(store: Store) -> None:
+    sample.fill(store)
+    a, b, d, c = store.report_figures(sample.PERIOD, top=20).sources  # ties: D, C as text
+    assert a == SourceFigures(
+        sample.A, 7, 2, sample.DAY0 + HOUR, sample.DAY0 + 5 * HOUR + 1,
+        (StoredBan(sample.A_FIRST), StoredBan(sample.A_SECOND), StoredBan(sample.A_FOREVER)),
+    )  # fmt: skip
+    assert b.bans == (StoredBan(sample.B_LIFTED, sample.B_LIFTED_AT, "manual"),)
+    assert (b.address, b.hits, b.ports) == (sample.B, 3, 1)
+    assert (d.address, d.bans) == (sample.D, (StoredBan(sample.D_BEFORE),))  # every own ban
+    assert (c.address, c.first_seen, c.bans) == (
+        sample.C, sample.NOW - 60, (StoredBan(sample.C_FOREVER),)
+    )  # fmt: skip
+
+
+def test_report_figures_top_limits_the_lists_not_the_counts(store: Store) -> None:
+    sample.fill(store)
+    found = store.report_figures(sample.PERIOD, top=2)
+    assert [p.port for p in found.ports] == [23, 445]
+    assert [s.address for s in found.sources] == [sample.A, sample.B]
+    assert (found.port_count, found.source_count) == (4, 4)
+
+
+def test_report_figures_break_ties_by_port_number_and_address_text(store: Store) -> None:
+    store.add_hits([(hit("198.51.100.9", T0, 1000), Outcome.COUNTED),
+                    (hit("198.51.100.10", T0 + 1, 999), Outcome.COUNTED)])  # fmt: skip
+    found = store.report_figures(Period.of(T0, T0 + HOUR), top=20)
+    assert [p.port for p in found.ports] == [999, 1000]
+    assert [s.address for s in found.sources] == ["198.51.100.10", "198.51.100.9"]
+
+
+def test_report_figures_of_an_empty_period(store: Store) -> None:
+    sample.fill(store)
+    found = store.report_figures(Period.of(sample.NOW + DAY, sample.NOW + 2 * DAY), top=20)
+    assert (found.hits, found.source_count, found.port_count, found.bans) == (0, 0, 0, 0)
+    assert (found.ports, found.kinds, found.sources, found.network_bans) == ((), (), (), ())
+    assert len(found.timeline) == 24
+
+
+def test_report_figures_put_an_instant_on_a_bucket_edge_in_the_later_bucket(
+    store: Store,
+) -> None:
+    store.add_hits([(hit("198.51.100.7", T0 + HOUR), Outcome.COUNTED)])
+    store.add_bans([ban("198.51.100.7", at=T0 + HOUR - 0.001, hours=None)])
+    timeline = store.report_figures(Period.of(T0, T0 + 2 * HOUR), top=20).timeline
+    assert [(b.hits, b.bans, b.permanent_bans) for b in timeline] == [(0, 1, 1), (1, 0, 0)]
+
+
 # -- the fake and SQLite agree -----------------------------------------------------------
 
 TARGETS = ["198.51.100.1", "198.51.100.2", "198.51.100.0/24", "2001:db8::1"]
@@ -367,6 +442,8 @@ def observe(store: Store) -> list[object]:
         seen += [store.active_bans(now), store.bans_since(now), store.counts(now)]
     for scope in SCOPES:
         seen += [store.history(scope, limit) for limit in (0, 1, 3, 100)]
+    for period, top in ((Period.of(T0, T0 + 4), 2), (Period.of(T0 - 1, T0 + 7), 20)):
+        seen.append(store.report_figures(period, top))
     return seen
 
 

@@ -103,6 +103,18 @@ def test_status_without_daemon_exits_3(capsys: pytest.CaptureFixture[str], confi
     assert (code, out) == (3, "porttrap is not running\n")
 
 
+def test_status_without_daemon_counts_the_stored_bans(
+    capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path
+) -> None:
+    with SQLiteStore.open(tmp_path / "state" / "porttrap.db") as store:
+        store.add_bans([Ban(ip_network("2001:db8::7"), 1e9, None, 1, "manual")])
+    code, out, _ = run(capsys, "status", "-c", str(config))
+    assert (code, out) == (
+        3,
+        "porttrap is not running\nbans: 1 active, 1 of them permanent\n",
+    )
+
+
 @pytest.mark.parametrize("command", [["ban", "198.51.100.7"], ["unban", "198.51.100.7"]])
 def test_ban_and_unban_need_the_daemon(
     capsys: pytest.CaptureFixture[str], config: Path, command: list[str]

@@ -1,5 +1,5 @@
 """Backend behaviour that needs no kernel: the nftables backend's per-target retry (with a
-fake libnftables), dry-run's log lines, the memory fake's failure injection, selection."""
+fake libnftables), dry-run's log lines, the memory fake's failure injection."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import pytest
 
 from porttrap.errors import FirewallError
-from porttrap.firewall import select
 from porttrap.firewall.dryrun import DryRunBackend
 from porttrap.firewall.kernel import JsonCommand, Nft
 from porttrap.firewall.nftables import NftablesBackend
@@ -124,22 +123,3 @@ def test_a_syntax_error_suggests_another_table_name() -> None:
         FirewallError, match=r"may not take 'ip' as a table name.*e\.g\. \"porttrap\""
     ):
         NftablesBackend("ip", nft=Refusing(bad=set())).setup([], NOW)
-
-
-def test_select_dry_run() -> None:
-    backend = select.make_backend("dry-run", "porttrap", FakeClock())
-    assert backend.name == "dry-run"
-
-
-def test_select_unknown_lists_the_choices() -> None:
-    with pytest.raises(
-        FirewallError,
-        match="unknown firewall backend 'iptables': choose one of nftables, ipset, auto, dry-run",
-    ):
-        select.make_backend("iptables", "porttrap", FakeClock())
-
-
-def test_select_nftables_unsupported_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(select, "is_supported", lambda: (False, "needs CAP_NET_ADMIN: run as root"))
-    with pytest.raises(FirewallError, match="cannot run: needs CAP_NET_ADMIN: run as root"):
-        select.make_backend("nftables", "porttrap", FakeClock())

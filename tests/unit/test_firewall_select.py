@@ -1,5 +1,6 @@
-"""Choosing a backend (`auto` with fake support checks), the ipset backend's support check with
-fake programs, and the exec helper with harmless programs (never a firewall one)."""
+"""Making a backend by name and choosing one (`auto`) with fake support checks, the ipset
+backend's support check with fake programs, and the exec helper with harmless programs (never a
+firewall one)."""
 
 from __future__ import annotations
 
@@ -11,24 +12,26 @@ from pathlib import Path
 import pytest
 
 from porttrap.errors import FirewallError
-from porttrap.firewall import ipset, select
+from porttrap.firewall import ipset, kernel, select
+from porttrap.firewall.dryrun import DryRunBackend
 from porttrap.firewall.exec import CommandFailed, Exec
 from porttrap.firewall.ipset import IpsetBackend
 from porttrap.firewall.nftables import NftablesBackend
+from porttrap.firewall.registry import Check
 from porttrap.testing import FakeClock
 
 YES = (True, "fine here")
 
 
-def refused(why: str) -> select.Check:
+def refused(why: str) -> Check:
     return lambda: (False, why)
 
 
-def checks(nftables: select.Check, ipset_check: select.Check) -> dict[str, select.Check]:
+def checks(nftables: Check, ipset_check: Check) -> dict[str, Check]:
     return {"nftables": nftables, "ipset": ipset_check}
 
 
-def make(name: str, supported: dict[str, select.Check], sensor: bool = False) -> object:
+def make(name: str, supported: dict[str, Check], sensor: bool = False) -> object:
     return select.make_backend(name, "porttrap", FakeClock(), sensor, supported)
 
 
@@ -85,15 +88,30 @@ def test_ipset_named_but_unsupported_says_why() -> None:
     assert isinstance(backend, IpsetBackend) and backend.names.chain == "porttrap"
 
 
-def test_removed_says_what_flush_took_away() -> None:
-    backend = make("ipset", checks(refused("no"), lambda: YES))
-    assert isinstance(backend, IpsetBackend)
-    assert select.removed(backend, "porttrap") == (
-        "ipset sets porttrap_v4, porttrap_v6 and iptables/ip6tables chain raw porttrap"
+def test_dry_run_needs_no_support_and_takes_no_sensor() -> None:
+    backend = make("dry-run", checks(refused("no"), refused("no")))
+    assert isinstance(backend, DryRunBackend) and backend.name == "dry-run"
+    with pytest.raises(FirewallError, match="need backend = \"nftables\", not 'dry-run'"):
+        make("dry-run", checks(lambda: YES, lambda: YES), sensor=True)
+
+
+def test_an_unknown_backend_lists_the_choices() -> None:
+    with pytest.raises(FirewallError) as raised:
+        select.make_backend("iptables", "porttrap", FakeClock())
+    assert str(raised.value) == (
+        "unknown firewall backend 'iptables': choose one of nftables, ipset, auto, dry-run"
     )
-    nft = make("nftables", checks(lambda: YES, refused("no")))
-    assert isinstance(nft, NftablesBackend)
-    assert select.removed(nft, "porttrap") == "nftables table inet porttrap"
+
+
+def test_nftables_named_but_unsupported_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry's own check when no `supported` is given: kernel.is_supported."""
+    monkeypatch.setattr(kernel, "is_supported", lambda: (False, "needs CAP_NET_ADMIN: run as root"))
+    with pytest.raises(FirewallError) as raised:
+        select.make_backend("nftables", "porttrap", FakeClock())
+    assert str(raised.value) == (
+        "firewall backend 'nftables' cannot run: needs CAP_NET_ADMIN: run as root (or set "
+        'backend = "dry-run" in [firewall] to only log what would be banned)'
+    )
 
 
 # -- ipset.is_supported -----------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""The daemon side of the kernel sensor (sensors/kernel.py): the hit each reported packet makes
-(recorded packets from tests/data/packets and NFLOG datagrams from tests/data/nflog), the
-estimate of how full each block generation is, and when KernelTraps rotates generations and
-traps a port again. The sensor is the real NftSensor over a stand-in for libnftables, and time
-a FakeClock; nothing here opens a socket (KernelTraps.start is never called)."""
+"""The daemon side of the kernel sensor: the hit each reported packet makes (sensors/kernel.py;
+recorded packets from tests/data/packets and NFLOG datagrams from tests/data/nflog), the
+estimate of how full each block generation is, and when the core rotates generations and traps
+a port again (core/kernel.py), carried out by the real shell and nftables backend over a
+stand-in for libnftables, on a FakeClock; nothing here opens a socket."""
 
 from __future__ import annotations
 

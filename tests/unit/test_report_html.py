@@ -12,18 +12,8 @@ import pytest
 
 from porttrap.model import Ban
 from porttrap.report import charts, html
-from porttrap.report.data import (
-    DAY,
-    HOUR,
-    BanState,
-    Bucket,
-    KindCount,
-    Period,
-    PortCount,
-    Report,
-    Source,
-    Totals,
-)
+from porttrap.report.data import BanState, Report, Source, Totals
+from porttrap.report.figures import DAY, HOUR, Bucket, KindCount, Period, PortCount
 from porttrap.store.base import StoredBan
 
 END = 20833 * DAY + 9.5 * HOUR

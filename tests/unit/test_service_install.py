@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from porttrap import config as config_mod
 from porttrap.config.schema import Config
 from porttrap.errors import ConfigError, PorttrapError
 from porttrap.service import install as service
@@ -441,3 +442,9 @@ def test_uninstall_with_an_invalid_config_says_what_it_needs_it_for(run: Run) ->
 def test_uninstall_of_nothing_installed_says_so(run: Run) -> None:
     run.uninstall()
     assert run.notes[0].startswith("no ") and "not installed as a service" in run.notes[0]
+
+
+def test_removing_the_firewall_of_dry_run_touches_nothing() -> None:
+    """Nothing of dry-run's is in the kernel (the registry says so): no backend is made."""
+    cfg = config_mod.load_text('[firewall]\nbackend = "dry-run"\n', None)
+    assert service.remove_firewall(cfg) == ["firewall: nothing to remove (backend dry-run)"]

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from porttrap.errors import StoreError
+from porttrap.config.schema import Config
+from porttrap.errors import NoDatabase, StoreError
 from porttrap.model import Ban, Hit, Outcome, Proto
-from porttrap.store import migrations
+from porttrap.store import migrations, open_store
 from porttrap.store.migrations import LATEST, MIGRATIONS, Migration
 from porttrap.store.sqlite import SQLiteStore
 
@@ -223,6 +224,28 @@ def test_readonly_open_of_a_missing_database(db: Path) -> None:
         f"no database at {db}: porttrap has not run yet with this state_dir"
     )
     assert not db.parent.exists()  # and nothing was created
+
+
+def test_open_store_opens_the_database_of_the_config(tmp_path: Path) -> None:
+    config = Config(state_dir=tmp_path / "state")
+    with closing(open_store(config)) as store:
+        store.add_bans([BAN])
+    assert config.database.is_file()
+    with closing(open_store(config, readonly=True)) as reader:
+        assert reader.active_bans(T0) == [BAN]
+        with pytest.raises(StoreError, match="readonly"):
+            reader.add_bans([BAN])
+
+
+def test_open_store_reads_another_database_when_given_one(tmp_path: Path) -> None:
+    copy = tmp_path / "copy.db"
+    with SQLiteStore.open(copy) as store:
+        store.add_bans([BAN])
+    config = Config(state_dir=tmp_path / "state")
+    with closing(open_store(config, readonly=True, database=copy)) as reader:
+        assert reader.active_bans(T0) == [BAN]
+    with pytest.raises(NoDatabase, match=f"no database at {config.database}: porttrap has not"):
+        open_store(config, readonly=True)  # a distinct error: `status` can do without one
 
 
 def test_readonly_reads_while_the_daemon_writes(store: SQLiteStore, db: Path) -> None:

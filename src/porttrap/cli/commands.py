@@ -16,10 +16,11 @@ from porttrap.config.schema import Config, LogConfig, Respond, TrapMode
 from porttrap.core.views import ban_json
 from porttrap.daemon import control, wiring
 from porttrap.daemon.notify import Notifier
-from porttrap.errors import DaemonNotRunning, PorttrapError, UsageError
-from porttrap.firewall.select import make_backend, removed
+from porttrap.errors import DaemonNotRunning, NoDatabase, PorttrapError, UsageError
+from porttrap.firewall import registry
+from porttrap.firewall.select import make_backend
 from porttrap.model import IPNetwork, Proto, parse_target
-from porttrap.store.sqlite import SQLiteStore
+from porttrap.store import open_store
 from porttrap.units import parse_duration
 
 EXIT_NOT_RUNNING = 3
@@ -122,9 +123,12 @@ def status(args: argparse.Namespace) -> int:
 
 
 def _stored_counts(cfg: Config) -> dict[str, int] | None:
-    if not cfg.database.exists():
+    """The bans the store holds, for `status` while the daemon is stopped; None before
+    porttrap has ever run (no database yet)."""
+    try:
+        store = open_store(cfg, readonly=True)
+    except NoDatabase:
         return None
-    store = SQLiteStore.open(cfg.database, readonly=True)
     try:
         active, permanent = store.counts(SystemClock().now())
     finally:
@@ -134,7 +138,7 @@ def _stored_counts(cfg: Config) -> dict[str, int] | None:
 
 def bans(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    store = SQLiteStore.open(cfg.database, readonly=True)
+    store = open_store(cfg, readonly=True)
     try:
         active = store.active_bans(SystemClock().now())
     finally:
@@ -152,7 +156,7 @@ def history(args: argparse.Namespace) -> int:
     target = _parse_target(args.address) if args.address else None
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
-    store = SQLiteStore.open(cfg.database, readonly=True)
+    store = open_store(cfg, readonly=True)
     try:
         entries = store.history(target, args.limit)
     finally:
@@ -198,7 +202,8 @@ def flush(args: argparse.Namespace) -> int:
         )
     backend = make_backend(cfg.firewall.backend, cfg.firewall.table, SystemClock())
     backend.teardown()
-    print(f"removed {removed(backend, cfg.firewall.table)} (bans stay in the database)")
+    removed = registry.get(backend.name).removes(cfg.firewall.table)
+    print(f"removed {removed} (bans stay in the database)")
     return 0
 
 

@@ -8,15 +8,18 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 
 from porttrap import config as config_mod
 from porttrap.config.legacy import datatrap, port_trap, portsentry
 from porttrap.config.legacy.notes import Conversion
+from porttrap.config.schema import Config
 from porttrap.daemon import control
 from porttrap.errors import ConfigError, PorttrapError
 from porttrap.model import Ban, show
-from porttrap.store.sqlite import SQLiteStore
+from porttrap.store import open_store
+from porttrap.store.base import Store
 
 Common = Callable[[argparse.ArgumentParser], None]
 
@@ -112,18 +115,18 @@ def import_portsentry(args: argparse.Namespace) -> int:
 def import_port_trap(args: argparse.Namespace) -> int:
     conversion = port_trap.convert(port_trap.read(args.directory))
     database = args.directory / datatrap.DB_FILE
-    history, state_dir = None, None
+    history, target = None, None
     if not args.no_history and database.is_file():
         # Everything that can refuse comes before anything is written: a database that is
         # not port_trap's, an invalid -c config.
         history = datatrap.read(database)
-        state_dir = _state_dir(args)
+        target = _target(args)
     _emit(conversion, args.output, args.force)
-    if history is None or state_dir is None:
+    if history is None or target is None:
         if not args.no_history:
             _say(f"{database}: not found: no ban history to import")
         return 0
-    _import_history(history, state_dir)
+    _import_history(history, target)
     return 0
 
 
@@ -163,34 +166,35 @@ def _write(path: Path, text: str, force: bool) -> None:
         Path(temporary).unlink(missing_ok=True)
 
 
-def _state_dir(args: argparse.Namespace) -> Path:
+def _target(args: argparse.Namespace) -> Config:
+    """The config whose store gets the history: --state-dir alone (the defaults otherwise:
+    porttrap need not be configured yet), else the -c config."""
     if args.state_dir is not None:
-        return Path(args.state_dir)
-    return config_mod.load(args.config).state_dir
+        return Config(state_dir=Path(args.state_dir))
+    return config_mod.load(args.config)
 
 
-def _import_history(history: datatrap.History, state_dir: Path) -> None:
+def _import_history(history: datatrap.History, target: Config) -> None:
     """Add the bans porttrap's database does not have yet (importing twice adds nothing), in
     one transaction; say what was left out and whether a running daemon must restart."""
     for problem in history.problems:
         _say(str(problem))
-    database = state_dir / "porttrap.db"
-    with SQLiteStore.open(database) as store:
+    with closing(open_store(target)) as store:
         new = _new_bans(store, history.bans)
         store.add_bans(new)
     skipped = history.rows - len(history.bans)
     _say(
-        f"{database}: imported {len(new)} bans of {history.rows} rows of port_trap's history "
-        f"({len(history.bans) - len(new)} already there, {skipped} rows left out)"
+        f"{target.database}: imported {len(new)} bans of {history.rows} rows of port_trap's "
+        f"history ({len(history.bans) - len(new)} already there, {skipped} rows left out)"
     )
-    if new and control.ping(state_dir / "control.sock"):
+    if new and control.ping(target.control_socket):
         _say(
             "porttrap is running: restart it (systemctl restart porttrap) so that it restores "
             "the imported bans and counts them toward escalation"
         )
 
 
-def _new_bans(store: SQLiteStore, bans: Sequence[Ban]) -> list[Ban]:
+def _new_bans(store: Store, bans: Sequence[Ban]) -> list[Ban]:
     if not bans:
         return []
     have = {

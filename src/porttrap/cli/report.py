@@ -9,6 +9,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from porttrap import config as config_mod
 from porttrap.clock import SystemClock
 from porttrap.errors import PorttrapError, UsageError
 from porttrap.report import data, html
-from porttrap.store.sqlite import SQLiteStore
+from porttrap.report.figures import Period
+from porttrap.store import open_store
 from porttrap.units import parse_duration
 
 Common = Callable[[argparse.ArgumentParser], None]
@@ -100,9 +102,8 @@ def report(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     now = SystemClock().now()
     period = _period(args.since, args.until, now)
-    database = args.database or cfg.database
     retention = cfg.store.hit_retention
-    with SQLiteStore.open(database, readonly=True) as store:
+    with closing(open_store(cfg, readonly=True, database=args.database)) as store:
         found = data.collect(
             store, period, now, socket.gethostname(), top=args.top, retention=retention
         )
@@ -115,13 +116,13 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _period(since: str, until: str | None, now: float) -> data.Period:
+def _period(since: str, until: str | None, now: float) -> Period:
     try:
         length = parse_duration(since)
     except ValueError as e:
         raise UsageError(f"--since: {e}") from None
     end = now if until is None else parse_time(until)
-    return data.Period.of(end - length, end)
+    return Period.of(end - length, end)
 
 
 def parse_time(text: str) -> float:

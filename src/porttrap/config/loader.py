@@ -28,6 +28,7 @@ from porttrap.config.schema import (
 )
 from porttrap.config.traps import build_banner, build_modes, build_traps
 from porttrap.errors import ConfigError, ConfigProblem
+from porttrap.firewall import registry
 from porttrap.model import Proto
 from porttrap.units import format_duration
 
@@ -66,7 +67,6 @@ KERNEL_KEYS = (
     "source_rate",
     "queue",
 )
-BACKENDS = ("nftables", "ipset", "auto", "dry-run")
 _ALLOW_EXAMPLE = '["192.0.2.0/24", "2001:db8::7"]'
 _RESPOND_EXAMPLE = '{ tcp = "ban", udp = "log" }'
 _PATTERN_EXAMPLE = """['198\\.51\\.100\\.[0-9]+']"""
@@ -235,9 +235,10 @@ def _firewall(section: Section) -> FirewallConfig:
 
 
 def _backend(value: object) -> str:
-    if isinstance(value, str) and value in BACKENDS:
+    choices = registry.names()
+    if isinstance(value, str) and value in choices:
         return value
-    raise ValueError(fields.choice_message(value, BACKENDS))
+    raise ValueError(fields.choice_message(value, choices))
 
 
 def _store(section: Section) -> StoreConfig:

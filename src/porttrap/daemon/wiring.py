@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import cast
 
 from porttrap.clock import Clock, SystemClock
 from porttrap.config.schema import Config
@@ -17,9 +16,9 @@ from porttrap.core.core import Core
 from porttrap.daemon.notify import Notifier
 from porttrap.daemon.shell import Shell
 from porttrap.firewall.base import FirewallBackend, SensorBackend
-from porttrap.firewall.select import make_backend
+from porttrap.firewall.select import make_backend, sensor_of
+from porttrap.store import open_store
 from porttrap.store.base import Store
-from porttrap.store.sqlite import SQLiteStore
 
 
 def make_shell(
@@ -58,12 +57,12 @@ def run(
     """Run porttrap as `config` says until asked to stop. `config_path`: what `-c` named (None:
     the default place), read again on reload. Raises PorttrapError when it cannot start."""
     clock = SystemClock()
-    store = SQLiteStore.open(config.database)
+    store = open_store(config)
     try:
         firewall = make_backend(
             config.firewall.backend, config.firewall.table, clock, sensor=config.modes.kernel
         )
-        sensor = cast(SensorBackend, firewall) if config.modes.kernel else None
+        sensor = sensor_of(firewall) if config.modes.kernel else None
         shell = make_shell(
             config,
             clock,

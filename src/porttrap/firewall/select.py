@@ -1,29 +1,22 @@
-"""Choosing the firewall backend named in the configuration, or the first one this host can run
-(`backend = "auto"`), saying what was tried and why each was refused."""
+"""Making the firewall backend named in the configuration, or the first one this host can run
+(`backend = "auto"`), saying what was tried and why each was refused. Which backends exist and
+what each can do is `porttrap.firewall.registry`'s; this module only chooses and makes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, cast
 
 from porttrap import log
-from porttrap.clock import Clock
 from porttrap.errors import FirewallError
-from porttrap.firewall import ipset
-from porttrap.firewall.base import FirewallBackend
-from porttrap.firewall.dryrun import DryRunBackend
-from porttrap.firewall.ipset_rules import FAMILIES
-from porttrap.firewall.kernel import is_supported
-from porttrap.firewall.nftables import NftablesBackend
+from porttrap.firewall import registry
+from porttrap.firewall.registry import BackendInfo, Check
 
-BACKENDS = ("nftables", "ipset", "auto", "dry-run")
-AUTO_ORDER = ("nftables", "ipset")  # nftables first: one kernel transaction per batch, in-process
+if TYPE_CHECKING:
+    from porttrap.clock import Clock
+    from porttrap.firewall.base import FirewallBackend, SensorBackend
 
-Check = Callable[[], tuple[bool, str]]
-
-
-def checks() -> dict[str, Check]:
-    """How to tell whether each kernel backend can run here (only reads, changes nothing)."""
-    return {"nftables": is_supported, "ipset": ipset.is_supported}
+_OR_DRY_RUN = '(or set backend = "dry-run" in [firewall] to only log what would be banned)'
 
 
 def make_backend(
@@ -35,64 +28,60 @@ def make_backend(
 ) -> FirewallBackend:
     """The backend called `name`, able to hold the kernel sensor of stealth and advanced modes
     when `sensor`; FirewallError says why it cannot run here and what to do. `supported`
-    replaces the checks of `checks()` (tests)."""
-    if name not in BACKENDS:
-        raise FirewallError(
-            f"unknown firewall backend {name!r}: choose one of {', '.join(BACKENDS)}"
-        )
-    found = supported if supported is not None else checks()
-    if name == "auto":
-        name = choose(found, sensor)
-    elif sensor and name != "nftables":
-        raise FirewallError(
-            f'stealth and advanced trap modes need backend = "nftables", not {name!r}: the '
-            'kernel sensor is nftables rules (set [traps] mode = "connect" to use sockets)'
-        )
-    elif name in AUTO_ORDER:
-        _require(name, found[name])
-    if name == "dry-run":
-        return DryRunBackend(clock)
-    if name == "ipset":
-        return ipset.IpsetBackend(table, clock)
-    return NftablesBackend(table)
+    replaces the registry's support checks (tests); a backend it leaves out keeps its own."""
+    found = supported if supported is not None else registry.checks()
+    if name == registry.AUTO:
+        info = registry.get(choose(found, sensor))
+    else:
+        info = registry.get(name)
+        if sensor and not info.kernel_sensor:
+            raise FirewallError(
+                f"stealth and advanced trap modes need {_sensor_backends()}, not {name!r}: the "
+                'kernel sensor is nftables rules (set [traps] mode = "connect" to use sockets)'
+            )
+        _require(info, _check(found, info))
+    return info.make(table, clock)
 
 
-def _require(name: str, check: Check) -> None:
+def sensor_of(backend: FirewallBackend) -> SensorBackend:
+    """`backend` as the writer of the kernel sensor's rules; FirewallError when its registry
+    entry says it cannot host them (make_backend with `sensor` never gives such a one)."""
+    if not registry.get(backend.name).kernel_sensor:
+        raise FirewallError(f"the {backend.name} backend cannot hold the kernel sensor")
+    return cast("SensorBackend", backend)
+
+
+def _require(info: BackendInfo, check: Check) -> None:
     ok, reason = check()
     if not ok:
-        raise FirewallError(
-            f"firewall backend {name!r} cannot run: {reason} "
-            '(or set backend = "dry-run" in [firewall] to only log what would be banned)'
-        )
+        raise FirewallError(f"firewall backend {info.name!r} cannot run: {reason} {_OR_DRY_RUN}")
 
 
 def choose(supported: Mapping[str, Check], sensor: bool) -> str:
-    """The first backend of AUTO_ORDER this host can run (only nftables with the kernel
-    sensor, which is nftables rules); logs the choice and the refusals before it. When none
-    can run, FirewallError lists why each was refused."""
-    order = ("nftables",) if sensor else AUTO_ORDER
+    """The first backend of `registry.auto_order` this host can run (with the kernel sensor,
+    only one that hosts it); logs the choice and the refusals before it. When none can run,
+    FirewallError lists why each was refused."""
     refused: list[str] = []
-    for name in order:
-        ok, reason = supported[name]()
+    for info in registry.auto_order(sensor):
+        ok, reason = _check(supported, info)()
         if ok:
             log.event(
-                "backend-auto", backend=name, reason=reason, refused="; ".join(refused) or None
+                "backend-auto", backend=info.name, reason=reason, refused="; ".join(refused) or None
             )
-            return name
-        refused.append(f"{name}: {reason}")
-    why = " (stealth and advanced trap modes need nftables)" if sensor else ""
+            return info.name
+        refused.append(f"{info.name}: {reason}")
+    hosts = " or ".join(registry.sensor_hosts())
+    why = f" (stealth and advanced trap modes need {hosts})" if sensor else ""
     raise FirewallError(
         f'backend = "auto" found no firewall this host can run{why}: {"; ".join(refused)} '
-        '(or set backend = "dry-run" in [firewall] to only log what would be banned)'
+        f"{_OR_DRY_RUN}"
     )
 
 
-def removed(backend: FirewallBackend, table: str) -> str:
-    """What `teardown` of `backend` removed, as `porttrap flush` reports it."""
-    if isinstance(backend, ipset.IpsetBackend):
-        names = backend.names
-        sets = ", ".join(names.set(family) for family in FAMILIES)
-        return f"ipset sets {sets} and iptables/ip6tables chain raw {names.chain}"
-    if isinstance(backend, DryRunBackend):
-        return "nothing (dry-run)"
-    return f"nftables table inet {table}"
+def _check(supported: Mapping[str, Check], info: BackendInfo) -> Check:
+    return supported.get(info.name, info.is_supported)
+
+
+def _sensor_backends() -> str:
+    """'backend = "nftables"', as the sensor's error names the backends that host it."""
+    return " or ".join(f'backend = "{name}"' for name in registry.sensor_hosts())

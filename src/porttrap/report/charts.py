@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from porttrap.report.data import DAY, HOUR, Bucket, Period
+from porttrap.report.figures import DAY, HOUR, Bucket, Period
 
 HITS_COLOUR = "#3f6fb5"
 BANS_COLOUR = "#e8943a"

@@ -22,7 +22,8 @@ from porttrap.report.charts import (
     timeline,
     utc,
 )
-from porttrap.report.data import KindCount, PortCount, Report, Source
+from porttrap.report.data import Report, Source
+from porttrap.report.figures import KindCount, PortCount
 from porttrap.store.base import StoredBan
 from porttrap.units import format_duration
 

@@ -34,9 +34,9 @@ from porttrap.clock import SystemClock
 from porttrap.config.schema import DEFAULT_CONFIG_PATH, Config
 from porttrap.daemon import control
 from porttrap.errors import ConfigError, ConfigProblem, FirewallError, PorttrapError
+from porttrap.firewall import registry
 from porttrap.firewall.exec import Exec
-from porttrap.firewall.nftables import NftablesBackend
-from porttrap.firewall.select import checks, make_backend, removed
+from porttrap.firewall.select import make_backend
 from porttrap.service import unit
 from porttrap.service.template import DEFAULT_CONFIG
 
@@ -336,22 +336,23 @@ def remove_firewall(cfg: Config) -> list[str]:
     """Tear down porttrap's table (nftables) or sets and chains (ipset) in this network
     namespace, as `porttrap flush` does; with backend "auto", of each backend that can run."""
     backend = cfg.firewall.backend
-    if backend == "dry-run":
-        return ["firewall: nothing to remove (backend dry-run)"]
-    table = cfg.firewall.table
-    names = ("nftables", "ipset") if backend == "auto" else (backend,)
-    found = checks()
+    kernel = [info for info in registry.candidates(backend) if info.in_kernel]
+    if not kernel:
+        return [f"firewall: nothing to remove (backend {backend})"]
     done = []
-    for name in names:
-        if backend == "auto" and not found[name]()[0]:
+    for info in kernel:
+        if backend == registry.AUTO and not info.is_supported()[0]:
             continue  # it cannot run here, so porttrap never made anything with it
-        firewall = make_backend(name, table, SystemClock())
-        if isinstance(firewall, NftablesBackend) and not firewall.present():
-            done.append(f"no nftables table inet {table} (already gone)")
-            continue
-        firewall.teardown()
-        done.append(f"removed {removed(firewall, table)}")
+        done.append(_tear_down(info, cfg.firewall.table))
     return done
+
+
+def _tear_down(info: registry.BackendInfo, table: str) -> str:
+    firewall = make_backend(info.name, table, SystemClock())
+    if info.one_object and not firewall.present():
+        return f"no {info.removes(table)} (already gone)"
+    firewall.teardown()
+    return f"removed {info.removes(table)}"
 
 
 def _remove_hosts_deny_lines(cfg: Config, root: Root, note: Note) -> None:

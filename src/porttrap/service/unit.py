@@ -5,7 +5,8 @@ What the unit allows follows from the configuration, so it is computed here, nev
 - **Capabilities.** porttrap runs as root with only CAP_NET_ADMIN (nftables, NFLOG, ipset)
   and CAP_NET_BIND_SERVICE (trap ports below 1024) in its bounding set; the ipset backend
   (`backend = "ipset"` or `"auto"`) adds CAP_NET_RAW, which iptables-legacy needs for its raw
-  socket (iptables-nft does not, but which one `iptables` is can change after install).
+  socket (iptables-nft does not, but which one `iptables` is can change after install): the
+  firewall registry says which backends run iptables.
 - **Writable paths.** ProtectSystem=strict makes the whole file system read-only except the
   state directory (StateDirectory= when it is under /var/lib, else ReadWritePaths=), the
   directory of each log file (porttrap reopens it by path after logrotate), and the directory
@@ -26,6 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from porttrap import __version__
 from porttrap.config.schema import DEFAULT_CONFIG_PATH, Config
+from porttrap.firewall import registry
 
 UNIT_NAME = "porttrap.service"
 UNIT_PATH = Path("/etc/systemd/system") / UNIT_NAME
@@ -34,7 +36,6 @@ CAPABILITIES = ("CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE")
 IPTABLES_LEGACY_CAPABILITY = "CAP_NET_RAW"  # libiptc's socket(AF_INET, SOCK_RAW, IPPROTO_RAW)
 XTABLES_LOCK = Path("/run/xtables.lock")
 TOUCH = Path("/usr/bin/touch")
-IPSET_BACKENDS = ("ipset", "auto")
 WATCHDOG_SEC = 30
 HIDDEN_BY_PROTECT_HOME = (Path("/home"), Path("/root"), Path("/run/user"))
 
@@ -60,10 +61,10 @@ def sandbox(config: Config) -> Sandbox:
     optional = [_normal(Path(o.to)).parent for o in config.log.outputs if o.to.startswith("/")]
     if config.actions.hosts_deny is not None:
         optional.append(_normal(config.actions.hosts_deny.file).parent)
-    ipset = config.firewall.backend in IPSET_BACKENDS
-    capabilities = CAPABILITIES + ((IPTABLES_LEGACY_CAPABILITY,) if ipset else ())
+    iptables = any(info.runs_iptables for info in registry.candidates(config.firewall.backend))
+    capabilities = CAPABILITIES + ((IPTABLES_LEGACY_CAPABILITY,) if iptables else ())
     return Sandbox(
-        state_directory, read_write, _outside(optional, state), capabilities, xtables_lock=ipset
+        state_directory, read_write, _outside(optional, state), capabilities, xtables_lock=iptables
     )
 
 

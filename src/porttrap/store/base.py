@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from porttrap.model import Ban, Hit, IPNetwork, Outcome, StoredBan, Unban
+from porttrap.report.figures import Period, ReportFigures
 
 __all__ = ["HistoryEntry", "Store", "StoredBan"]
 
@@ -57,6 +58,12 @@ class Store(Protocol):
 
     def counts(self, now: float) -> tuple[int, int]:
         """(active bans, of which permanent)."""
+        ...
+
+    def report_figures(self, period: Period, top: int) -> ReportFigures:
+        """What `porttrap report` shows for `period`: the timeline, the `top` most hit ports
+        and busiest sources, the scan classes and the bans, from one snapshot; only reads.
+        The store aggregates (90 days may hold millions of hits): only figures come back."""
         ...
 
     def close(self) -> None: ...

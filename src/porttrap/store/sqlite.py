@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from porttrap import log
-from porttrap.errors import StoreError
+from porttrap.errors import NoDatabase, StoreError
 from porttrap.heap import collector_paused
 from porttrap.model import Ban, Hit, IPNetwork, Outcome, Unban, show
-from porttrap.store import rows
+from porttrap.report.figures import Period, ReportFigures
+from porttrap.store import rows, sqlite_report
 from porttrap.store.base import HistoryEntry, StoredBan
 from porttrap.store.history import (
     Keyed,
@@ -207,13 +208,10 @@ class SQLiteStore:
             streams = [self._stream(conn, s, target, limit) for s in (_HITS, _BANS, _LIFTS)]
             return newest_first(streams, limit)
 
-    @contextmanager
-    def reading(self, what: str) -> Iterator[sqlite3.Connection]:
-        """One read transaction on the connection itself, for read-only queries that the
-        `Store` protocol has no method for (the report's aggregates, porttrap.report.data):
-        every query in it sees one snapshot; sqlite3 errors leave as `StoreError`."""
-        with self._read(what) as conn:
-            yield conn
+    def report_figures(self, period: Period, top: int) -> ReportFigures:
+        """The report's figures, aggregated in SQL in one read transaction (sqlite_report)."""
+        with self._read("the report") as conn:
+            return sqlite_report.figures(conn, period, top)
 
     def _stream(
         self, conn: sqlite3.Connection, stream: _Stream, target: IPNetwork | None, limit: int
@@ -316,7 +314,7 @@ def _open_writable(path: Path) -> sqlite3.Connection:
 
 def _open_readonly(path: Path) -> sqlite3.Connection:
     if not path.exists():
-        raise StoreError(f"no database at {path}: porttrap has not run yet with this state_dir")
+        raise NoDatabase(f"no database at {path}: porttrap has not run yet with this state_dir")
     conn = _connect(path, path.resolve().as_uri() + "?mode=ro", uri=True)
     try:
         _check_current(path, _probe(conn, path))

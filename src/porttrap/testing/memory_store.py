@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 from porttrap.errors import StoreError
 from porttrap.model import Ban, Hit, IPNetwork, Outcome, Unban
+from porttrap.report.figures import Period, ReportFigures
 from porttrap.store import history
 from porttrap.store.base import HistoryEntry, StoredBan
+from porttrap.testing import memory_report
 
 
 @dataclass(slots=True)
@@ -102,6 +104,13 @@ class MemoryStore:
         )
         streams = [_newest_first(target, stream) for stream in (hits, bans, lifts)]
         return history.newest_first(streams, limit)
+
+    def report_figures(self, period: Period, top: int) -> ReportFigures:
+        """The report's figures, counted in Python as SQLite counts them (memory_report)."""
+        self._check_open()
+        hits = [hit for _seq, hit, _outcome in self._hits]
+        bans = [record.stored() for record in self._oldest_first()]
+        return memory_report.figures(hits, bans, period, top)
 
     def close(self) -> None:
         self.closed = True
