@@ -103,15 +103,11 @@ def within(prefix: str) -> list[str]:
 
 
 def forbidden(name: str, packages: Iterable[str]) -> list[str]:
-    return sorted(
-        m for m in closure(name) for p in packages if m == p or m.startswith(f"{p}.")
-    )
+    return sorted(m for m in closure(name) for p in packages if m == p or m.startswith(f"{p}."))
 
 
 def test_the_module_list_is_read() -> None:
-    assert {"porttrap.core.core", "porttrap.policy.engine", "porttrap.daemon.shell"} <= set(
-        MODULES
-    )
+    assert {"porttrap.core.core", "porttrap.policy.engine", "porttrap.daemon.shell"} <= set(MODULES)
     assert "porttrap.model" in imports("porttrap.policy.engine")
 
 
@@ -143,9 +139,9 @@ def test_sensors_only_report_and_never_touch_the_firewall(name: str) -> None:
 
 
 CLI_DAEMON = {"porttrap.daemon.wiring", "porttrap.daemon.control", "porttrap.daemon.notify"}
-CLI_FIREWALL = {  # flush removes the table itself; --version says what each backend needs
-    "porttrap.cli.commands": {"porttrap.firewall.select"},
-    "porttrap.cli.version": {"porttrap.firewall.select"},
+CLI_FIREWALL = {  # flush removes the table itself; --version says which parts are installed
+    "porttrap.cli.commands": {"porttrap.firewall.select", "porttrap.firewall.registry"},
+    "porttrap.cli.version": {"porttrap.firewall.kernel", "porttrap.firewall.ipset"},
 }
 
 

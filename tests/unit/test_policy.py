@@ -5,6 +5,8 @@ from __future__ import annotations
 from ipaddress import ip_address, ip_network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from porttrap.config.schema import BanPolicy, Escalation, Trap
 from porttrap.errors import UsageError
@@ -293,3 +295,40 @@ def test_restore_lifts_older_overlapping_network_bans() -> None:
         ("198.51.100.0/24", "overlapped by the newer ban on 198.51.100.0/25")
     ]
     assert sorted(str(b.target) for b in engine.active(T0)) == ["198.51.100.0/25", "203.0.113.0/24"]
+
+
+# Steps of a random history: ban an address for a while, ban it for good, unban it, or let
+# time pass (then expire); addresses from a small pool, so that bans replace each other.
+_step = st.one_of(
+    st.tuples(st.just("ban"), st.integers(0, 5), st.integers(1, 5000)),
+    st.tuples(st.just("permanent"), st.integers(0, 5), st.just(0)),
+    st.tuples(st.just("unban"), st.integers(0, 5), st.just(0)),
+    st.tuples(st.just("wait"), st.just(0), st.integers(0, 3000)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_step, max_size=60))
+def test_expire_returns_exactly_the_bans_that_ran_out_once_each(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """What `expire` returns is what `active` lost to time, never a lifted or replaced ban, and
+    never twice: the heap of ends agrees with the bans, whatever happened in between."""
+    engine = make()
+    now = T0
+    for kind, n, amount in steps:
+        target = ip_network(f"198.51.100.{n}/32")
+        if kind == "ban":
+            engine.ban([target], now, duration=float(amount))
+        elif kind == "permanent":
+            engine.ban([target], now, permanent=True)
+        elif kind == "unban":
+            engine.unban(target, now)
+        else:
+            before = {b.target: b for b in engine.active(now)}
+            now += amount
+            after = {b.target for b in engine.active(now)}
+            expired = engine.expire(now)
+            assert sorted(b.target for b in expired) == sorted(set(before) - after)
+            assert all(before[b.target] == b for b in expired)
+            assert engine.expire(now) == []
