@@ -16,8 +16,9 @@ from netns import Netns, in_host_netns
 from porttrap.config import load_text
 from porttrap.firewall.kernel import Nft
 from porttrap.firewall.nftables import NftablesBackend
-from porttrap.firewall.sensor import NftSensor, make_sensor
-from porttrap.firewall.sensor_rules import COUNTERS
+from porttrap.firewall.objects import NftObjects
+from porttrap.firewall.sensor import NftSensor, spec_from_config
+from porttrap.firewall.sensor_rules import COUNTERS, SensorRules
 from porttrap.model import Proto
 
 pytestmark = pytest.mark.kernel
@@ -71,7 +72,7 @@ class CountingNft(Nft):
 
 @dataclass
 class Loaded:
-    """A backend with the sensor, both bound to libnftables in `netns`."""
+    """A backend with the sensor, both bound to libnftables and the netlink reader in `netns`."""
 
     netns: Netns
     backend: NftablesBackend
@@ -104,11 +105,11 @@ def load(netns_factory: Callable[[], Netns]) -> Callable[[str], Loaded]:
         netns = netns_factory()
         with netns.inside():
             assert not in_host_netns(), "refusing to bind libnftables to the host's namespace"
-            nft = CountingNft()
-        sensor = make_sensor(load_text(config, None))
-        assert sensor is not None
-        sensor = NftSensor(sensor.rules, nft)  # the namespace's context, never a lazy one
-        return Loaded(netns, NftablesBackend(TABLE, nft=nft, sensor=sensor), sensor, nft)
+            nft, objects = CountingNft(), NftObjects()
+        rules = SensorRules(TABLE, spec_from_config(load_text(config, None)))
+        sensor = NftSensor(rules, nft, objects)  # the backend's context: one count of batches
+        backend = NftablesBackend(TABLE, nft=nft, sensor=sensor, objects=objects)
+        return Loaded(netns, backend, sensor, nft)
 
     return make
 

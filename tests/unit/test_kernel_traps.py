@@ -1,7 +1,8 @@
 """The daemon side of the kernel sensor (sensors/kernel.py): the hit each reported packet makes
 (recorded packets from tests/data/packets and NFLOG datagrams from tests/data/nflog), the
 estimate of how full each block generation is, and when KernelTraps rotates generations and
-traps a port again. The sensor is the real NftSensor over a stand-in for libnftables, and time
+traps a port again. The sensor is the real NftSensor over stand-ins for libnftables and the
+netlink reader, and time
 a FakeClock; nothing here opens a socket (KernelTraps.start is never called)."""
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pytest
 
 from porttrap.config.schema import KernelSensor, TrapMode
 from porttrap.errors import FirewallError
-from porttrap.firewall.kernel import JsonCommand, Nft
+from porttrap.firewall.kernel import Nft
+from porttrap.firewall.objects import NftObjects
 from porttrap.firewall.sensor import NftSensor
 from porttrap.firewall.sensor_rules import SensorRules, SensorSpec
 from porttrap.model import Hit, Proto
@@ -169,12 +171,11 @@ def test_an_unreadable_payload_makes_no_hit(payload: bytes, family: int) -> None
 
 
 class KernelNft(Nft):
-    """Stands in for libnftables: keeps the batches run, answers counter listings from
-    `counts`, and refuses every change while `refusing` is set."""
+    """Stands in for libnftables: keeps the batches run, and refuses every change while
+    `refusing` is set."""
 
     def __init__(self) -> None:  # no libnftables here
         self.batches: list[list[str]] = []
-        self.counts: dict[str, int] = {}
         self.refusing = False
 
     def run(self, commands: Sequence[str]) -> None:
@@ -182,14 +183,22 @@ class KernelNft(Nft):
             raise FirewallError("nftables refused it: No such file or directory (simulated)")
         self.batches.append(list(commands))
 
-    def list_json(self, what: JsonCommand) -> list[JsonCommand]:
-        return [{"counter": {"name": name, "packets": n}} for name, n in self.counts.items()]
+
+class KernelCounters(NftObjects):
+    """Stands in for the netlink reader: the table's counters read `counts`."""
+
+    def __init__(self) -> None:  # no socket here
+        self.counts: dict[str, int] = {}
+
+    def counters(self, table: str) -> dict[str, int]:
+        return dict(self.counts)
 
 
 @dataclasses.dataclass
 class Rig:
     traps: KernelTraps
     nft: KernelNft
+    reader: KernelCounters
     clock: FakeClock
     hits: list[Hit]
 
@@ -200,7 +209,7 @@ class Rig:
     def poll(self, seconds: float = 0.25, **counts: int) -> None:
         """`seconds` later, the kernel's counters read `counts`: check the block sets."""
         self.clock.advance(seconds)
-        self.nft.counts.update(counts)
+        self.reader.counts.update(counts)
         self.traps._check_blocks()
 
     def served(self, seconds: float = 0.0, **ports: set[int]) -> None:
@@ -228,10 +237,10 @@ def rig(block_size: int = 100, block_time: float = 60.0, **kernel: Any) -> Rig:
         allow=(),
         kernel=settings,
     )
-    nft, clock, hits = KernelNft(), FakeClock(), list[Hit]()
-    sensor = NftSensor(SensorRules("porttrap", spec), nft)
+    nft, reader, clock, hits = KernelNft(), KernelCounters(), FakeClock(), list[Hit]()
+    sensor = NftSensor(SensorRules("porttrap", spec), nft, reader)
     traps = KernelTraps(sensor, settings, hits.append, clock, linger=10.0)
-    return Rig(traps, nft, clock, hits)
+    return Rig(traps, nft, reader, clock, hits)
 
 
 def rotation_to(generation: str) -> list[str]:
@@ -299,7 +308,7 @@ def test_without_blocks_the_counters_are_read_but_nothing_rotates() -> None:
 def test_a_refused_rotation_changes_nothing_and_is_tried_again() -> None:
     r = rig(block_size=100)
     r.poll(block_a=0)
-    r.nft.counts["block_a"] = 60
+    r.reader.counts["block_a"] = 60
     r.nft.refusing = True
     r.clock.advance(0.25)
     with pytest.raises(FirewallError):  # _tick logs it

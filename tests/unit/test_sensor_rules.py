@@ -1,55 +1,54 @@
 """The kernel sensor's nft commands (firewall/sensor_rules.py, pure) and the state NftSensor keeps
-(firewall/sensor.py), with a recording stand-in for libnftables: which commands each setting
-brings or leaves out, rotation, served ports, the recorded counter listing (tests/data/nft/
-list_counters.json, with its expected parse beside it) and the spec read from a config."""
+(firewall/sensor.py), with stand-ins for libnftables and the netlink reader: which commands
+each setting brings or leaves out, rotation, served ports, the counters kept, and the spec read
+from a config."""
 
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from porttrap.config import load_text
 from porttrap.config.schema import KernelSensor, TrapMode
-from porttrap.firewall.kernel import JsonCommand, Nft
+from porttrap.firewall.kernel import Nft
 from porttrap.firewall.nftables import NftablesBackend
+from porttrap.firewall.objects import NftObjects
 from porttrap.firewall.ruleset import Ruleset
 from porttrap.firewall.sensor import NftSensor, make_sensor, spec_from_config
-from porttrap.firewall.sensor_rules import (
-    COUNTERS,
-    SensorRules,
-    SensorSpec,
-    parse_counters,
-    port_ranges,
-)
+from porttrap.firewall.sensor_rules import COUNTERS, SensorRules, SensorSpec, port_ranges
 from porttrap.model import Proto
 
-DATA = Path(__file__).parent.parent / "data" / "nft"
 TCP, UDP = Proto.TCP, Proto.UDP
 CONNECT, STEALTH, ADVANCED = TrapMode.CONNECT, TrapMode.STEALTH, TrapMode.ADVANCED
-T = "inet porttrap"
+TABLE = "porttrap"
+T = f"inet {TABLE}"
 NOTHING: dict[Proto, frozenset[int]] = {}
 QUIET = 'counter name "quiet" drop'
 
 
 class RecordingNft(Nft):
-    """Stands in for libnftables: keeps each batch `run` gets; `list_json` answers `listing`."""
+    """Stands in for libnftables: keeps each batch `run` gets."""
 
-    def __init__(self, listing: Sequence[JsonCommand] = ()) -> None:  # no libnftables here
+    def __init__(self) -> None:  # no libnftables here
         self.batches: list[list[str]] = []
-        self.listed: list[JsonCommand] = []
-        self.listing = list(listing)
 
     def run(self, commands: Sequence[str]) -> None:
         self.batches.append(list(commands))
 
-    def list_json(self, what: JsonCommand) -> list[JsonCommand]:
-        self.listed.append(what)
-        return self.listing
+
+class CountersOf(NftObjects):
+    """Stands in for the netlink reader: every table has `counts`; keeps the tables asked."""
+
+    def __init__(self, counts: Mapping[str, int] | None = None) -> None:  # no socket here
+        self.counts = dict(counts or {})
+        self.asked: list[str] = []
+
+    def counters(self, table: str) -> dict[str, int]:
+        self.asked.append(table)
+        return dict(self.counts)
 
 
 def spec(
@@ -332,40 +331,13 @@ def test_set_open_adds_and_deletes_sorted() -> None:
     ]
 
 
-def test_counters_spec_lists_the_tables_counters() -> None:
-    rules = SensorRules("trap2", spec(tcp=STEALTH))
-    assert rules.counters_spec() == {"counters": {"family": "inet", "table": "trap2"}}
-
-
-# --- counters ---
-
-
-def test_parse_recorded_counters() -> None:
-    """Recorded after real traffic (a UDP flood from two sources, two TCP ACKs to a port nothing
-    serves), with a counter that is not the sensor's (legacy_hits) in the same table."""
-    listing = json.loads((DATA / "list_counters.json").read_text())
-    expected = json.loads((DATA / "list_counters.expected.json").read_text())
-    assert parse_counters(listing["nftables"]) == expected
-
-
-def test_parse_counters_ignores_what_is_not_a_sensor_counter() -> None:
-    items: list[JsonCommand] = [
-        {"metainfo": {"version": "1.0.6"}},
-        {"counter": {"name": "quiet", "packets": 4, "bytes": 160}},
-        {"counter": {"name": "other", "packets": 9}},
-        {"counter": "not a table"},
-        {"limit": {"name": "rate_new"}},
-        {"counter": {"name": "reported"}},  # no packets: none counted
-    ]
-    assert parse_counters(items) == {"quiet": 4, "reported": 0}
-    assert parse_counters([]) == {}
-
-
 # --- NftSensor ---
 
 
-def sensor_of(given: SensorSpec, nft: RecordingNft | None = None) -> NftSensor:
-    return NftSensor(SensorRules("porttrap", given), nft or RecordingNft())
+def sensor_of(
+    given: SensorSpec, nft: RecordingNft | None = None, objects: CountersOf | None = None
+) -> NftSensor:
+    return NftSensor(SensorRules(TABLE, given), nft or RecordingNft(), objects or CountersOf())
 
 
 def test_serve_sends_only_the_difference_and_keeps_excluded_ports_open() -> None:
@@ -404,19 +376,19 @@ def test_a_rebuilt_table_gets_the_served_ports_and_the_current_generation() -> N
     assert (sensor.generation, sensor.rotations) == ("a", 2)
 
 
-def test_counters_are_read_from_the_listing_of_the_table() -> None:
-    listing = json.loads((DATA / "list_counters.json").read_text())["nftables"]
-    nft = RecordingNft(listing)
-    sensor = sensor_of(spec(tcp=STEALTH), nft)
-    assert sensor.counters()["over_source"] == 9
-    assert nft.listed == [{"counters": {"family": "inet", "table": "porttrap"}}]
+def test_the_counters_are_the_sensors_own_in_its_table() -> None:
+    """A counter someone else added to the table (legacy_hits) is not the sensor's."""
+    objects = CountersOf({"block_a": 2, "over_source": 9, "legacy_hits": 5})
+    sensor = NftSensor(SensorRules("trap2", spec(tcp=STEALTH)), RecordingNft(), objects)
+    assert sensor.counters() == {"block_a": 2, "over_source": 9}
+    assert objects.asked == ["trap2"]
 
 
 def test_backend_setup_adds_the_sensor_to_the_table_in_the_same_batch() -> None:
     nft = RecordingNft()
     sensor = sensor_of(spec(tcp=STEALTH), nft)
-    NftablesBackend("porttrap", nft=nft, sensor=sensor).setup([], 0.0)
-    NftablesBackend("porttrap", nft=nft).setup([], 0.0)
+    NftablesBackend(TABLE, nft=nft, sensor=sensor, objects=CountersOf()).setup([], 0.0)
+    NftablesBackend(TABLE, nft=nft, objects=CountersOf()).setup([], 0.0)
     table = Ruleset("porttrap").replace({}, 0.0)
     assert nft.batches == [table + sensor.commands(), table]
 

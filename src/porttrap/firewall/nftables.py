@@ -9,12 +9,13 @@ a permanent one an element without.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from porttrap import log
 from porttrap.errors import FirewallError
 from porttrap.firewall.base import KernelEntry
 from porttrap.firewall.kernel import Nft
+from porttrap.firewall.objects import NftObjects, made_here
 from porttrap.firewall.plan import final_states, strongest
 from porttrap.firewall.ruleset import Ruleset, parse_entries
 from porttrap.firewall.sensor import NftSensor
@@ -27,8 +28,9 @@ CHUNK = 10_000
 
 
 class NftablesBackend:
-    """FirewallBackend on nftables. `nft` defaults to a libnftables context created now, in
-    the calling thread's network namespace."""
+    """FirewallBackend on nftables: writes through `nft` (libnftables), reads whether the table
+    exists through `objects` (netlink). Both default to ones made now, in the calling thread's
+    network namespace; give both (made in one namespace) or neither."""
 
     name = "nftables"
 
@@ -37,14 +39,11 @@ class NftablesBackend:
         table: str = "porttrap",
         nft: Nft | None = None,
         sensor: NftSensor | None = None,
-        exists: Callable[[str], bool] | None = None,
+        objects: NftObjects | None = None,
     ) -> None:
-        """`exists`: how to tell whether a table exists (`objects.table_exists`, one netlink
-        message); None: libnftables' `list tables`, which fetches every set element first."""
-        self._nft = nft if nft is not None else Nft()
+        self._nft, self._objects = made_here(nft, objects)
         self._rules = Ruleset(table)
         self.sensor = sensor
-        self._exists = exists
 
     def setup(self, bans: Sequence[Ban], now: float) -> None:
         """Replace porttrap's table in one transaction: stray elements go, missing ones come,
@@ -87,10 +86,7 @@ class NftablesBackend:
             ) from err
 
     def present(self) -> bool:
-        if self._exists is not None:
-            return self._exists(self._rules.table)
-        tables = self._nft.list_json({"tables": None})
-        return self._rules.table_spec() in [_bare(item) for item in tables]
+        return self._objects.table_exists(self._rules.table)
 
     def _apply_each(
         self, states: Mapping[IPNetwork, Ban | None], now: float, err: FirewallError
@@ -113,11 +109,6 @@ class NftablesBackend:
             )
             return False
         return True
-
-
-def _bare(item: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
-    """A listed table without its handle, to compare with the spec porttrap writes."""
-    return {kind: {k: v for k, v in spec.items() if k != "handle"} for kind, spec in item.items()}
 
 
 def _partial_failure(failed: list[IPNetwork], total: int) -> str:

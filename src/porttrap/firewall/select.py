@@ -14,7 +14,6 @@ from porttrap.firewall.dryrun import DryRunBackend
 from porttrap.firewall.ipset_rules import FAMILIES
 from porttrap.firewall.kernel import is_supported
 from porttrap.firewall.nftables import NftablesBackend
-from porttrap.firewall.objects import table_exists
 from porttrap.firewall.sensor import NftSensor
 
 BACKENDS = ("nftables", "ipset", "auto", "dry-run")
@@ -56,7 +55,7 @@ def make_backend(
         return DryRunBackend(clock)
     if name == "ipset":
         return ipset.IpsetBackend(table, clock)
-    return NftablesBackend(table, sensor=sensor, exists=table_exists)
+    return NftablesBackend(table, sensor=sensor)
 
 
 def _require(name: str, check: Check) -> None:

@@ -7,18 +7,12 @@ firewall reload removed it) comes back as it was, and runs the changes through `
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from porttrap.config.schema import Config, TrapMode
 from porttrap.firewall.kernel import Nft
-from porttrap.firewall.objects import read_counters
-from porttrap.firewall.sensor_rules import (
-    COUNTERS,
-    GENERATIONS,
-    SensorRules,
-    SensorSpec,
-    parse_counters,
-)
+from porttrap.firewall.objects import NftObjects, made_here
+from porttrap.firewall.sensor_rules import COUNTERS, GENERATIONS, SensorRules, SensorSpec
 from porttrap.model import Proto
 
 Ports = Mapping[Proto, frozenset[int]]
@@ -32,25 +26,16 @@ class NftSensor:
         self,
         rules: SensorRules,
         nft: Nft | None = None,
-        read: Callable[[str], dict[str, int]] | None = None,
+        objects: NftObjects | None = None,
     ) -> None:
-        """`read`: how to read the counters of a table by name (`objects.read_counters`, which
-        costs the same whatever the sets hold); None: through libnftables' listing, which
-        fetches every set element first (seconds under a flood)."""
+        """`nft` (libnftables) writes, `objects` (netlink) reads the counters. Both default to
+        ones made now, in the calling thread's network namespace; give both or neither."""
         self.rules = rules
-        self._given = nft
-        self._read = read
+        self._nft, self._objects = made_here(nft, objects)
         self.served: dict[Proto, frozenset[int]] = {proto: frozenset() for proto in Proto}
         self.generation = GENERATIONS[0]
         self.rotations = 0
         self.builds = 0  # tables built with the sensor in them (start, and after a rebuild)
-
-    @property
-    def _nft(self) -> Nft:
-        """Created at first use, in the thread (and network namespace) that uses it."""
-        if self._given is None:
-            self._given = Nft()
-        return self._given
 
     def commands(self) -> list[str]:
         """The sensor as it should be now, for a table being created."""
@@ -79,9 +64,8 @@ class NftSensor:
 
     def counters(self) -> dict[str, int]:
         """Packets per named counter (see sensor_rules.COUNTERS)."""
-        if self._read is None:
-            return parse_counters(self._nft.list_json(self.rules.counters_spec()))
-        return {name: n for name, n in self._read(self.rules.table).items() if name in COUNTERS}
+        found = self._objects.counters(self.rules.table)
+        return {name: n for name, n in found.items() if name in COUNTERS}
 
 
 def spec_from_config(config: Config) -> SensorSpec:
@@ -108,4 +92,4 @@ def make_sensor(config: Config) -> NftSensor | None:
     if not config.modes.kernel:
         return None
     rules = SensorRules(config.firewall.table, spec_from_config(config))
-    return NftSensor(rules, read=read_counters)
+    return NftSensor(rules)
