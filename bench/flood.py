@@ -18,7 +18,7 @@ fail. Halfway through, two more scanners send five trap SYNs each: how long unti
 bans them? After the flood, the same tests once more, and whether the scanner is in a block set.
 
 The daemon reads the sensor's counters every 0.25 s to decide when to rotate the block sets:
-what one read costs (the same libnftables call, median of 3) is measured before the flood and
+what one read costs (the same netlink dump, median of 3) is measured before the flood and
 with the sets as the flood left them.
 
 Kernel memory: /proc/meminfo's Slab before the flood, at its end and after porttrap's three
@@ -32,6 +32,7 @@ Run as root:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -51,7 +52,7 @@ from daemon_env import ATK4, ATK6, CLIENT, SERVICE_PORT, SRV4, SRV6, SRV_CLI, En
 from frames import SYN, device_of, mac_of, sender, tcp_frame
 
 from porttrap.config.schema import DEFAULT_TCP_TRAPS
-from porttrap.firewall.kernel import Nft
+from porttrap.firewall.objects import NftObjects
 
 CONFIG = '[traps]\nmode = "stealth"\n'
 CLIENT_EVERY = 0.05
@@ -369,14 +370,16 @@ class Monitor:
 
 
 def counter_read_ms(env: Env) -> float:
-    """What one read of the sensor's counters costs the daemon (`NftSensor.counters`: the same
-    libnftables listing, in the protected namespace), median of 3, in ms."""
+    """What one read of the sensor's counters costs the daemon (the netlink dump of
+    `NftablesBackend.sensor_counters`, in the protected namespace), median of 3, in ms. Before
+    the netlink reader (BENCHMARKS.md), this measured libnftables' `list counters`."""
     times = []
     with env.srv.inside():
-        nft = Nft()
+        objects = NftObjects()
+    with contextlib.closing(objects):
         for _ in range(3):
             started = time.perf_counter()
-            nft.list_json({"counters": {"family": "inet", "table": "porttrap"}})
+            objects.counters("porttrap")
             times.append((time.perf_counter() - started) * 1000)
     return round(sorted(times)[1], 1)
 

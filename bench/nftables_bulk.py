@@ -19,7 +19,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from netns import Netns, in_host_netns
-from porttrap.firewall.kernel import Nft
 from porttrap.firewall.nftables import NftablesBackend
 from porttrap.model import Ban, IPNetwork, Unban
 
@@ -48,7 +47,7 @@ def main(count: int) -> None:
     try:
         with netns.inside():
             assert not in_host_netns()
-            backend = NftablesBackend(nft=Nft())
+            backend = NftablesBackend()
         run(backend, f"{count} v6", targets(count, V6))
         timed("teardown", backend.teardown)
     finally:

@@ -3,12 +3,15 @@
 
 Only the envelope lives here: the netlink header, its alignment, splitting a datagram into
 messages without trusting its lengths, and the type-length-value attributes of netfilter
-messages. Each protocol parses its own bodies.
+messages. Each protocol parses its own bodies; `errno_text` words the errno a reply carries,
+so that every netlink failure reads the same way.
 Numbers from include/uapi/linux/{netlink,netfilter/nfnetlink}.h.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 
 NLMSG_ERROR = 2  # body: int errno (negative; 0 for an ack), then the request's header
@@ -43,6 +46,13 @@ def error_code(body: bytes) -> int | None:
     if len(body) < ERRNO.size:
         return None
     return max(0, -int(ERRNO.unpack_from(body)[0]))
+
+
+def errno_text(code: int) -> str:
+    """An errno as a person can look it up: its name and the C library's text, e.g.
+    'ENOENT (No such file or directory)'; a number without a name stays a number
+    ('errno 4095 (Unknown error 4095)')."""
+    return f"{errno.errorcode.get(code, f'errno {code}')} ({os.strerror(code)})"
 
 
 def split(data: bytes) -> tuple[list[Message], int]:

@@ -15,7 +15,6 @@ from porttrap.firewall.base import FirewallBackend
 from porttrap.firewall.dryrun import DryRunBackend
 from porttrap.firewall.exec import Exec
 from porttrap.firewall.ipset import IpsetBackend
-from porttrap.firewall.kernel import Nft
 from porttrap.firewall.nftables import NftablesBackend
 from porttrap.model import Ban, Change, Unban, show
 from porttrap.testing import FakeClock, MemoryFirewall
@@ -60,11 +59,12 @@ class Harness:
 
 
 def _kernel_backend(netns_factory: Callable[[], Netns]) -> NftablesBackend:
+    """Made as the daemon makes it: libnftables and the netlink reader both bound to the
+    namespace of the thread that makes the backend, which is then used from outside it."""
     netns = netns_factory()
     with netns.inside():
         assert not in_host_netns(), "refusing to bind libnftables to the host's namespace"
-        nft = Nft()
-    return NftablesBackend(nft=nft)
+        return NftablesBackend()
 
 
 KERNEL = pytest.mark.kernel

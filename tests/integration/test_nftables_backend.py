@@ -10,7 +10,6 @@ import pytest
 
 from netns import Netns, in_host_netns
 from porttrap.errors import FirewallError
-from porttrap.firewall.kernel import Nft
 from porttrap.firewall.nftables import NftablesBackend
 from porttrap.model import Ban, show
 
@@ -33,8 +32,7 @@ def netns(netns_factory: Callable[[], Netns]) -> Netns:
 def backend(netns: Netns) -> NftablesBackend:
     with netns.inside():
         assert not in_host_netns(), "refusing to bind libnftables to the host's namespace"
-        nft = Nft()
-    return NftablesBackend(nft=nft)
+        return NftablesBackend()
 
 
 def test_chain_hooks_prerouting_before_conntrack(netns: Netns, backend: NftablesBackend) -> None:
@@ -84,9 +82,9 @@ def test_a_refused_target_does_not_hold_back_the_others(
 def test_a_table_name_that_is_an_nft_keyword_fails_at_setup(netns: Netns) -> None:
     with netns.inside():
         assert not in_host_netns(), "refusing to bind libnftables to the host's namespace"
-        nft = Nft()
+        backend = NftablesBackend("meta")
     with pytest.raises(FirewallError, match=r"syntax error.*set another \[firewall\] table"):
-        NftablesBackend("meta", nft=nft).setup([ban("192.0.2.9", None)], NOW)
+        backend.setup([ban("192.0.2.9", None)], NOW)
     assert netns.run(["nft", "list", "tables"]) == ""
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import pytest
 
 from netns import Netns, in_host_netns
-from porttrap.firewall.kernel import Nft
 from porttrap.firewall.nftables import NftablesBackend
 from porttrap.model import Ban, Unban
 from porttrap.testing import FakeClock
@@ -72,8 +71,8 @@ def lab(netns_factory: Callable[[], Netns]) -> Lab:
     assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
     with protected.inside():
         assert not in_host_netns(), "refusing to bind libnftables to the host's namespace"
-        nft = Nft()
-    return Lab(protected, outside, NftablesBackend(nft=nft), FakeClock())
+        backend = NftablesBackend()
+    return Lab(protected, outside, backend, FakeClock())
 
 
 @pytest.mark.parametrize(("target", "source"), [(PROTECTED[0], OUTSIDE[0]),

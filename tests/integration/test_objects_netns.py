@@ -1,16 +1,19 @@
-"""Counters read over netlink (porttrap.firewall.objects) agree with nft's own listing, and
-cost the same with full sets."""
+"""The netlink reader (porttrap.firewall.objects.NftObjects) in a real kernel: its counters agree
+with nft's own listing, with full sets too; it follows the table; and it reads the namespace it
+was made in, whichever thread uses it."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from netns import Netns
-from porttrap.firewall.objects import read_counters, table_exists
+from netns import Netns, in_host_netns
+from porttrap.firewall.objects import NftObjects
 
 pytestmark = pytest.mark.kernel
 
@@ -26,6 +29,18 @@ table inet other {
 """
 
 
+@contextmanager
+def reader_in(ns: Netns) -> Iterator[NftObjects]:
+    """A reader made inside `ns`, used from wherever the caller is; closed afterwards."""
+    with ns.inside():
+        assert not in_host_netns()
+        objects = NftObjects()
+    try:
+        yield objects
+    finally:
+        objects.close()
+
+
 def test_counters_match_nfts_listing_and_other_tables_are_left_out(
     netns_factory: Callable[[], Netns], tmp_path: Path
 ) -> None:
@@ -34,29 +49,54 @@ def test_counters_match_nfts_listing_and_other_tables_are_left_out(
     ruleset = tmp_path / "ruleset.nft"
     ruleset.write_text(f"{RULESET}\nadd element inet porttrap big {{ {elements} }}\n")
     ns.run(["nft", "-f", str(ruleset)])
-    with ns.inside():
-        found = read_counters("porttrap")
+    with reader_in(ns) as objects:
+        found = objects.counters("porttrap")
+        again = objects.counters("porttrap")  # the same socket answers a second dump
     listed = json.loads(ns.run(["nft", "-j", "list", "counters", "table", "inet", "porttrap"]))
     expected = {
         item["counter"]["name"]: item["counter"]["packets"]
         for item in listed["nftables"]
         if "counter" in item
     }
-    assert found == expected == {"block_a": 7, "quiet": 0}
+    assert found == again == expected == {"block_a": 7, "quiet": 0}
 
 
 def test_a_missing_table_has_no_counters(netns_factory: Callable[[], Netns]) -> None:
-    ns = netns_factory()
-    with ns.inside():
-        assert read_counters("porttrap") == {}
+    with reader_in(netns_factory()) as objects:
+        assert objects.counters("porttrap") == {}
 
 
 def test_table_exists_follows_the_kernel(netns_factory: Callable[[], Netns]) -> None:
     ns = netns_factory()
-    with ns.inside():
-        assert not table_exists("porttrap")
-    ns.run(["nft", "add", "table", "inet", "porttrap"])
-    ns.run(["nft", "add", "table", "ip", "other"])
-    with ns.inside():
-        assert table_exists("porttrap")
-        assert not table_exists("other")  # family ip, not inet
+    with reader_in(ns) as objects:
+        assert not objects.table_exists("porttrap")
+        ns.run(["nft", "add", "table", "inet", "porttrap"])
+        ns.run(["nft", "add", "table", "ip", "other"])
+        assert objects.table_exists("porttrap")
+        assert not objects.table_exists("other")  # family ip, not inet
+        ns.run(["nft", "delete", "table", "inet", "porttrap"])
+        assert not objects.table_exists("porttrap")
+
+
+def test_the_reader_answers_for_the_namespace_it_was_made_in(
+    netns_factory: Callable[[], Netns],
+) -> None:
+    """Made in A, used from a thread that is in B: it still reads A (a socket opened at each
+    read would read B, as the module functions this replaced did)."""
+    a, b = netns_factory(), netns_factory()
+    a.run(
+        ["nft", "add table inet porttrap; add counter inet porttrap block_a { packets 7 bytes 1 }"]
+    )
+    b.run(
+        ["nft", "add table inet porttrap; add counter inet porttrap block_a { packets 3 bytes 1 }"]
+    )
+    b.run(["nft", "add", "table", "inet", "only_b"])
+
+    def from_inside_b(objects: NftObjects) -> tuple[dict[str, int], bool]:
+        with b.inside():
+            assert not in_host_netns()
+            return objects.counters("porttrap"), objects.table_exists("only_b")
+
+    with reader_in(a) as of_a, reader_in(b) as of_b, ThreadPoolExecutor(1) as pool:
+        assert pool.submit(from_inside_b, of_a).result() == ({"block_a": 7}, False)
+        assert pool.submit(from_inside_b, of_b).result() == ({"block_a": 3}, True)

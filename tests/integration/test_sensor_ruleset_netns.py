@@ -17,7 +17,7 @@ from porttrap.config import load_text
 from porttrap.core.kernel import older
 from porttrap.firewall.kernel import Nft
 from porttrap.firewall.nftables import NftablesBackend
-from porttrap.firewall.objects import read_counters, table_exists
+from porttrap.firewall.objects import NftObjects
 from porttrap.model import Proto
 from porttrap.sensorspec import COUNTERS, Ports, SensorState, spec_from_config
 
@@ -119,18 +119,9 @@ def load(netns_factory: Callable[[], Netns]) -> Callable[[str], Loaded]:
         netns = netns_factory()
         with netns.inside():
             assert not in_host_netns(), "refusing to bind libnftables to the host's namespace"
-            nft = CountingNft()
+            nft, objects = CountingNft(), NftObjects()
         state = SensorState(spec_from_config(load_text(config, None)), {})
-
-        def exists(table: str) -> bool:
-            with netns.inside():
-                return table_exists(table)
-
-        def read(table: str) -> dict[str, int]:
-            with netns.inside():
-                return read_counters(table)
-
-        backend = NftablesBackend(TABLE, nft=nft, exists=exists, read=read)
+        backend = NftablesBackend(TABLE, nft=nft, objects=objects)
         return Loaded(netns, backend, state, nft)
 
     return make

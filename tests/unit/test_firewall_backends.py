@@ -11,13 +11,13 @@ import pytest
 
 from porttrap.errors import FirewallError
 from porttrap.firewall.dryrun import DryRunBackend
-from porttrap.firewall.kernel import JsonCommand, Nft
+from porttrap.firewall.kernel import Nft
 from porttrap.firewall.nftables import NftablesBackend
+from porttrap.firewall.objects import NftObjects
 from porttrap.model import Ban, Change, Unban
 from porttrap.testing import FakeClock, MemoryFirewall
 
 NOW = 1_800_000_000.0
-TABLE = {"table": {"family": "inet", "name": "porttrap", "handle": 1}}
 
 
 def ban(target: str, seconds: float | None = 60) -> Ban:
@@ -28,9 +28,8 @@ def ban(target: str, seconds: float | None = 60) -> Ban:
 class FakeNft(Nft):
     """Refuses any batch that mentions one of `bad`; records every batch."""
 
-    def __init__(self, bad: set[str], tables: list[JsonCommand] | None = None) -> None:
+    def __init__(self, bad: set[str]) -> None:  # no libnftables here
         self.bad = bad
-        self.tables = [TABLE] if tables is None else tables
         self.batches: list[Sequence[str]] = []
 
     def run(self, commands: Sequence[str]) -> None:
@@ -38,8 +37,20 @@ class FakeNft(Nft):
         if any(address in "\n".join(commands) for address in self.bad):
             raise FirewallError("nftables refused adding 1 element to set ban_v4: boom")
 
-    def list_json(self, what: JsonCommand) -> list[JsonCommand]:
-        return self.tables
+
+class Tables(NftObjects):
+    """Stands in for the netlink reader: the tables that exist."""
+
+    def __init__(self, *names: str) -> None:  # no socket here
+        self.names = set(names)
+
+    def table_exists(self, table: str) -> bool:
+        return table in self.names
+
+
+def backend(nft: FakeNft, table: str = "porttrap", *tables: str) -> NftablesBackend:
+    """The backend over `nft`, with `tables` in the kernel (by default its own)."""
+    return NftablesBackend(table, nft=nft, objects=Tables(*(tables or (table,))))
 
 
 def test_apply_retries_each_target_when_the_batch_fails(caplog: pytest.LogCaptureFixture) -> None:
@@ -50,7 +61,7 @@ def test_apply_retries_each_target_when_the_batch_fails(caplog: pytest.LogCaptur
         Unban(ipaddress.ip_network("198.51.100.2"), NOW, ""),
     ]
     with caplog.at_level(logging.ERROR, "porttrap"), pytest.raises(FirewallError) as raised:
-        NftablesBackend(nft=nft).apply(changes, NOW)
+        backend(nft).apply(changes, NOW)
     assert len(nft.batches) == 1 + 3
     assert "refused 1 of 3 changes, for 198.51.100.66 " in str(raised.value)
     assert caplog.messages == [
@@ -60,15 +71,15 @@ def test_apply_retries_each_target_when_the_batch_fails(caplog: pytest.LogCaptur
 
 
 def test_apply_says_so_when_the_table_is_missing() -> None:
-    nft = FakeNft(bad={"198.51.100.1"}, tables=[])
+    nft = FakeNft(bad={"198.51.100.1"})
     with pytest.raises(FirewallError, match="table inet porttrap is missing"):
-        NftablesBackend(nft=nft).apply([ban("198.51.100.1")], NOW)
+        backend(nft, "porttrap", "other").apply([ban("198.51.100.1")], NOW)
     assert len(nft.batches) == 1
 
 
 def test_apply_of_nothing_sends_nothing() -> None:
     nft = FakeNft(bad=set())
-    NftablesBackend(nft=nft).apply([], NOW)
+    backend(nft).apply([], NOW)
     assert nft.batches == []
 
 
@@ -122,4 +133,4 @@ def test_a_syntax_error_suggests_another_table_name() -> None:
     with pytest.raises(
         FirewallError, match=r"may not take 'ip' as a table name.*e\.g\. \"porttrap\""
     ):
-        NftablesBackend("ip", nft=Refusing(bad=set())).setup([], NOW)
+        backend(Refusing(bad=set()), "ip").setup([], NOW)

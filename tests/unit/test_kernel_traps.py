@@ -25,6 +25,7 @@ from porttrap.daemon.wiring import make_shell
 from porttrap.errors import FirewallError
 from porttrap.firewall.kernel import Nft
 from porttrap.firewall.nftables import NftablesBackend
+from porttrap.firewall.objects import NftObjects
 from porttrap.model import Hit, Proto
 from porttrap.sensors.kernel import KernelReports, hit_of
 from porttrap.sensors.nflog import LoggedPacket, parse_messages
@@ -178,13 +179,26 @@ class KernelNft(Nft):
 
     def __init__(self) -> None:  # no libnftables here
         self.batches: list[list[str]] = []
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, int] = {}  # what the kernel's counters read
         self.refusing = False
 
     def run(self, commands: Sequence[str]) -> None:
         if self.refusing:
             raise FirewallError("nftables refused it: No such file or directory (simulated)")
         self.batches.append(list(commands))
+
+
+class KernelObjects(NftObjects):
+    """Stands in for the netlink reader: the table is there; its counters read `nft.counts`."""
+
+    def __init__(self, nft: KernelNft) -> None:  # no socket here
+        self.nft = nft
+
+    def table_exists(self, table: str) -> bool:
+        return True
+
+    def counters(self, table: str) -> dict[str, int]:
+        return dict(self.nft.counts)
 
 
 CONFIG = """
@@ -232,7 +246,7 @@ def rig(block_size: int = 2048, block_time: float = 60.0, block: bool = True) ->
     text = CONFIG.format(block_size=block_size, block_time=block_time, block=str(block).lower())
     config = load_text(text, None)
     nft, clock = KernelNft(), FakeClock()
-    backend = NftablesBackend(nft=nft, exists=lambda _table: True, read=lambda _t: nft.counts)
+    backend = NftablesBackend(nft=nft, objects=KernelObjects(nft))
     shell = make_shell(config, clock, MemoryStore(), backend, backend)
     shell.feed(Started(frozenset(), [], served=served()))
     assert nft.batches and "add table inet porttrap" in nft.batches[0]

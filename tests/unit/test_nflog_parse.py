@@ -3,6 +3,7 @@ by its record.py), each beside its expected parse; then broken input, which must
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import struct
@@ -172,9 +173,16 @@ def test_the_bind_request_on_the_wire() -> None:
     )
 
 
-def test_bind_failures_say_what_to_do() -> None:
-    assert "CAP_NET_ADMIN" in str(bind_failure(7, 1))
-    assert str(bind_failure(7, 19)).endswith("cannot bind NFLOG group 7: ENODEV, No such device")
+def test_bind_failures_name_the_errno_and_say_what_to_do() -> None:
+    assert bind_failure(7, errno.EPERM).strerror == (
+        "cannot bind NFLOG group 7: EPERM (Operation not permitted): it needs CAP_NET_ADMIN, "
+        "or another process (ulogd2?) has bound the group"
+    )
+    refused = bind_failure(7, errno.ENODEV)
+    assert (refused.errno, refused.strerror) == (
+        errno.ENODEV,
+        "cannot bind NFLOG group 7: ENODEV (No such device)",
+    )
 
 
 @pytest.mark.parametrize(("group", "limit"), [(-1, 10), (65536, 10), (7, 0)])

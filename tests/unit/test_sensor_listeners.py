@@ -5,8 +5,10 @@ The real kernel is in tests/integration/test_listeners_netns.py."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -14,6 +16,7 @@ from typing import cast
 
 import pytest
 
+from porttrap import netlink
 from porttrap.model import Proto
 from porttrap.sensors import listeners
 from porttrap.sensors.listeners import Listener, ListenerWatcher, Ports, Reply
@@ -117,7 +120,9 @@ def test_a_failed_read_keeps_the_last_set_warns_once_and_recovers(
     kernel: Kernel, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, "porttrap")
-    refused = OSError(1, "sock_diag dump of tcp IPv4 sockets failed: Operation not permitted")
+    refused = OSError(
+        1, "sock_diag dump of tcp IPv4 sockets failed: EPERM (Operation not permitted)"
+    )
     kernel.script = [[(Proto.TCP, 22)], refused, refused, [(Proto.TCP, 22), (Proto.TCP, 80)]]
     watcher, loop, changes = start(kernel)
     loop.fire()
@@ -202,3 +207,31 @@ def test_start_twice_and_bad_intervals_are_refused(kernel: Kernel) -> None:
     for interval in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="interval"):
             ListenerWatcher(lambda _: None, interval)
+
+
+class Refusing:
+    """A sock_diag socket whose kernel answers every dump request with errno `code`."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.replies: list[bytes] = []
+
+    def send(self, request: bytes) -> int:
+        [(_, seq, _)], _ = netlink.split(request)
+        body = struct.pack("=i", -self.code) + request[: netlink.NLMSGHDR.size]
+        self.replies.append(netlink.message(netlink.NLMSG_ERROR, 0, seq, body))
+        return len(request)
+
+    def recv(self, size: int) -> bytes:
+        if not self.replies:
+            raise BlockingIOError
+        return self.replies.pop(0)
+
+
+def test_a_refused_dump_names_the_errno_and_what_was_asked() -> None:
+    with pytest.raises(OSError) as raised:
+        listeners.dump(cast(socket.socket, Refusing(errno.EPERM)))
+    assert raised.value.errno == errno.EPERM
+    assert raised.value.strerror == (
+        "sock_diag dump of tcp IPv4 sockets failed: EPERM (Operation not permitted)"
+    )

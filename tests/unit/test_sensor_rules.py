@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,35 +14,42 @@ from porttrap.config import load_text
 from porttrap.config.schema import KernelSensor, TrapMode
 from porttrap.core.core import Core
 from porttrap.errors import FirewallError
-from porttrap.firewall.kernel import JsonCommand, Nft
+from porttrap.firewall.kernel import Nft
 from porttrap.firewall.nftables import NftablesBackend
+from porttrap.firewall.objects import NftObjects
 from porttrap.firewall.ruleset import Ruleset
 from porttrap.firewall.sensor_rules import SensorRules, port_ranges
 from porttrap.model import Proto
 from porttrap.sensorspec import COUNTERS, SensorSpec, SensorState, spec_from_config
 
-DATA = Path(__file__).parent.parent / "data" / "nft"
 TCP, UDP = Proto.TCP, Proto.UDP
 CONNECT, STEALTH, ADVANCED = TrapMode.CONNECT, TrapMode.STEALTH, TrapMode.ADVANCED
-T = "inet porttrap"
+TABLE = "porttrap"
+T = f"inet {TABLE}"
 NOTHING: dict[Proto, frozenset[int]] = {}
 QUIET = 'counter name "quiet" drop'
 
 
 class RecordingNft(Nft):
-    """Stands in for libnftables: keeps each batch `run` gets; `list_json` answers `listing`."""
+    """Stands in for libnftables: keeps each batch `run` gets."""
 
-    def __init__(self, listing: Sequence[JsonCommand] = ()) -> None:  # no libnftables here
+    def __init__(self) -> None:  # no libnftables here
         self.batches: list[list[str]] = []
-        self.listed: list[JsonCommand] = []
-        self.listing = list(listing)
 
     def run(self, commands: Sequence[str]) -> None:
         self.batches.append(list(commands))
 
-    def list_json(self, what: JsonCommand) -> list[JsonCommand]:
-        self.listed.append(what)
-        return self.listing
+
+class CountersOf(NftObjects):
+    """Stands in for the netlink reader: every table has `counts`; keeps the tables asked."""
+
+    def __init__(self, counts: Mapping[str, int] | None = None) -> None:  # no socket here
+        self.counts = dict(counts or {})
+        self.asked: list[str] = []
+
+    def counters(self, table: str) -> dict[str, int]:
+        self.asked.append(table)
+        return dict(self.counts)
 
 
 def spec(
@@ -331,8 +337,8 @@ def test_set_open_adds_and_deletes_sorted() -> None:
 
 def backend_with(given: SensorSpec, nft: RecordingNft, generation: str = "a") -> NftablesBackend:
     """A backend whose table was set up with the sensor of `given` (that batch forgotten)."""
-    counters = {"quiet": 4, "legacy_hits": 2, "reported": 1}
-    backend = NftablesBackend(nft=nft, exists=lambda _table: True, read=lambda _t: counters)
+    counters = CountersOf({"quiet": 4, "legacy_hits": 2, "reported": 1})
+    backend = NftablesBackend(nft=nft, objects=counters)
     backend.setup([], 0.0, SensorState(given, {}, generation))
     nft.batches.clear()
     return backend
@@ -357,7 +363,7 @@ def test_serve_of_a_protocol_in_connect_mode_sends_nothing() -> None:
 
 
 def test_serve_and_rotate_without_a_sensor_in_the_table_are_refused() -> None:
-    backend = NftablesBackend(nft=RecordingNft(), exists=lambda _table: True)
+    backend = NftablesBackend(nft=RecordingNft(), objects=CountersOf())
     backend.setup([], 0.0)
     with pytest.raises(FirewallError, match="holds no kernel sensor"):
         backend.serve({TCP: frozenset({22})})
@@ -367,7 +373,7 @@ def test_serve_and_rotate_without_a_sensor_in_the_table_are_refused() -> None:
 
 def test_a_table_is_built_with_the_served_ports_and_the_generation_it_is_given() -> None:
     nft = RecordingNft()
-    backend = NftablesBackend(nft=nft, exists=lambda _table: True)
+    backend = NftablesBackend(nft=nft, objects=CountersOf())
     given = spec(tcp=STEALTH)
     backend.setup([], 0.0, SensorState(given, {TCP: frozenset({22})}, "b"))
     (commands,) = nft.batches
@@ -380,17 +386,23 @@ def test_a_table_is_built_with_the_served_ports_and_the_generation_it_is_given()
     assert nft.batches[-1] == [f"add element {T} open_tcp {{ 80 }}"]
 
 
-def test_sensor_counters_are_the_sensors_only() -> None:
-    backend = backend_with(spec(tcp=STEALTH), RecordingNft())
-    assert backend.sensor_counters() == {"quiet": 4, "reported": 1}
+def test_the_counters_are_the_sensors_own_in_its_table() -> None:
+    """A counter someone else added to the table (legacy_hits) is not the sensor's."""
+    objects = CountersOf({"block_a": 2, "over_source": 9, "legacy_hits": 5})
+    backend = NftablesBackend("trap2", nft=RecordingNft(), objects=objects)
+    backend.setup([], 0.0, SensorState(spec(tcp=STEALTH), {}))
+    assert backend.sensor_counters() == {"block_a": 2, "over_source": 9}
     assert set(backend.sensor_counters()) <= set(COUNTERS)
+    assert objects.asked == ["trap2", "trap2"]
 
 
 def test_backend_setup_adds_the_sensor_to_the_table_in_the_same_batch() -> None:
     nft = RecordingNft()
     given = spec(tcp=STEALTH)
-    NftablesBackend("porttrap", nft=nft).setup([], 0.0, SensorState(given, {}))
-    NftablesBackend("porttrap", nft=nft).setup([], 0.0)
+    NftablesBackend("porttrap", nft=nft, objects=CountersOf()).setup(
+        [], 0.0, SensorState(given, {})
+    )
+    NftablesBackend("porttrap", nft=nft, objects=CountersOf()).setup([], 0.0)
     table = Ruleset("porttrap").replace({}, 0.0)
     assert nft.batches == [table + SensorRules("porttrap", given).create({}), table]
 
@@ -466,7 +478,8 @@ def test_connect_mode_has_no_kernel_sensor() -> None:
 def test_the_sensor_is_built_in_the_configured_table() -> None:
     config = load_text('[traps]\nmode = "stealth"\n[firewall]\ntable = "trap2"\n', None)
     nft = RecordingNft()
-    NftablesBackend("trap2", nft=nft).setup([], 0.0, SensorState(spec_from_config(config), {}))
+    backend = NftablesBackend("trap2", nft=nft, objects=CountersOf())
+    backend.setup([], 0.0, SensorState(spec_from_config(config), {}))
     (commands,) = nft.batches
     assert all(" inet trap2" in c for c in commands)
     assert len(mentioning(commands, "update @block_a_")) == 2

@@ -119,12 +119,6 @@ def holdable(target: IPNetwork) -> bool:
     return target.prefixlen > 0
 
 
-def timeout_arg(seconds: int | None) -> int:
-    """The `timeout` value of an element: 0 (never) for a permanent ban, else at most
-    MAX_TIMEOUT; a longer ban is held at MAX_TIMEOUT and re-armed (see `rearm`)."""
-    return 0 if seconds is None else min(seconds, MAX_TIMEOUT)
-
-
 @dataclass(frozen=True, slots=True)
 class Element:
     """One element to add: a target with its `timeout` argument (0: never expires)."""

@@ -12,13 +12,13 @@ read over netlink (`porttrap.firewall.objects`): one message each, whatever the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from porttrap import log
 from porttrap.errors import FirewallError
 from porttrap.firewall.base import KernelEntry
 from porttrap.firewall.kernel import Nft
-from porttrap.firewall.objects import read_counters, table_exists
+from porttrap.firewall.objects import NftObjects, made_here
 from porttrap.firewall.plan import final_states, strongest
 from porttrap.firewall.ruleset import Ruleset, parse_entries
 from porttrap.firewall.sensor_rules import SensorRules
@@ -32,8 +32,10 @@ CHUNK = 10_000
 
 
 class NftablesBackend:
-    """FirewallBackend and SensorBackend on nftables. `nft` defaults to a libnftables context
-    created now, in the calling thread's network namespace."""
+    """FirewallBackend and SensorBackend on nftables: writes through `nft` (libnftables), reads
+    whether the table exists and the sensor's counters through `objects` (netlink). Both default
+    to ones made now, in the calling thread's network namespace; give both (made in one
+    namespace) or neither."""
 
     name = "nftables"
 
@@ -41,13 +43,10 @@ class NftablesBackend:
         self,
         table: str = "porttrap",
         nft: Nft | None = None,
-        exists: Callable[[str], bool] = table_exists,
-        read: Callable[[str], dict[str, int]] = read_counters,
+        objects: NftObjects | None = None,
     ) -> None:
-        self._nft = nft if nft is not None else Nft()
+        self._nft, self._objects = made_here(nft, objects)
         self._rules = Ruleset(table)
-        self._exists = exists
-        self._read = read
         self._sensor: SensorRules | None = None  # the sensor of the last setup
         self._served: Ports = no_ports()  # ... and the ports it leaves open now
 
@@ -89,7 +88,7 @@ class NftablesBackend:
         return parse_entries(self._nft.list_json(self._rules.table_spec()))
 
     def present(self) -> bool:
-        return self._exists(self._rules.table)
+        return self._objects.table_exists(self._rules.table)
 
     def teardown(self) -> None:
         self._run(self._rules.remove())
@@ -115,7 +114,7 @@ class NftablesBackend:
         self._run(self._sensor_rules().rotate(empty))
 
     def sensor_counters(self) -> dict[str, int]:
-        found = self._read(self._rules.table)
+        found = self._objects.counters(self._rules.table)
         return {name: count for name, count in found.items() if name in COUNTERS}
 
     def _sensor_rules(self) -> SensorRules:

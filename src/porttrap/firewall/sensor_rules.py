@@ -46,9 +46,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
 
-from porttrap.firewall.kernel import JsonCommand
 from porttrap.model import Proto
 from porttrap.sensorspec import COUNTERS, GENERATIONS, PATHS, PREFIX, SensorSpec
 
@@ -304,20 +302,6 @@ class SensorRules:
         commands = [f"flush set {self._where} block_{to}_v{v}" for v, _, _ in _FAMILIES]
         commands.append(f"flush chain {self._where} block")
         return commands + self._insert_rules(to)
-
-    def counters_spec(self) -> JsonCommand:
-        """What to list to read the counters (about 1 ms)."""
-        return {"counters": {"family": "inet", "table": self._where.split(" ", 1)[1]}}
-
-
-def parse_counters(items: Iterable[JsonCommand]) -> dict[str, int]:
-    """Packets per named counter of the sensor, from nft's JSON listing of counters."""
-    found: dict[str, int] = {}
-    for item in items:
-        counter: Any = item.get("counter")
-        if isinstance(counter, dict) and counter.get("name") in COUNTERS:
-            found[str(counter["name"])] = int(counter.get("packets", 0))
-    return found
 
 
 def _version(address: str) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import socket
 import struct
 from collections.abc import Callable, Iterable
@@ -196,7 +195,7 @@ def _query(sock: socket.socket, seq: int, family: int, proto: Proto) -> Reply:
         listeners += reply.listeners
         malformed += reply.malformed
         if reply.error:
-            raise OSError(reply.error, f"{what} failed: {os.strerror(reply.error)}")
+            raise OSError(reply.error, f"{what} failed: {netlink.errno_text(reply.error)}")
         if reply.done:
             return Reply(listeners, malformed, done=True)
     raise OSError(errno.EMSGSIZE, f"{what} sent over {MAX_DATAGRAMS} datagrams")

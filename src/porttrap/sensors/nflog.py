@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import socket
 import struct
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from porttrap.netlink import (
     NLMSG_ERROR,
     attribute,
     attributes,
+    errno_text,
     message,
     split,
 )
@@ -164,8 +164,9 @@ _BIND_HINTS = {
 
 def bind_failure(group: int, code: int) -> OSError:
     """Why the kernel refused to bind `group`, in words a person can act on."""
-    hint = _BIND_HINTS.get(code) or f"{errno.errorcode.get(code, code)}, {os.strerror(code)}"
-    return OSError(code, f"cannot bind NFLOG group {group}: {hint}")
+    hint = _BIND_HINTS.get(code)
+    why = errno_text(code) + (f": {hint}" if hint else "")
+    return OSError(code, f"cannot bind NFLOG group {group}: {why}")
 
 
 def open_nflog_socket(group: int, rcvbuf: int) -> tuple[socket.socket, list[bytes]]:
@@ -207,7 +208,7 @@ def _configure(sock: socket.socket, group: int) -> list[bytes]:
         if code and seq == len(requests):
             raise bind_failure(group, code)
         if code:  # a PF_(UN)BIND refused: harmless, only old kernels need them
-            event("nflog-pf-bind", logging.DEBUG, family=family, errno=code)
+            event("nflog-pf-bind", logging.DEBUG, family=family, errno=errno_text(code))
     return early
 
 
