@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from netns import Netns, in_host_netns
-from porttrap.config import load_text
+from porttrap.config.loader import load_text
 from porttrap.core.kernel import older
 from porttrap.firewall.kernel import Nft
 from porttrap.firewall.nftables import NftablesBackend

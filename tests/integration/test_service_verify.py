@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from porttrap import config as config_mod
+from porttrap.config import loader as config_mod
 from porttrap.service import unit
 
 EXE = Path(sys.prefix) / "bin" / "porttrap"

@@ -6,14 +6,18 @@
     cli     -> daemon.wiring (to run it), daemon.control (to talk to it), the store factory,
                the firewall registry only for `flush`
 
-Every import counts, those inside functions and under TYPE_CHECKING too, and what a module
-imports is checked with everything it imports in turn (the closure), so a new indirection
-cannot hide a forbidden edge.
+Every import counts, those inside functions and under TYPE_CHECKING too, and the packages
+whose `__init__` an import runs; what a module imports is checked with everything it imports in
+turn (the closure), so a new indirection cannot hide a forbidden edge. (The standard library
+is checked by its top-level names only: `logging`, which the core uses for level numbers,
+imports threading itself, and that is not the core's I/O.)
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess  # noqa: TID251 - a fresh interpreter shows what an import really loads
+import sys
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -63,7 +67,7 @@ def imports(name: str) -> frozenset[str]:
             found.update(modules)
             if len(modules) < len(node.names):  # names defined in `base` itself
                 found.add(base)
-    return frozenset(_ours_or_top(found))
+    return frozenset(_with_parents(_ours_or_top(found)))
 
 
 def _absolute(node: ast.ImportFrom, package: str) -> str:
@@ -80,6 +84,16 @@ def _ours_or_top(names: Iterable[str]) -> Iterable[str]:
             yield name
         else:
             yield name.split(".")[0]
+
+
+def _with_parents(names: Iterable[str]) -> Iterable[str]:
+    """Importing porttrap.a.b runs porttrap/__init__ and porttrap/a/__init__ first: they count."""
+    for name in names:
+        yield name
+        parts = name.split(".")
+        yield from (
+            ".".join(parts[:n]) for n in range(1, len(parts)) if name.startswith("porttrap")
+        )
 
 
 @cache
@@ -103,7 +117,13 @@ def within(prefix: str) -> list[str]:
 
 
 def forbidden(name: str, packages: Iterable[str]) -> list[str]:
-    return sorted(m for m in closure(name) for p in packages if m == p or m.startswith(f"{p}."))
+    return forbidden_among(closure(name), packages)
+
+
+def forbidden_among(modules: Iterable[str], packages: Iterable[str]) -> list[str]:
+    """The modules that are one of `packages` or inside one."""
+    packages = tuple(packages)
+    return sorted(m for m in modules for p in packages if m == p or m.startswith(f"{p}."))
 
 
 def test_the_module_list_is_read() -> None:
@@ -140,8 +160,16 @@ def test_sensors_only_report_and_never_touch_the_firewall(name: str) -> None:
 
 CLI_DAEMON = {"porttrap.daemon.wiring", "porttrap.daemon.control", "porttrap.daemon.notify"}
 CLI_FIREWALL = {  # flush removes the table itself; --version says which parts are installed
-    "porttrap.cli.commands": {"porttrap.firewall.select", "porttrap.firewall.registry"},
-    "porttrap.cli.version": {"porttrap.firewall.kernel", "porttrap.firewall.ipset"},
+    "porttrap.cli.commands": {
+        "porttrap.firewall",
+        "porttrap.firewall.select",
+        "porttrap.firewall.registry",
+    },
+    "porttrap.cli.version": {
+        "porttrap.firewall",
+        "porttrap.firewall.kernel",
+        "porttrap.firewall.ipset",
+    },
 }
 
 
@@ -153,7 +181,8 @@ def test_the_cli_reaches_the_daemon_through_its_wiring_only(name: str) -> None:
     assert not {m for m in direct if m.startswith(("porttrap.core.core", "porttrap.sensors"))}
     firewall = {m for m in direct if m.startswith("porttrap.firewall")}
     assert firewall <= CLI_FIREWALL.get(name, set())
-    assert not {m for m in direct if m.startswith("porttrap.store.") and m != "porttrap.store.base"}
+    stores = {m for m in direct if m.startswith("porttrap.store.")}
+    assert stores <= {"porttrap.store.base"}
 
 
 def test_the_wiring_is_one_function_the_cli_calls() -> None:
@@ -168,6 +197,21 @@ def test_the_wiring_is_one_function_the_cli_calls() -> None:
         and node.value.id == "wiring"
     }
     assert used == {"run"}
+
+
+def test_importing_the_pure_parts_loads_no_io_package() -> None:
+    """At run time too: a fresh interpreter that imports the core has loaded no firewall,
+    store, sensor, daemon or action module (a package `__init__` cannot sneak one in)."""
+    code = (
+        "import sys, porttrap.core.core, porttrap.policy.engine\n"
+        "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('porttrap'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded = done.stdout.split()
+    assert "porttrap.core.core" in loaded
+    assert forbidden_among(loaded, IO_PACKAGES) == []
 
 
 def test_a_forbidden_edge_would_be_seen() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import porttrap.config.loader
-from porttrap.config import load, load_text
+from porttrap.config.loader import load, load_text
 from porttrap.config.locate import line_of, locate
 from porttrap.config.schema import (
     AllowList,

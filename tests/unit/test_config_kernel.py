@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from porttrap.config import load_text
+from porttrap.config.loader import load_text
 from porttrap.config.schema import BanPolicy, Config, KernelSensor, Modes, TrapMode
 from porttrap.errors import ConfigError
 

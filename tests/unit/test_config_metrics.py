@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from porttrap.cli.main import main
-from porttrap.config import load_text
+from porttrap.config.loader import load_text
 from porttrap.config.schema import Listen, MetricsConfig
 from porttrap.errors import ConfigError
 

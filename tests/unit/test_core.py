@@ -11,7 +11,7 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
-from porttrap.config import load_text
+from porttrap.config.loader import load_text
 from porttrap.config.schema import Config
 from porttrap.core.commands import (
     ActionsAfter,

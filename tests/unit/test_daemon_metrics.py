@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 from prometheus_client.core import Metric
 
 from porttrap import __version__
-from porttrap.config import load_text
+from porttrap.config.loader import load_text
 from porttrap.core import stats as stats_mod
 from porttrap.core.events import BlocksRotated, CountersRead, Started, Tick
 from porttrap.core.stats import Histogram

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from porttrap.config import load_text
+from porttrap.config.loader import load_text
 from porttrap.config.schema import BanPolicy, Config, KernelSensor, Trap
 from porttrap.core import reload
 from porttrap.daemon.shell import Shell

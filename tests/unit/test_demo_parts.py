@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from porttrap import config
 from porttrap.cli import demo as cli_demo
+from porttrap.config import loader as config
 from porttrap.config.schema import Escalation, TrapMode
 from porttrap.demo import lab, names, plan, run, script
 from porttrap.errors import PorttrapError

@@ -70,8 +70,8 @@ def test_reading_the_registry_imports_no_backend() -> None:
     """The config loader and the unit generator read it: loading a config must not load
     libnftables, nor any backend's module."""
     code = (
-        "import sys, porttrap.config, porttrap.service.unit\n"
-        "porttrap.config.load_text('[firewall]\\nbackend = \"auto\"\\n', None)\n"
+        "import sys, porttrap.config.loader, porttrap.service.unit\n"
+        "porttrap.config.loader.load_text('[firewall]\\nbackend = \"auto\"\\n', None)\n"
         "print(sorted(m for m in sys.modules if m == 'nftables' or "
         "m.startswith('porttrap.firewall.')))"
     )

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from porttrap.config import load_text
+from porttrap.config.loader import load_text
 from porttrap.config.schema import KernelSensor
 from porttrap.core.events import FirewallMissing, Started
 from porttrap.core.kernel import BlockFill, KernelState

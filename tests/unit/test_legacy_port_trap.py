@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from porttrap.cli.main import main
-from porttrap.config import load_text
 from porttrap.config.legacy import datatrap, port_trap, whitelist
 from porttrap.config.legacy.notes import Conversion
+from porttrap.config.loader import load_text
 from porttrap.errors import PorttrapError
 from porttrap.model import Hit, Outcome, Proto, as_network
 from porttrap.policy.engine import Policy

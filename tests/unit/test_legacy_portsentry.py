@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from porttrap.config import load_text
 from porttrap.config.legacy import portsentry, tomlout
 from porttrap.config.legacy.notes import Conversion, Note, SourceFile
 from porttrap.config.legacy.portsentry_files import parse_conf, parse_defaults, parse_ignore
+from porttrap.config.loader import load_text
 from porttrap.config.schema import Event, Respond, TrapMode
 from porttrap.model import Proto
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from porttrap.config import load_text
+from porttrap.config.loader import load_text
 from porttrap.config.schema import LogConfig, LogFormat, LogOutput
 from porttrap.errors import ConfigError
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from porttrap import log
-from porttrap.config import load_text
+from porttrap.config.loader import load_text
 from porttrap.errors import PorttrapError
 from porttrap.logoutputs import FileOutput
 from porttrap.model import Outcome, Proto

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from porttrap.config import load_text
+from porttrap.config.loader import load_text
 from porttrap.config.schema import BanPolicy, Config, Respond
 from porttrap.core.events import AdminUnban, Reconcile, Started, TurnEnded
 from porttrap.daemon.wiring import make_shell

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from porttrap.config import load_text
+from porttrap.config.loader import load_text
 from porttrap.config.schema import KernelSensor, TrapMode
 from porttrap.core.core import Core
 from porttrap.errors import FirewallError

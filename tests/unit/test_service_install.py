@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from porttrap import config as config_mod
+from porttrap.config import loader as config_mod
 from porttrap.config.schema import Config
 from porttrap.errors import ConfigError, PorttrapError
 from porttrap.service import install as service

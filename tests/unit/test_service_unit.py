@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from porttrap import config as config_mod
+from porttrap.config import loader as config_mod
 from porttrap.config.schema import Config
 from porttrap.service import unit
 from porttrap.service.template import DEFAULT_CONFIG

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from porttrap import config as config_mod
 from porttrap import log
 from porttrap.cli import output
 from porttrap.clock import SystemClock
+from porttrap.config import loader as config_mod
 from porttrap.config.metrics import exposure_warning
 from porttrap.config.schema import Config, LogConfig, Respond, TrapMode
 from porttrap.core.views import ban_json

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 
-from porttrap import config as config_mod
+from porttrap.config import loader as config_mod
 from porttrap.config.legacy import datatrap, port_trap, portsentry
 from porttrap.config.legacy.notes import Conversion
 from porttrap.config.schema import Config

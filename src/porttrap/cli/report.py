@@ -13,8 +13,8 @@ from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
-from porttrap import config as config_mod
 from porttrap.clock import SystemClock
+from porttrap.config import loader as config_mod
 from porttrap.errors import PorttrapError, UsageError
 from porttrap.report import data, html
 from porttrap.report.figures import Period

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from porttrap import config as config_mod
 from porttrap.cli import topdata, topview
 from porttrap.cli.commands import EXIT_NOT_RUNNING
 from porttrap.cli.topdata import Snapshot, Watch
 from porttrap.cli.topview import Line, Style
 from porttrap.clock import Clock, SystemClock
+from porttrap.config import loader as config_mod
 from porttrap.daemon import control
 from porttrap.errors import DaemonNotRunning, PorttrapError
 

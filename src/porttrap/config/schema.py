@@ -1,4 +1,4 @@
-"""The validated configuration: what the rest of porttrap reads. Built by `config.load`."""
+"""The validated configuration: what the rest of porttrap reads. Built by `config.loader.load`."""
 
 from __future__ import annotations
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from porttrap import __version__, heap, log
-from porttrap import config as config_mod
 from porttrap.actions.dispatch import Dispatcher
 from porttrap.clock import Clock
+from porttrap.config import loader as config_mod
 from porttrap.config.schema import Config
 from porttrap.core import commands as c
 from porttrap.core import events as e

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Protocol
 
 import porttrap
-from porttrap import config as config_mod
 from porttrap.actions import hostsdeny
 from porttrap.clock import SystemClock
+from porttrap.config import loader as config_mod
 from porttrap.config.schema import DEFAULT_CONFIG_PATH, Config
 from porttrap.daemon import control
 from porttrap.errors import ConfigError, ConfigProblem, FirewallError, PorttrapError
