@@ -43,6 +43,7 @@ from porttrap.core.commands import (
 )
 from porttrap.core.core import CHECK_EVERY, MAINTAIN_EVERY, MAX_WRITE_BACKLOG, Core
 from porttrap.core.events import (
+    ActionsReplaced,
     AddressesChanged,
     AdminBan,
     AdminUnban,
@@ -60,6 +61,7 @@ from porttrap.core.events import (
     ReloadRequested,
     RemoteBan,
     ServedPortsChanged,
+    ServeFailed,
     Started,
     Stopping,
     Tick,
@@ -347,7 +349,7 @@ def test_an_admin_ban_applies_at_once_and_answers_once_recorded() -> None:
         << sent(ban(ATTACKER, T0, H), net)
         << Answer({"count": 1, "bans": [ban_json(net)]}, after_store=True)
         >> AdminBan((ip_network(HOST),))
-        << Refuse(f"refusing to ban {HOST}: {HOST} is an address of this host")
+        << Refuse(f"refusing to ban {HOST}: {HOST} is an address of this host", usage=True)
         >> AdminUnban((ip_network(ATTACKER), ip_network(OTHER)))
         << sent(Unban(ip_network(ATTACKER), T0, "manual"), Unban(ip_network(OTHER), T0, "manual"))
         << Answer({"unbanned": [ATTACKER, OTHER], "were_banned": [ATTACKER]}, after_store=True)
@@ -667,9 +669,15 @@ def test_a_reload_of_actions_replaces_them_with_the_active_bans() -> None:
         >> ReloadRequested(new)
         << PrepareReload(new, ("actions",))
         >> ReloadPrepared()
-        << ReplaceActions(new, [first])
+        << ReplaceActions(new)
         << Reloaded(("actions",))
-    )
+        >> AdminBan((ip_network(OTHER),), duration=H)  # while the old actions finish ...
+        << sent(ban(OTHER, T0, H, reason="manual"))
+        << Answer({"count": 1, "bans": [ban_json(ban(OTHER, T0, H, reason="manual"))]},
+                  after_store=True)
+        >> ActionsReplaced()  # ... the new ones start with every ban active by then
+        << ActionsStart([first, ban(OTHER, T0, H, reason="manual")])
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("respond", ["ban", "log"])
@@ -681,3 +689,150 @@ def test_respond_log_reports_and_never_bans(respond: str) -> None:
     assert playbook
     outcome = Outcome.BANNED if respond == "ban" else Outcome.LOGGED
     assert core.stats.by_outcome() == {outcome.value: 1}
+
+
+def test_a_refused_change_of_served_ports_is_sent_again_at_the_next_reading() -> None:
+    _, playbook = started(stealth())
+    assert (
+        playbook
+        >> ServedPortsChanged(ports({22}), mono=1.0)
+        << ServePorts(ports({22}))
+        >> ServeFailed()
+        >> CountersRead(None, mono=1.25)  # even a failed read goes on with the ports
+        << ServePorts(ports({22}))
+        >> CountersRead({}, mono=1.5)  # taken this time: nothing more
+    )
+
+
+def test_hits_are_stored_again_once_the_disk_caught_up() -> None:
+    _, playbook = started(config())
+    assert (
+        playbook
+        >> HitSeen(hit(HOST))
+        >> Tick(store_backlog=MAX_WRITE_BACKLOG + 1)  # given way
+        >> HitSeen(hit("127.0.0.1"))
+        >> Tick(store_backlog=MAX_WRITE_BACKLOG)
+        << RecordHits([(hit("127.0.0.1"), Outcome.OWN_ADDRESS)])
+    )
+
+
+def test_after_stopping_a_refusal_is_logged_and_not_retried() -> None:
+    _, playbook = started(config())
+    first = ban(ATTACKER, T0, H)
+    assert (
+        playbook
+        >> HitSeen(hit())
+        << FlushSoon()
+        >> Stopping()
+        << sent(first)
+        << RecordHits([(hit(), Outcome.BANNED)])
+        >> FirewallFailed("refused while stopping")  # no Schedule: the loop is ending
+    )
+
+
+# -- bans from other hosts -------------------------------------------------------------------
+
+
+def refusals(core: Core, playbook: Playbook) -> list[str]:
+    return [
+        str(c.fields["why"])
+        for c in playbook.produced
+        if isinstance(c, Log) and c.name == "remote-ban-refused"
+    ]
+
+
+def test_remote_bans_refused_for_what_the_local_protection_holds() -> None:
+    core, playbook = started(config(f'[allow]\naddresses = ["{OTHER}"]\n'))
+    peer = "203.0.113.53"
+    playbook >> PeerSeen(ip_address(peer), until=T0 + 600)
+    for target, at, seconds in [
+        (HOST, T0, H),  # an address of this host
+        ("192.0.2.0/24", T0, H),  # holds one
+        (OTHER, T0, H),  # allow-listed
+        (peer, T0, H),  # a peer
+        ("203.0.113.0/24", T0, H),  # holds a peer
+        (ATTACKER, T0 - 2 * H, H),  # already over
+    ]:
+        playbook >> RemoteBan(ban(target, at, seconds), origin="web-2")
+    assert playbook
+    assert refusals(core, playbook) == [
+        f"{HOST} is an address of this host",
+        f"192.0.2.0/24 contains {HOST}, an address of this host",
+        f"{OTHER} is on the allow list",
+        f"{peer} holds {peer}, a peer of this host",
+        f"203.0.113.0/24 holds {peer}, a peer of this host",
+        "it has ended",
+    ]
+    assert core.policy.active(T0) == []
+
+
+def test_a_remote_ban_counts_toward_escalation_and_a_longer_one_replaces_a_shorter() -> None:
+    core, playbook = started(config())
+    remote = ban(ATTACKER, T0 - 7200, 7200 + 60)  # banned elsewhere two hours ago, 1 min left
+    longer = ban(ATTACKER, T0, None, count=2, reason="manual")
+    assert (
+        playbook
+        >> RemoteBan(remote, origin="web-2")
+        << FlushSoon()
+        >> RemoteBan(longer, origin="web-3")  # permanent outlasts it: held instead
+        >> TurnEnded()
+        << sent(remote, longer)
+    )
+    assert core.policy.active(T0) == [longer]
+    core.policy.unban(ip_network(ATTACKER), T0)  # forgives the permanent one only
+    verdict = core.policy.on_hit(hit(), T0 + 1)
+    assert verdict.ban is not None and verdict.ban.ban_count == 2  # the remote one counted
+
+
+def test_a_remote_trap_ban_of_a_protocol_that_only_logs_here_stays_out_of_the_kernel() -> None:
+    _, playbook = started(config('[ban]\nrespond = { tcp = "log" }\n'))
+    remote = ban(ATTACKER, T0, H)  # trap:tcp/23, decided where tcp bans
+    assert (
+        playbook
+        >> RemoteBan(remote, origin="web-2")
+        << FlushSoon()
+        >> TurnEnded()
+        << RecordChanges([remote])  # held and recorded, as a "command" protocol's would be
+        << LogChanges([remote])
+        << ActionsAfter([remote])
+    )
+
+
+# -- peers -----------------------------------------------------------------------------------
+
+
+def test_a_peer_is_protected_until_its_time_and_then_no_longer() -> None:
+    core, playbook = started(stealth())
+    peer = "203.0.113.53"
+    datagram = hit(peer, kind="udp", port=161)
+    assert (
+        playbook
+        >> PeerSeen(ip_address(peer), until=T0 + 60)
+        >> HitSeen(datagram)
+        >> HitSeen(datagram)
+        >> later(60)  # its protection ended
+        >> HitSeen(replace(datagram, at=T0 + 60))
+        >> HitSeen(replace(datagram, at=T0 + 60))
+        << FlushSoon()
+    )
+    assert core.policy.banned(ip_address(peer), T0 + 60) is not None
+
+
+def test_peers_are_forgotten_once_over_and_bounded_and_survive_a_reload(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from porttrap.policy import protect
+
+    monkeypatch.setattr(protect, "MAX_PEERS", 3)
+    core, playbook = started(config())
+    for n, until in enumerate([T0 + 10, T0 + 100, T0 + 200, T0 + 300]):
+        playbook >> PeerSeen(ip_address(f"203.0.113.{n}"), until=until)
+    assert playbook
+    peers = core.policy.protection.peers
+    assert sorted(str(p) for p in peers) == ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+    new = config(f'[allow]\naddresses = ["{OTHER}"]\n')
+    assert playbook >> ReloadRequested(new) << PrepareReload(new, ("allow",))
+    assert playbook >> ReloadPrepared() << Reloaded(("allow",))
+    assert core.policy.protection.peers == peers  # the new protection took them over
+    core.policy.forget_quiet(T0 + 150)
+    assert sorted(str(p) for p in core.policy.protection.peers) == ["203.0.113.2", "203.0.113.3"]

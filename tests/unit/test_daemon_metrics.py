@@ -56,7 +56,7 @@ def daemon(tmp_path: Path) -> Iterator[Shell]:
 
 
 def run_on_loop(daemon: Shell, *hits: Hit, requests: tuple[tuple[str, Any], ...] = ()) -> None:
-    """Feed hits and control requests on a running loop, and let the applier's batches go."""
+    """Feed hits and control requests on a running loop, and let the turns' batches go."""
 
     async def feed() -> None:
         for each in hits:

@@ -18,6 +18,7 @@ import pytest
 from porttrap.config.loader import load_text
 from porttrap.config.schema import BanPolicy, Config, KernelSensor, Trap
 from porttrap.core import reload
+from porttrap.core.events import Started
 from porttrap.daemon.shell import Shell
 from porttrap.daemon.wiring import make_shell
 from porttrap.errors import PorttrapError, RemoteConfigError
@@ -261,6 +262,44 @@ def test_a_reload_moves_the_metrics_endpoint_or_stays_where_it_was(tmp_path: Pat
         assert daemon.config.metrics.listen is not None
         assert daemon.config.metrics.listen.port == first
         assert b"200 OK" in await asyncio.to_thread(scrape, first)  # still served there
+        await daemon.metrics.close()
+
+    run(scenario)
+
+
+def test_a_kernel_refusal_puts_back_the_metrics_endpoint_the_reload_had_moved(
+    tmp_path: Path,
+) -> None:
+    """The reload moves the metrics listener first, then the kernel refuses the new table (a
+    changed respond rebuilds it): the listener goes back, and nothing of the new file stays."""
+    first, second = free_ports(2)
+    path = tmp_path / "porttrap.toml"
+    daemon = daemon_with(path, f'[metrics]\nlisten = "127.0.0.1:{first}"\n', tmp_path)
+    running = daemon.config
+
+    def serves(port: int) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                return b"200 OK" in b"".join(iter(lambda: sock.recv(65536), b""))
+        except OSError:
+            return False
+
+    async def scenario() -> None:
+        daemon.feed(Started(frozenset(), []))
+        await daemon.metrics.start(running.metrics.listen)
+        assert await asyncio.to_thread(serves, first)
+        path.write_text(
+            f'state_dir = "{tmp_path}"\n[metrics]\nlisten = "127.0.0.1:{second}"\n'
+            '[ban]\nrespond = { udp = "command" }\n'
+        )
+        assert isinstance(daemon.firewall, MemoryFirewall)
+        daemon.firewall.fail_next()
+        with pytest.raises(PorttrapError, match="simulated"):
+            await daemon.reload()
+        assert daemon.config is running
+        assert await asyncio.to_thread(serves, first)  # back where it was
+        assert not await asyncio.to_thread(serves, second)
         await daemon.metrics.close()
 
     run(scenario)

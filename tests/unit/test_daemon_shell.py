@@ -134,3 +134,25 @@ def test_the_firewall_check_and_upkeep_run_every_ten_ticks(tmp_path: Path) -> No
         assert held(firewall) == ["198.51.100.1/32"]  # the check rebuilt it, with the ban
 
     asyncio.run(scenario())
+
+
+def test_a_refused_expiry_is_retried_as_a_rebuild(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without kernel timeouts, a refused Expire would hold the ban for good."""
+    monkeypatch.setattr(core_mod, "RECONCILE_DELAY", 0.01)
+
+    async def scenario() -> None:
+        shell, firewall, clock = shell_of(tmp_path, timeouts=False)
+        shell.feed(AdminBan((ip_network("198.51.100.1/32"),), duration=60))
+        clock.advance(60)
+        firewall.fail_next()
+        shell.feed(Tick())  # the ban ended; the kernel refused to let it go
+        assert held(firewall) == ["198.51.100.1/32"]
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if not held(firewall):
+                break
+        assert held(firewall) == []  # the rebuild holds only the active bans: none
+
+    asyncio.run(scenario())

@@ -1,13 +1,14 @@
 """From the daemon's events to actions: which commands, webhooks and hosts.deny lines each
 event calls for, and when.
 
-The daemon calls, all on its event loop and none of them blocking:
-- `hit` for every hit the policy saw (only when some action listens to "hit");
-- `before_kernel` / `after_kernel` from the applier around each kernel batch: commands with
-  `first = true` are started (spawned, not awaited) before the batch goes to the kernel, every
-  other action after it;
-- `expired` for bans that ran out (the daemon finds them once a minute);
-- `start` once the active bans are restored, `close` when it stops.
+The daemon's shell calls, all on its event loop and none of them blocking, as the core's
+commands say (`porttrap.core.commands`):
+- `hit` for every hit the policy saw (ActionsHit, only when some action listens to "hit");
+- `before_kernel` / `after_kernel` around each kernel batch (ActionsBefore, ActionsAfter):
+  commands with `first = true` are started (spawned, not awaited) before the batch goes to the
+  kernel, every other action after it;
+- `expired` for bans that ran out (ActionsExpired, within half a second of their end);
+- `start` once the active bans are restored (ActionsStart), `close` when it stops.
 """
 
 from __future__ import annotations

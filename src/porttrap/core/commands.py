@@ -157,10 +157,10 @@ class ActionsExpired:
 
 @dataclass(frozen=True, slots=True)
 class ReplaceActions:
-    """New action settings (a reload): the running actions finish first."""
+    """New action settings (a reload): the running actions finish first, then the shell feeds
+    `ActionsReplaced` (the bans active by then go to the new actions)."""
 
     config: Config
-    active: Sequence[Ban]
 
 
 # -- sensors and reload ----------------------------------------------------------------------
@@ -222,10 +222,12 @@ class Answer:
 @dataclass(frozen=True, slots=True)
 class Refuse:
     """The control request being handled is refused: `message`, and `problems` (a
-    configuration's, one each)."""
+    configuration's, one each). `usage`: the request itself was wrong (an admin's ban of a
+    protected address), rather than refused by the state of things (a reload)."""
 
     message: str
     problems: tuple[str, ...] = ()
+    usage: bool = False
 
 
 Command = (

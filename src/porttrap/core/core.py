@@ -55,6 +55,7 @@ from porttrap.core.commands import (
     UpdateTraps,
 )
 from porttrap.core.events import (
+    ActionsReplaced,
     AddressesChanged,
     AdminBan,
     AdminUnban,
@@ -72,6 +73,7 @@ from porttrap.core.events import (
     ReloadRequested,
     RemoteBan,
     ServedPortsChanged,
+    ServeFailed,
     Started,
     Stopping,
     Tick,
@@ -88,12 +90,13 @@ from porttrap.policy import Policy, Protection
 from porttrap.policy.engine import enforced_under
 from porttrap.sensorspec import GENERATIONS, SensorState, spec_from_config
 
+TICK = 0.5  # seconds between ticks: the shell feeds `Tick` this often
 MAX_BUFFERED_HITS = 100_000  # hits waiting for the store; past it they are counted, not kept
 MAX_WRITE_BACKLOG = 20  # store jobs waiting (about 10 s of hit batches) before hits give way
 MAX_ANSWERED = 1000  # bans listed in the answer to a bulk ban; the count covers all
 RECONCILE_DELAY = 5.0  # seconds before a refused kernel change is tried again, as a rebuild
-CHECK_EVERY = 10  # ticks (5 s) between checks that porttrap's ruleset is still there
-MAINTAIN_EVERY = 120  # ticks (60 s) between prunings of old hits and quiet sources
+CHECK_EVERY = round(5.0 / TICK)  # ticks between checks that porttrap's ruleset is still there
+MAINTAIN_EVERY = round(60.0 / TICK)  # ticks between prunings of old hits and quiet sources
 REFUSED_HINT = "the running configuration stays; fix the file and reload again"
 
 Handler = Callable[[Any, float], list[Command]]
@@ -123,6 +126,7 @@ class Core:
         self._flush_asked = False
         self._hits: list[tuple[Hit, Outcome]] = []
         self._reconcile_due = False
+        self._stopping = False
         self._ticks = 0
         self._reload: tuple[Config, tuple[str, ...]] | None = None
         self._read_actions(config)
@@ -147,7 +151,9 @@ class Core:
             ReloadPrepared: self._reload_prepared,
             ReloadCommitted: self._reload_committed,
             ReloadFailed: self._reload_failed,
-            Stopping: self._stopping,
+            ActionsReplaced: self._actions_replaced,
+            ServeFailed: self._serve_failed,
+            Stopping: self._stop,
         }
 
     def handle(self, event: CoreEvent, now: float) -> list[Command]:
@@ -167,7 +173,7 @@ class Core:
         """Bans from the store back into the policy and, in one transaction, the kernel."""
         self.policy.protection.set_own(event.own)
         if self.kernel is not None and event.served is not None:
-            self.kernel.serving = self.kernel.wanted = dict(event.served)
+            self.kernel.start(event.served)
         unbans = self.policy.restore(event.stored, now)
         commands: list[Command] = []
         if unbans:  # no Apply: the setup leaves them out
@@ -176,8 +182,14 @@ class Core:
         commands.append(ActionsStart(self.policy.active(now)))
         return commands
 
-    def _stopping(self, _event: Stopping, now: float) -> list[Command]:
-        """Whatever is decided goes out; every hit kept is written."""
+    def restore_since(self, now: float) -> float:
+        """How far back the start reads bans: those older no longer count toward escalation."""
+        return now - self.config.ban.forget_after
+
+    def _stop(self, _event: Stopping, now: float) -> list[Command]:
+        """Whatever is decided goes out; every hit kept is written. Nothing is scheduled from
+        now on (a refusal is logged, not retried)."""
+        self._stopping = True
         commands = self._flush(now)
         if self._hits:
             batch, self._hits = self._hits, []
@@ -259,8 +271,8 @@ class Core:
         if not expired:
             return []
         self.stats.expired(expired)
-        enforced = self.policy.enforced
-        commands: list[Command] = [Expire([b for b in expired if enforced(b)], now)]
+        held = [ban for ban in expired if self.policy.enforced(ban)]
+        commands: list[Command] = [Expire(held, now)] if held else []
         commands += [
             Log("ban-expired", logging.INFO, {"address": show(b.target), "ban_count": b.ban_count})
             for b in expired
@@ -286,6 +298,11 @@ class Core:
     def _served(self, event: ServedPortsChanged, _now: float) -> list[Command]:
         return [] if self.kernel is None else self.kernel.served(event.ports, event.mono)
 
+    def _serve_failed(self, _event: ServeFailed, _now: float) -> list[Command]:
+        if self.kernel is not None:
+            self.kernel.serve_failed()
+        return []
+
     def _counters(self, event: CountersRead, _now: float) -> list[Command]:
         return [] if self.kernel is None else self.kernel.read(event.counters, event.mono)
 
@@ -302,7 +319,7 @@ class Core:
     def _firewall_failed(self, event: FirewallFailed, _now: float) -> list[Command]:
         fields = {"error": event.error, "retry_in": RECONCILE_DELAY}
         commands: list[Command] = [Log("firewall-error", logging.ERROR, fields)]
-        if not self._reconcile_due:
+        if not self._reconcile_due and not self._stopping:
             self._reconcile_due = True
             commands.append(Schedule(RECONCILE_DELAY, Reconcile()))
         return commands
@@ -328,7 +345,7 @@ class Core:
                 event.targets, now, duration=event.duration, permanent=event.permanent
             )
         except UsageError as err:
-            return [Refuse(str(err))]
+            return [Refuse(str(err), usage=True)]
         self._pending.extend(bans)
         answer = {"count": len(bans), "bans": [ban_json(b) for b in bans[:MAX_ANSWERED]]}
         return [*self._flush(now), Answer(answer, after_store=True)]
@@ -409,7 +426,7 @@ class Core:
         self._read_actions(new)
         commands = self._queue(unbans)
         if "actions" in changed or "modes" in changed:
-            commands.append(ReplaceActions(new, self.policy.active(now)))
+            commands.append(ReplaceActions(new))
         if {"traps", "modes", "banner"} & set(changed):
             commands.append(UpdateTraps(connect_traps(new), new.banner))
         return [*commands, Reloaded(changed)]
@@ -417,6 +434,11 @@ class Core:
     def _reload_failed(self, event: ReloadFailed, _now: float) -> list[Command]:
         self._reload = None
         return _refused(event.error)
+
+    def _actions_replaced(self, _event: ActionsReplaced, now: float) -> list[Command]:
+        """The new actions start from the bans active now, not when the reload began: the
+        old actions had up to their grace time to finish, and bans came and went meanwhile."""
+        return [ActionsStart(self.policy.active(now))]
 
     # -- views ---------------------------------------------------------------------------
 

@@ -54,10 +54,16 @@ class ServedPortsChanged:
 
 @dataclass(frozen=True, slots=True)
 class CountersRead:
-    """The kernel sensor's named counters, read at monotonic time `mono`."""
+    """The kernel sensor's named counters, read at monotonic time `mono` (None: the read
+    failed; what does not need them goes on, such as the end of a served port's linger)."""
 
-    counters: dict[str, int]
+    counters: dict[str, int] | None
     mono: float
+
+
+@dataclass(frozen=True, slots=True)
+class ServeFailed:
+    """The kernel refused `ServePorts`; the core sends them again at the next reading."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +170,11 @@ class ReloadFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class ActionsReplaced:
+    """The actions of the old settings have finished; the new ones are ready (a reload)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Stopping:
     """The daemon stops: whatever is pending is applied and recorded."""
 
@@ -174,6 +185,7 @@ Event = (
     | AddressesChanged
     | ServedPortsChanged
     | CountersRead
+    | ServeFailed
     | BlocksRotated
     | Tick
     | TurnEnded
@@ -189,5 +201,6 @@ Event = (
     | ReloadPrepared
     | ReloadCommitted
     | ReloadFailed
+    | ActionsReplaced
     | Stopping
 )

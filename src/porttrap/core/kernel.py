@@ -81,7 +81,8 @@ class KernelState:
         self.spec = spec
         self.linger = linger
         self.serving: Ports = dict(served) if served is not None else no_ports()  # read now
-        self.wanted: Ports = self.serving  # what the kernel is told: serving + lingering
+        self.wanted: Ports = dict(self.serving)  # what the kernel is told: serving + lingering
+        self._unconfirmed = False  # the kernel refused the last ServePorts
         self.generation = GENERATIONS[0]
         self.rotations = 0
         self.counters: dict[str, int] = {}
@@ -96,8 +97,16 @@ class KernelState:
 
     def state(self) -> SensorState:
         """The sensor for a table being built; its block sets start empty."""
-        self._rebuilt = True
+        self._rebuilt, self._unconfirmed = True, False
         return SensorState(self.spec, self.wanted, self.generation)
+
+    def start(self, served: Ports) -> None:
+        """The ports served when the daemon starts, before the table is built with them."""
+        self.serving, self.wanted = dict(served), dict(served)
+
+    def serve_failed(self) -> None:
+        """The kernel refused the last ServePorts: send them again at the next reading."""
+        self._unconfirmed = True
 
     def respec(self, spec: SensorSpec) -> None:
         """A reload's new rules, in a table just built: its block sets start empty."""
@@ -126,18 +135,20 @@ class KernelState:
             | frozenset(port for (p, port) in self._closed_at if p is proto)
             for proto in Proto
         }
-        if wanted == self.wanted:
+        if wanted == self.wanted and not self._unconfirmed:
             return []
-        self.wanted = wanted
+        self.wanted, self._unconfirmed = wanted, False
         return [ServePorts(wanted)]
 
     # -- counters and block generations --------------------------------------------------
 
-    def read(self, counters: Mapping[str, int], mono: float) -> list[Command]:
-        """The counters were read: lingering ports may be trapped again, and the block sets
-        may need to rotate."""
-        self.counters = dict(counters)
+    def read(self, counters: Mapping[str, int] | None, mono: float) -> list[Command]:
+        """The counters were read (None: the read failed): lingering ports may be trapped
+        again, and the block sets may need to rotate."""
         commands = self._serve(mono)
+        if counters is None:
+            return commands
+        self.counters = dict(counters)
         if not self.settings.block:
             return commands
         rebuilt, self._rebuilt = self._rebuilt, False

@@ -56,8 +56,6 @@ class Stats:
         self.sources: dict[IPAddress, Source] = {}
         self.bans: Counter[str] = Counter()  # "temporary" | "permanent": bans made
         self.unbans: Counter[str] = Counter()  # "lifted" (unban, allow list...) | "expired"
-        self.decision = Histogram()  # a hit's arrival to its decision (policy and queueing)
-        self.to_kernel = Histogram()  # a banning hit's arrival to its ban in the kernel
         self._ports: set[tuple[str, int]] = set()
         self.sources_forgotten = 0
 

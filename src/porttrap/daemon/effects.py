@@ -56,10 +56,9 @@ class Latency:
 
 @dataclass
 class Restore:
-    """Timings of the start's restore, for its log line."""
+    """When the start's restore began, for its log line."""
 
     started: float = 0.0
-    kernel_s: float = 0.0
 
 
 class Effects:
@@ -156,8 +155,14 @@ class Effects:
         log.event("applied", level, changes=len(cmd.changes), kernel_ms=kernel_ms)
         return failed
 
-    def expire(self, cmd: c.Expire) -> None:
-        self._try("expire", lambda: self.firewall.expire(cmd.bans, cmd.now))
+    def expire(self, cmd: c.Expire) -> e.Event | None:
+        """A refusal is retried as a rebuild, as for `Apply`: a backend without kernel
+        timeouts would otherwise hold the ban for good."""
+        try:
+            self.firewall.expire(cmd.bans, cmd.now)
+        except FirewallError as err:
+            return e.FirewallFailed(str(err))
+        return None
 
     def check(self, _cmd: c.CheckFirewall) -> e.Event | None:
         """Is the ruleset still there? Bans must not vanish silently (a firewall reload that
@@ -178,13 +183,16 @@ class Effects:
         except FirewallError as err:
             log.event("firewall-error", logging.ERROR, action=action, error=str(err))
 
-    def serve(self, cmd: c.ServePorts) -> None:
-        """A refusal (the table is gone) is logged; the rebuild brings the ports along."""
+    def serve(self, cmd: c.ServePorts) -> e.Event | None:
+        """A refusal is logged, and the core sends the ports again at its next reading (or
+        with the rebuild, when the table is gone)."""
         assert self.sensor is not None, "ServePorts without a kernel sensor"
         try:
             self.sensor.serve(cmd.ports)
         except FirewallError as err:
             log.event("kernel-sensor-error", logging.WARNING, action="served-ports", error=str(err))
+            return e.ServeFailed()
+        return None
 
     def rotate(self, cmd: c.RotateBlocks) -> e.Event | None:
         """A refused rotation changes nothing; the core asks again at the next reading."""

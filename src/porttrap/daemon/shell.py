@@ -14,34 +14,32 @@ import logging
 import os
 import signal
 from collections import deque
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from porttrap import __version__, heap, log
 from porttrap.actions.dispatch import Dispatcher
 from porttrap.clock import Clock
-from porttrap.config import loader as config_mod
 from porttrap.config.schema import Config
 from porttrap.core import commands as c
 from porttrap.core import events as e
 from porttrap.core import requests, views
-from porttrap.core.core import Core, connect_traps
+from porttrap.core.core import TICK, Core, connect_traps
 from porttrap.core.snapshot import IoFigures, ReportFigures, Snapshot
+from porttrap.daemon import reloading
 from porttrap.daemon.control import ControlServer, Handler
 from porttrap.daemon.effects import Effects
 from porttrap.daemon.metrics_server import MetricsServer, snapshot_registry
 from porttrap.daemon.notify import Notifier
 from porttrap.daemon.writer import StoreWriter
 from porttrap.errors import (
-    ConfigError,
     FirewallError,
     PorttrapError,
     RemoteConfigError,
     UsageError,
 )
 from porttrap.firewall.base import FirewallBackend, SensorBackend
-from porttrap.model import Hit, TrapReport
+from porttrap.model import Hit, IPAddress, TrapReport
 from porttrap.sensors import listeners
 from porttrap.sensors.hostaddrs import AddressWatcher, current_addresses
 from porttrap.sensors.kernel import KernelReports
@@ -50,7 +48,6 @@ from porttrap.sensors.sockets import SocketTraps
 from porttrap.sensorspec import Ports
 from porttrap.store.base import Store
 
-TICK = 0.5  # seconds between ticks (hits to the store, expiries, the firewall check ...)
 POLL = 0.25  # seconds between reads of the kernel sensor's counters
 STATUS_EVERY = 120  # ticks (60 s) between systemd STATUS= lines
 
@@ -96,8 +93,9 @@ class Shell:
         }
         self.report = TrapReport()
         self._traps = SocketTraps(connect_traps(config), self.on_hit, clock, config.banner)
-        self._kernel = KernelReports(config.kernel, self.on_hit, clock) if sensor else None
-        self._listeners = ListenerWatcher(self.on_served, clock=clock) if sensor else None
+        kernel = sensor is not None
+        self._kernel = KernelReports(config.kernel, self.on_hit, clock) if kernel else None
+        self._listeners = ListenerWatcher(self.on_served, clock=clock) if kernel else None
         self._addresses = AddressWatcher(self._on_addresses)
         self.handlers = self._handlers()  # the control socket's requests, by "cmd"
         self._control = ControlServer(config.control_socket, self.handlers)
@@ -138,19 +136,27 @@ class Shell:
             batches.extend(self.core.handle(event, now) for event in follow)
         return left
 
+    def _feed_alone(self, event: e.Event) -> None:
+        """Feed an event no caller waits on (a timer's, a sensor's): a command left for a
+        caller would be lost, which is a bug worth a line in the log."""
+        for command in self.feed(event):
+            log.event("command-lost", logging.ERROR, command=type(command).__name__,
+                      event=type(event).__name__)  # fmt: skip
+
     def on_hit(self, hit: Hit) -> None:
         """From the sensors, for each trap touched (thousands a second under a scan)."""
         arrived = self.clock.monotonic()
         commands = self.core.handle(e.HitSeen(hit, arrived), self.clock.now())
         self.effects.latency.decision.observe(self.clock.monotonic() - arrived)
-        self._run(commands)
+        for command in self._run(commands):
+            log.event("command-lost", logging.ERROR, command=type(command).__name__, event="hit")
 
-    def _on_addresses(self, own: frozenset[Any]) -> None:
-        self.feed(e.AddressesChanged(own))
+    def _on_addresses(self, own: frozenset[IPAddress]) -> None:
+        self._feed_alone(e.AddressesChanged(own))
 
     def on_served(self, ports: Ports) -> None:
         """From the listeners sensor: the ports this host serves changed."""
-        self.feed(e.ServedPortsChanged(ports, self.clock.monotonic()))
+        self._feed_alone(e.ServedPortsChanged(ports, self.clock.monotonic()))
 
     def _flush_soon(self, _command: c.FlushSoon) -> None:
         """The changes of this loop turn go out together, once the turn is over."""
@@ -164,7 +170,7 @@ class Shell:
 
         def fire() -> None:
             self._timers.discard(handle)
-            self.feed(event)
+            self._feed_alone(event)
 
         handle: asyncio.Handle = loop.call_later(delay, fire) if delay else loop.call_soon(fire)
         self._timers.add(handle)
@@ -218,7 +224,7 @@ class Shell:
         self.effects.restore.started = self.clock.monotonic()
         with heap.bulk():  # 100,000 bans: see porttrap.heap
             now = self.clock.now()
-            stored = self.store.bans_to_restore(now, now - self.config.ban.forget_after)
+            stored = self.store.bans_to_restore(now, self.core.restore_since(now))
             self.feed(e.Started(current_addresses(), stored, served))
             del stored
 
@@ -238,22 +244,25 @@ class Shell:
         self._poll_counters()
 
     def _poll_counters(self) -> None:
-        """Every POLL seconds, for as long as the daemon runs."""
+        """Every POLL seconds, for as long as the daemon runs; a bug here is logged, and the
+        next reading comes all the same."""
         try:
             self.read_counters()
+        except Exception:
+            log.LOGGER.exception(log.fields("kernel-sensor-failed"))
         finally:
             self._poller = asyncio.get_running_loop().call_later(POLL, self._poll_counters)
 
     def read_counters(self) -> None:
         """The kernel sensor's counters to the core (served ports that stopped lingering,
-        block sets that fill); a failed read is logged and skipped."""
+        block sets that fill); a failed read is logged, and the core told (None)."""
         assert self.effects.sensor is not None, "counters without a kernel sensor"
+        counters: dict[str, int] | None = None
         try:
             counters = self.effects.sensor.sensor_counters()
         except FirewallError as err:
             log.event("kernel-sensor-error", logging.DEBUG, action="counters", error=str(err))
-            return
-        self.feed(e.CountersRead(counters, self.clock.monotonic()))
+        self._feed_alone(e.CountersRead(counters, self.clock.monotonic()))
 
     def _watch_addresses(self, loop: asyncio.AbstractEventLoop) -> None:
         """Follow the host's addresses; the first reading after subscribing counts too, as
@@ -288,7 +297,7 @@ class Shell:
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), TICK)
-            self.feed(e.Tick(self.writer.pending))
+            self._feed_alone(e.Tick(self.writer.pending))
             ticks += 1
             if watchdog is not None and ticks % per_ping == 0:
                 # From the loop itself: a loop stuck in a callback pings no more, and
@@ -364,7 +373,7 @@ class Shell:
         return {
             "status": lambda _request: views.status(self.snapshot(), os.getpid()),
             "top": lambda request: views.top(self.snapshot(), requests.top_limit(request)),
-            "reload": self._reload_request,
+            "reload": lambda _request: self.reload(),
             "ban": lambda request: self._admin(requests.ban(request)),
             "unban": lambda request: self._admin(requests.unban(request)),
         }
@@ -372,16 +381,16 @@ class Shell:
     async def _admin(self, event: e.AdminBan | e.AdminUnban) -> dict[str, Any]:
         with heap.bulk():
             left = self.feed(event)
-        return await self._answer(left)
+        return await self.answer(left)
 
-    async def _answer(self, left: list[c.Command]) -> dict[str, Any]:
+    async def answer(self, left: list[c.Command]) -> dict[str, Any]:
         """The answer among the commands left, once the store has what it says when asked;
         a refusal raises, for the control socket to send."""
         for command in left:
             if isinstance(command, c.Refuse):
                 if command.problems:
                     raise RemoteConfigError(list(command.problems))
-                raise UsageError(command.message)
+                raise (UsageError if command.usage else PorttrapError)(command.message)
             if isinstance(command, c.Answer):
                 if command.after_store:
                     await asyncio.wrap_future(self.writer.barrier())
@@ -403,85 +412,12 @@ class Shell:
         with contextlib.suppress(PorttrapError):  # logged by the core
             await self.reload()
 
-    async def _reload_request(self, _request: dict[str, Any]) -> dict[str, Any]:
-        return await self.reload()
-
     async def reload(self) -> dict[str, Any]:
-        """Read the configuration again and apply it: traps, kernel rules (one transaction),
-        policy, allow list, actions, logs. Bans, escalation and counters carry over. Raises
-        PorttrapError (RemoteConfigError for an invalid file) with the running configuration
-        left as it was."""
+        """Read the configuration again and apply it (`porttrap.daemon.reloading`), one
+        reload at a time; systemd hears of it (RELOADING, then READY)."""
         async with self._reloading:
             self.notifier.reloading()
-            started = self.clock.monotonic()
             try:
-                try:
-                    event: e.Event = e.ReloadRequested(config_mod.load(self.config_path))
-                except ConfigError as err:
-                    event = e.ReloadInvalid(tuple(str(p) for p in err.problems))
-                left = await self._steps(self.feed(event))
-                done = next((x for x in left if isinstance(x, c.Reloaded)), None)
-                if done is None:
-                    await self._answer(left)  # raises the refusal
-                    raise PorttrapError("the reload ended without an answer (a bug)")
+                return await reloading.reload(self)
             finally:
                 self.notifier.ready(self._summary())
-            seconds = round(self.clock.monotonic() - started, 3)
-            changed = list(done.changed)
-            log.event("reloaded", changed=",".join(changed) or "nothing", seconds=seconds)
-            return {"changed": changed, "seconds": seconds, "traps": views.traps_json(self.report)}
-
-    async def _steps(self, left: list[c.Command]) -> list[c.Command]:
-        """Carry out the reload's asynchronous steps, in order, with what they lead to."""
-        pending = deque(left)
-        rest: list[c.Command] = []
-        while pending:
-            command = pending.popleft()
-            if isinstance(command, c.PrepareReload):
-                pending.extend(await self._prepare(command))
-            elif isinstance(command, c.ReplaceActions):
-                await self._replace_actions(command)
-            else:
-                rest.append(command)
-        return rest
-
-    async def _prepare(self, command: c.PrepareReload) -> list[c.Command]:
-        """Open what can fail to open first (the metrics listener, log outputs); then the
-        core goes on (the kernel, then the rest). On any refusal, the old ones come back."""
-        old, new = self.config, command.config
-        undo: list[Callable[[], Awaitable[None]]] = []
-        try:
-            if "metrics" in command.changed:
-                await self.metrics.restart(new.metrics.listen)  # back on the old one, or raises
-                undo.append(lambda: self._metrics_back(old))
-            if "log" in command.changed:
-                log.configure(new, self.verbose)  # opens every output first, or raises
-                undo.append(lambda: self._log_back(old))
-        except PorttrapError as err:
-            await _undo(undo)
-            return self.feed(e.ReloadFailed(str(err)))
-        left = self.feed(e.ReloadPrepared())  # the kernel may refuse the new table
-        if any(isinstance(command, c.Refuse) for command in left):
-            await _undo(undo)
-        return left
-
-    async def _metrics_back(self, old: Config) -> None:
-        with contextlib.suppress(PorttrapError):
-            await self.metrics.restart(old.metrics.listen)
-
-    async def _log_back(self, old: Config) -> None:
-        log.configure(old, self.verbose)
-
-    async def _replace_actions(self, command: c.ReplaceActions) -> None:
-        """A new dispatcher; the old one first finishes its running actions (up to its grace
-        time) and writes hosts.deny, so that both never write it at once."""
-        await self.actions.close()
-        new = command.config
-        actions = Dispatcher(new.actions, new.modes, new.state_dir)
-        actions.start(command.active)
-        self.effects.actions = actions
-
-
-async def _undo(steps: list[Callable[[], Awaitable[None]]]) -> None:
-    for step in reversed(steps):
-        await step()

@@ -54,8 +54,9 @@ class NftablesBackend:
         """Replace porttrap's table in one transaction: stray elements go, missing ones come,
         and the kernel sensor comes with it as `sensor` says."""
         commands = self._rules.replace(strongest(bans, now), now)
-        rules = SensorRules(self._rules.table, sensor.spec) if sensor is not None else None
-        if sensor is not None and rules is not None:
+        rules = None
+        if sensor is not None:
+            rules = SensorRules(self._rules.table, sensor.spec)
             commands += rules.create(sensor.served, sensor.generation)
         self._run(commands)
         self._sensor = rules

@@ -41,7 +41,6 @@ class BackendInfo:
     make: Maker
     removes: Callable[[str], str]  # what its teardown removes for a [firewall] table
     kernel_sensor: bool  # can host the kernel sensor's rules (stealth and advanced modes)
-    kernel_timeouts: bool  # the kernel ends timed bans by itself
     in_kernel: bool  # bans take effect in the kernel (so a teardown has something to remove)
     one_object: bool  # porttrap's part is one kernel object: not `present()`, nothing to remove
     runs_iptables: bool  # runs ipset/iptables programs (iptables-legacy needs CAP_NET_RAW)
@@ -98,7 +97,6 @@ BACKENDS = (
         make=_make_nftables,
         removes=lambda table: f"nftables table inet {table}",
         kernel_sensor=True,
-        kernel_timeouts=True,
         in_kernel=True,
         one_object=True,
         runs_iptables=False,
@@ -110,7 +108,6 @@ BACKENDS = (
         make=_make_ipset,
         removes=_ipset_removes,
         kernel_sensor=False,
-        kernel_timeouts=True,  # bans past ipset's 24.8 days are re-armed (firewall.rearm)
         in_kernel=True,
         one_object=False,  # sets and chains: `present()` is False while half of them is left
         runs_iptables=True,
@@ -122,7 +119,6 @@ BACKENDS = (
         make=_make_dry_run,
         removes=lambda table: "nothing (dry-run)",
         kernel_sensor=False,
-        kernel_timeouts=False,  # nothing is in the kernel: the daemon ends timed bans
         in_kernel=False,
         one_object=False,
         runs_iptables=False,

@@ -82,12 +82,13 @@ class _Recent:
 
 
 def enforced_under(policy: BanPolicy, ban: Ban) -> bool:
-    """Whether `ban` belongs in the kernel under `policy`. A trap ban of a protocol that
-    responds with "command" does not (the command does the banning); an admin's ban does unless
-    no protocol responds with "ban" (the kernel is then porttrap's to leave alone)."""
+    """Whether `ban` belongs in the kernel under `policy`. A trap ban belongs there when its
+    protocol responds with "ban" ("command": the command does the banning; "log": nothing is
+    banned); an admin's ban does unless no protocol responds with "ban" (the kernel is then
+    porttrap's to leave alone)."""
     trap = trapped_by(ban.reason)
-    if trap is not None:
-        return policy.respond(trap[0]) is not Respond.COMMAND
+    if trap is not None:  # only "ban" makes trap bans here; another host's may come under
+        return policy.respond(trap[0]) is Respond.BAN  # any setting of this one's
     return Respond.BAN in (policy.respond_tcp, policy.respond_udp)
 
 
@@ -308,9 +309,8 @@ class Policy:
             return "it has ended"
         if why := self.protection.conflict(target):
             return why
-        single = target.prefixlen == target.max_prefixlen
-        if single and self.protection.peer(target.network_address, now):
-            return f"{target.network_address} is a peer of this host"
+        if peer := self.protection.peer_in(target, now):
+            return f"{show(target)} holds {peer}, a peer of this host"
         held = self._held(target, now)
         if held is not None and (
             held.expires_at is None or held.expires_at >= (ban.expires_at or math.inf)
@@ -420,10 +420,6 @@ class Policy:
     def watched(self) -> int:
         """How many sources the engine holds recent hits of (what `forget_quiet` trims)."""
         return len(self._recent)
-
-    def next_end(self) -> float | None:
-        """When the next timed ban runs out (it may have been lifted since), if any."""
-        return self._ends[0][0] if self._ends else None
 
     def expire(self, now: float) -> list[Ban]:
         """Forget the bans that ran out by `now` and return them, oldest end first. Costs

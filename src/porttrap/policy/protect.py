@@ -57,6 +57,14 @@ class Protection:
         until = self._peers.get(address)
         return until is not None and until > now
 
+    def peer_in(self, target: IPNetwork, now: float) -> IPAddress | None:
+        """A peer of the host inside `target` (a network or a single address), if any."""
+        if target.prefixlen == target.max_prefixlen:
+            address = target.network_address
+            return address if self.peer(address, now) else None
+        inside = (a for a, until in self._peers.items() if until > now and a in target)
+        return next(inside, None)
+
     def forget_peers(self, now: float) -> None:
         for address in [a for a, until in self._peers.items() if until <= now]:
             del self._peers[address]
