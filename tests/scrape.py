@@ -46,8 +46,12 @@ def values(family: Metric, sample: str | None = None) -> dict[Labels, float]:
 
 
 def by(label: str, family: Metric, sample: str | None = None) -> dict[str, float]:
-    """{label value: sample value} of a family with one label."""
-    return {dict(labels)[label]: value for labels, value in values(family, sample).items()}
+    """{label value: sample value} of a family, summed over its other labels."""
+    found: dict[str, float] = {}
+    for labels, value in values(family, sample).items():
+        key = dict(labels)[label]
+        found[key] = found.get(key, 0.0) + value
+    return found
 
 
 def dashboard() -> dict[str, Any]:

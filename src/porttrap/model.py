@@ -26,8 +26,10 @@ class Outcome(enum.StrEnum):
     ALLOWED = "allowed"  # source is on the allow list
     OWN_ADDRESS = "own-address"  # source is one of this host's addresses (or loopback)
     NOT_UNICAST = "not-unicast"  # a UDP broadcast/multicast: not aimed at this host, so no scan
-    CLIENT = "client"  # a probe (forgeable) from a recent client of a served port: never bans
+    CLIENT = "client"  # a probe or datagram (forgeable) from a recent client: never bans
     PEER = "peer"  # a probe or datagram (forgeable) from a peer of the host: never bans
+    SESSION = "session"  # from the peer of a live SSH session to this host: never bans
+    HELD = "held-back"  # would have banned on forgeable evidence, over the budget for that
     LOGGED = "logged"  # would have banned, but the protocol responds with "log" ([ban] respond)
 
 
@@ -44,13 +46,23 @@ class Hit:
     # How the trap was touched: "connect" (a TCP handshake), "udp" (a datagram), or the class
     # of a TCP probe the kernel saw: syn, fin, null, xmas, ack, maimon, "other FSRPAU".
     kind: str = "connect"
-    # The kernel saw this source complete a TCP connection to a served port recently.
+    # The kernel saw this source complete a connection to this host recently (any protocol).
     client: bool = False
+    # The kernel saw this host talk to this source of its own accord (its resolver, a mirror).
+    peer: bool = False
 
     @property
     def verified(self) -> bool:
         """Only a completed handshake proves the source address; anything else can be forged."""
         return self.kind == "connect"
+
+
+class Evidence(enum.StrEnum):
+    """What a ban rests on. Only a completed handshake (or an admin) proves who is banned: a
+    probe or a datagram can carry any source address, so bans on such evidence are bounded."""
+
+    VERIFIED = "verified"  # a completed TCP handshake to a trap, or an admin's ban
+    UNVERIFIED = "unverified"  # probes or datagrams only, which a forger can send
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +74,11 @@ class Ban:
     expires_at: float | None
     ban_count: int
     reason: str
+    evidence: Evidence = Evidence.VERIFIED
+
+    @property
+    def verified(self) -> bool:
+        return self.evidence is Evidence.VERIFIED
 
     @property
     def permanent(self) -> bool:

@@ -82,6 +82,7 @@ def test_the_argv_form_gets_placeholders_and_the_environment(tmp_path: Path) -> 
         "PORTTRAP_EXPIRES_AT": "2027-01-15T09:00:00Z",
         "PORTTRAP_PERMANENT": "0",
         "PORTTRAP_REASON": "trap:tcp/23",
+        "PORTTRAP_EVIDENCE": "verified",
     }
 
 

@@ -49,6 +49,7 @@ def test_a_trap_ban_names_its_port_and_mode() -> None:
         reason="trap:tcp/23",
         ban_count=1,
         expires_at=T0 + 3600,
+        evidence="verified",
     )
     permanent = events.from_ban(trap_ban(permanent=True), MODES)
     assert permanent.name is Event.PERMANENT_BAN and permanent.permanent
@@ -146,6 +147,7 @@ def test_environment() -> None:
         "PORTTRAP_EXPIRES_AT": "2027-01-15T09:00:00Z",
         "PORTTRAP_PERMANENT": "0",
         "PORTTRAP_REASON": "trap:tcp/23",
+        "PORTTRAP_EVIDENCE": "verified",
     }
     permanent = events.environment(events.from_ban(trap_ban(permanent=True), MODES))
     assert permanent["PORTTRAP_EXPIRES_AT"] == "" and permanent["PORTTRAP_PERMANENT"] == "1"
@@ -164,6 +166,7 @@ def test_the_json_body() -> None:
         "ban_count": 1,
         "expires_at": "2027-01-15T09:00:00Z",
         "permanent": False,
+        "evidence": "verified",
         "kind": None,
         "outcome": None,
         "source_port": None,

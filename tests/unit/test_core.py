@@ -68,7 +68,7 @@ from porttrap.core.events import (
     TurnEnded,
 )
 from porttrap.core.views import ban_json
-from porttrap.model import Ban, Hit, Outcome, Proto, StoredBan, Unban
+from porttrap.model import Ban, Evidence, Hit, Outcome, Proto, StoredBan, Unban
 from porttrap.sensorspec import SensorState, spec_from_config
 from porttrap.testing.playbook import T0, Playbook, later
 
@@ -89,10 +89,19 @@ def hit(source: str = ATTACKER, port: int = 23, kind: str = "connect", client: b
 
 
 def ban(
-    target: str, at: float, seconds: float | None, count: int = 1, reason: str = "trap:tcp/23"
+    target: str,
+    at: float,
+    seconds: float | None,
+    *,
+    count: int = 1,
+    reason: str = "trap:tcp/23",
+    evidence: Evidence = Evidence.VERIFIED,
 ) -> Ban:
     expires = None if seconds is None else at + seconds
-    return Ban(ip_network(target), at, expires, count, reason)
+    return Ban(ip_network(target), at, expires, count, reason, evidence)
+
+
+UNVERIFIED_MAX = 600.0  # [ban] unverified_max_time by default
 
 
 def sent(*changes: Ban | Unban, now: float = T0) -> list[Command]:
@@ -284,11 +293,11 @@ def test_forged_probes_need_confirmation_and_never_ban_a_client_or_a_peer() -> N
                 (hit(peer, kind="udp", port=161), Outcome.PEER),
             ]
         )
-        >> HitSeen(syn)  # the second SYN confirms: banned
+        >> HitSeen(syn)  # the second SYN confirms: banned, briefly (forgeable evidence)
         << FlushSoon()
         >> HitSeen(hit(peer))  # a peer's completed handshake proves its address: that bans
         >> TurnEnded()
-        << sent(ban(ATTACKER, T0, H), ban(peer, T0, H))
+        << sent(ban(ATTACKER, T0, UNVERIFIED_MAX, evidence=Evidence.UNVERIFIED), ban(peer, T0, H))
     )
 
 
@@ -600,7 +609,7 @@ def test_a_reload_of_the_sensor_rules_rebuilds_the_table_and_commits_only_then()
                     '[kernel]\nblock_size = 2048\nblock_time = "1m"\n', None)  # fmt: skip
     core, playbook = started(old)
     syn = hit(kind="syn")
-    banned = ban(ATTACKER, T0, H)
+    banned = ban(ATTACKER, T0, UNVERIFIED_MAX, evidence=Evidence.UNVERIFIED)
     assert (
         playbook
         >> HitSeen(syn)

@@ -83,7 +83,8 @@ def test_an_idle_daemon_exports_every_family_at_zero(daemon: Shell) -> None:
     assert by("kind", got["porttrap_bans_active"]) == {"temporary": 0, "permanent": 0}
     assert by("family", got["porttrap_set_elements"]) == {"ipv4": 0, "ipv6": 0}
     dropped = by("what", got["porttrap_events_dropped"])
-    assert dropped == {"hit_not_stored": 0, "action": 0}  # no kernel sensor: no kernel series
+    assert dropped == {"hit_not_stored": 0, "hit_sampled": 0, "action": 0}  # no kernel series
+    assert by("evidence", got["porttrap_bans"]) == {"verified": 0, "unverified": 0}
     assert got["porttrap_decision_seconds"].type == "histogram"
     assert values(got["porttrap_decision_seconds"], "porttrap_decision_seconds_count") == {
         frozenset(): 0
@@ -113,6 +114,9 @@ def test_hits_bans_and_sets_as_the_daemon_holds_them(daemon: Shell) -> None:
         labels(proto="udp", port="161", kind="udp", outcome="banned"): 1,
     }
     assert by("kind", got["porttrap_bans"]) == {"temporary": 4, "permanent": 1}
+    # the UDP datagrams banned on forgeable evidence; the handshake and the admin on proof
+    assert by("evidence", got["porttrap_bans"]) == {"verified": 4, "unverified": 1}
+    assert by("evidence", got["porttrap_bans_active"]) == {"verified": 3, "unverified": 1}
     assert by("how", got["porttrap_unbans"]) == {"lifted": 1, "expired": 0}
     assert by("kind", got["porttrap_bans_active"]) == {"temporary": 3, "permanent": 1}
     # The UDP ban is active but the command does the banning: it is in no kernel set.
@@ -150,7 +154,8 @@ def test_store_backlog_failures_and_dropped_hits(daemon: Shell) -> None:
     got = scrape(daemon)
     assert values(got["porttrap_store_backlog"]) == {frozenset(): 1}
     assert values(got["porttrap_store_write_failures"]) == {frozenset(): 2}
-    assert by("what", got["porttrap_events_dropped"]) == {"hit_not_stored": 7, "action": 3}
+    assert by("what", got["porttrap_events_dropped"]) == {
+        "hit_not_stored": 7, "hit_sampled": 0, "action": 3}  # fmt: skip
 
 
 def test_the_kernel_sensors_reports_blocks_and_drops(tmp_path: Path) -> None:
@@ -169,7 +174,7 @@ def test_the_kernel_sensors_reports_blocks_and_drops(tmp_path: Path) -> None:
     daemon._kernel.receiver.overruns = 1
     got = scrape(daemon)
     assert by("what", got["porttrap_events_dropped"]) == {
-        "hit_not_stored": 0, "action": 0,
+        "hit_not_stored": 0, "hit_sampled": 0, "action": 0,
         "kernel_source_rate": 11, "kernel_total_rate": 5, "kernel_overrun": 1}  # fmt: skip
     assert values(got["porttrap_kernel_reports"]) == {frozenset(): 139}
     assert by("generation", got["porttrap_kernel_block_fill"]) == {"a": 120, "b": 0}

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from porttrap.config.schema import BanPolicy
-from porttrap.model import Hit, Outcome, Proto
+from porttrap.model import Evidence, Hit, Outcome, Proto
 from porttrap.policy import Policy, Protection
 
 T0 = 1_800_000_000.0
@@ -30,8 +30,20 @@ def hit(
     return Hit(T0 + at, ip_address(source), 40000, local, port, proto, kind, client)
 
 
-def make(trigger: int = 1, confirm: int = 2, window: float = 600, time: float = 3600) -> Policy:
-    policy = BanPolicy(trigger=trigger, confirm=confirm, window=window, time=time)
+def make(
+    trigger: int = 1,
+    confirm: int = 2,
+    window: float = 600,
+    time: float = 3600,
+    unverified_max_time: float = 600,
+) -> Policy:
+    policy = BanPolicy(
+        trigger=trigger,
+        confirm=confirm,
+        window=window,
+        time=time,
+        unverified_max_time=unverified_max_time,
+    )
     return Policy(policy, (), Protection([]))
 
 
@@ -74,16 +86,47 @@ def test_probes_from_a_client_never_ban_nor_count() -> None:
     assert play(make(), probes + later) == [CLIENT] * 100 + [COUNTED, CLIENT, CLIENT]
 
 
-def test_a_client_that_completes_a_handshake_is_banned() -> None:
-    assert play(make(), [hit(0, client=True), hit(1, "connect", client=True)]) == [
-        CLIENT,
-        BANNED,
-    ]
+def test_a_client_that_completes_handshakes_to_two_trap_ports_is_banned() -> None:
+    hits = [hit(0, client=True), hit(1, "connect", 23, client=True)]
+    hits += [hit(2, "connect", 23, client=True), hit(3, "connect", 24, client=True)]
+    assert play(make(), hits) == [CLIENT, COUNTED, COUNTED, BANNED]
 
 
-def test_handshakes_count_toward_confirming_a_probe() -> None:
-    hits = [hit(0, "connect", 23), hit(1, "syn", 24)]
-    assert play(make(trigger=2), hits) == [COUNTED, BANNED]
+def test_a_clients_one_handshake_to_one_trap_port_is_a_health_check_not_a_scan() -> None:
+    hits = [hit(n * 5.0, "connect", 8080, client=True) for n in range(10)]
+    assert play(make(), hits) == [COUNTED] * 10
+    assert Policy(BanPolicy(client_trigger=1), (), Protection([])).on_hit(
+        hit(0, "connect", 8080, client=True), T0
+    ).outcome is BANNED  # fmt: skip
+
+
+def test_handshakes_prove_the_probes_of_their_source() -> None:
+    engine = make(trigger=2)
+    assert play(engine, [hit(0, "connect", 23), hit(1, "syn", 24)]) == [COUNTED, BANNED]
+    (ban,) = engine.active(T0 + 1)
+    assert ban.evidence is Evidence.VERIFIED and ban.expires_at == T0 + 1 + 3600
+
+
+def test_probes_alone_make_a_short_unverified_ban_never_a_permanent_one() -> None:
+    engine = make(time=3600, unverified_max_time=600)
+    for round_ in range(5):  # five times over: the escalation is capped, never permanent
+        start = round_ * 1000.0
+        assert play(engine, [hit(start), hit(start + 1)]) == [COUNTED, BANNED]
+        (ban,) = engine.active(T0 + start + 1)
+        assert ban.evidence is Evidence.UNVERIFIED and ban.ban_count == round_ + 1
+        assert ban.expires_at == T0 + start + 1 + 600
+        engine.expire(T0 + start + 700)
+
+
+def test_unverified_bans_leave_the_verified_escalation_alone() -> None:
+    """Forged probes in an innocent's name, then its one real mistake: its first ban."""
+    engine = make(time=3600)
+    for start in (0.0, 1000.0, 2000.0):
+        play(engine, [hit(start), hit(start + 1)])
+        engine.expire(T0 + start + 700)
+    verdict = engine.on_hit(hit(3000, "connect"), T0 + 3000)
+    assert verdict.ban is not None and verdict.ban.ban_count == 1
+    assert verdict.ban.expires_at == T0 + 3000 + 3600
 
 
 def test_the_confirm_count_resets_when_the_window_closes() -> None:
@@ -137,7 +180,8 @@ def test_the_engine_matches_the_rules(
     plan: list[tuple[int, str, int, bool]], trigger: int, confirm: int, window: float
 ) -> None:
     """The first ban comes exactly at the first counted hit (not a client's probe) that sees
-    `trigger` distinct ports and, unless it is a handshake, `confirm` hits within the window."""
+    `trigger` distinct ports (two for a client's handshake) and, unless a handshake within the
+    window proved the source, `confirm` hits within the window."""
     hits, at = [], 0.0
     for gap, kind, port, client in plan:
         at += gap
@@ -153,9 +197,11 @@ def test_the_engine_matches_the_rules(
             counted.append(h)
             recent = [c for c in counted if c.at > h.at - window]
             ports = {(c.proto, c.port) for c in recent}
-            ok = len(ports) >= trigger and (h.verified or len(recent) >= confirm)
+            needed = max(trigger, 2) if h.client and h.verified else trigger
+            proven = any(c.verified for c in recent)
+            ok = len(ports) >= needed and (proven or len(recent) >= confirm)
             expected.append(BANNED if ok else COUNTED)
-    engine = make(trigger=trigger, confirm=confirm, window=window)
+    engine = make(trigger=trigger, confirm=confirm, window=window, unverified_max_time=1e9)
     assert play(engine, hits) == expected
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from porttrap.config.schema import Config
 from porttrap.errors import NoDatabase, StoreError
-from porttrap.model import Ban, Hit, Outcome, Proto
+from porttrap.model import Ban, Evidence, Hit, Outcome, Proto
 from porttrap.store import migrations, open_store
 from porttrap.store.migrations import LATEST, MIGRATIONS, Migration
 from porttrap.store.sqlite import SQLiteStore
@@ -55,9 +55,22 @@ def tables_of(path: Path) -> set[str]:
         return {name for (name,) in found}
 
 
-def make_v1_with_a_ban(path: Path) -> None:
+def make_current_with_a_ban(path: Path) -> None:
     with SQLiteStore.open(path) as store:
         store.add_bans([BAN])
+
+
+def make_v1(path: Path, bans: list[tuple[str, float, str]]) -> None:
+    """A database as porttrap wrote it at schema v1, holding these (target, banned_at,
+    reason) bans."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with raw(path) as conn:
+        migrations.migrate(conn, path, MIGRATIONS[:1])
+        conn.executemany(
+            "INSERT INTO bans (target, banned_at, expires_at, ban_count, reason) "
+            "VALUES (?, ?, NULL, 1, ?)",
+            bans,
+        )
 
 
 # -- a new database ----------------------------------------------------------------------
@@ -140,16 +153,16 @@ def test_a_failed_migration_changes_nothing(db: Path) -> None:
         assert conn.execute("SELECT who FROM hits").fetchall() == [("someone",)]
 
 
-V2 = Migration(2, "a note on each ban", ("ALTER TABLE bans ADD COLUMN note TEXT",))
+NEXT = Migration(LATEST + 1, "a note on each ban", ("ALTER TABLE bans ADD COLUMN note TEXT",))
 
 
 def test_a_newer_migration_backs_up_the_old_version_first(db: Path) -> None:
-    make_v1_with_a_ban(db)
+    make_current_with_a_ban(db)
     with raw(db) as conn:
-        saved = migrations.migrate(conn, db, (*MIGRATIONS, V2))
-    assert saved == db.with_name("porttrap.db.bak-v1")
-    assert version_of(db) == 2
-    assert version_of(saved) == 1
+        saved = migrations.migrate(conn, db, (*MIGRATIONS, NEXT))
+    assert saved == db.with_name(f"porttrap.db.bak-v{LATEST}")
+    assert version_of(db) == LATEST + 1
+    assert version_of(saved) == LATEST
     with raw(saved) as conn:
         assert conn.execute("SELECT target FROM bans").fetchall() == [("198.51.100.7",)]
     with raw(db) as conn:
@@ -157,32 +170,60 @@ def test_a_newer_migration_backs_up_the_old_version_first(db: Path) -> None:
 
 
 def test_an_earlier_backup_is_never_overwritten(db: Path) -> None:
-    make_v1_with_a_ban(db)
-    earlier = db.with_name("porttrap.db.bak-v1")
+    make_current_with_a_ban(db)
+    earlier = db.with_name(f"porttrap.db.bak-v{LATEST}")
     earlier.write_bytes(b"an older backup")
     with raw(db) as conn:
-        saved = migrations.migrate(conn, db, (*MIGRATIONS, V2))
-    assert saved == db.with_name("porttrap.db.bak-v1.2")
+        saved = migrations.migrate(conn, db, (*MIGRATIONS, NEXT))
+    assert saved == db.with_name(f"porttrap.db.bak-v{LATEST}.2")
     assert earlier.read_bytes() == b"an older backup"
-    assert version_of(saved) == 1
+    assert version_of(saved) == LATEST
 
 
 def test_a_broken_migration_rolls_back_every_step(db: Path) -> None:
-    make_v1_with_a_ban(db)
-    broken = Migration(3, "broken", ("DROP TABLE hits", "SELECT * FROM no_such_table"))
-    with raw(db) as conn, pytest.raises(StoreError, match="from schema v1 to v3"):
-        migrations.migrate(conn, db, (*MIGRATIONS, V2, broken))
-    assert version_of(db) == 1
+    make_current_with_a_ban(db)
+    broken = Migration(LATEST + 2, "broken", ("DROP TABLE hits", "SELECT * FROM no_such_table"))
+    with (
+        raw(db) as conn,
+        pytest.raises(StoreError, match=f"from schema v{LATEST} to v{LATEST + 2}"),
+    ):
+        migrations.migrate(conn, db, (*MIGRATIONS, NEXT, broken))
+    assert version_of(db) == LATEST
     assert {"hits", "bans"} <= tables_of(db)
     with SQLiteStore.open(db) as store:
         assert store.active_bans(T0) == [BAN]
+
+
+def test_v2_says_what_each_earlier_ban_rests_on(db: Path) -> None:
+    """UDP trap bans rested on datagrams (forgeable); connect traps' and admins' on proof."""
+    make_v1(db, [("198.51.100.1", T0, "trap:udp/161"), ("198.51.100.2", T0, "trap:tcp/23"),
+                 ("198.51.100.0/24", T0, "manual")])  # fmt: skip
+    with SQLiteStore.open(db) as store:
+        held = {str(b.target): b.evidence for b in store.active_bans(T0)}
+    assert held == {
+        "198.51.100.1/32": Evidence.UNVERIFIED,
+        "198.51.100.2/32": Evidence.VERIFIED,
+        "198.51.100.0/24": Evidence.VERIFIED,
+    }
+    assert db.with_name("porttrap.db.bak-v1").exists()
+
+
+def test_a_row_whose_evidence_is_unknown_is_skipped_and_named(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_current_with_a_ban(db)
+    with raw(db) as conn:
+        conn.execute("UPDATE bans SET evidence = 'hearsay'")
+    with caplog.at_level(logging.WARNING), SQLiteStore.open(db) as store:
+        assert store.active_bans(T0) == []
+    assert "evidence 'hearsay' is not one of: verified, unverified" in caplog.text
 
 
 # -- refusals ----------------------------------------------------------------------------
 
 
 def test_a_database_from_a_newer_porttrap_is_refused_untouched(db: Path) -> None:
-    make_v1_with_a_ban(db)
+    make_current_with_a_ban(db)
     with raw(db) as conn:
         conn.execute("PRAGMA user_version = 99")
     before = db.read_bytes()
@@ -266,7 +307,7 @@ def test_readonly_refuses_an_old_schema_it_cannot_migrate(db: Path) -> None:
 
 
 def test_readonly_refuses_a_newer_schema(db: Path) -> None:
-    make_v1_with_a_ban(db)
+    make_current_with_a_ban(db)
     with raw(db) as conn:
         conn.execute("PRAGMA user_version = 7")
     with pytest.raises(StoreError, match=r"has schema v7.*upgrade porttrap"):

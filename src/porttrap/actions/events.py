@@ -16,7 +16,17 @@ from dataclasses import dataclass
 
 from porttrap import __version__, log
 from porttrap.config.schema import CommandAction, Event, Modes, TrapMode
-from porttrap.model import Ban, Hit, Outcome, Proto, Unban, show, trap_reason, trapped_by
+from porttrap.model import (
+    Ban,
+    Evidence,
+    Hit,
+    Outcome,
+    Proto,
+    Unban,
+    show,
+    trap_reason,
+    trapped_by,
+)
 
 ADMIN = "admin"  # $MODE$ of a ban no trap caused (`porttrap ban`), and of an unknown lifted ban
 EXPIRED = "expired"  # the reason of the unban event of a ban that ran out
@@ -44,6 +54,9 @@ class ActionEvent:
     outcome: str = ""  # hits: what the policy made of it
     source_port: int = 0  # hits
     local: str = ""  # hits: the address the trap was touched on
+    # What it rests on: "verified" (a handshake, an admin) or "unverified" (forgeable); a
+    # hit's own evidence, or its ban's; empty for the unban of an unknown ban.
+    evidence: str = ""
 
 
 def mode_name(modes: Modes, proto: Proto) -> str:
@@ -68,7 +81,12 @@ def from_hit(hit: Hit, outcome: Outcome, ban: Ban | None, modes: Modes) -> Actio
         outcome=outcome.value,
         source_port=hit.source_port,
         local=str(hit.local),
+        evidence=_evidence(ban.verified if ban is not None else hit.verified),
     )
+
+
+def _evidence(verified: bool) -> str:
+    return str(Evidence.VERIFIED if verified else Evidence.UNVERIFIED)
 
 
 def from_ban(ban: Ban, modes: Modes) -> ActionEvent:
@@ -104,6 +122,7 @@ def _with_ban(name: Event, ban: Ban, at: float, reason: str, modes: Modes) -> Ac
         ban_count=ban.ban_count,
         expires_at=ban.expires_at,
         permanent=ban.permanent,
+        evidence=str(ban.evidence),
     )
 
 
@@ -144,6 +163,7 @@ def environment(event: ActionEvent) -> dict[str, str]:
         "PORTTRAP_EXPIRES_AT": log.iso(event.expires_at) or "",
         "PORTTRAP_PERMANENT": "1" if event.permanent else "0",
         "PORTTRAP_REASON": event.reason,
+        "PORTTRAP_EVIDENCE": event.evidence,
     }
 
 
@@ -161,6 +181,7 @@ def document(event: ActionEvent, host: str) -> dict[str, object]:
         "ban_count": event.ban_count,
         "expires_at": log.iso(event.expires_at),
         "permanent": event.permanent,
+        "evidence": event.evidence or None,
         "kind": event.kind if hit else None,
         "outcome": event.outcome if hit else None,
         "source_port": event.source_port if hit else None,

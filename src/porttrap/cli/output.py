@@ -35,10 +35,11 @@ def bans_table(bans: Sequence[Ban]) -> str:
             log.iso(b.expires_at) or "permanent",
             b.ban_count,
             b.reason,
+            b.evidence,
         )
         for b in bans
     ]
-    return table(rows, ("ADDRESS", "BANNED AT", "EXPIRES", "COUNT", "REASON"))
+    return table(rows, ("ADDRESS", "BANNED AT", "EXPIRES", "COUNT", "REASON", "EVIDENCE"))
 
 
 def history_json(entry: HistoryEntry) -> dict[str, Any]:
@@ -62,6 +63,7 @@ def history_json(entry: HistoryEntry) -> dict[str, Any]:
             permanent=b.permanent,
             ban_count=b.ban_count,
             reason=b.reason,
+            evidence=str(b.evidence),
         )
     if entry.what == "unban":
         base["reason"] = entry.unban_reason
@@ -78,7 +80,10 @@ def history_table(entries: Sequence[HistoryEntry]) -> str:
             detail = f"{item['proto']}/{item['port']} {item['kind']} -> {item['outcome']}"
         elif entry.what == "ban":
             until = item["expires_at"] or "permanent"
-            detail = f"ban #{item['ban_count']} until {until} ({item['reason']})"
+            detail = (
+                f"ban #{item['ban_count']} until {until} ({item['reason']}, "
+                f"{item['evidence']} evidence)"
+            )
         else:
             detail = f"unban ({item['reason']})"
         rows.append((item["at"], item["what"], item.get("address"), detail))

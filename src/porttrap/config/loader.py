@@ -22,6 +22,7 @@ from porttrap.config.schema import (
     FirewallConfig,
     KernelSensor,
     Modes,
+    Protect,
     Respond,
     StoreConfig,
     TrapMode,
@@ -43,6 +44,7 @@ TOP_KEYS = (
     "store",
     "log",
     "metrics",
+    "protect",
 )
 BAN_KEYS = (
     "time",
@@ -54,7 +56,12 @@ BAN_KEYS = (
     "forget_after",
     "confirm",
     "respond",
+    "unverified_max_time",
+    "unverified_rate",
+    "unverified_prefix_rate",
+    "client_trigger",
 )
+RATE = fields.between(1, 1_000_000)  # per second: whole numbers, as people write them
 KERNEL_KEYS = (
     "nflog_group",
     "block",
@@ -141,8 +148,15 @@ def _config(data: Table, problems: Problems, path: Path | None) -> Config:
         store=_store(top.sub("store")),
         log=build_log(top.sub("log")),
         metrics=build_metrics(top.sub("metrics"), trap_list),
+        protect=_protect(top.sub("protect")),
         source=path,
     )
+
+
+def _protect(section: Section) -> Protect:
+    section.check_keys(("ssh_ports",))
+    ports = section.items("ssh_ports", fields.between(1, 65535), "[22, 2222]")
+    return Protect(ssh_ports=tuple(dict.fromkeys(ports)))
 
 
 def _allow(section: Section) -> AllowList:
@@ -172,6 +186,14 @@ def _ban(section: Section) -> BanPolicy:
         confirm=section.get("confirm", fields.at_least(1), default.confirm),
         respond_tcp=respond[Proto.TCP],
         respond_udp=respond[Proto.UDP],
+        unverified_max_time=section.get(
+            "unverified_max_time", fields.duration, default.unverified_max_time
+        ),
+        unverified_rate=float(section.get("unverified_rate", RATE, int(default.unverified_rate))),
+        unverified_prefix_rate=float(
+            section.get("unverified_prefix_rate", RATE, int(default.unverified_prefix_rate))
+        ),
+        client_trigger=section.get("client_trigger", fields.at_least(1), default.client_trigger),
     )
 
 
@@ -242,8 +264,9 @@ def _backend(value: object) -> str:
 
 
 def _store(section: Section) -> StoreConfig:
-    section.check_keys(("hit_retention",))
+    section.check_keys(("hit_retention", "hit_rate"))
     default = StoreConfig()
     return StoreConfig(
-        hit_retention=section.get("hit_retention", fields.duration, default.hit_retention)
+        hit_retention=section.get("hit_retention", fields.duration, default.hit_retention),
+        hit_rate=float(section.get("hit_rate", RATE, int(default.hit_rate))),
     )

@@ -68,6 +68,17 @@ class BanPolicy:
     confirm: int = 2
     respond_tcp: Respond = Respond.BAN
     respond_udp: Respond = Respond.BAN
+    # A ban resting only on forgeable evidence (probes, datagrams) lasts at most this long and
+    # is never permanent: long enough to outlast a scan, short enough that a forger who names
+    # an innocent address costs it minutes, not hours.
+    unverified_max_time: float = 600.0
+    # Such bans per second, host-wide and per /24 (IPv4) or /48 (IPv6) of the banned sources;
+    # bursts of five seconds' worth. A flood of forged sources cannot ban thousands.
+    unverified_rate: float = 10.0
+    unverified_prefix_rate: float = 1.0
+    # Distinct trap ports a recent client must complete a handshake to before it is banned: a
+    # load balancer's health check of a service that just stopped touches one.
+    client_trigger: int = 2
 
     def respond(self, proto: Proto) -> Respond:
         return self.respond_tcp if proto is Proto.TCP else self.respond_udp
@@ -210,6 +221,16 @@ class FirewallConfig:
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     hit_retention: float = 90 * 86400.0  # hits older than this are pruned
+    hit_rate: float = 500.0  # hits stored per second at most; the rest counted (bans: all)
+
+
+@dataclass(frozen=True, slots=True)
+class Protect:
+    """The `[protect]` section: who is never banned besides the allow list."""
+
+    # Peers of live SSH sessions to these ports are never banned by a trap hit. Empty: the
+    # ports sshd listens on (when porttrap can tell), else 22.
+    ssh_ports: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +269,7 @@ class Config:
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    protect: Protect = field(default_factory=Protect)
     source: Path | None = None  # the file this was read from; None: built-in defaults
 
     @property

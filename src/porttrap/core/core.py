@@ -63,6 +63,7 @@ from porttrap.core.events import (
     CountersRead,
     FirewallFailed,
     FirewallMissing,
+    GatewaysChanged,
     HitSeen,
     PeerSeen,
     Reconcile,
@@ -74,6 +75,7 @@ from porttrap.core.events import (
     RemoteBan,
     ServedPortsChanged,
     ServeFailed,
+    SessionsChanged,
     Started,
     Stopping,
     Tick,
@@ -87,6 +89,7 @@ from porttrap.core.views import ban_json
 from porttrap.errors import UsageError
 from porttrap.model import Ban, Change, Hit, IPNetwork, Outcome, Unban, show
 from porttrap.policy import Policy, Protection
+from porttrap.policy.budget import Bucket
 from porttrap.policy.engine import enforced_under
 from porttrap.sensorspec import GENERATIONS, SensorState, spec_from_config
 
@@ -119,7 +122,9 @@ class Core:
         self.started_at = started_at
         self.policy = Policy(config.ban, config.traps, protection(config))
         self.stats = Stats()
-        self.hits_not_stored = 0
+        self.hits_not_stored = 0  # the store fell behind
+        self.hits_sampled = 0  # over [store] hit_rate
+        self._storable = Bucket(config.store.hit_rate, started_at)
         self.kernel = KernelState(spec_from_config(config)) if config.modes.kernel else None
         self._pending: list[Change] = []  # decided this loop turn, not yet sent out
         self._arrivals: list[float] = []  # the shell's stamps of the hits that banned
@@ -146,6 +151,8 @@ class Core:
             AdminUnban: self._admin_unban,
             RemoteBan: self._remote_ban,
             PeerSeen: self._peer_seen,
+            SessionsChanged: self._sessions,
+            GatewaysChanged: self._gateways,
             ReloadRequested: self._reload_requested,
             ReloadInvalid: self._reload_invalid,
             ReloadPrepared: self._reload_prepared,
@@ -206,18 +213,19 @@ class Core:
         self.stats.hit(hit, outcome)
         if self._hit_actions:  # bounded by [actions] queue, whatever the flood
             commands.append(ActionsHit(hit, outcome, verdict.ban))
-        if len(self._hits) < MAX_BUFFERED_HITS:
+        self._keep(hit, outcome, verdict.ban is not None, now)
+        commands.append(Log("hit", _hit_level(hit, outcome), _hit_fields(hit, outcome)))
+        return commands
+
+    def _keep(self, hit: Hit, outcome: Outcome, banned: bool, now: float) -> None:
+        """The hit for the store: every one that banned; the others up to `[store] hit_rate`
+        a second (a flood of forged sources would fill the disk), the rest only counted."""
+        if not banned and not self._storable.take(now):
+            self.hits_sampled += 1
+        elif len(self._hits) < MAX_BUFFERED_HITS:
             self._hits.append((hit, outcome))
         else:
             self.hits_not_stored += 1
-        # A forged flood can make thousands of unverified hits a second: they are stored (see
-        # `porttrap history`) and counted in status, and logged only when they ban (or would
-        # have, with respond = "log").
-        quiet = not hit.verified and outcome not in (Outcome.BANNED, Outcome.LOGGED)
-        commands.append(
-            Log("hit", logging.DEBUG if quiet else logging.INFO, _hit_fields(hit, outcome))
-        )
-        return commands
 
     # -- the batch of a loop turn --------------------------------------------------------
 
@@ -373,6 +381,19 @@ class Core:
         self.policy.protection.note_peer(event.address, event.until)
         return []
 
+    def _sessions(self, event: SessionsChanged, _now: float) -> list[Command]:
+        """The admin's SSH sessions: each new peer is named, so that the log says who is
+        protected (and why a trap hit from there never bans)."""
+        protection = self.policy.protection
+        new = sorted(event.peers - protection.sessions, key=str)
+        protection.set_sessions(event.peers)
+        fields = "the peer of a live SSH session to this host: never banned by a trap hit"
+        return [Log("admin-session", logging.INFO, {"peer": p, "protected": fields}) for p in new]
+
+    def _gateways(self, event: GatewaysChanged, _now: float) -> list[Command]:
+        self.policy.protection.set_gateways(event.gateways)
+        return []
+
     # -- reload --------------------------------------------------------------------------
 
     def _reload_requested(self, event: ReloadRequested, _now: float) -> list[Command]:
@@ -421,6 +442,8 @@ class Core:
         (new, changed), self._reload = self._reload, None
         old, self.config = self.config, new
         unbans = self.policy.reconfigure(new.ban, new.traps, protection(new), now)
+        if new.store.hit_rate != old.store.hit_rate:
+            self._storable = Bucket(new.store.hit_rate, now)
         if self.kernel is not None and reload.kernel_changed(old, new):
             self.kernel.respec(spec_from_config(new))
         self._read_actions(new)
@@ -464,10 +487,23 @@ class Core:
             enforced=self.policy.enforced,
             stats=self.stats,
             hits_not_stored=self.hits_not_stored,
+            hits_sampled=self.hits_sampled,
+            sources_evicted=self.policy.evicted,
+            bans_held=self.policy.held,
             watched=self.policy.watched(),
             kernel=view,
             io=io,
         )
+
+
+def _hit_level(hit: Hit, outcome: Outcome) -> int:
+    """A forged flood can make thousands of unverified hits a second: they are stored (up to
+    the rate) and counted, and logged only when they ban (or would have, with respond = "log").
+    A hit from the admin's own session is a warning: it would have cut them off."""
+    if outcome is Outcome.SESSION:
+        return logging.WARNING
+    quiet = not hit.verified and outcome not in (Outcome.BANNED, Outcome.LOGGED)
+    return logging.DEBUG if quiet else logging.INFO
 
 
 def _hit_fields(hit: Hit, outcome: Outcome) -> dict[str, object]:

@@ -130,6 +130,22 @@ class RemoteBan:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionsChanged:
+    """The peers of the live SSH sessions to this host are now `peers` (the admin's): no trap
+    hit ever bans them."""
+
+    peers: frozenset[IPAddress]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaysChanged:
+    """The host's gateways and next hops (its routes) are now `gateways`: evidence that can
+    be forged never bans them."""
+
+    gateways: frozenset[IPAddress]
+
+
+@dataclass(frozen=True, slots=True)
 class PeerSeen:
     """The host talks to `address` of its own accord (a resolver, a gateway, a VPN endpoint):
     until `until`, evidence that can be forged never bans it."""
@@ -195,6 +211,8 @@ Event = (
     | AdminBan
     | AdminUnban
     | RemoteBan
+    | SessionsChanged
+    | GatewaysChanged
     | PeerSeen
     | ReloadRequested
     | ReloadInvalid

@@ -70,6 +70,9 @@ class Snapshot:
     enforced: Callable[[Ban], bool]  # whether a ban belongs in the kernel (`[ban] respond`)
     stats: Stats
     hits_not_stored: int
+    hits_sampled: int  # not stored: over [store] hit_rate
+    sources_evicted: int  # watched sources forgotten to make room (a flood of new sources)
+    bans_held: int  # bans on forgeable evidence held back, over the budgets
     watched: int  # sources whose recent hits the policy remembers
     kernel: KernelView | None
     io: IoFigures

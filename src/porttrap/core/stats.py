@@ -55,6 +55,7 @@ class Stats:
         self.hits: Counter[HitKey] = Counter()
         self.sources: dict[IPAddress, Source] = {}
         self.bans: Counter[str] = Counter()  # "temporary" | "permanent": bans made
+        self.bans_by: Counter[tuple[str, str]] = Counter()  # (kind, evidence): bans made
         self.unbans: Counter[str] = Counter()  # "lifted" (unban, allow list...) | "expired"
         self._ports: set[tuple[str, int]] = set()
         self.sources_forgotten = 0
@@ -92,7 +93,9 @@ class Stats:
         """A batch of bans and unbans went to the kernel."""
         for change in batch:
             if isinstance(change, Ban):
-                self.bans["permanent" if change.permanent else "temporary"] += 1
+                kind = "permanent" if change.permanent else "temporary"
+                self.bans[kind] += 1
+                self.bans_by[(kind, change.evidence.value)] += 1
             elif isinstance(change, Unban):
                 self.unbans["lifted"] += 1  # reasons are free text: no label
 

@@ -21,6 +21,7 @@ def ban_json(ban: Ban) -> dict[str, Any]:
         "permanent": ban.permanent,
         "ban_count": ban.ban_count,
         "reason": ban.reason,
+        "evidence": str(ban.evidence),
     }
 
 
@@ -48,7 +49,9 @@ def status(snapshot: Snapshot, pid: int) -> dict[str, Any]:
             "total": snapshot.stats.total_hits,
             **snapshot.stats.by_outcome(),
             "not_stored": snapshot.hits_not_stored,
+            "sampled": snapshot.hits_sampled,
         },
+        "sources": {"watched": snapshot.watched, "evicted": snapshot.sources_evicted},
     }
 
 

@@ -43,6 +43,7 @@ def log_change(change: Change, level: int = logging.INFO) -> None:
         until=log.iso(change.expires_at),
         ban_count=change.ban_count,
         reason=change.reason,
+        evidence=change.evidence,
     )
 
 

@@ -35,12 +35,15 @@ from porttrap.core.views import kernel_status
 from porttrap.model import Ban, Proto
 
 BAN_KINDS = ("temporary", "permanent")
+EVIDENCE = ("verified", "unverified")
 UNBAN_KINDS = ("lifted", "expired")
 _EXPIRES, _REASON, _TARGET = attrgetter("expires_at"), attrgetter("reason"), attrgetter("target")
 # porttrap_events_dropped_total{what}: what porttrap counted but let go under load.
 DROPPED_HELP = (
     "Events porttrap let go under load, by what: hit_not_stored (hits counted and acted on but "
-    "not written to the database: the disk fell behind), action (commands and webhooks not run: "
+    "not written to the database: the disk fell behind), hit_sampled (hits counted and acted "
+    "on but not written: over [store] hit_rate, a flood; every ban is written), action "
+    "(commands and webhooks not run: "
     "more waited than [actions] queue), kernel_source_rate and kernel_total_rate (trap packets "
     "dropped but not reported: over [kernel] source_rate or event_rate), kernel_overrun "
     "(reports lost when the NFLOG socket's buffer overflowed)"
@@ -60,7 +63,7 @@ class SnapshotCollector(Collector):
         yield from info(snap)
         yield from hits(snap.stats)
         yield from bans(snap)
-        yield from dropped(snap.hits_not_stored, acts, kernel)
+        yield from dropped(snap, acts, kernel)
         yield from latency(snap)
         yield from store(snap)
         yield from actions(acts)
@@ -124,11 +127,14 @@ def bans(snap: Snapshot) -> Iterator[Metric]:
     stats = snap.stats
     made = CounterMetricFamily(
         "porttrap_bans",
-        "Bans made since the daemon started, by kind: temporary or permanent.",
-        labels=["kind"],
+        "Bans made since the daemon started, by kind (temporary or permanent) and by what they "
+        "rest on: verified (a completed handshake, an admin) or unverified (probes or "
+        "datagrams, which can be forged: never permanent, never past unverified_max_time).",
+        labels=["kind", "evidence"],
     )
     for kind in BAN_KINDS:
-        made.add_metric([kind], stats.bans[kind])
+        for evidence in EVIDENCE:
+            made.add_metric([kind, evidence], stats.bans_by[(kind, evidence)])
     yield made
     lifted = CounterMetricFamily(
         "porttrap_unbans",
@@ -144,13 +150,17 @@ def bans(snap: Snapshot) -> Iterator[Metric]:
 
 def _active(snap: Snapshot) -> Iterator[Metric]:
     kinds, sets = tally(snap.active, snap.enforced)
+    unverified = sum(1 for ban in snap.active if not ban.verified)  # never permanent
     family = GaugeMetricFamily(
         "porttrap_bans_active",
-        "Bans in force now, by kind: temporary or permanent.",
-        labels=["kind"],
+        "Bans in force now, by kind (temporary or permanent) and evidence (verified or "
+        "unverified).",
+        labels=["kind", "evidence"],
     )
-    for kind in BAN_KINDS:
-        family.add_metric([kind], kinds[kind])
+    family.add_metric(["temporary", "verified"], kinds["temporary"] - unverified)
+    family.add_metric(["temporary", "unverified"], unverified)
+    family.add_metric(["permanent", "verified"], kinds["permanent"])
+    family.add_metric(["permanent", "unverified"], 0)
     yield family
     elements = GaugeMetricFamily(
         "porttrap_set_elements",
@@ -166,6 +176,12 @@ def _active(snap: Snapshot) -> Iterator[Metric]:
         "porttrap_sources_watched",
         "Sources whose recent hits the policy remembers, to count them toward a ban.",
         value=snap.watched,
+    )
+    yield CounterMetricFamily(
+        "porttrap_sources_evicted",
+        "Watched sources forgotten before their window closed, to keep the memory bounded "
+        "(a flood of new, probably forged, sources).",
+        value=snap.sources_evicted,
     )
 
 
@@ -186,10 +202,11 @@ def tally(
 
 
 def dropped(
-    hits_not_stored: int, acts: Mapping[str, Any], kernel: Mapping[str, Any] | None
+    snap: Snapshot, acts: Mapping[str, Any], kernel: Mapping[str, Any] | None
 ) -> Iterator[Metric]:
     family = CounterMetricFamily("porttrap_events_dropped", DROPPED_HELP, labels=["what"])
-    family.add_metric(["hit_not_stored"], hits_not_stored)
+    family.add_metric(["hit_not_stored"], snap.hits_not_stored)
+    family.add_metric(["hit_sampled"], snap.hits_sampled)
     family.add_metric(["action"], acts["dropped"])
     if kernel is not None:
         events = kernel["events"]

@@ -2,26 +2,32 @@
 protection.
 
 Only a completed TCP handshake proves where a hit came from. A stealth probe (a SYN, FIN ...)
-or a UDP datagram can carry any source address, so anyone could get a third party banned with
-one forged packet: such hits ban only when the source sent several (`confirm`) within the window,
-and never when they name a recent client of this host (the kernel saw it complete a connection
-to a served port), whose address a forger would pick to cut the host off from its users.
+or a UDP datagram can carry any source address, so anyone could name a third party. Such hits:
+- ban only when the source sent several (`confirm`) within the window;
+- never ban a recent client of this host (the kernel saw it complete a connection) nor a peer
+  (the host talks to it: its resolver, its gateway, a link-local neighbour), whose address a
+  forger would pick to cut the host off;
+- make bans that are never permanent and never longer than `unverified_max_time`, counted
+  apart from verified ones (`escalation.Past`), and no more of them a second than the budgets
+  allow (`budget.Budget`): what a forger can do is bounded.
+A source that completed a handshake to a trap within the window is proven: its probes count as
+verified evidence. A recent client must do so on `client_trigger` distinct trap ports (a health
+check touches one). Peers of live SSH sessions to the host are never banned by any hit.
 """
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import itertools
 import math
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from porttrap.config.schema import BanPolicy, Escalation, Respond, Trap
+from porttrap.config.schema import BanPolicy, Respond, Trap
 from porttrap.errors import UsageError
 from porttrap.model import (
     Ban,
+    Evidence,
     Hit,
     IPAddress,
     IPNetwork,
@@ -34,10 +40,13 @@ from porttrap.model import (
     trap_reason,
     trapped_by,
 )
+from porttrap.policy.budget import Budget
+from porttrap.policy.escalation import Past, ban_duration
 from porttrap.policy.protect import Protection
+from porttrap.policy.recent import Watch
 from porttrap.units import iso
 
-TrapKey = tuple[Proto, int]
+__all__ = ["Policy", "Verdict", "ban_duration", "enforced_under"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,39 +55,6 @@ class Verdict:
 
     outcome: Outcome
     ban: Ban | None = None
-
-
-class _Recent:
-    """What the window holds of one source: each trap port it touched, with the time of the
-    latest hit there, and the times of its latest `confirm` hits of any kind (oldest first).
-    Both stay small, whatever the traffic: a source is banned once it has touched
-    max(trigger, confirm) ports within the window, and `hits` holds `confirm` times at most."""
-
-    __slots__ = ("hits", "ports")
-
-    def __init__(self, confirm: int) -> None:
-        self.ports: dict[TrapKey, float] = {}
-        self.hits: deque[float] = deque(maxlen=max(confirm, 1))
-
-    def add(self, key: TrapKey, now: float, horizon: float) -> int:
-        """Note a hit on `key`; returns the distinct ports touched after `horizon`."""
-        ports = self.ports
-        ports[key] = now
-        self.hits.append(now)
-        for stale in [k for k, at in ports.items() if at <= horizon]:
-            del ports[stale]
-        return len(ports)
-
-    def confirmed(self, horizon: float) -> bool:
-        """Whether the latest `confirm` hits all came after `horizon`: at least `confirm`
-        hits within the window."""
-        hits = self.hits
-        return len(hits) == hits.maxlen and hits[0] > horizon
-
-    @property
-    def last(self) -> float:
-        """When the source last hit a trap (once it has gone a window, expire drops it)."""
-        return self.hits[-1]
 
 
 def enforced_under(policy: BanPolicy, ban: Ban) -> bool:
@@ -92,34 +68,23 @@ def enforced_under(policy: BanPolicy, ban: Ban) -> bool:
     return Respond.BAN in (policy.respond_tcp, policy.respond_udp)
 
 
-def ban_duration(policy: BanPolicy, base: float, count: int) -> float | None:
-    """Seconds the `count`-th ban lasts (None: permanent), from first-ban time `base`."""
-    if policy.permanent_after and count >= policy.permanent_after:
-        return None
-    if policy.escalation is Escalation.QUADRATIC:
-        seconds = base * count * count
-    elif policy.escalation is Escalation.EXPONENTIAL:
-        seconds = base * 2 ** min(count - 1, 64)
-    else:
-        seconds = base
-    return min(seconds, policy.max_time)
-
-
 class Policy:
     """The ban policy and the state it needs: recent hits, past bans and active bans.
 
     A source is banned once it touched `trigger` distinct trap ports within `window`. A hit that
     cannot prove its source (see the module docstring) must in addition be at least the
-    `confirm`-th hit from that source within the window, and one from a recent client never
-    counts. Every method takes `now` (seconds since the epoch); nothing here reads a clock.
+    `confirm`-th hit from that source within the window, and one from a recent client or a
+    peer never counts. Every method takes `now` (seconds since the epoch); nothing here reads
+    a clock.
     """
 
     def __init__(self, policy: BanPolicy, traps: Sequence[Trap], protection: Protection) -> None:
         self.policy = policy
         self.protection = protection
         self._trap_bans = {(t.proto, t.port, t.address): t.ban for t in traps if t.ban}
-        self._recent: dict[IPAddress, _Recent] = {}
-        self._past: dict[IPNetwork, list[float]] = {}
+        self._recent = Watch(policy.confirm)
+        self._budget = Budget(policy.unverified_rate, policy.unverified_prefix_rate)
+        self._past = Past()
         self._active: dict[IPNetwork, Ban] = {}
         self._active_nets: dict[IPNetwork, Ban] = {}
         # When each timed ban runs out: (expires_at, tie-break, target). An entry whose ban
@@ -136,15 +101,14 @@ class Policy:
         the allow list, or now one of this host's)."""
         # Written out for speed: at 100,000 bans every method call and every hash of an
         # ipaddress network (computed in Python) shows in the restart time.
-        past, singles, nets = self._past, self._active, self._active_nets
+        add, singles, nets = self._past.add, self._active, self._active_nets
+        verified = Evidence.VERIFIED
         for record in stored:
             if record.lifted_at is not None:
                 continue
             ban = record.ban
             target = ban.target
-            if (times := past.get(target)) is None:
-                past[target] = times = []
-            times.append(ban.banned_at)
+            add(target, ban.banned_at, ban.evidence is verified)
             same = singles if target.prefixlen == target.max_prefixlen else nets
             if ban.expires_at is None or ban.expires_at > now:
                 same[target] = ban
@@ -192,9 +156,14 @@ class Policy:
         Returns unbans for active bans that the new allow list protects."""
         protection.set_own(self.protection.own)
         protection.take_peers(self.protection)
-        if policy.confirm != self.policy.confirm:  # each source's hit times, kept to the new size
-            for recent in self._recent.values():
-                recent.hits = deque(recent.hits, maxlen=max(policy.confirm, 1))
+        self._recent.resize(policy.confirm)
+        if (policy.unverified_rate, policy.unverified_prefix_rate) != (
+            self.policy.unverified_rate,
+            self.policy.unverified_prefix_rate,
+        ):
+            held = self._budget.held
+            self._budget = Budget(policy.unverified_rate, policy.unverified_prefix_rate, now)
+            self._budget.held = held
         self.policy = policy
         self.protection = protection
         self._trap_bans = {(t.proto, t.port, t.address): t.ban for t in traps if t.ban}
@@ -228,15 +197,19 @@ class Policy:
         spared = self._spared(hit, now)
         if spared is not None:
             return Verdict(spared)
-        if not self._triggered(hit, hit.verified, now):
+        verified = self._triggered(hit, now)
+        if verified is None:
             return Verdict(Outcome.COUNTED)
-        self._recent.pop(hit.source, None)
+        self._recent.pop(hit.source)
         if self.policy.respond(hit.proto) is Respond.LOG:
             # would have banned: reported (fail2ban may act on it), never banned
             return Verdict(Outcome.LOGGED)
+        if not verified and not self._budget.take(hit.source, now):
+            return Verdict(Outcome.HELD)
         base = self._base_time(hit)
         reason = trap_reason(hit.proto, hit.port)
-        return Verdict(Outcome.BANNED, self._ban(as_network(hit.source), now, base, reason))
+        target = as_network(hit.source)
+        return Verdict(Outcome.BANNED, self._ban(target, now, base, reason, verified))
 
     def _spared(self, hit: Hit, now: float) -> Outcome | None:
         """Why `hit` cannot count toward a ban, or None when it counts."""
@@ -251,21 +224,26 @@ class Policy:
             # Forged probes naming a real client or a peer would cut the host off from it.
             if hit.client:
                 return Outcome.CLIENT
-            if self.protection.peer(hit.source, now):
+            if hit.peer or self.protection.peer(hit.source, now):
                 return Outcome.PEER
         return None
 
-    def _triggered(self, hit: Hit, verified: bool, now: float) -> bool:
-        """Count the hit; True when its source touched `trigger` distinct trap ports within
-        the window and, unless the hit proves its source, sent `confirm` hits in it: one
-        forged packet must not ban an innocent address."""
-        recent = self._recent.get(hit.source)
-        if recent is None:
-            recent = self._recent[hit.source] = _Recent(self.policy.confirm)
+    def _triggered(self, hit: Hit, now: float) -> bool | None:
+        """Count the hit. None while it does not ban; else whether the ban rests on verified
+        evidence. It bans when its source touched `trigger` distinct trap ports within the
+        window (`client_trigger` for a recent client's handshakes) and, unless the source is
+        proven, sent `confirm` hits in it: one forged packet must not ban an innocent."""
+        recent = self._recent.of(hit.source)
         horizon = now - self.policy.window
-        if recent.add((hit.proto, hit.port), now, horizon) < self.policy.trigger:
-            return False
-        return verified or recent.confirmed(horizon)
+        ports = recent.add((hit.proto, hit.port), now, horizon, hit.verified)
+        needed = self.policy.trigger
+        if hit.client and hit.verified:
+            needed = max(needed, self.policy.client_trigger)
+        if ports < needed:
+            return None
+        if recent.proven(horizon):
+            return True
+        return False if recent.confirmed(horizon) else None
 
     def _base_time(self, hit: Hit) -> float:
         specific = self._trap_bans.get((hit.proto, hit.port, hit.local))
@@ -299,7 +277,7 @@ class Policy:
         why = self._refusal(ban, now)
         if why is not None:
             return why
-        bisect.insort(self._past.setdefault(ban.target, []), ban.banned_at)
+        self._past.add(ban.target, ban.banned_at, ban.verified)
         self._remember(ban)
         return ban
 
@@ -342,33 +320,29 @@ class Policy:
     def _manual(
         self, target: IPNetwork, now: float, duration: float | None, permanent: bool, reason: str
     ) -> Ban:
-        count = self._count_past(target, now) + 1
+        """An admin's ban: verified evidence (the admin vouches for it)."""
+        count = self._count_past(target, now, verified=True) + 1
         if permanent:
-            return self._record(target, now, None, reason, count)
-        if duration is not None:
-            return self._record(target, now, now + duration, reason, count)
-        seconds = ban_duration(self.policy, self.policy.time, count)
-        return self._record(target, now, None if seconds is None else now + seconds, reason, count)
+            expires = None
+        elif duration is not None:
+            expires = now + duration
+        else:
+            seconds = ban_duration(self.policy, self.policy.time, count)
+            expires = None if seconds is None else now + seconds
+        return self._record(Ban(target, now, expires, count, reason))
 
-    def _ban(self, target: IPNetwork, now: float, base: float, reason: str) -> Ban:
-        count = self._count_past(target, now) + 1
-        seconds = ban_duration(self.policy, base, count)
-        return self._record(target, now, None if seconds is None else now + seconds, reason, count)
+    def _ban(self, target: IPNetwork, now: float, base: float, reason: str, verified: bool) -> Ban:
+        count = self._count_past(target, now, verified) + 1
+        seconds = ban_duration(self.policy, base, count, verified)
+        expires = None if seconds is None else now + seconds
+        evidence = Evidence.VERIFIED if verified else Evidence.UNVERIFIED
+        return self._record(Ban(target, now, expires, count, reason, evidence))
 
-    def _count_past(self, target: IPNetwork, now: float) -> int:
-        past = self._past.get(target)
-        if past is None:
-            return 0
-        horizon = now - self.policy.forget_after
-        if past and past[0] <= horizon:
-            past[:] = [at for at in past if at > horizon]
-        return len(past)
+    def _count_past(self, target: IPNetwork, now: float, verified: bool) -> int:
+        return self._past.count(target, verified, now - self.policy.forget_after)
 
-    def _record(
-        self, target: IPNetwork, now: float, expires: float | None, reason: str, count: int
-    ) -> Ban:
-        ban = Ban(target, now, expires, count, reason)
-        self._past.setdefault(target, []).append(now)
+    def _record(self, ban: Ban) -> Ban:
+        self._past.add(ban.target, ban.banned_at, ban.verified)
         self._remember(ban)
         return ban
 
@@ -395,9 +369,7 @@ class Policy:
         who unbans has forgiven it."""
         lifted = self._active.pop(target, None) or self._active_nets.pop(target, None)
         if lifted is not None:
-            past = self._past.get(target, [])
-            if lifted.banned_at in past:
-                past.remove(lifted.banned_at)
+            self._past.remove(target, lifted.banned_at, lifted.verified)
         return Unban(target, now, reason)
 
     def banned(self, address: IPAddress, now: float) -> Ban | None:
@@ -421,6 +393,16 @@ class Policy:
         """How many sources the engine holds recent hits of (what `forget_quiet` trims)."""
         return len(self._recent)
 
+    @property
+    def evicted(self) -> int:
+        """Sources forgotten before their window closed, to make room (a flood)."""
+        return self._recent.evicted
+
+    @property
+    def held(self) -> int:
+        """Bans on unverified evidence held back, over a budget."""
+        return self._budget.held
+
     def expire(self, now: float) -> list[Ban]:
         """Forget the bans that ran out by `now` and return them, oldest end first. Costs
         O(log n) per ended ban, nothing more: the daemon asks twice a second."""
@@ -436,8 +418,5 @@ class Policy:
     def forget_quiet(self, now: float) -> int:
         """Forget sources whose window closed (their ports and hit counts both); returns how
         many sources are still watched."""
-        horizon = now - self.policy.window
-        for source in [s for s, recent in self._recent.items() if recent.last <= horizon]:
-            del self._recent[source]
         self.protection.forget_peers(now)
-        return len(self._recent)
+        return self._recent.forget_quiet(now - self.policy.window)

@@ -1,5 +1,6 @@
-"""Who is never banned: the allow list, the host's own addresses and loopback; and who is
-never banned on evidence that can be forged: the host's peers."""
+"""Who is never banned: the allow list, the host's own addresses, loopback and the peers of
+live SSH sessions to the host (its admin); and who is never banned on evidence that can be
+forged: the host's peers (its gateways, link-local neighbours, and those it noted)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ class Protection:
         self._own: frozenset[IPAddress] = frozenset(own)
         self._patterns = tuple(re.compile(pattern) for pattern in patterns)
         self._peers: dict[IPAddress, float] = {}
+        self._gateways: frozenset[IPAddress] = frozenset()
+        self._sessions: frozenset[IPAddress] = frozenset()
 
     @property
     def own(self) -> frozenset[IPAddress]:
@@ -42,9 +45,27 @@ class Protection:
         """The host's peers and until when each is protected."""
         return self._peers
 
+    @property
+    def sessions(self) -> frozenset[IPAddress]:
+        return self._sessions
+
+    def set_sessions(self, peers: Iterable[IPAddress]) -> None:
+        """The peers of the live SSH sessions to this host: never banned by anything."""
+        self._sessions = frozenset(peers)
+
+    @property
+    def gateways(self) -> frozenset[IPAddress]:
+        return self._gateways
+
+    def set_gateways(self, gateways: Iterable[IPAddress]) -> None:
+        """The host's gateways and next hops (its routes): a forged probe in their name must
+        not cut the host's routing."""
+        self._gateways = frozenset(gateways)
+
     def take_peers(self, other: Protection) -> None:
-        """Carry the peers of the protection this one replaces (a reload)."""
-        self._peers = other._peers
+        """Carry what the protection this one replaces learnt while running (a reload): the
+        peers, gateways and sessions."""
+        self._peers, self._gateways, self._sessions = other._peers, other._gateways, other._sessions
 
     def note_peer(self, address: IPAddress, until: float) -> None:
         """`address` is a peer of the host (it talks to it of its own accord) until `until`."""
@@ -54,6 +75,10 @@ class Protection:
         peers[address] = max(until, peers.get(address, until))
 
     def peer(self, address: IPAddress, now: float) -> bool:
+        """A peer of the host now: one noted (until its time), a gateway, or a link-local
+        address (a neighbour on the link: the IPv6 next hop is one)."""
+        if address.is_link_local or address in self._gateways:
+            return True
         until = self._peers.get(address)
         return until is not None and until > now
 
@@ -62,8 +87,8 @@ class Protection:
         if target.prefixlen == target.max_prefixlen:
             address = target.network_address
             return address if self.peer(address, now) else None
-        inside = (a for a, until in self._peers.items() if until > now and a in target)
-        return next(inside, None)
+        noted = (a for a, until in self._peers.items() if until > now)
+        return next((a for a in (*self._gateways, *noted) if a in target), None)
 
     def forget_peers(self, now: float) -> None:
         for address in [a for a, until in self._peers.items() if until <= now]:
@@ -82,11 +107,13 @@ class Protection:
         return any(pattern.fullmatch(text) for pattern in self._patterns)
 
     def outcome_for(self, address: IPAddress) -> Outcome | None:
-        """ALLOWED or OWN_ADDRESS when `address` must never be banned, else None."""
+        """ALLOWED, OWN_ADDRESS or SESSION when `address` must never be banned, else None."""
         if address.is_loopback or address in self._own:
             return Outcome.OWN_ADDRESS
         if self._listed(address):
             return Outcome.ALLOWED
+        if address in self._sessions:
+            return Outcome.SESSION
         return None
 
     def aimed_elsewhere(self, local: IPAddress) -> bool:
@@ -108,6 +135,8 @@ class Protection:
             return f"{address} is an address of this host"
         if outcome is Outcome.ALLOWED:
             return f"{address} is on the allow list"
+        if outcome is Outcome.SESSION:
+            return f"{address} is the peer of a live SSH session to this host"
         return None
 
     def _network_conflict(self, target: IPNetwork) -> str | None:
@@ -119,4 +148,7 @@ class Protection:
         for net in self._allow:
             if net.version == target.version and target.overlaps(net):
                 return f"{target} overlaps allow-list entry {net}"
+        for peer in sorted(self._sessions, key=str):
+            if peer.version == target.version and peer in target:
+                return f"{target} contains {peer}, the peer of a live SSH session to this host"
         return None

@@ -60,7 +60,18 @@ _V1 = (
     "CREATE INDEX bans_lifted_at ON bans (lifted_at) WHERE lifted_at IS NOT NULL",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema: hits and bans", _V1),)
+# What a ban rests on (issue 12). Bans made before it: UDP trap bans rested on datagrams, which
+# can be forged; the rest are taken as verified (a connect trap's handshake, an admin's ban),
+# as the porttrap that made them treated them: their escalation goes on as it was.
+_V2 = (
+    "ALTER TABLE bans ADD COLUMN evidence TEXT NOT NULL DEFAULT 'verified'",
+    "UPDATE bans SET evidence = 'unverified' WHERE reason LIKE 'trap:udp/%'",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema: hits and bans", _V1),
+    Migration(2, "what each ban rests on: verified or unverified evidence", _V2),
+)
 LATEST = MIGRATIONS[-1].version
 
 

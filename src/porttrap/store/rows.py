@@ -6,11 +6,22 @@ from __future__ import annotations
 from ipaddress import ip_address, ip_network
 from typing import Any, TypeVar
 
-from porttrap.model import Ban, Hit, IPAddress, IPNetwork, Outcome, Proto, show, single_network
+from porttrap.model import (
+    Ban,
+    Evidence,
+    Hit,
+    IPAddress,
+    IPNetwork,
+    Outcome,
+    Proto,
+    show,
+    single_network,
+)
 from porttrap.store.base import StoredBan
 
 Row = tuple[Any, ...]
-_Choice = TypeVar("_Choice", Proto, Outcome)
+_Choice = TypeVar("_Choice", Proto, Outcome, Evidence)
+_EVIDENCE = {e.value: e for e in Evidence}
 
 
 class BadRow(ValueError):
@@ -32,8 +43,15 @@ def hit_row(hit: Hit, outcome: Outcome) -> Row:
 
 
 def ban_row(ban: Ban) -> Row:
-    """A ban as columns: (target, banned_at, expires_at, ban_count, reason)."""
-    return (show(ban.target), ban.banned_at, ban.expires_at, ban.ban_count, ban.reason)
+    """A ban as columns: (target, banned_at, expires_at, ban_count, reason, evidence)."""
+    return (
+        show(ban.target),
+        ban.banned_at,
+        ban.expires_at,
+        ban.ban_count,
+        ban.reason,
+        ban.evidence.value,
+    )
 
 
 def hit_from(row: Row) -> tuple[Hit, Outcome]:
@@ -53,30 +71,33 @@ def hit_from(row: Row) -> tuple[Hit, Outcome]:
 
 def ban_from(row: Row) -> Ban:
     """A ban from the columns `ban_row` gives."""
-    target, banned_at, expires_at, ban_count, reason = row
+    target, banned_at, expires_at, ban_count, reason, evidence = row
     # The common case in as few checks as possible: startup reads every active ban.
+    known = _EVIDENCE.get(evidence)
     if (
         type(banned_at) is float
         and (expires_at is None or type(expires_at) is float)
         and type(ban_count) is int
         and ban_count >= 1
         and type(reason) is str
+        and known is not None
     ):
-        return Ban(_network(target), banned_at, expires_at, ban_count, reason)
+        return Ban(_network(target), banned_at, expires_at, ban_count, reason, known)
     return Ban(
         target=_network(target),
         banned_at=_number(banned_at, "banned_at"),
         expires_at=None if expires_at is None else _number(expires_at, "expires_at"),
         ban_count=_count(ban_count),
         reason=_text(reason, "reason"),
+        evidence=_choice(Evidence, evidence, "evidence"),
     )
 
 
 def stored_ban_from(row: Row) -> StoredBan:
     """A ban and how it ended: `ban_row`'s columns, then lifted_at, lifted_reason."""
-    lifted_at, lifted_reason = row[5], row[6]
+    lifted_at, lifted_reason = row[6], row[7]
     return StoredBan(
-        ban=ban_from(row[:5]),
+        ban=ban_from(row[:6]),
         lifted_at=None if lifted_at is None else _number(lifted_at, "lifted_at"),
         lifted_reason=None if lifted_reason is None else _text(lifted_reason, "lifted_reason"),
     )

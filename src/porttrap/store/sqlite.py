@@ -42,8 +42,8 @@ _T = TypeVar("_T")
 # Columns are selected in the order the converters in `rows` unpack them, after the rowid.
 _SQL_INSERT_HIT = """INSERT INTO hits (at, source, source_port, local, port, proto, kind, outcome)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
-_SQL_INSERT_BAN = """INSERT INTO bans (target, banned_at, expires_at, ban_count, reason)
-    VALUES (?, ?, ?, ?, ?)"""
+_SQL_INSERT_BAN = """INSERT INTO bans (target, banned_at, expires_at, ban_count, reason,
+    evidence) VALUES (?, ?, ?, ?, ?, ?)"""
 _SQL_LIFT = """UPDATE bans SET lifted_at = :at, lifted_reason = :reason
     WHERE target = :target AND banned_at <= :at
     AND lifted_at IS NULL AND (expires_at IS NULL OR expires_at > :at)"""
@@ -54,10 +54,10 @@ _SQL_LIFT = """UPDATE bans SET lifted_at = :at, lifted_reason = :reason
 _NEWEST = """NOT EXISTS (SELECT 1 FROM bans AS later WHERE later.target = bans.target
     AND later.lifted_at IS NULL AND (later.banned_at > bans.banned_at
         OR (later.banned_at = bans.banned_at AND later.id > bans.id)))"""
-_SQL_ACTIVE = f"""SELECT id, target, banned_at, expires_at, ban_count, reason FROM bans
+_SQL_ACTIVE = f"""SELECT id, target, banned_at, expires_at, ban_count, reason, evidence FROM bans
         WHERE lifted_at IS NULL AND expires_at IS NULL AND {_NEWEST}
     UNION ALL
-    SELECT id, target, banned_at, expires_at, ban_count, reason FROM bans
+    SELECT id, target, banned_at, expires_at, ban_count, reason, evidence FROM bans
         WHERE lifted_at IS NULL AND expires_at > :now AND {_NEWEST}"""  # noqa: S608 - constants
 _SQL_COUNTS = f"""SELECT count(*), coalesce(sum(expires_at IS NULL), 0) FROM (
     SELECT expires_at, row_number() OVER (
@@ -68,12 +68,12 @@ _SQL_COUNTS = f"""SELECT count(*), coalesce(sum(expires_at IS NULL), 0) FROM (
         SELECT id, target, banned_at, expires_at FROM bans
             WHERE lifted_at IS NULL AND expires_at > :now AND {_NEWEST})
 ) WHERE newest = 1"""  # noqa: S608 - constants only
-_SQL_SINCE = """SELECT id, target, banned_at, expires_at, ban_count, reason, lifted_at,
+_SQL_SINCE = """SELECT id, target, banned_at, expires_at, ban_count, reason, evidence, lifted_at,
     lifted_reason FROM bans WHERE banned_at >= ? ORDER BY banned_at, id"""
-_SQL_RESTORE = """SELECT id, target, banned_at, expires_at, ban_count, reason, lifted_at,
+_SQL_RESTORE = """SELECT id, target, banned_at, expires_at, ban_count, reason, evidence, lifted_at,
     lifted_reason FROM bans WHERE banned_at >= :since
     UNION ALL
-    SELECT id, target, banned_at, expires_at, ban_count, reason, lifted_at, lifted_reason
+    SELECT id, target, banned_at, expires_at, ban_count, reason, evidence, lifted_at, lifted_reason
     FROM bans WHERE banned_at < :since AND lifted_at IS NULL
         AND (expires_at IS NULL OR expires_at > :now)
     ORDER BY banned_at, id"""
@@ -114,18 +114,19 @@ _HITS = _Stream(
 )
 _BANS = _Stream(
     "bans",
-    """SELECT id, target, banned_at, expires_at, ban_count, reason FROM bans
+    """SELECT id, target, banned_at, expires_at, ban_count, reason, evidence FROM bans
         ORDER BY banned_at DESC, id DESC LIMIT :limit""",
-    """SELECT id, target, banned_at, expires_at, ban_count, reason FROM bans
+    """SELECT id, target, banned_at, expires_at, ban_count, reason, evidence FROM bans
         WHERE target = :address ORDER BY banned_at DESC, id DESC LIMIT :limit""",
     _ban_keyed,
 )
 _LIFTS = _Stream(
     "bans",
-    """SELECT id, target, banned_at, expires_at, ban_count, reason, lifted_at, lifted_reason
-        FROM bans WHERE lifted_at IS NOT NULL ORDER BY lifted_at DESC, id DESC LIMIT :limit""",
-    """SELECT id, target, banned_at, expires_at, ban_count, reason, lifted_at, lifted_reason
-        FROM bans WHERE lifted_at IS NOT NULL AND target = :address
+    """SELECT id, target, banned_at, expires_at, ban_count, reason, evidence, lifted_at,
+        lifted_reason FROM bans WHERE lifted_at IS NOT NULL
+        ORDER BY lifted_at DESC, id DESC LIMIT :limit""",
+    """SELECT id, target, banned_at, expires_at, ban_count, reason, evidence, lifted_at,
+        lifted_reason FROM bans WHERE lifted_at IS NOT NULL AND target = :address
         ORDER BY lifted_at DESC, id DESC LIMIT :limit""",
     _lift_keyed,
 )

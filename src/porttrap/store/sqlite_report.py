@@ -48,7 +48,9 @@ _SQL_BAN_TOTALS = f"""SELECT count(*), coalesce(sum(expires_at IS NULL), 0),
 _SQL_BAN_BUCKETS = f"""SELECT CAST((banned_at - :origin) / :step AS INTEGER) AS bucket,
     count(*), coalesce(sum(expires_at IS NULL), 0)
     FROM bans WHERE {_BAN_RANGE} GROUP BY bucket"""  # noqa: S608 - constants only
-_BAN_COLUMNS = "id, target, banned_at, expires_at, ban_count, reason, lifted_at, lifted_reason"
+_BAN_COLUMNS = (
+    "id, target, banned_at, expires_at, ban_count, reason, evidence, lifted_at, lifted_reason"
+)
 _SQL_TARGET_BANS = f"""SELECT {_BAN_COLUMNS} FROM bans WHERE target = ?
     ORDER BY banned_at, id"""  # noqa: S608 - constants only
 # Bans on networks (an admin's `porttrap ban 203.0.113.0/24`) cover addresses that are not
