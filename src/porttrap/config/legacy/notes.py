@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# What `permanent_after = 1` means next to forgeable evidence: every import that writes it says
+# so, since the old tools banned on any packet for good.
+UNVERIFIED_NOTE = (
+    "bans on forgeable evidence (stealth probes, UDP datagrams) are never permanent and last at "
+    "most [ban] unverified_max_time, so forged packets cannot make a permanent ban"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Note:

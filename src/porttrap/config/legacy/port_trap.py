@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from porttrap.config.legacy import tomlout, whitelist
-from porttrap.config.legacy.notes import Conversion, Note, SourceFile
+from porttrap.config.legacy.notes import UNVERIFIED_NOTE, Conversion, Note, SourceFile
 from porttrap.model import IPAddress, IPNetwork
 from porttrap.units import format_duration
 
@@ -289,7 +289,7 @@ def _permanent(source: SourceFile | None, ports: str, notes: list[Note]) -> int:
                 "",
                 "missing: ban.sh compared ban counts with an empty "
                 "number, which bash reads as 0, so every banned address became "
-                "permanent at its next run: permanent_after = 1",
+                f"permanent at its next run: permanent_after = 1 ({UNVERIFIED_NOTE})",
             )
         )
         return 1
@@ -315,7 +315,7 @@ def _permanent(source: SourceFile | None, ports: str, notes: list[Note]) -> int:
                     first,
                     f"{why or f'{value}'}: every ban count is "
                     "at least that, so every banned address became permanent at "
-                    "ban.sh's next run: permanent_after = 1",
+                    f"ban.sh's next run: permanent_after = 1 ({UNVERIFIED_NOTE})",
                 )
             )
         return 1

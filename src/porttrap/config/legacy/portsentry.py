@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from porttrap.config.legacy import tomlout
-from porttrap.config.legacy.notes import Conversion, Note, SourceFile
+from porttrap.config.legacy.notes import UNVERIFIED_NOTE, Conversion, Note, SourceFile
 from porttrap.config.legacy.portsentry_actions import Context, number
 from porttrap.config.legacy.portsentry_files import (
     Conf,
@@ -301,15 +301,19 @@ class _Import(Context):
         lines += tomlout.comment(
             "PortSentry never lifted a block (routes and rules stayed until reboot, hosts.deny "
             "lines for good): every ban is permanent. Delete this line for porttrap's "
-            "escalation instead (1h, then 4h, then permanent at the 3rd ban)."
+            "escalation instead (1h, then 4h, then permanent at the 3rd ban). Only bans on "
+            "verified evidence (a completed handshake, an admin's ban) can be permanent: "
+            "stealth probes and UDP datagrams can be forged, so their bans last at most "
+            "[ban] unverified_max_time."
         )
         lines.append("permanent_after = 1")
         if not {self.respond(p) for p in ("tcp", "udp") if self.mode(p)} - {"log"}:
             return lines + self._trigger()  # nothing is ever banned
         self.note(
             "",
-            "PortSentry's blocks never expired: every porttrap ban is permanent "
-            "([ban] permanent_after = 1); delete that line for porttrap's escalation",
+            "PortSentry's blocks never expired: every porttrap ban on verified evidence (a "
+            "completed handshake, an admin's ban) is permanent ([ban] permanent_after = 1); "
+            f"{UNVERIFIED_NOTE}; delete that line for porttrap's escalation",
         )
         return lines + self._trigger()
 
