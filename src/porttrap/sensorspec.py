@@ -1,8 +1,10 @@
-"""The kernel sensor of stealth and advanced modes as data: what it watches (from the
-configuration) and the names that its nftables rules, its NFLOG reports and the daemon's core
-share. Pure: the rules are written by `porttrap.firewall.sensor_rules`, the reports read by
-`porttrap.sensors.kernel`, and the core decides when the served ports change and when the block
-sets rotate.
+"""The kernel side of porttrap beyond the bans, as data: the sensor of stealth and advanced
+modes (what it watches, from the configuration), the watch that every mode has with nftables
+(recent clients and peers of the host, and the marks connect-mode UDP traps read), and the names
+that their nftables rules, the NFLOG reports and the daemon's core share. Pure: the rules are
+written by `porttrap.firewall.sensor_rules` and `porttrap.firewall.watch_rules`, the reports
+read by `porttrap.sensors.kernel`, and the core decides when the served ports and the gateways
+change and when the block sets rotate.
 """
 
 from __future__ import annotations
@@ -11,13 +13,35 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from porttrap.config.schema import Config, KernelSensor, TrapMode
-from porttrap.model import IPNetwork, Proto
+from porttrap.model import IPAddress, IPNetwork, Proto
 
 GENERATIONS = ("a", "b")  # the two generations of first-packet block sets
-PATHS = ("new", "repeat", "client", "exempt")  # the `porttrap:<path>` prefix of each report
+PATHS = ("new", "repeat", "client", "peer", "exempt")  # the `porttrap:<path>` of each report
 PREFIX = "porttrap:"  # the NFLOG prefix of every report of porttrap's rules
 CLIENT_PREFIX = f"{PREFIX}client"  # ... of a report about a recent client
-COUNTERS = ("block_a", "block_b", "reported", "over_source", "over_rate", "quiet")
+PEER_PREFIX = f"{PREFIX}peer"  # ... of one about a peer (link-local, a gateway, a destination)
+COUNTERS = (
+    "block_a",
+    "block_b",
+    "reported",
+    "over_source",
+    "over_rate",
+    "quiet",
+    "redirected",  # a recent client's SYNs to trap ports sent to the catch-all port
+    "over_redirect",  # ... and those over its per-source limit (reported as a client's probe)
+)
+
+# Bits of the packet mark (`meta mark`, SO_RCVMARK) that the watch sets on a UDP datagram to a
+# connect-mode trap port: its source completed a flow to this host lately (MARK_CLIENT), or is
+# a peer of the host (MARK_PEER: link-local, a gateway, or a destination of the host's own
+# connections). Above the low 16 bits, where most marks live (kube-proxy 0x4000 and 0x8000,
+# WireGuard's 51820, Cilium's 0x0f00, Istio's 0x539), and apart from Tailscale's 0x40000 and
+# 0x80000. Only these two bits are touched: the rule clears them and ORs in its verdict late on
+# the input hook (after the filter chains), so whatever set them earlier is not taken for it,
+# and no other rule on the way in sees them.
+MARK_CLIENT = 0x00010000
+MARK_PEER = 0x00020000
+MARK_MASK = MARK_CLIENT | MARK_PEER
 
 Ports = Mapping[Proto, frozenset[int]]
 
@@ -28,9 +52,11 @@ def no_ports() -> dict[Proto, frozenset[int]]:
 
 @dataclass(frozen=True, slots=True)
 class SensorSpec:
-    """What the kernel sensor watches. Per protocol in stealth or advanced mode: `ports` (the
-    trap ports in stealth mode, the watched range in advanced mode), `at` (stealth traps on
-    one address: (address, port)), and `exclude` (ports left alone besides the served ones)."""
+    """What the kernel watches. Per protocol: `ports` (the trap ports in stealth and connect
+    modes, the watched range in advanced mode), `at` (traps on one address: (address, port)),
+    and `exclude` (ports advanced mode leaves alone besides the served ones). The sensor
+    watches the protocols in stealth or advanced mode; the watch marks UDP datagrams to the
+    traps of connect mode (their sockets read the mark)."""
 
     modes: Mapping[Proto, TrapMode]
     ports: Mapping[Proto, frozenset[int]]
@@ -44,20 +70,45 @@ class SensorSpec:
         """The protocols the kernel watches (not in connect mode)."""
         return [p for p in Proto if self.modes.get(p, TrapMode.CONNECT) is not TrapMode.CONNECT]
 
+    @property
+    def connect_udp(self) -> frozenset[int]:
+        """The ports of connect-mode UDP traps (on any address), whose datagrams are marked."""
+        if self.modes.get(Proto.UDP, TrapMode.CONNECT) is not TrapMode.CONNECT:
+            return frozenset()
+        at = self.at.get(Proto.UDP, ())
+        return self.ports.get(Proto.UDP, frozenset()) | frozenset(port for _, port in at)
+
+    @property
+    def redirect(self) -> bool:
+        """Whether a recent client's SYN to a TCP trap goes to the catch-all port
+        (`[kernel] client_trap_port`), where a completed handshake proves its address."""
+        return Proto.TCP in self.protos and self.kernel.client_time > 0 and self.catch_all > 0
+
+    @property
+    def catch_all(self) -> int:
+        return self.kernel.client_trap_port
+
     def open_ports(self, served: Ports, proto: Proto) -> frozenset[int]:
-        """Ports of `proto` never trapped: the served ones and the excluded ones."""
-        return served.get(proto, frozenset()) | self.exclude.get(proto, frozenset())
+        """Ports of `proto` never trapped: the served ones, the excluded ones and, for TCP,
+        the catch-all port."""
+        ports = served.get(proto, frozenset()) | self.exclude.get(proto, frozenset())
+        if proto is Proto.TCP and self.catch_all:
+            ports |= {self.catch_all}
+        return ports
 
 
 @dataclass(frozen=True, slots=True)
 class SensorState:
-    """The sensor as the kernel should hold it: what it watches, the ports served now (never
-    trapped) and the block generation that takes new blocks. The core keeps it; the firewall,
-    the one writer of the sensor's rules, builds them from it."""
+    """What porttrap's table holds besides the bans, as the kernel should hold it: what the
+    sensor and the watch watch (`spec`; in connect mode the sensor has no protocol and only
+    the watch is made), the ports served now (never trapped), the block generation that takes
+    new blocks, and the host's gateways (peers: their probes never block them). The core keeps
+    it; the firewall, the one writer of these rules, builds them from it."""
 
     spec: SensorSpec
     served: Ports
     generation: str = GENERATIONS[0]
+    gateways: frozenset[IPAddress] = frozenset()
 
 
 def spec_from_config(config: Config) -> SensorSpec:

@@ -131,7 +131,10 @@ def test_forged_probes_in_a_live_clients_name_do_not_cut_it_off(
     with open_socket(env.cli, CLIENT, socket.SOCK_STREAM) as live:
         live.settimeout(2)
         live.connect((SRV_CLI, SERVICE_PORT))  # a real client: the kernel records it
-        forged = [Probe(CLIENT, SRV4, port, "syn") for port in (TRAP, 2324)] * 3
+        # SYNs go to the catch-all port (tests/integration/test_guard_netns.py), other probes
+        # are reported as a client's
+        kinds = ("syn", "fin", "null")
+        forged = [Probe(CLIENT, SRV4, port, kind) for port in (TRAP, 2324) for kind in kinds] * 3
         send(env.atk, forged, inter=0.02)  # from the attacker's side, with the client's address
         wait_until(lambda: len(hits_from(env, CLIENT)) >= 2, 5, "forged probes reported")
         assert live.recv(5) == b"hello"  # the live connection still works

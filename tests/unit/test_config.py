@@ -90,6 +90,7 @@ def test_full_contract_file_gives_exact_config() -> None:
             block_size=65536,
             client_time=3600.0,
             client_size=65536,
+            client_trap_port=64999,
             quiet=True,
             event_rate=1000,
             source_rate=10,

@@ -201,6 +201,7 @@ block_time = "5m"
 block_size = 1024
 client_time = "1d"
 client_size = 16777216
+client_trap_port = 4444
 quiet = false
 event_rate = 1
 source_rate = 1
@@ -213,6 +214,7 @@ queue = 100
         block_size=1024,
         client_time=86400.0,
         client_size=16_777_216,
+        client_trap_port=4444,
         quiet=False,
         event_rate=1,
         source_rate=1,
@@ -256,11 +258,43 @@ def test_client_time_zero_turns_the_exemption_off(written: str) -> None:
         ("event_rate = 0", "expected a whole number of at least 1, got 0"),
         ("source_rate = true", "expected a whole number of at least 1, got true"),
         ("queue = 99", "expected a whole number of at least 100, got 99"),
+        ("client_trap_port = 65536", "expected a whole number from 0 to 65535, got 65536"),
+        ('client_trap_port = "65023"', 'expected a whole number from 0 to 65535, got "65023"'),
     ],
 )
 def test_bad_kernel_values(line: str, message: str) -> None:
     key = line.split(" ", 1)[0]
     assert problems_of(f"[kernel]\n\n{line}\n") == [f"t.toml:3: [kernel.{key}] {message}"]
+
+
+def test_client_trap_port_defaults_to_65023_and_0_turns_the_redirect_off() -> None:
+    assert KernelSensor().client_trap_port == 65023
+    assert kernel_of("client_trap_port = 0").client_trap_port == 0
+
+
+def test_the_catch_all_port_cannot_be_a_stealth_tcp_trap() -> None:
+    text = '[traps]\nmode = "stealth"\ntcp = ["23", "65000-65100"]\n'
+    assert problems_of(text) == [
+        "t.toml: [kernel.client_trap_port] TCP port 65023 is a trap, but it is also [kernel] "
+        "client_trap_port, where porttrap takes the handshakes of recent clients to TCP traps: "
+        "remove the trap, or set client_trap_port to a port nothing else uses (0 turns the "
+        "redirect off)"
+    ]
+    placed = problems_of(text + "[kernel]\nclient_trap_port = 65050\n")
+    assert [p.split(" [")[0] for p in placed] == ["t.toml:5:"]
+    assert load_text(text + "[kernel]\nclient_trap_port = 0\n", None).kernel.client_trap_port == 0
+
+
+@pytest.mark.parametrize(
+    "traps",
+    [
+        '[traps]\nmode = "advanced"\n',  # advanced mode leaves it out by itself
+        '[traps]\nmode = { udp = "stealth" }\ntcp = ["65023"]\n',  # TCP traps are sockets
+        '[traps]\nmode = "stealth"\nudp = ["65023"]\n',  # a UDP trap
+    ],
+)
+def test_the_catch_all_port_may_be_elsewhere(traps: str) -> None:
+    assert load_text(traps, None).kernel.client_trap_port == 65023
 
 
 def test_kernel_must_be_a_table_and_its_keys_known() -> None:
@@ -271,7 +305,8 @@ def test_kernel_must_be_a_table_and_its_keys_known() -> None:
         't.toml:2: [kernel.blocktime] unknown key "blocktime"; did you mean "block_time"?',
         't.toml:3: [kernel.group] unknown key "group"; did you mean "nflog_group"?',
         't.toml:4: [kernel.size] unknown key "size"; expected one of: nflog_group, block, '
-        "block_time, block_size, client_time, client_size, quiet, event_rate, source_rate, queue",
+        "block_time, block_size, client_time, client_size, client_trap_port, quiet, event_rate, "
+        "source_rate, queue",
     ]
 
 

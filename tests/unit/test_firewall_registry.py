@@ -19,13 +19,13 @@ def test_the_names_the_config_takes_auto_among_them() -> None:
 
 def test_each_backend_states_what_it_can_do() -> None:
     table = {
-        info.name: (info.kernel_sensor, info.in_kernel, info.runs_iptables)
+        info.name: (info.kernel_sensor, info.marks, info.in_kernel, info.runs_iptables)
         for info in registry.BACKENDS
     }
     assert table == {
-        "nftables": (True, True, False),  # only nftables hosts the sensor's rules
-        "ipset": (False, True, True),
-        "dry-run": (False, False, False),
+        "nftables": (True, True, True, False),  # only nftables hosts the sensor and the watch
+        "ipset": (False, False, True, True),
+        "dry-run": (False, False, False, False),
     }
 
 

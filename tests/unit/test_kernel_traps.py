@@ -38,7 +38,7 @@ VERSIONS = {"ipv4": 4, "ipv6": 6}
 TCP, UDP = Proto.TCP, Proto.UDP
 T = "inet porttrap"
 AT = 1_800_000_123.5  # the daemon's clock when a report carries no kernel timestamp
-NEW, CLIENT = "porttrap:new", "porttrap:client"
+NEW, CLIENT, PEER = "porttrap:new", "porttrap:client", "porttrap:peer"
 
 # What each recorded NFLOG datagram holds (see tests/data/nflog/record.py): the scanner
 # 192.0.2.2 / 2001:db8::2 probed the protected host 192.0.2.1 / 2001:db8::1.
@@ -76,13 +76,14 @@ def expected_hit(entry: dict[str, Any], prefix: str) -> Hit | None:
         proto=Proto(probe["proto"]),
         kind=kind,
         client=prefix == CLIENT,
+        peer=prefix == PEER,
     )
 
 
 # --- hit_of ---
 
 
-@pytest.mark.parametrize("prefix", [NEW, CLIENT])
+@pytest.mark.parametrize("prefix", [NEW, CLIENT, PEER])
 @pytest.mark.parametrize("entry", SAMPLES, ids=[entry["name"] for entry in SAMPLES])
 def test_recorded_packet_makes_its_hit(entry: dict[str, Any], prefix: str) -> None:
     packet = LoggedPacket(VERSIONS[entry["family"]], prefix, bytes.fromhex(entry["hex"]))
@@ -109,7 +110,7 @@ def test_a_null_probe_is_null_not_other() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(NFLOG))
-@pytest.mark.parametrize("prefix", [NEW, CLIENT])
+@pytest.mark.parametrize("prefix", [NEW, CLIENT, PEER])
 def test_recorded_nflog_report_makes_its_hit_at_the_kernels_time(name: str, prefix: str) -> None:
     source, local, port, proto, kind, count = NFLOG[name]
     packets = [dataclasses.replace(packet, prefix=prefix) for packet in nflog(name)]
@@ -122,6 +123,7 @@ def test_recorded_nflog_report_makes_its_hit_at_the_kernels_time(name: str, pref
         assert (hit.port, hit.proto, hit.kind) == (port, proto, kind)
         assert hit.at == packet.timestamp
         assert hit.client is (prefix == CLIENT)
+        assert hit.peer is (prefix == PEER)
         assert hit.source_port > 0
 
 
@@ -133,13 +135,15 @@ def test_a_report_without_a_kernel_timestamp_gets_the_daemons_time() -> None:
 
 
 @pytest.mark.parametrize(
-    "prefix", ["porttrap:repeat", "porttrap:exempt", "porttrap:clients", "porttrap:", ""]
+    "prefix",
+    ["porttrap:repeat", "porttrap:exempt", "porttrap:clients", "porttrap:peers", "porttrap:", ""],
 )
-def test_only_the_client_path_marks_a_hit_as_a_clients(prefix: str) -> None:
+def test_only_the_client_and_peer_paths_mark_a_hit_as_a_clients_or_a_peers(prefix: str) -> None:
     [packet] = nflog("udp4")
     hit = hit_of(dataclasses.replace(packet, prefix=prefix), AT)
     assert hit is not None
     assert hit.client is False
+    assert hit.peer is False
 
 
 def test_ipv4_mapped_addresses_are_unmapped() -> None:
@@ -469,7 +473,7 @@ def test_a_refused_change_of_served_ports_is_logged_and_kept_for_the_rebuild(
     assert r.kernel.wanted[TCP] == {80}
     r.nft.refusing = False
     r.shell.feed(FirewallMissing())  # the table is built again, with the port open
-    assert f"add element {T} open_tcp {{ 80 }}" in r.nft.batches[-1]
+    assert f"add element {T} open_tcp {{ 80, 65023 }}" in r.nft.batches[-1]  # and the catch-all
 
 
 # --- reports ---

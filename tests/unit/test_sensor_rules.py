@@ -19,6 +19,7 @@ from porttrap.firewall.nftables import NftablesBackend
 from porttrap.firewall.objects import NftObjects
 from porttrap.firewall.ruleset import Ruleset
 from porttrap.firewall.sensor_rules import SensorRules, port_ranges
+from porttrap.firewall.watch_rules import WatchRules
 from porttrap.model import Proto
 from porttrap.sensorspec import COUNTERS, SensorSpec, SensorState, spec_from_config
 
@@ -143,7 +144,7 @@ def test_both_protocols_each_get_their_sets_and_trap_rule() -> None:
     commands = create(spec(tcp=STEALTH, udp=ADVANCED), {TCP: frozenset({22})})
     for name in ("traps_tcp", "open_tcp", "traps_udp", "open_udp"):
         assert len(mentioning(commands, f"add set {T} {name} ")) == 1
-    assert f"add element {T} open_tcp {{ 22 }}" in commands
+    assert f"add element {T} open_tcp {{ 22, 65023 }}" in commands  # and the catch-all
     assert mentioning(commands, f"add element {T} open_udp") == []  # nothing served or excluded
     probes = mentioning(rules_of(commands), " input meta l4proto")
     assert [c.split()[7] for c in probes] == ["tcp", "udp", "tcp"]  # two traps, then quiet
@@ -177,12 +178,13 @@ def test_every_report_path_logs_to_the_group_with_its_prefix() -> None:
         "porttrap:new",
         "porttrap:repeat",
         "porttrap:client",
+        "porttrap:peer",
         "porttrap:exempt",
     ]
     assert all(c.endswith("group 42 snaplen 128 drop") for c in logs)
-    assert ['limit name "rate_repeat"' in c for c in logs] == [False, True, False, False]
+    assert ['limit name "rate_repeat"' in c for c in logs] == [False, True, False, False, False]
     assert f"add limit {T} rate_new {{ rate 300/second burst 300 packets; }}" in commands
-    assert len(mentioning(commands, "limit rate over 5/second burst 5 packets")) == 8
+    assert len(mentioning(commands, "limit rate over 5/second burst 5 packets")) == 10
 
 
 # --- create: kernel settings ---
@@ -211,23 +213,92 @@ def test_block_off_leaves_out_every_block_rule() -> None:
     assert f"add rule {T} probe goto report_new" in commands
 
 
-def test_client_time_zero_leaves_out_the_client_rules() -> None:
+def test_client_time_zero_leaves_out_the_client_and_peer_rules_and_the_redirect() -> None:
     commands = create(spec(tcp=STEALTH, client_time=0))
     assert mentioning(rules_of(commands), "@clients_") == []
+    assert mentioning(rules_of(commands), "@peers_") == []
     assert mentioning(commands, "goto report_client") == []
-    assert len(mentioning(create(spec(tcp=STEALTH)), "@clients_")) == 4  # updated, then matched
+    assert mentioning(rules_of(commands), "redirect") == []
+    assert mentioning(commands, "syn_redirect") == []
+    assert len(mentioning(commands, "goto report_peer")) == 4  # link-local and gateways stay
+    matched = mentioning(create(spec(tcp=STEALTH)), "@clients_")
+    assert [c.split()[4] for c in matched] == ["probe"] * 2 + ["client_redirect"] * 4
 
 
-def test_client_and_block_sets_have_their_time_and_size() -> None:
+def test_block_sets_have_their_time_and_size() -> None:
     given = spec(tcp=STEALTH, client_time=1800.5, client_size=99, block_time=30, block_size=7)
     commands = create(given)
-    assert (
-        f"add set {T} clients_v6 {{ type ipv6_addr; flags dynamic,timeout; "
-        "timeout 1801s; size 99; }"
-    ) in commands
+    assert mentioning(commands, "add set inet porttrap clients_") == []  # the watch's
     assert (
         f"add set {T} block_a_v4 {{ type ipv4_addr; flags dynamic,timeout; timeout 30s; size 7; }}"
     ) in commands
+
+
+def test_the_probe_chain_reports_peers_before_clients_and_never_blocks_them() -> None:
+    probe = mentioning(create(spec(udp=STEALTH)), f"add rule {T} probe ")
+    assert [c.removeprefix(f"add rule {T} probe ") for c in probe] == [
+        "fib saddr type local goto report_exempt",
+        "ip saddr @allow_v4 goto report_exempt",
+        "ip6 saddr @allow_v6 goto report_exempt",
+        "ip saddr 169.254.0.0/16 goto report_peer",
+        "ip6 saddr fe80::/10 goto report_peer",
+        "ip saddr @gateways_v4 goto report_peer",
+        "ip6 saddr @gateways_v6 goto report_peer",
+        "ip saddr @peers_v4 goto report_peer",
+        "ip6 saddr @peers_v6 goto report_peer",
+        "ip saddr @clients_v4 goto report_client",
+        "ip6 saddr @clients_v6 goto report_client",
+        "jump block",
+        "goto report_new",
+    ]
+
+
+def test_a_clients_syn_to_a_tcp_trap_is_redirected_to_the_catch_all_port() -> None:
+    at = {TCP: (("2001:db8::1", 2324),)}
+    commands = create(spec(tcp=STEALTH, at=at, client_trap_port=4444))
+    assert (
+        f"add chain {T} syn_redirect {{ type nat hook prerouting priority -100; "
+        in (mentioning(commands, "syn_redirect {")[0])
+    )
+    syn = "meta l4proto tcp fib daddr type local tcp flags & (fin | syn | rst | ack) == syn"
+    assert mentioning(rules_of(commands), "syn_redirect ") == [
+        f"add rule {T} syn_redirect {syn} tcp dport @traps_tcp tcp dport != @open_tcp "
+        "goto client_redirect",
+        f"add rule {T} syn_redirect {syn} ip6 daddr . tcp dport @traps_tcp_at_v6 "
+        "tcp dport != @open_tcp goto client_redirect",
+    ]
+    limit = "limit rate 1/second burst 5 packets"
+    assert mentioning(rules_of(commands), "client_redirect ") == [
+        f"add rule {T} client_redirect meta l4proto tcp ip saddr @clients_v4 update "
+        f'@redirect_v4 {{ ip saddr {limit} }} counter name "redirected" redirect to :4444',
+        f"add rule {T} client_redirect meta l4proto tcp ip6 saddr @clients_v6 update "
+        f'@redirect_v6 {{ ip6 saddr {limit} }} counter name "redirected" redirect to :4444',
+        f'add rule {T} client_redirect ip saddr @clients_v4 counter name "over_redirect"',
+        f'add rule {T} client_redirect ip6 saddr @clients_v6 counter name "over_redirect"',
+    ]
+    assert (
+        f"add set {T} redirect_v6 {{ type ipv6_addr; flags dynamic,timeout; timeout 60s; "
+        "size 65536; }"
+    ) in commands
+    assert f"add element {T} open_tcp {{ 4444 }}" in commands  # never a trap
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        spec(tcp=STEALTH, client_trap_port=0),  # turned off
+        spec(tcp=STEALTH, client_time=0),  # no clients
+        spec(udp=STEALTH),  # TCP traps are sockets: a handshake proves the source already
+    ],
+)
+def test_no_redirect_without_clients_a_catch_all_port_or_tcp_in_the_kernel(
+    given: SensorSpec,
+) -> None:
+    commands = create(given)
+    assert mentioning(commands, "syn_redirect") == []
+    assert mentioning(commands, "client_redirect") == []
+    assert mentioning(commands, "redirect_v") == []
+    assert mentioning(commands, "type nat") == []
 
 
 @pytest.mark.parametrize(
@@ -261,7 +332,7 @@ def test_traps_on_an_address_fill_only_the_set_of_their_ip_version() -> None:
     assert f"add element {T} traps_tcp_at_v6 {{ 2001:db8::1 . 2324 }}" in commands
     for version, match in ((4, "ip daddr . tcp dport"), (6, "ip6 daddr . tcp dport")):
         rules = mentioning(commands, f"{match} @traps_tcp_at_v{version} tcp dport != @open_tcp")
-        assert [rule.split()[4] for rule in rules] == ["input", "blocked"]
+        assert [rule.split()[4] for rule in rules] == ["input", "blocked", "syn_redirect"]
 
 
 def test_an_address_family_without_traps_has_an_empty_set_and_no_rule() -> None:
@@ -269,11 +340,11 @@ def test_an_address_family_without_traps_has_an_empty_set_and_no_rule() -> None:
     assert f"add set {T} traps_tcp_at_v6 {{ type ipv6_addr . inet_service; }}" in commands
     assert mentioning(commands, f"add element {T} traps_tcp_at_v6") == []
     assert mentioning(commands, "ip6 daddr . tcp dport") == []
-    assert len(mentioning(commands, "ip daddr . tcp dport @traps_tcp_at_v4")) == 2
+    assert len(mentioning(commands, "ip daddr . tcp dport @traps_tcp_at_v4")) == 3
 
 
 def test_no_traps_gives_empty_sets_without_element_commands() -> None:
-    commands = create(spec(tcp=STEALTH, ports={TCP: frozenset()}))
+    commands = create(spec(tcp=STEALTH, ports={TCP: frozenset()}, client_trap_port=0))
     assert f"add set {T} traps_tcp {{ type inet_service; flags interval; }}" in commands
     assert mentioning(commands, "add element") == []
 
@@ -283,11 +354,13 @@ def test_the_open_set_is_the_served_ports_and_the_excluded_ones() -> None:
     served = {TCP: frozenset({22, 113, 443}), UDP: frozenset({53})}
     commands = create(given, served)
     assert mentioning(commands, f"add element {T} open_tcp") == [
-        f"add element {T} open_tcp {{ 22, 113, 139, 443 }}"
+        f"add element {T} open_tcp {{ 22, 113, 139, 443, 65023 }}"  # and the catch-all port
     ]
-    assert given.open_ports(served, TCP) == {22, 113, 139, 443}
+    assert given.open_ports(served, TCP) == {22, 113, 139, 443, 65023}
     assert given.open_ports(served, UDP) == {53}
-    assert given.open_ports({}, TCP) == {113, 139}
+    assert given.open_ports({}, TCP) == {113, 139, 65023}
+    no_catch_all = spec(tcp=ADVANCED, exclude={TCP: frozenset({113})}, client_trap_port=0)
+    assert no_catch_all.open_ports({}, TCP) == {113}
 
 
 def test_allow_list_fills_the_allow_set_of_each_version() -> None:
@@ -377,7 +450,7 @@ def test_a_table_is_built_with_the_served_ports_and_the_generation_it_is_given()
     given = spec(tcp=STEALTH)
     backend.setup([], 0.0, SensorState(given, {TCP: frozenset({22})}, "b"))
     (commands,) = nft.batches
-    assert f"add element {T} open_tcp {{ 22 }}" in commands
+    assert f"add element {T} open_tcp {{ 22, 65023 }}" in commands
     assert len(mentioning(commands, "update @block_b_")) == 2
     assert mentioning(commands, "update @block_a_") == []
     backend.rotate("a")
@@ -404,7 +477,8 @@ def test_backend_setup_adds_the_sensor_to_the_table_in_the_same_batch() -> None:
     )
     NftablesBackend("porttrap", nft=nft, objects=CountersOf()).setup([], 0.0)
     table = Ruleset("porttrap").replace({}, 0.0)
-    assert nft.batches == [table + SensorRules("porttrap", given).create({}), table]
+    watch = WatchRules("porttrap", given).create()
+    assert nft.batches == [table + watch + SensorRules("porttrap", given).create({}), table]
 
 
 # --- from the configuration ---
@@ -462,7 +536,7 @@ def test_advanced_spec_watches_the_range_minus_the_excluded_ports() -> None:
     assert given.at[TCP] == ()
     commands = SensorRules("porttrap", given).create(NOTHING)
     assert f"add element {T} traps_tcp {{ 1-1024 }}" in commands
-    assert f"add element {T} open_tcp {{ 113, 139, 445 }}" in commands
+    assert f"add element {T} open_tcp {{ 113, 139, 445, 65023 }}" in commands
 
 
 def test_advanced_defaults_watch_every_port_and_leave_the_usual_ones_alone() -> None:

@@ -25,6 +25,7 @@ from porttrap.config.schema import (
     Protect,
     Respond,
     StoreConfig,
+    Trap,
     TrapMode,
 )
 from porttrap.config.traps import build_banner, build_modes, build_traps
@@ -69,6 +70,7 @@ KERNEL_KEYS = (
     "block_size",
     "client_time",
     "client_size",
+    "client_trap_port",
     "quiet",
     "event_rate",
     "source_rate",
@@ -135,6 +137,7 @@ def _config(data: Table, problems: Problems, path: Path | None) -> Config:
     modes, kernel, ban = build_modes(traps), _kernel(top.sub("kernel")), _ban(top.sub("ban"))
     _check_respond(top, modes, kernel, ban)
     trap_list = build_traps(traps)
+    _check_catch_all(top, modes, kernel, trap_list)
     return Config(
         state_dir=top.get("state_dir", fields.absolute_path, DEFAULT_STATE_DIR),
         traps=trap_list,
@@ -214,6 +217,23 @@ def _check_respond(top: Section, modes: Modes, kernel: KernelSensor, ban: BanPol
         )
 
 
+def _check_catch_all(
+    top: Section, modes: Modes, kernel: KernelSensor, traps: tuple[Trap, ...]
+) -> None:
+    """The catch-all port, where the daemon takes a recent client's handshakes to TCP traps
+    (stealth, advanced), cannot be a trap itself. Advanced mode leaves it out by itself."""
+    port = kernel.client_trap_port
+    if modes.tcp is not TrapMode.STEALTH or port == 0:
+        return
+    if any(trap.proto is Proto.TCP and trap.port == port for trap in traps):
+        top.problems.add(
+            "kernel.client_trap_port",
+            f"TCP port {port} is a trap, but it is also [kernel] client_trap_port, where "
+            "porttrap takes the handshakes of recent clients to TCP traps: remove the trap, "
+            "or set client_trap_port to a port nothing else uses (0 turns the redirect off)",
+        )
+
+
 def _max_time_message(section: Section, time: float, max_time: float) -> str:
     which = "" if "max_time" in section.table else ", the default"
     return (
@@ -240,6 +260,9 @@ def _kernel(section: Section) -> KernelSensor:
         block_size=section.get("block_size", set_size, default.block_size),
         client_time=section.get("client_time", fields.duration_or_zero, default.client_time),
         client_size=section.get("client_size", set_size, default.client_size),
+        client_trap_port=section.get(
+            "client_trap_port", fields.between(0, 65535), default.client_trap_port
+        ),
         quiet=section.get("quiet", fields.boolean, default.quiet),
         event_rate=section.get("event_rate", fields.at_least(1), default.event_rate),
         source_rate=section.get("source_rate", fields.at_least(1), default.source_rate),

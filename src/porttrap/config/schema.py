@@ -122,8 +122,15 @@ class KernelSensor:
     block: bool = True  # first-packet block: a trap packet drops its source at once
     block_time: float = 60.0  # how long a first-packet block lasts
     block_size: int = 65536  # sources per block set (two generations per IP family)
-    client_time: float = 3600.0  # sources that completed a TCP connection this recently ...
-    client_size: int = 65536  # ... are exempt from blocks; this many per IP family
+    # Sources that completed a flow (TCP, UDP ...) to this host this recently, and those the
+    # host sent to this recently (its peers) ... are exempt from blocks; this many per IP family
+    client_time: float = 3600.0
+    client_size: int = 65536
+    # Where a recent client's SYN to a TCP trap is redirected (stealth, advanced): the daemon
+    # listens there, so the handshake proves the client's address. 0: no redirect. 65023: in
+    # the dynamic range (49152-65535, assigned to no service) yet above Linux's ephemeral ports
+    # (32768-60999), so no outgoing connection of the host takes it as its source port.
+    client_trap_port: int = 65023
     quiet: bool = True  # non-SYN TCP probes to ports nothing serves: dropped, no RST
     event_rate: int = 250  # trap packets per second the kernel reports, per path (new/repeat)
     source_rate: int = 10  # ... and per source

@@ -1,13 +1,14 @@
 """The firewall seam: one small interface every backend implements, and one more that the
-backend holding the kernel sensor of stealth and advanced modes implements (nftables)."""
+backend holding the watch and the kernel sensor of stealth and advanced modes implements
+(nftables)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from porttrap.model import Ban, Change, IPNetwork
+from porttrap.model import Ban, Change, IPAddress, IPNetwork
 from porttrap.sensorspec import Ports, SensorState
 
 
@@ -35,8 +36,12 @@ class FirewallBackend(Protocol):
 
     def setup(self, bans: Sequence[Ban], now: float, sensor: SensorState | None = None) -> None:
         """Atomically (re)create porttrap's ruleset holding exactly `bans` (the active ones,
-        with their remaining time) and, when given, the kernel sensor as `sensor` says. Anything
-        else in porttrap's sets is removed; nothing outside porttrap's own table is touched."""
+        with their remaining time) and, when given, what `sensor` says besides: the watch
+        (recent clients and peers, the marks of connect-mode UDP traps, the gateways) and the
+        kernel sensor of the protocols in stealth or advanced mode. Anything else in porttrap's
+        sets is removed; nothing outside porttrap's own table is touched. A backend that cannot
+        hold the kernel sensor refuses a `sensor` that watches a protocol; what it cannot hold
+        of the watch it leaves out (see each backend)."""
         ...
 
     def apply(self, changes: Sequence[Change], now: float) -> None:
@@ -69,8 +74,10 @@ class FirewallBackend(Protocol):
 
 
 class SensorBackend(Protocol):
-    """The one writer of the kernel sensor's rules (stealth and advanced modes), which live in
-    the backend's own table: the core decides, the backend writes and reads."""
+    """The one writer of the watch's and the kernel sensor's rules (stealth and advanced
+    modes), which live in the backend's own table: the core decides, the backend writes and
+    reads. `serve` and `rotate` need a sensor in the table, `set_gateways` the watch (any
+    `SensorState` given to `setup`); without, they raise FirewallError."""
 
     def serve(self, ports: Ports) -> None:
         """Never trap these ports (the served ones, and those that lately were)."""
@@ -82,4 +89,9 @@ class SensorBackend(Protocol):
 
     def sensor_counters(self) -> dict[str, int]:
         """Packets per named counter of the sensor (`sensorspec.COUNTERS`)."""
+        ...
+
+    def set_gateways(self, addresses: Iterable[IPAddress]) -> None:
+        """The host's gateways are now exactly `addresses` (peers: a probe in their name never
+        blocks them), in one transaction. IPv6 scopes are dropped."""
         ...

@@ -53,8 +53,9 @@ class IpsetBackend:
     def setup(self, bans: Sequence[Ban], now: float, sensor: SensorState | None = None) -> None:
         """Fill new sets and swap them in (each live set changes in one kernel operation), then
         (re)make the chain and put the jump to it first in raw PREROUTING, one iptables
-        transaction per family. There is no kernel sensor here (it is nftables rules)."""
-        if sensor is not None:
+        transaction per family. There is no kernel sensor here (it is nftables rules): a
+        `sensor` that watches a protocol is refused; in connect mode its watch is left out."""
+        if sensor is not None and sensor.spec.protos:
             raise FirewallError("the kernel sensor of stealth and advanced modes needs nftables")
         self._long.clear()
         elements = []

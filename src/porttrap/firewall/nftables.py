@@ -1,6 +1,7 @@
-"""The nftables backend: bans as elements of sets in porttrap's own `inet` table, and the
-kernel sensor of stealth and advanced modes in the same table (this backend is the one writer
-of its rules).
+"""The nftables backend: bans as elements of sets in porttrap's own `inet` table, and in the
+same table the watch of every mode (recent clients and peers, the marks of connect-mode UDP
+traps) and the kernel sensor of stealth and advanced modes (this backend is the one writer of
+their rules).
 
 Every method is one libnftables transaction (see `porttrap.firewall.ruleset` for the
 commands and for why the drop happens in prerouting at priority -350). Nothing outside
@@ -11,8 +12,9 @@ read over netlink (`porttrap.firewall.objects`): one message each, whatever the 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from porttrap import log
 from porttrap.errors import FirewallError
@@ -22,7 +24,8 @@ from porttrap.firewall.objects import NftObjects, made_here
 from porttrap.firewall.plan import final_states, strongest
 from porttrap.firewall.ruleset import Ruleset, parse_entries
 from porttrap.firewall.sensor_rules import SensorRules
-from porttrap.model import Ban, Change, IPNetwork, show
+from porttrap.firewall.watch_rules import WatchRules
+from porttrap.model import Ban, Change, IPAddress, IPNetwork, show
 from porttrap.sensorspec import COUNTERS, Ports, SensorState, no_ports
 
 _FAILED_SHOWN = 10  # targets named in the error raised after a partial failure
@@ -49,18 +52,25 @@ class NftablesBackend:
         self._rules = Ruleset(table)
         self._sensor: SensorRules | None = None  # the sensor of the last setup
         self._served: Ports = no_ports()  # ... and the ports it leaves open now
+        self._watch: WatchRules | None = None  # the watch of the last setup
+        self._gateways: frozenset[IPAddress] = frozenset()  # ... and the gateways it holds
 
     def setup(self, bans: Sequence[Ban], now: float, sensor: SensorState | None = None) -> None:
         """Replace porttrap's table in one transaction: stray elements go, missing ones come,
-        and the kernel sensor comes with it as `sensor` says."""
+        and the watch and the kernel sensor come with it as `sensor` says (None: bans only).
+        In connect mode `sensor.spec` watches no protocol: only the watch is made."""
         commands = self._rules.replace(strongest(bans, now), now)
-        rules = None
+        watch, rules = None, None
         if sensor is not None:
+            watch = WatchRules(self._rules.table, sensor.spec)
+            commands += watch.create(sensor.gateways)
             rules = SensorRules(self._rules.table, sensor.spec)
             commands += rules.create(sensor.served, sensor.generation)
         self._run(commands)
-        self._sensor = rules
+        self._watch = watch
+        self._sensor = rules if rules is not None and rules.spec.protos else None
         self._served = dict(sensor.served) if sensor is not None else no_ports()
+        self._gateways = _plain_set(sensor.gateways) if sensor is not None else frozenset()
 
     def apply(self, changes: Sequence[Change], now: float) -> None:
         """The changes in one transaction per `CHUNK` targets; if the kernel refuses one, each
@@ -94,6 +104,7 @@ class NftablesBackend:
     def teardown(self) -> None:
         self._run(self._rules.remove())
         self._sensor, self._served = None, no_ports()
+        self._watch, self._gateways = None, frozenset()
 
     # -- the kernel sensor ---------------------------------------------------------------
 
@@ -113,6 +124,21 @@ class NftablesBackend:
 
     def rotate(self, empty: str) -> None:
         self._run(self._sensor_rules().rotate(empty))
+
+    def set_gateways(self, addresses: Iterable[IPAddress]) -> None:
+        """Make the gateway sets hold exactly `addresses`: one transaction with the difference
+        to what they hold (nothing when there is none). FirewallError when the kernel refuses
+        (the table may be gone: the next setup brings the gateways of its SensorState)."""
+        if self._watch is None:
+            raise FirewallError(
+                f"porttrap's table inet {self._rules.table} holds no watch (it is made with the "
+                "table when setup is given a SensorState)"
+            )
+        wanted = _plain_set(addresses)
+        commands = self._watch.set_gateways(wanted - self._gateways, self._gateways - wanted)
+        if commands:
+            self._run(commands)
+        self._gateways = wanted
 
     def sensor_counters(self) -> dict[str, int]:
         found = self._objects.counters(self._rules.table)
@@ -160,6 +186,11 @@ class NftablesBackend:
             )
             return False
         return True
+
+
+def _plain_set(addresses: Iterable[IPAddress]) -> frozenset[IPAddress]:
+    """Without IPv6 scopes, which the kernel's sets do not hold (fe80::1%eth0 is fe80::1)."""
+    return frozenset(ipaddress.ip_address(address.packed) for address in addresses)
 
 
 def _partial_failure(failed: list[IPNetwork], total: int) -> str:

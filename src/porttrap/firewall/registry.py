@@ -41,6 +41,9 @@ class BackendInfo:
     make: Maker
     removes: Callable[[str], str]  # what its teardown removes for a [firewall] table
     kernel_sensor: bool  # can host the kernel sensor's rules (stealth and advanced modes)
+    # holds the watch (recent clients and peers): marks datagrams to connect-mode UDP traps
+    # (sensorspec.MARK_CLIENT, MARK_PEER); without, a trap socket reads no mark
+    marks: bool
     in_kernel: bool  # bans take effect in the kernel (so a teardown has something to remove)
     one_object: bool  # porttrap's part is one kernel object: not `present()`, nothing to remove
     runs_iptables: bool  # runs ipset/iptables programs (iptables-legacy needs CAP_NET_RAW)
@@ -97,6 +100,7 @@ BACKENDS = (
         make=_make_nftables,
         removes=lambda table: f"nftables table inet {table}",
         kernel_sensor=True,
+        marks=True,
         in_kernel=True,
         one_object=True,
         runs_iptables=False,
@@ -108,6 +112,7 @@ BACKENDS = (
         make=_make_ipset,
         removes=_ipset_removes,
         kernel_sensor=False,
+        marks=False,  # not yet: see README, The ipset backend
         in_kernel=True,
         one_object=False,  # sets and chains: `present()` is False while half of them is left
         runs_iptables=True,
@@ -119,6 +124,7 @@ BACKENDS = (
         make=_make_dry_run,
         removes=lambda table: "nothing (dry-run)",
         kernel_sensor=False,
+        marks=False,
         in_kernel=False,
         one_object=False,
         runs_iptables=False,

@@ -1,16 +1,23 @@
 """The kernel sensor of stealth and advanced modes, as nft commands in porttrap's table.
 
 Pure, like `porttrap.firewall.ruleset`, whose table these objects join so that starting is one
-transaction and `porttrap flush` removes everything. The path of a packet:
+transaction and `porttrap flush` removes everything. They use the sets of the watch
+(`porttrap.firewall.watch_rules`: recent clients, peers, gateways), which every mode has. The
+path of a packet:
 
+    prerouting, nat, priority -100 (dstnat), TCP in the kernel (chain syn_redirect):
+      a SYN to a trap from a recent client (@clients)  -> redirected to the catch-all port
+        ([kernel] client_trap_port), at most 1 a second   (the daemon listens there: the
+        per source after a burst of 5; over that, it      handshake proves the client's
+        goes on unchanged (counted) and is reported       address, and the listener reads
+        as a client's probe                               the trap it aimed at with
+                                                          SO_ORIGINAL_DST)
     input, priority -150 (after conntrack and DNAT, before the usual filter chains):
       loopback                                        -> leave it
-      part of a known connection (established/related) -> leave it; a TCP client's packet
-                                                          refreshes its place in @clients
-                                                          (only once the handshake completed:
-                                                          conntrack's `assured`; `established`
-                                                          alone is true of a SYN scanner's RST
-                                                          after a SYN-ACK)
+      part of a known connection (established/related) -> leave it (the watch records
+                                                          clients: conntrack's `assured`;
+                                                          `established` alone is true of a SYN
+                                                          scanner's RST after a SYN-ACK)
       source in a first-packet block                  -> `blocked`: a trap packet is reported
                                                           as a repeat, everything is dropped
       trap packet (a trap port, or in advanced mode   -> `probe`
@@ -18,6 +25,7 @@ transaction and `porttrap flush` removes everything. The path of a packet:
       quiet: a non-SYN TCP packet to a port nothing   -> dropped, so no RST tells its state
         serves
     probe: the host's own addresses and the allow list -> reported as exempt, dropped
+           a peer (link-local, @gateways, @peers)      -> reported as a peer's, dropped
            a recent client (@clients)                  -> reported as a client's, dropped
            anyone else                                 -> put in the current block set,
                                                           reported as new, dropped
@@ -30,10 +38,16 @@ hold back is dropped all the same, and counted.
 
 A set filled from the packet path stops growing at its size: an `update` then fails and ends
 its rule, so each update has a rule of its own and the packet goes on to be reported and
-dropped. First-packet blocks live in two generations of sets (a, b). The daemon counts the
-insertions into the current one (a named counter) and, before it fills, flushes the older and
-makes it current (`rotate`): under a flood of forged sources the oldest blocks give way, and the
-newest scanner is still blocked at its first packet.
+dropped (a full redirect meter means no redirect). First-packet blocks live in two generations
+of sets (a, b). The daemon counts the insertions into the current one (a named counter) and,
+before it fills, flushes the older and makes it current (`rotate`): under a flood of forged
+sources the oldest blocks give way, and the newest scanner is still blocked at its first packet.
+
+The redirect's limit bounds what a forger can make porttrap send in a client's name: a forged
+SYN from a client's address gets the catch-all's SYN-ACK sent to the real client (which answers
+RST: no connection, no hit), and Linux retransmits an unanswered SYN-ACK up to 5 times. So at
+most 6 x (5 + t) SYN-ACKs in t seconds reach each client named, about 6 packets a second, while
+any served port of the host answers a forger's SYNs without any limit.
 
 Established connections are left alone even from a blocked source: they are the host's own
 connections (replies from its DNS resolver, say: one forged probe in the resolver's name must
@@ -47,28 +61,23 @@ import ipaddress
 import math
 from collections.abc import Iterable, Mapping
 
+from porttrap.firewall.nftsets import FAMILIES as _FAMILIES
+from porttrap.firewall.nftsets import dynamic_set, port_ranges
+from porttrap.firewall.watch_rules import WatchRules
 from porttrap.model import Proto
 from porttrap.sensorspec import COUNTERS, GENERATIONS, PATHS, PREFIX, SensorSpec
 
+__all__ = ["SensorRules", "port_ranges"]
+
 INPUT_PRIORITY = -150  # after conntrack (-200) and DNAT (-100 is after: see the module doc)
+REDIRECT_PRIORITY = -100  # dstnat: NAT of the first packet of each connection
 SNAPLEN = 128  # bytes of each reported packet: the IP and TCP/UDP headers
 METER_TIMEOUT = 60  # seconds a per-source meter lives after its last packet
-_FAMILIES = ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr"))
+# A client's SYNs to traps redirected per second, after a burst: a connect scan needs only
+# `[ban] client_trigger` (2) handshakes to traps; the limit bounds a forger (module doc).
+REDIRECT_RATE, REDIRECT_BURST = 1, 5
 _NOT_REPLIES = "tcp flags & (syn | ack) != syn | ack tcp flags & rst == 0"
-
-
-def port_ranges(ports: Iterable[int]) -> list[str]:
-    """Ports as nft set elements, runs joined: {22, 23, 24, 80} -> ['22-24', '80']."""
-    found: list[str] = []
-    ordered = sorted(set(ports))
-    start = 0
-    for index, port in enumerate(ordered):
-        last = index + 1 == len(ordered) or ordered[index + 1] != port + 1
-        if last:
-            first = ordered[start]
-            found.append(str(first) if first == port else f"{first}-{port}")
-            start = index + 1
-    return found
+_SYN = "tcp flags & (fin | syn | rst | ack) == syn"
 
 
 class SensorRules:
@@ -79,6 +88,7 @@ class SensorRules:
         self.table = table
         self._where = f"inet {table}"
         self._k = spec.kernel
+        self._watch = WatchRules(table, spec)  # whose sets say who is a client, a peer
 
     # -- the whole sensor, part of the table's creation ---------------------------------
 
@@ -95,7 +105,7 @@ class SensorRules:
         for path in PATHS:
             commands += self._report_rules(path)
         commands += self._forward_rules()
-        return commands
+        return commands + self._redirect_rules()
 
     def _objects(self) -> list[str]:
         rate, where = self._k.event_rate, self._where
@@ -126,9 +136,9 @@ class SensorRules:
             if allow:
                 commands.append(self._add_elements(f"allow_v{version}", allow))
             size = self._k.client_size
-            timeout = math.ceil(self._k.client_time)
-            commands.append(self._dynamic(f"clients_v{version}", kind, timeout, size))
             commands.append(self._dynamic(f"meter_v{version}", kind, METER_TIMEOUT, size))
+            if self.spec.redirect:
+                commands.append(self._dynamic(f"redirect_v{version}", kind, METER_TIMEOUT, size))
             for generation in GENERATIONS:
                 block = math.ceil(self._k.block_time)
                 name = f"block_{generation}_v{version}"
@@ -149,10 +159,7 @@ class SensorRules:
         return f"add set {self._where} {name} {{ type {kind};{flagged} }}"
 
     def _dynamic(self, name: str, kind: str, timeout: int, size: int) -> str:
-        return (
-            f"add set {self._where} {name} {{ type {kind}; flags dynamic,timeout; "
-            f"timeout {max(timeout, 1)}s; size {size}; }}"
-        )
+        return dynamic_set(self._where, name, kind, timeout, size)
 
     def _add_elements(self, name: str, elements: list[str]) -> str:
         return f"add element {self._where} {name} {{ {', '.join(elements)} }}"
@@ -163,7 +170,11 @@ class SensorRules:
             f"add chain {self._where} input {{ {base.format('input')} }}",
             f"add chain {self._where} forward {{ {base.format('forward')} }}",
         ]
-        regular = ["known", "blocked", "probe", "block", *(f"report_{p}" for p in PATHS)]
+        regular = ["blocked", "probe", "block", *(f"report_{p}" for p in PATHS)]
+        if self.spec.redirect:
+            nat = f"type nat hook prerouting priority {REDIRECT_PRIORITY}; policy accept;"
+            chains.append(f"add chain {self._where} syn_redirect {{ {nat} }}")
+            regular.append("client_redirect")
         return chains + [f"add chain {self._where} {name}" for name in regular]
 
     def _rule(self, chain: str, text: str) -> str:
@@ -172,17 +183,8 @@ class SensorRules:
     def _input_rules(self) -> list[str]:
         rules = [
             self._rule("input", 'iif "lo" return'),
-            self._rule("input", "ct state established,related goto known"),
+            self._rule("input", "ct state established,related return"),
         ]
-        if self._k.client_time > 0:
-            for version, protocol, _ in _FAMILIES:
-                rules.append(
-                    self._rule(
-                        "known",
-                        f"meta l4proto tcp ct direction original ct status assured "
-                        f"update @clients_v{version} {{ {protocol} saddr }}",
-                    )
-                )
         if self._k.block:
             for version, protocol, _ in _FAMILIES:
                 for generation in GENERATIONS:
@@ -207,15 +209,19 @@ class SensorRules:
         """The matches that make a packet a trap packet, one rule each."""
         matches = []
         for proto in self.spec.protos:
-            head = f"meta l4proto {proto} fib daddr type local"
-            if proto is Proto.TCP:
-                head += f" {_NOT_REPLIES}"
-            tail = f"{proto} dport != @open_{proto}"
-            matches.append(f"{head} {proto} dport @traps_{proto} {tail}")
-            for version, protocol, _ in _FAMILIES:
-                if any(_version(a) == version for a, _ in self.spec.at.get(proto, ())):
-                    set_name = f"traps_{proto}_at_v{version}"
-                    matches.append(f"{head} {protocol} daddr . {proto} dport @{set_name} {tail}")
+            flags = f" {_NOT_REPLIES}" if proto is Proto.TCP else ""
+            matches += self._matches_of(proto, flags)
+        return matches
+
+    def _matches_of(self, proto: Proto, flags: str) -> list[str]:
+        """A packet of `proto` with TCP `flags` (a match, or "") to one of its traps."""
+        head = f"meta l4proto {proto} fib daddr type local{flags}"
+        tail = f"{proto} dport != @open_{proto}"
+        matches = [f"{head} {proto} dport @traps_{proto} {tail}"]
+        for version, protocol, _ in _FAMILIES:
+            if any(_version(a) == version for a, _ in self.spec.at.get(proto, ())):
+                set_name = f"traps_{proto}_at_v{version}"
+                matches.append(f"{head} {protocol} daddr . {proto} dport @{set_name} {tail}")
         return matches
 
     def _blocked_rules(self) -> list[str]:
@@ -227,11 +233,10 @@ class SensorRules:
         for version, protocol, _ in _FAMILIES:
             allowed = f"{protocol} saddr @allow_v{version} goto report_exempt"
             rules.append(self._rule("probe", allowed))
-        if self._k.client_time > 0:
-            for version, protocol, _ in _FAMILIES:
-                rules.append(
-                    self._rule("probe", f"{protocol} saddr @clients_v{version} goto report_client")
-                )
+        for match in self._watch.peer_matches():
+            rules.append(self._rule("probe", f"{match} goto report_peer"))
+        for match in self._watch.client_matches():
+            rules.append(self._rule("probe", f"{match} goto report_client"))
         if self._k.block:
             rules.append(self._rule("probe", "jump block"))
         return [*rules, self._rule("probe", "goto report_new")]
@@ -282,6 +287,32 @@ class SensorRules:
                     self._rule("forward", f"{protocol} saddr @block_{generation}_v{version} drop")
                 )
         return rules
+
+    def _redirect_rules(self) -> list[str]:
+        """A recent client's SYN to a TCP trap goes to the catch-all port, limited per source:
+        over the limit (or with the meter set full) it goes on unchanged, to be reported."""
+        if not self.spec.redirect:
+            return []
+        rules = [
+            self._rule("syn_redirect", f"{match} goto client_redirect")
+            for match in self._matches_of(Proto.TCP, f" {_SYN}")
+        ]
+        limit = f"limit rate {REDIRECT_RATE}/second burst {REDIRECT_BURST} packets"
+        for version, protocol, _ in _FAMILIES:
+            rules.append(
+                self._rule(
+                    "client_redirect",
+                    f"meta l4proto tcp {protocol} saddr @clients_v{version} "
+                    f"update @redirect_v{version} "
+                    f'{{ {protocol} saddr {limit} }} counter name "redirected" '
+                    f"redirect to :{self.spec.catch_all}",
+                )
+            )
+        over = [
+            self._rule("client_redirect", f'{match} counter name "over_redirect"')
+            for match in self._watch.client_matches()
+        ]
+        return rules + over
 
     # -- changes while running ----------------------------------------------------------
 

@@ -16,7 +16,7 @@ from porttrap.config.schema import KernelSensor
 from porttrap.model import Hit, unmap
 from porttrap.sensors.classify import OTHER, classify
 from porttrap.sensors.nflog import LoggedPacket, NflogReceiver
-from porttrap.sensorspec import CLIENT_PREFIX, PREFIX
+from porttrap.sensorspec import CLIENT_PREFIX, PEER_PREFIX, PREFIX
 
 HitHandler = Callable[[Hit], None]
 
@@ -38,6 +38,7 @@ def hit_of(packet: LoggedPacket, at: float) -> Hit | None:
         proto=probe.proto,
         kind=kind,
         client=packet.prefix == CLIENT_PREFIX,
+        peer=packet.prefix == PEER_PREFIX,
     )
 
 

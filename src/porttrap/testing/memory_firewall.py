@@ -5,18 +5,19 @@ the same whole-second timeout, counted on the injected clock from the moment of 
 vanishes from `entries()` when it runs out. With `timeouts=False` it is a backend without kernel
 timeouts (a cloud firewall, an XDP map): a ban stays until `expire` removes it. `fail_next()`
 makes the next call raise, to test how callers handle a refusing kernel. It records the kernel
-sensor state of the last setup and the sensor calls since (`sensor`, `served`, `rotations`).
+sensor state of the last setup and the sensor calls since (`sensor`, `served`, `rotations`,
+`gateways`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from porttrap.clock import Clock
 from porttrap.errors import FirewallError
 from porttrap.firewall.base import KernelEntry
 from porttrap.firewall.plan import final_states, strongest, timeout_seconds
-from porttrap.model import Ban, Change, IPNetwork
+from porttrap.model import Ban, Change, IPAddress, IPNetwork
 from porttrap.sensorspec import Ports, SensorState
 
 
@@ -32,6 +33,7 @@ class MemoryFirewall:
         self.sensor: SensorState | None = None
         self.served: Ports | None = None
         self.rotations: list[str] = []
+        self.gateways: frozenset[IPAddress] | None = None  # None: no watch in the table
         self.maintained = 0
 
     def fail_next(self, error: FirewallError | None = None) -> None:
@@ -54,6 +56,7 @@ class MemoryFirewall:
         }
         self.sensor = sensor
         self.served = None if sensor is None else sensor.served
+        self.gateways = None if sensor is None else frozenset(sensor.gateways)
 
     def apply(self, changes: Sequence[Change], now: float) -> None:
         self._check()
@@ -87,8 +90,14 @@ class MemoryFirewall:
         self._check()
         return {}
 
+    def set_gateways(self, addresses: Iterable[IPAddress]) -> None:
+        self._check()
+        if not self._present or self.gateways is None:
+            raise FirewallError("no watch in the table (simulated)")
+        self.gateways = frozenset(addresses)
+
     def _sensor_set(self) -> None:
-        if not self._present or self.sensor is None:
+        if not self._present or self.sensor is None or not self.sensor.spec.protos:
             raise FirewallError("no kernel sensor in the table (simulated)")
 
     def entries(self) -> list[KernelEntry]:
