@@ -69,7 +69,7 @@ from porttrap.core.events import (
 )
 from porttrap.core.views import ban_json
 from porttrap.model import Ban, Evidence, Hit, Outcome, Proto, StoredBan, Unban
-from porttrap.sensorspec import SensorState, spec_from_config
+from porttrap.sensorspec import SensorState, no_ports, spec_from_config
 from porttrap.testing.playbook import T0, Playbook, later
 
 H = 3600.0
@@ -104,6 +104,11 @@ def ban(
 UNVERIFIED_MAX = 600.0  # [ban] unverified_max_time by default
 
 
+def watch(cfg: Config) -> SensorState:
+    """What a connect-mode table holds besides the bans: the watch (clients, peers, marks)."""
+    return SensorState(spec_from_config(cfg), no_ports())
+
+
 def sent(*changes: Ban | Unban, now: float = T0) -> list[Command]:
     """The commands of a batch that goes out: the kernel, the store, the log, the actions."""
     return [Apply(changes, now), RecordChanges(changes), LogChanges(changes), ActionsAfter(changes)]
@@ -117,12 +122,13 @@ def started(cfg: Config) -> tuple[Core, Playbook]:
 
 
 def test_a_trap_hit_bans_at_the_end_of_the_turn_kernel_first() -> None:
-    core = Core(config('[ban]\ntime = "1h"\n'), started_at=T0)
+    cfg = config('[ban]\ntime = "1h"\n')
+    core = Core(cfg, started_at=T0)
     first = ban(ATTACKER, T0, H)
     assert (
         Playbook(core)
         >> Started(OWN, [])
-        << Setup([], T0, SetupReason.START)
+        << Setup([], T0, SetupReason.START, watch(cfg))
         << ActionsStart([])
         >> HitSeen(hit(), arrived=5.0)
         << FlushSoon()
@@ -328,7 +334,8 @@ def test_the_firewall_is_checked_every_5_s_and_old_hits_pruned_every_minute() ->
 
 
 def test_a_refused_change_is_retried_once_as_a_rebuild_with_every_ban() -> None:
-    _, playbook = started(config())
+    cfg = config()
+    _, playbook = started(cfg)
     first = ban(ATTACKER, T0, H)
     assert (
         playbook
@@ -341,9 +348,9 @@ def test_a_refused_change_is_retried_once_as_a_rebuild_with_every_ban() -> None:
         >> FirewallFailed("again")  # one retry is enough
         >> later(5)
         >> Reconcile()
-        << Setup([first], T0 + 5, SetupReason.RECONCILE)
+        << Setup([first], T0 + 5, SetupReason.RECONCILE, watch(cfg))
         >> FirewallMissing()  # someone ran `nft flush ruleset`
-        << Setup([first], T0 + 5, SetupReason.RECONCILE)
+        << Setup([first], T0 + 5, SetupReason.RECONCILE, watch(cfg))
     )
 
 
@@ -376,7 +383,7 @@ def test_a_start_restores_bans_and_lifts_those_now_protected() -> None:
         << RecordChanges([lifted])
         << LogChanges([lifted])
         << ActionsAfter([lifted])
-        << Setup([kept], T0, SetupReason.START)
+        << Setup([kept], T0, SetupReason.START, watch(cfg))
         << ActionsStart([kept])
     )
 
@@ -658,7 +665,7 @@ def test_a_reload_of_respond_rebuilds_with_the_bans_the_new_settings_keep() -> N
         >> ReloadRequested(new)
         << PrepareReload(new, ("ban",))
         >> ReloadPrepared()
-        << Setup([admin], T0, SetupReason.RELOAD)  # the trap ban leaves the kernel
+        << Setup([admin], T0, SetupReason.RELOAD, watch(new))  # the trap ban leaves the kernel
         >> ReloadCommitted()
         << Reloaded(("ban",))
     )

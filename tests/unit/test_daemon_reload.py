@@ -76,6 +76,9 @@ def test_the_table_is_rebuilt_only_when_its_rules_or_respond_change() -> None:
         cfg(stealth), cfg(stealth + '[allow]\naddresses = ["192.0.2.0/24"]\n')
     )
     assert not reload.kernel_changed(cfg('[traps]\ntcp = ["23"]\n'), cfg('[traps]\ntcp = ["24"]\n'))
+    # connect mode: the watch marks the datagrams to UDP traps, so their ports are in the table
+    assert reload.kernel_changed(cfg('[traps]\nudp = ["161"]\n'), cfg('[traps]\nudp = ["162"]\n'))
+    assert reload.kernel_changed(cfg(""), cfg('[kernel]\nclient_time = "10m"\n'))
     assert reload.kernel_changed(cfg(""), cfg('[ban]\nrespond = "command"\n'))
 
 

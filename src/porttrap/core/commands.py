@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from porttrap.config.schema import Config, Trap
 from porttrap.core.events import Event
-from porttrap.model import Ban, Change, Hit, Outcome
+from porttrap.model import Ban, Change, Hit, IPAddress, Outcome
 from porttrap.sensorspec import Ports, SensorState
 
 
@@ -88,6 +88,14 @@ class ServePorts:
     """The kernel sensor must never trap these ports (served now, or lately)."""
 
     ports: Ports
+
+
+@dataclass(frozen=True, slots=True)
+class SetGateways:
+    """The host's gateways changed: the kernel's peer set holds these (a forged probe in their
+    name must never block them)."""
+
+    gateways: frozenset[IPAddress]
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +247,7 @@ Command = (
     | CheckFirewall
     | Maintain
     | ServePorts
+    | SetGateways
     | RotateBlocks
     | RecordHits
     | RecordChanges

@@ -50,6 +50,7 @@ from porttrap.core.commands import (
     Reloaded,
     ReplaceActions,
     Schedule,
+    SetGateways,
     Setup,
     SetupReason,
     UpdateTraps,
@@ -91,7 +92,7 @@ from porttrap.model import Ban, Change, Hit, IPNetwork, Outcome, Unban, show
 from porttrap.policy import Policy, Protection
 from porttrap.policy.budget import Bucket
 from porttrap.policy.engine import enforced_under
-from porttrap.sensorspec import GENERATIONS, SensorState, spec_from_config
+from porttrap.sensorspec import GENERATIONS, SensorState, no_ports, spec_from_config
 
 TICK = 0.5  # seconds between ticks: the shell feeds `Tick` this often
 MAX_BUFFERED_HITS = 100_000  # hits waiting for the store; past it they are counted, not kept
@@ -321,8 +322,20 @@ class Core:
         return [ban for ban in self.policy.active(now) if enforced(ban)]
 
     def _setup(self, now: float, reason: SetupReason) -> Setup:
-        sensor = self.kernel.state() if self.kernel is not None else None
-        return Setup(self._kernel_bans(now, self.policy.enforced), now, reason, sensor)
+        bans = self._kernel_bans(now, self.policy.enforced)
+        return Setup(bans, now, reason, self._sensor_state(self.config))
+
+    def _sensor_state(self, config: Config) -> SensorState:
+        """What porttrap's table holds besides the bans: the kernel sensor (stealth, advanced)
+        with its served ports and block generation, and in every mode the watch (clients,
+        peers, the marks of connect-mode UDP traps) with the host's gateways."""
+        gateways = self.policy.protection.gateways
+        if self.kernel is not None and config is self.config:
+            return self.kernel.state(gateways)
+        kernel = self.kernel
+        if kernel is None:
+            return SensorState(spec_from_config(config), no_ports(), gateways=gateways)
+        return SensorState(spec_from_config(config), kernel.wanted, kernel.generation, gateways)
 
     def _firewall_failed(self, event: FirewallFailed, _now: float) -> list[Command]:
         fields = {"error": event.error, "retry_in": RECONCILE_DELAY}
@@ -391,8 +404,11 @@ class Core:
         return [Log("admin-session", logging.INFO, {"peer": p, "protected": fields}) for p in new]
 
     def _gateways(self, event: GatewaysChanged, _now: float) -> list[Command]:
+        """The routes' gateways: protected in the policy, and in the kernel's peer set."""
+        if event.gateways == self.policy.protection.gateways:
+            return []
         self.policy.protection.set_gateways(event.gateways)
-        return []
+        return [SetGateways(event.gateways)]
 
     # -- reload --------------------------------------------------------------------------
 
@@ -425,10 +441,7 @@ class Core:
         new, _ = self._reload
         if not reload.kernel_changed(self.config, new):
             return self._commit(now)
-        sensor = None
-        if self.kernel is not None:
-            kernel = self.kernel
-            sensor = SensorState(spec_from_config(new), kernel.wanted, kernel.generation)
+        sensor = self._sensor_state(new)
         bans = self._kernel_bans(now, lambda ban: enforced_under(new.ban, ban))
         return [*self._flush(now), Setup(bans, now, SetupReason.RELOAD, sensor)]
 

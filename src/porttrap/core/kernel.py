@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from porttrap.config.schema import KernelSensor
 from porttrap.core.commands import Command, Log, RotateBlocks, ServePorts
-from porttrap.model import Proto
+from porttrap.model import IPAddress, Proto
 from porttrap.sensorspec import GENERATIONS, Ports, SensorSpec, SensorState, no_ports
 
 LINGER = 10.0  # seconds a port that stopped being served stays out of the traps
@@ -95,10 +95,10 @@ class KernelState:
     def settings(self) -> KernelSensor:
         return self.spec.kernel
 
-    def state(self) -> SensorState:
+    def state(self, gateways: frozenset[IPAddress]) -> SensorState:
         """The sensor for a table being built; its block sets start empty."""
         self._rebuilt, self._unconfirmed = True, False
-        return SensorState(self.spec, self.wanted, self.generation)
+        return SensorState(self.spec, self.wanted, self.generation, gateways)
 
     def start(self, served: Ports) -> None:
         """The ports served when the daemon starts, before the table is built with them."""

@@ -7,7 +7,7 @@ from dataclasses import fields
 
 from porttrap.config.schema import Config
 from porttrap.model import Proto
-from porttrap.sensorspec import spec_from_config
+from porttrap.sensorspec import SensorSpec, spec_from_config
 
 
 def changed(old: Config, new: Config) -> list[str]:
@@ -49,7 +49,16 @@ def needs_restart(old: Config, new: Config) -> list[str]:
 
 
 def kernel_changed(old: Config, new: Config) -> bool:
-    """Whether porttrap's table must be built again: the kernel sensor's rules changed, or
-    which bans belong in the kernel did (`[ban] respond`)."""
+    """Whether porttrap's table must be built again: the rules of the kernel sensor or of the
+    watch (every mode: the marks of connect-mode UDP traps) changed, or which bans belong in
+    the kernel did (`[ban] respond`)."""
     responds = any(old.ban.respond(p) != new.ban.respond(p) for p in Proto)
-    return responds or (new.modes.kernel and spec_from_config(old) != spec_from_config(new))
+    return responds or _in_table(spec_from_config(old)) != _in_table(spec_from_config(new))
+
+
+def _in_table(spec: SensorSpec) -> tuple[object, ...]:
+    """What of `spec` porttrap's table holds: everything of the protocols the sensor watches;
+    of connect mode, only the UDP trap ports (whose datagrams the watch marks)."""
+    watched = tuple((p, spec.ports[p], spec.at[p], spec.exclude[p]) for p in spec.protos)
+    allow = spec.allow if spec.protos else ()
+    return (dict(spec.modes), watched, allow, spec.connect_udp, spec.kernel)

@@ -94,6 +94,7 @@ class Effects:
             c.Maintain: self.maintain,
             c.ServePorts: self.serve,
             c.RotateBlocks: self.rotate,
+            c.SetGateways: self.set_gateways,
             c.RecordHits: self.record_hits,
             c.RecordChanges: self.record_changes,
             c.PruneHits: self.prune,
@@ -194,6 +195,15 @@ class Effects:
             log.event("kernel-sensor-error", logging.WARNING, action="served-ports", error=str(err))
             return e.ServeFailed()
         return None
+
+    def set_gateways(self, cmd: c.SetGateways) -> None:
+        """A refusal is logged: the next rebuild of the table brings them along."""
+        if self.sensor is None:  # a backend without a watch: the policy protects them alone
+            return
+        try:
+            self.sensor.set_gateways(cmd.gateways)
+        except FirewallError as err:
+            log.event("kernel-sensor-error", logging.WARNING, action="gateways", error=str(err))
 
     def rotate(self, cmd: c.RotateBlocks) -> e.Event | None:
         """A refused rotation changes nothing; the core asks again at the next reading."""

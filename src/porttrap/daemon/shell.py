@@ -93,7 +93,7 @@ class Shell:
         }
         self.report = TrapReport()
         self._traps = SocketTraps(connect_traps(config), self.on_hit, clock, config.banner)
-        kernel = sensor is not None
+        kernel = core.kernel is not None  # the kernel sensor (stealth, advanced)
         self._kernel = KernelReports(config.kernel, self.on_hit, clock) if kernel else None
         self._listeners = ListenerWatcher(self.on_served, clock=clock) if kernel else None
         self._addresses = AddressWatcher(self._on_addresses)

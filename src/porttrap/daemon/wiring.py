@@ -15,6 +15,7 @@ from porttrap.config.schema import Config
 from porttrap.core.core import Core
 from porttrap.daemon.notify import Notifier
 from porttrap.daemon.shell import Shell
+from porttrap.firewall import registry
 from porttrap.firewall.base import FirewallBackend, SensorBackend
 from porttrap.firewall.select import make_backend, sensor_of
 from porttrap.store import open_store
@@ -62,7 +63,10 @@ def run(
         firewall = make_backend(
             config.firewall.backend, config.firewall.table, clock, sensor=config.modes.kernel
         )
-        sensor = sensor_of(firewall) if config.modes.kernel else None
+        # The sensor's rules (stealth, advanced), or the watch of every mode where the backend
+        # has one (nftables: the marks connect-mode UDP traps read).
+        watches = config.modes.kernel or registry.get(firewall.name).marks
+        sensor = sensor_of(firewall) if watches else None
         shell = make_shell(
             config,
             clock,

@@ -44,9 +44,10 @@ def make_backend(
 
 
 def sensor_of(backend: FirewallBackend) -> SensorBackend:
-    """`backend` as the writer of the kernel sensor's rules; FirewallError when its registry
-    entry says it cannot host them (make_backend with `sensor` never gives such a one)."""
-    if not registry.get(backend.name).kernel_sensor:
+    """`backend` as the writer of the kernel sensor's and the watch's rules; FirewallError when
+    its registry entry says it holds neither (make_backend with `sensor` never gives one)."""
+    info = registry.get(backend.name)
+    if not (info.kernel_sensor or info.marks):
         raise FirewallError(f"the {backend.name} backend cannot hold the kernel sensor")
     return cast("SensorBackend", backend)
 
