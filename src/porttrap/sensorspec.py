@@ -18,6 +18,11 @@ PATHS = ("new", "repeat", "client", "exempt")  # the `porttrap:<path>` prefix of
 PREFIX = "porttrap:"  # the NFLOG prefix of every report of porttrap's rules
 CLIENT_PREFIX = f"{PREFIX}client"  # ... of a report about a recent client
 COUNTERS = ("block_a", "block_b", "reported", "over_source", "over_rate", "quiet")
+# Packet mark bits porttrap's rules set on UDP datagrams to connect-mode trap ports, read back
+# by the trap sockets (SO_RCVMARK) so that forgeable hits are spared. TODO(issue 12): defined
+# here ahead of the kernel engineer's rules, with the values agreed; theirs replace these.
+MARK_CLIENT = 0x00010000  # the source is a recent client of the host (any protocol)
+MARK_PEER = 0x00020000  # the host itself talks to the source (a resolver, a mirror)
 
 Ports = Mapping[Proto, frozenset[int]]
 

@@ -128,6 +128,10 @@ class KernelSensor:
     event_rate: int = 250  # trap packets per second the kernel reports, per path (new/repeat)
     source_rate: int = 10  # ... and per source
     queue: int = 10_000  # reported packets the daemon holds before it drops (and counts)
+    # TODO(issue 12): the kernel engineer owns this key (its loading, check and docs); defined
+    # here so that the catch-all listener (sensors/catchall.py) can be built and tested now.
+    # The port the kernel redirects recent clients' SYNs to trap ports to (nat redirect).
+    client_trap_port: int = 65023
 
 
 @dataclass(frozen=True, slots=True)
