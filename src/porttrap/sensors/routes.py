@@ -32,6 +32,7 @@ from porttrap import netlink
 from porttrap.clock import Clock, SystemClock
 from porttrap.log import LOGGER, event, fields
 from porttrap.model import IPAddress, unmap
+from porttrap.sensors.watching import FailureLog
 
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 RTA_GATEWAY, RTA_MULTIPATH, RTA_TABLE, RTA_VIA = 5, 9, 15, 18
@@ -44,7 +45,6 @@ MAX_DATAGRAMS = 4096  # per dump: a full BGP table (~1 M routes) fits; beyond, w
 DRAIN_LIMIT = 256  # notifications read per callback; any number of them ends in one dump
 DEBOUNCE = 0.25  # seconds from a change to the dump: a VPN adding 50 routes costs one dump
 RETRY = 5.0  # seconds before a failed dump is tried again
-WARN_EVERY = 60.0  # seconds between WARNING-level failure events; DEBUG in between
 
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type
 _RTNEXTHOP = struct.Struct("=HBBi")  # rtnh_len, rtnh_flags, rtnh_hops, rtnh_ifindex
@@ -255,15 +255,18 @@ class RouteWatcher:
             raise ValueError(f"debounce {debounce} must be 0 seconds or more")
         self.debounce = debounce
         self._on_change = on_change
-        self._clock = clock if clock is not None else SystemClock()
+        self._failures = FailureLog("gateways", clock if clock is not None else SystemClock())
         self._events: socket.socket | None = None  # notifications
         self._dumps: socket.socket | None = None  # requests and their answers
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._seq = count(1, len(FAMILIES))
         self._gateways: frozenset[IPAddress] = frozenset()
-        self._last_warning: float | None = None
-        self.failures = 0  # dumps that failed, in a row
+
+    @property
+    def failures(self) -> int:
+        """Dumps that failed, in a row."""
+        return self._failures.count
 
     @property
     def gateways(self) -> frozenset[IPAddress]:
@@ -317,7 +320,7 @@ class RouteWatcher:
             if self._events is not None:
                 _drain(self._events, DRAIN_LIMIT)  # an overrun (ENOBUFS): the dump covers it
         except OSError as exc:
-            self._failed(exc)
+            self._failures.failed(exc)
         self._schedule(self.debounce)
 
     def _schedule(self, delay: float) -> None:
@@ -331,15 +334,13 @@ class RouteWatcher:
         try:
             gateways = self._read(self._dumps)
         except Exception as exc:
-            self._failed(exc)
+            self._failures.failed(exc)
             self._schedule(RETRY)
             return
         self._update(gateways)
 
     def _update(self, gateways: frozenset[IPAddress]) -> None:
-        if self.failures:
-            event("gateways-recovered", failures=self.failures)
-            self.failures = 0
+        self._failures.succeeded()
         if gateways == self._gateways:
             return
         old, self._gateways = self._gateways, gateways
@@ -349,16 +350,6 @@ class RouteWatcher:
             self._on_change(gateways)
         except Exception:
             LOGGER.exception(fields("gateways-handler-failed"))
-
-    def _failed(self, exc: Exception) -> None:
-        """Keep the last set; warn at most once per WARN_EVERY: a lasting fault is no flood."""
-        self.failures += 1
-        now = self._clock.monotonic()
-        level = logging.DEBUG
-        if self._last_warning is None or now - self._last_warning >= WARN_EVERY:
-            level, self._last_warning = logging.WARNING, now
-        text = fields("gateways-failed", error=str(exc), failures=self.failures, kept="last set")
-        LOGGER.log(level, text, exc_info=None if isinstance(exc, OSError) else exc)  # a bug: trace
 
 
 def _shown(gateways: frozenset[IPAddress]) -> str:
