@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from porttrap.netlink import NLMSG_DONE, NLMSG_ERROR
+from porttrap.netlink import NLMSG_DONE, NLMSG_ERROR, split
 from porttrap.sensors.listeners import SOCK_DIAG_BY_FAMILY, TCP_LISTEN
 from porttrap.sensors.sessions import (
     INET_DIAG_BC_JMP,
@@ -24,6 +24,7 @@ from porttrap.sensors.sessions import (
     INET_DIAG_REQ_BYTECODE,
     MAX_EXACT_PORTS,
     TCP_ESTABLISHED,
+    TCPDIAG_GETSOCK,
     Reply,
     bytecode,
     parse_reply,
@@ -70,8 +71,8 @@ def peers(data: bytes, ports: tuple[int, ...] = (22,)) -> set[str]:
 # -- recorded dumps ------------------------------------------------------------------------------
 
 
-def test_the_samples_cover_both_families_with_and_without_the_filter() -> None:
-    assert SAMPLES == ["sessions4", "sessions4-unfiltered", "sessions6", "sessions6-unfiltered"]
+def test_the_samples_are_the_dump_with_and_without_the_filter() -> None:
+    assert SAMPLES == ["sessions", "sessions-unfiltered"]
 
 
 @pytest.mark.parametrize("name", SAMPLES)
@@ -82,19 +83,23 @@ def test_recorded_dumps_parse_as_expected(name: str) -> None:
     assert (reply.malformed, reply.done, reply.error) == (0, True, 0)
 
 
-def test_the_unfiltered_dumps_hold_other_connections_that_python_leaves_out() -> None:
+def test_one_dump_holds_both_families() -> None:
+    families = {body[0] for _, _, body in split(sample("sessions"))[0]} - {0}
+    assert families == {socket.AF_INET, socket.AF_INET6}
+
+
+def test_the_unfiltered_dump_holds_other_connections_that_python_leaves_out() -> None:
     """record_sessions.py's web connections (8080) and the clients' own ends: in the dump of
     every ESTABLISHED socket, never among the peers."""
-    for version in (4, 6):
-        unfiltered = sample(f"sessions{version}-unfiltered")
-        assert len(unfiltered) > 2 * len(sample(f"sessions{version}"))
-        assert peers(unfiltered, (22, 2222)) == peers(sample(f"sessions{version}"), (22, 2222))
-        assert peers(unfiltered, (8080,)) == {"192.0.2.10" if version == 4 else "2001:db8::10"}
+    unfiltered = sample("sessions-unfiltered")
+    assert len(unfiltered) > 2 * len(sample("sessions"))
+    assert peers(unfiltered, (22, 2222)) == peers(sample("sessions"), (22, 2222))
+    assert peers(unfiltered, (8080,)) == {"192.0.2.10", "2001:db8::10"}
 
 
 def test_an_ipv4_session_on_a_dual_stack_listener_is_unmapped() -> None:
-    assert "192.0.2.9" in peers(sample("sessions6"), (2222,))
-    assert peers(sample("sessions6"), (22,)) == {"2001:db8::7"}
+    assert peers(sample("sessions"), (2222,)) == {"192.0.2.9"}
+    assert peers(sample("sessions"), (22,)) == {"192.0.2.7", "192.0.2.8", "2001:db8::7"}
 
 
 # -- built and broken input ----------------------------------------------------------------------
@@ -112,7 +117,8 @@ def test_an_ipv4_session_on_a_dual_stack_listener_is_unmapped() -> None:
     ],
 )
 def test_which_sockets_are_sessions(body: bytes, found: set[str]) -> None:
-    assert peers(message(SOCK_DIAG_BY_FAMILY, body)) == found
+    assert peers(message(TCPDIAG_GETSOCK, body)) == found
+    assert peers(message(SOCK_DIAG_BY_FAMILY, body)) == found  # the newer request's answers
 
 
 @pytest.mark.parametrize(
@@ -238,11 +244,13 @@ def test_the_filter_of_no_port_is_refused() -> None:
 
 
 def test_the_dump_request_on_the_wire() -> None:
-    data = request(3, socket.AF_INET6, (22,))
-    assert data[:24].hex(" ", 4) == (
-        "5c000000 14000103 03000000 00000000"  # length 92, SOCK_DIAG_BY_FAMILY, REQUEST|DUMP
-        " 0a060000 02000000"  # AF_INET6, IPPROTO_TCP, no extensions; 1 << TCP_ESTABLISHED
+    data = request(3, (22,))
+    assert data[:20].hex(" ", 4) == (
+        "60000000 12000103 03000000 00000000"  # length 96, TCPDIAG_GETSOCK, REQUEST|DUMP
+        " 00000000"  # no family (both), no extensions
     )
-    assert data[24:72] == bytes(48)  # inet_diag_sockid: any
-    assert struct.unpack_from("=HH", data, 72) == (20, INET_DIAG_REQ_BYTECODE)
-    assert data[76:] == bytecode([22])
+    assert data[20:68] == bytes(48)  # inet_diag_sockid: any
+    assert data[68:76].hex(" ", 4) == "02000000 00000000"  # 1 << TCP_ESTABLISHED; dbs
+    assert struct.unpack_from("=HH", data, 76) == (20, INET_DIAG_REQ_BYTECODE)
+    assert data[80:] == bytecode([22])
+    assert request(3, None) == data[:76].replace(b"\x60", b"\x4c", 1)  # no filter: 76 bytes

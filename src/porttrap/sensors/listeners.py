@@ -135,13 +135,10 @@ def served_ports(listeners: Iterable[Listener]) -> Ports:
     return {proto: frozenset(ports) for proto, ports in found.items()}
 
 
-def request(
-    seq: int, family: int, proto: Proto, states: int | None = None, attributes: bytes = b""
-) -> bytes:
-    """A SOCK_DIAG_BY_FAMILY dump request; by default for the states that serve a port.
-    `attributes` follow the request (an INET_DIAG_REQ_BYTECODE filter: see sessions.py)."""
+def request(seq: int, family: int, proto: Proto, states: int | None = None) -> bytes:
+    """A SOCK_DIAG_BY_FAMILY dump request; by default for the states that serve a port."""
     wanted = 1 << SERVING_STATE[proto] if states is None else states
-    body = _REQUEST.pack(family, IPPROTO[proto], 0, wanted) + attributes
+    body = _REQUEST.pack(family, IPPROTO[proto], 0, wanted)
     flags = netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP
     return netlink.message(SOCK_DIAG_BY_FAMILY, flags, seq, body)
 
