@@ -442,7 +442,7 @@ def test_a_datagram_s_mark_says_whether_its_source_is_a_client_or_a_peer(
     mark: int | None, client: bool, peer: bool
 ) -> None:
     hits: list[Hit] = []
-    listener = sockets._Listener(
+    listener = sockets.TrapSocket(
         cast(socket.socket, Datagrams(mark)), proto=Proto.UDP,
         bound=ipaddress.IPv4Address("0.0.0.0"), port=53, emit=hits.append, clock=FakeClock(),
     )  # fmt: skip

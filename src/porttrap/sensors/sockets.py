@@ -26,7 +26,7 @@ import resource
 import socket
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from porttrap.clock import Clock
 from porttrap.config.schema import Trap
@@ -75,21 +75,42 @@ TRANSIENT_ERRNOS = frozenset(
 HitHandler = Callable[[Hit], None]
 
 
+class Destination(NamedTuple):
+    """Where a connection or a datagram was aimed, and what porttrap's rules said of its
+    source (packet marks; a redirected connection comes from a recent client)."""
+
+    address: IPAddress
+    port: int
+    client: bool = False
+    peer: bool = False
+
+
 class SocketTraps:
     """Every trap socket of a configuration, served by one event loop.
 
     `on_hit` is called synchronously from the loop for each connection or datagram; keep it
     cheap (queue the hit). An exception from it is logged with its traceback and ignored.
+    `socket_class` serves each socket (the catch-all's reads where a redirected connection was
+    aimed), and `role`, when set, is in the trap-set and trap-skipped events.
     """
 
     def __init__(
-        self, traps: Sequence[Trap], on_hit: HitHandler, clock: Clock, banner: bytes = b""
+        self,
+        traps: Sequence[Trap],
+        on_hit: HitHandler,
+        clock: Clock,
+        banner: bytes = b"",
+        *,
+        socket_class: type[TrapSocket] | None = None,
+        role: str | None = None,
     ) -> None:
+        self._socket_class = socket_class or TrapSocket
+        self._role = role
         self._traps = tuple(traps)
         self._on_hit = on_hit
         self._clock = clock
         self._banner = banner[:BANNER_MAX]
-        self._listeners: list[_Listener] = []
+        self._listeners: list[TrapSocket] = []
         self._started = False
         self._marks_missing_logged = False
 
@@ -161,11 +182,12 @@ class SocketTraps:
                 address=shown,
                 reason=skipped.reason,
                 holder=skipped.holder,
+                role=self._role,
             )
             return
         if trap.proto is Proto.UDP and not enable_marks(sock):
             self._marks_missing()
-        listener = _Listener(
+        listener = self._socket_class(
             sock,
             proto=trap.proto,
             bound=address,
@@ -177,7 +199,7 @@ class SocketTraps:
         listener.register(loop)
         self._listeners.append(listener)
         report.set.append(BoundTrap(trap.proto, trap.port, shown))
-        event("trap-set", proto=trap.proto, port=trap.port, address=shown)
+        event("trap-set", proto=trap.proto, port=trap.port, address=shown, role=self._role)
 
     def _marks_missing(self) -> None:
         """Once per run: the kernel has no SO_RCVMARK, UDP hits come without marks."""
@@ -285,8 +307,9 @@ def bind_failure_reason(exc: OSError, shown: str) -> str:
 # -- the sockets at work -----------------------------------------------------------------------
 
 
-class _Listener:
-    """One trap socket, its reader callback and its backoff state."""
+class TrapSocket:
+    """One trap socket, its reader callback and its backoff state. A subclass may say where
+    a connection was aimed (`destination`)."""
 
     def __init__(
         self,
@@ -354,6 +377,10 @@ class _Listener:
             if hit is not None:
                 self._emit(hit)
 
+    def destination(self, conn: socket.socket, local: IPAddress) -> Destination:
+        """Where an accepted connection was aimed: this trap's port at its local address."""
+        return Destination(local, self.port)
+
     def _accept(self) -> Hit | None:
         """Accept one connection, note both ends and close it at once."""
         conn, peer = self.sock.accept()
@@ -363,27 +390,30 @@ class _Listener:
             except OSError as exc:  # the peer is gone already; nothing to report
                 event("trap-connection-lost", logging.DEBUG, port=self.port, errno=_name(exc))
                 return None
+            aimed = self.destination(conn, _parse_ip(local[0]))
             if self.banner:
                 send_banner(conn, self.banner)
-        return self._hit(peer, _parse_ip(local[0]), "connect")
+        return self._hit(peer, aimed, "connect")
 
     def _receive(self) -> Hit:
-        """Read one datagram (its payload is dropped) and where it was sent."""
+        """Read one datagram (its payload is dropped), where it was sent and its mark."""
         _, ancillary, _, peer = self.sock.recvmsg(0, _ANCILLARY_SIZE)
         local = pktinfo_destination(ancillary) or self.bound
-        return self._hit(peer, local, "udp", packet_mark(ancillary))
+        mark = packet_mark(ancillary)
+        aimed = Destination(local, self.port, bool(mark & MARK_CLIENT), bool(mark & MARK_PEER))
+        return self._hit(peer, aimed, "udp")
 
-    def _hit(self, peer: tuple[Any, ...], local: IPAddress, kind: str, mark: int = 0) -> Hit:
+    def _hit(self, peer: tuple[Any, ...], aimed: Destination, kind: str) -> Hit:
         return Hit(
             at=self._clock.now(),
             source=_parse_ip(peer[0]),
             source_port=int(peer[1]),
-            local=unmap(local),
-            port=self.port,
+            local=unmap(aimed.address),
+            port=aimed.port,
             proto=self.proto,
             kind=kind,
-            client=bool(mark & MARK_CLIENT),
-            peer=bool(mark & MARK_PEER),
+            client=aimed.client,
+            peer=aimed.peer,
         )
 
     def _back_off(self, exc: BaseException) -> None:
