@@ -13,6 +13,7 @@ import pytest
 from porttrap import log, sshsession
 from porttrap.cli import commands
 from porttrap.config.schema import AllowList, Config, Protect
+from porttrap.daemon import wiring
 from porttrap.log import FIELDS_ATTR
 
 SESSION = "203.0.113.5 50022 192.0.2.1 22"
@@ -76,7 +77,7 @@ def test_run_logs_the_session_before_anything_else(
     config.write_text(f'state_dir = "{tmp_path}"\n')
     monkeypatch.setenv("SSH_CONNECTION", SESSION)
     monkeypatch.setattr(log, "configure", lambda cfg, verbose: None)
-    monkeypatch.setattr(commands.wiring, "run", lambda cfg, **_: log.event("start"))
+    monkeypatch.setattr(wiring, "run", lambda cfg, **_: log.event("start"))
     args = argparse.Namespace(config=config, verbose=False, flush_on_exit=False)
     assert commands.run(args) == 0
     names = [r.getMessage().split(" ")[0] for r in caplog.records]
