@@ -93,8 +93,9 @@ def test_the_kernel_sensors_reports_and_blocks_are_counted(
     assert values(got["porttrap_kernel_reports"]) == {frozenset(): 1}
     assert values(got["porttrap_kernel_block_capacity"]) == {frozenset(): 65536}
     dropped = by("what", got["porttrap_events_dropped"])
-    assert dropped == dict.fromkeys(("hit_not_stored", "action", "kernel_source_rate",
-                                     "kernel_total_rate", "kernel_overrun"), 0)  # fmt: skip
+    assert dropped == dict.fromkeys(("hit_not_stored", "hit_sampled", "action",
+                                     "kernel_source_rate", "kernel_total_rate", "kernel_overrun"),
+                                    0)  # fmt: skip
     assert dict(next(iter(values(got["porttrap_info"]))))["tcp_mode"] == "stealth"
     assert not dashboard_metrics() - sample_names(got)
 
