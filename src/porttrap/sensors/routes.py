@@ -291,7 +291,7 @@ class RouteWatcher:
             raise
         self._events, self._dumps, self._loop = events, dumps, loop
         loop.add_reader(events, self._on_readable)
-        event("gateways", count=len(self._gateways), gateways=_shown(self._gateways))
+        event("gateways", count=len(self._gateways), gateways=_shown(self._gateways) or None)
         return self._gateways
 
     def close(self) -> None:
