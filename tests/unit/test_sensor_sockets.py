@@ -10,23 +10,29 @@ import logging
 import os
 import resource
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import psutil
 import pytest
 
 from porttrap.config.schema import Trap
 from porttrap.model import BoundTrap, Hit, IPAddress, Proto, TrapReport
+from porttrap.sensors import sockets
 from porttrap.sensors.sockets import (
     BACKOFF_MIN,
     IP_PKTINFO,
     IPV6_PKTINFO,
+    SO_MARK,
     SocketTraps,
     bind_failure_reason,
+    enable_marks,
+    packet_mark,
     pktinfo_destination,
 )
+from porttrap.sensorspec import MARK_CLIENT, MARK_PEER
 from porttrap.testing import FakeClock
 
 V4 = ipaddress.IPv4Address("127.0.0.1")
@@ -379,3 +385,114 @@ def test_pktinfo_destination(
     ancillary: list[tuple[int, int, bytes]], expected: IPAddress | None
 ) -> None:
     assert pktinfo_destination(ancillary) == expected
+
+
+# the SO_MARK control message of a datagram marked 0x10000: a native-endian u32 (x86_64 here;
+# tests/integration/test_marks_netns.py checks it against the kernel's)
+MARKED = (0x10000).to_bytes(4, sys.byteorder)
+
+
+@pytest.mark.parametrize(
+    ("ancillary", "expected"),
+    [
+        ([(socket.SOL_SOCKET, SO_MARK, MARKED)], MARK_CLIENT),
+        (
+            [(socket.IPPROTO_IP, IP_PKTINFO, IN_PKTINFO), (socket.SOL_SOCKET, SO_MARK, MARKED)],
+            MARK_CLIENT,
+        ),
+        ([(socket.SOL_SOCKET, SO_MARK, (MARK_PEER | 0x7).to_bytes(4, sys.byteorder))], 0x20007),
+        ([(socket.SOL_SOCKET, SO_MARK, MARKED[:3])], 0),  # truncated
+        ([(socket.IPPROTO_IP, SO_MARK, MARKED)], 0),  # another level's option 36
+        ([(socket.IPPROTO_IP, IP_PKTINFO, IN_PKTINFO)], 0),
+        ([], 0),
+    ],
+)
+def test_packet_mark(ancillary: list[tuple[int, int, bytes]], expected: int) -> None:
+    assert packet_mark(ancillary) == expected
+
+
+class Datagrams:
+    """A UDP socket's recvmsg, scripted: one datagram from 192.0.2.7:5353 to 198.51.100.1."""
+
+    def __init__(self, mark: int | None) -> None:
+        ancillary = [
+            (socket.IPPROTO_IP, IP_PKTINFO, b"\x03\0\0\0" + bytes(4) + bytes([198, 51, 100, 1]))
+        ]
+        if mark is not None:
+            ancillary.append((socket.SOL_SOCKET, SO_MARK, mark.to_bytes(4, sys.byteorder)))
+        self.reply = (b"", ancillary, 0, ("192.0.2.7", 5353))
+
+    def recvmsg(self, size: int, ancillary_size: int) -> Any:
+        assert ancillary_size >= socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4)
+        return self.reply
+
+
+@pytest.mark.parametrize(
+    ("mark", "client", "peer"),
+    [
+        (None, False, False),  # no SO_RCVMARK: no marks
+        (0, False, False),
+        (MARK_CLIENT, True, False),
+        (MARK_PEER, False, True),
+        (MARK_CLIENT | MARK_PEER | 0xFF, True, True),
+        (0xFFFF, False, False),  # other bits are other programs' marks
+    ],
+)
+def test_a_datagram_s_mark_says_whether_its_source_is_a_client_or_a_peer(
+    mark: int | None, client: bool, peer: bool
+) -> None:
+    hits: list[Hit] = []
+    listener = sockets.TrapSocket(
+        cast(socket.socket, Datagrams(mark)), proto=Proto.UDP,
+        bound=ipaddress.IPv4Address("0.0.0.0"), port=53, emit=hits.append, clock=FakeClock(),
+    )  # fmt: skip
+    hit = listener._receive()
+    assert (hit.client, hit.peer) == (client, peer)
+    assert (str(hit.source), str(hit.local), hit.port, hit.kind) == (
+        "192.0.2.7", "198.51.100.1", 53, "udp",
+    )  # fmt: skip
+
+
+class Options:
+    """setsockopt that fails with `number`."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+    def setsockopt(self, *args: int) -> None:
+        raise OSError(self.number, os.strerror(self.number))
+
+
+def test_enable_marks_on_a_kernel_without_so_rcvmark_says_so() -> None:
+    assert enable_marks(cast(socket.socket, Options(errno.ENOPROTOOPT))) is False
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        enable_marks(cast(socket.socket, Options(errno.EBADF)))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        assert enable_marks(sock) is True  # Linux 5.19 and later
+        assert sock.getsockopt(socket.SOL_SOCKET, sockets.SO_RCVMARK) == 1
+
+
+def test_without_so_rcvmark_the_udp_traps_work_and_say_it_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sockets, "enable_marks", lambda sock: False)
+    first, second = free_ports(2, kind=socket.SOCK_DGRAM)
+
+    async def scenario() -> None:
+        sensor = Sensor([Trap(Proto.UDP, first, V4), Trap(Proto.UDP, second, V4)])
+        try:
+            assert len(sensor.report.set) == 2
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                sender.sendto(b"x", (str(V4), second))
+                hit = await sensor.hit()
+            assert (hit.port, hit.client, hit.peer) == (second, False, False)
+            (third,) = free_ports(1, kind=socket.SOCK_DGRAM)
+            sensor.traps.update(asyncio.get_running_loop(), [Trap(Proto.UDP, third, V4)], b"")
+        finally:
+            sensor.traps.close()
+
+    run(scenario)
+    [logged] = events(caplog, "trap-marks-unavailable")
+    assert logged.levelno == logging.WARNING
+    assert "SO_RCVMARK: ENOPROTOOPT (Protocol not available)" in logged.getMessage()
+    assert 'fix="Linux 5.19 or later"' in logged.getMessage()

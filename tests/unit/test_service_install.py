@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from porttrap import sshsession
 from porttrap.config import loader as config_mod
 from porttrap.config.schema import Config
 from porttrap.errors import ConfigError, PorttrapError
@@ -130,6 +131,57 @@ def test_live_install_reloads_systemd_then_enables_and_starts(
     run.systemd.calls.clear()
     run.install(live=True, start=False)  # unchanged: no restart; --no-start: enable only
     assert run.systemd.calls == [("daemon-reload",), ("enable", "porttrap.service")]
+
+
+def live_install_from(run: Run, monkeypatch: pytest.MonkeyPatch, ssh_connection: str) -> None:
+    monkeypatch.setattr(service, "check_executable", lambda *_: note_executable(run))
+    monkeypatch.setattr(service.Root, "__call__", lambda _self, p: run.root / p.relative_to("/"))
+    monkeypatch.setattr(sshsession, "sshd_ports", lambda: ((2222,), ""))  # not the service's
+    run.install(live=True, session=sshsession.parse_ssh_connection(ssh_connection))
+
+
+def note_executable(run: Run) -> None:
+    run.notes.append("(the executable's notes)")
+
+
+def test_from_an_ssh_session_the_first_line_says_whether_the_service_protects_it(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live_install_from(run, monkeypatch, "203.0.113.5 50022 192.0.2.1 22")
+    assert run.notes[:2] == [
+        "admin session from 203.0.113.5 (port 22): protected, live SSH session to port 22 "
+        "(never banned by a trap hit)",
+        "(the executable's notes)",
+    ]
+
+
+def test_a_session_on_a_port_the_service_cannot_know_is_a_warning_with_the_fix(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sshd listens on 2222 here, but the service cannot read sshd's sockets: it assumes 22."""
+    live_install_from(run, monkeypatch, "203.0.113.5 50022 192.0.2.1 2222")
+    assert run.notes[0].startswith(
+        "warning: admin session from 203.0.113.5 (port 2222) NOT protected: port 2222 is not a "
+        "known SSH port (SSH ports 22 from default: the service cannot read sshd's sockets"
+    )
+    assert "add 2222 to [protect] ssh_ports" in run.notes[0]
+
+
+def test_the_configured_ssh_ports_are_the_service_s(
+    run: Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "porttrap.toml"
+    config.write_text("[protect]\nssh_ports = [2222]\n")
+    monkeypatch.setattr(service, "check_executable", lambda *_: None)
+    monkeypatch.setattr(service.Root, "__call__", lambda _self, p: run.root / p.relative_to("/"))
+    session = sshsession.parse_ssh_connection("203.0.113.5 50022 192.0.2.1 2222")
+    run.install(live=True, config=config, session=session)
+    assert run.notes[0].startswith("admin session from 203.0.113.5 (port 2222): protected")
+
+
+def test_an_offline_install_says_nothing_of_this_machine_s_session(run: Run) -> None:
+    run.install(session=sshsession.parse_ssh_connection("203.0.113.5 50022 192.0.2.1 2222"))
+    assert not any("admin session" in note for note in run.notes)
 
 
 def test_a_start_that_fails_says_where_porttraps_error_is(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from porttrap import log
+from porttrap import log, sshsession
 from porttrap.cli import output
 from porttrap.clock import SystemClock
 from porttrap.config import loader as config_mod
@@ -35,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = _config(args)  # an invalid config stops here, before anything touches the kernel
         log.configure(cfg, args.verbose)  # so does a log file or syslog that cannot be opened
+        log_admin_session(cfg, os.environ.get("SSH_CONNECTION"))
         wiring.run(
             cfg,
             notifier=notifier,
@@ -45,6 +48,18 @@ def run(args: argparse.Namespace) -> int:
     finally:
         notifier.close()
     return 0
+
+
+def log_admin_session(cfg: Config, ssh_connection: str | None) -> None:
+    """The daemon's first line, when run from an SSH session: whether its peer is safe from
+    bans (a warning when not, with the fix)."""
+    session = sshsession.parse_ssh_connection(ssh_connection)
+    if session is None:
+        return
+    ports = sshsession.ssh_ports(cfg.protect.ssh_ports)
+    result = sshsession.admin_session(session, ports, cfg.allow)
+    level = logging.INFO if result.protected else logging.WARNING
+    log.event("admin-session", level, **sshsession.fields(result, ports))
 
 
 def reload(args: argparse.Namespace) -> int:

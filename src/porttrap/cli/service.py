@@ -4,6 +4,7 @@ state in, and everything porttrap made out again (porttrap.service.install does 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from porttrap.errors import ConfigError, UsageError
 from porttrap.service import install as service
 from porttrap.service.unit import CAPABILITIES
+from porttrap.sshsession import parse_ssh_connection
 
 Common = Callable[[argparse.ArgumentParser], None]
 
@@ -109,6 +111,7 @@ def install_service(args: argparse.Namespace) -> int:
         config=args.config,
         force=args.force,
         start=not args.no_start,
+        session=parse_ssh_connection(os.environ.get("SSH_CONNECTION")),
     )
     try:
         service.install(request, service.Systemctl(), print)

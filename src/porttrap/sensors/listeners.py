@@ -29,6 +29,7 @@ from porttrap import netlink
 from porttrap.clock import Clock, SystemClock
 from porttrap.log import LOGGER, event, fields
 from porttrap.model import IPAddress, Proto
+from porttrap.sensors.watching import FailureLog
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -40,7 +41,6 @@ IPPROTO = {Proto.TCP: socket.IPPROTO_TCP, Proto.UDP: socket.IPPROTO_UDP}
 RECV_SIZE = 65536  # the kernel fills dump datagrams up to 32 KiB
 MAX_DATAGRAMS = 4096  # per dump: ~200 sockets each, so ~800,000 sockets before we give up
 COST_FACTOR = 20  # poll at most every 20x the last dump's cost: the loop stays >95% free
-WARN_EVERY = 60.0  # seconds between WARNING-level failure events; DEBUG in between
 
 _REQUEST = struct.Struct("=BBBxI48x")  # inet_diag_req_v2: family, protocol, ext, states, id
 _MESSAGE = struct.Struct("!BB2xHH16s16s")  # inet_diag_msg: family, state, sport, dport, src, dst
@@ -166,7 +166,7 @@ def dump(sock: socket.socket, seq: int = 1) -> Reply:
     a non-blocking socket. It costs CPU, mostly parsing: a median of 0.4 ms for 50 serving
     sockets, 4.7 ms for 1000 (BENCHMARKS.md); connections cost nothing, the kernel skips them.
     Raises OSError when the kernel refuses a dump or it does not finish."""
-    _discard_pending(sock)
+    discard_pending(sock)
     listeners: list[Listener] = []
     malformed = 0
     for n, (family, proto) in enumerate(_QUERIES):
@@ -201,7 +201,7 @@ def _query(sock: socket.socket, seq: int, family: int, proto: Proto) -> Reply:
     raise OSError(errno.EMSGSIZE, f"{what} sent over {MAX_DATAGRAMS} datagrams")
 
 
-def _discard_pending(sock: socket.socket) -> None:
+def discard_pending(sock: socket.socket) -> None:
     """Read what a failed dump left; the kernel refuses a new dump (EBUSY) until it ends."""
     for _ in range(MAX_DATAGRAMS):
         try:
@@ -238,9 +238,13 @@ class ListenerWatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._seq = count(1, len(_QUERIES))
         self._ports: Ports = served_ports([])
-        self._last_warning: float | None = None
-        self.failures = 0  # reads that failed, in a row
+        self._failures = FailureLog("listeners", self._clock)
         self.cost = 0.0  # seconds the last read took
+
+    @property
+    def failures(self) -> int:
+        """Reads that failed, in a row."""
+        return self._failures.count
 
     @property
     def ports(self) -> Ports:
@@ -291,14 +295,12 @@ class ListenerWatcher:
             if self._sock is not None:
                 self._update(self._read(self._sock))
         except Exception as exc:
-            self._failed(exc)
+            self._failures.failed(exc)
         finally:
             self._schedule()
 
     def _update(self, ports: Ports) -> None:
-        if self.failures:
-            event("listeners-recovered", failures=self.failures)
-            self.failures = 0
+        self._failures.succeeded()
         if ports == self._ports:
             return
         old, self._ports = self._ports, ports
@@ -308,16 +310,6 @@ class ListenerWatcher:
             self._on_change(ports)
         except Exception:
             LOGGER.exception(fields("listeners-handler-failed"))
-
-    def _failed(self, exc: Exception) -> None:
-        """Keep the last set; warn at most once per WARN_EVERY: a lasting fault is no flood."""
-        self.failures += 1
-        now = self._clock.monotonic()
-        level = logging.DEBUG
-        if self._last_warning is None or now - self._last_warning >= WARN_EVERY:
-            level, self._last_warning = logging.WARNING, now
-        text = fields("listeners-failed", error=str(exc), failures=self.failures, kept="last set")
-        LOGGER.log(level, text, exc_info=None if isinstance(exc, OSError) else exc)  # a bug: trace
 
 
 def _diff(new: Ports, old: Ports) -> str | None:

@@ -4,7 +4,10 @@ TCP traps let the kernel finish the handshake, then accept and close at once (a 
 proof that the source address is not spoofed), after sending the banner when one is set
 (PortSentry's PORT_BANNER): one non-blocking send, given up if it would block. UDP traps read
 each datagram's real destination from IP_PKTINFO / IPV6_PKTINFO, so a wildcard bind still
-reports which local address was hit.
+reports which local address was hit, and its packet mark (SO_RCVMARK, Linux 5.19): porttrap's
+rules mark a datagram whose source is a recent client of the host (MARK_CLIENT) or one the host
+talks to (MARK_PEER), and the hit says so (`Hit.client`, `Hit.peer`), so that a datagram forged
+in their name never bans them. Without SO_RCVMARK the traps work all the same, without marks.
 
 Each socket has one `loop.add_reader` callback that drains a bounded number of connections or
 datagrams, so a flood on one port cannot starve the others. Running out of descriptors or
@@ -23,13 +26,15 @@ import resource
 import socket
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from porttrap.clock import Clock
 from porttrap.config.schema import Trap
 from porttrap.log import LOGGER, event, fields
 from porttrap.model import BoundTrap, Hit, IPAddress, Proto, SkippedTrap, TrapReport, unmap
+from porttrap.netlink import errno_text
 from porttrap.sensors.holders import PortHolders
+from porttrap.sensorspec import MARK_CLIENT, MARK_PEER
 
 LISTEN_BACKLOG = 511
 BANNER_MAX = 1024  # bytes: what one non-blocking send always fits in a new socket's buffer
@@ -41,7 +46,11 @@ WARN_EVERY = 60.0  # seconds between WARNING-level backoff events per socket; DE
 IP_PKTINFO = 8  # linux/in.h; socket.IP_PKTINFO only exists from Python 3.12
 IPV6_RECVPKTINFO = 49  # linux/in6.h: ask for IPV6_PKTINFO with every datagram
 IPV6_PKTINFO = 50  # the cmsg type the kernel then attaches
-_ANCILLARY_SIZE = socket.CMSG_SPACE(20)  # room for one in6_pktinfo (and so one in_pktinfo)
+SO_MARK = 36  # asm-generic/socket.h: the cmsg type of a packet's mark (a u32)
+SO_RCVMARK = 75  # ... and the option that asks for it (Linux 5.19; socket module: Python 3.13)
+_MARK = struct.Struct("=I")
+# room for one in6_pktinfo (and so one in_pktinfo) and one mark
+_ANCILLARY_SIZE = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(_MARK.size)
 
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Failures of one connection or datagram (the peer gave up, an ICMP error): skip it and go on.
@@ -66,22 +75,44 @@ TRANSIENT_ERRNOS = frozenset(
 HitHandler = Callable[[Hit], None]
 
 
+class Destination(NamedTuple):
+    """Where a connection or a datagram was aimed, and what porttrap's rules said of its
+    source (packet marks; a redirected connection comes from a recent client)."""
+
+    address: IPAddress
+    port: int
+    client: bool = False
+    peer: bool = False
+
+
 class SocketTraps:
     """Every trap socket of a configuration, served by one event loop.
 
     `on_hit` is called synchronously from the loop for each connection or datagram; keep it
     cheap (queue the hit). An exception from it is logged with its traceback and ignored.
+    `socket_class` serves each socket (the catch-all's reads where a redirected connection was
+    aimed), and `role`, when set, is in the trap-set and trap-skipped events.
     """
 
     def __init__(
-        self, traps: Sequence[Trap], on_hit: HitHandler, clock: Clock, banner: bytes = b""
+        self,
+        traps: Sequence[Trap],
+        on_hit: HitHandler,
+        clock: Clock,
+        banner: bytes = b"",
+        *,
+        socket_class: type[TrapSocket] | None = None,
+        role: str | None = None,
     ) -> None:
+        self._socket_class = socket_class or TrapSocket
+        self._role = role
         self._traps = tuple(traps)
         self._on_hit = on_hit
         self._clock = clock
         self._banner = banner[:BANNER_MAX]
-        self._listeners: list[_Listener] = []
+        self._listeners: list[TrapSocket] = []
         self._started = False
+        self._marks_missing_logged = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> TrapReport:
         """Bind every trap and register its reader on `loop`; report what was set and skipped."""
@@ -151,9 +182,12 @@ class SocketTraps:
                 address=shown,
                 reason=skipped.reason,
                 holder=skipped.holder,
+                role=self._role,
             )
             return
-        listener = _Listener(
+        if trap.proto is Proto.UDP and not enable_marks(sock):
+            self._marks_missing()
+        listener = self._socket_class(
             sock,
             proto=trap.proto,
             bound=address,
@@ -165,7 +199,21 @@ class SocketTraps:
         listener.register(loop)
         self._listeners.append(listener)
         report.set.append(BoundTrap(trap.proto, trap.port, shown))
-        event("trap-set", proto=trap.proto, port=trap.port, address=shown)
+        event("trap-set", proto=trap.proto, port=trap.port, address=shown, role=self._role)
+
+    def _marks_missing(self) -> None:
+        """Once per run: the kernel has no SO_RCVMARK, UDP hits come without marks."""
+        if self._marks_missing_logged:
+            return
+        self._marks_missing_logged = True
+        event(
+            "trap-marks-unavailable",
+            logging.WARNING,
+            error=f"SO_RCVMARK: {errno_text(errno.ENOPROTOOPT)}",
+            effect="UDP trap hits do not say whether their source is a recent client or a "
+            "peer of this host, so a datagram forged in its name counts like any other",
+            fix="Linux 5.19 or later",
+        )
 
     def _emit(self, hit: Hit) -> None:
         try:
@@ -204,6 +252,18 @@ def open_trap_socket(proto: Proto, address: IPAddress, port: int) -> socket.sock
         sock.close()
         raise
     return sock
+
+
+def enable_marks(sock: socket.socket) -> bool:
+    """Ask for each datagram's packet mark (SO_RCVMARK); False when the kernel has no such
+    option (before Linux 5.19): the trap then works without marks."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVMARK, 1)
+    except OSError as exc:
+        if exc.errno == errno.ENOPROTOOPT:
+            return False
+        raise
+    return True
 
 
 def raise_nofile_limit() -> None:
@@ -247,8 +307,9 @@ def bind_failure_reason(exc: OSError, shown: str) -> str:
 # -- the sockets at work -----------------------------------------------------------------------
 
 
-class _Listener:
-    """One trap socket, its reader callback and its backoff state."""
+class TrapSocket:
+    """One trap socket, its reader callback and its backoff state. A subclass may say where
+    a connection was aimed (`destination`)."""
 
     def __init__(
         self,
@@ -316,6 +377,10 @@ class _Listener:
             if hit is not None:
                 self._emit(hit)
 
+    def destination(self, conn: socket.socket, local: IPAddress) -> Destination:
+        """Where an accepted connection was aimed: this trap's port at its local address."""
+        return Destination(local, self.port)
+
     def _accept(self) -> Hit | None:
         """Accept one connection, note both ends and close it at once."""
         conn, peer = self.sock.accept()
@@ -325,25 +390,30 @@ class _Listener:
             except OSError as exc:  # the peer is gone already; nothing to report
                 event("trap-connection-lost", logging.DEBUG, port=self.port, errno=_name(exc))
                 return None
+            aimed = self.destination(conn, _parse_ip(local[0]))
             if self.banner:
                 send_banner(conn, self.banner)
-        return self._hit(peer, _parse_ip(local[0]), "connect")
+        return self._hit(peer, aimed, "connect")
 
     def _receive(self) -> Hit:
-        """Read one datagram (its payload is dropped) and where it was sent."""
+        """Read one datagram (its payload is dropped), where it was sent and its mark."""
         _, ancillary, _, peer = self.sock.recvmsg(0, _ANCILLARY_SIZE)
         local = pktinfo_destination(ancillary) or self.bound
-        return self._hit(peer, local, "udp")
+        mark = packet_mark(ancillary)
+        aimed = Destination(local, self.port, bool(mark & MARK_CLIENT), bool(mark & MARK_PEER))
+        return self._hit(peer, aimed, "udp")
 
-    def _hit(self, peer: tuple[Any, ...], local: IPAddress, kind: str) -> Hit:
+    def _hit(self, peer: tuple[Any, ...], aimed: Destination, kind: str) -> Hit:
         return Hit(
             at=self._clock.now(),
             source=_parse_ip(peer[0]),
             source_port=int(peer[1]),
-            local=unmap(local),
-            port=self.port,
+            local=unmap(aimed.address),
+            port=aimed.port,
             proto=self.proto,
             kind=kind,
+            client=aimed.client,
+            peer=aimed.peer,
         )
 
     def _back_off(self, exc: BaseException) -> None:
@@ -423,3 +493,11 @@ def pktinfo_destination(ancillary: Sequence[tuple[int, int, bytes]]) -> IPAddres
             addr6, _ = _IN6_PKTINFO.unpack_from(data)
             return unmap(ipaddress.IPv6Address(addr6))
     return None
+
+
+def packet_mark(ancillary: Sequence[tuple[int, int, bytes]]) -> int:
+    """The packet mark from recvmsg's SO_MARK control message (SO_RCVMARK); 0 when none."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_MARK and len(data) >= _MARK.size:
+            return int(_MARK.unpack_from(data)[0])
+    return 0

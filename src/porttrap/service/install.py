@@ -7,7 +7,8 @@ that does not load, a unit that differs from the one porttrap would write (witho
 an executable that ProtectHome= would hide, a daemon still running. `root` installs into a
 prefix, as `systemctl --root` does (packagers, tests): paths are taken under it and the running
 systemd is never asked anything. What was done is reported line by line through `note`; only
-the CLI prints.
+the CLI prints. Run from an SSH session on this machine, the first line says whether the
+service will protect that session's peer (porttrap.sshsession), as the service will see it.
 
 Removal deletes only what porttrap writes (its database, backups, control socket and state
 files, its config file), then the directories when that leaves them empty; anything else in
@@ -39,6 +40,7 @@ from porttrap.firewall.exec import Exec
 from porttrap.firewall.select import make_backend
 from porttrap.service import unit
 from porttrap.service.template import DEFAULT_CONFIG
+from porttrap.sshsession import SshConnection, admin_session, sentence, ssh_ports, unit_view
 
 Note = Callable[[str], None]
 SYSTEMD_RUNNING = Path("/run/systemd/system")  # sd_booted(3)
@@ -105,12 +107,15 @@ class InstallRequest:
     config: Path | None = None  # a config to install as /etc/porttrap/porttrap.toml
     force: bool = False  # replace a differing unit (and config, with `config`)
     start: bool = True
+    session: SshConnection | None = None  # $SSH_CONNECTION of the admin running this
 
 
 def install(request: InstallRequest, systemd: Systemd, note: Note) -> None:
     root = request.root
-    check_executable(request.executable, root, note)
     config_text, cfg = _config_to_install(request)
+    if request.session is not None and not root.offline:
+        note(session_line(request.session, cfg))
+    check_executable(request.executable, root, note)
     try:
         unit_text = unit.render(request.executable, unit.sandbox(cfg))
     except ValueError as err:  # a path a unit file cannot hold
@@ -132,6 +137,12 @@ def install(request: InstallRequest, systemd: Systemd, note: Note) -> None:
     else:
         note(f"{unit_file} is up to date")
     _enable(request, systemd, note, unit_changed)
+
+
+def session_line(session: SshConnection, cfg: Config) -> str:
+    """Whether the service will protect the peer of the admin's SSH session. The service
+    cannot see sshd's ports (no CAP_SYS_PTRACE): its SSH ports are the config's, or 22."""
+    return sentence(admin_session(session, ssh_ports(cfg.protect.ssh_ports, unit_view), cfg.allow))
 
 
 def default_executable() -> Path:
