@@ -376,6 +376,19 @@ def test_a_strangers_syn_is_not_redirected_but_dropped_and_blocked(
     assert not tcp_works(guard.lan, STRANGER6, HOST6, TRAP)  # the IPv6 one as well
 
 
+@pytest.mark.parametrize(("source", "target"), [(STRANGER4, HOST4), (CLIENT6, HOST6)])
+def test_the_catch_all_port_answers_no_direct_connection(
+    guard: Guard, source: str, target: str
+) -> None:
+    """Only redirected SYNs reach the listener: a scan (even a client's) finds the port shut,
+    as filtered as a trap, so it tells nothing of porttrap."""
+    guard.setup(STEALTH)
+    catch_all(guard)
+    if source == CLIENT6:
+        guard.become_client(source)
+    assert answers(guard.lan, [Probe(source, target, CATCH_ALL, "syn")], timeout=1) == [None]
+
+
 def test_forged_syns_in_a_clients_name_are_redirected_a_few_a_second_at_most(
     guard: Guard, reports: Reports
 ) -> None:

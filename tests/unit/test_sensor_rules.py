@@ -557,3 +557,13 @@ def test_the_sensor_is_built_in_the_configured_table() -> None:
     (commands,) = nft.batches
     assert all(" inet trap2" in c for c in commands)
     assert len(mentioning(commands, "update @block_a_")) == 2
+
+
+def test_the_catch_all_port_takes_redirected_syns_only() -> None:
+    rules = SensorRules("porttrap", spec(tcp=STEALTH)).create({})
+    direct = f"add rule {T} input tcp dport 65023 drop"
+    redirected = f"add rule {T} input tcp dport 65023 ct status dnat return"
+    assert rules.index(redirected) < rules.index(direct)
+    assert rules.index(direct) < min(i for i, r in enumerate(rules) if "goto probe" in r)
+    without = SensorRules("porttrap", spec(tcp=STEALTH, client_trap_port=0)).create({})
+    assert not [r for r in without if "65023" in r]

@@ -183,6 +183,22 @@ class UpdateTraps:
 
 
 @dataclass(frozen=True, slots=True)
+class UpdateSessions:
+    """The SSH ports whose live sessions are the admin's are now these (empty: sshd's, or
+    22): the sessions sensor follows them."""
+
+    ssh_ports: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateCatchAll:
+    """The catch-all listener for clients' redirected SYNs is now on `port` (0: none)."""
+
+    port: int
+    banner: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class PrepareReload:
     """Open what the new configuration needs and can fail to open (log outputs, the metrics
     listener), then feed `ReloadPrepared`, or undo and feed `ReloadFailed`."""
@@ -259,6 +275,8 @@ Command = (
     | ActionsExpired
     | ReplaceActions
     | UpdateTraps
+    | UpdateSessions
+    | UpdateCatchAll
     | PrepareReload
     | Reloaded
     | Log

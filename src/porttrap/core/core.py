@@ -53,6 +53,8 @@ from porttrap.core.commands import (
     SetGateways,
     Setup,
     SetupReason,
+    UpdateCatchAll,
+    UpdateSessions,
     UpdateTraps,
 )
 from porttrap.core.events import (
@@ -108,6 +110,12 @@ Handler = Callable[[Any, float], list[Command]]
 
 def protection(config: Config) -> Protection:
     return Protection(config.allow.networks, patterns=config.allow.patterns)
+
+
+def catch_all_port(config: Config) -> int:
+    """Where the catch-all listener for clients' redirected SYNs listens (0: nowhere)."""
+    spec = spec_from_config(config)
+    return spec.catch_all if spec.redirect else 0
 
 
 def connect_traps(config: Config) -> tuple[Trap, ...]:
@@ -180,10 +188,11 @@ class Core:
     def _started(self, event: Started, now: float) -> list[Command]:
         """Bans from the store back into the policy and, in one transaction, the kernel."""
         self.policy.protection.set_own(event.own)
+        self.policy.protection.set_gateways(event.gateways)
         if self.kernel is not None and event.served is not None:
             self.kernel.start(event.served)
+        commands: list[Command] = self._sessions(SessionsChanged(event.sessions), now)
         unbans = self.policy.restore(event.stored, now)
-        commands: list[Command] = []
         if unbans:  # no Apply: the setup leaves them out
             commands += [RecordChanges(unbans), LogChanges(unbans), ActionsAfter(unbans)]
         commands.append(self._setup(now, SetupReason.START))
@@ -400,8 +409,8 @@ class Core:
         protection = self.policy.protection
         new = sorted(event.peers - protection.sessions, key=str)
         protection.set_sessions(event.peers)
-        fields = "the peer of a live SSH session to this host: never banned by a trap hit"
-        return [Log("admin-session", logging.INFO, {"peer": p, "protected": fields}) for p in new]
+        why = "the peer of a live SSH session to this host: never banned by a trap hit"
+        return [Log("session-protected", logging.INFO, {"peer": p, "why": why}) for p in new]
 
     def _gateways(self, event: GatewaysChanged, _now: float) -> list[Command]:
         """The routes' gateways: protected in the policy, and in the kernel's peer set."""
@@ -465,6 +474,10 @@ class Core:
             commands.append(ReplaceActions(new))
         if {"traps", "modes", "banner"} & set(changed):
             commands.append(UpdateTraps(connect_traps(new), new.banner))
+        if "protect" in changed:
+            commands.append(UpdateSessions(new.protect.ssh_ports))
+        if self.kernel is not None and {"kernel", "banner"} & set(changed):
+            commands.append(UpdateCatchAll(catch_all_port(new), new.banner))
         return [*commands, Reloaded(changed)]
 
     def _reload_failed(self, event: ReloadFailed, _now: float) -> list[Command]:

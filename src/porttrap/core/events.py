@@ -18,12 +18,15 @@ from porttrap.sensorspec import Ports
 @dataclass(frozen=True, slots=True)
 class Started:
     """The daemon starts: the host's addresses, the bans read from the store (oldest first, as
-    `Store.bans_to_restore` gives them) and, with the kernel sensor, the ports this host serves
-    (read before porttrap's table is built, so that no service port is ever a trap)."""
+    `Store.bans_to_restore` gives them), with the kernel sensor the ports this host serves (read
+    before porttrap's table is built, so that no service port is ever a trap), the host's
+    gateways and the peers of the live SSH sessions (protected from the first hit on)."""
 
     own: frozenset[IPAddress]
     stored: Sequence[StoredBan]
     served: Ports | None = None
+    gateways: frozenset[IPAddress] = frozenset()
+    sessions: frozenset[IPAddress] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

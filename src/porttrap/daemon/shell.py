@@ -29,6 +29,7 @@ from porttrap.core.snapshot import IoFigures, ReportFigures, Snapshot
 from porttrap.daemon import reloading
 from porttrap.daemon.control import ControlServer, Handler
 from porttrap.daemon.effects import Effects
+from porttrap.daemon.guards import Guards
 from porttrap.daemon.metrics_server import MetricsServer, snapshot_registry
 from porttrap.daemon.notify import Notifier
 from porttrap.daemon.writer import StoreWriter
@@ -90,6 +91,8 @@ class Shell:
             c.FlushSoon: self._flush_soon,
             c.Schedule: self._schedule,
             c.UpdateTraps: self._update_traps,
+            c.UpdateSessions: self._update_sessions,
+            c.UpdateCatchAll: self._update_catch_all,
         }
         self.report = TrapReport()
         self._traps = SocketTraps(connect_traps(config), self.on_hit, clock, config.banner)
@@ -97,6 +100,14 @@ class Shell:
         self._kernel = KernelReports(config.kernel, self.on_hit, clock) if kernel else None
         self._listeners = ListenerWatcher(self.on_served, clock=clock) if kernel else None
         self._addresses = AddressWatcher(self._on_addresses)
+        self._guards = Guards(
+            config,
+            clock,
+            on_gateways=lambda found: self._feed_alone(e.GatewaysChanged(found)),
+            on_sessions=lambda found: self._feed_alone(e.SessionsChanged(found)),
+            on_hit=self.on_hit,
+            kernel=kernel,
+        )
         self.handlers = self._handlers()  # the control socket's requests, by "cmd"
         self._control = ControlServer(config.control_socket, self.handlers)
         self.metrics = MetricsServer(snapshot_registry(self.snapshot))
@@ -179,6 +190,13 @@ class Shell:
         loop = asyncio.get_running_loop()
         self.report = self._traps.update(loop, command.traps, command.banner)
 
+    def _update_sessions(self, command: c.UpdateSessions) -> None:
+        self._guards.update_sessions(command.ssh_ports)
+
+    def _update_catch_all(self, command: c.UpdateCatchAll) -> None:
+        loop = asyncio.get_running_loop()
+        self._guards.update_catch_all(loop, command.port, command.banner)
+
     # -- life cycle ----------------------------------------------------------------------
 
     async def run(self, flush_on_exit: bool = False) -> None:
@@ -187,7 +205,10 @@ class Shell:
         try:
             # Before the served ports are read: the metrics port is then never a trap.
             await self.metrics.start(self.config.metrics.listen)
-            self._restore(self._served_now())
+            # Before the table: a redirected SYN has its listener, and no hit is judged
+            # without the gateways and the admin's sessions.
+            gateways, sessions = self._guards.start(loop)
+            self._restore(self._served_now(), gateways, sessions)
             self.writer.start()
             self.report = self._traps.start(loop)
             if self.report.none_set and self._kernel is None:
@@ -219,13 +240,18 @@ class Shell:
                 "kernel sensor needs it so as never to trap a service port"
             ) from err
 
-    def _restore(self, served: listeners.Ports | None) -> None:
+    def _restore(
+        self,
+        served: listeners.Ports | None,
+        gateways: frozenset[IPAddress],
+        sessions: frozenset[IPAddress],
+    ) -> None:
         """Bans from the store back into the core and, in one batch, into the kernel."""
         self.effects.restore.started = self.clock.monotonic()
         with heap.bulk():  # 100,000 bans: see porttrap.heap
             now = self.clock.now()
             stored = self.store.bans_to_restore(now, self.core.restore_since(now))
-            self.feed(e.Started(current_addresses(), stored, served))
+            self.feed(e.Started(current_addresses(), stored, served, gateways, sessions))
             del stored
 
     def _start_kernel(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -313,6 +339,7 @@ class Shell:
         if self._listeners is not None:
             self._listeners.close()
         self._addresses.close()
+        self._guards.close()
         for timer in [*self._timers, self._poller]:
             if timer is not None:
                 timer.cancel()

@@ -18,6 +18,8 @@ path of a packet:
                                                           clients: conntrack's `assured`;
                                                           `established` alone is true of a SYN
                                                           scanner's RST after a SYN-ACK)
+      to the catch-all port: redirected (ct dnat)     -> leave it (to the daemon's listener)
+                             sent there directly       -> dropped: no scan finds the port open
       source in a first-packet block                  -> `blocked`: a trap packet is reported
                                                           as a repeat, everything is dropped
       trap packet (a trap port, or in advanced mode   -> `probe`
@@ -185,6 +187,10 @@ class SensorRules:
             self._rule("input", 'iif "lo" return'),
             self._rule("input", "ct state established,related return"),
         ]
+        if self.spec.redirect:  # the catch-all answers redirected SYNs only: no scan sees it
+            port = self.spec.catch_all
+            rules.append(self._rule("input", f"tcp dport {port} ct status dnat return"))
+            rules.append(self._rule("input", f"tcp dport {port} drop"))
         if self._k.block:
             for version, protocol, _ in _FAMILIES:
                 for generation in GENERATIONS:
