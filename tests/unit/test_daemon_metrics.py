@@ -15,8 +15,10 @@ from prometheus_client import generate_latest
 from prometheus_client.core import Metric
 
 from porttrap import __version__
+from porttrap.cli import output
 from porttrap.config.loader import load_text
 from porttrap.core import stats as stats_mod
+from porttrap.core import views
 from porttrap.core.events import BlocksRotated, CountersRead, Started, Tick
 from porttrap.core.stats import Histogram
 from porttrap.daemon.metrics import histogram, registry_for
@@ -166,7 +168,7 @@ def test_the_kernel_sensors_reports_blocks_and_drops(tmp_path: Path) -> None:
     daemon.feed(Started(frozenset(), [], served={Proto.TCP: frozenset(), Proto.UDP: frozenset()}))
     daemon.feed(CountersRead({}, 1.0))
     counters = {"block_a": 120, "block_b": 7, "reported": 140, "over_source": 11,
-                "over_rate": 5, "quiet": 42}  # fmt: skip
+                "over_rate": 5, "quiet": 42, "redirected": 9, "over_redirect": 2}  # fmt: skip
     daemon.feed(CountersRead(counters, 2.0))
     daemon.feed(BlocksRotated("b", 3.0))  # b emptied: its 7 insertions are gone
     assert daemon._kernel is not None
@@ -181,6 +183,11 @@ def test_the_kernel_sensors_reports_blocks_and_drops(tmp_path: Path) -> None:
     assert values(got["porttrap_kernel_block_capacity"]) == {frozenset(): 65536}
     assert values(got["porttrap_kernel_block_rotations"]) == {frozenset(): 1}
     assert values(got["porttrap_kernel_quiet_drops"]) == {frozenset(): 42}
+    assert by("result", got["porttrap_kernel_redirects"]) == {"redirected": 9, "over_limit": 2}
+    text = output.kernel_text(views.status(daemon.snapshot(), 1)["kernel"])
+    assert text[-1] == (
+        "  clients' SYNs to traps: 9 sent to the catch-all port 65023, 2 over its per-source limit"
+    )
 
 
 def test_histograms_are_made_cumulative_with_sum_and_count() -> None:

@@ -151,4 +151,10 @@ def kernel_text(kernel: dict[str, Any]) -> list[str]:
         f"over the per-source rate, {events['over_total_rate']} over the total rate; "
         f"lost: {events['lost_overruns']} overruns"
     )
+    redirect = kernel["redirect"]
+    if redirect["port"]:
+        lines.append(
+            f"  clients' SYNs to traps: {redirect['redirected']} sent to the catch-all port "
+            f"{redirect['port']}, {redirect['over_limit']} over its per-source limit"
+        )
     return lines

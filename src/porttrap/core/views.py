@@ -81,6 +81,11 @@ def kernel_status(kernel: KernelView, reports: ReportFigures | None) -> dict[str
             "foreign": reports.foreign,
         },
         "quiet_drops": counters.get("quiet", 0),
+        "redirect": {
+            "port": settings.client_trap_port,
+            "redirected": counters.get("redirected", 0),
+            "over_limit": counters.get("over_redirect", 0),
+        },
     }
 
 

@@ -305,12 +305,22 @@ def kernel_sensor(kernel: Mapping[str, Any] | None) -> Iterator[Metric]:
         "Non-SYN TCP packets to ports nothing serves, dropped without an answer ([kernel] "
         "quiet), so that no RST tells a port's state.",
     )
+    redirects = CounterMetricFamily(
+        "porttrap_kernel_redirects",
+        "A recent client's SYNs to TCP trap ports: sent to the catch-all port ([kernel] "
+        "client_trap_port) to prove the address (redirected), or over its per-source limit "
+        "(over_limit: reported as the client's probes instead).",
+        labels=["result"],
+    )
     if kernel is not None:
         block = kernel["block"]
+        redirect = kernel["redirect"]
+        redirects.add_metric(["redirected"], redirect["redirected"])
+        redirects.add_metric(["over_limit"], redirect["over_limit"])
         received.add_metric([], kernel["events"]["received"])
         for generation, estimate in sorted(block["fill"].items()):
             fill.add_metric([generation], estimate)
         capacity.add_metric([], block["size"])
         rotations.add_metric([], block["rotations"])
         quiet.add_metric([], kernel["quiet_drops"])
-    yield from (received, fill, capacity, rotations, quiet)
+    yield from (received, fill, capacity, rotations, quiet, redirects)
