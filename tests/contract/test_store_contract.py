@@ -323,6 +323,18 @@ def test_prune_removes_only_older_hits(store: Store) -> None:
     assert store.bans_since(0.0) == [StoredBan(ban("198.51.100.7", T0 - 100))]
 
 
+def test_prune_keeps_the_newest_hits_up_to_a_count(store: Store) -> None:
+    store.add_hits([(hit("198.51.100.7", T0 + n), Outcome.COUNTED) for n in range(5)])
+    store.add_hits([(hit("2001:db8::9", T0 + 5 + n), Outcome.COUNTED) for n in range(3)])
+    assert store.prune_hits(T0 + 1, keep=10) == 1  # the age alone
+    assert store.prune_hits(T0, keep=3) == 4
+    assert [at for at, what, _ in summary(store.history()) if what == "hit"] == [7, 6, 5]
+    assert store.prune_hits(T0, keep=3) == 0
+    store.add_hits([(hit("198.51.100.7", T0 + 8), Outcome.COUNTED)])
+    assert store.prune_hits(T0, keep=3) == 1
+    assert [at for at, what, _ in summary(store.history()) if what == "hit"] == [8, 7, 6]
+
+
 # -- closing -----------------------------------------------------------------------------
 
 

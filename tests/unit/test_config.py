@@ -108,7 +108,7 @@ def test_full_contract_file_gives_exact_config() -> None:
         ),
         allow=AllowList((ip_network("192.0.2.0/24"), ip_network("2001:db8::7/128"))),
         firewall=FirewallConfig(backend="nftables", table="porttrap"),
-        store=StoreConfig(hit_retention=90 * DAY),
+        store=StoreConfig(hit_retention=90 * DAY, hit_rate=250.0, hit_rows=1_000_000),
         source=path,
     )
 

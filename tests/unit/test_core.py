@@ -329,7 +329,7 @@ def test_the_firewall_is_checked_every_5_s_and_old_hits_pruned_every_minute() ->
         playbook >> Tick()
         if tick % CHECK_EVERY == 0:
             playbook << CheckFirewall() << Maintain(T0)
-    playbook << PruneHits(T0 - core.config.store.hit_retention)
+    playbook << PruneHits(T0 - core.config.store.hit_retention, core.config.store.hit_rows)
     assert playbook
 
 

@@ -41,8 +41,9 @@ examples:
   porttrap report --database copy-of-porttrap.db -o report.html
 
 The chart buckets follow the period: hourly up to 2 days, 6-hourly up to 2 weeks, daily up to
-120 days, weekly beyond. Hits older than hit_retention (90d by default) are pruned by the
-daemon, so a longer --since shows bans only for its start.
+120 days, weekly beyond. Hits older than hit_retention (90d by default), and the oldest
+beyond hit_rows (5 million), are pruned by the daemon, so a longer --since shows bans only for
+its start.
 
 Without -o the page goes to stdout, so that it can be piped (to mail, ssh, a web root); on a
 terminal it is refused rather than printed. -o writes a temporary file beside FILE and renames

@@ -287,9 +287,10 @@ def _backend(value: object) -> str:
 
 
 def _store(section: Section) -> StoreConfig:
-    section.check_keys(("hit_retention", "hit_rate"))
+    section.check_keys(("hit_retention", "hit_rate", "hit_rows"))
     default = StoreConfig()
     return StoreConfig(
         hit_retention=section.get("hit_retention", fields.duration, default.hit_retention),
         hit_rate=float(section.get("hit_rate", RATE, int(default.hit_rate))),
+        hit_rows=section.get("hit_rows", fields.at_least(1000), default.hit_rows),
     )

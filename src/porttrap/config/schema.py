@@ -229,6 +229,7 @@ class FirewallConfig:
 class StoreConfig:
     hit_retention: float = 90 * 86400.0  # hits older than this are pruned
     hit_rate: float = 500.0  # hits stored per second at most; the rest counted (bans: all)
+    hit_rows: int = 5_000_000  # hits kept at most (about 0.7 GB): the oldest go first
 
 
 @dataclass(frozen=True, slots=True)

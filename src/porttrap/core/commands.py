@@ -122,9 +122,10 @@ class RecordChanges:
 
 @dataclass(frozen=True, slots=True)
 class PruneHits:
-    """Delete the hits older than `before`."""
+    """Delete the hits older than `before`, then the oldest beyond the newest `keep`."""
 
     before: float
+    keep: int
 
 
 # -- the actions ---------------------------------------------------------------------------

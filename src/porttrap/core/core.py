@@ -279,7 +279,8 @@ class Core:
             commands += [CheckFirewall(), Maintain(now)]
         if self._ticks % MAINTAIN_EVERY == 0:
             self.policy.forget_quiet(now)
-            commands.append(PruneHits(now - self.config.store.hit_retention))
+            store = self.config.store
+            commands.append(PruneHits(now - store.hit_retention, store.hit_rows))
         return commands
 
     def _expire(self, now: float) -> list[Command]:

@@ -235,10 +235,10 @@ class Effects:
         self.writer.submit(job)
 
     def prune(self, cmd: c.PruneHits) -> None:
-        store, before = self.store, cmd.before
+        store, before, keep = self.store, cmd.before, cmd.keep
 
         def job() -> None:
-            if pruned := store.prune_hits(before):
+            if pruned := store.prune_hits(before, keep):
                 log.event("hits-pruned", count=pruned)
 
         self.writer.submit(job)

@@ -52,8 +52,9 @@ class Store(Protocol):
 
     def history(self, target: IPNetwork | None = None, limit: int = 100) -> list[HistoryEntry]: ...
 
-    def prune_hits(self, before: float) -> int:
-        """Delete hits older than `before`; returns how many."""
+    def prune_hits(self, before: float, keep: int | None = None) -> int:
+        """Delete hits older than `before`, then the oldest stored beyond the newest `keep`
+        (when given); returns how many."""
         ...
 
     def counts(self, now: float) -> tuple[int, int]:

@@ -78,6 +78,9 @@ _SQL_RESTORE = """SELECT id, target, banned_at, expires_at, ban_count, reason, e
         AND (expires_at IS NULL OR expires_at > :now)
     ORDER BY banned_at, id"""
 _SQL_PRUNE = "DELETE FROM hits WHERE at < ?"
+# Hits are appended (rowid: the largest + 1) and deleted from the oldest end, so this leaves
+# at most the newest `keep` (fewer where the age pruning left a gap), found by the rowid alone.
+_SQL_PRUNE_ROWS = "DELETE FROM hits WHERE rowid <= (SELECT max(rowid) FROM hits) - ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +179,12 @@ class SQLiteStore:
         with self._write("record unbans") as conn:
             conn.executemany(_SQL_LIFT, params)
 
-    def prune_hits(self, before: float) -> int:
+    def prune_hits(self, before: float, keep: int | None = None) -> int:
         with self._write("prune hits") as conn:
-            return conn.execute(_SQL_PRUNE, (before,)).rowcount
+            pruned = conn.execute(_SQL_PRUNE, (before,)).rowcount
+            if keep is not None:
+                pruned += conn.execute(_SQL_PRUNE_ROWS, (keep,)).rowcount
+            return pruned
 
     # -- reads ---------------------------------------------------------------------------
 

@@ -62,9 +62,11 @@ class MemoryStore:
                 ):
                     record.lifted_at, record.lifted_reason = unban.at, unban.reason
 
-    def prune_hits(self, before: float) -> int:
+    def prune_hits(self, before: float, keep: int | None = None) -> int:
         self._check_open()
         kept = [row for row in self._hits if row[1].at >= before]
+        if keep is not None:
+            kept = kept[max(0, len(kept) - keep) :]
         pruned, self._hits = len(self._hits) - len(kept), kept
         return pruned
 
