@@ -12,6 +12,7 @@ from porttrap.config.schema import BanPolicy
 from porttrap.model import Evidence, Hit, Outcome, Proto
 from porttrap.policy import Policy, Protection
 from porttrap.policy.budget import BURST_SECONDS, Bucket, prefix_of
+from porttrap.policy.escalation import Past
 from porttrap.policy.recent import Watch
 
 T0 = 1_800_000_000.0
@@ -115,6 +116,29 @@ def test_a_flood_of_new_sources_keeps_memory_bounded() -> None:
     assert engine.watched() == 1000 and engine.evicted == 4000
     # A real scanner, hitting again at once, is still caught.
     assert twice(engine, "203.0.113.66") is Outcome.BANNED
+
+
+def test_the_unverified_ban_history_keeps_the_most_recently_banned() -> None:
+    past = Past(max_unverified=2)
+    a, b, c = (ip_network(f"198.51.100.{n}/32") for n in (1, 2, 3))
+    past.add(a, T0, verified=False)
+    past.add(b, T0 + 1, verified=False)
+    past.add(a, T0 + 2, verified=False)  # banned again: the most recent now
+    past.add(c, T0 + 3, verified=False)  # no room: b goes
+    past.add(c, T0 + 4, verified=True)  # the verified history is apart, and not bounded here
+    assert past.evicted == 1
+    assert [past.count(t, False, 0.0) for t in (a, b, c)] == [2, 0, 1]
+    assert past.count(c, True, 0.0) == 1
+
+
+def test_a_long_forged_flood_keeps_the_ban_history_bounded() -> None:
+    engine = policy(unverified_rate=1000, unverified_prefix_rate=1000, time=1)
+    engine._past._max_unverified = 100
+    for n in range(500):  # 500 bans, one a second: each ends before the next
+        assert twice(engine, f"2001:db8:{n:x}::1", at=float(n)) is Outcome.BANNED
+        engine.expire(T0 + n + 0.5)
+    assert engine.past_evicted == 400
+    assert len(engine._past._unverified) == 100
 
 
 def test_an_admin_session_is_never_banned_by_any_hit_and_refused_to_the_admin() -> None:

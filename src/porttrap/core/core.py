@@ -516,6 +516,7 @@ class Core:
             hits_not_stored=self.hits_not_stored,
             hits_sampled=self.hits_sampled,
             sources_evicted=self.policy.evicted,
+            past_evicted=self.policy.past_evicted,
             bans_held=self.policy.held,
             watched=self.policy.watched(),
             kernel=view,

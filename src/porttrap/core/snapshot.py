@@ -72,6 +72,7 @@ class Snapshot:
     hits_not_stored: int
     hits_sampled: int  # not stored: over [store] hit_rate
     sources_evicted: int  # watched sources forgotten to make room (a flood of new sources)
+    past_evicted: int  # addresses whose unverified ban history was forgotten to make room
     bans_held: int  # bans on forgeable evidence held back, over the budgets
     watched: int  # sources whose recent hits the policy remembers
     kernel: KernelView | None

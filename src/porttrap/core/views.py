@@ -51,7 +51,11 @@ def status(snapshot: Snapshot, pid: int) -> dict[str, Any]:
             "not_stored": snapshot.hits_not_stored,
             "sampled": snapshot.hits_sampled,
         },
-        "sources": {"watched": snapshot.watched, "evicted": snapshot.sources_evicted},
+        "sources": {
+            "watched": snapshot.watched,
+            "evicted": snapshot.sources_evicted,
+            "history_evicted": snapshot.past_evicted,
+        },
     }
 
 

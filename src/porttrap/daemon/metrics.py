@@ -183,6 +183,13 @@ def _active(snap: Snapshot) -> Iterator[Metric]:
         "(a flood of new, probably forged, sources).",
         value=snap.sources_evicted,
     )
+    yield CounterMetricFamily(
+        "porttrap_ban_history_evicted",
+        "Addresses whose history of bans on unverified evidence was forgotten to keep the "
+        "memory bounded (the 65,536 banned most recently are kept): their next such ban "
+        "starts from [ban] time again.",
+        value=snap.past_evicted,
+    )
 
 
 def tally(

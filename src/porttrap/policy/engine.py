@@ -381,6 +381,11 @@ class Policy:
         return self._recent.evicted
 
     @property
+    def past_evicted(self) -> int:
+        """Addresses whose unverified ban history was forgotten to make room (a flood)."""
+        return self._past.evicted
+
+    @property
     def held(self) -> int:
         """Bans on unverified evidence held back, over a budget."""
         return self._budget.held

@@ -14,6 +14,12 @@ import bisect
 from porttrap.config.schema import BanPolicy, Escalation
 from porttrap.model import IPNetwork
 
+# Addresses whose unverified bans are remembered; past it, the one banned least recently is
+# forgotten (its next unverified ban starts from the first-ban time again: at most
+# unverified_max_time anyway). A forger's flood gets `unverified_rate` bans a second, all day:
+# without a bound their history would grow for `forget_after` (90 days).
+MAX_UNVERIFIED = 65_536
+
 
 def escalated(policy: BanPolicy, base: float, count: int) -> float:
     """Seconds the `count`-th ban lasts by the escalation alone, from first-ban time `base`."""
@@ -37,17 +43,28 @@ def ban_duration(policy: BanPolicy, base: float, count: int, verified: bool = Tr
 
 class Past:
     """When each target was banned, by kind of evidence, for the bans not lifted: what
-    escalation counts. Times older than `forget_after` are dropped as they are met."""
+    escalation counts. Times older than `forget_after` are dropped as they are met; the
+    unverified history keeps the `max_unverified` targets banned most recently."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_unverified: int = MAX_UNVERIFIED) -> None:
         self._verified: dict[IPNetwork, list[float]] = {}
-        self._unverified: dict[IPNetwork, list[float]] = {}
+        self._unverified: dict[IPNetwork, list[float]] = {}  # least recently banned first
+        self._max_unverified = max_unverified
+        self.evicted = 0  # targets whose unverified history was forgotten to make room
 
     def _of(self, verified: bool) -> dict[IPNetwork, list[float]]:
         return self._verified if verified else self._unverified
 
     def add(self, target: IPNetwork, at: float, verified: bool) -> None:
-        times = self._of(verified).setdefault(target, [])
+        if verified:
+            times = self._verified.setdefault(target, [])
+        else:
+            unverified = self._unverified
+            times = unverified.pop(target, [])
+            if len(unverified) >= self._max_unverified:
+                del unverified[next(iter(unverified))]
+                self.evicted += 1
+            unverified[target] = times
         if not times or times[-1] <= at:
             times.append(at)  # the usual case, and restore's: oldest first
         else:
