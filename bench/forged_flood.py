@@ -318,6 +318,8 @@ def run(env: Env, args: argparse.Namespace, name: str, events: EventLog) -> dict
     result["daemon"] = monitor.samples
     result["status"] = monitor.statuses
     result["scanners"] = real.found
+    for scanner in real.found:  # held-back, or banned; spared as a client
+        scanner["hits"] = outcomes(env.json("history", scanner["source"], "-n", "1000"))
     result["kernel_mib"] = mib_delta(mib_before, kernel_mib(env.srv))
     result["bans"] = ban_figures(env, events, args.family, flood_started)
     result["client_hits"] = outcomes(env.json("history", CLIENT, "-n", "1000000"))
@@ -399,7 +401,7 @@ def summary(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "hits_in_its_name": result["client_hits"],
         },
         "scanners": [
-            (s["round"], s["kind"], s["source"], s["banned_after_s"], s.get("probes"))
+            (s["round"], s["kind"], s["source"], s["banned_after_s"], s.get("probes"), s["hits"])
             for s in result["scanners"]
         ],
         "kernel_mib": result["kernel_mib"],
