@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from common import Steal, environment, log_problems, machine
-from daemon_env import CLIENT, SERVICE_PORT, SRV4, SRV_CLI, Env, tcp_works
+from daemon_env import CLIENT, SERVICE_PORT, SRV_CLI, Env, tcp_works
 from flood import Scanner, flood, kernel_counters, trap_ports
 from frames import ACK, RST, SYN, Capture, Recorder, device_of, forged, sender
 
@@ -51,7 +51,8 @@ SILENT = """table inet bench {
 
 def frames(env: Env, count: int, served: bool) -> list[bytes]:
     """`count` SYNs in the client's name to random trap ports, alternating with as many to the
-    served port when `served`."""
+    served port when `served`; to the host's address on the client's link, so that the client
+    can answer the SYN-ACKs (it has no route to the attacker's side)."""
     macs = Scanner(env).macs[4]
     traps = trap_ports()
     ports = []
@@ -59,7 +60,7 @@ def frames(env: Env, count: int, served: bool) -> list[bytes]:
         dport = SERVICE_PORT if served and n % 2 else traps[n % len(traps)]
         ports.append((FIRST_SPORT + n % SPORTS, dport))
     client = ipaddress.ip_address(CLIENT).packed
-    return forged(macs, SRV4, [client] * len(ports), ports)
+    return forged(macs, SRV_CLI, [client] * len(ports), ports)
 
 
 def send(env: Env, built: list[bytes], rate: int, seconds: float) -> dict[str, Any]:
