@@ -6,13 +6,17 @@ Everything runs in network namespaces made here and removed at the end, even on 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
@@ -82,3 +86,77 @@ def machine() -> dict[str, str | int | float]:
 def log_problems(log: str) -> list[str]:
     """The daemon's log lines that are not `level=info` (warnings, errors, tracebacks)."""
     return [line for line in log.splitlines() if line and not line.startswith("level=info")]
+
+
+def wall() -> float:
+    """The wall clock (CLOCK_REALTIME), which the daemon's log timestamps and the kernel's
+    packet timestamps also use."""
+    return time.clock_gettime(time.CLOCK_REALTIME)
+
+
+def json_log(path: Path) -> str:
+    """Config lines that keep the daemon's usual stderr log and add its events as JSON to
+    `path`, with millisecond timestamps (`EventLog` reads them)."""
+    return f'[[log.output]]\nto = "stderr"\n\n[[log.output]]\nto = "{path}"\nformat = "json"\n'
+
+
+class EventLog:
+    """The bans in the daemon's JSON log (`json_log`), read as it grows; any thread may ask."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.bans: list[dict[str, Any]] = []  # at (epoch seconds), address, evidence, ...
+        self._first: dict[str, float] = {}
+        self._offset = 0
+        self._lock = threading.Lock()
+
+    def poll(self) -> None:
+        with self._lock:
+            if not self.path.exists():
+                return
+            with self.path.open("rb") as log:
+                log.seek(self._offset)
+                data = log.read()
+            end = data.rfind(b"\n") + 1
+            self._offset += end
+            for line in data[:end].splitlines():
+                self._take(json.loads(line))
+
+    def _take(self, record: dict[str, Any]) -> None:
+        if record["event"] not in ("ban", "permanent-ban"):
+            return
+        fields = record["fields"]
+        at = datetime.fromisoformat(record["ts"]).timestamp()
+        until = fields.get("until")
+        ends = None if until is None else datetime.fromisoformat(until).timestamp()
+        self.bans.append(
+            {
+                "at": at,
+                "address": fields["address"],
+                "evidence": fields.get("evidence"),
+                "permanent": record["event"] == "permanent-ban",
+                "seconds": None if ends is None else round(ends - at),
+            }
+        )
+        self._first.setdefault(fields["address"], at)
+
+    def banned_at(self, address: str) -> float | None:
+        """When `address` was first banned (the log line's time), or None."""
+        self.poll()
+        return self._first.get(address)
+
+
+def kernel_mib(ns: Netns) -> dict[str, int]:
+    """The counters of `ns`'s network stack (/proc/net/snmp, netstat, snmp6 read inside it):
+    `Udp.RcvbufErrors`, `TcpExt.SyncookiesSent`, `Udp6InDatagrams` ..."""
+    found: dict[str, int] = {}
+    for name in ("snmp", "netstat"):
+        lines = ns.run(["cat", f"/proc/net/{name}"]).splitlines()
+        for head, values in zip(lines[::2], lines[1::2], strict=True):
+            group, *keys = head.split()
+            for key, value in zip(keys, values.split()[1:], strict=True):
+                found[f"{group.rstrip(':')}.{key}"] = int(value)
+    for line in ns.run(["cat", "/proc/net/snmp6"]).splitlines():
+        key, value = line.split()
+        found[key] = int(value)
+    return found

@@ -49,47 +49,43 @@ from typing import Any
 import psutil
 from common import Steal, environment, log_problems, machine, percentiles
 from daemon_env import ATK4, ATK6, CLIENT, SERVICE_PORT, SRV4, SRV6, SRV_CLI, Env, tcp_works
-from frames import SYN, device_of, mac_of, sender, tcp_frame
+from frames import device_of, forged, mac_of, sender, tcp_frame
 
 from porttrap.config.schema import DEFAULT_TCP_TRAPS
 from porttrap.firewall.objects import NftObjects
 
 CONFIG = '[traps]\nmode = "stealth"\n'
 CLIENT_EVERY = 0.05
-_WORDS = struct.Struct("!7H")  # 6 for the random part of a source address, 1 for the ports
-_TCP = struct.Struct("!HHIIBBHHH")
+FORGED_PREFIX = bytes.fromhex("20010db8")
 
 
-def trap_ports() -> list[int]:
+def trap_ports(traps: tuple[str, ...] = DEFAULT_TCP_TRAPS) -> list[int]:
     ports: list[int] = []
-    for item in DEFAULT_TCP_TRAPS:
+    for item in traps:
         first, _, last = item.partition("-")
         ports += range(int(first), int(last or first) + 1)
     return ports
 
 
+def random_sources(count: int) -> list[bytes]:
+    """`count` random addresses in 2001:db8:8000::/33 (documentation space, 2^95 addresses;
+    never the test's own 2001:db8:1::/64), packed."""
+    noise = bytearray(os.urandom(12 * count))
+    for n in range(0, len(noise), 12):
+        noise[n] |= 0x80
+    return [FORGED_PREFIX + bytes(noise[n : n + 12]) for n in range(0, len(noise), 12)]
+
+
+def random_ports(count: int, ports: list[int]) -> list[tuple[int, int]]:
+    """`count` (source port, destination port) pairs: any unprivileged source port, a random
+    one of `ports`."""
+    values = struct.unpack(f"!{count}H", os.urandom(2 * count))
+    return [(1024 + v % 60000, ports[v % len(ports)]) for v in values]
+
+
 def pool(count: int, macs: tuple[bytes, bytes], target: str) -> list[bytes]:
-    """`count` SYN frames, each from its own random source in 2001:db8:8000::/33, with the TCP
-    checksum summed from the fixed words once and the varying ones per frame."""
-    prefix, dst = bytes.fromhex("20010db8"), socket.inet_pton(socket.AF_INET6, target)
-    head = macs[0] + macs[1] + struct.pack("!HIHBB", 0x86DD, 6 << 28, 20, 6, 64) + prefix
-    fixed = sum(struct.unpack("!2H8H", prefix + dst)) + 20 + 6  # pseudo header: length, next
-    fixed += 1000 + ((5 << 4) << 8 | SYN) + 64240  # sequence number, offset and flags, window
-    ports = trap_ports()
-    noise = bytearray(os.urandom(14 * count))
-    for n in range(0, len(noise), 14):
-        noise[n] |= 0x80  # 2001:db8:8000::/33: never the test's own 2001:db8:1::/64
-    frames = []
-    for offset in range(0, len(noise), 14):
-        values = _WORDS.unpack_from(noise, offset)
-        sport = 1024 + values[6] % 60000
-        dport = ports[values[6] % len(ports)]
-        total = fixed + sum(values[:6]) + sport + dport
-        while total >> 16:
-            total = (total & 0xFFFF) + (total >> 16)
-        tcp = _TCP.pack(sport, dport, 1000, 0, 5 << 4, SYN, 64240, ~total & 0xFFFF, 0)
-        frames.append(head + bytes(noise[offset : offset + 12]) + dst + tcp)
-    return frames
+    """`count` SYN frames to random trap ports, each from its own random source."""
+    return forged(macs, target, random_sources(count), random_ports(count, trap_ports()))
 
 
 def flood(
@@ -352,21 +348,33 @@ class Monitor:
                 "t": round(now - self.started, 1),
                 "cpu_percent": round(share, 1),
                 "rss_mib": round(rss, 1),
+                **self.sample(),
             }
         )
 
+    def sample(self) -> dict[str, Any]:
+        """What else to record every second (a subclass's)."""
+        return {}
+
     def _status(self) -> None:
         asked = time.perf_counter()
-        kernel = self.env.json("status")["kernel"]
+        status = self.env.json("status")
         self.statuses.append(
             {
                 "t": round(asked - self.started, 1),
                 "answer_s": round(time.perf_counter() - asked, 2),
-                **kernel["events"],
-                "rotations": kernel["block"]["rotations"],
-                "fill": kernel["block"]["fill"],
+                **self.from_status(status),
             }
         )
+
+    def from_status(self, status: dict[str, Any]) -> dict[str, Any]:
+        """What to keep of each `porttrap status`: the kernel sensor's figures."""
+        kernel = status["kernel"]
+        return {
+            **kernel["events"],
+            "rotations": kernel["block"]["rotations"],
+            "fill": kernel["block"]["fill"],
+        }
 
 
 def counter_read_ms(env: Env) -> float:

@@ -14,7 +14,7 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from netns import Netns
@@ -26,6 +26,8 @@ PACKET_OUTGOING = 4
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 _IP4 = struct.Struct("!BBHHHBBH4s4s")
 _TCP = struct.Struct("!HHIIBBHHH")
+_UDP = struct.Struct("!HHHH")
+TCP_PROTO, UDP_PROTO = 6, 17
 
 
 def device_of(ns: Netns, address: str) -> str:
@@ -44,7 +46,7 @@ def _checksum(data: bytes) -> int:
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return int(~total & 0xFFFF)
 
 
 def tcp_frame(
@@ -73,6 +75,51 @@ def tcp_frame(
     else:
         header = struct.pack("!IHBB", 6 << 28, len(tcp), 6, 64) + src + dst
     return macs[0] + macs[1] + struct.pack("!H", ethertype) + header + tcp
+
+
+def _fold(total: int) -> int:
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def forged(
+    macs: tuple[bytes, bytes],
+    target: str,
+    sources: Sequence[bytes],
+    ports: Sequence[tuple[int, int]],
+    proto: int = TCP_PROTO,
+) -> list[bytes]:
+    """One frame per (source, (sport, dport)): a SYN as `tcp_frame` builds it, or an empty UDP
+    datagram; `sources` are packed addresses of `target`'s family. Built for floods of a
+    million frames: the checksums are summed from the fixed words once and from the varying
+    ones (source, ports) per frame."""
+    dst = ipaddress.ip_address(target).packed
+    words = struct.Struct(f"!{len(dst) // 2}H")
+    length = 8 if proto == UDP_PROTO else 20
+    fixed = sum(words.unpack(dst)) + proto + length  # pseudo header: dst, protocol, length
+    if proto == UDP_PROTO:
+        fixed += length  # the UDP header's own length field
+    else:
+        fixed += 1000 + ((5 << 4) << 8 | SYN) + 64240  # sequence, offset and flags, window
+    ethernet = macs[0] + macs[1] + struct.pack("!H", ETH_P_IPV6 if len(dst) == 16 else ETH_P_IP)
+    ip6 = struct.pack("!IHBB", 6 << 28, length, proto, 64)
+    ip4 = 0x4500 + 20 + length + 0x4000 + (64 << 8 | proto) + sum(words.unpack(dst))
+    frames = []
+    for source, (sport, dport) in zip(sources, ports, strict=True):
+        mine = sum(words.unpack(source))
+        check = ~_fold(fixed + mine + sport + dport) & 0xFFFF
+        if proto == UDP_PROTO:
+            header = _UDP.pack(sport, dport, length, check or 0xFFFF)
+        else:
+            header = _TCP.pack(sport, dport, 1000, 0, 5 << 4, SYN, 64240, check, 0)
+        if len(dst) == 16:
+            frames.append(ethernet + ip6 + source + dst + header)
+        else:
+            ip_check = ~_fold(ip4 + mine) & 0xFFFF
+            ip = _IP4.pack(0x45, 0, 20 + length, 0, 0x4000, 64, proto, ip_check, source, dst)
+            frames.append(ethernet + ip + header)
+    return frames
 
 
 def sender(ns: Netns, device: str) -> socket.socket:

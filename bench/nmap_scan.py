@@ -31,11 +31,13 @@ import functools
 import json
 import random
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
-from common import Steal, environment, log_problems, machine
+from common import EventLog, Steal, environment, json_log, log_problems, machine
 from daemon_env import ATK4, ATK6, CLIENT, SRV4, SRV6, SRV_CLI, Env, tcp_works, wait_until
 from frames import ACK, SYN, Capture, Recorder, Seen, device_of
 
@@ -149,7 +151,7 @@ def model(mode: str, runs: int = 100_000) -> dict[str, float]:
 def start_services(env: Env) -> None:
     env.srv.start([sys.executable, "-c", SERVE, *(str(p) for p in SERVICES if p != 8080)])
     for port in SERVICES:
-        wait_until(lambda p=port: tcp_works(env.cli, CLIENT, SRV_CLI, p), 10, f"service {port}")
+        wait_until(functools.partial(tcp_works, env.cli, CLIENT, SRV_CLI, port), 10, f"{port}")
 
 
 def nmap(
@@ -158,8 +160,8 @@ def nmap(
     timeout = args.host_timeout
     argv = [
         "nmap",
-        "-sS",
-        "-p-",
+        f"-{args.scan}",
+        "-p-" if args.ports == "-" else f"-p{args.ports}",
         "-T4",
         "--max-retries",
         "1",
@@ -202,13 +204,13 @@ def nmap_result(xml: str) -> dict[str, Any]:
     result["other_states"] = {
         e.get("state", "?"): int(e.get("count", "0")) for e in host.iter("extraports")
     }
-    listed = {}
+    listed: dict[str, int] = {}
     for p in host.iter("port"):
-        state = p.find("state")
-        if state is not None and state.get("state") != "open":
-            listed[state.get("state", "?")] = listed.get(state.get("state", "?"), 0) + 1
-    for state, count in listed.items():
-        result["other_states"][state] = result["other_states"].get(state, 0) + count
+        element = p.find("state")
+        if element is not None and element.get("state") != "open":
+            listed[element.get("state", "?")] = listed.get(element.get("state", "?"), 0) + 1
+    for name, count in listed.items():
+        result["other_states"][name] = result["other_states"].get(name, 0) + count
     return result
 
 
@@ -221,18 +223,24 @@ def probe_order(frames: list[Seen], source: str, mode: str) -> dict[str, Any]:
         first.setdefault(seen.dport, len(first) + 1)
     traps = [(n, port) for port, n in first.items() if is_trap(mode, port)]
     first_trap = min(traps) if traps else None
-    answered = {
-        s.sport
+    synacks = [
+        s
         for s in frames
         if s.outgoing and s.target == source and s.flags & (SYN | ACK) == SYN | ACK
-    }
+    ]
+    answered = {s.sport for s in synacks}
     before = sorted(first, key=first.__getitem__)[: first_trap[0] - 1] if first_trap else None
     return {
         "first_trap": {"port": first_trap[1], "position": first_trap[0]} if first_trap else None,
         "ports_before_first_trap": before,
         "service_positions": {str(p): first.get(p) for p in SERVICES},
         "services_answered_syn_ack": sorted(p for p in SERVICES if p in answered),
+        "other_ports_answered_syn_ack": sorted(answered - set(SERVICES)),
         "probes_captured": len(probes),
+        "first_probe_at": probes[0].at / 1e9 if probes else None,
+        "last_syn_ack_after_s": round((synacks[-1].at - probes[0].at) / 1e9, 3)
+        if synacks and probes
+        else None,
     }
 
 
@@ -249,7 +257,9 @@ def porttrap_record(env: Env, source: str) -> dict[str, Any]:
         "hits": len(hits),
         "hit_outcomes": outcomes,
         "distinct_ports_hit": len({h["port"] for h in hits}),
-        "bans": [{"reason": b.get("reason"), "at": b["at"]} for b in bans],
+        "bans": [
+            {"reason": b.get("reason"), "at": b["at"], "evidence": b.get("evidence")} for b in bans
+        ],
         "in_ban_set": env.in_set(f"ban_v{version}", source),
         **(kernel_sets(env, source) if env.json("status")["kernel"] is not None else {}),
     }
@@ -266,7 +276,7 @@ def kernel_sets(env: Env, source: str) -> dict[str, bool]:
 
 
 def one_scan(
-    env: Env, mode: str, source: str, *, discovery: str, args: argparse.Namespace
+    env: Env, mode: str, source: str, *, discovery: str, args: argparse.Namespace, events: EventLog
 ) -> dict[str, Any]:
     target = SRV6 if args.family == 6 else SRV4
     device = device_of(env.atk, ATK6 if args.family == 6 else ATK4)
@@ -293,6 +303,8 @@ def one_scan(
         capture.close()
     found = nmap_result(xml)
     open_ports = found.get("open", [])
+    order = probe_order(frames, source, mode)
+    banned_at, first = events.banned_at(source), order.pop("first_probe_at")
     return {
         "mode": mode,
         "host_discovery": discovery,
@@ -301,21 +313,27 @@ def one_scan(
         **found,
         "services_open": [p for p in SERVICES if p in open_ports],
         "other_ports_open": len([p for p in open_ports if p not in SERVICES]),
-        "order": probe_order(frames, source, mode),
+        "order": order,
+        "banned_after_s": round(banned_at - first, 3) if banned_at and first else None,
         "porttrap": porttrap_record(env, source),
     }
 
 
 def run_mode(mode: str, args: argparse.Namespace, first: int) -> list[dict[str, Any]]:
     scans = []
-    with environment(CONFIGS[mode]) as env:
+    discoveries = args.discovery.split(",")
+    with (
+        tempfile.TemporaryDirectory(prefix="porttrap-bench-log-") as logs,
+        environment(CONFIGS[mode] + json_log(Path(logs) / "events.json")) as env,
+    ):
+        events = EventLog(Path(logs) / "events.json")
         start_services(env)
         env.start()
-        for n in range(args.scans * len(DISCOVERY)):
+        for n in range(args.scans * len(discoveries)):
             index = first + n
             source = f"2001:db8:1::{index:x}" if args.family == 6 else f"192.0.2.{index}"
-            discovery = list(DISCOVERY)[n % len(DISCOVERY)]
-            scans.append(one_scan(env, mode, source, discovery=discovery, args=args))
+            discovery = discoveries[n % len(discoveries)]
+            scans.append(one_scan(env, mode, source, discovery=discovery, args=args, events=events))
         status = env.json("status")
         env.stop()
         problems = log_problems(env.log_text())
@@ -332,11 +350,16 @@ def main() -> None:
     parser.add_argument("--family", type=int, choices=(4, 6), default=4)
     parser.add_argument("--host-timeout", type=int, default=120, help="seconds")
     parser.add_argument("--min-rate", type=int, default=5000, help="nmap --min-rate; 0: none")
+    parser.add_argument("--scan", choices=("sS", "sT"), default="sS", help="nmap -sS or -sT")
+    parser.add_argument("--ports", default="-", help="nmap -p; '-': every port")
+    parser.add_argument("--discovery", default=",".join(DISCOVERY), help="of: arp,none,ip")
+    parser.add_argument("--first", type=int, default=10, help="the first scanner's address")
     args = parser.parse_args()
     scans: list[dict[str, Any]] = []
+    per_mode = len(args.discovery.split(",")) * args.scans
     with Steal() as steal:
         for n, mode in enumerate(args.modes.split(",")):
-            scans += run_mode(mode, args, 10 + n * len(DISCOVERY) * args.scans)
+            scans += run_mode(mode, args, args.first + n * per_mode)
     for scan in scans:
         print(json.dumps(scan))
     table = [summary(s) for s in scans]
@@ -344,8 +367,10 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "benchmark": "nmap -sS -p- against 5 services",
-                "model_services_revealed_per_scan": {m: model(m) for m in modes},
+                "benchmark": f"nmap -{args.scan} -p{args.ports} against 5 services",
+                "model_services_revealed_per_scan": {m: model(m) for m in modes}
+                if args.scan == "sS"
+                else None,
                 **machine(),
                 "cpu_steal_percent": steal.percent,
                 "scans": table,
@@ -365,6 +390,11 @@ def summary(scan: dict[str, Any]) -> dict[str, Any]:
         "services_open_per_nmap": scan["services_open"],
         "services_that_answered": order["services_answered_syn_ack"],
         "other_ports_open": scan["other_ports_open"],
+        "other_ports_that_answered": order["other_ports_answered_syn_ack"],
+        "probes_captured": order["probes_captured"],
+        "last_syn_ack_after_s": order["last_syn_ack_after_s"],
+        "banned_after_s": scan["banned_after_s"],
+        "ban_evidence": [b["evidence"] for b in record["bans"]],
         "first_trap": order["first_trap"],
         "ports_before_first_trap": order["ports_before_first_trap"],
         "hits": record["hit_outcomes"],
