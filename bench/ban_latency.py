@@ -17,7 +17,7 @@ import socket
 import time
 
 from common import Steal, environment, percentiles
-from daemon_env import ATK4, SERVICE_PORT, SRV4, open_socket, tcp_works
+from daemon_env import ATK4, SERVICE_PORT, SRV4, Env, open_socket, tcp_works
 
 CONFIG = '[traps]\ntcp = ["2323"]\nudp = []\n[ban]\ntime = "1h"\n'
 PROBE_TIMEOUT = 0.02
@@ -72,8 +72,8 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
-def _atk_device(env) -> str:  # type: ignore[no-untyped-def]
-    out = env.atk.run(["ip", "-o", "addr", "show", "to", ATK4])
+def _atk_device(env: Env) -> str:
+    out: str = env.atk.run(["ip", "-o", "addr", "show", "to", ATK4])
     return out.split()[1]
 
 

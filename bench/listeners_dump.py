@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 
-from common import Netns, percentiles
+from common import percentiles
 
+from netns import Netns
 from porttrap.sensors.listeners import dump, open_diag_socket, served_ports
 
 ADDRESSES = ("192.0.2.1", "2001:db8::1")
@@ -36,6 +37,11 @@ def serve(stack: ExitStack, count: int, first: int) -> None:
         else:
             udp = stack.enter_context(socket.socket(family, socket.SOCK_DGRAM))
             udp.bind((address, first + n))
+
+
+def serve_and_connect(stack: ExitStack, served: int, connections: int) -> None:
+    serve(stack, served, FIRST_PORT)
+    connect(stack, connections)
 
 
 def connect(stack: ExitStack, count: int) -> None:
@@ -78,9 +84,8 @@ def main() -> None:
         cases: dict[str, Callable[[ExitStack], None]] = {
             "empty": lambda stack: None,
             f"served={args.served}": lambda stack: serve(stack, args.served, FIRST_PORT),
-            f"served={args.served}+clients={args.connections}": lambda stack: (
-                serve(stack, args.served, FIRST_PORT),
-                connect(stack, args.connections),
+            f"served={args.served}+clients={args.connections}": lambda stack: serve_and_connect(
+                stack, args.served, args.connections
             ),
         }
         for name, setup in cases.items():

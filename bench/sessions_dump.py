@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 
-from common import Netns, percentiles
+from common import percentiles
 
+from netns import Netns
 from porttrap import netlink
 from porttrap.model import Proto
 from porttrap.sensors import listeners, sessions
