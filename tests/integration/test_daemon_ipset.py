@@ -76,9 +76,12 @@ def test_flush_removes_porttraps_sets_and_chain_only(env: Env) -> None:
     assert tcp_works(env.atk, ATK4, SRV4, 2323)
     wait_until(lambda: in_set(env, ATK4), 5, "trap ban in porttrap_v4")
     env.stop()
+    assert "porttrap_clients_v4" in env.srv.run(["ipset", "list", "-n"])  # the watch's too
     done = env.porttrap("flush")
-    assert "removed ipset sets porttrap_v4, porttrap_v6 and iptables/ip6tables chain" in done.stdout
+    assert "removed ipset sets porttrap_v4, porttrap_v6, porttrap_clients_v4" in done.stdout
+    assert "chains raw porttrap, security porttrap_in, porttrap_out, porttrap_mark" in done.stdout
     assert env.srv.run(["ipset", "list", "-n"]).split() == ["other"]
     for iptables in ("iptables", "ip6tables"):
-        assert "porttrap" not in env.srv.run([iptables, "-t", "raw", "-S"])
+        for table in ("raw", "security"):
+            assert "porttrap" not in env.srv.run([iptables, "-t", table, "-S"])
     wait_until(lambda: env.service_reachable(env.atk, ATK4), 5, "attacker let through")
