@@ -87,6 +87,23 @@ def test_sets_that_exist_are_swapped_and_a_stale_temporary_set_goes_first() -> N
     assert "rename" not in " ".join(lines)
 
 
+def test_a_rebuild_keeps_the_clients_and_peers_its_last_setup_made_alike() -> None:
+    """Setup again (the 5 s check found a rule in the way, a kernel error, a reload): the
+    clients and peers learned stay when their sets would be made the same; the gateways and
+    ports are made again whatever. A new client_time makes them anew."""
+    existing = NAMES.watch_sets()
+    before = watch()
+    again = watch().sets_script(existing, [], before=before)
+    assert "clients" not in again and "peers" not in again
+    assert "swap porttrap_tmp porttrap_gateways_v4" in again
+    assert "swap porttrap_tmp porttrap_connect_udp" in again
+    longer = watch(CONNECT + '[kernel]\nclient_time = "2h"\n').sets_script(existing, [], before)
+    assert "swap porttrap_tmp porttrap_clients_v4" in longer
+    assert "swap porttrap_tmp porttrap_peers_v6" in longer
+    gone = [name for name in existing if name != "porttrap_peers_v6"]  # destroyed since
+    assert watch().sets_script(gone, [], before).count("rename") == 1
+
+
 @pytest.mark.parametrize(
     ("client_time", "timeout"),
     [(0.0, 1), (0.5, 1), (3600.0, 3600), (3600.2, 3601), (40 * 86400.0, MAX_TIMEOUT)],

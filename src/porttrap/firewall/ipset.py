@@ -82,7 +82,7 @@ class IpsetBackend:
         existing = self._set_names()
         script = rules.setup_script(self.names, existing, elements)
         if watch is not None:
-            script += watch.sets_script(existing, gateways)
+            script += watch.sets_script(existing, gateways, before=self._watch)
         self._ipset(script)
         for family in FAMILIES:
             self._iptables_setup(family, watch)

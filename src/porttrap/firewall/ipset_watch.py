@@ -84,23 +84,34 @@ class IpsetWatch:
 
     # -- ipset ------------------------------------------------------------------------------
 
-    def sets_script(self, existing: Iterable[str], gateways: Iterable[IPAddress]) -> str:
+    def sets_script(
+        self,
+        existing: Iterable[str],
+        gateways: Iterable[IPAddress],
+        before: IpsetWatch | None = None,
+    ) -> str:
         """`ipset restore` lines that give each of the watch's sets its create options and
-        exactly its elements (none for clients and peers, as a new nftables table has): each
-        is filled in the temporary set, then swapped with the live one in one kernel
-        operation, or renamed to it when there is none yet."""
+        exactly its elements: each is filled in the temporary set, then swapped with the live
+        one in one kernel operation, or renamed to it when there is none yet. The clients and
+        peers start empty, as in a new nftables table, except that a set the setup `before`
+        (this backend's last) made with the same options is kept with what it learned: a
+        rebuild after a rule of someone else's got in the way forgets no client."""
         have = set(existing)
+        kept = before.learned() if before is not None else {}
         tmp = self.names.watch_tmp
         lines = [f"destroy {tmp}"] if tmp in have else []
         for live, options, elements in self._sets(frozenset(gateways)):
+            if elements is None and live in have and kept.get(live) == options:
+                continue
             lines.append(f"create {tmp} {options}")
-            lines += [f"add {tmp} {element}" for element in elements]
-            lines += (
-                [f"swap {tmp} {live}", f"destroy {tmp}"]
-                if live in have
-                else [f"rename {tmp} {live}"]
-            )
+            lines += [f"add {tmp} {element}" for element in elements or ()]
+            swap = [f"swap {tmp} {live}", f"destroy {tmp}"]
+            lines += swap if live in have else [f"rename {tmp} {live}"]
         return "\n".join(lines) + "\n"
+
+    def learned(self) -> dict[str, str]:
+        """The sets filled from the packet path (clients, peers), with their create options."""
+        return {name: options for name, options, elements in self._sets() if elements is None}
 
     def gateways_script(self, added: Iterable[IPAddress], removed: Iterable[IPAddress]) -> str:
         """`ipset -exist restore` lines for gateways that are new, or gone."""
@@ -111,15 +122,18 @@ class IpsetWatch:
                 lines.append(f"{verb} {name} {address.compressed}")
         return "\n".join(lines) + "\n" if lines else ""
 
-    def _sets(self, gateways: frozenset[IPAddress]) -> Iterator[tuple[str, str, list[str]]]:
-        """(name, create options, elements) of each of the watch's sets."""
+    def _sets(
+        self, gateways: frozenset[IPAddress] = frozenset()
+    ) -> Iterator[tuple[str, str, list[str] | None]]:
+        """(name, create options, elements) of each of the watch's sets; None as elements:
+        the packet path fills it."""
         timeout = client_timeout(self.spec.kernel.client_time)
         size = self.spec.kernel.client_size
         keys = _keys(gateways)
         for family in FAMILIES:
             tracked = f"hash:ip family {family.ipset_family} timeout {timeout} maxelem {size}"
-            yield self.names.clients(family), tracked, []
-            yield self.names.peers(family), tracked, []
+            yield self.names.clients(family), tracked, None
+            yield self.names.peers(family), tracked, None
             mine = [a.compressed for a in keys if a.version == family.version]
             yield self.names.gateways(family), f"hash:ip family {family.ipset_family}", mine
         ports = [str(port) for port in sorted(self.spec.connect_udp)]
