@@ -62,6 +62,12 @@ def hits_from(env: Env, address: str) -> list[Any]:
     return [e for e in env.json("history", address) if e["what"] == "hit"]
 
 
+def watch_in_place(env: Env) -> bool:
+    marks = env.srv.run(["ip6tables", "-t", "security", "-S", "porttrap_mark"]).splitlines()
+    first = env.srv.run(["iptables", "-t", "security", "-S", "INPUT", "1"]).strip()
+    return len(marks) > 1 and first == "-A INPUT -j porttrap_in"
+
+
 def first_in_raw_prerouting(env: Env) -> str:
     rule = env.srv.run(["iptables", "-t", "raw", "-S", "PREROUTING", "1"])
     return rule.strip().removeprefix("-A PREROUTING ")
@@ -91,6 +97,12 @@ def test_trap_bans_in_ipset_and_a_restart_restores_the_ban(env: Env) -> None:
     wait_until(lambda: first_in_raw_prerouting(env) == "-j porttrap", 15, "jump first again")
     assert "event=firewall-missing" in env.log_text()
     assert not env.service_reachable(env.atk, ATK4)
+
+    # the watch's chains too: a flushed one is made again, an accept before its jump moved
+    env.srv.run(["ip6tables", "-t", "security", "-F", "porttrap_mark"])
+    env.srv.run(["iptables", "-t", "security", "-I", "INPUT", "1", "-j", "ACCEPT"])
+    wait_until(lambda: watch_in_place(env), 15, "the watch's chains again")
+    assert env.log_text().count("event=firewall-missing") >= 2
 
 
 def test_flush_removes_porttraps_sets_and_chain_only(env: Env) -> None:
