@@ -5,16 +5,19 @@ peers (the destinations of its own flows) and mark the datagrams to connect-mode
 socket traps read the marks into their hits (as test_marks_netns.py proves of a hand-written
 rule). And where iptables differs: the marks are set in the security table, after the filter
 rules; the 5 s check notices what gets in the way and a setup puts it right; teardown removes
-what it made and nothing else. See tests/integration/guard_env.py for the namespaces."""
+what it made and nothing else; iptables-legacy takes the same rules and prints them the same.
+See tests/integration/guard_env.py for the namespaces."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import pytest
 from crafted import Probe, answers
@@ -34,6 +37,7 @@ from guard_env import (
     SO_RCVMARK,
     STRANGER4,
     STRANGER6,
+    TABLE,
     TCP_PEER4,
     TCP_PEER6,
     TRAP,
@@ -46,6 +50,7 @@ from guard_env import (
 
 from netns import Netns
 from porttrap.config.schema import Trap
+from porttrap.firewall.exec import Exec
 from porttrap.firewall.ipset import IpsetBackend
 from porttrap.model import Hit, Proto
 from porttrap.sensors.sockets import SocketTraps
@@ -350,3 +355,45 @@ async def udp_hits(guard: Guard, sources: list[tuple[str, str]]) -> list[Hit]:
         return [await asyncio.wait_for(queue.get(), 10) for _ in sources]
     finally:
         sensor.close()
+
+
+# --- iptables-legacy ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Legacy:
+    """Runs iptables-legacy (and its -restore) where the backend runs iptables."""
+
+    inner: Exec
+
+    def run(self, argv: Sequence[str], stdin: str | None = None) -> str:
+        program, *rest = argv
+        if program.startswith(("iptables", "ip6tables")):
+            family, _, tail = program.partition("-")
+            program = f"{family}-legacy" + (f"-{tail}" if tail else "")
+        return self.inner.run([program, *rest], stdin)
+
+
+@pytest.mark.skipif(shutil.which("iptables-legacy") is None, reason="no iptables-legacy")
+def test_iptables_legacy_takes_the_same_watch_and_the_check_reads_it_back(guard: Guard) -> None:
+    backend = IpsetBackend(TABLE, runner=Legacy(Exec(netns=guard.host.name)))
+    guard.backend = backend
+    guard.setup(CONNECT)
+    assert backend.present()  # legacy prints the rules as iptables-nft does
+    assert "porttrap" not in guard.host.run(["iptables-nft", "-t", "security", "-S"])
+    trap = trap_socket(guard)
+    guard.become_client(CLIENT4)
+    guard.become_client(CLIENT6)
+    assert mark_of(guard, trap, CLIENT4) == MARK_CLIENT
+    assert mark_of(guard, trap, CLIENT6, HOST6) == MARK_CLIENT
+    assert mark_of(guard, trap, LAN_LL, HOST_LL) == MARK_PEER
+    assert mark_of(guard, trap, STRANGER4) == 0
+    guard.host.run(["iptables-legacy", "-t", "security", "-I", "INPUT", "1", "-j", "ACCEPT"])
+    assert not backend.present()
+    guard.setup(CONNECT)
+    assert backend.present()
+    backend.teardown()
+    assert sets(guard) == []
+    for iptables in ("iptables-legacy", "ip6tables-legacy"):
+        for table in ("raw", "security"):
+            assert "porttrap" not in guard.host.run([iptables, "-t", table, "-S"])
