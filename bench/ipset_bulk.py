@@ -1,5 +1,6 @@
 """How long the ipset backend takes: setup with 10,000 and 100,000 bans, one apply of 1,000
-bans, the daemon's 5 s check (`present`) and `entries` with 100,000 held.
+bans, the daemon's 5 s check (`present`) and `entries` with 100,000 held. Every setup carries
+the watch of connect mode (a UDP trap, a gateway), as the daemon's do.
 
 Runs as root, entirely inside a network namespace it creates and deletes:
 
@@ -22,13 +23,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from netns import Netns
+from porttrap.config.loader import load_text
 from porttrap.firewall.ipset import IpsetBackend
 from porttrap.model import Ban, IPNetwork
+from porttrap.sensorspec import SensorState, spec_from_config
 
 NOW = 1_800_000_000.0
 V6 = "2001:db8:b::"
 V6_NEW = "2001:db8:c::"
 INSIDE = "--inside"
+CONFIG = '[traps]\ntcp = ["23"]\nudp = ["69", "161"]\n'
+GATEWAYS = frozenset({ipaddress.ip_address("2001:db8::1")})
 
 
 def targets(count: int, base: str) -> list[IPNetwork]:
@@ -56,11 +61,15 @@ def bench(runs: int, parent_netns: int) -> None:
     backend = IpsetBackend()
     ten, hundred = bans(targets(10_000, V6), 3600), bans(targets(100_000, V6), 3600)
     new = bans(targets(1_000, V6_NEW), 3600)
+    watch = SensorState(spec_from_config(load_text(CONFIG, None)), {}, gateways=GATEWAYS)
     for run in range(1, runs + 1):
         print(f"-- run {run}")
-        timed("setup 10,000 bans (nothing there yet)", lambda: backend.setup(ten, NOW))
-        timed("setup 100,000 bans (replaces the 10,000)", lambda: backend.setup(hundred, NOW))
-        timed("setup 100,000 bans again", lambda: backend.setup(hundred, NOW))
+        timed("setup 10,000 bans (nothing there yet)", lambda: backend.setup(ten, NOW, watch))
+        timed(
+            "setup 100,000 bans (replaces the 10,000)",
+            lambda: backend.setup(hundred, NOW, watch),
+        )
+        timed("setup 100,000 bans again", lambda: backend.setup(hundred, NOW, watch))
         timed("apply 1,000 new bans (100,000 held)", lambda: backend.apply(new, NOW))
         timed("present() (100,000 held)", backend.present)
         timed("entries() (101,000 held)", backend.entries)

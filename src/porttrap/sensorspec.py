@@ -1,8 +1,9 @@
 """The kernel side of porttrap beyond the bans, as data: the sensor of stealth and advanced
-modes (what it watches, from the configuration), the watch that every mode has with nftables
-(recent clients and peers of the host, and the marks connect-mode UDP traps read), and the names
-that their nftables rules, the NFLOG reports and the daemon's core share. Pure: the rules are
-written by `porttrap.firewall.sensor_rules` and `porttrap.firewall.watch_rules`, the reports
+modes (what it watches, from the configuration), the watch that every mode has (recent clients
+and peers of the host, and the marks connect-mode UDP traps read), and the names that their
+rules, the NFLOG reports and the daemon's core share. Pure: the rules are written by
+`porttrap.firewall.sensor_rules` and `porttrap.firewall.watch_rules` (nftables) and
+`porttrap.firewall.ipset_watch` (the ipset backend's watch), the reports
 read by `porttrap.sensors.kernel`, and the core decides when the served ports and the gateways
 change and when the block sets rotate.
 """

@@ -1,6 +1,7 @@
 """A protected host and its LAN, each in a network namespace of its own, with porttrap's table
 (the watch, and the kernel sensor when the config has one) loaded in the host by the real
-nftables backend. No daemon: the tests drive the backend as the core would, send real packets
+nftables backend, or its sets and chains by the real ipset backend (`guard_env(make, "ipset")`:
+the watch only). No daemon: the tests drive the backend as the core would, send real packets
 and read the kernel's sets, counters, marks and NFLOG reports. Documentation addresses only.
 
     lan: 192.0.2.2 client, .3 stranger, .4 TCP server, .5 UDP server, .6 other,
@@ -23,6 +24,8 @@ from daemon_env import SERVICE, open_socket, tcp_works, wait_until
 
 from netns import Netns, in_host_netns
 from porttrap.config.loader import load_text
+from porttrap.firewall.exec import Exec
+from porttrap.firewall.ipset import IpsetBackend
 from porttrap.firewall.kernel import Nft
 from porttrap.firewall.nftables import NftablesBackend
 from porttrap.firewall.objects import NftObjects
@@ -36,6 +39,8 @@ CLIENT4, STRANGER4, TCP_PEER4, UDP_PEER4, OTHER4 = (f"192.0.2.{n}" for n in rang
 CLIENT6, STRANGER6, TCP_PEER6, OTHER6 = (f"2001:db8::{n}" for n in (2, 3, 4, 6))
 LAN_LL = "fe80::a"
 SERVICE_PORT, ECHO_PORT = 8080, 5353
+TRAP = 2323  # a trap port of the tests' configs, TCP and UDP
+SO_RCVMARK, SO_MARK = 75, 36  # Linux >= 5.19: the mark of each datagram as ancillary data
 LAN_TCP_PORT, LAN_UDP_PORT = 6000, 6001
 UDP_ECHO = (
     "import socket\n"
@@ -52,7 +57,7 @@ class Guard:
 
     host: Netns
     lan: Netns
-    backend: NftablesBackend
+    backend: NftablesBackend | IpsetBackend
     lan_if: str
     sockets: list[socket.socket] = field(default_factory=list)
 
@@ -68,10 +73,19 @@ class Guard:
         return self.host.run(["nft", *argv])
 
     def elements(self, name: str) -> list[str]:
-        """The keys in one of porttrap's sets (timeouts aside)."""
+        """The keys in one of porttrap's sets (timeouts aside), by its nftables name
+        (`clients_v4`); with ipset, porttrap's set of that name after the table's
+        (`porttrap_clients_v4`)."""
+        if isinstance(self.backend, IpsetBackend):
+            return [line.split()[0] for line in self.ipset_members(f"{TABLE}_{name}")]
         listed = json.loads(self.nft("-j", "list", "set", "inet", TABLE, name))
         found = next(item["set"] for item in listed["nftables"] if "set" in item)
         return [_key(elem) for elem in found.get("elem", [])]
+
+    def ipset_members(self, name: str) -> list[str]:
+        """The member lines of `ipset list NAME` in the host ('192.0.2.2 timeout 3599')."""
+        lines = self.host.run(["ipset", "list", name]).splitlines()
+        return [line for line in lines[lines.index("Members:") + 1 :] if line.strip()]
 
     def in_set(self, name: str, address: str) -> bool:
         return address in self.elements(name)
@@ -115,7 +129,7 @@ def _key(elem: Any) -> str:
 
 
 @contextmanager
-def guard_env(make: Callable[[], Netns]) -> Iterator[Guard]:
+def guard_env(make: Callable[[], Netns], backend: str = "nftables") -> Iterator[Guard]:
     """The host and its LAN, the host's service and echo started (not yet a table). Nothing
     crosses the link before the test: readiness is read with `ss`, and the neighbours are
     written down, so no late packet of a check lands in the sets the tests read."""
@@ -129,10 +143,7 @@ def guard_env(make: Callable[[], Netns]) -> Iterator[Guard]:
     )
     _neighbours(host, host_if, lan, lan_if, lan_addresses)
     _neighbours(lan, lan_if, host, host_if, [HOST4, HOST6, HOST_LL])
-    with host.inside():
-        assert not in_host_netns(), "refusing to bind libnftables to the host's namespace"
-        nft, objects = Nft(), NftObjects()
-    guard = Guard(host, lan, NftablesBackend(TABLE, nft=nft, objects=objects), lan_if)
+    guard = Guard(host, lan, _backend(host, backend), lan_if)
     host.start([sys.executable, "-c", SERVICE % SERVICE_PORT])
     host.start([sys.executable, "-c", UDP_ECHO % ECHO_PORT])
     lan.start([sys.executable, "-c", SERVICE % LAN_TCP_PORT])
@@ -144,6 +155,17 @@ def guard_env(make: Callable[[], Netns]) -> Iterator[Guard]:
         yield guard
     finally:
         guard.close()
+
+
+def _backend(host: Netns, kind: str) -> NftablesBackend | IpsetBackend:
+    """The backend `kind`, bound to the host's namespace: its libnftables context made there,
+    or its programs run there (`ip netns exec`)."""
+    if kind == "ipset":
+        return IpsetBackend(TABLE, runner=Exec(netns=host.name))
+    with host.inside():
+        assert not in_host_netns(), "refusing to bind libnftables to the host's namespace"
+        nft, objects = Nft(), NftObjects()
+    return NftablesBackend(TABLE, nft=nft, objects=objects)
 
 
 def _neighbours(
@@ -160,3 +182,35 @@ def _neighbours(
 def _bound(ns: Netns, kind: str, port: int) -> bool:
     """Whether a TCP (`t`) socket listens, or a UDP (`u`) one is bound, on `port`."""
     return bool(ns.run(["ss", f"-Hln{kind}", f"sport = :{port}"]).strip())
+
+
+def trap_socket(guard: Guard, port: int = TRAP) -> socket.socket:
+    """A dual-stack UDP socket on `port` in the host, reading each datagram's mark."""
+    with guard.host.inside():
+        sock = guard.keep(socket.socket(socket.AF_INET6, socket.SOCK_DGRAM))
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.setsockopt(socket.SOL_SOCKET, SO_RCVMARK, 1)
+    sock.bind(("::", port))
+    sock.settimeout(5)
+    return sock
+
+
+def mark_of(guard: Guard, trap: socket.socket, source: str, target: str = HOST4) -> int:
+    """The mark the trap socket reads on a datagram from `source` in the LAN."""
+    scope = 0
+    if source.startswith("fe80:"):
+        with guard.lan.inside():
+            scope = socket.if_nametoindex(guard.lan_if)
+    family = socket.AF_INET6 if ":" in source else socket.AF_INET
+    with guard.lan.inside():
+        sender = guard.keep(socket.socket(family, socket.SOCK_DGRAM))
+    sender.bind((source, 0, 0, scope) if scope else (source, 0))
+    sender.sendto(source.encode(), (target, TRAP, 0, scope) if scope else (target, TRAP))
+    data, ancillary, _, _ = trap.recvmsg(100, socket.CMSG_SPACE(4))
+    assert data == source.encode()
+    [mark] = [
+        int.from_bytes(raw[:4], sys.byteorder)
+        for level, kind, raw in ancillary
+        if (level, kind) == (socket.SOL_SOCKET, SO_MARK)
+    ]
+    return mark

@@ -30,14 +30,18 @@ from guard_env import (
     LAN_TCP_PORT,
     LAN_UDP_PORT,
     OTHER4,
+    SO_RCVMARK,
     STRANGER4,
     STRANGER6,
     TABLE,
     TCP_PEER4,
     TCP_PEER6,
+    TRAP,
     UDP_PEER4,
     Guard,
     guard_env,
+    mark_of,
+    trap_socket,
 )
 
 from netns import Netns
@@ -48,10 +52,8 @@ from porttrap.sensorspec import COUNTERS, MARK_CLIENT, MARK_MASK, MARK_PEER
 
 pytestmark = pytest.mark.kernel
 
-TRAP = 2323  # a trap port of every config below, TCP and UDP
 GROUP = 7055
 CATCH_ALL = 65023
-SO_RCVMARK, SO_MARK = 75, 36  # Linux >= 5.19: the mark of each datagram as ancillary data
 SO_ORIGINAL_DST = 80  # SOL_IP; IP6T_SO_ORIGINAL_DST is the same number at SOL_IPV6
 CONNECT = f'[traps]\ntcp = ["{TRAP}"]\nudp = ["{TRAP}", "69"]\n'
 STEALTH = f"""
@@ -158,38 +160,6 @@ def test_client_time_zero_tracks_nobody(guard: Guard) -> None:
 
 
 # --- the marks of connect-mode UDP traps -------------------------------------------------
-
-
-def trap_socket(guard: Guard, port: int = TRAP) -> socket.socket:
-    """A dual-stack UDP socket on `port` in the host, reading each datagram's mark."""
-    with guard.host.inside():
-        sock = guard.keep(socket.socket(socket.AF_INET6, socket.SOCK_DGRAM))
-    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.setsockopt(socket.SOL_SOCKET, SO_RCVMARK, 1)
-    sock.bind(("::", port))
-    sock.settimeout(5)
-    return sock
-
-
-def mark_of(guard: Guard, trap: socket.socket, source: str, target: str = HOST4) -> int:
-    """The mark the trap socket reads on a datagram from `source` in the LAN."""
-    scope = 0
-    if source.startswith("fe80:"):
-        with guard.lan.inside():
-            scope = socket.if_nametoindex(guard.lan_if)
-    family = socket.AF_INET6 if ":" in source else socket.AF_INET
-    with guard.lan.inside():
-        sender = guard.keep(socket.socket(family, socket.SOCK_DGRAM))
-    sender.bind((source, 0, 0, scope) if scope else (source, 0))
-    sender.sendto(source.encode(), (target, TRAP, 0, scope) if scope else (target, TRAP))
-    data, ancillary, _, _ = trap.recvmsg(100, socket.CMSG_SPACE(4))
-    assert data == source.encode()
-    [mark] = [
-        int.from_bytes(raw[:4], sys.byteorder)
-        for level, kind, raw in ancillary
-        if (level, kind) == (socket.SOL_SOCKET, SO_MARK)
-    ]
-    return mark
 
 
 def test_connect_mode_udp_datagrams_carry_the_client_and_peer_bits(guard: Guard) -> None:

@@ -185,6 +185,9 @@ def test_ipset_with_iptables_legacy_hosts_deny_and_a_log_file_under_systemd(
     assert int(status["CapEff"], 16) == UNIT_CAPS | (1 << 13)  # + CAP_NET_RAW
     raw = container.run(["iptables", "-t", "raw", "-S"]).stdout
     assert "-A PREROUTING -j porttrap" in raw
+    for iptables in ("iptables", "ip6tables"):  # the watch (clients, peers, marks) too
+        security = container.run([iptables, "-t", "security", "-S"]).stdout
+        assert "-A INPUT -j porttrap_in" in security and "-A OUTPUT -j porttrap_out" in security
     assert "legacy" in container.run(["iptables", "--version"]).stdout
 
     assert tcp_works(atk, ATK, SRV, 23)
@@ -203,7 +206,8 @@ def test_ipset_with_iptables_legacy_hosts_deny_and_a_log_file_under_systemd(
     out = container.run([EXE, "uninstall-service"]).stdout
     assert "removed ipset sets porttrap_v4, porttrap_v6" in out, out
     assert container.run(["ipset", "list", "-n"]).stdout == ""
-    assert "porttrap" not in container.run(["iptables", "-t", "raw", "-S"]).stdout
-    assert "porttrap" not in container.run(["ip6tables", "-t", "raw", "-S"]).stdout
+    for iptables in ("iptables", "ip6tables"):
+        for table in ("raw", "security"):
+            assert "porttrap" not in container.run([iptables, "-t", table, "-S"]).stdout
     assert hosts_deny() == ADMINS_HOSTS_DENY
     assert "left the log file /var/log/porttrap/porttrap.json" in out

@@ -13,12 +13,15 @@ from typing import Any
 
 import pytest
 
+from porttrap.config.loader import load_text
 from porttrap.errors import FirewallError
 from porttrap.firewall import ipset_rules as rules
+from porttrap.firewall.base import SensorBackend
 from porttrap.firewall.exec import CommandFailed
 from porttrap.firewall.ipset import IpsetBackend
 from porttrap.firewall.ipset_rules import FAMILIES, MAX_TIMEOUT, Element, Names
 from porttrap.model import Ban, Change, Unban, parse_target, show
+from porttrap.sensorspec import SensorState, spec_from_config
 from porttrap.testing import FakeClock
 
 DATA = Path(__file__).parent.parent / "data" / "ipset"
@@ -29,6 +32,9 @@ V4, V6 = FAMILIES
 RAW_IN_PLACE = {4: (DATA / "raw-in-place-v4.txt").read_text(),
                 6: (DATA / "raw-in-place-v6.txt").read_text()}  # fmt: skip
 RAW_FRESH = (DATA / "raw-fresh-v4.txt").read_text()
+SECURITY_IN_PLACE = {4: (DATA / "security-in-place-v4.txt").read_text(),
+                     6: (DATA / "security-in-place-v6.txt").read_text()}  # fmt: skip
+SECURITY_FRESH = (DATA / "security-fresh-v4.txt").read_text()
 
 
 def ban(target: str, seconds: float | None, at: float = NOW) -> Ban:
@@ -63,7 +69,7 @@ def test_parse_names() -> None:
 def test_parse_raw_tells_the_states_apart(sample: str) -> None:
     want = EXPECTED["raw"][sample]
     family = FAMILIES[0] if want["family"] == 4 else FAMILIES[1]
-    raw = rules.parse_raw((DATA / sample).read_text())
+    raw = rules.parse_listing((DATA / sample).read_text())
     assert rules.in_place(raw, NAMES, family) is want["in_place"]
     assert ("porttrap" in raw.chains) is want["porttrap_chain"]
     assert raw.chain_rules("PREROUTING").count("-A PREROUTING -j porttrap") == want["jumps"]
@@ -148,7 +154,7 @@ def test_teardown_script_destroys_only_what_exists() -> None:
 
 
 def test_iptables_setup_puts_one_jump_first() -> None:
-    raw = rules.parse_raw((DATA / "raw-two-jumps-v4.txt").read_text())
+    raw = rules.parse_listing((DATA / "raw-two-jumps-v4.txt").read_text())
     assert rules.iptables_setup(raw, NAMES, V4).splitlines() == [
         "*raw",
         ":porttrap - [0:0]",
@@ -158,12 +164,12 @@ def test_iptables_setup_puts_one_jump_first() -> None:
         "-I PREROUTING 1 -j porttrap",
         "COMMIT",
     ]
-    fresh = rules.iptables_setup(rules.parse_raw(RAW_FRESH), NAMES, V6)
+    fresh = rules.iptables_setup(rules.parse_listing(RAW_FRESH), NAMES, V6)
     assert "-D " not in fresh and "--match-set porttrap_v6 src -j DROP" in fresh
 
 
 def test_iptables_teardown_leaves_other_rules() -> None:
-    raw = rules.parse_raw((DATA / "raw-accept-first-v4.txt").read_text())
+    raw = rules.parse_listing((DATA / "raw-accept-first-v4.txt").read_text())
     assert rules.iptables_teardown(raw, NAMES).splitlines() == [
         "*raw",
         "-D PREROUTING -j porttrap",
@@ -171,28 +177,35 @@ def test_iptables_teardown_leaves_other_rules() -> None:
         "-X porttrap",
         "COMMIT",
     ]
-    assert rules.iptables_teardown(rules.parse_raw(RAW_FRESH), NAMES) == ""
+    assert rules.iptables_teardown(rules.parse_listing(RAW_FRESH), NAMES) == ""
 
 
 def test_names_follow_the_table_and_refuse_what_ipset_cannot_hold() -> None:
     names = Names("pt_test")
     assert (names.set(V4), names.tmp_set(V6), names.chain) == ("pt_test_v4", "pt_test_v6_tmp",
                                                               "pt_test")  # fmt: skip
-    Names("a" * 24)
-    with pytest.raises(FirewallError, match=r"too long for the ipset backend.*at most 24 char"):
-        Names("a" * 25)
+    Names("a" * 19)
+    with pytest.raises(FirewallError, match=r"too long for the ipset backend.*at most 19 char"):
+        Names("a" * 20)
 
 
 # -- the backend against a fake runner ------------------------------------------------------
 
 
 class FakeRunner:
-    """Answers `ipset list -n` with `sets`, `iptables -S` with `raw`, `ipset save NAME` with
-    `saved[NAME]`; records every call; `fail` makes calls whose argv starts so fail."""
+    """Answers `ipset list -n` with `sets`, `iptables -t raw -S` with `raw`, `-t security -S`
+    with `security`, `ipset save NAME` with `saved[NAME]`; records every call; `fail` makes
+    calls whose argv starts so fail."""
 
-    def __init__(self, sets: Sequence[str] = (), raw: dict[int, str] | None = None) -> None:
+    def __init__(
+        self,
+        sets: Sequence[str] = (),
+        raw: dict[int, str] | None = None,
+        security: dict[int, str] | None = None,
+    ) -> None:
         self.sets = list(sets)
         self.raw = raw if raw is not None else {4: RAW_FRESH, 6: RAW_FRESH}
+        self.security = security if security is not None else {4: SECURITY_FRESH, 6: SECURITY_FRESH}
         self.saved: dict[str, str] = {}
         self.calls: list[tuple[str, str | None]] = []
         self.fail: dict[str, str] = {}
@@ -209,6 +222,8 @@ class FakeRunner:
             return self.saved.get(argv[-1], "")
         if command.endswith("-t raw -S"):
             return self.raw[6 if argv[0] == "ip6tables" else 4]
+        if command.endswith("-t security -S"):
+            return self.security[6 if argv[0] == "ip6tables" else 4]
         return ""
 
     def commands(self) -> list[str]:
@@ -232,13 +247,16 @@ def test_setup_runs_one_ipset_batch_then_one_iptables_transaction_per_family() -
         "ipset list -n",
         "ipset restore",
         "iptables -w 5 -t raw -S",
+        "iptables -w 5 -t security -S",
         "iptables-restore -w 5 --noflush",
         "ip6tables -w 5 -t raw -S",
+        "ip6tables -w 5 -t security -S",
         "ip6tables-restore -w 5 --noflush",
     ]
     (script,) = runner.scripts("ipset restore")
     assert "add porttrap_v4_tmp 192.0.2.7 timeout 0\n" in script
     assert "swap porttrap_v4_tmp porttrap_v4\n" in script
+    assert "*security" not in "".join(runner.scripts("iptables-restore"))  # no watch: no chains
 
 
 def test_apply_is_one_exist_restore_and_nothing_for_no_changes() -> None:
@@ -296,8 +314,10 @@ def test_teardown_removes_only_what_is_there() -> None:
     backend(runner).teardown()
     assert runner.commands() == [
         "iptables -w 5 -t raw -S",
+        "iptables -w 5 -t security -S",
         "iptables-restore -w 5 --noflush",
         "ip6tables -w 5 -t raw -S",
+        "ip6tables -w 5 -t security -S",
         "ipset list -n",
         "ipset restore",
     ]
@@ -305,3 +325,111 @@ def test_teardown_removes_only_what_is_there() -> None:
     nothing = FakeRunner(sets=["other"])
     backend(nothing).teardown()
     assert "ipset restore" not in nothing.commands()
+
+
+# -- the watch (every mode the daemon runs: connect mode with ipset) -------------------------
+
+CONNECT = '[traps]\ntcp = ["23"]\nudp = ["69", "161"]\n'
+GATEWAY = ipaddress.ip_address("192.0.2.254")
+
+
+def transactions(runner: FakeRunner) -> list[str]:
+    """The scripts given to iptables-restore and ip6tables-restore, in order."""
+    return [stdin or "" for command, stdin in runner.calls if "tables-restore " in command]
+
+
+def state(config: str = CONNECT, gateways: Sequence[str] = ("192.0.2.254",)) -> SensorState:
+    spec = spec_from_config(load_text(config, None))
+    return SensorState(spec, {}, gateways=frozenset(ipaddress.ip_address(g) for g in gateways))
+
+
+def test_setup_with_the_watch_is_still_one_ipset_batch_and_one_transaction_per_family() -> None:
+    runner = FakeRunner(sets=["porttrap_v4", "porttrap_v6"])
+    backend(runner).setup([ban("192.0.2.7", 60)], NOW, state())
+    assert runner.commands() == [
+        "ipset list -n",
+        "ipset restore",
+        "iptables -w 5 -t raw -S",
+        "iptables -w 5 -t security -S",
+        "iptables-restore -w 5 --noflush",
+        "ip6tables -w 5 -t raw -S",
+        "ip6tables -w 5 -t security -S",
+        "ip6tables-restore -w 5 --noflush",
+    ]
+    (script,) = runner.scripts("ipset restore")
+    assert "swap porttrap_v4_tmp porttrap_v4\n" in script  # the bans...
+    assert "add porttrap_tmp 192.0.2.254\nrename porttrap_tmp porttrap_gateways_v4\n" in script
+    v4, v6 = transactions(runner)  # ...and the chains, both tables in one transaction each
+    assert v4.startswith("*raw\n") and "COMMIT\n*security\n" in v4
+    assert "--add-set porttrap_clients_v4 src" in v4 and "porttrap_clients_v6" in v6
+
+
+def test_present_with_the_watch_needs_its_chains_in_place_in_both_families() -> None:
+    def present(security: dict[int, str]) -> bool:
+        runner = FakeRunner(raw=RAW_IN_PLACE)
+        fw = backend(runner)
+        fw.setup([], NOW, state())
+        runner.security = security  # the kernel as it is now, after the setup
+        return fw.present()
+
+    accept_first = (DATA / "security-accept-first-v4.txt").read_text()
+    flushed = (DATA / "security-mark-flushed-v4.txt").read_text()
+    assert present(SECURITY_IN_PLACE)
+    assert not present({4: accept_first, 6: SECURITY_IN_PLACE[6]})
+    assert not present({4: flushed, 6: SECURITY_IN_PLACE[6]})
+    assert not present({4: SECURITY_IN_PLACE[4], 6: SECURITY_FRESH})
+    no_watch = backend(FakeRunner(raw=RAW_IN_PLACE, security={4: "", 6: ""}))
+    assert no_watch.present()  # bans only (no setup with a state): the raw table is all
+
+
+def test_setup_without_a_state_removes_a_watch_left_before_after_its_rules() -> None:
+    runner = FakeRunner(
+        sets=NAMES.owned_sets()[:2] + NAMES.watch_sets(), security=SECURITY_IN_PLACE
+    )
+    backend(runner).setup([], NOW)
+    assert runner.commands()[-2:] == ["ip6tables-restore -w 5 --noflush", "ipset restore"]
+    v4 = runner.scripts("iptables-restore")[0]
+    assert "-D INPUT -j porttrap_in\n" in v4 and "-X porttrap_mark\n" in v4
+    destroyed = runner.scripts("ipset restore")[-1].splitlines()
+    assert destroyed == [f"destroy {name}" for name in NAMES.watch_sets()]
+
+
+def test_set_gateways_sends_the_difference_in_one_exist_restore() -> None:
+    runner = FakeRunner()
+    fw = backend(runner)
+    with pytest.raises(FirewallError, match="hold no watch"):
+        fw.set_gateways([GATEWAY])
+    fw.setup([], NOW, state())
+    runner.forget()
+    fw.set_gateways([GATEWAY])  # what the sets hold already: nothing to do
+    assert runner.calls == []
+    fw.set_gateways([ipaddress.ip_address("fe80::1%eth0"), ipaddress.ip_address("fe80::1")])
+    assert runner.calls == [(
+        "ipset -exist restore",
+        "add porttrap_gateways_v6 fe80::1\ndel porttrap_gateways_v4 192.0.2.254\n",
+    )]  # fmt: skip
+    fw.teardown()
+    with pytest.raises(FirewallError, match="hold no watch"):
+        fw.set_gateways([GATEWAY])
+
+
+def test_teardown_removes_the_watchs_chains_and_sets_too() -> None:
+    sets = ["other", *NAMES.owned_sets()]
+    runner = FakeRunner(sets=sets, raw=RAW_IN_PLACE, security=SECURITY_IN_PLACE)
+    backend(runner).teardown()
+    v4, v6 = transactions(runner)
+    for script in (v4, v6):
+        assert script.startswith("*raw\n") and "\n*security\n" in script
+        assert "-X porttrap_in\n-X porttrap_out\n-X porttrap_mark\nCOMMIT\n" in script
+    (destroyed,) = runner.scripts("ipset restore")
+    assert destroyed.splitlines() == [f"destroy {name}" for name in NAMES.owned_sets()]
+
+
+def test_the_watch_without_a_sensor_a_sensor_backend_refuses_the_sensors_parts() -> None:
+    sensor: SensorBackend = backend(FakeRunner())
+    with pytest.raises(FirewallError, match="no kernel sensor"):
+        sensor.serve({})
+    with pytest.raises(FirewallError, match="no kernel sensor"):
+        sensor.rotate("b")
+    with pytest.raises(FirewallError, match="no kernel sensor"):
+        sensor.sensor_counters()

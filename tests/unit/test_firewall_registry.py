@@ -23,8 +23,8 @@ def test_each_backend_states_what_it_can_do() -> None:
         for info in registry.BACKENDS
     }
     assert table == {
-        "nftables": (True, True, True, False),  # only nftables hosts the sensor and the watch
-        "ipset": (False, False, True, True),
+        "nftables": (True, True, True, False),  # only nftables hosts the sensor
+        "ipset": (False, True, True, True),  # ipset holds the watch (the marks) too
         "dry-run": (False, False, False, False),
     }
 
@@ -57,7 +57,9 @@ def test_removes_says_what_flush_takes_away() -> None:
     removes = {info.name: info.removes("pt") for info in registry.BACKENDS}
     assert removes == {
         "nftables": "nftables table inet pt",
-        "ipset": "ipset sets pt_v4, pt_v6 and iptables/ip6tables chain raw pt",
+        "ipset": "ipset sets pt_v4, pt_v6, pt_clients_v4, pt_peers_v4, pt_gateways_v4, "
+        "pt_clients_v6, pt_peers_v6, pt_gateways_v6, pt_connect_udp and iptables/ip6tables "
+        "chains raw pt, security pt_in, pt_out, pt_mark",
         "dry-run": "nothing (dry-run)",
     }
 

@@ -153,12 +153,15 @@ def test_is_supported_when_everything_answers(tmp_path: Path) -> None:
     runner = Answers()
     assert supported(tmp_path, runner) == (
         True,
-        "ipset and iptables found, CAP_NET_ADMIN held, ip_set and the raw tables usable",
+        "ipset and iptables found, CAP_NET_ADMIN held, ip_set and the raw and security tables "
+        "usable",
     )
     assert runner.ran == [
         "ipset list -n",
         "iptables -w 5 -t raw -S",
+        "iptables -w 5 -t security -S",
         "ip6tables -w 5 -t raw -S",
+        "ip6tables -w 5 -t security -S",
     ]
 
 
@@ -181,6 +184,8 @@ def test_is_supported_when_the_kernel_has_no_ip_set(tmp_path: Path) -> None:
     assert "Protocol not supported: load the ip_set kernel module (modprobe ip_set)" in why
     ok, why = supported(tmp_path, Answers(failing=["ip6tables"]))
     assert not ok and why.endswith(": modprobe ip6table_raw")
+    ok, why = supported(tmp_path, Answers(failing=["iptables -w 5 -t security"]))
+    assert not ok and why.endswith(": modprobe iptable_security")
 
 
 # -- exec --------------------------------------------------------------------------------------

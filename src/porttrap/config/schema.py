@@ -116,14 +116,16 @@ class Modes:
 
 @dataclass(frozen=True, slots=True)
 class KernelSensor:
-    """The `[kernel]` section: the nftables sensor of stealth and advanced modes."""
+    """The `[kernel]` section: the nftables sensor of stealth and advanced modes, and the watch
+    of every mode with either kernel backend (`client_time`, `client_size`)."""
 
     nflog_group: int = 7022  # NFLOG group the kernel reports trap packets to
     block: bool = True  # first-packet block: a trap packet drops its source at once
     block_time: float = 60.0  # how long a first-packet block lasts
     block_size: int = 65536  # sources per block set (two generations per IP family)
     # Sources that completed a flow (TCP, UDP ...) to this host this recently, and those the
-    # host sent to this recently (its peers) ... are exempt from blocks; this many per IP family
+    # host sent to this recently (its peers) ... are exempt from blocks, and their datagrams to
+    # connect-mode UDP traps are marked (never banned); this many per IP family
     client_time: float = 3600.0
     client_size: int = 65536
     # Where a recent client's SYN to a TCP trap is redirected (stealth, advanced): the daemon

@@ -64,7 +64,7 @@ def run(
             config.firewall.backend, config.firewall.table, clock, sensor=config.modes.kernel
         )
         # The sensor's rules (stealth, advanced), or the watch of every mode where the backend
-        # has one (nftables: the marks connect-mode UDP traps read).
+        # has one (nftables, ipset: the marks connect-mode UDP traps read).
         watches = config.modes.kernel or registry.get(firewall.name).marks
         sensor = sensor_of(firewall) if watches else None
         shell = make_shell(

@@ -1,6 +1,6 @@
 """The firewall seam: one small interface every backend implements, and one more that the
-backend holding the watch and the kernel sensor of stealth and advanced modes implements
-(nftables)."""
+backends holding the watch (nftables, ipset) and the kernel sensor of stealth and advanced modes
+(nftables) implement."""
 
 from __future__ import annotations
 
@@ -75,9 +75,10 @@ class FirewallBackend(Protocol):
 
 class SensorBackend(Protocol):
     """The one writer of the watch's and the kernel sensor's rules (stealth and advanced
-    modes), which live in the backend's own table: the core decides, the backend writes and
-    reads. `serve` and `rotate` need a sensor in the table, `set_gateways` the watch (any
-    `SensorState` given to `setup`); without, they raise FirewallError."""
+    modes), which live in the backend's own table (nftables) or sets and chains (ipset, which
+    holds the watch only): the core decides, the backend writes and reads. `serve`, `rotate`
+    and `sensor_counters` need a sensor, `set_gateways` the watch (any `SensorState` given to
+    `setup`); without, they raise FirewallError."""
 
     def serve(self, ports: Ports) -> None:
         """Never trap these ports (the served ones, and those that lately were)."""

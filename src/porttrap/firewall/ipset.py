@@ -1,17 +1,21 @@
 """The ipset backend, for hosts without nftables: bans as elements of two ipset sets (IPv4,
 IPv6) with per-element timeouts, dropped by a chain of porttrap's own in iptables' and
-ip6tables' raw table, jumped to first thing in PREROUTING.
+ip6tables' raw table, jumped to first thing in PREROUTING; and, given a SensorState (connect
+mode: the daemon always gives one), the watch: recent clients and peers, the gateways and the
+marks of connect-mode UDP traps, in sets and security-table chains of its own.
 
-`porttrap.firewall.ipset_rules` writes the scripts and reads the listings (and says why raw
-PREROUTING); everything runs through `porttrap.firewall.exec`, in batches: one `ipset restore`
-per setup, apply or re-arm, one `iptables-restore` transaction per family and setup. Nothing but
-porttrap's own sets and chain is changed. Bans longer than ipset's 24.8-day limit are re-armed
-(`porttrap.firewall.rearm`) by the daemon's upkeep (`maintain`, every 5 s) and whenever it
-applies changes.
+`porttrap.firewall.ipset_rules` writes the bans' scripts and reads the listings (and says why
+raw PREROUTING), `porttrap.firewall.ipset_watch` the watch's (and says why the security table);
+everything runs through `porttrap.firewall.exec`, in batches: one `ipset restore` per setup,
+apply, re-arm or change of gateways, one `iptables-restore` transaction per family and setup.
+Nothing but porttrap's own sets and chains is changed. Bans longer than ipset's 24.8-day limit
+are re-armed (`porttrap.firewall.rearm`) by the daemon's upkeep (`maintain`, every 5 s) and
+whenever it applies changes.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,19 +25,25 @@ from porttrap import log
 from porttrap.clock import Clock, SystemClock
 from porttrap.errors import FirewallError
 from porttrap.firewall import ipset_rules as rules
+from porttrap.firewall import ipset_watch as watching
 from porttrap.firewall.base import KernelEntry
 from porttrap.firewall.exec import CommandFailed, Exec, Runner
-from porttrap.firewall.ipset_rules import FAMILIES, Element, Family, Names, RawTable
+from porttrap.firewall.ipset_rules import FAMILIES, Element, Family, Listing, Names
+from porttrap.firewall.ipset_watch import IpsetWatch
 from porttrap.firewall.kernel import has_net_admin
 from porttrap.firewall.plan import final_states, strongest
 from porttrap.firewall.rearm import LongBans
-from porttrap.model import Ban, Change, IPNetwork, show
-from porttrap.sensorspec import SensorState
+from porttrap.model import Ban, Change, IPAddress, IPNetwork, show
+from porttrap.sensorspec import Ports, SensorState
 
 PROGRAMS = ("ipset", "iptables", "ip6tables", "iptables-restore", "ip6tables-restore")
 INSTALL_HINT = "apt-get install ipset iptables"
 WAIT = "5"  # seconds iptables waits for the xtables lock (iptables-legacy) before failing
 _MISSING_SET = "does not exist"
+_NO_SENSOR = (
+    "the ipset backend holds no kernel sensor (it is nftables rules: stealth and advanced "
+    'modes need backend = "nftables")'
+)
 
 
 class IpsetBackend:
@@ -49,24 +59,36 @@ class IpsetBackend:
         self._clock = clock if clock is not None else SystemClock()
         self._run = runner if runner is not None else Exec()
         self._long = LongBans()
+        self._watch: IpsetWatch | None = None  # the watch of the last setup
+        self._gateways: frozenset[IPAddress] = frozenset()  # ... and the gateways it holds
 
     def setup(self, bans: Sequence[Ban], now: float, sensor: SensorState | None = None) -> None:
-        """Fill new sets and swap them in (each live set changes in one kernel operation), then
-        (re)make the chain and put the jump to it first in raw PREROUTING, one iptables
-        transaction per family. There is no kernel sensor here (it is nftables rules): a
-        `sensor` that watches a protocol is refused; in connect mode its watch is left out."""
+        """Fill new sets and swap them in (each live set changes in one kernel operation), the
+        watch's too when `sensor` is given, in one `ipset restore`; then (re)make the chains
+        and put the jumps to them first (raw PREROUTING; with the watch security INPUT and
+        OUTPUT), one iptables transaction per family. There is no kernel sensor here (it is
+        nftables rules): a `sensor` that watches a protocol is refused. Without `sensor`, a
+        watch left by an earlier setup is removed."""
         if sensor is not None and sensor.spec.protos:
             raise FirewallError("the kernel sensor of stealth and advanced modes needs nftables")
+        watch = IpsetWatch(self.names, sensor.spec) if sensor is not None else None
+        gateways = _plain_set(sensor.gateways) if sensor is not None else frozenset()
         self._long.clear()
         elements = []
         for target, ban in strongest(bans, now).items():
             element = self._long.arm(target, ban.expires_at, now) if _holdable(target) else None
             if element is not None:
                 elements.append(element)
-        self._ipset(rules.setup_script(self.names, self._set_names(), elements))
+        existing = self._set_names()
+        script = rules.setup_script(self.names, existing, elements)
+        if watch is not None:
+            script += watch.sets_script(existing, gateways, before=self._watch)
+        self._ipset(script)
         for family in FAMILIES:
-            script = rules.iptables_setup(self._raw(family), self.names, family)
-            self._run.run([family.restore, "-w", WAIT, "--noflush"], script)
+            self._iptables_setup(family, watch)
+        if watch is None:
+            self._destroy(watching.sets_teardown(self.names, existing))
+        self._watch, self._gateways = watch, gateways
 
     def apply(self, changes: Sequence[Change], now: float) -> None:
         """The changes, and any long bans due for re-arming, in one `ipset -exist restore`. A
@@ -109,20 +131,47 @@ class IpsetBackend:
 
     def present(self) -> bool:
         """Whether both families' chains are in place with the jump first in raw PREROUTING
-        (two `iptables -S` of the small raw table)."""
-        return all(rules.in_place(self._raw(f), self.names, f) for f in FAMILIES)
+        and, with the watch, its chains with their jumps first in security INPUT and OUTPUT
+        (an `iptables -S` of each small table: two, or four with the watch)."""
+        return all(self._in_place(family) for family in FAMILIES)
 
     def teardown(self) -> None:
-        """Remove the jumps and porttrap's chain, then porttrap's sets (the rules referring
+        """Remove the jumps and porttrap's chains, then porttrap's sets (the rules referring
         to a set must go before it can). Only what exists is touched."""
         for family in FAMILIES:
-            script = rules.iptables_teardown(self._raw(family), self.names)
+            script = rules.iptables_teardown(self._listing(family, rules.TABLE), self.names)
+            script += watching.iptables_teardown(self._listing(family, watching.TABLE), self.names)
             if script:
-                self._run.run([family.restore, "-w", WAIT, "--noflush"], script)
-        script = rules.teardown_script(self.names, self._set_names())
-        if script:
-            self._ipset(script)
+                self._restore(family, script)
+        self._destroy(rules.teardown_script(self.names, self._set_names()))
         self._long.clear()
+        self._watch, self._gateways = None, frozenset()
+
+    # -- the watch (SensorBackend: in connect mode, the only part this backend holds) ----
+
+    def set_gateways(self, addresses: Iterable[IPAddress]) -> None:
+        """Make the gateway sets hold exactly `addresses`: one `ipset -exist restore` with the
+        difference to what they hold (nothing when there is none). FirewallError when ipset
+        refuses (the sets may be gone: the next setup brings the gateways of its SensorState)."""
+        if self._watch is None:
+            raise FirewallError(
+                f"porttrap's ipset sets hold no watch ({self.names.gateways(FAMILIES[0])} and "
+                "the others are made by setup when it is given a SensorState)"
+            )
+        wanted = _plain_set(addresses)
+        script = self._watch.gateways_script(wanted - self._gateways, self._gateways - wanted)
+        if script:
+            self._ipset(script, exist=True)
+        self._gateways = wanted
+
+    def serve(self, ports: Ports) -> None:
+        raise FirewallError(_NO_SENSOR)
+
+    def rotate(self, empty: str) -> None:
+        raise FirewallError(_NO_SENSOR)
+
+    def sensor_counters(self) -> dict[str, int]:
+        raise FirewallError(_NO_SENSOR)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -162,17 +211,47 @@ class IpsetBackend:
             text += f"; porttrap's sets {sets} are made when the daemon starts (setup)"
         return text
 
+    def _destroy(self, script: str) -> None:
+        if script:
+            self._ipset(script)
+
     def _set_names(self) -> list[str]:
         return rules.parse_names(self._run.run(["ipset", "list", "-n"]))
 
-    def _raw(self, family: Family) -> RawTable:
-        return rules.parse_raw(self._run.run([family.iptables, "-w", WAIT, "-t", "raw", "-S"]))
+    def _listing(self, family: Family, table: str) -> Listing:
+        argv = [family.iptables, "-w", WAIT, "-t", table, "-S"]
+        return rules.parse_listing(self._run.run(argv))
+
+    def _iptables_setup(self, family: Family, watch: IpsetWatch | None) -> None:
+        """The raw chain and, with `watch`, the watch's chains (else any left removed), in
+        one transaction."""
+        script = rules.iptables_setup(self._listing(family, rules.TABLE), self.names, family)
+        security = self._listing(family, watching.TABLE)
+        if watch is not None:
+            script += watch.iptables_setup(security, family)
+        else:
+            script += watching.iptables_teardown(security, self.names)
+        self._restore(family, script)
+
+    def _in_place(self, family: Family) -> bool:
+        if not rules.in_place(self._listing(family, rules.TABLE), self.names, family):
+            return False
+        watch = self._watch
+        return watch is None or watch.in_place(self._listing(family, watching.TABLE), family)
+
+    def _restore(self, family: Family, script: str) -> None:
+        self._run.run([family.restore, "-w", WAIT, "--noflush"], script)
 
     def _with_full_time(self, entry: KernelEntry, now: float) -> KernelEntry:
         if entry.remaining is None:
             return entry
         full = self._long.remaining(entry.target, now)
         return entry if full is None else KernelEntry(entry.target, full)
+
+
+def _plain_set(addresses: Iterable[IPAddress]) -> frozenset[IPAddress]:
+    """Without IPv6 scopes, which the sets do not hold (fe80::1%eth0 is fe80::1)."""
+    return frozenset(ipaddress.ip_address(address.packed) for address in addresses)
 
 
 def _holdable(target: IPNetwork) -> bool:
@@ -195,7 +274,7 @@ def is_supported(
 ) -> tuple[bool, str]:
     """Whether the ipset backend can work here, and if not, how to fix it. Only reads: the
     programs on PATH, CAP_NET_ADMIN, `ipset list -n` (the kernel's ip_set answers) and
-    `iptables -t raw -S` for both families (the raw table is there)."""
+    `iptables -t raw -S` and `-t security -S` for both families (the tables are there)."""
     missing = [program for program in PROGRAMS if which(program) is None]
     if missing:
         return False, f"{', '.join(missing)} not found: {INSTALL_HINT}"
@@ -208,14 +287,18 @@ def is_supported(
     problem = _kernel_problem(run, _probes())
     if problem is not None:
         return False, problem
-    return True, "ipset and iptables found, CAP_NET_ADMIN held, ip_set and the raw tables usable"
+    return True, (
+        "ipset and iptables found, CAP_NET_ADMIN held, ip_set and the raw and security tables "
+        "usable"
+    )
 
 
 def _probes() -> Iterable[tuple[list[str], str]]:
     yield ["ipset", "list", "-n"], "load the ip_set kernel module (modprobe ip_set)"
     for family in FAMILIES:
-        module = "iptable_raw" if family.version == 4 else "ip6table_raw"
-        yield [family.iptables, "-w", WAIT, "-t", "raw", "-S"], f"modprobe {module}"
+        for table in (rules.TABLE, watching.TABLE):
+            module = f"{'iptable' if family.version == 4 else 'ip6table'}_{table}"
+            yield [family.iptables, "-w", WAIT, "-t", table, "-S"], f"modprobe {module}"
 
 
 def _kernel_problem(run: Runner, probes: Iterable[tuple[list[str], str]]) -> str | None:

@@ -10,6 +10,8 @@ What porttrap owns, for `[firewall] table = "porttrap"`:
   `porttrap_v6_tmp`, which are swapped in and destroyed.
 * a chain `porttrap` in the `raw` table of iptables and of ip6tables, holding one rule that drops
   sources in the family's set, and a jump to it at position 1 of `raw PREROUTING`.
+* with the watch (every mode the daemon runs), the sets and chains of
+  `porttrap.firewall.ipset_watch`, which also take their names from `Names`.
 
 Why raw PREROUTING, first: it is the earliest hook iptables has (before conntrack, mangle, nat
 and filter), so a banned source is dropped for local and forwarded traffic alike and leaves no
@@ -62,13 +64,15 @@ FAMILIES = (Family(4, "inet", "iptables"), Family(6, "inet6", "ip6tables"))
 
 @dataclass(frozen=True, slots=True)
 class Names:
-    """The names porttrap's objects take from `[firewall] table`."""
+    """The names porttrap's objects take from `[firewall] table`: its sets (ipset's names are
+    global to the network namespace, so each starts with the table) and its chains (the raw
+    table's is the table's name; the watch's in the security table add a suffix)."""
 
     table: str
 
     def __post_init__(self) -> None:
-        longest = self.tmp_set(FAMILIES[1])
-        if len(longest) > SET_NAME_MAX or len(self.chain) > CHAIN_NAME_MAX:
+        longest = max(self.owned_sets(), key=len)  # chains take shorter suffixes than sets
+        if len(longest) > SET_NAME_MAX or any(len(c) > CHAIN_NAME_MAX for c in self.chains()):
             most = SET_NAME_MAX - len(longest) + len(self.table)
             raise FirewallError(
                 f"[firewall] table {self.table!r} is too long for the ipset backend: its set "
@@ -86,9 +90,57 @@ class Names:
     def tmp_set(self, family: Family) -> str:
         return self.set(family) + TMP_SUFFIX
 
+    # -- the watch's (porttrap.firewall.ipset_watch) -------------------------------------
+
+    def clients(self, family: Family) -> str:
+        return f"{self.table}_clients_v{family.version}"
+
+    def peers(self, family: Family) -> str:
+        return f"{self.table}_peers_v{family.version}"
+
+    def gateways(self, family: Family) -> str:
+        return f"{self.table}_gateways_v{family.version}"
+
+    @property
+    def connect_udp(self) -> str:
+        return f"{self.table}_connect_udp"
+
+    @property
+    def watch_tmp(self) -> str:
+        """The one temporary set the watch's sets are each filled in before their swap."""
+        return self.table + TMP_SUFFIX
+
+    @property
+    def watch_in(self) -> str:
+        return f"{self.table}_in"
+
+    @property
+    def watch_out(self) -> str:
+        return f"{self.table}_out"
+
+    @property
+    def watch_mark(self) -> str:
+        return f"{self.table}_mark"
+
+    def watch_sets(self) -> list[str]:
+        """The watch's live sets (without the temporary one)."""
+        per_family = [
+            name for f in FAMILIES for name in (self.clients(f), self.peers(f), self.gateways(f))
+        ]
+        return [*per_family, self.connect_udp]
+
+    def watch_chains(self) -> list[str]:
+        """The watch's chains in the security table, the jumped-to ones first."""
+        return [self.watch_in, self.watch_out, self.watch_mark]
+
+    def chains(self) -> list[str]:
+        """Every chain porttrap may have made, in any table."""
+        return [self.chain, *self.watch_chains()]
+
     def owned_sets(self) -> list[str]:
         """Every set name porttrap may have made, live and temporary."""
-        return [name for f in FAMILIES for name in (self.set(f), self.tmp_set(f))]
+        bans = [name for f in FAMILIES for name in (self.set(f), self.tmp_set(f))]
+        return [*bans, *self.watch_sets(), self.watch_tmp]
 
     def jump(self) -> str:
         """The jump rule as `iptables -S` prints it."""
@@ -228,8 +280,8 @@ def _entry(value: str, extensions: list[str]) -> KernelEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class RawTable:
-    """The raw table of one family as `iptables -t raw -S` prints it."""
+class Listing:
+    """One table of one family as `iptables -t TABLE -S` prints it."""
 
     chains: frozenset[str]
     rules: tuple[str, ...]  # every `-A CHAIN ...` line, in order
@@ -237,9 +289,14 @@ class RawTable:
     def chain_rules(self, chain: str) -> list[str]:
         return [rule for rule in self.rules if rule.startswith(f"-A {chain} ")]
 
+    def first(self, hook: str) -> str | None:
+        """The first rule of chain `hook`, None when it has none."""
+        found = self.chain_rules(hook)
+        return found[0] if found else None
 
-def parse_raw(text: str) -> RawTable:
-    """`iptables -t raw -S`: `-P CHAIN POLICY`, `-N CHAIN` and `-A CHAIN RULE` lines."""
+
+def parse_listing(text: str) -> Listing:
+    """`iptables -t TABLE -S`: `-P CHAIN POLICY`, `-N CHAIN` and `-A CHAIN RULE` lines."""
     chains: set[str] = set()
     rules: list[str] = []
     for line in text.splitlines():
@@ -248,22 +305,20 @@ def parse_raw(text: str) -> RawTable:
             chains.add(words[1])
         elif words and words[0] == "-A":
             rules.append(" ".join(words))
-    return RawTable(frozenset(chains), tuple(rules))
+    return Listing(frozenset(chains), tuple(rules))
 
 
-def in_place(raw: RawTable, names: Names, family: Family) -> bool:
+def in_place(raw: Listing, names: Names, family: Family) -> bool:
     """Whether porttrap's chain exists, holds exactly its drop rule, and the jump to it is
     the first rule of raw PREROUTING (a rule before it could accept a banned source)."""
-    hook = raw.chain_rules(HOOK)
     return (
         names.chain in raw.chains
         and raw.chain_rules(names.chain) == [names.drop(family)]
-        and bool(hook)
-        and hook[0] == names.jump()
+        and raw.first(HOOK) == names.jump()
     )
 
 
-def iptables_setup(raw: RawTable, names: Names, family: Family) -> str:
+def iptables_setup(raw: Listing, names: Names, family: Family) -> str:
     """An `iptables-restore --noflush` script (one transaction) that (re)makes porttrap's
     chain with its drop rule and moves the jump to position 1 of raw PREROUTING: every jump
     already there is deleted first, so there is exactly one. Declaring the chain creates it,
@@ -272,22 +327,24 @@ def iptables_setup(raw: RawTable, names: Names, family: Family) -> str:
         f"*{TABLE}",
         f":{names.chain} - [0:0]",
         names.drop(family),
-        *_delete_jumps(raw, names),
+        *delete_jumps(raw, HOOK, names.chain),
         f"-I {HOOK} 1 -j {names.chain}",
         "COMMIT",
     ]
     return "\n".join(lines) + "\n"
 
 
-def iptables_teardown(raw: RawTable, names: Names) -> str:
+def iptables_teardown(raw: Listing, names: Names) -> str:
     """An `iptables-restore --noflush` script removing the jumps and porttrap's chain; empty
     when the chain does not exist (nothing of porttrap's is there)."""
     if names.chain not in raw.chains:
         return ""
-    lines = [f"*{TABLE}", *_delete_jumps(raw, names), f"-F {names.chain}", f"-X {names.chain}"]
+    lines = [f"*{TABLE}", *delete_jumps(raw, HOOK, names.chain)]
+    lines += [f"-F {names.chain}", f"-X {names.chain}"]
     return "\n".join([*lines, "COMMIT"]) + "\n"
 
 
-def _delete_jumps(raw: RawTable, names: Names) -> list[str]:
-    jumps = sum(1 for rule in raw.chain_rules(HOOK) if rule == names.jump())
-    return [f"-D {HOOK} -j {names.chain}"] * jumps
+def delete_jumps(listing: Listing, hook: str, chain: str) -> list[str]:
+    """`-D` lines for every jump from `hook` to `chain` in `listing`."""
+    jumps = sum(1 for rule in listing.chain_rules(hook) if rule == f"-A {hook} -j {chain}")
+    return [f"-D {hook} -j {chain}"] * jumps

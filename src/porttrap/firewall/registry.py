@@ -78,8 +78,9 @@ def _ipset_removes(table: str) -> str:
     from porttrap.firewall.ipset_rules import FAMILIES, Names
 
     names = Names(table)
-    sets = ", ".join(names.set(family) for family in FAMILIES)
-    return f"ipset sets {sets} and iptables/ip6tables chain raw {names.chain}"
+    sets = ", ".join([*(names.set(family) for family in FAMILIES), *names.watch_sets()])
+    watch = ", ".join(names.watch_chains())
+    return f"ipset sets {sets} and iptables/ip6tables chains raw {names.chain}, security {watch}"
 
 
 def _dry_run_supported() -> tuple[bool, str]:
@@ -112,7 +113,7 @@ BACKENDS = (
         make=_make_ipset,
         removes=_ipset_removes,
         kernel_sensor=False,
-        marks=False,  # not yet: see README, The ipset backend
+        marks=True,  # the watch in sets and security-table chains of its own
         in_kernel=True,
         one_object=False,  # sets and chains: `present()` is False while half of them is left
         runs_iptables=True,

@@ -36,6 +36,9 @@ on forgeable evidence); it never bans anyone.
 
 `[kernel] client_time = 0` turns the tracking off: the sets stay empty and no rule refers to
 them (link-local sources and gateways are still peers).
+
+The ipset backend's watch (`porttrap.firewall.ipset_watch`) does the same with ipset sets and
+iptables chains.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Records what ipset and iptables print, in a throwaway network namespace (as root), for the
 parsers' unit tests: `ipset save` and `ipset list -n` of porttrap's sets beside someone else's,
-`iptables -t raw -S` / `ip6tables -t raw -S` in each state porttrap must tell apart, and the error
-text of a failed `ipset restore`. The expected results (`expected.json`) are written by hand,
+`iptables -t raw -S` / `ip6tables -t raw -S` in each state porttrap must tell apart, the same of
+the security table with the watch (connect mode, UDP traps on 69 and 161), and the error text of
+a failed `ipset restore`. The expected results (`expected.json`) are written by hand,
 never by running the parsers. Recorded once and kept; rerun only to add or change cases:
 
     .venv/bin/python tests/data/ipset/record_ipset.py
@@ -17,9 +18,11 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent.parent))  # tests/, for netns
 
 from netns import Netns  # noqa: E402
+from porttrap.config.loader import load_text  # noqa: E402
 from porttrap.firewall.exec import Exec  # noqa: E402
 from porttrap.firewall.ipset import IpsetBackend  # noqa: E402
 from porttrap.model import Ban, parse_target  # noqa: E402
+from porttrap.sensorspec import SensorState, spec_from_config  # noqa: E402
 
 NOW = 1_800_000_000.0
 BANS = {
@@ -41,11 +44,12 @@ def save(name: str, text: str) -> None:
 
 
 def main() -> None:
-    netns = Netns.create()
-    try:
-        record(netns)
-    finally:
-        netns.delete()
+    for recorder in (record, record_watch):
+        netns = Netns.create()
+        try:
+            recorder(netns)
+        finally:
+            netns.delete()
 
 
 def record(netns: Netns) -> None:
@@ -78,6 +82,24 @@ def record(netns: Netns) -> None:
         check=False,
     )
     save("restore-missing-set.stderr", failed.stderr)
+
+
+def record_watch(netns: Netns) -> None:
+    run = netns.run
+    save("security-fresh-v4.txt", run(["iptables", "-t", "security", "-S"]))
+    run(["iptables", "-t", "security", "-N", "selinux"])
+    run(["iptables", "-t", "security", "-A", "INPUT", "-j", "selinux"])
+    config = load_text('[traps]\ntcp = ["23"]\nudp = ["69", "161"]\n', None)
+    state = SensorState(spec_from_config(config), {})
+    IpsetBackend(runner=Exec(netns=netns.name)).setup([], NOW, state)
+    save("security-in-place-v4.txt", run(["iptables", "-t", "security", "-S"]))
+    save("security-in-place-v6.txt", run(["ip6tables", "-t", "security", "-S"]))
+    save("list-names-watch.txt", run(["ipset", "list", "-n"]))
+    run(["iptables", "-t", "security", "-I", "INPUT", "1", "-j", "ACCEPT"])
+    save("security-accept-first-v4.txt", run(["iptables", "-t", "security", "-S"]))
+    run(["iptables", "-t", "security", "-D", "INPUT", "1"])
+    run(["iptables", "-t", "security", "-F", "porttrap_mark"])
+    save("security-mark-flushed-v4.txt", run(["iptables", "-t", "security", "-S"]))
 
 
 if __name__ == "__main__":
