@@ -197,8 +197,8 @@ def test_block_on_inserts_into_the_current_generation_and_drops_blocked_sources(
         f'add rule {T} block update @block_b_v4 {{ ip saddr }} counter name "block_b"',
         f'add rule {T} block update @block_b_v6 {{ ip6 saddr }} counter name "block_b"',
     ]
-    assert len(mentioning(commands, "saddr @block_a_v4 goto blocked")) == 1
-    assert len(mentioning(commands, "saddr @block_b_v6 goto blocked")) == 1
+    assert len(mentioning(commands, "saddr @block_a_v4 jump blocked")) == 1
+    assert len(mentioning(commands, "saddr @block_b_v6 jump blocked")) == 1
     assert f"add rule {T} probe jump block" in commands
     assert len(mentioning(commands, f"add rule {T} forward ")) == 5
 
@@ -207,10 +207,23 @@ def test_block_off_leaves_out_every_block_rule() -> None:
     commands = create(spec(tcp=STEALTH, udp=STEALTH, block=False))
     assert mentioning(rules_of(commands), "@block_") == []
     assert mentioning(commands, "update @block_") == []
-    assert mentioning(commands, "goto blocked") == []
+    assert mentioning(commands, "jump blocked") == []
     assert mentioning(commands, "jump block") == []
     assert mentioning(commands, f"add rule {T} forward ") == []
     assert f"add rule {T} probe goto report_new" in commands
+
+
+def test_a_blocked_source_gets_neighbour_discovery_through() -> None:
+    """Jumped to, not gone to: a `return` goes back to the input chain, which lets neighbour
+    discovery pass; a trap packet is a repeat, anything else dropped."""
+    blocked = mentioning(create(spec(tcp=STEALTH)), f"add rule {T} blocked ")
+    assert [c.removeprefix(f"add rule {T} blocked ") for c in blocked] == [
+        "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, "
+        "nd-neighbor-advert, nd-redirect } return",
+        "meta l4proto tcp fib daddr type local tcp flags & (syn | ack) != syn | ack "
+        "tcp flags & rst == 0 tcp dport @traps_tcp tcp dport != @open_tcp goto report_repeat",
+        "drop",
+    ]
 
 
 def test_client_time_zero_leaves_out_the_client_and_peer_rules_and_the_redirect() -> None:
@@ -218,7 +231,7 @@ def test_client_time_zero_leaves_out_the_client_and_peer_rules_and_the_redirect(
     assert mentioning(rules_of(commands), "@clients_") == []
     assert mentioning(rules_of(commands), "@peers_") == []
     assert mentioning(commands, "goto report_client") == []
-    assert mentioning(rules_of(commands), "redirect") == []
+    assert mentioning(rules_of(commands), "redirect to") == []
     assert mentioning(commands, "syn_redirect") == []
     assert len(mentioning(commands, "goto report_peer")) == 4  # link-local and gateways stay
     matched = mentioning(create(spec(tcp=STEALTH)), "@clients_")

@@ -20,8 +20,10 @@ path of a packet:
                                                           scanner's RST after a SYN-ACK)
       to the catch-all port: redirected (ct dnat)     -> leave it (to the daemon's listener)
                              sent there directly       -> dropped: no scan finds the port open
-      source in a first-packet block                  -> `blocked`: a trap packet is reported
-                                                          as a repeat, everything is dropped
+      source in a first-packet block                  -> `blocked`: IPv6 neighbour discovery
+                                                          goes on; a trap packet is reported
+                                                          as a repeat, everything else is
+                                                          dropped
       trap packet (a trap port, or in advanced mode   -> `probe`
         any watched port nothing serves)
       quiet: a non-SYN TCP packet to a port nothing   -> dropped, so no RST tells its state
@@ -80,6 +82,11 @@ METER_TIMEOUT = 60  # seconds a per-source meter lives after its last packet
 REDIRECT_RATE, REDIRECT_BURST = 1, 5
 _NOT_REPLIES = "tcp flags & (syn | ack) != syn | ack tcp flags & rst == 0"
 _SYN = "tcp flags & (fin | syn | rst | ack) == syn"
+# What a block must never drop: without it, a neighbour's address is unreachable.
+_NEIGHBOUR_DISCOVERY = (
+    "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, "
+    "nd-neighbor-advert, nd-redirect }"
+)
 
 
 class SensorRules:
@@ -196,7 +203,7 @@ class SensorRules:
                 for generation in GENERATIONS:
                     rules.append(
                         self._rule(
-                            "input", f"{protocol} saddr @block_{generation}_v{version} goto blocked"
+                            "input", f"{protocol} saddr @block_{generation}_v{version} jump blocked"
                         )
                     )
         rules += [self._rule("input", f"{match} goto probe") for match in self._trap_matches()]
@@ -231,7 +238,11 @@ class SensorRules:
         return matches
 
     def _blocked_rules(self) -> list[str]:
-        rules = [self._rule("blocked", f"{m} goto report_repeat") for m in self._trap_matches()]
+        """A blocked source. Its neighbour discovery returns to the input chain: one forged
+        probe must not make an IPv6 neighbour (the host's resolver on its link) unreachable.
+        Its trap packets are reported as repeats, everything else is dropped."""
+        rules = [self._rule("blocked", f"{_NEIGHBOUR_DISCOVERY} return")]
+        rules += [self._rule("blocked", f"{m} goto report_repeat") for m in self._trap_matches()]
         return [*rules, self._rule("blocked", "drop")]
 
     def _probe_rules(self) -> list[str]:
