@@ -20,10 +20,12 @@ path of a packet:
                                                           scanner's RST after a SYN-ACK)
       to the catch-all port: redirected (ct dnat)     -> leave it (to the daemon's listener)
                              sent there directly       -> dropped: no scan finds the port open
-      source in a first-packet block                  -> `blocked`: IPv6 neighbour discovery
-                                                          goes on; a trap packet is reported
-                                                          as a repeat, everything else is
-                                                          dropped
+      source in a first-packet block                  -> `blocked`: IPv6 neighbour discovery,
+                                                          and a peer's or a recent client's
+                                                          packets, go on (it may have become
+                                                          one since it was blocked); anyone
+                                                          else's trap packet is reported as a
+                                                          repeat, everything else is dropped
       trap packet (a trap port, or in advanced mode   -> `probe`
         any watched port nothing serves)
       quiet: a non-SYN TCP packet to a port nothing   -> dropped, so no RST tells its state
@@ -240,8 +242,12 @@ class SensorRules:
     def _blocked_rules(self) -> list[str]:
         """A blocked source. Its neighbour discovery returns to the input chain: one forged
         probe must not make an IPv6 neighbour (the host's resolver on its link) unreachable.
-        Its trap packets are reported as repeats, everything else is dropped."""
-        rules = [self._rule("blocked", f"{_NEIGHBOUR_DISCOVERY} return")]
+        So does a peer or a recent client: the probe chain never blocks them, but a source
+        may have become one after it was blocked (a forged probe named the host's resolver
+        before the host first asked it), and its trap packets must be reported as theirs, not
+        as a stranger's repeats, which the policy would count toward a ban."""
+        exempt = [_NEIGHBOUR_DISCOVERY, *self._watch.peer_matches(), *self._watch.client_matches()]
+        rules = [self._rule("blocked", f"{match} return") for match in exempt]
         rules += [self._rule("blocked", f"{m} goto report_repeat") for m in self._trap_matches()]
         return [*rules, self._rule("blocked", "drop")]
 
