@@ -16,8 +16,11 @@ Namespaces and addresses: tests/integration/daemon_env.py; documentation address
 
 from __future__ import annotations
 
+import functools
 import json
+import socket
 import subprocess  # noqa: TID251 - test helper
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +37,7 @@ from daemon_env import (
     SRV6,
     SRV_CLI,
     Env,
+    open_socket,
     tcp_works,
     wait_until,
 )
@@ -348,3 +352,123 @@ def test_portsentry_style_permanent_after_1_gives_a_forger_only_short_bans(
     [(_, expires_at, count, evidence, reason)] = stored_bans(env, CLIENT)
     assert (expires_at, count, evidence, reason) == (None, 1, "verified", f"trap:tcp/{TRAP_2}")
     assert env.permanent_in("ban_v4", CLIENT)
+
+
+# -- 2. peers: the host's resolver, its gateways, link-local neighbours -------------------
+
+# The host's LAN, a namespace of its own: its resolver (a UDP echo on port 53) and its router,
+# whose other side (203.0.113.200, 2001:db8:4::1 on its loopback) is reached only through it.
+SRV_LAN4, SRV_LAN6 = "203.0.113.1", "2001:db8:3::1"
+RESOLVER4, RESOLVER6 = "203.0.113.53", "2001:db8:3::53"
+GATEWAY4, GATEWAY_LL = "203.0.113.126", "fe80::126"
+BEYOND4, BEYOND6 = "203.0.113.200", "2001:db8:4::1"
+NEIGHBOUR_LL = "fe80::bad"  # a link-local address nobody holds
+DNS = 53
+PEERS_CONFIG = f"""
+[traps]
+mode = {{ tcp = "advanced", udp = "connect" }}
+udp = ["{UDP_TRAP}"]
+"""
+
+
+def lan(env: Env, make: Callable[[], Netns]) -> Netns:
+    """The host's LAN (the protected side is 203.0.113.1/25 and 2001:db8:3::1/64 there), its
+    resolver answering on port 53 of every address (not yet used by the host)."""
+    ns = make()
+    theirs = [f"{RESOLVER4}/25", f"{GATEWAY4}/25", f"{RESOLVER6}/64", f"{GATEWAY_LL}/64"]
+    env.srv.veth(ns, [f"{SRV_LAN4}/25", f"{SRV_LAN6}/64"], theirs)
+    ns.run(["ip", "addr", "add", f"{BEYOND4}/32", "dev", "lo"])
+    ns.run(["ip", "addr", "add", f"{BEYOND6}/128", "dev", "lo", "nodad"])
+    ns.start([sys.executable, "-c", ECHO_UDP, str(DNS)])
+    wait_until(lambda: bool(ns.run(["ss", "-Hlnu", f"sport = :{DNS}"]).strip()), WAIT, "resolver")
+    return ns
+
+
+def ask(env: Env, server: str, source: str | None = None) -> bool:
+    """Whether a query from the protected host to server:53 gets its answer (the host's own
+    flow: conntrack sees it go out, the watch makes `server` a peer)."""
+    source = source or (SRV_LAN6 if ":" in server else SRV_LAN4)
+    with open_socket(env.srv, source, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2)
+        sock.sendto(b"query", (server, DNS))
+        try:
+            return sock.recv(100) == b"query"
+        except OSError:
+            return False
+
+
+def route_via_lan(env: Env) -> None:
+    """The protected host's default routes: via GATEWAY4, and via the router's link-local
+    address, as a router advertisement would set it."""
+    device = env.srv.run(["ip", "-o", "addr", "show", "to", SRV_LAN4]).split()[1]
+    env.srv.run(["ip", "route", "add", "default", "via", GATEWAY4])
+    env.srv.run(["ip", "-6", "route", "add", "default", "via", GATEWAY_LL, "dev", device])
+
+
+def forged_peer_packets(sources: list[str]) -> list[Probe]:
+    """Two SYNs to ports nothing serves and two datagrams to the UDP trap, in each one's name."""
+    return [p for a in sources for kind in ("syn", "udp") for p in forged_pair(a, kind)]
+
+
+def test_the_hosts_peers_are_never_banned_by_packets_forged_in_their_name(
+    env_factory: Callable[[str], Env], netns_factory: Callable[[], Netns]
+) -> None:
+    """Attack: cut the host off from its resolver and its router by forging SYN probes
+    (advanced mode) and datagrams (connect-mode UDP trap) in their names: the resolver, a
+    UDP-only peer; the IPv4 gateway, which the host never sends a packet to (it routes through
+    it); the router's link-local address, the IPv6 next hop; any link-local address."""
+    env = env_factory(PEERS_CONFIG)
+    lan(env, netns_factory)
+    env.start()
+    route_via_lan(env)
+    wait_until(lambda: env.in_set("gateways_v4", GATEWAY4), WAIT, "IPv4 gateway known")
+    wait_until(lambda: env.in_set("gateways_v6", GATEWAY_LL), WAIT, "IPv6 gateway known")
+    for resolver in (RESOLVER4, RESOLVER6):
+        assert ask(env, resolver)
+    assert ask(env, BEYOND4) and ask(env, BEYOND6)  # routed through the gateways
+    wait_until(lambda: env.in_set("peers_v4", RESOLVER4), WAIT, "the resolver a peer (v4)")
+    wait_until(lambda: env.in_set("peers_v6", RESOLVER6), WAIT, "the resolver a peer (v6)")
+
+    peers = [RESOLVER4, RESOLVER6, GATEWAY4, GATEWAY_LL, NEIGHBOUR_LL]
+    send(env.atk, forged_peer_packets(peers) * 2, inter=0.02)
+
+    def all_reported() -> bool:
+        return all(len(outcomes(env, a)) >= 8 for a in peers)
+
+    wait_until(all_reported, WAIT, "every forged packet reported")
+    for address in peers:
+        assert set(outcomes(env, address)) == {"peer"}, (address, outcomes(env, address))
+        assert not banned(env, address) and not blocked(env, address)
+    assert env.json("bans") == []
+    for resolver in (RESOLVER4, RESOLVER6):
+        assert ask(env, resolver)
+    assert ask(env, BEYOND4) and ask(env, BEYOND6)
+
+
+def test_a_peer_named_before_the_host_first_talks_to_it_is_never_banned_later(
+    env_factory: Callable[[str], Env], netns_factory: Callable[[], Netns]
+) -> None:
+    """Attack: one forged SYN in the name of the host's resolver before the host first asks it
+    (a stranger then: blocked at that first packet, for block_time, and counted), then, once
+    the host talks to it, more forged SYNs and datagrams in its name: they are a peer's now,
+    so they never ban it, although its address is still in a block set."""
+    env = env_factory(PEERS_CONFIG)
+    lan(env, netns_factory)
+    env.start()
+    resolvers = [RESOLVER4, RESOLVER6]
+    send(env.atk, [Probe(a, SRV6 if ":" in a else SRV4, TRAP, "syn") for a in resolvers])
+    for resolver in resolvers:
+        wait_until(functools.partial(blocked, env, resolver), WAIT, f"{resolver} blocked")
+        first = functools.partial(lambda r: outcomes(env, r) == ["counted"], resolver)
+        wait_until(first, WAIT, f"the first probe in {resolver}'s name counted")
+        assert ask(env, resolver)  # the answers belong to the host's flow: the block spares them
+    wait_until(lambda: env.in_set("peers_v4", RESOLVER4), WAIT, "the resolver a peer (v4)")
+    wait_until(lambda: env.in_set("peers_v6", RESOLVER6), WAIT, "the resolver a peer (v6)")
+
+    send(env.atk, forged_peer_packets(resolvers), inter=0.02)
+    wait_until(lambda: all(len(outcomes(env, a)) >= 5 for a in resolvers), WAIT, "reported")
+    for resolver in resolvers:
+        assert outcomes(env, resolver) == ["counted"] + ["peer"] * 4
+        assert not banned(env, resolver)
+        assert ask(env, resolver)
+    assert env.json("bans") == []
