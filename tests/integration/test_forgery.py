@@ -109,6 +109,23 @@ def outcomes(env: Env, address: str) -> list[str]:
     return [hit["outcome"] for hit in history(env, address, "hit")]
 
 
+def wait_hits(env: Env, address: str, count: int) -> list[str]:
+    """The outcomes of `address`'s hits once `count` are stored (the daemon has dealt with
+    them: what a negative assertion about them may follow)."""
+    seen: list[str] = []
+
+    def stored() -> bool:
+        seen[:] = outcomes(env, address)
+        return len(seen) >= count
+
+    wait_until(stored, WAIT, f"{count} hits of {address} stored")
+    return seen
+
+
+def wait_logged(env: Env, text: str) -> None:
+    wait_until(lambda: text in env.log_text(), WAIT, f"the daemon logged {text!r}")
+
+
 def stored_bans(env: Env, address: str) -> list[tuple[float, float | None, int, str, str]]:
     """(banned_at, expires_at, ban_count, evidence, reason) of each ban of `address`, oldest
     first, from the database: exact times, where the CLI shows whole seconds."""
@@ -118,6 +135,13 @@ def stored_bans(env: Env, address: str) -> list[tuple[float, float | None, int, 
         address,
     )
     return [tuple(row) for row in rows]
+
+
+def banning_hits(env: Env, address: str) -> int:
+    [(count,)] = env.db(
+        "SELECT count(*) FROM hits WHERE source = ? AND outcome = 'banned'", address
+    )
+    return int(count)
 
 
 def ban_set(address: str) -> str:
@@ -135,11 +159,14 @@ def blocked(env: Env, address: str) -> bool:
 
 
 def wait_bans(env: Env, addresses: list[str], count: int) -> None:
-    """Until the database holds `count` bans of each address (a ban reaches the kernel first,
-    the database a moment later)."""
+    """Until the database holds `count` bans of each address, and the hits that made them (a
+    ban reaches the kernel first, the database a moment later; its hit comes with the next
+    batch of hits)."""
 
     def recorded() -> bool:
-        return all(len(stored_bans(env, a)) >= count for a in addresses)
+        return all(
+            len(stored_bans(env, a)) >= count and banning_hits(env, a) >= count for a in addresses
+        )
 
     wait_until(recorded, WAIT, f"ban {count} of {addresses} recorded")
 
@@ -459,8 +486,7 @@ def test_a_peer_named_before_the_host_first_talks_to_it_is_never_banned_later(
     send(env.atk, [Probe(a, SRV6 if ":" in a else SRV4, TRAP, "syn") for a in resolvers])
     for resolver in resolvers:
         wait_until(functools.partial(blocked, env, resolver), WAIT, f"{resolver} blocked")
-        first = functools.partial(lambda r: outcomes(env, r) == ["counted"], resolver)
-        wait_until(first, WAIT, f"the first probe in {resolver}'s name counted")
+        assert wait_hits(env, resolver, 1) == ["counted"]
         assert ask(env, resolver)  # the answers belong to the host's flow: the block spares them
     wait_until(lambda: env.in_set("peers_v4", RESOLVER4), WAIT, "the resolver a peer (v4)")
     wait_until(lambda: env.in_set("peers_v6", RESOLVER6), WAIT, "the resolver a peer (v6)")
@@ -472,3 +498,125 @@ def test_a_peer_named_before_the_host_first_talks_to_it_is_never_banned_later(
         assert not banned(env, resolver)
         assert ask(env, resolver)
     assert env.json("bans") == []
+
+
+# -- 3. connect mode: a live client and forged datagrams -----------------------------------
+
+
+def test_forged_datagrams_never_ban_a_live_client_but_ban_a_stranger(
+    env_factory: Callable[[str], Env],
+) -> None:
+    """Attack: datagrams to a connect-mode UDP trap, forged in the names of clients that use
+    the host's service, to cut them off. The kernel marks them (the source is a recent client:
+    SO_RCVMARK on the trap socket), so they are a client's; the same datagrams forged in a
+    stranger's name ban it, briefly (unverified). IPv4 and IPv6."""
+    env = env_factory(f'[traps]\ntcp = ["{TRAP}"]\nudp = ["{UDP_TRAP}"]\n')
+    client_v6(env)
+    env.start()
+    clients = {CLIENT: SRV_CLI, CLIENT6: SRV_CLI6}
+    for client, target in clients.items():
+        become_client(env, env.cli, client, target)
+    forged = [p for c in clients for p in forged_pair(c, "udp", SRV4 if "." in c else SRV6)]
+    send(env.atk, forged * 2, inter=0.02)
+    for client in clients:
+        assert wait_hits(env, client, 4) == ["client"] * 4
+    strangers = [STRANGER4, STRANGER6]
+    send(env.atk, [p for s in strangers for p in forged_pair(s, "udp")], inter=0.02)
+    wait_bans(env, strangers, 1)
+    for stranger in strangers:
+        [(banned_at, expires_at, count, evidence, reason)] = stored_bans(env, stranger)
+        assert (count, evidence, reason) == (1, "unverified", f"trap:udp/{UDP_TRAP}")
+        assert expires_at is not None and expires_at - banned_at <= 600  # unverified_max_time
+        assert outcomes(env, stranger) == ["counted", "banned"]
+    for client, target in clients.items():
+        assert not banned(env, client) and stored_bans(env, client) == []
+        assert tcp_works(env.cli, client, target, SERVICE_PORT)
+    assert {b["address"] for b in env.json("bans")} == set(strangers)
+
+
+# -- 5. the admin's live SSH session -----------------------------------------------------
+
+SSH = 22
+
+
+def test_the_peer_of_a_live_ssh_session_is_never_banned_until_it_ends(
+    env_factory: Callable[[str], Env],
+) -> None:
+    """Attack (or mistake): the admin's address touches a trap, by a scan of their own or a
+    forger's hand, while their SSH session to the host is open: the hit is `session`, with a
+    warning, nothing bans them, `porttrap ban` refuses, and the session goes on. Once the
+    session has ended, the same address touching a trap is banned. IPv4 and IPv6."""
+    env = env_factory(f'[traps]\ntcp = ["{TRAP}"]\nudp = []\n[protect]\nssh_ports = [{SSH}]\n')
+    client_v6(env)
+    env.srv.start([sys.executable, "-c", ECHO_TCP, str(SSH)])  # stands in for sshd
+    admins = {CLIENT: SRV_CLI, CLIENT6: SRV_CLI6}
+    wait_until(lambda: tcp_works(env.cli, CLIENT, SRV_CLI, SSH), WAIT, "the SSH stand-in up")
+    env.start()
+    sessions = {}
+    for admin, target in admins.items():
+        session = open_socket(env.cli, admin, socket.SOCK_STREAM)
+        session.settimeout(5)
+        session.connect((target, SSH))
+        sessions[admin] = session
+    try:
+        for admin, target in admins.items():
+            wait_logged(env, f"event=session-protected peer={admin} ")
+            assert tcp_works(env.cli, admin, target, TRAP)  # a verified hit, which would ban
+            assert wait_hits(env, admin, 1) == ["session"]
+            assert f"level=warning event=hit src={admin} " in env.log_text()
+            assert not banned(env, admin)
+            sessions[admin].sendall(b"still here")
+            assert sessions[admin].recv(100) == b"still here"
+            refused = env.porttrap("ban", admin, check=False)
+            assert refused.returncode == 1, refused
+            assert f"{admin} is the peer of a live SSH session" in refused.stderr
+        assert env.json("bans") == []
+    finally:
+        for session in sessions.values():
+            session.close()
+    for admin, target in admins.items():
+        # the watcher reads the sessions every second: until it sees this one end, a hit is
+        # still `session`; then it bans
+        def touch_and_check(a: str = admin, t: str = target) -> bool:
+            tcp_works(env.cli, a, t, TRAP, timeout=0.5)
+            return banned(env, a)
+
+        wait_until(touch_and_check, WAIT, f"{admin} banned once its session ended")
+        wait_bans(env, [admin], 1)
+        [(_, _, count, evidence, reason)] = stored_bans(env, admin)
+        assert (count, evidence, reason) == (1, "verified", f"trap:tcp/{TRAP}")
+        seen = outcomes(env, admin)
+        assert seen[-1] == "banned" and set(seen[:-1]) == {"session"}, seen
+
+
+# -- 6. a client touching one trap, then two ----------------------------------------------
+
+
+def test_a_client_touching_one_trap_is_spared_and_a_second_trap_bans_it(
+    env_factory: Callable[[str], Env],
+) -> None:
+    """Attack, or a mistake: a client of the host's service (a load balancer's health check
+    of a service that just stopped, or a connect scan that became a client first) sends a SYN
+    to a trap (stealth mode). It is redirected to the catch-all port: the handshake completes,
+    the hit is on the trap it aimed at, verified, and does not ban (client_trigger = 2); a
+    second trap port bans it, on verified evidence. IPv4 and IPv6."""
+    env = env_factory(f'[traps]\nmode = "stealth"\ntcp = ["{TRAP}", "{TRAP_2}"]\nudp = []\n')
+    client_v6(env)
+    env.start()
+    clients = {CLIENT: SRV_CLI, CLIENT6: SRV_CLI6}
+    for client, target in clients.items():
+        become_client(env, env.cli, client, target)
+        assert tcp_works(env.cli, client, target, TRAP)  # the catch-all port answers
+        wait_hits(env, client, 1)
+        [hit] = history(env, client, "hit")
+        assert (hit["port"], hit["kind"], hit["outcome"]) == (TRAP, "connect", "counted")
+        assert hit["local"] == target
+        assert not banned(env, client) and not blocked(env, client)
+        assert tcp_works(env.cli, client, target, SERVICE_PORT)
+    for client, target in clients.items():
+        assert tcp_works(env.cli, client, target, TRAP_2)
+        wait_bans(env, [client], 1)
+        [(_, _, count, evidence, reason)] = stored_bans(env, client)
+        assert (count, evidence, reason) == (1, "verified", f"trap:tcp/{TRAP_2}")
+        assert outcomes(env, client) == ["counted", "banned"]
+        assert not tcp_works(env.cli, client, target, SERVICE_PORT)
