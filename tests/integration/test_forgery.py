@@ -22,8 +22,10 @@ import socket
 import subprocess  # noqa: TID251 - test helper
 import sys
 import threading
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -43,6 +45,8 @@ from daemon_env import (
 )
 
 from netns import Netns
+from porttrap.config.schema import DEFAULT_TCP_TRAPS
+from porttrap.units import parse_ports
 
 pytestmark = pytest.mark.kernel
 
@@ -620,3 +624,54 @@ def test_a_client_touching_one_trap_is_spared_and_a_second_trap_bans_it(
         assert (count, evidence, reason) == (1, "verified", f"trap:tcp/{TRAP_2}")
         assert outcomes(env, client) == ["counted", "banned"]
         assert not tcp_works(env.cli, client, target, SERVICE_PORT)
+
+
+# -- 4. nmap -sT against the default trap list ---------------------------------------------
+
+DEFAULT_TRAPS = frozenset(p for text in DEFAULT_TCP_TRAPS for p in parse_ports(text))
+
+
+def nmap_connect_scan(env: Env, target: str) -> tuple[set[int], float]:
+    """`nmap -sT` of nmap's 1,000 most common ports from the attacker's namespace (its
+    first address), bounded: -T4, one retry, at least 200 probes a second (a host that drops
+    everything would slow it down to a crawl), 60 s at most. The ports nmap found open, and
+    when it ended (epoch seconds, this machine's clock, as the daemon's)."""
+    argv = ["nmap", "-sT", "-n", "-Pn", "-T4", "--max-retries", "1", "--min-rate", "200"]
+    argv += ["--host-timeout", "60s", "-oX", "-", *(["-6"] if ":" in target else []), target]
+    xml = env.atk.run(argv, timeout=120)
+    ended = datetime.now(UTC).timestamp()
+    root = ET.fromstring(xml)
+    opened = {
+        int(port.get("portid", "0"))
+        for port in root.iter("port")
+        if (state := port.find("state")) is not None and state.get("state") == "open"
+    }
+    return opened, ended
+
+
+@pytest.mark.parametrize("mode", ["stealth", "advanced"])
+def test_a_connect_scan_that_became_a_client_is_banned_on_verified_evidence(
+    env_factory: Callable[[str], Env], mode: str
+) -> None:
+    """Attack: escape the kernel sensor by becoming a client first (a visit to the web
+    service), then `nmap -sT` the host: a client's probes are spared as forgeable, but its
+    SYNs to traps are redirected to the catch-all port, whose handshakes prove its address.
+    Stealth mode with the default trap list (and advanced mode), 5 services served, IPv4 then
+    IPv6: banned on verified evidence, for a trap, before nmap ends. nmap may report open the
+    services it reached before the ban, and the traps whose handshake the catch-all completed."""
+    env = env_factory(f'[traps]\nmode = "{mode}"\n')
+    env.srv.start([sys.executable, "-c", SERVE, *(str(p) for p in SERVICES if p != SERVICE_PORT)])
+    for port in SERVICES:
+        wait_until(functools.partial(tcp_works, env.cli, CLIENT, SRV_CLI, port), WAIT, f"{port}")
+    env.start()
+    traps = DEFAULT_TRAPS if mode == "stealth" else frozenset(range(1, 65536)) - set(SERVICES)
+    for scanner, target in ((ATK4, SRV4), (ATK6, SRV6)):
+        become_client(env, env.atk, scanner, target)
+        opened, ended = nmap_connect_scan(env, target)
+        wait_bans(env, [scanner], 1)
+        [(banned_at, _, count, evidence, reason)] = stored_bans(env, scanner)
+        assert (count, evidence) == (1, "verified")
+        assert reason.startswith("trap:tcp/") and int(reason.split("/")[1]) in traps, reason
+        assert banned_at < ended, "the ban came after the scan had ended"
+        assert opened <= set(SERVICES) | traps, opened
+        assert banned(env, scanner)
