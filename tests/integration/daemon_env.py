@@ -26,11 +26,14 @@ SERVICE_PORT = 8080
 SRV4, SRV6, SRV_CLI = "192.0.2.1", "2001:db8:1::1", "198.51.100.1"
 ATK4, ATK4_B, ATK6 = "192.0.2.2", "192.0.2.3", "2001:db8:1::2"
 CLIENT, ALLOWED = "198.51.100.2", "198.51.100.3"
+# A client that resets at once (nmap -sT does) must not end the service: sendall would raise.
 SERVICE = (
-    "import socket\n"
+    "import contextlib, socket\n"
     "s = socket.create_server(('::', %d), family=socket.AF_INET6, dualstack_ipv6=True)\n"
     "while True:\n"
-    "    c, _ = s.accept(); c.sendall(b'hello'); c.close()\n"
+    "    c, _ = s.accept()\n"
+    "    with c, contextlib.suppress(OSError):\n"
+    "        c.sendall(b'hello')\n"
 )
 
 
