@@ -17,20 +17,25 @@ Namespaces and addresses: tests/integration/daemon_env.py; documentation address
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
+import random
 import socket
 import subprocess  # noqa: TID251 - test helper
 import sys
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from crafted import Probe, send
 from daemon_env import (
+    ALLOWED,
     ATK4,
     ATK6,
     CLIENT,
@@ -43,6 +48,7 @@ from daemon_env import (
     tcp_works,
     wait_until,
 )
+from floods import TCP, UDP, Sender
 
 from netns import Netns
 from porttrap.config.schema import DEFAULT_TCP_TRAPS
@@ -191,6 +197,11 @@ def forged_pair(source: str, kind: str, target: str | None = None) -> list[Probe
     ]
 
 
+def connects(ns: Netns, source: str, target: str, port: int) -> bool:
+    """Whether a connection that should work does: with time for a busy machine."""
+    return tcp_works(ns, source, target, port, timeout=5)
+
+
 def client_v6(env: Env) -> None:
     """IPv6 on the clients' link: SRV_CLI6 on the protected side, CLIENT6 on the clients'."""
     srv_if, cli_if = env.cli_link
@@ -200,7 +211,7 @@ def client_v6(env: Env) -> None:
 
 def become_client(env: Env, ns: Netns, source: str, target: str) -> None:
     """A completed connection from `source` to the service: the kernel's watch records a client."""
-    assert tcp_works(ns, source, target, SERVICE_PORT), f"{source} could not reach the service"
+    assert connects(ns, source, target, SERVICE_PORT), f"{source} could not reach the service"
     name = "clients_v6" if ":" in source else "clients_v4"
     wait_until(lambda: env.in_set(name, source), WAIT, f"{source} a client in the kernel")
 
@@ -328,7 +339,7 @@ def test_forged_datagrams_never_ban_for_good_while_real_connects_do(
         env.start()
         for round_ in range(1, ROUNDS + 1):
             send(env.atk, [p for a in innocents for p in forged_pair(a, "udp")], inter=0.05)
-            assert tcp_works(env.atk, ATK4, SRV4, TRAP) and tcp_works(env.atk, ATK6, SRV6, TRAP)
+            assert connects(env.atk, ATK4, SRV4, TRAP) and connects(env.atk, ATK6, SRV6, TRAP)
             wait_bans(env, innocents + scanners, round_)
             if round_ < ROUNDS:
                 wait_lifted(env, innocents + scanners)
@@ -371,7 +382,7 @@ def test_portsentry_style_permanent_after_1_gives_a_forger_only_short_bans(
                 wait_lifted(env, by_syn + by_udp)
         become_client(env, env.cli, CLIENT, SRV_CLI)
         for port in (TRAP, TRAP_2):
-            assert tcp_works(env.cli, CLIENT, SRV_CLI, port)  # the catch-all answers
+            assert connects(env.cli, CLIENT, SRV_CLI, port)  # the catch-all answers
         wait_bans(env, [CLIENT], 1)
     for address in by_syn + by_udp:
         bans = stored_bans(env, address)
@@ -534,7 +545,7 @@ def test_forged_datagrams_never_ban_a_live_client_but_ban_a_stranger(
         assert outcomes(env, stranger) == ["counted", "banned"]
     for client, target in clients.items():
         assert not banned(env, client) and stored_bans(env, client) == []
-        assert tcp_works(env.cli, client, target, SERVICE_PORT)
+        assert connects(env.cli, client, target, SERVICE_PORT)
     assert {b["address"] for b in env.json("bans")} == set(strangers)
 
 
@@ -565,7 +576,7 @@ def test_the_peer_of_a_live_ssh_session_is_never_banned_until_it_ends(
     try:
         for admin, target in admins.items():
             wait_logged(env, f"event=session-protected peer={admin} ")
-            assert tcp_works(env.cli, admin, target, TRAP)  # a verified hit, which would ban
+            assert connects(env.cli, admin, target, TRAP)  # a verified hit, which would ban
             assert wait_hits(env, admin, 1) == ["session"]
             assert f"level=warning event=hit src={admin} " in env.log_text()
             assert not banned(env, admin)
@@ -610,15 +621,15 @@ def test_a_client_touching_one_trap_is_spared_and_a_second_trap_bans_it(
     clients = {CLIENT: SRV_CLI, CLIENT6: SRV_CLI6}
     for client, target in clients.items():
         become_client(env, env.cli, client, target)
-        assert tcp_works(env.cli, client, target, TRAP)  # the catch-all port answers
+        assert connects(env.cli, client, target, TRAP)  # the catch-all port answers
         wait_hits(env, client, 1)
         [hit] = history(env, client, "hit")
         assert (hit["port"], hit["kind"], hit["outcome"]) == (TRAP, "connect", "counted")
         assert hit["local"] == target
         assert not banned(env, client) and not blocked(env, client)
-        assert tcp_works(env.cli, client, target, SERVICE_PORT)
+        assert connects(env.cli, client, target, SERVICE_PORT)
     for client, target in clients.items():
-        assert tcp_works(env.cli, client, target, TRAP_2)
+        assert connects(env.cli, client, target, TRAP_2)
         wait_bans(env, [client], 1)
         [(_, _, count, evidence, reason)] = stored_bans(env, client)
         assert (count, evidence, reason) == (1, "verified", f"trap:tcp/{TRAP_2}")
@@ -675,3 +686,103 @@ def test_a_connect_scan_that_became_a_client_is_banned_on_verified_evidence(
         assert banned_at < ended, "the ban came after the scan had ended"
         assert opened <= set(SERVICES) | traps, opened
         assert banned(env, scanner)
+
+
+# -- 7. a flood of forged sources -----------------------------------------------------------
+
+FLOOD_V6 = 2500  # sources in 2001:db8:8000::/33, each (almost surely) in a /48 of its own
+FLOOD_V4 = 250  # sources in 203.0.113.0/24: one network, whose own budget binds
+HIT_RATE = 100  # [store] hit_rate: hits stored per second, bursts of 5 s worth
+BUDGET_RATE, BUDGET_BURST = 10, 50  # [ban] unverified_rate (default), bursts of 5 s worth
+PREFIX_RATE, PREFIX_BURST = 1, 5  # [ban] unverified_prefix_rate (default), per /24 or /48
+RSS_LIMIT = 128 << 20  # bytes: the daemon's peak resident memory (about 50 MiB at start)
+FLOOD_CONFIGS = {
+    "connect": f'[traps]\ntcp = ["{TRAP}"]\nudp = ["{UDP_TRAP}"]\n',
+    # every report reaches the daemon: its own budgets are what is tested
+    "advanced": '[traps]\nmode = "advanced"\n[kernel]\nevent_rate = 100000\n',
+}
+
+
+def flood_sources() -> list[str]:
+    """The IPv4 sources first, while the host-wide budget is full: their network's own
+    budget is what holds them back."""
+    rng = random.Random(12)
+    base = int(ipaddress.IPv6Address("2001:db8:8000::"))
+    v6 = {str(ipaddress.IPv6Address(base + rng.getrandbits(95))) for _ in range(FLOOD_V6)}
+    return [f"203.0.113.{n}" for n in range(1, FLOOD_V4 + 1)] + sorted(v6)
+
+
+def peak_memory(pid: int) -> int:
+    """The peak resident set of process `pid` (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+@pytest.mark.parametrize("mode", ["connect", "advanced"])
+def test_a_flood_of_forged_sources_makes_few_bans_and_bounded_memory_and_rows(
+    env_factory: Callable[[str], Env], mode: str
+) -> None:
+    """Attack: thousands of forged sources, each sending two probes (SYNs, advanced mode) or
+    two datagrams (a connect-mode UDP trap), to make porttrap ban thousands of innocents and
+    fill its memory and its disk. Bans stay within the budgets of unverified bans (host-wide
+    10 a second, bursts of 50; 1 a second per /24, bursts of 5), the rest are held back and
+    counted; the hits stored stay within [store] hit_rate, the rest are counted as sampled;
+    the daemon's memory stays bounded."""
+    config = FLOOD_CONFIGS[mode]
+    env = env_factory(
+        f'{config}[store]\nhit_rate = {HIT_RATE}\n[allow]\naddresses = ["{ALLOWED}"]\n'
+    )
+    env.start()
+    pid = env.daemon_pid()
+    assert "porttrap" in Path(f"/proc/{pid}/cmdline").read_text()
+    before = peak_memory(pid)
+    proto, ports = (UDP, (UDP_TRAP, UDP_TRAP)) if mode == "connect" else (TCP, (TRAP, TRAP_2))
+    sender = Sender(env.atk, env.atk_link[1], env.srv, env.atk_link[0])
+    try:
+        sources = flood_sources()
+        frames = [
+            sender.frame(source, SRV6 if ":" in source else SRV4, proto, (40000 + n, port))
+            for source in sources
+            for n, port in enumerate(ports)
+        ]
+        marker = sender.frame(ALLOWED, SRV4, proto, (40000, ports[0]))
+        started = time.monotonic()  # noqa: TID251 - test timing
+        for at in range(0, len(frames), 100):  # about 5,000 frames a second
+            sender.send(frames[at : at + 100])
+            time.sleep(0.02)
+
+        def marker_seen() -> bool:
+            """The allow-listed marker, sent after the flood, has been dealt with."""
+            sender.send([marker])
+            return bool(env.json("status")["hits"].get("allowed", 0) > 0)
+
+        wait_until(marker_seen, 60, "the daemon through the flood")
+        elapsed = time.monotonic() - started  # noqa: TID251
+    finally:
+        sender.close()
+    status = env.json("status")
+    hits = status["hits"]
+    bans = env.db("SELECT target, banned_at, evidence FROM bans ORDER BY banned_at")
+    assert {evidence for _, _, evidence in bans} == {"unverified"}
+    span = bans[-1][1] - bans[0][1]
+    assert len(bans) <= BUDGET_BURST + BUDGET_RATE * span + 1, (len(bans), span)
+    v4 = [at for target, at, _ in bans if "." in target]
+    assert 1 <= len(v4) <= PREFIX_BURST + PREFIX_RATE * (v4[-1] - v4[0]) + 1, v4
+    assert len(bans) < len(sources) // 20  # far below: what a forger gets for its flood
+    assert hits["held-back"] > 0  # the rest of those that would have banned
+    assert len(bans) + hits["held-back"] <= len(sources)
+    assert status["bans"]["active"] == len(bans) and status["bans"]["permanent"] == 0
+
+    assert hits["sampled"] > 0
+    stored = hits["total"] - hits["sampled"] - hits["not_stored"]
+
+    def written() -> bool:
+        return bool(env.db("SELECT count(*) FROM hits")[0][0] == stored)
+
+    wait_until(written, WAIT, f"the {stored} hits kept written")
+    # before the flood, no hit: the bucket was at most full (5 s worth) when it began
+    assert stored <= 5 * HIT_RATE + HIT_RATE * elapsed + len(bans) + 1, (stored, elapsed)
+    peak = peak_memory(pid)
+    assert peak < RSS_LIMIT, f"peak memory {peak >> 20} MiB ({before >> 20} MiB before the flood)"
