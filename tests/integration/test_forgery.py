@@ -660,6 +660,27 @@ def nmap_connect_scan(env: Env, target: str) -> tuple[set[int], float]:
     return opened, ended
 
 
+def served(env_factory: Callable[[str], Env], mode: str) -> Env:
+    """A started daemon in `mode` (the default trap lists) on a host serving SERVICES."""
+    env = env_factory(f'[traps]\nmode = "{mode}"\n')
+    env.srv.start([sys.executable, "-c", SERVE, *(str(p) for p in SERVICES if p != SERVICE_PORT)])
+    for port in SERVICES:
+        wait_until(functools.partial(tcp_works, env.cli, CLIENT, SRV_CLI, port), WAIT, f"{port}")
+    env.start()
+    return env
+
+
+def assert_banned_during(env: Env, scanner: str, ended: float, traps: frozenset[int]) -> str:
+    """The scanner's one ban: for a trap, made before nmap ended; its evidence."""
+    wait_bans(env, [scanner], 1)
+    [(banned_at, _, count, evidence, reason)] = stored_bans(env, scanner)
+    assert count == 1
+    assert reason.startswith("trap:tcp/") and int(reason.split("/")[1]) in traps, reason
+    assert banned_at < ended, "the ban came after the scan had ended"
+    assert banned(env, scanner)
+    return str(evidence)
+
+
 @pytest.mark.parametrize("mode", ["stealth", "advanced"])
 def test_a_connect_scan_that_became_a_client_is_banned_on_verified_evidence(
     env_factory: Callable[[str], Env], mode: str
@@ -670,22 +691,30 @@ def test_a_connect_scan_that_became_a_client_is_banned_on_verified_evidence(
     Stealth mode with the default trap list (and advanced mode), 5 services served, IPv4 then
     IPv6: banned on verified evidence, for a trap, before nmap ends. nmap may report open the
     services it reached before the ban, and the traps whose handshake the catch-all completed."""
-    env = env_factory(f'[traps]\nmode = "{mode}"\n')
-    env.srv.start([sys.executable, "-c", SERVE, *(str(p) for p in SERVICES if p != SERVICE_PORT)])
-    for port in SERVICES:
-        wait_until(functools.partial(tcp_works, env.cli, CLIENT, SRV_CLI, port), WAIT, f"{port}")
-    env.start()
+    env = served(env_factory, mode)
     traps = DEFAULT_TRAPS if mode == "stealth" else frozenset(range(1, 65536)) - set(SERVICES)
     for scanner, target in ((ATK4, SRV4), (ATK6, SRV6)):
         become_client(env, env.atk, scanner, target)
         opened, ended = nmap_connect_scan(env, target)
-        wait_bans(env, [scanner], 1)
-        [(banned_at, _, count, evidence, reason)] = stored_bans(env, scanner)
-        assert (count, evidence) == (1, "verified")
-        assert reason.startswith("trap:tcp/") and int(reason.split("/")[1]) in traps, reason
-        assert banned_at < ended, "the ban came after the scan had ended"
+        assert assert_banned_during(env, scanner, ended, traps) == "verified"
         assert opened <= set(SERVICES) | traps, opened
-        assert banned(env, scanner)
+
+
+def test_a_connect_scan_as_it_comes_is_banned_before_it_ends(
+    env_factory: Callable[[str], Env],
+) -> None:
+    """Attack: `nmap -sT` as it comes (its own port order) against stealth mode with the
+    default trap list. If it reaches a service first, it is a client from then on, and its
+    handshakes to traps (the catch-all port) ban it on verified evidence; if it reaches a
+    trap first, that SYN blocks it, and nmap's second SYN there bans it on unverified evidence
+    (confirm = 2). nmap's order is random: either way it is banned for a trap before it ends,
+    and the evidence is what the banning hit was: a handshake, or a probe."""
+    env = served(env_factory, "stealth")
+    opened, ended = nmap_connect_scan(env, SRV4)
+    evidence = assert_banned_during(env, ATK4, ended, DEFAULT_TRAPS)
+    [(kind,)] = env.db("SELECT kind FROM hits WHERE source = ? AND outcome = 'banned'", ATK4)
+    assert (kind, evidence) in {("connect", "verified"), ("syn", "unverified")}, (kind, evidence)
+    assert opened <= set(SERVICES) | DEFAULT_TRAPS, opened
 
 
 # -- 7. a flood of forged sources -----------------------------------------------------------
