@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess  # noqa: TID251 - test helper
 import sys
 import time
@@ -25,11 +26,14 @@ SERVICE_PORT = 8080
 SRV4, SRV6, SRV_CLI = "192.0.2.1", "2001:db8:1::1", "198.51.100.1"
 ATK4, ATK4_B, ATK6 = "192.0.2.2", "192.0.2.3", "2001:db8:1::2"
 CLIENT, ALLOWED = "198.51.100.2", "198.51.100.3"
+# A client that resets at once (nmap -sT does) must not end the service: sendall would raise.
 SERVICE = (
-    "import socket\n"
+    "import contextlib, socket\n"
     "s = socket.create_server(('::', %d), family=socket.AF_INET6, dualstack_ipv6=True)\n"
     "while True:\n"
-    "    c, _ = s.accept(); c.sendall(b'hello'); c.close()\n"
+    "    c, _ = s.accept()\n"
+    "    with c, contextlib.suppress(OSError):\n"
+    "        c.sendall(b'hello')\n"
 )
 
 
@@ -73,9 +77,12 @@ class Env:
 
     def __init__(self, make: Callable[[], Netns], tmp: Path, config: str) -> None:
         self.srv, self.atk, self.cli = make(), make(), make()
-        self.srv.veth(self.atk, [f"{SRV4}/24", f"{SRV6}/64"],
-                      [f"{ATK4}/24", f"{ATK4_B}/24", f"{ATK6}/64"])  # fmt: skip
-        self.srv.veth(self.cli, [f"{SRV_CLI}/24"], [f"{CLIENT}/24", f"{ALLOWED}/24"])
+        # (the protected side's interface, the other side's) of each link
+        self.atk_link = self.srv.veth(self.atk, [f"{SRV4}/24", f"{SRV6}/64"],
+                                      [f"{ATK4}/24", f"{ATK4_B}/24", f"{ATK6}/64"])  # fmt: skip
+        self.cli_link = self.srv.veth(
+            self.cli, [f"{SRV_CLI}/24"], [f"{CLIENT}/24", f"{ALLOWED}/24"]
+        )
         self.state = tmp / "state"
         self.config = tmp / "porttrap.toml"
         self.config.write_text(f'state_dir = "{self.state}"\n{config}')
@@ -136,6 +143,20 @@ class Env:
 
     def log_text(self) -> str:
         return self.log.read_text()
+
+    def db(self, query: str, *params: object) -> list[Any]:
+        """Rows of `query` on the daemon's SQLite database, opened read-only: exact times
+        (the CLI shows whole seconds) and whole tables (the CLI shows a page)."""
+        uri = f"file:{self.state / 'porttrap.db'}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=10)
+        try:
+            return conn.execute(query, params).fetchall()
+        finally:
+            conn.close()
+
+    def daemon_pid(self) -> int:
+        """The daemon's own PID, as it reports it (`ip netns exec` may stand in between)."""
+        return int(self.json("status")["pid"])
 
     def nft_set(self, name: str) -> list[Any]:
         """Elements of one of porttrap's sets in the protected namespace ([] when absent)."""

@@ -148,7 +148,7 @@ def test_every_combination_loads_in_one_transaction_and_tears_down(
 @pytest.mark.parametrize(
     ("name", "present", "absent"),
     [
-        ("block-off", ['log prefix "porttrap:new"'], ["@block_", "goto blocked", "jump block"]),
+        ("block-off", ['log prefix "porttrap:new"'], ["@block_", "jump blocked", "jump block"]),
         ("client-time-0", ["@block_a_v4"], ["@clients_v4", "report_client"]),
         ("quiet-off", ["@traps_tcp"], ['counter name "quiet"']),
         ("tcp-advanced-udp-connect", ['counter name "quiet"'], ["@traps_udp", "udp dport"]),

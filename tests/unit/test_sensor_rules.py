@@ -197,8 +197,8 @@ def test_block_on_inserts_into_the_current_generation_and_drops_blocked_sources(
         f'add rule {T} block update @block_b_v4 {{ ip saddr }} counter name "block_b"',
         f'add rule {T} block update @block_b_v6 {{ ip6 saddr }} counter name "block_b"',
     ]
-    assert len(mentioning(commands, "saddr @block_a_v4 goto blocked")) == 1
-    assert len(mentioning(commands, "saddr @block_b_v6 goto blocked")) == 1
+    assert len(mentioning(commands, "saddr @block_a_v4 jump blocked")) == 1
+    assert len(mentioning(commands, "saddr @block_b_v6 jump blocked")) == 1
     assert f"add rule {T} probe jump block" in commands
     assert len(mentioning(commands, f"add rule {T} forward ")) == 5
 
@@ -207,10 +207,32 @@ def test_block_off_leaves_out_every_block_rule() -> None:
     commands = create(spec(tcp=STEALTH, udp=STEALTH, block=False))
     assert mentioning(rules_of(commands), "@block_") == []
     assert mentioning(commands, "update @block_") == []
-    assert mentioning(commands, "goto blocked") == []
+    assert mentioning(commands, "jump blocked") == []
     assert mentioning(commands, "jump block") == []
     assert mentioning(commands, f"add rule {T} forward ") == []
     assert f"add rule {T} probe goto report_new" in commands
+
+
+def test_a_blocked_source_gets_neighbour_discovery_through_and_peers_and_clients_go_on() -> None:
+    """Jumped to, not gone to: a `return` goes back to the input chain, where a peer's or a
+    client's trap packet goes on to the probe chain (reported as theirs) and its other packets
+    pass; anyone else's trap packet is a repeat, anything else dropped."""
+    blocked = mentioning(create(spec(tcp=STEALTH)), f"add rule {T} blocked ")
+    assert [c.removeprefix(f"add rule {T} blocked ") for c in blocked] == [
+        "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, "
+        "nd-neighbor-advert, nd-redirect } return",
+        "ip saddr 169.254.0.0/16 return",
+        "ip6 saddr fe80::/10 return",
+        "ip saddr @gateways_v4 return",
+        "ip6 saddr @gateways_v6 return",
+        "ip saddr @peers_v4 return",
+        "ip6 saddr @peers_v6 return",
+        "ip saddr @clients_v4 return",
+        "ip6 saddr @clients_v6 return",
+        "meta l4proto tcp fib daddr type local tcp flags & (syn | ack) != syn | ack "
+        "tcp flags & rst == 0 tcp dport @traps_tcp tcp dport != @open_tcp goto report_repeat",
+        "drop",
+    ]
 
 
 def test_client_time_zero_leaves_out_the_client_and_peer_rules_and_the_redirect() -> None:
@@ -218,11 +240,13 @@ def test_client_time_zero_leaves_out_the_client_and_peer_rules_and_the_redirect(
     assert mentioning(rules_of(commands), "@clients_") == []
     assert mentioning(rules_of(commands), "@peers_") == []
     assert mentioning(commands, "goto report_client") == []
-    assert mentioning(rules_of(commands), "redirect") == []
+    assert mentioning(rules_of(commands), "redirect to") == []
     assert mentioning(commands, "syn_redirect") == []
     assert len(mentioning(commands, "goto report_peer")) == 4  # link-local and gateways stay
     matched = mentioning(create(spec(tcp=STEALTH)), "@clients_")
-    assert [c.split()[4] for c in matched] == ["probe"] * 2 + ["client_redirect"] * 4
+    assert [c.split()[4] for c in matched] == ["blocked"] * 2 + ["probe"] * 2 + [
+        "client_redirect"
+    ] * 4
 
 
 def test_block_sets_have_their_time_and_size() -> None:

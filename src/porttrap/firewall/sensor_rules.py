@@ -20,8 +20,12 @@ path of a packet:
                                                           scanner's RST after a SYN-ACK)
       to the catch-all port: redirected (ct dnat)     -> leave it (to the daemon's listener)
                              sent there directly       -> dropped: no scan finds the port open
-      source in a first-packet block                  -> `blocked`: a trap packet is reported
-                                                          as a repeat, everything is dropped
+      source in a first-packet block                  -> `blocked`: IPv6 neighbour discovery,
+                                                          and a peer's or a recent client's
+                                                          packets, go on (it may have become
+                                                          one since it was blocked); anyone
+                                                          else's trap packet is reported as a
+                                                          repeat, everything else is dropped
       trap packet (a trap port, or in advanced mode   -> `probe`
         any watched port nothing serves)
       quiet: a non-SYN TCP packet to a port nothing   -> dropped, so no RST tells its state
@@ -80,6 +84,11 @@ METER_TIMEOUT = 60  # seconds a per-source meter lives after its last packet
 REDIRECT_RATE, REDIRECT_BURST = 1, 5
 _NOT_REPLIES = "tcp flags & (syn | ack) != syn | ack tcp flags & rst == 0"
 _SYN = "tcp flags & (fin | syn | rst | ack) == syn"
+# What a block must never drop: without it, a neighbour's address is unreachable.
+_NEIGHBOUR_DISCOVERY = (
+    "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, "
+    "nd-neighbor-advert, nd-redirect }"
+)
 
 
 class SensorRules:
@@ -196,7 +205,7 @@ class SensorRules:
                 for generation in GENERATIONS:
                     rules.append(
                         self._rule(
-                            "input", f"{protocol} saddr @block_{generation}_v{version} goto blocked"
+                            "input", f"{protocol} saddr @block_{generation}_v{version} jump blocked"
                         )
                     )
         rules += [self._rule("input", f"{match} goto probe") for match in self._trap_matches()]
@@ -231,7 +240,15 @@ class SensorRules:
         return matches
 
     def _blocked_rules(self) -> list[str]:
-        rules = [self._rule("blocked", f"{m} goto report_repeat") for m in self._trap_matches()]
+        """A blocked source. Its neighbour discovery returns to the input chain: one forged
+        probe must not make an IPv6 neighbour (the host's resolver on its link) unreachable.
+        So does a peer or a recent client: the probe chain never blocks them, but a source
+        may have become one after it was blocked (a forged probe named the host's resolver
+        before the host first asked it), and its trap packets must be reported as theirs, not
+        as a stranger's repeats, which the policy would count toward a ban."""
+        exempt = [_NEIGHBOUR_DISCOVERY, *self._watch.peer_matches(), *self._watch.client_matches()]
+        rules = [self._rule("blocked", f"{match} return") for match in exempt]
+        rules += [self._rule("blocked", f"{m} goto report_repeat") for m in self._trap_matches()]
         return [*rules, self._rule("blocked", "drop")]
 
     def _probe_rules(self) -> list[str]:
