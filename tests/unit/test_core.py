@@ -37,6 +37,7 @@ from porttrap.core.commands import (
     RotateBlocks,
     Schedule,
     ServePorts,
+    SetGateways,
     Setup,
     SetupReason,
     UpdateTraps,
@@ -51,8 +52,8 @@ from porttrap.core.events import (
     CountersRead,
     FirewallFailed,
     FirewallMissing,
+    GatewaysChanged,
     HitSeen,
-    PeerSeen,
     Reconcile,
     ReloadCommitted,
     ReloadFailed,
@@ -62,6 +63,7 @@ from porttrap.core.events import (
     RemoteBan,
     ServedPortsChanged,
     ServeFailed,
+    SessionsChanged,
     Started,
     Stopping,
     Tick,
@@ -286,7 +288,8 @@ def test_forged_probes_need_confirmation_and_never_ban_a_client_or_a_peer() -> N
         >> HitSeen(syn)  # one forged SYN: counted, never a ban
         >> HitSeen(client)
         >> HitSeen(client)
-        >> PeerSeen(ip_address(peer), until=T0 + 60)
+        >> GatewaysChanged(frozenset({ip_address(peer)}))
+        << SetGateways(frozenset({ip_address(peer)}))
         >> HitSeen(hit(peer, kind="udp", port=161))
         >> HitSeen(hit(peer, kind="udp", port=161))
         >> Tick()
@@ -760,7 +763,8 @@ def refusals(core: Core, playbook: Playbook) -> list[str]:
 def test_remote_bans_refused_for_what_the_local_protection_holds() -> None:
     core, playbook = started(config(f'[allow]\naddresses = ["{OTHER}"]\n'))
     peer = "203.0.113.53"
-    playbook >> PeerSeen(ip_address(peer), until=T0 + 600)
+    gateways = frozenset({ip_address(peer)})
+    assert playbook >> GatewaysChanged(gateways) << SetGateways(gateways)
     for target, at, seconds in [
         (HOST, T0, H),  # an address of this host
         ("192.0.2.0/24", T0, H),  # holds one
@@ -817,38 +821,41 @@ def test_a_remote_trap_ban_of_a_protocol_that_only_logs_here_stays_out_of_the_ke
 # -- peers -----------------------------------------------------------------------------------
 
 
-def test_a_peer_is_protected_until_its_time_and_then_no_longer() -> None:
+def test_a_gateway_is_protected_while_it_is_one_and_then_no_longer() -> None:
     core, playbook = started(stealth())
-    peer = "203.0.113.53"
-    datagram = hit(peer, kind="udp", port=161)
+    gateway = "203.0.113.53"
+    datagram = hit(gateway, kind="udp", port=161)
     assert (
         playbook
-        >> PeerSeen(ip_address(peer), until=T0 + 60)
+        >> GatewaysChanged(frozenset({ip_address(gateway)}))
+        << SetGateways(frozenset({ip_address(gateway)}))
         >> HitSeen(datagram)
         >> HitSeen(datagram)
-        >> later(60)  # its protection ended
-        >> HitSeen(replace(datagram, at=T0 + 60))
-        >> HitSeen(replace(datagram, at=T0 + 60))
+        >> GatewaysChanged(frozenset({ip_address(gateway)}))  # the same: nothing to do
+        >> GatewaysChanged(frozenset())  # its route went away
+        << SetGateways(frozenset())
+        >> HitSeen(datagram)
+        >> HitSeen(datagram)
         << FlushSoon()
+        >> Tick()
+        << RecordHits([(datagram, o) for o in map(Outcome, ("peer", "peer", "counted", "banned"))])
     )
-    assert core.policy.banned(ip_address(peer), T0 + 60) is not None
+    assert core.policy.banned(ip_address(gateway), T0) is not None
 
 
-def test_peers_are_forgotten_once_over_and_bounded_and_survive_a_reload(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from porttrap.policy import protect
-
-    monkeypatch.setattr(protect, "MAX_PEERS", 3)
+def test_gateways_and_sessions_survive_a_reload() -> None:
     core, playbook = started(config())
-    for n, until in enumerate([T0 + 10, T0 + 100, T0 + 200, T0 + 300]):
-        playbook >> PeerSeen(ip_address(f"203.0.113.{n}"), until=until)
-    assert playbook
-    peers = core.policy.protection.peers
-    assert sorted(str(p) for p in peers) == ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+    gateway, session = ip_address("203.0.113.1"), ip_address("198.51.100.22")
+    assert (
+        playbook
+        >> GatewaysChanged(frozenset({gateway}))
+        << SetGateways(frozenset({gateway}))
+        >> SessionsChanged(frozenset({session}))
+    )
     new = config(f'[allow]\naddresses = ["{OTHER}"]\n')
     assert playbook >> ReloadRequested(new) << PrepareReload(new, ("allow",))
     assert playbook >> ReloadPrepared() << Reloaded(("allow",))
-    assert core.policy.protection.peers == peers  # the new protection took them over
-    core.policy.forget_quiet(T0 + 150)
-    assert sorted(str(p) for p in core.policy.protection.peers) == ["203.0.113.2", "203.0.113.3"]
+    protection = core.policy.protection  # the new protection took them over
+    assert protection.gateways == frozenset({gateway})
+    assert protection.sessions == frozenset({session})
+    assert protection.peer(gateway) and not protection.peer(session)

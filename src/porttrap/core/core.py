@@ -68,7 +68,6 @@ from porttrap.core.events import (
     FirewallMissing,
     GatewaysChanged,
     HitSeen,
-    PeerSeen,
     Reconcile,
     ReloadCommitted,
     ReloadFailed,
@@ -159,7 +158,6 @@ class Core:
             AdminBan: self._admin_ban,
             AdminUnban: self._admin_unban,
             RemoteBan: self._remote_ban,
-            PeerSeen: self._peer_seen,
             SessionsChanged: self._sessions,
             GatewaysChanged: self._gateways,
             ReloadRequested: self._reload_requested,
@@ -399,10 +397,6 @@ class Core:
         if isinstance(held, str):
             return [Log("remote-ban-refused", logging.INFO, {**fields, "why": held})]
         return [Log("remote-ban", logging.INFO, fields), *self._queue([held])]
-
-    def _peer_seen(self, event: PeerSeen, _now: float) -> list[Command]:
-        self.policy.protection.note_peer(event.address, event.until)
-        return []
 
     def _sessions(self, event: SessionsChanged, _now: float) -> list[Command]:
         """The admin's SSH sessions: each new peer is named, so that the log says who is

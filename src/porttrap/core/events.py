@@ -149,15 +149,6 @@ class GatewaysChanged:
 
 
 @dataclass(frozen=True, slots=True)
-class PeerSeen:
-    """The host talks to `address` of its own accord (a resolver, a gateway, a VPN endpoint):
-    until `until`, evidence that can be forged never bans it."""
-
-    address: IPAddress
-    until: float
-
-
-@dataclass(frozen=True, slots=True)
 class ReloadRequested:
     """A valid configuration was read again (SIGHUP, `porttrap reload`)."""
 
@@ -216,7 +207,6 @@ Event = (
     | RemoteBan
     | SessionsChanged
     | GatewaysChanged
-    | PeerSeen
     | ReloadRequested
     | ReloadInvalid
     | ReloadPrepared

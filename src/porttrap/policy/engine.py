@@ -217,7 +217,7 @@ class Policy:
             # Forged probes naming a real client or a peer would cut the host off from it.
             if hit.client:
                 return Outcome.CLIENT
-            if hit.peer or self.protection.peer(hit.source, now):
+            if hit.peer or self.protection.peer(hit.source):
                 return Outcome.PEER
         return None
 
@@ -280,7 +280,7 @@ class Policy:
             return "it has ended"
         if why := self.protection.conflict(target):
             return why
-        if peer := self.protection.peer_in(target, now):
+        if peer := self.protection.peer_in(target):
             return f"{show(target)} holds {peer}, a peer of this host"
         held = self._held(target, now)
         if held is not None and (
@@ -414,5 +414,4 @@ class Policy:
     def forget_quiet(self, now: float) -> int:
         """Forget sources whose window closed (their ports and hit counts both); returns how
         many sources are still watched."""
-        self.protection.forget_peers(now)
         return self._recent.forget_quiet(now - self.policy.window)

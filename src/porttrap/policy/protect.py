@@ -1,6 +1,7 @@
 """Who is never banned: the allow list, the host's own addresses, loopback and the peers of
 live SSH sessions to the host (its admin); and who is never banned on evidence that can be
-forged: the host's peers (its gateways, link-local neighbours, and those it noted)."""
+forged: the host's gateways and link-local neighbours (the other peers of the host, the
+destinations of its own flows, are known to the kernel's rules, which flag their packets)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import re
 from collections.abc import Iterable
 
 from porttrap.model import IPAddress, IPNetwork, Outcome
-
-MAX_PEERS = 65_536  # peers remembered; past it, the one whose protection ends first goes
 
 
 class Protection:
@@ -29,7 +28,6 @@ class Protection:
         self._allow = tuple(allow)
         self._own: frozenset[IPAddress] = frozenset(own)
         self._patterns = tuple(re.compile(pattern) for pattern in patterns)
-        self._peers: dict[IPAddress, float] = {}
         self._gateways: frozenset[IPAddress] = frozenset()
         self._sessions: frozenset[IPAddress] = frozenset()
 
@@ -39,11 +37,6 @@ class Protection:
 
     def set_own(self, own: Iterable[IPAddress]) -> None:
         self._own = frozenset(own)
-
-    @property
-    def peers(self) -> dict[IPAddress, float]:
-        """The host's peers and until when each is protected."""
-        return self._peers
 
     @property
     def sessions(self) -> frozenset[IPAddress]:
@@ -64,35 +57,22 @@ class Protection:
 
     def take_peers(self, other: Protection) -> None:
         """Carry what the protection this one replaces learnt while running (a reload): the
-        peers, gateways and sessions."""
-        self._peers, self._gateways, self._sessions = other._peers, other._gateways, other._sessions
+        gateways and sessions."""
+        self._gateways, self._sessions = other._gateways, other._sessions
 
-    def note_peer(self, address: IPAddress, until: float) -> None:
-        """`address` is a peer of the host (it talks to it of its own accord) until `until`."""
-        peers = self._peers
-        if address not in peers and len(peers) >= MAX_PEERS:
-            del peers[min(peers, key=peers.__getitem__)]
-        peers[address] = max(until, peers.get(address, until))
+    def peer(self, address: IPAddress) -> bool:
+        """A peer the daemon knows of: a gateway, or a link-local address (a neighbour on the
+        link: the IPv6 next hop is one)."""
+        return address.is_link_local or address in self._gateways
 
-    def peer(self, address: IPAddress, now: float) -> bool:
-        """A peer of the host now: one noted (until its time), a gateway, or a link-local
-        address (a neighbour on the link: the IPv6 next hop is one)."""
-        if address.is_link_local or address in self._gateways:
-            return True
-        until = self._peers.get(address)
-        return until is not None and until > now
-
-    def peer_in(self, target: IPNetwork, now: float) -> IPAddress | None:
-        """A peer of the host inside `target` (a network or a single address), if any."""
+    def peer_in(self, target: IPNetwork) -> IPAddress | None:
+        """A gateway or link-local address inside `target` (a network or one address)."""
         if target.prefixlen == target.max_prefixlen:
             address = target.network_address
-            return address if self.peer(address, now) else None
-        noted = (a for a, until in self._peers.items() if until > now)
-        return next((a for a in (*self._gateways, *noted) if a in target), None)
-
-    def forget_peers(self, now: float) -> None:
-        for address in [a for a, until in self._peers.items() if until <= now]:
-            del self._peers[address]
+            return address if self.peer(address) else None
+        if target.network_address.is_link_local:
+            return target.network_address
+        return next((a for a in sorted(self._gateways, key=str) if a in target), None)
 
     def allowed(self, address: IPAddress) -> bool:
         """On the allow list, or loopback (the host's own addresses are not checked here)."""
