@@ -1,4 +1,5 @@
-"""Hand-built Ethernet frames and an AF_PACKET capture, for the kernel sensor benches.
+"""Hand-built Ethernet frames and an AF_PACKET capture, for the floods of the tests and the
+benches (bench/ imports it from here).
 
 The frames are built once, up front (TCP checksum included), so that sending is one `send` per
 frame on an AF_PACKET socket: no routing, no neighbour lookup, any source address. The capture
