@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from common import EventLog, Steal, environment, json_log, log_problems, machine
-from daemon_env import ATK4, ATK6, CLIENT, SRV4, SRV6, SRV_CLI, Env, tcp_works, wait_until
+from daemon_env import ATK4, ATK6, CLIENT, SERVE, SRV4, SRV6, SRV_CLI, Env, tcp_works, wait_until
 from frames import ACK, SYN, Capture, Recorder, Seen, device_of
 
 from porttrap.config.schema import DEFAULT_TCP_TRAPS
@@ -77,16 +77,6 @@ NMAP_POPULAR = (
     554,
     256,
 )
-SERVE = """
-import selectors, socket, sys
-sel = selectors.DefaultSelector()
-for port in map(int, sys.argv[1:]):
-    s = socket.create_server(('::', port), family=socket.AF_INET6, dualstack_ipv6=True)
-    sel.register(s, selectors.EVENT_READ)
-while True:
-    for key, _ in sel.select():
-        c, _ = key.fileobj.accept(); c.close()
-"""
 # nmap's popular ports that this host does not serve, but 113 (ident) and 139 (NetBIOS), which
 # advanced mode leaves alone too (111 and 143 are in the default list already): trapped as well,
 # they make it likely that a trap comes first.

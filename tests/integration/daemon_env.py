@@ -36,6 +36,18 @@ SERVICE = (
     "        c.sendall(b'hello')\n"
 )
 
+# More services (the ports as arguments, IPv4 and IPv6): accept, close at once.
+SERVE = """
+import selectors, socket, sys
+sel = selectors.DefaultSelector()
+for port in map(int, sys.argv[1:]):
+    s = socket.create_server(('::', port), family=socket.AF_INET6, dualstack_ipv6=True)
+    sel.register(s, selectors.EVENT_READ)
+while True:
+    for key, _ in sel.select():
+        c, _ = key.fileobj.accept(); c.close()
+"""
+
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll `check` every 0.1 s for at most `timeout` seconds."""

@@ -39,6 +39,7 @@ from daemon_env import (
     ATK4,
     ATK6,
     CLIENT,
+    SERVE,
     SERVICE_PORT,
     SRV4,
     SRV6,
@@ -74,16 +75,6 @@ UNVERIFIED_MAX = 4.0
 ROUNDS = 3  # bans 2 s, 4 s, then the third: permanent when verified, 4 s (not 8) when not
 WAIT = 15.0  # generous: the VM is noisy
 SERVICES = (22, 80, 443, 5432, SERVICE_PORT)  # as bench/nmap_scan.py serves them
-SERVE = """
-import selectors, socket, sys
-sel = selectors.DefaultSelector()
-for port in map(int, sys.argv[1:]):
-    s = socket.create_server(('::', port), family=socket.AF_INET6, dualstack_ipv6=True)
-    sel.register(s, selectors.EVENT_READ)
-while True:
-    for key, _ in sel.select():
-        c, _ = key.fileobj.accept(); c.close()
-"""
 ECHO_TCP = """
 import socket, sys, threading
 def serve(c):
