@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_env import PORTTRAP, wait_until
+from daemon_env import PORTTRAP
 
 from netns import Netns
+from waiting import wait_until
 
 pytestmark = pytest.mark.kernel
 
