@@ -7,16 +7,16 @@ banned, `systemctl reload` reloads it, and uninstall takes everything away again
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon_env import tcp_works, wait_until
+from daemon_env import tcp_works
 from systemd_env import Container
 
 import porttrap
 from netns import Netns
+from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -42,6 +42,7 @@ HOOK_SCRIPT = """#!/bin/sh
 # Only for the test: start porttrap without sysinit.target, whose units (udev, sysctl ...)
 # have no business in a container sharing the host's kernel; and a watchdog short enough to
 # see several pings. Everything else is the unit as install-service writes it.
+PING = "WatchdogTimestampMonotonic"  # microseconds of CLOCK_MONOTONIC
 DROP_IN = "[Unit]\nDefaultDependencies=no\n[Service]\nWatchdogSec=3s\n"
 # A checkout under /tmp (CI clones there) would be hidden from the service by PrivateTmp=yes,
 # its executable and its code with it: only then, the test's drop-in turns PrivateTmp off.
@@ -112,7 +113,7 @@ def test_the_unit_under_systemd_from_install_to_uninstall(
     assert mounts["/var/lib/porttrap"].startswith("rw"), mounts  # StateDirectory=
 
     assert tcp_works(atk, ATK, SRV, 23)
-    wait_until(lambda: banned(container.netns, ATK), 5, "the scanner banned")
+    wait_until(lambda: banned(container.netns, ATK), PATIENCE, "the scanner banned")
     hook = "/var/lib/porttrap/hook.txt"
     wait_until(lambda: container.run(["test", "-s", hook], check=False).returncode == 0, 10,
                "the ban's action command ran")  # fmt: skip
@@ -121,11 +122,12 @@ def test_the_unit_under_systemd_from_install_to_uninstall(
                          "Seccomp:2", "etc=read-only", f"target={ATK}"]  # fmt: skip
     container.run(["rm", hook])
 
-    first = container.show("porttrap.service", "WatchdogTimestampMonotonic")
-    time.sleep(4.5)  # longer than WatchdogSec: systemd would have killed a silent porttrap
-    later = container.show("porttrap.service", "WatchdogTimestampMonotonic", "MainPID",
-                           "NRestarts", "ActiveState")  # fmt: skip
-    assert int(later["WatchdogTimestampMonotonic"]) > int(first["WatchdogTimestampMonotonic"])
+    # pings 4.5 s after this one, by systemd's own clock: longer than WatchdogSec (3 s), after
+    # which systemd would have killed a silent porttrap
+    first = int(container.show("porttrap.service", "WatchdogTimestampMonotonic")[PING])
+    wait_until(lambda: int(container.show("porttrap.service", PING)[PING]) > first + 4_500_000,
+               PATIENCE, "watchdog pings for longer than WatchdogSec")  # fmt: skip
+    later = container.show("porttrap.service", "MainPID", "NRestarts", "ActiveState")
     assert (later["MainPID"], later["NRestarts"], later["ActiveState"]) == (pid, "0", "active")
 
     container.run(["systemctl", "reload", "porttrap.service"])
@@ -198,7 +200,7 @@ def test_ipset_with_iptables_legacy_hosts_deny_and_a_log_file_under_systemd(
     def hosts_deny() -> str:
         return container.run(["cat", "/etc/hosts.deny"]).stdout
 
-    wait_until(lambda: f"ALL: {ATK}" in hosts_deny(), 10, "the hosts.deny line")
+    wait_until(lambda: f"ALL: {ATK}" in hosts_deny(), PATIENCE, "the hosts.deny line")
     assert hosts_deny().startswith(ADMINS_HOSTS_DENY)
     log = container.run(["cat", "/var/log/porttrap/porttrap.json"]).stdout
     assert '"event":"ban"' in log.replace(" ", ""), log
