@@ -5,6 +5,7 @@ one it runs (fakes for the kernel and the store)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -26,6 +27,7 @@ from porttrap.model import Hit, Outcome, Proto
 from porttrap.policy import Policy, Protection
 from porttrap.sensors.sockets import SocketTraps
 from porttrap.testing import FakeClock, MemoryFirewall, MemoryStore
+from waiting import eventually
 
 T0 = 1_800_000_000.0
 NFLOG = KernelSensor().nflog_group
@@ -168,14 +170,15 @@ def test_sockets_that_stay_are_kept_and_the_others_closed_or_bound() -> None:
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", drop), timeout=5).close()
         with socket.create_connection(("127.0.0.1", keep), timeout=5) as client:
-            client.settimeout(5)
-            for _ in range(100):  # the loop accepts and sends the new banner
-                await asyncio.sleep(0.01)
-                try:
-                    data = client.recv(16)
-                except BlockingIOError:
-                    continue
-                break
+            client.setblocking(False)  # the loop, on this thread, accepts and sends the banner
+            data = bytearray()
+
+            def banner_read() -> bool:
+                with contextlib.suppress(BlockingIOError):
+                    data.extend(client.recv(16))
+                return len(data) >= len(b"hello\r\n")
+
+            await eventually(banner_read, what="the new banner")
             assert data == b"hello\r\n"
         traps.close()
 
