@@ -12,11 +12,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from netns import Netns
 
 if TYPE_CHECKING:
     from daemon_env import Env
+
+
+# Hypothesis times each example (200 ms by default) and each draw (its too_slow health check):
+# on two shared CPUs with CPU steal either fails a test that is right. What a property test
+# checks is its property; pytest-timeout bounds the whole test.
+settings.register_profile("porttrap", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("porttrap")
 
 
 def kernel_unavailable() -> str | None:
