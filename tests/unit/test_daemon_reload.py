@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ports import free_ports
 from porttrap.config.loader import load_text
 from porttrap.config.schema import BanPolicy, Config, KernelSensor, Trap
 from porttrap.core import reload
@@ -135,17 +136,6 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
         await asyncio.wait_for(scenario(), 60)
 
     asyncio.run(bounded())
-
-
-def free_ports(count: int) -> list[int]:
-    held = [socket.socket() for _ in range(count)]
-    try:
-        for sock in held:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in held]
-    finally:
-        for sock in held:
-            sock.close()
 
 
 def test_sockets_that_stay_are_kept_and_the_others_closed_or_bound() -> None:

@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ports import free_ports
 from porttrap.config.schema import Listen
 from porttrap.daemon import metrics_server
 from porttrap.daemon.metrics_server import MetricsServer, parse_head
@@ -288,8 +289,7 @@ def test_an_address_the_host_does_not_have_is_refused_with_the_fix() -> None:
 
 def test_restart_moves_the_listener_and_falls_back_when_the_new_address_fails() -> None:
     async def test(server: MetricsServer, scrapes: Scrapes) -> None:
-        with socket.create_server(("127.0.0.1", 0)) as probe:
-            free = probe.getsockname()[1]
+        (free,) = free_ports(1)
         moved = Listen(ip_address("127.0.0.1"), free)
         await server.restart(moved)
         assert server.address == ("127.0.0.1", free)
