@@ -138,7 +138,7 @@ def test_assured_flows_of_any_protocol_make_clients_and_unanswered_ones_do_not(
 def test_a_syn_scanner_answered_by_an_open_port_is_no_client(guard: Guard) -> None:
     guard.setup(CONNECT)
     # SYN, SYN-ACK, then the scanner's kernel sends RST: `established`, never `assured`
-    assert answers(guard.lan, [Probe(STRANGER4, HOST4, 8080, "syn")], timeout=1) == ["SA"]
+    assert answers(guard.lan, [Probe(STRANGER4, HOST4, 8080, "syn")], timeout=PATIENCE) == ["SA"]
     holds_for(lambda: guard.elements("clients_v4") == [], 0.5, "no client")
 
 

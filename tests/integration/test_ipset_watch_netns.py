@@ -166,7 +166,7 @@ def test_a_syn_scanner_answered_by_an_open_port_is_no_client(guard: Guard) -> No
     guard.setup(CONNECT)
     # SYN, SYN-ACK, then the scanner's kernel sends RST: `established`, never `assured`
     probe = Probe(STRANGER4, HOST4, SERVICE_PORT, "syn")
-    assert answers(guard.lan, [probe], timeout=1) == ["SA"]
+    assert answers(guard.lan, [probe], timeout=PATIENCE) == ["SA"]
     holds_for(lambda: guard.elements("clients_v4") == [], 0.5, "no client")
 
 

@@ -153,12 +153,12 @@ def test_non_syn_probes_to_unserved_ports_get_no_rst_unless_quiet_is_off(
     unserved = 9999  # neither served nor a trap
     env = env_factory(STEALTH)
     assert answers(env.atk, [Probe(ATK4, SRV4, unserved, "ack")], timeout=1) == [None]
-    assert answers(env.atk, [Probe(ATK4, SRV4, unserved, "syn")], timeout=1) == ["RA"]
+    assert answers(env.atk, [Probe(ATK4, SRV4, unserved, "syn")], timeout=PATIENCE) == ["RA"]
     assert not hits_from(env, ATK4)  # not a trap: nothing reported, nobody blocked
     env.stop()
     env.config.write_text(env.config.read_text() + "[kernel]\nquiet = false\n")
     env.start()
-    assert answers(env.atk, [Probe(ATK4, SRV4, unserved, "ack")], timeout=1) == ["R"]
+    assert answers(env.atk, [Probe(ATK4, SRV4, unserved, "ack")], timeout=PATIENCE) == ["R"]
 
 
 def test_advanced_mode_traps_unserved_ports_and_follows_services_that_start_and_stop(
@@ -237,7 +237,7 @@ def test_a_syn_scanner_that_finds_an_open_port_is_no_client(
     # SYN, SYN-ACK, then the scanner's kernel answers RST: conntrack calls that `established`,
     # but the handshake never completed, so the source must not be exempt as a client.
     env = env_factory(STEALTH)
-    assert answers(env.atk, [Probe(ATK4, SRV4, SERVICE_PORT, "syn")], timeout=1) == ["SA"]
+    assert answers(env.atk, [Probe(ATK4, SRV4, SERVICE_PORT, "syn")], timeout=PATIENCE) == ["SA"]
     send(env.atk, [Probe(ATK4, SRV4, TRAP, "syn")])
     wait_until(lambda: blocked(env, ATK4), PATIENCE, "the scanner blocked at its first trap packet")
     assert [h["outcome"] for h in hits_from(env, ATK4)] == ["counted"]
