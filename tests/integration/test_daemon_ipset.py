@@ -162,7 +162,9 @@ def test_datagrams_in_a_clients_or_gateways_name_never_ban_it_a_strangers_ban_th
         udp_send(env.atk, ATK4_B, SRV4, 6969)
     wait_until(lambda: in_set(env, ATK4_B), PATIENCE, "the stranger banned")
     wait_until(  # the kernel first, the database a moment later
-        lambda: outcomes(env, ATK4_B) == ["banned", "counted"], 10, "the stranger's hits stored"
+        lambda: outcomes(env, ATK4_B) == ["banned", "counted"],
+        PATIENCE,
+        "the stranger's hits stored",
     )
     assert not env.service_reachable(env.atk, ATK4_B)
 

@@ -352,7 +352,7 @@ async def udp_hits(guard: Guard, sources: list[tuple[str, str]]) -> list[Hit]:
         for source, target in sources:
             with open_socket(guard.lan, source, socket.SOCK_DGRAM) as sender:
                 sender.sendto(b"probe", (target, TRAP))
-        return [await asyncio.wait_for(queue.get(), 10) for _ in sources]
+        return [await asyncio.wait_for(queue.get(), PATIENCE) for _ in sources]
     finally:
         sensor.close()
 

@@ -178,7 +178,9 @@ def test_advanced_mode_traps_unserved_ports_and_follows_services_that_start_and_
     assert not blocked(env, CLIENT)
     server.kill()
     server.wait()
-    wait_until(lambda: late not in env.nft_set("open_tcp"), 20, "port trapped again")
+    wait_until(
+        lambda: late not in env.nft_set("open_tcp"), 10 + PATIENCE, "port trapped again"
+    )  # held 10 s
     send(env.atk, [Probe(ATK4_B, SRV4, late, "syn")])  # ATK4 is a client now: not blocked
     wait_until(lambda: blocked(env, ATK4_B), PATIENCE, "probe to the closed port blocked")
 

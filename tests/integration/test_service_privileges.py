@@ -93,7 +93,7 @@ def test_the_units_capabilities_are_enough_to_trap_and_ban(
         assert daemon.poll() is None, env.log_text()
         return env.porttrap("status", check=False).returncode == 0
 
-    wait_until(answers, 20, "daemon answers status")
+    wait_until(answers, PATIENCE, "daemon answers status")
     assert capabilities_of(daemon.pid) == (UNIT_CAPS, UNIT_CAPS)
     assert "event=trap-set proto=tcp port=23" in env.log_text()
 

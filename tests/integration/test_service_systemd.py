@@ -115,7 +115,7 @@ def test_the_unit_under_systemd_from_install_to_uninstall(
     assert tcp_works(atk, ATK, SRV, 23)
     wait_until(lambda: banned(container.netns, ATK), PATIENCE, "the scanner banned")
     hook = "/var/lib/porttrap/hook.txt"
-    wait_until(lambda: container.run(["test", "-s", hook], check=False).returncode == 0, 10,
+    wait_until(lambda: container.run(["test", "-s", hook], check=False).returncode == 0, PATIENCE,
                "the ban's action command ran")  # fmt: skip
     inherited = container.run(["cat", hook]).stdout.split()
     assert inherited == ["CapEff:0000000000001400", "CapBnd:0000000000001400", "NoNewPrivs:1",
@@ -194,7 +194,7 @@ def test_ipset_with_iptables_legacy_hosts_deny_and_a_log_file_under_systemd(
 
     assert tcp_works(atk, ATK, SRV, 23)
     wait_until(
-        lambda: ATK in container.run(["ipset", "list", "porttrap_v4"]).stdout, 5, "ipset ban"
+        lambda: ATK in container.run(["ipset", "list", "porttrap_v4"]).stdout, PATIENCE, "ipset ban"
     )
 
     def hosts_deny() -> str:
