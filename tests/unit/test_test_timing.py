@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).resolve().parents[1]
 HELPER = TESTS / "waiting.py"
 
@@ -101,3 +103,11 @@ def test_hypothesis_times_no_example() -> None:
     assert loaded is not None
     assert loaded.deadline is None
     assert HealthCheck.too_slow in loaded.suppress_health_check
+
+
+def test_this_checkouts_runs_have_their_own_temporary_root(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Not the /tmp/pytest-of-<user> that every checkout on the machine shares (conftest)."""
+    base = tmp_path_factory.getbasetemp().resolve()
+    assert base.parent.parent.name.startswith("ptt-"), base
