@@ -129,6 +129,18 @@ def test_the_host_s_mode_file_is_read_only_for_the_host_s_own_setup(
     assert 'mode = "advanced"' in portsentry.convert(portsentry.read(setup)).toml
 
 
+def test_a_link_swapped_in_after_the_check_is_caught(
+    setup: Path, shadow: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the check that a file is inside DIR and its open, a writer of DIR may replace it
+    with a link to outside: what was opened is checked too."""
+    monkeypatch.setattr(reading, "inside", lambda path, directory: True)  # the check, raced
+    (setup / "portsentry.conf").unlink()
+    (setup / "portsentry.conf").symlink_to(shadow)
+    with pytest.raises(PorttrapError, match=r"portsentry\.conf: replaced by a link out of"):
+        portsentry.read(setup, setup / "default")
+
+
 def test_port_trap_files_must_be_in_its_directory(tmp_path: Path, shadow: Path) -> None:
     directory = tmp_path / "port_trap"
     shutil.copytree(DATA / "port_trap" / "seed", directory)

@@ -39,7 +39,7 @@ def read_inside(path: Path, directory: Path) -> SourceFile:
     """`path`, a file the import found in `directory`; refused (PorttrapError) when a link
     takes it outside, or as `read`."""
     _check_inside(path, directory)
-    return read(path)
+    return read(path, within=directory)
 
 
 def check_database(path: Path, directory: Path) -> None:
@@ -58,9 +58,10 @@ def _check_inside(path: Path, directory: Path) -> None:
         )
 
 
-def read(path: Path) -> SourceFile:
+def read(path: Path, within: Path | None = None) -> SourceFile:
     """`path` as text (UTF-8, undecodable bytes replaced). Raises PorttrapError when it is not
-    a regular file or is larger than MAX_BYTES, OSError when it cannot be opened."""
+    a regular file, is larger than MAX_BYTES, or (`within`) was swapped for a link out of that
+    directory after it was checked; OSError when it cannot be opened."""
     before = path.stat()
     _check(path, before)  # before opening: opening a device may act on it
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -69,6 +70,8 @@ def read(path: Path) -> SourceFile:
         if (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
             raise PorttrapError(f"{path}: replaced while it was read: import again")
         _check(path, opened)
+        if within is not None:
+            _check_opened(path, fd, within)
         data = handle.read(opened.st_size + 1)
     if len(data) != opened.st_size:
         raise PorttrapError(
@@ -77,6 +80,17 @@ def read(path: Path) -> SourceFile:
             "regular files only)"
         )
     return SourceFile(str(path), data.decode("utf-8", errors="replace"))
+
+
+def _check_opened(path: Path, fd: int, directory: Path) -> None:
+    """The file actually opened is inside `directory` (a link swapped in between the check and
+    the open is caught here); skipped where /proc is not mounted."""
+    try:
+        opened = Path(f"/proc/self/fd/{fd}").readlink()
+    except OSError:
+        return
+    if not opened.is_relative_to(directory.resolve()):
+        raise PorttrapError(f"{path}: replaced by a link out of {directory}: not read")
 
 
 def _check(path: Path, found: os.stat_result, cap: bool = True) -> None:
