@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from porttrap.cli.main import main
-from porttrap.config.legacy import port_trap, portsentry, reading
+from porttrap.config.legacy import port_trap, portsentry, reading, whitelist
 from porttrap.config.legacy.notes import Conversion, Note, SourceFile, spans, summary
 from porttrap.config.legacy.portsentry_files import parse_conf, parse_defaults, ports
 from porttrap.config.loader import load_text
@@ -387,3 +387,28 @@ def test_cli_imports_typographic_quotes_as_ports(capsys: pytest.CaptureFixture[s
     cfg = load_text(out, None)
     assert {t.port for t in cfg.traps} == {22, 23}
     assert "lines 7-9, 16-17 (5): the value is in typographic quotes" in err
+
+
+# -- a whitelist too big to convert ------------------------------------------------------------
+
+
+def test_whitelist_conversion_stops_at_the_import_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the file's budget of pattern tests, entries stay patterns (and still allow what
+    port_trap allowed), so that a huge whitelist cannot keep the import busy for half an hour."""
+    directory = tmp_path / "port_trap"
+    directory.mkdir()
+    (directory / "list_of_ports.txt").write_text("23#600\n")
+    entries = [f"192.0.2.{n}$" for n in range(1, 6)]
+    (directory / "whitelist.txt").write_text("\n".join(entries) + "\n")
+    one = whitelist.convert(entries[0]).tests
+    assert one > 0
+    monkeypatch.setattr(port_trap, "IMPORT_BUDGET", 2 * one)
+    conversion = port_trap.convert(port_trap.read(directory))
+    cfg = load_text(conversion.toml, None)
+    assert [str(n) for n in cfg.allow.networks] == ["192.0.2.1/32", "192.0.2.2/32"]
+    assert len(cfg.allow.patterns) == 3
+    shown = "\n".join(str(n) for n in conversion.notes).replace(str(directory) + "/", "")
+    assert "whitelist.txt: lines 3-5 (3): kept as patterns" in shown
+    assert "192.0.2.3" not in shown
