@@ -173,6 +173,17 @@ def unmap(address: IPAddress) -> IPAddress:
     return address
 
 
+def unmap_network(network: IPNetwork) -> IPNetwork:
+    """::ffff:192.0.2.0/120 as 192.0.2.0/24, ::ffff:192.0.2.1 as 192.0.2.1; others unchanged.
+    An IPv4 host's packets reach the firewall as IPv4, never in the mapped form that `ss` and
+    dual-stack sockets show: a mapped address in a ban or the allow list would match nothing,
+    so every address that enters (config, CLI, control socket, imports, rows) goes through here."""
+    first = int(network.network_address)
+    if network.version == 6 and network.prefixlen >= 96 and first >> 32 == 0xFFFF:
+        return IPv4Network((first & 0xFFFFFFFF, network.prefixlen - 96))
+    return network
+
+
 def show(target: IPNetwork) -> str:
     """A ban target as people write it: a plain address for /32 and /128, CIDR otherwise."""
     if target.prefixlen == target.max_prefixlen:
@@ -192,13 +203,14 @@ def single_network(text: str) -> IPNetwork | None:
 
 
 def parse_target(text: str) -> IPNetwork:
-    """'198.51.100.7', '2001:db8::/48' ... as a network; ValueError says what is wrong."""
+    """'198.51.100.7', '2001:db8::/48' ... as a network (an IPv4-mapped one as IPv4:
+    `unmap_network`); ValueError says what is wrong."""
     text = text.strip()
     single = single_network(text)
     if single is not None:
-        return single
+        return unmap_network(single)
     try:
-        return ipaddress.ip_network(text, strict=True)
+        return unmap_network(ipaddress.ip_network(text, strict=True))
     except ValueError:
         pass
     try:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from porttrap.config.locate import line_of, locate
 from porttrap.errors import ConfigProblem
-from porttrap.model import IPAddress, IPNetwork, Proto
+from porttrap.model import IPAddress, IPNetwork, Proto, unmap, unmap_network
 from porttrap.units import parse_duration, parse_ports
 
 T = TypeVar("T")
@@ -266,10 +266,10 @@ def table_name(value: object) -> str:
 
 
 def address(value: object) -> IPAddress:
-    """One local address, IPv4 or IPv6."""
+    """One local address, IPv4 or IPv6 (an IPv4-mapped one as IPv4: `unmap`)."""
     try:
         if isinstance(value, str):
-            return ipaddress.ip_address(value)
+            return unmap(ipaddress.ip_address(value))
     except ValueError:
         pass
     raise ValueError(
@@ -289,10 +289,11 @@ def pattern(value: object) -> str:
 
 
 def network(value: object) -> IPNetwork:
-    """An address (as a /32 or /128) or a network in CIDR notation, IPv4 or IPv6."""
+    """An address (as a /32 or /128) or a network in CIDR notation, IPv4 or IPv6 (an
+    IPv4-mapped one as IPv4: `unmap_network`)."""
     if isinstance(value, str):
         try:
-            return ipaddress.ip_network(value, strict=True)
+            return unmap_network(ipaddress.ip_network(value, strict=True))
         except ValueError:
             _raise_if_host_bits(value)
     raise ValueError(

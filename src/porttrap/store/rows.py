@@ -16,6 +16,8 @@ from porttrap.model import (
     Proto,
     show,
     single_network,
+    unmap,
+    unmap_network,
 )
 from porttrap.store.base import StoredBan
 
@@ -107,16 +109,17 @@ def _network(value: Any) -> IPNetwork:
     if not isinstance(value, str):
         raise BadRow(f"target {value!r} is not text")
     try:
-        return single_network(value) or ip_network(value)
+        network = single_network(value) or ip_network(value)
     except ValueError as e:
         raise BadRow(f"target {value!r} is not an address or network: {e}") from None
+    return unmap_network(network) if network.version == 6 else network
 
 
 def _address(value: Any, column: str) -> IPAddress:
     if not isinstance(value, str):
         raise BadRow(f"{column} {value!r} is not text")
     try:
-        return ip_address(value)
+        return unmap(ip_address(value))
     except ValueError:
         raise BadRow(f"{column} {value!r} is not an IP address") from None
 
