@@ -8,6 +8,8 @@ import socket
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
+from porttrap.units import MAX_BAN, time_problem
+
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 
@@ -90,6 +92,21 @@ class Ban:
     def remaining(self, now: float) -> float | None:
         """Seconds left, or None when permanent."""
         return None if self.expires_at is None else max(0.0, self.expires_at - now)
+
+
+def ban_problem(banned_at: float, expires_at: float | None) -> str | None:
+    """What is wrong with a ban's times as read from outside the daemon (its database, another
+    host, an import), None when nothing: each a time from 1970 to 2106, and the ban no longer
+    than `MAX_BAN`. Inside those bounds every backend holds the ban and every date shows."""
+    if (problem := time_problem(banned_at)) is not None:
+        return f"banned_at {problem}"
+    if expires_at is None:
+        return None
+    if (problem := time_problem(expires_at)) is not None:
+        return f"expires_at {problem}"
+    if not expires_at - banned_at <= MAX_BAN.seconds:
+        return MAX_BAN.refusal(f"a ban of {round(expires_at - banned_at)} s")
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,26 +1,35 @@
 """Every value is bounded where it enters (issue 13): durations are finite and at most
 `MAX_BAN` (look-backs `MAX_LOOKBACK`), times lie from 1970 to 2106, NaN and Infinity and wrong
 JSON types are refused, and nesting too deep is answered. One test group per entry point: the
-central bounds, the config, the command line, the control socket and the imports."""
+central bounds, the config, the command line, the control socket, the database rows, the
+imports and the bans of other hosts."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from porttrap.cli import output
 from porttrap.cli.main import main
-from porttrap.config.legacy import port_trap
+from porttrap.config.legacy import datatrap, port_trap
 from porttrap.config.loader import load_text
+from porttrap.config.schema import BanPolicy
 from porttrap.core import requests
 from porttrap.daemon.control import ControlServer
 from porttrap.errors import ConfigError, UsageError
+from porttrap.model import Ban, ban_problem
+from porttrap.policy import Policy, Protection
+from porttrap.store.sqlite import SQLiteStore
 from porttrap.units import (
     LAST_TIME,
     MAX_BAN,
@@ -82,6 +91,24 @@ def test_duration_problem(seconds: float, problem: str | None) -> None:
 )  # fmt: skip
 def test_times_lie_from_1970_to_2106(at: float, ok: bool) -> None:
     assert (time_problem(at) is None) is ok
+
+
+@pytest.mark.parametrize(
+    ("banned_at", "expires_at", "problem"),
+    [
+        (T0, None, None),
+        (T0, T0 + TEN_YEARS, None),
+        (T0, T0 - 5, None),  # over already: harmless, it is simply not restored
+        (T0, T0 + TEN_YEARS + 1, "a ban of 315360001 s is longer than 3650d (10 years)"),
+        (T0, math.inf, "expires_at inf is not a time from 1970 to 2106 in seconds"),
+        (T0, math.nan, "expires_at nan is not a time"),
+        (math.nan, None, "banned_at nan is not a time"),
+        (1e300, None, "banned_at 1e+300 is not a time"),
+    ],
+)
+def test_ban_problem(banned_at: float, expires_at: float | None, problem: str | None) -> None:
+    found = ban_problem(banned_at, expires_at)
+    assert found == problem if problem is None else found is not None and problem in found
 
 
 # -- the config --------------------------------------------------------------------------
@@ -183,6 +210,32 @@ def test_report_since_is_bounded_by_the_look_back(
     assert code == 1 and "36500d (100 years)" in capsys.readouterr().err
 
 
+def test_bans_lists_the_good_rows_and_skips_a_bad_one(
+    capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "state" / "porttrap.db"
+    with SQLiteStore.open(db) as store:
+        store.add_bans([Ban(ip_network("198.51.100.7"), 1e9, None, 1, "manual")])
+    plant(db, "198.51.100.8", 1e9, 1e9 + 6.048e17)  # the row --for 10^12 weeks once left
+    plant(db, "198.51.100.9", 1e9, math.inf)
+    code = main(["bans", "--json", "-c", str(config)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert [b["address"] for b in json.loads(out)] == ["198.51.100.7"]
+    assert err.count("event=store-bad-row") == 2
+
+
+def test_status_says_how_many_rows_the_start_skipped() -> None:
+    status = {"running": True, "pid": 1, "started_at": "x", "backend": "nftables",
+              "traps": {"set": [], "skipped": []}, "hits": {"total": 0},
+              "bans": {"active": 2, "permanent": 0, "skipped_at_start": 1}}  # fmt: skip
+    assert output.status_text(status).splitlines()[-2:] == [
+        "bans: 2 active, 0 of them permanent",
+        "  1 database rows could not be read at start, and their bans were not restored: see "
+        "the log (event=store-bad-row)",
+    ]
+
+
 # -- the control socket ------------------------------------------------------------------
 
 
@@ -265,7 +318,90 @@ def test_a_handler_that_fails_is_answered_and_logged(caplog: pytest.LogCaptureFi
     assert record.getMessage() == "event=control-failed" and record.exc_info is not None
 
 
+# -- the database ------------------------------------------------------------------------
+
+
+def plant(db: Path, target: str, banned_at: object, expires_at: object) -> None:
+    """A row as a hand edit, an older porttrap or damage could have left it."""
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(
+            "INSERT INTO bans (target, banned_at, expires_at, ban_count, reason) "
+            "VALUES (?, ?, ?, 1, 'manual')",
+            (target, banned_at, expires_at),
+        )
+
+
+@pytest.mark.parametrize(
+    ("banned_at", "expires_at", "problem"),
+    [
+        (T0, T0 + 6.048e17, "expires_at 6.048000018e+17 is not a time from 1970 to 2106"),
+        (T0, math.inf, "expires_at inf is not a time"),
+        (T0, -math.inf, "expires_at -inf is not a time"),
+        (T0, T0 + TEN_YEARS + 1, "a ban of 315360001 s is longer than 3650d (10 years)"),
+        (1e300, None, "banned_at 1e+300 is not a time"),
+        (-1.0, None, "banned_at -1.0 is not a time"),
+        (int(T0), 2**62, "expires_at 4.611686018427388e+18 is not a time"),
+    ],
+)
+def test_a_ban_row_out_of_bounds_is_skipped_counted_and_named(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    banned_at: float,
+    expires_at: float | None,
+    problem: str,
+) -> None:
+    good = Ban(ip_network("198.51.100.7"), T0, T0 + 3600, 1, "manual")
+    with SQLiteStore.open(tmp_path / "porttrap.db") as store:
+        store.add_bans([good])
+        plant(tmp_path / "porttrap.db", "198.51.100.8", banned_at, expires_at)
+        with caplog.at_level(logging.WARNING, logger="porttrap"):
+            restored = store.bans_to_restore(T0, 0.0)
+            assert store.active_bans(T0) == [good]
+        assert [s.ban for s in restored] == [good]
+        assert store.bad_rows == 1
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "event=store-bad-row table=bans" in warning and problem in warning
+
+
 # -- imports -----------------------------------------------------------------------------
+
+
+def datatrap_rows(*rows: tuple[Any, Any]) -> datatrap.History:
+    return datatrap.convert(
+        [(n, ts, end, "198.51.100.7", "23", 1) for n, (ts, end) in enumerate(rows, 1)], "db"
+    )
+
+
+def test_a_port_trap_row_that_ends_past_the_bounds_is_left_out_with_a_note() -> None:
+    history = datatrap_rows(
+        (1_700_000_000, 1_700_003_600),
+        (1_700_010_000, float(NINES)),  # SQLite reads 400 nines in an INTEGER column as inf
+        (1_700_020_000, NINES),
+        (1_700_030_000, 1_700_030_000 + TEN_YEARS + 1),
+    )
+    assert [b.expires_at for b in history.bans] == [1_700_003_600.0]
+    notes = [str(n) for n in history.problems]
+    assert len(notes) == 3 and all(n.endswith(": left out") for n in notes)
+    assert "expires_at inf is not a time from 1970 to 2106" in notes[0]
+    assert "(402 characters)" in notes[1] and NINES not in notes[1]
+    assert "longer than 3650d (10 years)" in notes[2]
+
+
+def test_a_port_trap_database_with_400_nines_imports_only_the_good_rows(tmp_path: Path) -> None:
+    path = tmp_path / "datatrap.db"
+    with closing(sqlite3.connect(path)) as conn, conn:
+        columns = "ts INTEGER, delafter INTEGER, ip TEXT, port TEXT, detected INTEGER"
+        conn.execute(f"CREATE TABLE ips (id INTEGER PRIMARY KEY, {columns}, banned INTEGER, "
+                     "inet TEXT)")  # fmt: skip
+        conn.execute(f"INSERT INTO ips VALUES (1, 1700000000, {NINES}, '198.51.100.7', '23', 1, "
+                     "1, '4')")  # fmt: skip
+        conn.execute("INSERT INTO ips VALUES (2, 1700000000, 1700003600, '::ffff:198.51.100.8', "
+                     "'23', 1, 1, '4')")  # fmt: skip
+    history = datatrap.read(path)
+    assert [(str(b.target), b.expires_at) for b in history.bans] == [
+        ("198.51.100.8/32", 1_700_003_600.0)
+    ]
+    assert history.rows == 2 and len(history.problems) == 1
 
 
 def port_trap_config(tmp_path: Path, timeout: int, permanent: str) -> str:
@@ -284,3 +420,13 @@ def test_the_port_trap_import_caps_its_longest_ban_at_the_longest(tmp_path: Path
 def test_a_port_trap_permanent_count_no_one_reaches_is_never(tmp_path: Path) -> None:
     conversion_text = port_trap_config(tmp_path, 60, "99999999999")
     assert load_text(conversion_text, None).ban.permanent_after == 0
+
+
+# -- bans of other hosts -----------------------------------------------------------------
+
+
+def test_a_remote_ban_out_of_bounds_is_refused() -> None:
+    policy = Policy(BanPolicy(), (), Protection([]))
+    far = Ban(ip_network("198.51.100.7"), T0, T0 + 6.048e17, 1, "trap:tcp/23")
+    why = policy.adopt(far, T0)
+    assert isinstance(why, str) and "expires_at" in why and "2106" in why

@@ -22,7 +22,8 @@ from typing import Any
 
 from porttrap.config.legacy.notes import Note
 from porttrap.errors import PorttrapError
-from porttrap.model import Ban, IPAddress, as_network, unmap
+from porttrap.model import Ban, IPAddress, as_network, ban_problem, unmap
+from porttrap.units import brief
 
 DB_FILE = "datatrap.db"
 REASON = "port_trap"  # reasons are "port_trap:tcp/PORT": port_trap trapped TCP only
@@ -100,9 +101,11 @@ def _row(row: Sequence[Any]) -> _Row | str:
         return f"ip {ip!r} is not an IP address"
     start, end = _seconds(ts), _seconds(delafter)
     if start is None or end is None:
-        return f"ts {ts!r} or delafter {delafter!r} is not a time in seconds"
+        return f"ts {brief(repr(ts))} or delafter {brief(repr(delafter))} is not a time in seconds"
     if end < start:
-        return f"delafter {delafter!r} is before ts {ts!r}"
+        return f"delafter {brief(repr(delafter))} is before ts {brief(repr(ts))}"
+    if (problem := ban_problem(start, end)) is not None:
+        return f"ts {brief(repr(ts))} to delafter {brief(repr(delafter))}: {problem}"
     return _Row(row_id, address, start, end, _reason(port), _seconds(banned) == PERMANENT)
 
 
