@@ -23,7 +23,7 @@ from porttrap.firewall import registry
 from porttrap.firewall.select import make_backend
 from porttrap.model import IPNetwork, Proto, parse_target
 from porttrap.store import open_store
-from porttrap.units import parse_duration
+from porttrap.units import TooLong, parse_duration
 
 EXIT_NOT_RUNNING = 3
 
@@ -225,6 +225,8 @@ def flush(args: argparse.Namespace) -> int:
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
+    except TooLong as err:
+        raise UsageError(f"--for: {err} (--permanent)") from err
     except ValueError as err:
         raise UsageError(f"--for: {err}") from err
 

@@ -251,6 +251,7 @@ class Shell:
         with heap.bulk():  # 100,000 bans: see porttrap.heap
             now = self.clock.now()
             stored = self.store.bans_to_restore(now, self.core.restore_since(now))
+            self.effects.restore.skipped = self.store.bad_rows
             self.feed(e.Started(current_addresses(), stored, served, gateways, sessions))
             del stored
 
@@ -378,6 +379,7 @@ class Shell:
             traps=self.report,
             store_backlog=self.writer.pending,
             store_failures=self.writer.failures,
+            restore_skipped=self.effects.restore.skipped,
             actions_enabled=self.actions.enabled,
             actions=self.actions.status(),
             reports=reports,

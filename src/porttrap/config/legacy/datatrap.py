@@ -22,7 +22,8 @@ from typing import Any
 
 from porttrap.config.legacy.notes import Note, summary
 from porttrap.errors import PorttrapError
-from porttrap.model import Ban, IPAddress, as_network, unmap
+from porttrap.model import Ban, IPAddress, as_network, ban_problem, unmap
+from porttrap.units import brief
 
 DB_FILE = "datatrap.db"
 REASON = "port_trap"  # reasons are "port_trap:tcp/PORT": port_trap trapped TCP only
@@ -106,7 +107,9 @@ def _row(row: Sequence[Any]) -> _Row | str:
     if start is None or end is None:
         return "ts or delafter is not a time in seconds"
     if end < start:
-        return f"delafter {end:.0f} is before ts {start:.0f}"
+        return f"delafter {brief(f'{end:.0f}')} is before ts {brief(f'{start:.0f}')}"
+    if (problem := ban_problem(start, end)) is not None:
+        return f"ts to delafter: {problem}"
     return _Row(row_id, address, start, end, _reason(port), _seconds(banned) == PERMANENT)
 
 

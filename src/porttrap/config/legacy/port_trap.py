@@ -22,10 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from porttrap.config.fields import MAX_COUNT
 from porttrap.config.legacy import reading, tomlout, whitelist
 from porttrap.config.legacy.notes import UNVERIFIED_NOTE, Conversion, Note, SourceFile, summary
 from porttrap.model import IPAddress, IPNetwork
-from porttrap.units import format_duration
+from porttrap.units import MAX_BAN, brief, format_duration
 
 PORTS_FILE = "list_of_ports.txt"
 PERMANENT_FILE = "for_permanent_ban.txt"
@@ -334,6 +335,17 @@ def _permanent(source: SourceFile | None, ports: str, notes: list[Note]) -> int:
                 )
             )
         return 1
+    if value > MAX_COUNT:
+        notes.append(
+            Note(
+                source.name,
+                1,
+                brief(first),
+                f"no address is banned more than {MAX_COUNT} times, so no ban became "
+                "permanent: permanent_after = 0 (never)",
+            )
+        )
+        return 0
     return value
 
 
@@ -387,6 +399,11 @@ def _max_time(longest: int, permanent: int) -> list[str]:
             "permanent ban; porttrap needs a cap: 10 years"
         ]
     last = longest * max(permanent - 1, 1) ** 2
+    if last > MAX_BAN.seconds:
+        return [
+            f'max_time = "{_duration(int(MAX_BAN.seconds))}"  # no cap in port_trap: its '
+            f"longest temporary ban, {_duration(last)}, is longer than porttrap's longest"
+        ]
     return [f'max_time = "{_duration(last)}"  # no cap in port_trap: its longest temporary ban']
 
 
