@@ -27,6 +27,9 @@ from porttrap.policy import Policy, Protection
 from porttrap.sensors.sockets import SocketTraps
 from porttrap.testing import FakeClock, MemoryFirewall, MemoryStore
 
+# respond = "command" needs an action that runs on a ban (config.protection)
+ON_BAN = '\n[[actions.command]]\nrun = ["/bin/true"]\n'
+
 T0 = 1_800_000_000.0
 NFLOG = KernelSensor().nflog_group
 V4 = ipaddress.IPv4Address("127.0.0.1")
@@ -79,7 +82,7 @@ def test_the_table_is_rebuilt_only_when_its_rules_or_respond_change() -> None:
     # connect mode: the watch marks the datagrams to UDP traps, so their ports are in the table
     assert reload.kernel_changed(cfg('[traps]\nudp = ["161"]\n'), cfg('[traps]\nudp = ["162"]\n'))
     assert reload.kernel_changed(cfg(""), cfg('[kernel]\nclient_time = "10m"\n'))
-    assert reload.kernel_changed(cfg(""), cfg('[ban]\nrespond = "command"\n'))
+    assert reload.kernel_changed(cfg(""), cfg('[ban]\nrespond = "command"\n' + ON_BAN))
 
 
 # -- the policy keeps its state ----------------------------------------------------------
@@ -294,7 +297,7 @@ def test_a_kernel_refusal_puts_back_the_metrics_endpoint_the_reload_had_moved(
         assert await asyncio.to_thread(serves, first)
         path.write_text(
             f'state_dir = "{tmp_path}"\n[metrics]\nlisten = "127.0.0.1:{second}"\n'
-            '[ban]\nrespond = { udp = "command" }\n'
+            '[ban]\nrespond = { udp = "command" }\n' + ON_BAN
         )
         assert isinstance(daemon.firewall, MemoryFirewall)
         daemon.firewall.fail_next()

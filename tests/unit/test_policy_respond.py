@@ -20,6 +20,9 @@ from porttrap.testing import FakeClock
 from porttrap.testing.memory_firewall import MemoryFirewall
 from porttrap.testing.memory_store import MemoryStore
 
+# respond = "command" needs an action that runs on a ban (config.protection)
+ON_BAN = '\n[[actions.command]]\nrun = ["/bin/true"]\n'
+
 T0 = 1_800_000_000.0
 TCP, UDP = Proto.TCP, Proto.UDP
 
@@ -83,7 +86,7 @@ def test_respond_defaults_to_ban_and_takes_a_string_or_a_table() -> None:
     assert load_text("", None).ban.respond(UDP) is Respond.BAN
     both = load_text('[ban]\nrespond = "log"\n', None).ban
     assert (both.respond(TCP), both.respond(UDP)) == (Respond.LOG, Respond.LOG)
-    each = load_text('[ban]\nrespond = { udp = "command" }\n', None).ban
+    each = load_text('[ban]\nrespond = { udp = "command" }\n' + ON_BAN, None).ban
     assert (each.respond(TCP), each.respond(UDP)) == (Respond.BAN, Respond.COMMAND)
 
 
