@@ -18,6 +18,7 @@ check touches one). Peers of live SSH sessions to the host are never banned by a
 from __future__ import annotations
 
 import math
+from ipaddress import IPv4Address, IPv6Address
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -45,6 +46,8 @@ from porttrap.policy.recent import Watch
 from porttrap.units import iso
 
 __all__ = ["Policy", "Verdict", "ban_duration", "enforced_under"]
+
+_ANY: dict[int, IPAddress] = {4: IPv4Address("0.0.0.0"), 6: IPv6Address("::")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,9 +242,12 @@ class Policy:
         return False if recent.confirmed(horizon) else None
 
     def _base_time(self, hit: Hit) -> float:
-        specific = self._trap_bans.get((hit.proto, hit.port, hit.local))
-        general = self._trap_bans.get((hit.proto, hit.port, None))
-        return specific or general or self.policy.time
+        """The ban time of the trap hit: on its address, on every address of its family
+        ("::", "0.0.0.0": a hit names the address it reached, never those), or on all."""
+        bans, key = self._trap_bans, (hit.proto, hit.port)
+        specific = bans.get((*key, hit.local))
+        family = bans.get((*key, _ANY[hit.local.version]))
+        return specific or family or bans.get((*key, None)) or self.policy.time
 
     # -- bans ----------------------------------------------------------------------------
 
