@@ -18,9 +18,9 @@ check touches one). Peers of live SSH sessions to the host are never banned by a
 from __future__ import annotations
 
 import math
-from ipaddress import IPv4Address, IPv6Address
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 
 from porttrap.config.schema import BanPolicy, Respond, Trap
 from porttrap.errors import UsageError
