@@ -149,7 +149,7 @@ def test_reserved_ports_are_not_taken_from_the_host() -> None:
 
 def test_stealth_traps_inside_ip_local_port_range_are_fine() -> None:
     """The kernel sensor leaves established and related packets alone: replies to the host's
-    own connections from such a port pass (tests/integration/test_config_host.py)."""
+    own connections from such a port pass (tests/integration/test_protection_daemon.py)."""
     text = '[traps]\nmode = { udp = "stealth" }\ntcp = ["1524"]\nudp = ["40421"]\n'
     assert load_text(text, FILE, LINUX)
     assert only(text.replace('mode = { udp = "stealth" }\n', "")).key == "traps.udp[0]"
