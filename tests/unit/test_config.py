@@ -140,7 +140,8 @@ def test_no_file_anywhere_gives_built_in_defaults(
 ) -> None:
     monkeypatch.setattr(porttrap.config.loader, "DEFAULT_CONFIG_PATH", tmp_path / "missing.toml")
     config = load(None)
-    assert config == Config(traps=(*defaults(TCP), *defaults(UDP)))
+    advanced = Modes(tcp=TrapMode.ADVANCED, udp=TrapMode.ADVANCED)  # the built-in mode
+    assert config == Config(traps=(*defaults(TCP), *defaults(UDP)), modes=advanced)
     assert config.source is None
 
 

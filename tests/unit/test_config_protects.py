@@ -19,6 +19,7 @@ from porttrap.units import parse_ports
 
 LINUX = Host(local_ports=range(32768, 61000), nofile=524288)  # Debian's defaults
 FILE = Path("/etc/porttrap/porttrap.toml")
+CONNECT = '[traps]\nmode = "connect"\n'  # respond other than "ban" needs it, or block = false
 
 
 def problems(text: str, on: Host | None = LINUX) -> list[ConfigProblem]:
@@ -73,8 +74,8 @@ def test_trigger_counts_a_port_trapped_on_two_addresses_once() -> None:
 
 
 def test_respond_command_without_an_action_on_ban_is_an_error() -> None:
-    problem = only('[ban]\nrespond = { udp = "command" }\n')
-    assert (problem.line, problem.key) == (2, "ban.respond")
+    problem = only(CONNECT + '[ban]\nrespond = { udp = "command" }\n')
+    assert (problem.line, problem.key) == (4, "ban.respond")
     assert 'udp responds with "command"' in problem.message
     assert "add an [[actions.command]]" in problem.message
     assert 'or set respond = "ban"' in problem.message
@@ -89,11 +90,14 @@ def test_respond_command_without_an_action_on_ban_is_an_error() -> None:
     ],
 )
 def test_respond_command_with_an_action_on_ban_is_fine(action: str) -> None:
-    assert load_text(f'[ban]\nrespond = "command"\n{action}', FILE, LINUX)
+    assert load_text(f'{CONNECT}[ban]\nrespond = "command"\n{action}', FILE, LINUX)
 
 
 def test_respond_command_with_actions_only_on_hits_is_an_error() -> None:
-    text = '[ban]\nrespond = "command"\n[[actions.command]]\nrun = ["/bin/true"]\non = ["hit"]\n'
+    text = (
+        CONNECT
+        + '[ban]\nrespond = "command"\n[[actions.command]]\nrun = ["/bin/true"]\non = ["hit"]\n'
+    )
     assert 'tcp and udp respond with "command"' in only(text).message
 
 

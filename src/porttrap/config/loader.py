@@ -138,7 +138,13 @@ def _config(data: Table, problems: Problems, path: Path | None) -> Config:
     top = Section(data, "", problems)
     top.check_keys(TOP_KEYS)
     traps = top.sub("traps")
-    modes, kernel, ban = build_modes(traps), _kernel(top.sub("kernel")), _ban(top.sub("ban"))
+    backend = top.table.get("firewall", {})
+    backend = backend.get("backend", "nftables") if isinstance(backend, dict) else None
+    modes, kernel, ban = (
+        build_modes(traps, backend),
+        _kernel(top.sub("kernel")),
+        _ban(top.sub("ban")),
+    )
     _check_respond(top, modes, kernel, ban)
     trap_list = build_traps(traps)
     _check_catch_all(top, modes, kernel, trap_list)
@@ -226,7 +232,7 @@ def _check_respond(top: Section, modes: Modes, kernel: KernelSensor, ban: BanPol
             "ban.respond",
             f'{proto.value} responds with "{respond}" but is in "{modes.of(proto)}" mode, whose '
             "kernel sensor drops a trap packet's source at once (first-packet block): set "
-            '[kernel] block = false, or respond = "ban"',
+            '[kernel] block = false, respond = "ban", or [traps] mode = "connect"',
         )
 
 
