@@ -117,7 +117,7 @@ def test_connect_traps_inside_ip_local_port_range_are_refused(
     env = env_factory('[traps]\ntcp = ["2323", "40000-40009"]\nudp = []\n')
     done = env.porttrap("run", check=False)
     assert done.returncode == 2, done.stderr
-    assert "[traps.tcp[1]] TCP 40000-40009" in done.stderr
+    assert "[traps.tcp] TCP 40000-40009 of [traps] tcp are inside" in done.stderr
     assert "ip_local_port_range (32768-60999)" in done.stderr  # the namespace's own
     assert env.srv.run(["nft", "list", "tables"]).strip() == ""
 

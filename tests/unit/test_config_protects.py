@@ -136,8 +136,8 @@ def test_connect_traps_inside_ip_local_port_range_are_an_error() -> None:
     text = '[traps]\ntcp = ["1524", "40000-40009"]\nudp = []\n[[traps.port]]\nport = 50000\n'
     text += 'proto = "tcp"\n'
     first, second = problems(text)
-    assert (first.line, first.key) == (2, "traps.tcp[1]")
-    assert 'TCP 40000-40009 of "40000-40009" are inside the kernel\'s ip_local_port_range' in (
+    assert (first.line, first.key) == (2, "traps.tcp")  # one problem for the list
+    assert "TCP 40000-40009 of [traps] tcp are inside the kernel's ip_local_port_range" in (
         first.message
     )
     assert "(32768-60999)" in first.message
@@ -156,7 +156,7 @@ def test_stealth_traps_inside_ip_local_port_range_are_fine() -> None:
     own connections from such a port pass (tests/integration/test_protection_daemon.py)."""
     text = '[traps]\nmode = { udp = "stealth" }\ntcp = ["1524"]\nudp = ["40421"]\n'
     assert load_text(text, FILE, LINUX)
-    assert only(text.replace('mode = { udp = "stealth" }\n', "")).key == "traps.udp[0]"
+    assert only(text.replace('mode = { udp = "stealth" }\n', "")).key == "traps.udp"
 
 
 def test_without_host_facts_nothing_host_specific_is_checked() -> None:

@@ -120,17 +120,17 @@ def _check_local_ports(problems: Problems, data: Table, proto: Proto, host: Host
 
 
 def _trap_items(data: Table, proto: Proto) -> Iterator[tuple[str, Iterable[int], str]]:
-    """Each item of `[traps] tcp` (or udp) and each `[[traps.port]]` of `proto`: its key, its
-    ports and how to name them. Without the key, the built-in list. Invalid items are skipped
-    (they have their own problems)."""
+    """`[traps] tcp` (or udp) and each `[[traps.port]]` of `proto`: its key, its ports and how
+    to name them. Without the key, the built-in list. Invalid items are skipped (they have
+    their own problems)."""
     traps = data.get("traps")
     table = traps if isinstance(traps, dict) else {}
     name = proto.value
     if name not in table:
         yield f"traps.{name}", default_ports(proto), "the built-in list"
-    for index, item in enumerate(_list(table.get(name))):
-        if (ports := _ports(item)) is not None:
-            yield f"traps.{name}[{index}]", ports, fields.show(item)
+    else:  # one problem for the list, however many of its items are inside
+        found = (_ports(item) for item in _list(table.get(name)))
+        yield f"traps.{name}", {p for ports in found if ports for p in ports}, f"[traps] {name}"
     for index, entry in enumerate(_list(table.get("port"))):
         ports = _ports(entry.get("port")) if isinstance(entry, dict) else None
         if ports is not None and isinstance(entry, dict) and entry.get("proto") == name:
