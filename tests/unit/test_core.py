@@ -74,6 +74,9 @@ from porttrap.model import Ban, Evidence, Hit, Outcome, Proto, StoredBan, Unban
 from porttrap.sensorspec import SensorState, no_ports, spec_from_config
 from porttrap.testing.playbook import T0, Playbook, later
 
+# respond = "command" needs an action that runs on a ban (config.protection)
+ON_BAN = '\n[[actions.command]]\nrun = ["/bin/true"]\n'
+
 H = 3600.0
 HOST = "192.0.2.1"
 ATTACKER = "198.51.100.7"
@@ -99,6 +102,7 @@ def ban(
     reason: str = "trap:tcp/23",
     evidence: Evidence = Evidence.VERIFIED,
 ) -> Ban:
+
     expires = None if seconds is None else at + seconds
     return Ban(ip_network(target), at, expires, count, reason, evidence)
 
@@ -211,7 +215,7 @@ def test_escalation_expiry_and_the_permanent_third_ban() -> None:
 
 
 def test_expiry_is_logged_and_expires_only_what_the_kernel_holds() -> None:
-    cfg = config('[ban]\ntime = "1m"\nrespond = { tcp = "command" }\n')
+    cfg = config('[ban]\ntime = "1m"\nrespond = { tcp = "command" }\n' + ON_BAN)
     _, playbook = started(cfg)
     playbook.ignored = ()  # logs too
     trap = ban(ATTACKER, T0, 60)
@@ -652,8 +656,8 @@ def test_a_reload_of_the_sensor_rules_rebuilds_the_table_and_commits_only_then()
 
 
 def test_a_reload_of_respond_rebuilds_with_the_bans_the_new_settings_keep() -> None:
-    old = config()
-    new = config('[ban]\nrespond = { tcp = "command" }\n')
+    old = config(ON_BAN)  # the same actions: only [ban] changes
+    new = config('[ban]\nrespond = { tcp = "command" }\n' + ON_BAN)
     _, playbook = started(old)
     admin = ban(OTHER, T0, H, reason="manual")
     assert (

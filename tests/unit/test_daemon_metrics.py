@@ -28,6 +28,9 @@ from porttrap.model import Hit, Proto
 from porttrap.testing import FakeClock, MemoryFirewall, MemoryStore
 from scrape import by, families, labels, values
 
+# respond = "command" needs an action that runs on a ban (config.protection)
+ON_BAN = '\n[[actions.command]]\nrun = ["/bin/true"]\n'
+
 
 def scrape(daemon: Shell) -> dict[str, Metric]:
     """The families of one scrape, by name, as the client's parser reads the text."""
@@ -47,7 +50,7 @@ def hit(source: str, port: int, proto: Proto = Proto.TCP, kind: str = "connect")
 def daemon(tmp_path: Path) -> Iterator[Shell]:
     config = load_text(
         f'state_dir = "{tmp_path}"\n[traps]\ntcp = ["23"]\nudp = ["161"]\n'
-        '[ban]\nrespond = { udp = "command" }\n',
+        '[ban]\nrespond = { udp = "command" }\n' + ON_BAN,
         None,
     )
     clock = FakeClock()

@@ -327,14 +327,18 @@ def test_typographic_quotes_in_the_mode_file() -> None:
 def test_cli_never_echoes_a_file_outside_the_directory(
     capsys: pytest.CaptureFixture[str], setup: Path, shadow: Path
 ) -> None:
+    # Debian's list holds ports in this host's ip_local_port_range or not: exit 2 or 0, as
+    # the setup's own import, whatever the ignore file
+    usual, _, _ = run(capsys, "import", "portsentry", str(setup), "--defaults",
+                      str(setup / "default"))  # fmt: skip
     set_ignore_file(setup, str(shadow))
     code, out, err = run(capsys, "import", "portsentry", str(setup), "--defaults",
                          str(setup / "default"))  # fmt: skip
-    assert code == 0 and SECRET not in out + err and ":99999:" not in err
+    assert code == usual and SECRET not in out + err and ":99999:" not in err
     assert f"IGNORE_FILE: {shadow} is outside {setup}: not read" in err
     code, out, err = run(capsys, "import", "portsentry", str(setup), "--defaults",
                          str(setup / "default"), "--ignore", str(shadow))  # fmt: skip
-    assert code == 0 and SECRET not in out + err and ":99999:" not in err
+    assert code == usual and SECRET not in out + err and ":99999:" not in err
     assert f"{shadow}: lines 1-3 (3): not an address: not carried over" in err
 
 

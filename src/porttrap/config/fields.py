@@ -58,6 +58,11 @@ class Problems:
             self._lines = locate(self._text)
         self._found.append(ConfigProblem(self._path, line_of(self._lines, key), key, message))
 
+    def under(self, sections: Iterable[str]) -> bool:
+        """Whether a problem was found in one of the top-level `sections` (or in no key)."""
+        tops = set(sections)
+        return any(not p.key or p.key.split(".")[0].split("[")[0] in tops for p in self._found)
+
     def sorted(self) -> list[ConfigProblem]:
         """In file order; problems without a line last, each group in the order found."""
         return sorted(self._found, key=lambda p: (p.line is None, p.line or 0))

@@ -30,6 +30,7 @@ from porttrap.daemon import reloading
 from porttrap.daemon.control import ControlServer, Handler
 from porttrap.daemon.effects import Effects
 from porttrap.daemon.guards import Guards
+from porttrap.daemon.loop_errors import AcceptErrors
 from porttrap.daemon.metrics_server import MetricsServer, snapshot_registry
 from porttrap.daemon.notify import Notifier
 from porttrap.daemon.writer import StoreWriter
@@ -201,6 +202,7 @@ class Shell:
 
     async def run(self, flush_on_exit: bool = False) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(AcceptErrors(self.clock))
         await self._control.start()  # first: refuses when another daemon runs
         try:
             # Before the served ports are read: the metrics port is then never a trap.

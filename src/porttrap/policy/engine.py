@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv6Address
 
 from porttrap.config.schema import BanPolicy, Respond, Trap
 from porttrap.errors import UsageError
@@ -47,6 +48,8 @@ from porttrap.policy.recent import Watch
 from porttrap.units import iso
 
 __all__ = ["Policy", "Verdict", "ban_duration", "enforced_under"]
+
+_ANY: dict[int, IPAddress] = {4: IPv4Address("0.0.0.0"), 6: IPv6Address("::")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,9 +244,12 @@ class Policy:
         return False if recent.confirmed(horizon) else None
 
     def _base_time(self, hit: Hit) -> float:
-        specific = self._trap_bans.get((hit.proto, hit.port, hit.local))
-        general = self._trap_bans.get((hit.proto, hit.port, None))
-        return specific or general or self.policy.time
+        """The ban time of the trap hit: on its address, on every address of its family
+        ("::", "0.0.0.0": a hit names the address it reached, never those), or on all."""
+        bans, key = self._trap_bans, (hit.proto, hit.port)
+        specific = bans.get((*key, hit.local))
+        family = bans.get((*key, _ANY[hit.local.version]))
+        return specific or family or bans.get((*key, None)) or self.policy.time
 
     # -- bans ----------------------------------------------------------------------------
 
