@@ -165,7 +165,9 @@ COMMANDS = {
 
         Needs root (CAP_NET_ADMIN for the firewall, CAP_NET_BIND_SERVICE for trap ports
         below 1024). An invalid configuration stops it before it touches the kernel (exit
-        2). At start the active bans of the database go back into the kernel. SIGHUP
+        2), and so (exit 1) does a state_dir another user could change (it must be root's,
+        and not writable by group or others, nor may its parents be unless sticky as /tmp).
+        At start the active bans of the database go back into the kernel. SIGHUP
         reloads the configuration and reopens the log files. SIGTERM or SIGINT stop it; its
         bans stay in the kernel and expire by themselves unless --flush-on-exit.
         """,

@@ -13,6 +13,7 @@ from pathlib import Path
 from porttrap.clock import Clock, SystemClock
 from porttrap.config.schema import Config
 from porttrap.core.core import Core
+from porttrap.daemon import statedir
 from porttrap.daemon.notify import Notifier
 from porttrap.daemon.shell import Shell
 from porttrap.firewall import registry
@@ -58,6 +59,7 @@ def run(
     """Run porttrap as `config` says until asked to stop. `config_path`: what `-c` named (None:
     the default place), read again on reload. Raises PorttrapError when it cannot start."""
     clock = SystemClock()
+    statedir.ensure(config.state_dir)  # before anything is written there
     store = open_store(config)
     try:
         firewall = make_backend(
