@@ -1,5 +1,5 @@
-"""State belongs to porttrap: a state directory (and the control socket in it) that another
-user could change is refused. Real daemons in test namespaces, as root.
+"""State belongs to porttrap: one table, one owner; a state directory (and the control socket in
+it) that another user could change is refused. Real daemons in test namespaces, as root.
 
 Layout note: pytest's tmp_path lies under /tmp (mode 1777, sticky) and /tmp/pytest-of-root
 (0700): a sticky parent is accepted (see porttrap.daemon.statedir), so each test makes the
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import subprocess  # noqa: TID251 - test helper
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon_env import PORTTRAP, Env
+from daemon_env import PORTTRAP, Env, wait_until
 
 from netns import Netns
 
@@ -85,6 +86,102 @@ while True:
     conn.sendall(json.dumps({"ok": True, "count": len(bans), "bans": bans}).encode() + b"\\n")
     conn.close()
 """
+
+
+# -- one table, one owner ---------------------------------------------------------------------
+
+
+def test_a_second_instance_on_the_same_table_is_refused_before_it_touches_the_kernel(
+    env_factory: Callable[[str], Env], tmp_path: Path
+) -> None:
+    env = env_factory(TRAPS)
+    env.start()
+    env.porttrap("ban", BANNED, "--permanent")
+    first = env.daemon_pid()
+    # another state_dir and another trap port: nothing but the table is shared
+    other = tmp_path / "other"
+    second = write_config(tmp_path / "second.toml", other, '[traps]\ntcp = ["2424"]\nudp = []\n')
+
+    done = run_in(env.srv, "run", "-c", str(second))
+    assert done.returncode == 1, done.stderr
+    assert f"the nftables table inet porttrap in this network namespace is owned by another " \
+           f"porttrap, PID {first}" in done.stderr  # fmt: skip
+    assert "event=restored" not in done.stderr and "event=trap-set" not in done.stderr
+    assert not (other / "porttrap.db").exists()  # refused before the database too
+    assert env.permanent_in("ban_v4", BANNED)
+
+    # the teardowns of another state_dir's config never take a live daemon's table
+    done = run_in(env.srv, "flush", "-c", str(second))
+    assert done.returncode == 1 and f"PID {first}" in done.stderr, done.stderr
+    remove = (
+        "import pathlib; from porttrap.config.loader import load; from porttrap.service.install "
+        f"import remove_firewall; remove_firewall(load(pathlib.Path('{second}')))"
+    )
+    done = subprocess.run(["ip", "netns", "exec", env.srv.name, sys.executable, "-c", remove],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 1 and f"PID {first}" in done.stderr, done.stderr
+    assert env.permanent_in("ban_v4", BANNED)
+    assert env.json("status")["running"]
+
+    # the claim ends with its process, even one killed with SIGKILL: the second may start
+    assert env.daemon is not None
+    os.kill(first, signal.SIGKILL)
+    env.daemon.wait(timeout=20)
+    later = env.srv.start([*PORTTRAP, "run", "-c", str(second)])
+    wait_until(lambda: run_in(env.srv, "status", "-c", str(second)).returncode == 0, 20,
+               "the second instance runs once the first is gone")  # fmt: skip
+    assert later.poll() is None
+
+
+def test_the_same_table_name_in_two_namespaces_is_two_tables(
+    env_factory: Callable[[str], Env], netns_factory: Callable[[], Netns], tmp_path: Path
+) -> None:
+    env = env_factory(TRAPS)
+    env.start()
+    elsewhere = netns_factory()
+    other = write_config(tmp_path / "other.toml", tmp_path / "other", TRAPS)
+    elsewhere.start([*PORTTRAP, "run", "-c", str(other)])
+    wait_until(lambda: run_in(elsewhere, "status", "-c", str(other)).returncode == 0, 20,
+               "the daemon of the other namespace runs")  # fmt: skip
+    env.porttrap("ban", BANNED, "--permanent")
+    assert (
+        run_in(elsewhere, "ban", "198.51.100.78", "--permanent", "-c", str(other)).returncode == 0
+    )
+    assert env.permanent_in("ban_v4", BANNED) and not env.in_set("ban_v4", "198.51.100.78")
+    listing = elsewhere.run(["nft", "list", "set", "inet", "porttrap", "ban_v4"])
+    assert "198.51.100.78" in listing and BANNED not in listing
+
+
+def test_a_busy_nflog_group_is_refused_before_the_table_is_made(
+    env_factory: Callable[[str], Env], tmp_path: Path
+) -> None:
+    stealth = '[traps]\nmode = "stealth"\ntcp = ["2323"]\nudp = []\n'
+    env = env_factory(stealth)
+    env.start()
+    other = tmp_path / "other"
+    # another table, but the same NFLOG group, which the first daemon holds
+    second = write_config(tmp_path / "second.toml", other, stealth + '[firewall]\ntable = "pt2"\n')
+    done = run_in(env.srv, "run", "-c", str(second))
+    assert done.returncode == 1
+    assert "cannot receive reports on NFLOG group" in done.stderr, done.stderr
+    assert tables(env.srv) == ["table inet porttrap"]  # pt2 was never made
+    assert "event=restored" not in done.stderr
+
+
+def test_a_claim_squatted_by_a_local_user_is_refused_naming_that_user(
+    env_factory: Callable[[str], Env],
+) -> None:
+    env = env_factory(TRAPS)
+    squat = "import socket, time; s = socket.socket(socket.AF_UNIX); " \
+            "s.bind('\\0porttrap/nftables/porttrap'); s.listen(); print('bound', flush=True); " \
+            "time.sleep(600)"  # fmt: skip
+    user = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups"]
+    squatter = env.srv.start([*user, sys.executable, "-c", squat])
+    assert squatter.stdout is not None and squatter.stdout.readline() == "bound\n"
+    done = env.porttrap("run", check=False)
+    assert done.returncode == 1
+    assert f"of uid {NOBODY.pw_uid} (nobody), which is not porttrap" in done.stderr, done.stderr
+    assert tables(env.srv) == []
 
 
 # -- the state directory and the control socket -----------------------------------------------
