@@ -133,6 +133,25 @@ def test_a_second_instance_on_the_same_table_is_refused_before_it_touches_the_ke
     assert later.poll() is None
 
 
+def test_the_ipset_backend_has_one_owner_too(
+    env_factory: Callable[[str], Env], tmp_path: Path
+) -> None:
+    ipset = TRAPS + '[firewall]\nbackend = "ipset"\n'
+    env = env_factory(ipset)
+    env.start()
+    env.porttrap("ban", BANNED, "--permanent")
+    second = write_config(tmp_path / "second.toml", tmp_path / "other",
+                          ipset.replace('"2323"', '"2424"'))  # fmt: skip
+    owned = (
+        "the ipset backend's sets and chains for table 'porttrap' in this network namespace is "
+        f"owned by another porttrap, PID {env.daemon_pid()}"
+    )
+    for command in ("run", "flush"):
+        done = run_in(env.srv, command, "-c", str(second))
+        assert done.returncode == 1 and owned in done.stderr, done.stderr
+    assert BANNED in env.srv.run(["ipset", "list", "porttrap_v4"])
+
+
 def test_the_same_table_name_in_two_namespaces_is_two_tables(
     env_factory: Callable[[str], Env], netns_factory: Callable[[], Netns], tmp_path: Path
 ) -> None:
