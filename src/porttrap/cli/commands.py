@@ -20,6 +20,7 @@ from porttrap.daemon import control, wiring
 from porttrap.daemon.notify import Notifier
 from porttrap.errors import DaemonNotRunning, NoDatabase, PorttrapError, UsageError
 from porttrap.firewall import registry
+from porttrap.firewall.claim import claim
 from porttrap.firewall.select import make_backend
 from porttrap.model import IPNetwork, Proto, parse_target
 from porttrap.store import open_store
@@ -216,7 +217,8 @@ def flush(args: argparse.Namespace) -> int:
             "a running daemon would put its bans back"
         )
     backend = make_backend(cfg.firewall.backend, cfg.firewall.table, SystemClock())
-    backend.teardown()
+    with claim(backend.name, cfg.firewall.table):  # a daemon of another state_dir owns it?
+        backend.teardown()
     removed = registry.get(backend.name).removes(cfg.firewall.table)
     print(f"removed {removed} (bans stay in the database)")
     return 0

@@ -165,9 +165,13 @@ COMMANDS = {
 
         Needs root (CAP_NET_ADMIN for the firewall, CAP_NET_BIND_SERVICE for trap ports
         below 1024). An invalid configuration stops it before it touches the kernel (exit
-        2). At start the active bans of the database go back into the kernel. SIGHUP
-        reloads the configuration and reopens the log files. SIGTERM or SIGINT stop it; its
-        bans stay in the kernel and expire by themselves unless --flush-on-exit.
+        2), and so (exit 1) do a state_dir another user could change (it must be root's,
+        and not writable by group or others, nor may its parents be unless sticky as /tmp)
+        and a firewall table another live porttrap in this network namespace owns (the
+        error names its PID). At start the active bans of the database go back into the
+        kernel. SIGHUP reloads the configuration and reopens the log files. SIGTERM or
+        SIGINT stop it; its bans stay in the kernel and expire by themselves unless
+        --flush-on-exit.
         """,
         """
           porttrap run                    /etc/porttrap/porttrap.toml, or the defaults
@@ -272,8 +276,9 @@ COMMANDS = {
         and chains. The bans stay in the database, and go back into the kernel when porttrap
         starts again.
 
-        Needs root, and refuses while the daemon runs (it would put its bans back): stop it
-        first.
+        Needs root, and refuses while the daemon runs (it would put its bans back), or while
+        any live porttrap in this network namespace owns the table (another state_dir's):
+        stop it first.
         """,
         """
           porttrap flush

@@ -210,11 +210,15 @@ class Shell:
             # Before the table: a redirected SYN has its listener, and no hit is judged
             # without the gateways and the admin's sessions.
             gateways, sessions = self._guards.start(loop)
-            self._restore(self._served_now(), gateways, sessions)
-            self.writer.start()
+            # Every check that can refuse the start comes before the table is touched. The
+            # traps and the NFLOG group are bound now but read only once the loop turns,
+            # after the restore (nothing in between awaits).
             self.report = self._traps.start(loop)
             if self.report.none_set and self._kernel is None:
                 raise PorttrapError("no trap could be set (every trap port was skipped, see above)")
+            self._bind_reports(loop)
+            self._restore(self._served_now(), gateways, sessions)
+            self.writer.start()
             self._start_kernel(loop)
             self._watch_addresses(loop)
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -257,8 +261,10 @@ class Shell:
             self.feed(e.Started(current_addresses(), stored, served, gateways, sessions))
             del stored
 
-    def _start_kernel(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._kernel is None or self._listeners is None:
+    def _bind_reports(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The kernel sensor's NFLOG group, before the table: a group another program holds
+        refuses the start with the kernel untouched."""
+        if self._kernel is None:
             return
         try:
             self._kernel.start(loop)
@@ -269,6 +275,10 @@ class Shell:
                 "(another program, such as ulogd or a second porttrap, may hold the group: "
                 "set another [kernel] nflog_group)"
             ) from err
+
+    def _start_kernel(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._kernel is None or self._listeners is None:
+            return
         self.on_served(self._listeners.start(loop))
         self._poll_counters()
 
