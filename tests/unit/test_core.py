@@ -331,7 +331,7 @@ def test_the_firewall_is_checked_every_5_s_and_old_hits_pruned_every_minute() ->
     for tick in range(1, MAINTAIN_EVERY + 1):
         playbook >> Tick()
         if tick % CHECK_EVERY == 0:
-            playbook << CheckFirewall() << Maintain(T0)
+            playbook << CheckFirewall(entries=True) << Maintain(T0)
     playbook << PruneHits(T0 - core.config.store.hit_retention, core.config.store.hit_rows)
     assert playbook
 

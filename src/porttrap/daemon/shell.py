@@ -40,7 +40,7 @@ from porttrap.errors import (
     UsageError,
 )
 from porttrap.firewall.base import FirewallBackend, SensorBackend
-from porttrap.model import Hit, IPAddress, TrapReport
+from porttrap.model import Hit, IPAddress, IPNetwork, TrapReport
 from porttrap.sensors import listeners
 from porttrap.sensors.hostaddrs import AddressWatcher, current_addresses
 from porttrap.sensors.kernel import KernelReports
@@ -76,7 +76,11 @@ class Shell:
         self.config_path = config_path
         self.verbose = verbose
         self.notifier = notifier if notifier is not None else Notifier(None)
-        self.writer = StoreWriter()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.writer = StoreWriter(
+            lambda error: self._from_writer(e.StoreFailed(error)),
+            lambda retries: self._from_writer(e.StoreRecovered(retries)),
+        )
         actions = Dispatcher(config.actions, config.modes, config.state_dir)
         self.effects = Effects(
             clock,
@@ -154,6 +158,12 @@ class Shell:
             log.event("command-lost", logging.ERROR, command=type(command).__name__,
                       event=type(event).__name__)  # fmt: skip
 
+    def _from_writer(self, event: e.Event) -> None:
+        """From the store writer's thread: the event is fed on the loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._feed_alone, event)
+
     def on_hit(self, hit: Hit) -> None:
         """From the sensors, for each trap touched (thousands a second under a scan)."""
         arrived = self.clock.monotonic()
@@ -200,7 +210,7 @@ class Shell:
     # -- life cycle ----------------------------------------------------------------------
 
     async def run(self, flush_on_exit: bool = False) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         await self._control.start()  # first: refuses when another daemon runs
         try:
             # Before the served ports are read: the metrics port is then never a trap.
@@ -251,8 +261,19 @@ class Shell:
         with heap.bulk():  # 100,000 bans: see porttrap.heap
             now = self.clock.now()
             stored = self.store.bans_to_restore(now, self.core.restore_since(now))
-            self.feed(e.Started(current_addresses(), stored, served, gateways, sessions))
+            held = self._kernel_bans()
+            started = e.Started(current_addresses(), stored, served, gateways, sessions, held)
+            self.feed(started)
             del stored
+
+    def _kernel_bans(self) -> tuple[tuple[IPNetwork, float | None], ...]:
+        """The bans porttrap's table holds before the start rebuilds it (a restart): those
+        the store lacks are kept. A read that fails keeps none, and says so."""
+        try:
+            return tuple((entry.target, entry.remaining) for entry in self.firewall.entries())
+        except FirewallError as err:
+            log.event("kernel-bans-unread", logging.WARNING, error=str(err))
+            return ()
 
     def _start_kernel(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._kernel is None or self._listeners is None:
@@ -323,7 +344,7 @@ class Shell:
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), TICK)
-            self._feed_alone(e.Tick(self.writer.pending))
+            self._feed_alone(e.Tick(self.writer.pending, self.clock.monotonic()))
             ticks += 1
             if watchdog is not None and ticks % per_ping == 0:
                 # From the loop itself: a loop stuck in a callback pings no more, and
@@ -411,17 +432,20 @@ class Shell:
         return await self.answer(left)
 
     async def answer(self, left: list[c.Command]) -> dict[str, Any]:
-        """The answer among the commands left, once the store has what it says when asked;
-        a refusal raises, for the control socket to send."""
+        """The answer among the commands left, once the store has what it says when asked
+        (`recorded`), or as soon as a write before it fails (`recorded` false, with the
+        `store_error`: the kernel has it, the disk not yet); a refusal raises, for the
+        control socket to send."""
         for command in left:
             if isinstance(command, c.Refuse):
                 if command.problems:
                     raise RemoteConfigError(list(command.problems))
                 raise (UsageError if command.usage else PorttrapError)(command.message)
             if isinstance(command, c.Answer):
-                if command.after_store:
-                    await asyncio.wrap_future(self.writer.barrier())
-                return dict(command.payload)
+                if not command.after_store:
+                    return dict(command.payload)
+                error = await asyncio.wrap_future(self.writer.settle())
+                return {**command.payload, "recorded": error is None, "store_error": error}
         raise PorttrapError("the daemon had no answer to this request (a bug: please report)")
 
     # -- reload --------------------------------------------------------------------------
