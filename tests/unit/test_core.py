@@ -11,6 +11,7 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
+from porttrap.cli import output
 from porttrap.config.loader import load_text
 from porttrap.config.schema import Config
 from porttrap.core.commands import (
@@ -885,6 +886,8 @@ def test_a_failing_store_is_logged_shown_in_status_and_cleared_when_it_writes_ag
     snap = core.snapshot(T0, _io())
     assert status(snap, 1)["store"]["error"] == "database or disk is full"
     assert status(snap, 1)["store"]["ok"] is False
+    text = output.status_text(status(snap, 1))
+    assert "STORE FAILING since 2027-01-15T08:00:00Z: database or disk is full" in text
     assert (
         playbook
         >> later(30)

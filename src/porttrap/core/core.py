@@ -344,7 +344,7 @@ class Core:
         steady = now - self.clock_skew  # the wall clock had it not jumped
         if steady < now:
             fields = {"clock_jumped_by": round(self.clock_skew, 1), "pruning_as_of": steady}
-            commands.append(Log("prune-discounts-clock-jump", logging.INFO, fields))
+            commands.append(Log("prune-discounts-clock-jump", logging.DEBUG, fields))
         commands.append(PruneHits(min(now, steady) - store.hit_retention, store.hit_rows))
         return commands
 

@@ -161,8 +161,9 @@ class Shell:
     def _from_writer(self, event: e.Event) -> None:
         """From the store writer's thread: the event is fed on the loop."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._feed_alone, event)
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the daemon has stopped
+                loop.call_soon_threadsafe(self._feed_alone, event)
 
     def on_hit(self, hit: Hit) -> None:
         """From the sensors, for each trap touched (thousands a second under a scan)."""
