@@ -225,6 +225,7 @@ def test_inspect_finds_a_whole_ruleset_and_lists_its_bans_when_asked(fw: Harness
     fw.backend.apply([fw.ban("203.0.113.0/24", HOUR)], fw.now)
     found = fw.backend.inspect(entries=False)
     assert not found.missing and found.damaged is None and found.entries is None
+    assert fw.backend.inspect(count=True).count == 3
     listed = fw.backend.inspect(entries=True).entries
     assert listed is not None
     assert {show(e.target) for e in listed} == {"198.51.100.7", "2001:db8::/48", "203.0.113.0/24"}

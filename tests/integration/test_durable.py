@@ -61,6 +61,20 @@ def test_a_damaged_ruleset_is_rebuilt_with_every_ban(
     assert "event=firewall-damaged table=porttrap" in env.log_text()
 
 
+def test_a_flushed_set_among_many_bans_is_found_by_counting_and_refilled(
+    env_factory: Callable[[str], Env],
+) -> None:
+    """Above 1,000 bans the check counts them instead of looking for each."""
+    env = env_factory(TRAPS)
+    env.start()
+    many = "".join(f"2001:db8:ff::{n:x}\n" for n in range(1, 1201))
+    env.porttrap("ban", "-f", "-", "--for", "1h", stdin=many)
+    assert len(env.nft_set("ban_v6")) == 1200
+    env.srv.run(["nft", "flush", "set", "inet", "porttrap", "ban_v6"])
+    wait_until(lambda: len(env.nft_set("ban_v6")) == 1200, REPAIR, "ban_v6 refilled")
+    assert 'problem="the kernel holds 0 bans of 1200"' in env.log_text()
+
+
 @pytest.fixture
 def full_disk_env(env_factory: Callable[[str], Env], tmp_path: Path) -> Iterator[Env]:
     """A daemon whose state_dir is a 4 MiB tmpfs in a private mount namespace, which a

@@ -966,15 +966,36 @@ def test_a_ban_about_to_end_may_be_gone_from_the_kernel_already() -> None:
     assert playbook >> FirewallChecked(held=frozenset())
 
 
-def test_the_check_lists_the_bans_less_often_when_they_are_many() -> None:
+def test_the_check_looks_for_each_of_few_bans_and_counts_many_less_often() -> None:
     core, _ = started(config())
-    targets = tuple(ip_network(f"10.{n >> 8}.{n & 255}.0/32") for n in range(10_500))
+
+    def checks(rounds: int) -> list[CheckFirewall]:
+        found: list[CheckFirewall] = []
+        for _ in range(rounds * CHECK_EVERY):
+            found += [c for c in core.handle(Tick(), T0) if isinstance(c, CheckFirewall)]
+        return found
+
+    assert checks(1) == [CheckFirewall(entries=True)]
+    targets = tuple(ip_network(f"10.{n >> 8 & 255}.{n & 255}.{n >> 16}/32") for n in range(45_000))
     core.handle(AdminBan(targets, duration=H), T0)
     core.handle(TurnEnded(), T0)
-    checks = []
-    for _ in range(2 * CHECK_EVERY):
-        checks += [c for c in core.handle(Tick(), T0) if isinstance(c, CheckFirewall)]
-    assert checks == [CheckFirewall(entries=False), CheckFirewall(entries=True)]
+    found = checks(6)  # counted once in 3 checks: 1 + 45,000 // 20,000
+    assert sorted(found, key=repr) == [CheckFirewall()] * 4 + [CheckFirewall(count=True)] * 2
+
+
+def test_a_count_below_the_bans_held_rebuilds_the_table() -> None:
+    cfg = config()
+    core, playbook = started(cfg)
+    first = ban(ATTACKER, T0, H)
+    core.handle(HitSeen(hit()), T0)
+    core.handle(TurnEnded(), T0)
+    playbook.now = T0 + 10
+    assert playbook >> FirewallChecked(count=1) >> FirewallChecked(count=2)  # 2: a stray one
+    assert (
+        playbook
+        >> FirewallChecked(count=0)
+        << Setup([first], T0 + 10, SetupReason.RECONCILE, watch(cfg))
+    )
 
 
 def test_the_wall_clock_stepping_back_keeps_a_ban_to_its_real_end() -> None:

@@ -105,8 +105,9 @@ MAX_ANSWERED = 1000  # bans listed in the answer to a bulk ban; the count covers
 RECONCILE_DELAY = 5.0  # seconds before a refused kernel change is tried again, as a rebuild
 CHECK_EVERY = round(5.0 / TICK)  # ticks between checks that porttrap's ruleset is still there
 MAINTAIN_EVERY = round(60.0 / TICK)  # ticks between prunings of old hits and quiet sources
-LIST_EVERY_BANS = 10_000  # a check lists the kernel's bans each time up to this many, then
-# once in (bans / this) checks: a listing costs about 0.85 s at 100,000 bans
+LIST_BANS = 1000  # up to this many bans a check lists them (about 30 ms) and compares each;
+COUNT_EVERY_BANS = 20_000  # above, it counts them (about 0.5 s at 100,000): every check up
+# to this many, then once in (bans / this) checks
 GONE_SLACK = 2.0  # seconds: a ban this close to its end may be gone from the kernel already
 CLOCK_JUMP = 2.0  # seconds of difference between the wall clock's and the monotonic clock's
 # advance from one tick to the next that count as a jump of the wall clock
@@ -313,7 +314,7 @@ class Core:
         commands = self._clock_jump(now, event.mono)
         commands += self._expire(now) + self._store_hits(event.store_backlog)
         if self._ticks % CHECK_EVERY == 0:
-            commands += [CheckFirewall(self._list_bans_now(now)), Maintain(now)]
+            commands += [self._check(now), Maintain(now)]
         if self._ticks % MAINTAIN_EVERY == 0:
             self.policy.forget_quiet(now)
             commands += self._prune(now)
@@ -348,12 +349,14 @@ class Core:
         commands.append(PruneHits(min(now, steady) - store.hit_retention, store.hit_rows))
         return commands
 
-    def _list_bans_now(self, now: float) -> bool:
-        """Whether this check lists the kernel's bans: every time up to `LIST_EVERY_BANS`
-        bans, less often above (the listing's cost grows with them)."""
+    def _check(self, now: float) -> CheckFirewall:
+        """The ruleset's check: with few bans each is looked for; with many they are counted,
+        less often the more there are (the cost grows with them)."""
         self._checks += 1
-        every = 1 + len(self.policy.active(now)) // LIST_EVERY_BANS
-        return self._checks % every == 0
+        bans = len(self.policy.active(now))
+        if bans <= LIST_BANS:
+            return CheckFirewall(entries=True)
+        return CheckFirewall(count=self._checks % (1 + bans // COUNT_EVERY_BANS) == 0)
 
     def _expire(self, now: float) -> list[Command]:
         """Bans that ran out: the kernel let them go by itself (or is told to), the actions
@@ -439,6 +442,8 @@ class Core:
         problem = event.damaged
         if problem is None and event.held is not None:
             problem = self._missing_bans(event.held, now)
+        if problem is None and event.count is not None:
+            problem = self._too_few(event.count, now)
         if problem is None:
             return []
         fields = {"table": self.config.firewall.table, "problem": problem}
@@ -448,17 +453,26 @@ class Core:
         ]
 
     def _missing_bans(self, held: frozenset[IPNetwork], now: float) -> str | None:
-        pending = {change.target for change in self._pending}
-        missing = [
-            ban
-            for ban in self._kernel_bans(now, self.policy.enforced)
-            if ban.target not in held
-            and ban.target not in pending
-            and (ban.expires_at is None or ban.expires_at - now > GONE_SLACK)
-        ]
+        missing = [ban for ban in self._must_hold(now) if ban.target not in held]
         if not missing:
             return None
         return f"{len(missing)} bans missing from the kernel, e.g. {show(missing[0].target)}"
+
+    def _too_few(self, count: int, now: float) -> str | None:
+        """A count below the bans the kernel must hold: some are gone (a flushed set)."""
+        wanted = len(self._must_hold(now))
+        return f"the kernel holds {count} bans of {wanted}" if count < wanted else None
+
+    def _must_hold(self, now: float) -> list[Ban]:
+        """The bans the kernel must hold now: not one just decided (its batch has not gone
+        out), nor one within `GONE_SLACK` of its end (the kernel may have let it go)."""
+        pending = {change.target for change in self._pending}
+        return [
+            ban
+            for ban in self._kernel_bans(now, self.policy.enforced)
+            if ban.target not in pending
+            and (ban.expires_at is None or ban.expires_at - now > GONE_SLACK)
+        ]
 
     def _store_failed(self, event: StoreFailed, now: float) -> list[Command]:
         self.store_error = event.error

@@ -125,10 +125,11 @@ class FirewallMissing:
 class FirewallChecked:
     """`CheckFirewall` found porttrap's ruleset present. `damaged`: what differs from what
     porttrap wrote (None: whole); `held`: the targets of the bans the kernel holds, when they
-    were listed (None: not this time)."""
+    were listed (None: not this time); `count`: how many, when they were counted."""
 
     damaged: str | None = None
     held: frozenset[IPNetwork] | None = None
+    count: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,16 +171,16 @@ class Effects:
         reload that ran `nft flush ruleset`, an admin's `nft flush table` or `nft delete
         chain`, a flushed set). The core decides what to do about it."""
         try:
-            found = self.firewall.inspect(cmd.entries)
+            found = self.firewall.inspect(cmd.entries, cmd.count)
         except FirewallError as err:
             log.event("firewall-error", logging.ERROR, error=str(err))
             return None
         if found.missing:
             return e.FirewallMissing()
         held = None if found.entries is None else frozenset(x.target for x in found.entries)
-        if found.damaged is None and held is None:
+        if found.damaged is None and held is None and found.count is None:
             return None
-        return e.FirewallChecked(found.damaged, held)
+        return e.FirewallChecked(found.damaged, held, found.count)
 
     def maintain(self, cmd: c.Maintain) -> None:
         self._try("maintain", lambda: self.firewall.maintain(cmd.now))

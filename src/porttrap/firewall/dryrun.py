@@ -46,8 +46,8 @@ class DryRunBackend:
     def present(self) -> bool:
         return self._memory.present()
 
-    def inspect(self, entries: bool) -> Inspection:
-        return self._memory.inspect(entries)
+    def inspect(self, entries: bool = False, count: bool = False) -> Inspection:
+        return self._memory.inspect(entries, count)
 
     def teardown(self) -> None:
         log.event("dry-run-teardown")

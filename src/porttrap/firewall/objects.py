@@ -27,7 +27,11 @@ from porttrap.firewall.kernel import Nft
 
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETTABLE, NFT_MSG_NEWTABLE, NFT_MSG_GETOBJ = 1, 0, 19
-NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET = 4, 7, 10
+NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM = 4, 7, 10, 13
+NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+NFTA_SET_ELEM_FLAGS = 3
+NFT_SET_ELEM_INTERVAL_END = 1
+ELEMENT_DATAGRAMS = 1 << 20  # an element dump of a million bans takes a few thousand
 NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY = 1, 3, 4, 5
 NFTA_CHAIN_TYPE = 7
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 1, 2, 4
@@ -107,6 +111,29 @@ class NftObjects:
             digest.update(b"".join(_shape_of(kind, body) for body in found))
         return digest.hexdigest()
 
+    def count_elements(self, table: str, sets: list[str]) -> int:
+        """How many elements `sets` of table inet `table` hold (an interval counts once; a
+        set that does not exist, none): dumps whose cost grows with the elements but which
+        build no addresses (100,000 bans: about 0.1 s, against 2 s or more for libnftables'
+        listing and its parse)."""
+        return sum(self._count(table, name) for name in sets)
+
+    def _count(self, table: str, name: str) -> int:
+        found: list[int] = []
+        what = f"counting the elements of set {name} of table inet {table}"
+
+        def take(data: bytes, seq: int) -> bool:
+            count, done = parse_element_count(data, seq, what)
+            found.append(count)
+            return done
+
+        try:
+            self._ask(lambda seq: elements_request(seq, table, name), take, what, ELEMENT_DATAGRAMS)
+        except FirewallError as err:
+            if "ENOENT" not in str(err):
+                raise
+        return sum(found)
+
     def _dump(self, kind: int, table: str, what: str) -> list[bytes]:
         found: list[bytes] = []
 
@@ -130,22 +157,25 @@ class NftObjects:
         if sock is not None:
             sock.close()
 
-    def _ask(self, request: Callable[[int], bytes], take: Take, what: str) -> None:
+    def _ask(
+        self, request: Callable[[int], bytes], take: Take, what: str, most: int | None = None
+    ) -> None:
         """Send `request(seq)` and hand each reply datagram to `take` until it says the answer
-        is complete, within MAX_DATAGRAMS datagrams and TIMEOUT seconds for each."""
+        is complete, within `most` (MAX_DATAGRAMS) datagrams and TIMEOUT seconds for each."""
+        most = MAX_DATAGRAMS if most is None else most
         with self._lock:
             self._seq = self._seq % 0xFFFFFFFF + 1
             try:
                 self._discard_pending()
                 self._sock.send(request(self._seq))
-                for _ in range(MAX_DATAGRAMS):
+                for _ in range(most):
                     if take(self._sock.recv(RECV_SIZE), self._seq):
                         return
             except TimeoutError as err:
                 raise FirewallError(f"{what}: no answer from the kernel in {TIMEOUT:g} s") from err
             except OSError as err:
                 raise FirewallError(f"{what}: {_why(err)}") from err
-        raise FirewallError(f"{what}: the answer did not end within {MAX_DATAGRAMS} datagrams")
+        raise FirewallError(f"{what}: the answer did not end within {most} datagrams")
 
     def _discard_pending(self) -> None:
         """Read what an earlier request left unread (it timed out, or its dump was cut short):
@@ -321,3 +351,41 @@ def _each_attribute(data: bytes) -> list[bytes]:
         values.append(data[offset + netlink.NLATTR.size : offset + length])
         offset += netlink.align(length)
     return values
+
+
+def elements_request(seq: int, table: str, name: str) -> bytes:
+    """A dump request for the elements of set `name` of table inet `table`."""
+    body = netlink.NFGENMSG.pack(NFPROTO_INET, 0, 0)
+    body += netlink.attribute(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+    body += netlink.attribute(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
+    return netlink.message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETSETELEM, _DUMP, seq, body)
+
+
+def parse_element_count(data: bytes, seq: int, what: str) -> tuple[int, bool]:
+    """(elements in one reply datagram to request `seq`, the ends of intervals left out;
+    whether the dump is over). FirewallError when the kernel answered with an error."""
+    count = 0
+    for body in _answers(data, seq, what):
+        if body is None:
+            return count, True
+        attrs = netlink.attributes(body, netlink.NFGENMSG.size) or {}
+        for element in _each_attribute(attrs.get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
+            flags = (netlink.attributes(element) or {}).get(NFTA_SET_ELEM_FLAGS)
+            end = flags is not None and len(flags) == 4 and _U32.unpack(flags)[0] & 1
+            count += 0 if end else 1
+    return count, False
+
+
+def _answers(data: bytes, seq: int, what: str) -> list[bytes | None]:
+    """The bodies of the messages answering `seq`, None for the end of the dump."""
+    found: list[bytes | None] = []
+    for kind, answered, body in netlink.split(data)[0]:
+        if answered != seq:
+            continue
+        if kind in (netlink.NLMSG_DONE, netlink.NLMSG_ERROR):
+            if kind == netlink.NLMSG_ERROR and (code := netlink.error_code(body)):
+                raise FirewallError(f"{what}: {_error_text(code)}")
+            found.append(None)
+            return found
+        found.append(body)
+    return found

@@ -57,12 +57,13 @@ class MemoryFirewall:
         """Lose one ban, as `nft flush set` or `nft delete element` would."""
         self._deadlines.pop(target, None)
 
-    def inspect(self, entries: bool) -> Inspection:
+    def inspect(self, entries: bool = False, count: bool = False) -> Inspection:
         if not self._present:
             return Inspection(missing=True)
         if self._damaged is not None:
             return Inspection(damaged=self._damaged)
-        return Inspection(entries=self.entries() if entries else None)
+        held = self.entries()
+        return Inspection(entries=held if entries else None, count=len(held) if count else None)
 
     def setup(self, bans: Sequence[Ban], now: float, sensor: SensorState | None = None) -> None:
         self._check()
