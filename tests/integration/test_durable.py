@@ -4,6 +4,8 @@ full tmpfs) loses no ban that `porttrap ban` acknowledged, across a restart."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess  # noqa: TID251 - test helper
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,6 +75,27 @@ def test_a_flushed_set_among_many_bans_is_found_by_counting_and_refilled(
     env.srv.run(["nft", "flush", "set", "inet", "porttrap", "ban_v6"])
     wait_until(lambda: len(env.nft_set("ban_v6")) == 1200, REPAIR, "ban_v6 refilled")
     assert 'problem="the kernel holds 0 bans of 1200"' in env.log_text()
+
+
+def test_after_a_crash_the_kernels_bans_that_the_store_lacks_are_kept(
+    env_factory: Callable[[str], Env],
+) -> None:
+    """`kill -9` leaves no mark of a clean stop: the start reads the kernel's bans and keeps
+    those the store lacks (here one added by hand), with the kernel's time left. After a
+    clean stop the store lacks nothing, and the start does not read them (test_daemon)."""
+    env = env_factory(TRAPS)
+    env.start()
+    env.porttrap("ban", "198.51.100.77", "--for", "1h")
+    os.kill(env.daemon_pid(), signal.SIGKILL)
+    assert env.daemon is not None
+    env.daemon.wait(timeout=20)
+    env.srv.run(["nft", "add", "element", "inet", "porttrap", "ban_v4",
+                 "{ 198.51.100.99 timeout 10m }"])  # fmt: skip
+    env.start()
+    assert {"198.51.100.77", "198.51.100.99"} <= listed(env)
+    kept = env.expires("ban_v4", "198.51.100.99")
+    assert kept is not None and 0 < kept <= 600
+    assert "event=bans-kept-from-kernel count=1" in env.log_text()
 
 
 @pytest.fixture

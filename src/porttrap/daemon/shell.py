@@ -50,6 +50,7 @@ from porttrap.sensorspec import Ports
 from porttrap.store.base import Store
 
 POLL = 0.25  # seconds between reads of the kernel sensor's counters
+CLEAN_STOP = "clean-stop"  # in state_dir: the last stop wrote every record (see _kernel_bans)
 STATUS_EVERY = 120  # ticks (60 s) between systemd STATUS= lines
 
 
@@ -77,6 +78,7 @@ class Shell:
         self.verbose = verbose
         self.notifier = notifier if notifier is not None else Notifier(None)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._restored = False
         self.writer = StoreWriter(
             lambda error: self._from_writer(e.StoreFailed(error)),
             lambda retries: self._from_writer(e.StoreRecovered(retries)),
@@ -239,6 +241,16 @@ class Shell:
     def stop(self) -> None:
         self._stop.set()
 
+    def _mark_clean(self) -> None:
+        """Every record written: the next start need not read the kernel's bans. A marker
+        that cannot be written (a full disk) makes the next start read them: the safe way."""
+        if not self._restored or self.writer.lost or self.writer.error is not None:
+            return
+        try:
+            (self.config.state_dir / CLEAN_STOP).touch(mode=0o600)
+        except OSError as err:
+            log.event("clean-stop-unmarked", logging.DEBUG, error=str(err))
+
     def _served_now(self) -> listeners.Ports | None:
         """The served ports, read before the table is built: none may be a trap, ever."""
         if self._kernel is None:
@@ -265,11 +277,21 @@ class Shell:
             held = self._kernel_bans()
             started = e.Started(current_addresses(), stored, served, gateways, sessions, held)
             self.feed(started)
+            self._restored = True  # the kernel's bans read (or known to be in the store)
             del stored
 
     def _kernel_bans(self) -> tuple[tuple[IPNetwork, float | None], ...]:
         """The bans porttrap's table holds before the start rebuilds it (a restart): those
-        the store lacks are kept. A read that fails keeps none, and says so."""
+        the store lacks are kept. Read unless the last stop was clean (every record written:
+        the store lacks nothing, and reading 100,000 bans would add seconds to the start);
+        after a crash, `kill -9` or a write given up, they are. A read that fails keeps none,
+        and says so."""
+        marker = self.config.state_dir / CLEAN_STOP
+        clean = marker.exists()
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
+        if clean:
+            return ()
         try:
             return tuple((entry.target, entry.remaining) for entry in self.firewall.entries())
         except FirewallError as err:
@@ -368,6 +390,7 @@ class Shell:
         self.feed(e.Stopping())
         dropped, killed = await self.actions.close()  # running actions get a grace time
         self.writer.close()  # every record written before the store is closed
+        self._mark_clean()
         await self._control.close()
         await self.metrics.close()
         if flush_on_exit:

@@ -49,6 +49,7 @@ class StoreWriter:
         self._on_recovered = on_recovered
         self._retry_first = retry_first
         self.failures = 0  # failed attempts, in all
+        self.lost = 0  # jobs given up when the daemon stopped
         self.error: str | None = None  # why the current write fails; None: writes succeed
 
     @property
@@ -117,6 +118,7 @@ class StoreWriter:
             if self._closing.is_set():
                 last_tries -= 1
                 if last_tries < 0:
+                    self.lost += 1
                     log.event("store-write-lost", logging.ERROR, error=error, hint=LOST_HINT)
                     return
             self._closing.wait(pause)
