@@ -158,7 +158,7 @@ def test_a_store_that_cannot_write_loses_no_acknowledged_ban(full_disk_env: Env)
     assert "in the kernel but not yet on disk" in first.stderr
     assert env.in_set("ban_v4", "198.51.100.50")
     wait_until(lambda: not store_ok(env), 10, "status shows the failing store")
-    assert "event=store-write-failed" in env.log_text()
+    assert "event=store-failing" in env.log_text()
 
     free(env)  # the disk is usable again: the retried write goes through
     wait_until(lambda: store_ok(env), 60, "store recovered")

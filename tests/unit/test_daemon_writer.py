@@ -31,8 +31,9 @@ def test_a_failing_job_is_retried_in_order_until_it_succeeds(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A full disk: the same job is tried again (the later ones wait, in order), the core
-    hears once that writes fail and once that they succeed again."""
-    caplog.set_level(logging.INFO)
+    hears once that writes fail and once that they succeed again (and reports them: the
+    writer's own lines are at debug level)."""
+    caplog.set_level(logging.DEBUG)
     failed: list[str] = []
     recovered: list[int] = []
     writer = StoreWriter(failed.append, recovered.append, retry_first=0.001)

@@ -133,16 +133,17 @@ class StoreWriter:
         for done in waiting:
             if not done.done():
                 done.set_result(error)
-        if retries == 0:
-            level = logging.ERROR if first else logging.DEBUG
+        if retries == 0 and first:  # the daemon's core reports it, when it listens
+            level = logging.ERROR if self._on_failed is None else logging.DEBUG
             log.event("store-write-failed", level, error=error, hint=FAILED_HINT)
-            if first and self._on_failed is not None:
+            if self._on_failed is not None:
                 self._on_failed(error)
 
     def _recovered(self, retries: int) -> None:
         with self._lock:
             self.error = None
-        log.event("store-write-recovered", retries=retries)
+        level = logging.INFO if self._on_recovered is None else logging.DEBUG
+        log.event("store-write-recovered", level, retries=retries)
         if self._on_recovered is not None:
             self._on_recovered(retries)
 
