@@ -84,7 +84,8 @@ def test_scanner_is_dropped_everywhere_and_clients_keep_working(
     allowed = env.json("history", ALLOWED)
     assert [(e["what"], e["outcome"]) for e in allowed] == [("hit", "allowed")]
     status = env.json("status")
-    assert status["running"] and status["bans"] == {"active": 3, "permanent": 0}
+    assert status["running"]
+    assert status["bans"] == {"active": 3, "permanent": 0, "skipped_at_start": 0}
     assert "event=ban address=192.0.2.2" in env.log_text()
 
 

@@ -152,10 +152,13 @@ def test_store_backlog_failures_and_dropped_hits(daemon: Shell) -> None:
     daemon.core.hits_not_stored = 7
     daemon.writer.submit(lambda: None)  # the writer is not started: the job waits
     daemon.writer.failures = 2
+    daemon.effects.restore.skipped = 4  # rows the start could not read
     daemon.actions.runner.drop(3)
     got = scrape(daemon)
     assert values(got["porttrap_store_backlog"]) == {frozenset(): 1}
     assert values(got["porttrap_store_write_failures"]) == {frozenset(): 2}
+    assert values(got["porttrap_store_rows_skipped_at_start"]) == {frozenset(): 4}
+    assert views.status(daemon.snapshot(), 1)["bans"]["skipped_at_start"] == 4
     assert by("what", got["porttrap_events_dropped"]) == {
         "hit_not_stored": 7, "hit_sampled": 0, "action": 3}  # fmt: skip
 

@@ -23,7 +23,7 @@ from porttrap.firewall import registry
 from porttrap.firewall.select import make_backend
 from porttrap.model import IPNetwork, Proto, parse_target
 from porttrap.store import open_store
-from porttrap.units import parse_duration
+from porttrap.units import TooLong, parse_duration
 
 EXIT_NOT_RUNNING = 3
 EXIT_NOT_RECORDED = 4  # ban/unban: done in the kernel, not yet in the store (a full disk)
@@ -242,6 +242,8 @@ def flush(args: argparse.Namespace) -> int:
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
+    except TooLong as err:
+        raise UsageError(f"--for: {err} (--permanent)") from err
     except ValueError as err:
         raise UsageError(f"--for: {err}") from err
 

@@ -239,6 +239,8 @@ COMMANDS = {
         Ban addresses or networks now, through the running daemon (state_dir/control.sock,
         root only). The ban reaches the kernel and the database as any other: without --for
         or --permanent the escalation of [ban] decides how long, counting earlier bans.
+        --for takes at most 3650d (10 years); a ban that should never end is --permanent.
+        An IPv4-mapped address (::ffff:192.0.2.7) is banned as the IPv4 address it names.
 
         Refuses, and bans nothing, when any target is protected (the host's own addresses,
         loopback, the allow list), or when a network overlaps an active network ban (unban

@@ -12,7 +12,7 @@ from contextlib import closing
 from pathlib import Path
 
 from porttrap.config import loader as config_mod
-from porttrap.config.legacy import datatrap, port_trap, portsentry
+from porttrap.config.legacy import datatrap, port_trap, portsentry, reading
 from porttrap.config.legacy.notes import Conversion
 from porttrap.config.schema import Config
 from porttrap.daemon import control
@@ -43,9 +43,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
         "portsentry",
         help="PortSentry 1.2 or 2.x: portsentry.conf, the ignore files, /etc/default/portsentry",
         description="Import PortSentry's portsentry.conf (1.2 or 2.x format), its ignore files "
-        "and the modes in /etc/default/portsentry (TCP_MODE, UDP_MODE). Only reads them: "
-        "stop PortSentry yourself once the new config checks out. Needs root only to write "
-        "into /etc/porttrap.",
+        "and the modes in /etc/default/portsentry (TCP_MODE, UDP_MODE). Reads only the files "
+        "in DIR and those given with --defaults and --ignore: an IGNORE_FILE outside DIR is "
+        "named on stderr, not read. Only reads them: stop PortSentry yourself once the new "
+        "config checks out. Needs root only to write into /etc/porttrap.",
         epilog="examples:\n"
         "  porttrap import portsentry               /etc/portsentry, config on stdout\n"
         "  porttrap import portsentry -o /etc/porttrap/porttrap.toml\n"
@@ -62,9 +63,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
     ps.add_argument(
         "--defaults",
         type=Path,
-        default=portsentry.DEFAULT_DEFAULTS,
         metavar="FILE",
-        help="the file with TCP_MODE and UDP_MODE (default: /etc/default/portsentry)",
+        help="the file with TCP_MODE and UDP_MODE (default: /etc/default/portsentry when DIR "
+        "is /etc/portsentry; none for another DIR)",
+    )
+    ps.add_argument(
+        "--ignore",
+        type=Path,
+        metavar="FILE",
+        help="the ignore file to read in place of IGNORE_FILE (one outside DIR is not read)",
     )
     pt = sources.add_parser(
         "port-trap",
@@ -107,7 +114,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
 
 
 def import_portsentry(args: argparse.Namespace) -> int:
-    conversion = portsentry.convert(portsentry.read(args.directory, args.defaults))
+    conversion = portsentry.convert(portsentry.read(args.directory, args.defaults, args.ignore))
     _emit(conversion, args.output, args.force)
     return 0
 
@@ -116,9 +123,10 @@ def import_port_trap(args: argparse.Namespace) -> int:
     conversion = port_trap.convert(port_trap.read(args.directory))
     database = args.directory / datatrap.DB_FILE
     history, target = None, None
-    if not args.no_history and database.is_file():
+    if not args.no_history and database.exists():
         # Everything that can refuse comes before anything is written: a database that is
-        # not port_trap's, an invalid -c config.
+        # not port_trap's (or not a file in DIR), an invalid -c config.
+        reading.check_database(database, args.directory)
         history = datatrap.read(database)
         target = _target(args)
     _emit(conversion, args.output, args.force)

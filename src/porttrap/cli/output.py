@@ -121,6 +121,11 @@ def status_text(status: dict[str, Any]) -> str:
     bans = status.get("bans")
     if bans:
         lines.append(f"bans: {bans['active']} active, {bans['permanent']} of them permanent")
+        if skipped := bans.get("skipped_at_start"):
+            lines.append(
+                f"  {skipped} database rows could not be read at start, and their bans were "
+                "not restored: see the log (event=store-bad-row)"
+            )
     return "\n".join(lines)
 
 

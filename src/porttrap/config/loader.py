@@ -79,6 +79,10 @@ KERNEL_KEYS = (
 _ALLOW_EXAMPLE = '["192.0.2.0/24", "2001:db8::7"]'
 _RESPOND_EXAMPLE = '{ tcp = "ban", udp = "log" }'
 _PATTERN_EXAMPLE = """['198\\.51\\.100\\.[0-9]+']"""
+_TOO_DEEP = (
+    "arrays or tables nested too deeply for the TOML reader (hundreds of levels), where no "
+    "porttrap key nests more than a few: remove the nesting"
+)
 _SYNTAX_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _SYNTAX_AT_END = re.compile(r"\s*\(at end of document\)$")
 
@@ -98,6 +102,8 @@ def load_text(text: str, path: Path | None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_syntax_problem(exc, text, path)]) from None
+    except RecursionError:  # tomllib reads nested arrays and tables by recursion
+        raise ConfigError([ConfigProblem(path, None, "", _TOO_DEEP)]) from None
     problems = Problems(path, text)
     config = _config(data, problems, path)
     if len(problems):
@@ -185,7 +191,7 @@ def _ban(section: Section) -> BanPolicy:
         permanent_after=section.get("permanent_after", fields.at_least(0), default.permanent_after),
         trigger=section.get("trigger", fields.at_least(1), default.trigger),
         window=section.get("window", fields.duration, default.window),
-        forget_after=section.get("forget_after", fields.duration, default.forget_after),
+        forget_after=section.get("forget_after", fields.lookback, default.forget_after),
         confirm=section.get("confirm", fields.at_least(1), default.confirm),
         respond_tcp=respond[Proto.TCP],
         respond_udp=respond[Proto.UDP],
@@ -290,7 +296,7 @@ def _store(section: Section) -> StoreConfig:
     section.check_keys(("hit_retention", "hit_rate", "hit_rows"))
     default = StoreConfig()
     return StoreConfig(
-        hit_retention=section.get("hit_retention", fields.duration, default.hit_retention),
+        hit_retention=section.get("hit_retention", fields.lookback, default.hit_retention),
         hit_rate=float(section.get("hit_rate", RATE, int(default.hit_rate))),
         hit_rows=section.get("hit_rows", fields.at_least(1000), default.hit_rows),
     )

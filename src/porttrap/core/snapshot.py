@@ -42,6 +42,7 @@ class IoFigures:
     actions_enabled: bool = False
     store_backlog: int = 0
     store_failures: int = 0
+    restore_skipped: int = 0  # database rows the start could not read, and skipped
     reports: ReportFigures | None = None
     decision: Histogram | None = None  # a hit's arrival to its decision
     to_kernel: Histogram | None = None  # a banning hit's arrival to its ban in the kernel

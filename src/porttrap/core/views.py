@@ -44,7 +44,11 @@ def status(snapshot: Snapshot, pid: int) -> dict[str, Any]:
         "traps": traps_json(io.traps),
         "kernel": kernel_status(snapshot.kernel, io.reports) if snapshot.kernel else None,
         "actions": dict(io.actions) if io.actions_enabled else None,
-        "bans": {"active": len(snapshot.active), "permanent": snapshot.permanent},
+        "bans": {
+            "active": len(snapshot.active),
+            "permanent": snapshot.permanent,
+            "skipped_at_start": io.restore_skipped,
+        },
         "hits": {
             "total": snapshot.stats.total_hits,
             **snapshot.stats.by_outcome(),

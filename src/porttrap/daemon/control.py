@@ -84,7 +84,7 @@ class ControlServer:
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
         try:
-            request = json.loads(line)
+            request = json.loads(line, parse_constant=_no_constant)
             handler = self.handlers.get(request.get("cmd", ""))
             if handler is None:
                 return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
@@ -92,13 +92,30 @@ class ControlServer:
             if inspect.isawaitable(answer):
                 answer = await answer
             return {"ok": True, **answer}
-        except (ConfigError, RemoteConfigError) as err:
-            problems = [str(p) for p in err.problems]
-            return {"ok": False, "error": "invalid configuration", "problems": problems}
-        except PorttrapError as err:
-            return {"ok": False, "error": str(err)}
-        except (ValueError, TypeError, AttributeError) as err:
-            return {"ok": False, "error": f"bad request: {err}"}
+        except Exception as err:  # every failure is answered: `_refusal`
+            return _refusal(err)
+
+
+def _refusal(err: Exception) -> dict[str, Any]:
+    """The answer to a request that failed, called in its `except`. A bug is logged with its
+    traceback, and the client told: it hears of every failure rather than of nothing."""
+    if isinstance(err, ConfigError | RemoteConfigError):
+        problems = [str(p) for p in err.problems]
+        return {"ok": False, "error": "invalid configuration", "problems": problems}
+    if isinstance(err, PorttrapError):
+        return {"ok": False, "error": str(err)}
+    if isinstance(err, ValueError | TypeError | AttributeError):
+        return {"ok": False, "error": f"bad request: {err}"}
+    if isinstance(err, RecursionError):  # json refuses nesting past Python's recursion limit
+        return {"ok": False, "error": "bad request: JSON nested too deeply"}
+    log.LOGGER.exception(log.fields("control-failed"))
+    return {"ok": False, "error": "the daemon failed on this request (a bug: see its log)"}
+
+
+def _no_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity, which Python's json reads and JSON itself does not have:
+    refused, so that no such value reaches a ban ("for": NaN was once stored as no end)."""
+    raise ValueError(f"{name} is not a number JSON allows: give a finite number")
 
 
 def ping(path: Path) -> bool:

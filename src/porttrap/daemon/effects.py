@@ -57,9 +57,10 @@ class Latency:
 
 @dataclass
 class Restore:
-    """When the start's restore began, for its log line."""
+    """When the start's restore began, and the database rows it skipped, for its log line."""
 
     started: float = 0.0
+    skipped: int = 0
 
 
 class Effects:
@@ -140,7 +141,16 @@ class Effects:
             seconds=round(done - first, 3),
             store_s=round(started - first, 3),  # read and decided
             kernel_s=round(done - started, 3),
+            skipped=self.restore.skipped or None,
         )
+        if self.restore.skipped:
+            log.event(
+                "restore-skipped",
+                logging.WARNING,
+                rows=self.restore.skipped,
+                why="rows of the database that cannot be read (each named by store-bad-row): "
+                "their bans are not restored; every other ban is",
+            )
 
     def apply(self, cmd: c.Apply) -> e.Event | None:
         started = self.clock.monotonic()

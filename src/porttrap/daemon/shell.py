@@ -274,6 +274,7 @@ class Shell:
         with heap.bulk():  # 100,000 bans: see porttrap.heap
             now = self.clock.now()
             stored = self.store.bans_to_restore(now, self.core.restore_since(now))
+            self.effects.restore.skipped = self.store.bad_rows
             held = self._kernel_bans()
             started = e.Started(current_addresses(), stored, served, gateways, sessions, held)
             self.feed(started)
@@ -423,6 +424,7 @@ class Shell:
             traps=self.report,
             store_backlog=self.writer.pending,
             store_failures=self.writer.failures,
+            restore_skipped=self.effects.restore.skipped,
             actions_enabled=self.actions.enabled,
             actions=self.actions.status(),
             reports=reports,

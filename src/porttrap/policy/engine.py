@@ -34,9 +34,11 @@ from porttrap.model import (
     StoredBan,
     Unban,
     as_network,
+    ban_problem,
     show,
     trap_reason,
     trapped_by,
+    unmap_network,
 )
 from porttrap.policy.budget import Budget
 from porttrap.policy.escalation import Past, ban_duration
@@ -268,7 +270,9 @@ class Policy:
         """A ban another host decided, held here as it was decided (its times, its reason);
         it counts toward escalation here too. Refused, with why, when it has ended, when the
         local protection forbids it (own addresses, the allow list, loopback, a peer), when a
-        ban held here already lasts as long, or when it would overlap a network ban."""
+        ban held here already lasts as long, when it would overlap a network ban, or when its
+        times are out of bounds (`ban_problem`). An IPv4-mapped target is held as IPv4."""
+        ban = replace(ban, target=unmap_network(ban.target))
         why = self._refusal(ban, now)
         if why is not None:
             return why
@@ -310,6 +314,8 @@ class Policy:
 
     def _refusal(self, ban: Ban, now: float) -> str | None:
         target = ban.target
+        if (problem := ban_problem(ban.banned_at, ban.expires_at)) is not None:
+            return problem
         if not ban.active(now):
             return "it has ended"
         if why := self.protection.conflict(target):
