@@ -202,3 +202,19 @@ def test_the_start_reads_the_kernels_bans_unless_the_last_stop_was_clean(tmp_pat
     (tmp_path / "clean-stop").touch()
     assert shell._kernel_bans() == ()
     assert not (tmp_path / "clean-stop").exists(), "a start uses the mark up"
+
+
+def test_a_ban_ends_on_time_when_the_wall_clock_steps_back(tmp_path: Path) -> None:
+    """A one-hour ban; after 30 minutes the wall clock steps back an hour. The kernel lifts
+    the ban 30 minutes later: so does the daemon (not 90 minutes later)."""
+    shell, _, clock = shell_of(tmp_path)
+    shell.feed(AdminBan((ip_network("198.51.100.1/32"),), duration=3600))
+    shell.feed(Tick(mono=clock.monotonic()))
+    clock.advance(1800)
+    shell.feed(Tick(mono=clock.monotonic()))
+    clock.step(-3600)
+    shell.feed(Tick(mono=clock.monotonic()))
+    assert [str(b.target) for b in shell.snapshot().active] == ["198.51.100.1/32"]
+    clock.advance(1801)
+    shell.feed(Tick(mono=clock.monotonic()))
+    assert list(shell.snapshot().active) == []
