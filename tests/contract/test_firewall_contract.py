@@ -220,6 +220,20 @@ def test_present_from_setup_until_teardown(fw: Harness) -> None:
     assert not fw.backend.present()
 
 
+def test_inspect_finds_a_whole_ruleset_and_lists_its_bans_when_asked(fw: Harness) -> None:
+    assert fw.backend.inspect(entries=True).missing
+    fw.backend.setup([fw.ban("198.51.100.7", HOUR), fw.ban("2001:db8::/48", None)], fw.now)
+    fw.backend.apply([fw.ban("203.0.113.0/24", HOUR)], fw.now)
+    found = fw.backend.inspect(entries=False)
+    assert not found.missing and found.damaged is None and found.entries is None
+    assert fw.backend.inspect(count=True).count == 3
+    listed = fw.backend.inspect(entries=True).entries
+    assert listed is not None
+    assert {show(e.target) for e in listed} == {"198.51.100.7", "2001:db8::/48", "203.0.113.0/24"}
+    fw.backend.teardown()
+    assert fw.backend.inspect(entries=False).missing
+
+
 LONG = 40 * 86400.0  # more than ipset's longest element timeout (2,147,483 s, 24.8 days)
 
 

@@ -27,6 +27,7 @@ from porttrap.store import open_store
 from porttrap.units import TooLong, parse_duration
 
 EXIT_NOT_RUNNING = 3
+EXIT_NOT_RECORDED = 4  # ban/unban: done in the kernel, not yet in the store (a full disk)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -196,7 +197,20 @@ def ban(args: argparse.Namespace) -> int:
         print(f"banned {item['address']} until {until} (ban #{item['ban_count']})")
     if answer["count"] > len(answer["bans"]):
         print(f"... and {answer['count'] - len(answer['bans'])} more")
-    return 0
+    return _not_recorded(answer, "the ban is in the kernel")
+
+
+def _not_recorded(answer: dict[str, Any], done: str) -> int:
+    """0 when the store holds what the daemon did; else a warning and EXIT_NOT_RECORDED."""
+    if answer.get("recorded", True):
+        return 0
+    print(
+        f"porttrap: warning: {done} but not yet on disk: the store cannot write "
+        f"({answer.get('store_error')}); the daemon tries again until it can (see `porttrap "
+        "status`): free space in (or fix) the state_dir",
+        file=sys.stderr,
+    )
+    return EXIT_NOT_RECORDED
 
 
 def unban(args: argparse.Namespace) -> int:
@@ -206,6 +220,9 @@ def unban(args: argparse.Namespace) -> int:
     was = set(answer["were_banned"])
     for address in answer["unbanned"]:
         print(f"unbanned {address}" if address in was else f"{address} was not banned")
+    if not answer.get("recorded", True):
+        return _not_recorded(answer, "the unban is in the kernel (a restart before the disk "
+                             "takes it would put the ban back)")  # fmt: skip
     return 0
 
 

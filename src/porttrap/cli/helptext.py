@@ -84,6 +84,8 @@ _FILES_AND_EXIT_CODES = _text("""
       2    invalid configuration, every problem listed (reload: the daemon
            refused it); or an invalid command line
       3    status, reload: the daemon is not running
+      4    ban, unban: done in the kernel, not yet in the database (its disk is full
+           or failing); the daemon keeps trying, see porttrap status
       130  interrupted (Ctrl-C)
 
     More: porttrap COMMAND --help for each command; every configuration key is described
@@ -249,6 +251,11 @@ COMMANDS = {
         Refuses, and bans nothing, when any target is protected (the host's own addresses,
         loopback, the allow list), or when a network overlaps an active network ban (unban
         that one first). Without a running daemon it says so and exits 1.
+
+        Answers once the database holds the ban. When the database cannot be written (a
+        full state_dir), it answers at once: the ban is in the kernel but not yet on disk
+        (a warning, exit 4); the daemon tries the write again until it succeeds, and a
+        restart meanwhile keeps the ban from the kernel.
         """,
         """
           porttrap ban 203.0.113.7

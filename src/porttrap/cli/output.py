@@ -105,6 +105,15 @@ def status_text(status: dict[str, Any]) -> str:
             for t in traps["skipped"]
         ]
         lines.append(f"hits since start: {status['hits']['total']}")
+        store = status.get("store") or {}
+        if store and not store.get("ok", True):
+            lines.append(
+                f"STORE FAILING since {store['failing_since']}: {store['error']} "
+                f"({store['backlog']} writes waiting; bans are in the kernel and memory, "
+                "and kept from the kernel at a restart)"
+            )
+        if status.get("clock_jumped"):
+            lines.append(f"wall clock jumped by {status['clock_jumped']} s since the start")
         if status.get("kernel"):
             lines += kernel_text(status["kernel"])
         if status.get("actions"):

@@ -78,6 +78,9 @@ class Snapshot:
     watched: int  # sources whose recent hits the policy remembers
     kernel: KernelView | None
     io: IoFigures
+    store_error: str | None = None  # why store writes fail now (None: they succeed)
+    store_failing_since: float | None = None
+    clock_skew: float = 0.0  # how far the wall clock jumped since the start, in all
 
     @property
     def permanent(self) -> int:

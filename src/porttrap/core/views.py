@@ -55,6 +55,14 @@ def status(snapshot: Snapshot, pid: int) -> dict[str, Any]:
             "not_stored": snapshot.hits_not_stored,
             "sampled": snapshot.hits_sampled,
         },
+        "store": {
+            "ok": snapshot.store_error is None,
+            "error": snapshot.store_error,
+            "failing_since": iso(snapshot.store_failing_since),
+            "backlog": io.store_backlog,
+            "failed_writes": io.store_failures,
+        },
+        "clock_jumped": round(snapshot.clock_skew, 1),
         "sources": {
             "watched": snapshot.watched,
             "evicted": snapshot.sources_evicted,

@@ -176,15 +176,21 @@ class Effects:
             return e.FirewallFailed(str(err))
         return None
 
-    def check(self, _cmd: c.CheckFirewall) -> e.Event | None:
-        """Is the ruleset still there? Bans must not vanish silently (a firewall reload that
-        ran `nft flush ruleset`, an admin's `nft delete table`)."""
+    def check(self, cmd: c.CheckFirewall) -> e.Event | None:
+        """Is the ruleset still there, and whole? Bans must not vanish silently (a firewall
+        reload that ran `nft flush ruleset`, an admin's `nft flush table` or `nft delete
+        chain`, a flushed set). The core decides what to do about it."""
         try:
-            present = self.firewall.present()
+            found = self.firewall.inspect(cmd.entries, cmd.count)
         except FirewallError as err:
             log.event("firewall-error", logging.ERROR, error=str(err))
             return None
-        return None if present else e.FirewallMissing()
+        if found.missing:
+            return e.FirewallMissing()
+        held = None if found.entries is None else frozenset(x.target for x in found.entries)
+        if found.damaged is None and held is None and found.count is None:
+            return None
+        return e.FirewallChecked(found.damaged, held, found.count)
 
     def maintain(self, cmd: c.Maintain) -> None:
         self._try("maintain", lambda: self.firewall.maintain(cmd.now))

@@ -47,6 +47,8 @@ from porttrap.policy.protect import Protection
 from porttrap.policy.recent import Watch
 from porttrap.units import iso
 
+KEPT_FROM_KERNEL = "kept from the kernel"  # the reason of a ban the store had lost
+
 __all__ = ["Policy", "Verdict", "ban_duration", "enforced_under"]
 
 _ANY: dict[int, IPAddress] = {4: IPv4Address("0.0.0.0"), 6: IPv6Address("::")}
@@ -283,6 +285,38 @@ class Policy:
         self._past.add(ban.target, ban.banned_at, ban.verified)
         self._remember(ban)
         return ban
+
+    def adopt_kernel(
+        self, held: Iterable[tuple[IPNetwork, float | None]], now: float
+    ) -> tuple[list[Ban], list[str]]:
+        """Bans the kernel holds (target, seconds left; None: permanent) that no active ban
+        here covers: a store write failed before the last stop. Each is held again with the
+        kernel's time left, as an admin's ban would be ("kept from the kernel"); returns them,
+        and why the others were refused (the local protection, an overlap)."""
+        adopted: list[Ban] = []
+        refused: list[str] = []
+        for target, remaining in held:
+            if self._held(target, now) is not None or (remaining is not None and remaining < 1):
+                continue
+            expires = None if remaining is None else now + remaining
+            count = self._count_past(target, now, verified=True) + 1
+            ban = Ban(target, now, expires, count, KEPT_FROM_KERNEL)
+            kept = self.adopt(ban, now)
+            if isinstance(kept, str):
+                refused.append(f"{show(target)}: {kept}")
+            else:
+                adopted.append(kept)
+        return adopted, refused
+
+    def shift(self, seconds: float) -> None:
+        """The wall clock jumped by `seconds`: every timed ban ends that much later (earlier),
+        so that it lasts the time it was given, as the kernel's timeout does."""
+        for bans in (self._active, self._active_nets):
+            for target, ban in bans.items():
+                if ban.expires_at is not None:
+                    bans[target] = replace(ban, expires_at=ban.expires_at + seconds)
+        ends = [b.expires_at for b in (*self._active.values(), *self._active_nets.values())]
+        self._next_end = min((end for end in ends if end is not None), default=None)
 
     def _refusal(self, ban: Ban, now: float) -> str | None:
         target = ban.target
