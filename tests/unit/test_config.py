@@ -140,7 +140,8 @@ def test_no_file_anywhere_gives_built_in_defaults(
 ) -> None:
     monkeypatch.setattr(porttrap.config.loader, "DEFAULT_CONFIG_PATH", tmp_path / "missing.toml")
     config = load(None)
-    assert config == Config(traps=(*defaults(TCP), *defaults(UDP)))
+    advanced = Modes(tcp=TrapMode.ADVANCED, udp=TrapMode.ADVANCED)  # the built-in mode
+    assert config == Config(traps=(*defaults(TCP), *defaults(UDP)), modes=advanced)
     assert config.source is None
 
 
@@ -154,10 +155,9 @@ def test_default_path_is_read_when_it_exists(
     assert (config.ban.time, config.source) == (7200.0, path)
 
 
-def test_default_trap_lists_expand_their_ranges() -> None:
-    ports = {trap.port for trap in traps_of("") if trap.proto is UDP}
-    assert {32770, 32771, 32772, 32773, 32774, 69} <= ports
+def test_default_trap_lists_are_the_defaults() -> None:
     assert len(traps_of("")) == len(default_ports(TCP)) + len(default_ports(UDP))
+    assert {1524, 31337} <= default_ports(TCP)
 
 
 def test_empty_file_is_the_defaults() -> None:
