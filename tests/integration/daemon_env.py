@@ -20,8 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import waiting
 from netns import Netns
-from waiting import PATIENCE, wait_until
+
+# The tests' one way to wait (tests/waiting.py), also under the name many tests import here.
+wait_until = waiting.wait_until
+PATIENCE = waiting.PATIENCE
 
 PORTTRAP = [sys.executable, "-m", "porttrap"]
 SERVICE_PORT = 8080

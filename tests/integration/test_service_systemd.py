@@ -232,5 +232,5 @@ def test_the_built_in_defaults_run_advanced_mode_under_the_sandbox(
     journal = container.run(["journalctl", "-u", "porttrap", "--no-pager", "-o", "cat"]).stdout
     assert "tcp=advanced udp=advanced" in journal
     send(atk, [Probe(ATK, SRV, 4444, "syn"), Probe(ATK, SRV, 4445, "syn")], inter=0.05)
-    wait_until(lambda: banned(container.netns, ATK), 10, "the scanner banned")
+    wait_until(lambda: banned(container.netns, ATK), PATIENCE, "the scanner banned")
     container.run([EXE, "uninstall-service"])
