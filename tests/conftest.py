@@ -38,8 +38,8 @@ def _own_temproot() -> None:
     filterwarnings=error, and a green run fails. Not a symlink, and ours, or not used."""
     if "PYTEST_DEBUG_TEMPROOT" in os.environ:
         return
-    checkout = hashlib.sha256(str(Path(__file__).resolve().parent).encode()).hexdigest()[:8]
-    root = Path(tempfile.gettempdir()) / f"ptt-{checkout}"  # short: sockets live below
+    checkout = hashlib.sha256(str(Path(__file__).resolve().parent).encode()).hexdigest()[:3]
+    root = Path(tempfile.gettempdir()) / f"pt{checkout}"  # short: sockets live below
     try:
         root.mkdir(mode=0o700, exist_ok=True)
         found = root.lstat()

@@ -7,6 +7,7 @@ same hope on an event loop (inside a loop it is a poll; `asyncio.sleep(0)` yield
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -110,4 +111,4 @@ def test_this_checkouts_runs_have_their_own_temporary_root(
 ) -> None:
     """Not the /tmp/pytest-of-<user> that every checkout on the machine shares (conftest)."""
     base = tmp_path_factory.getbasetemp().resolve()
-    assert base.parent.parent.name.startswith("ptt-"), base
+    assert re.fullmatch("pt[0-9a-f]{3}", base.parent.parent.name), base
