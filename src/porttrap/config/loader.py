@@ -98,6 +98,11 @@ def load_text(text: str, path: Path | None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_syntax_problem(exc, text, path)]) from None
+    except RecursionError:  # tomllib recurses into each nested array or inline table
+        message = (
+            "arrays or inline tables nested too deeply to read (porttrap's keys nest a few levels)"
+        )
+        raise ConfigError([ConfigProblem(path, None, "", message)]) from None
     problems = Problems(path, text)
     config = _config(data, problems, path)
     if len(problems):
