@@ -13,6 +13,7 @@ Reading only: the database is opened read-only, and never changed.
 from __future__ import annotations
 
 import ipaddress
+import math
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -120,17 +121,19 @@ def _seconds(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return float(value.strip())
-    return None
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        seconds = float(value.strip())  # ASCII: "²".isdigit() too, which float() refuses
+    else:
+        return None
+    return seconds if math.isfinite(seconds) else None  # NaN; 400 nines overflow a float
 
 
 def _reason(port: object) -> str:
     """`port_trap:tcp/PORT`, from "PORT" or "IP:PORT" (an IPv6 address split at the last
     colon); just `port_trap` when no port can be read."""
     text = str(port).rpartition(":")[2].strip() if port is not None else ""
-    return f"{REASON}:tcp/{int(text)}" if text.isdigit() else REASON
+    return f"{REASON}:tcp/{int(text)}" if text.isascii() and text.isdigit() else REASON
 
 
 def _bans(rows: list[_Row]) -> list[Ban]:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from porttrap.config.fields import NESTED_REPEAT, nested_repeat
 from porttrap.config.legacy import tomlout, whitelist
 from porttrap.config.legacy.notes import UNVERIFIED_NOTE, Conversion, Note, SourceFile
 from porttrap.model import IPAddress, IPNetwork
@@ -418,8 +419,11 @@ def _entry(allowed: _Allowed, entry: str, where: Note, notes: list[Note]) -> Non
     except ValueError as err:
         note(f"{err}; port_trap skipped it too (logging an error each time): not carried over")
         return
+    if nested_repeat(entry):  # testing it would hang the import, and matching it the daemon
+        note(f"{NESTED_REPEAT}: not carried over")
+        return
     result = whitelist.convert(entry)
-    label = f"    # {where.file.rsplit('/', 1)[-1]}:{where.line}: {entry}"
+    label = "    # " + tomlout.quiet(f"{where.file.rsplit('/', 1)[-1]}:{where.line}: {entry}")
     if result.pattern is not None:
         allowed.patterns += [label, f"    {tomlout.literal(result.pattern)},"]
         note(

@@ -190,7 +190,7 @@ def ports(setting: Setting, version: int, name: str, notes: list[Note]) -> list[
 def _port_item(text: str, version: int) -> tuple[str | None, str]:
     """("23" or "5900-5910", "") when valid, else (None, why it is left out)."""
     low, dash, high = text.partition("-")
-    if not low.isdigit() or (dash and not high.isdigit()):
+    if not _digits(low) or (dash and not _digits(high)):
         return None, "not a port: left out"
     if dash and version == 1:
         return None, "PortSentry 1.2 has no port ranges (it read the first port only): left out"
@@ -258,13 +258,18 @@ def parse_ignore(source: SourceFile) -> list[Ignored]:
     return found
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _ignored(name: str, number: int, entry: str, own: bool) -> Ignored:
     address, slash, bits = entry.partition("/")
     try:
         base = ipaddress.ip_address(address)
     except ValueError:
         return Ignored(None, name, number, entry, "not an address: not carried over")
-    if slash and (not bits.isdigit() or int(bits) > base.max_prefixlen):
+    if slash and (not _digits(bits) or int(bits) > base.max_prefixlen):
         return Ignored(
             None,
             name,
