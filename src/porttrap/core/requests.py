@@ -11,6 +11,9 @@ from porttrap.errors import UsageError
 from porttrap.model import IPNetwork, parse_target
 
 TOP_LIMIT = 100
+# Longer ends past what a timestamp can hold (1e308 s overflowed the answer's ISO time), and
+# Infinity or NaN would be stored as no end at all: a permanent ban nobody asked for.
+MAX_DURATION = 100 * 365 * 86400
 
 
 def parse_targets(raw: object) -> tuple[IPNetwork, ...]:
@@ -31,8 +34,13 @@ def parse_targets(raw: object) -> tuple[IPNetwork, ...]:
 def ban(request: Mapping[str, Any]) -> AdminBan:
     targets = parse_targets(request.get("targets", []))
     duration, permanent = request.get("for"), bool(request.get("permanent"))
-    if duration is not None and (not isinstance(duration, int | float) or duration <= 0):
-        raise UsageError(f"bad ban duration {duration!r}")
+    if duration is not None and not (
+        isinstance(duration, int | float) and 0 < duration <= MAX_DURATION  # NaN: false
+    ):
+        raise UsageError(
+            f"bad ban duration {duration!r}: give seconds, more than 0 and at most "
+            f"{MAX_DURATION} (100 years); a ban that never ends is permanent"
+        )
     return AdminBan(targets, None if duration is None else float(duration), permanent)
 
 

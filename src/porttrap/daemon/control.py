@@ -99,6 +99,8 @@ class ControlServer:
             return {"ok": False, "error": str(err)}
         except (ValueError, TypeError, AttributeError) as err:
             return {"ok": False, "error": f"bad request: {err}"}
+        except RecursionError:  # json.loads recurses into each nested array or object
+            return {"ok": False, "error": "bad request: nested too deeply"}
 
 
 def ping(path: Path) -> bool:
@@ -124,7 +126,20 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 30.0) -> dict[
         except PermissionError as err:
             raise PorttrapError(f"permission denied on {path}: run this as root") from err
         sock.sendall(json.dumps(payload).encode() + b"\n")
-        answer = _read_line(sock)
+        return answer_of(_read_line(sock))
+
+
+def answer_of(data: bytes) -> dict[str, Any]:
+    """The daemon's answer in the bytes it sent; PorttrapError when it refused the request,
+    or sent something that is not an answer (a broken daemon, or something else listening)."""
+    if not data:
+        raise PorttrapError("the daemon closed the control connection without an answer")
+    try:
+        answer = json.loads(data)
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        raise PorttrapError(f"the daemon's answer is not JSON ({err}): {data[:80]!r}") from None
+    if not isinstance(answer, dict):
+        raise PorttrapError(f"the daemon's answer is not a JSON object: {data[:80]!r}")
     if not answer.get("ok") and isinstance(problems := answer.get("problems"), list):
         raise RemoteConfigError([str(p) for p in problems])
     if not answer.get("ok"):
@@ -132,7 +147,7 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 30.0) -> dict[
     return answer
 
 
-def _read_line(sock: socket.socket) -> dict[str, Any]:
+def _read_line(sock: socket.socket) -> bytes:
     chunks = []
     while True:
         try:
@@ -146,8 +161,4 @@ def _read_line(sock: socket.socket) -> dict[str, Any]:
         chunks.append(chunk)
         if chunk.endswith(b"\n"):
             break
-    data = b"".join(chunks)
-    if not data:
-        raise PorttrapError("the daemon closed the control connection without an answer")
-    result: dict[str, Any] = json.loads(data)
-    return result
+    return b"".join(chunks)
