@@ -35,6 +35,7 @@ WHITELIST_FILE = "whitelist.txt"
 FORGET_NEVER = "5200w"
 # With no permanent ban, port_trap's bans grow without end; porttrap needs a cap.
 MAX_TIME_NEVER_PERMANENT = "520w"
+_NEVER_PERMANENT_SECONDS = 520 * 604800
 _ADDRESS_PORT = re.compile(r"[0-9:.a-zA-Z]{1,38}")  # port_trap.py's check of its first argument
 _TIMEOUT = re.compile(r"[0-9]{1,5}")  # ... and of its second
 _BASH_NUMBER = re.compile(r"([+-]?)(0[xX][0-9a-fA-F]+|[0-9]+)")
@@ -373,6 +374,11 @@ def _max_time(longest: int, permanent: int) -> list[str]:
             "permanent ban; porttrap needs a cap: 10 years"
         ]
     last = longest * max(permanent - 1, 1) ** 2
+    if last > _NEVER_PERMANENT_SECONDS:  # 400 digits in for_permanent_ban.txt: no float holds it
+        return [
+            f'max_time = "{MAX_TIME_NEVER_PERMANENT}"  # no cap in port_trap, and its longest '
+            "temporary ban is over 10 years: capped there"
+        ]
     return [f'max_time = "{_duration(last)}"  # no cap in port_trap: its longest temporary ban']
 
 
