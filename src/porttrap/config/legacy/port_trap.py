@@ -265,7 +265,8 @@ def _traps_toml(traps: list[_Trap], source: SourceFile) -> list[str]:
     ]
     for trap in sorted(traps, key=lambda t: (t.port, str(t.address or ""))):
         shown = Path(source.name).name
-        lines += ["", *[f"# {shown}:{n}: {word}" for n, word in trap.sources], "[[traps.port]]"]
+        where = [tomlout.quiet(f"# {shown}:{n}: {word}") for n, word in trap.sources]
+        lines += ["", *where, "[[traps.port]]"]
         lines += [f'port = "{trap.port}"', 'proto = "tcp"']
         if trap.address is not None:
             lines.append(f'address = "{trap.address}"')
