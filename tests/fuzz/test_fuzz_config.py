@@ -224,7 +224,7 @@ def config_property(data: bytes) -> None:
     loads_or_says_why(data.decode("utf-8"))
 
 
-@budget(300)
+@budget(600)
 @given(schema_configs(), st.booleans())
 def test_configs_built_from_the_schema_load_or_say_why(data: dict[str, Any], headers: bool) -> None:
     loads_or_says_why("\n".join(render(data, headers)) + "\n")
@@ -273,19 +273,19 @@ def one_key_configs(draw: st.DrawFn) -> str:
     return "\n".join([f"[{name}]", *lines]) + "\n"
 
 
-@budget(300)
+@budget(600)
 @given(one_key_configs())
 def test_each_key_with_the_values_people_write_loads_or_says_why(text: str) -> None:
     loads_or_says_why(text)
 
 
-@budget(300)
+@budget(600)
 @given(mutated_configs())
 def test_recorded_configs_mutated_load_or_say_why(text: str) -> None:
     loads_or_says_why(text)
 
 
-@budget(30)
+@budget(60)
 @given(
     st.integers(1, 3000),
     st.sampled_from(["[", "{a = ", "[[", "{"]),

@@ -142,7 +142,7 @@ def daemon_property(line: bytes) -> None:
         assert ban.expires_at is None or math.isfinite(ban.expires_at), ban
 
 
-@budget(400)
+@budget(800)
 @given(request_lines())
 def test_every_request_line_gets_an_answer(line: bytes) -> None:
     daemon_property(line)
@@ -167,7 +167,7 @@ def cli_property(data: bytes) -> None:
         assert answer.get("ok")
 
 
-@budget(300)
+@budget(600)
 @given(
     st.one_of(
         st.sampled_from(ANSWERS).flatmap(mutated_bytes),

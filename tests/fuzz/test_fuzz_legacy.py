@@ -181,7 +181,7 @@ def portsentry_property(data: bytes) -> None:
     loads(call(lambda: portsentry.convert(files)))
 
 
-@budget(250)
+@budget(500)
 @given(portsentry_files())
 def test_portsentry_setups_import_as_a_config_that_loads(files: portsentry.PortSentryFiles) -> None:
     loads(call(lambda: portsentry.convert(files)))
@@ -266,7 +266,7 @@ def port_trap_property(data: bytes) -> None:
     loads(call(lambda: port_trap.convert(files)))
 
 
-@budget(60)  # each whitelist entry costs up to 150,000 pattern tests
+@budget(120)  # each whitelist entry costs up to 150,000 pattern tests
 @given(port_trap_files())
 def test_port_trap_setups_import_as_a_config_that_loads(files: port_trap.PortTrapFiles) -> None:
     loads(call(lambda: port_trap.convert(files)))
@@ -306,7 +306,7 @@ def check_history(rows: list[list[Any]]) -> None:
         assert ban.ban_count >= 1
 
 
-@budget(300)
+@budget(600)
 @given(st.lists(st.lists(sqlite_values, min_size=6, max_size=6), max_size=8))
 def test_datatrap_rows_become_bans_or_notes(rows: list[list[Any]]) -> None:
     check_history(rows)

@@ -68,7 +68,7 @@ def nflog_property(data: bytes) -> None:
         assert hit is None or (0 <= hit.port <= 65535 and 0 <= hit.source_port <= 65535)
 
 
-@budget(400)
+@budget(800)
 @given(datagrams("nflog", netlink.NFGENMSG.size, NFLOG_KINDS, [nflog.NFULNL_MSG_PACKET, *NLMSG]))
 def test_nflog_datagrams_parse_or_count_as_malformed(data: bytes) -> None:
     nflog_property(data)
@@ -88,7 +88,7 @@ def ip_packets(draw: st.DrawFn) -> tuple[bytes, int]:
     return draw(mutated_bytes(payload, max_size=200)), family
 
 
-@budget(400)
+@budget(800)
 @given(ip_packets())
 def test_logged_packets_classify_or_give_none(packet: tuple[bytes, int]) -> None:
     payload, family = packet
@@ -111,7 +111,7 @@ def listeners_property(data: bytes) -> None:
         call(lambda: listeners.served_ports(reply.listeners))  # noqa: B023
 
 
-@budget(300)
+@budget(600)
 @given(datagrams("sockdiag", DIAG_SIZE, DIAG_KINDS, [listeners.SOCK_DIAG_BY_FAMILY, *NLMSG]))
 def test_sock_diag_dumps_of_listeners_parse_or_count_as_malformed(data: bytes) -> None:
     listeners_property(data)
@@ -123,7 +123,7 @@ def sessions_property(data: bytes) -> None:
     assert reply.error >= 0
 
 
-@budget(300)
+@budget(600)
 @given(
     datagrams(
         "sessions",
@@ -147,7 +147,7 @@ def routes_property(data: bytes) -> None:
     assert len(reply.gateways) <= len(data)
 
 
-@budget(300)
+@budget(600)
 @given(
     datagrams(
         "rtnetlink", struct.calcsize("=BBBBBBBBI"), ROUTE_KINDS, [routes.RTM_NEWROUTE, *NLMSG]
@@ -204,7 +204,7 @@ def nft_property(data: bytes) -> None:
         assert str(err)
 
 
-@budget(300)
+@budget(600)
 @given(
     st.one_of(
         *[mutated_datagram(NFT_SAMPLES, 4, NFT_KINDS, [NEWOBJ, NEWTABLE, *NLMSG])] * 3,

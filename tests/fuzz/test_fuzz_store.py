@@ -82,7 +82,7 @@ def plain(value: Any) -> Any:
     return value.decode("utf-8", "replace") if isinstance(value, NotUtf8) else value
 
 
-@budget(300)
+@budget(600)
 @given(hit_rows, ban_rows, stored_rows)
 def test_a_row_converts_or_is_a_bad_row(
     hit: tuple[Any, ...], ban: tuple[Any, ...], stored: tuple[Any, ...]
@@ -156,7 +156,7 @@ def store_property(data: bytes) -> None:
         read_everything(path, "not-utf8" in data.decode())
 
 
-@budget(80)
+@budget(160)
 @given(st.lists(hit_rows, max_size=4), st.lists(stored_rows, max_size=4))
 def test_every_read_of_a_database_of_such_rows_works_or_says_why(
     hits: list[tuple[Any, ...]], bans: list[tuple[Any, ...]]
