@@ -8,6 +8,8 @@ import socket
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
+from porttrap.units import MAX_BAN, time_problem
+
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 
@@ -92,6 +94,21 @@ class Ban:
         return None if self.expires_at is None else max(0.0, self.expires_at - now)
 
 
+def ban_problem(banned_at: float, expires_at: float | None) -> str | None:
+    """What is wrong with a ban's times as read from outside the daemon (its database, another
+    host, an import), None when nothing: each a time from 1970 to 2106, and the ban no longer
+    than `MAX_BAN`. Inside those bounds every backend holds the ban and every date shows."""
+    if (problem := time_problem(banned_at)) is not None:
+        return f"banned_at {problem}"
+    if expires_at is None:
+        return None
+    if (problem := time_problem(expires_at)) is not None:
+        return f"expires_at {problem}"
+    if not expires_at - banned_at <= MAX_BAN.seconds:
+        return MAX_BAN.refusal(f"a ban of {round(expires_at - banned_at)} s")
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Unban:
     """Lift every ban on `target` now."""
@@ -173,6 +190,17 @@ def unmap(address: IPAddress) -> IPAddress:
     return address
 
 
+def unmap_network(network: IPNetwork) -> IPNetwork:
+    """::ffff:192.0.2.0/120 as 192.0.2.0/24, ::ffff:192.0.2.1 as 192.0.2.1; others unchanged.
+    An IPv4 host's packets reach the firewall as IPv4, never in the mapped form that `ss` and
+    dual-stack sockets show: a mapped address in a ban or the allow list would match nothing,
+    so every address that enters (config, CLI, control socket, imports, rows) goes through here."""
+    first = int(network.network_address)
+    if network.version == 6 and network.prefixlen >= 96 and first >> 32 == 0xFFFF:
+        return IPv4Network((first & 0xFFFFFFFF, network.prefixlen - 96))
+    return network
+
+
 def show(target: IPNetwork) -> str:
     """A ban target as people write it: a plain address for /32 and /128, CIDR otherwise."""
     if target.prefixlen == target.max_prefixlen:
@@ -192,13 +220,14 @@ def single_network(text: str) -> IPNetwork | None:
 
 
 def parse_target(text: str) -> IPNetwork:
-    """'198.51.100.7', '2001:db8::/48' ... as a network; ValueError says what is wrong."""
+    """'198.51.100.7', '2001:db8::/48' ... as a network (an IPv4-mapped one as IPv4:
+    `unmap_network`); ValueError says what is wrong."""
     text = text.strip()
     single = single_network(text)
     if single is not None:
-        return single
+        return unmap_network(single)
     try:
-        return ipaddress.ip_network(text, strict=True)
+        return unmap_network(ipaddress.ip_network(text, strict=True))
     except ValueError:
         pass
     try:

@@ -18,6 +18,7 @@ from porttrap.firewall.ipset import IpsetBackend
 from porttrap.firewall.nftables import NftablesBackend
 from porttrap.model import Ban, Change, Unban, show
 from porttrap.testing import FakeClock, MemoryFirewall
+from porttrap.units import MAX_BAN
 
 SLACK = 2.0
 HOUR = 3600.0
@@ -219,6 +220,20 @@ def test_present_from_setup_until_teardown(fw: Harness) -> None:
     assert not fw.backend.present()
 
 
+def test_inspect_finds_a_whole_ruleset_and_lists_its_bans_when_asked(fw: Harness) -> None:
+    assert fw.backend.inspect(entries=True).missing
+    fw.backend.setup([fw.ban("198.51.100.7", HOUR), fw.ban("2001:db8::/48", None)], fw.now)
+    fw.backend.apply([fw.ban("203.0.113.0/24", HOUR)], fw.now)
+    found = fw.backend.inspect(entries=False)
+    assert not found.missing and found.damaged is None and found.entries is None
+    assert fw.backend.inspect(count=True).count == 3
+    listed = fw.backend.inspect(entries=True).entries
+    assert listed is not None
+    assert {show(e.target) for e in listed} == {"198.51.100.7", "2001:db8::/48", "203.0.113.0/24"}
+    fw.backend.teardown()
+    assert fw.backend.inspect(entries=False).missing
+
+
 LONG = 40 * 86400.0  # more than ipset's longest element timeout (2,147,483 s, 24.8 days)
 
 
@@ -229,3 +244,12 @@ def test_a_ban_longer_than_the_kernel_can_time_keeps_its_full_time(fw: Harness) 
     assert fw.backend.present()
     fw.backend.apply([fw.ban("198.51.100.7", 60)], fw.now)
     fw.assert_holds({"198.51.100.7": 60, "2001:db8::/48": LONG, "203.0.113.0/24": LONG + HOUR})
+
+
+def test_every_backend_holds_the_longest_ban(fw: Harness) -> None:
+    """MAX_BAN (10 years) is within what every backend accepts: nft refuses a timeout of more
+    than 8 digits of seconds, ipset one of more than 24.8 days (each written or re-armed as
+    it can hold it)."""
+    fw.backend.setup([fw.ban("198.51.100.7", MAX_BAN.seconds)], fw.now)
+    fw.backend.apply([fw.ban("2001:db8::/48", MAX_BAN.seconds)], fw.now)
+    fw.assert_holds({"198.51.100.7": MAX_BAN.seconds, "2001:db8::/48": MAX_BAN.seconds})

@@ -100,13 +100,15 @@ class Env:
         self.config.write_text(f'state_dir = "{self.state}"\n{config}')
         self.log = tmp / "daemon.log"
         self.daemon: subprocess.Popen[str] | None = None
+        self.wrap: list[str] = []  # before `ip netns exec` of the daemon and the CLI (nsenter)
         self.srv.start([sys.executable, "-c", SERVICE % SERVICE_PORT])
         wait_until(lambda: tcp_works(self.cli, CLIENT, SRV_CLI, SERVICE_PORT), 10, "service up")
 
     def porttrap(self, *args: str, check: bool = True, stdin: str | None = None
                  ) -> subprocess.CompletedProcess[str]:  # fmt: skip
         """Run the CLI inside the protected namespace."""
-        argv = ["ip", "netns", "exec", self.srv.name, *PORTTRAP, *args, "-c", str(self.config)]
+        argv = [*self.wrap, "ip", "netns", "exec", self.srv.name, *PORTTRAP, *args,
+                "-c", str(self.config)]  # fmt: skip
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, input=stdin,
                               check=False)  # fmt: skip
         if check and done.returncode != 0:
@@ -119,7 +121,7 @@ class Env:
     def start(self, *extra: str, wait: bool = True) -> None:
         with self.log.open("a") as log:
             self.daemon = subprocess.Popen(
-                ["ip", "netns", "exec", self.srv.name, *PORTTRAP, "run", "-c",
+                [*self.wrap, "ip", "netns", "exec", self.srv.name, *PORTTRAP, "run", "-c",
                  str(self.config), *extra],
                 stdout=log, stderr=log, text=True,
             )  # fmt: skip

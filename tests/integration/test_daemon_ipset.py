@@ -1,5 +1,6 @@
 """The daemon with `backend = "ipset"`, for real: a connect to a trap bans the source in ipset,
-the drop holds, a restart puts the ban back, an accept put before porttrap's jump is undone by
+the drop holds, a restart puts the ban back, a flushed set is filled again, an accept put
+before porttrap's jump is undone by
 the daemon's own check, a client of the host is never banned by datagrams forged in its name
 (the watch marks them) while a stranger is, and `porttrap flush` removes porttrap's sets and
 chains only."""
@@ -89,7 +90,14 @@ def test_trap_bans_in_ipset_and_a_restart_restores_the_ban(env: Env) -> None:
     env.srv.run(["ipset", "add", "porttrap_v4", "198.51.100.99"])  # and a stray one
     env.start()
     assert in_set(env, ATK4) and in_set(env, ATK6)
-    assert not in_set(env, "198.51.100.99"), "stray entry must be removed"
+    assert not in_set(env, "198.51.100.99"), "stray entry must be removed (a clean stop)"
+    assert not env.service_reachable(env.atk, ATK4)
+
+    # someone flushes porttrap's set: the check finds the bans missing and rebuilds
+    env.srv.run(["ipset", "flush", "porttrap_v4"])
+    assert env.service_reachable(env.atk, ATK4)
+    wait_until(lambda: in_set(env, ATK4), 60, "set refilled")
+    assert "event=firewall-damaged" in env.log_text()
     assert not env.service_reachable(env.atk, ATK4)
 
     # someone puts an accept before porttrap's jump: the 5 s check puts the jump back first

@@ -72,7 +72,7 @@ CONFIGS = {
     "stealth-catch-all-off": STEALTH + "client_trap_port = 0\n",
     "stealth-client-time-0": STEALTH + 'client_time = "0s"\n',
     "tcp-advanced-udp-connect": '[traps]\nmode = { tcp = "advanced" }\nudp = ["161"]\n',
-    "udp-stealth-tcp-connect": '[traps]\nmode = { udp = "stealth" }\n',
+    "udp-stealth-tcp-connect": '[traps]\nmode = { udp = "stealth", tcp = "connect" }\n',
     "both-advanced-block-off": '[traps]\nmode = "advanced"\n[kernel]\nblock = false\n',
 }
 CHAINS = {  # name: (type, hook, priority) of each base chain of the watch and the redirect

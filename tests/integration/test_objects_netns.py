@@ -5,6 +5,7 @@ was made in, whichever thread uses it."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -100,3 +101,52 @@ def test_the_reader_answers_for_the_namespace_it_was_made_in(
     with reader_in(a) as of_a, reader_in(b) as of_b, ThreadPoolExecutor(1) as pool:
         assert pool.submit(from_inside_b, of_a).result() == ({"block_a": 7}, False)
         assert pool.submit(from_inside_b, of_b).result() == ({"block_a": 3}, True)
+
+
+SHAPED = """
+table inet porttrap {
+    set ban_v4 { type ipv4_addr; flags timeout; }
+    chain out {
+        type filter hook output priority 0; policy accept;
+        udp dport 9 counter
+        ip daddr @ban_v4 counter drop
+    }
+}
+"""
+SEND = (
+    "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 9))"
+)
+
+
+def test_the_shape_ignores_counts_and_elements_and_sees_rules_chains_and_sets(
+    netns_factory: Callable[[], Netns], tmp_path: Path
+) -> None:
+    """What the check compares (the chains, rules and sets porttrap wrote): packets counted
+    and elements added change nothing; a flushed chain, a deleted chain, a changed rule or a
+    set gone do."""
+    ns = netns_factory()
+    ruleset = tmp_path / "shaped.nft"
+    ruleset.write_text(SHAPED)
+    ns.run(["nft", "-f", str(ruleset)])
+    with reader_in(ns) as objects:
+        written = objects.shape("porttrap")
+        ns.run(["ip", "link", "set", "lo", "up"])
+        ns.run([sys.executable, "-c", SEND])
+        ns.run(["nft", "add", "element", "inet", "porttrap", "ban_v4", "{ 192.0.2.9 }"])
+        counted = json.loads(ns.run(["nft", "-j", "list", "chain", "inet", "porttrap", "out"]))
+        assert '"packets": 1' in json.dumps(counted), "the datagram was counted"
+        assert objects.shape("porttrap") == written
+        ns.run(["nft", "flush", "set", "inet", "porttrap", "ban_v4"])
+        assert objects.shape("porttrap") == written  # elements: the core compares the bans
+        changes = [
+            ["nft", "flush", "chain", "inet", "porttrap", "out"],
+            ["nft", "delete", "chain", "inet", "porttrap", "out"],
+            ["nft", "delete", "set", "inet", "porttrap", "ban_v4"],
+        ]
+        seen = {written}
+        for change in changes:
+            ns.run(change)
+            seen.add(objects.shape("porttrap"))
+        assert len(seen) == 1 + len(changes), "each change gives another shape"
+        ns.run(["nft", "-f", str(ruleset)])
+        assert objects.shape("porttrap") == written, "the same rules written again"

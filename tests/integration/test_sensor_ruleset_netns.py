@@ -36,7 +36,7 @@ CONFIGS = {
     "both-advanced": '[traps]\nmode = "advanced"\n[allow]\naddresses = ["203.0.113.0/24"]\n',
     "block-off": '[traps]\nmode = "stealth"\n[kernel]\nblock = false\n',
     "client-time-0": '[traps]\nmode = "stealth"\n[kernel]\nclient_time = "0s"\n',
-    "quiet-off": '[traps]\nmode = { tcp = "advanced" }\n[kernel]\nquiet = false\n',
+    "quiet-off": '[traps]\nmode = { tcp = "advanced", udp = "connect" }\n[kernel]\nquiet = false\n',
     "traps-on-addresses": """
 [traps]
 mode = "stealth"

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from crafted import Probe, send
 from daemon_env import tcp_works, wait_until
 from systemd_env import Container
 
@@ -211,3 +212,23 @@ def test_ipset_with_iptables_legacy_hosts_deny_and_a_log_file_under_systemd(
             assert "porttrap" not in container.run([iptables, "-t", table, "-S"]).stdout
     assert hosts_deny() == ADMINS_HOSTS_DENY
     assert "left the log file /var/log/porttrap/porttrap.json" in out
+
+
+def test_the_built_in_defaults_run_advanced_mode_under_the_sandbox(
+    container: Container, netns_factory: Callable[[], Netns]
+) -> None:
+    """install-service with no config writes the commented-out template: the built-in
+    defaults, whose mode is advanced (issue 13). The sandbox lets the kernel sensor run (NFLOG,
+    sock_diag) and a scanner's probes to ports nothing serves ban it."""
+    atk = netns_factory()
+    container.netns.veth(atk, [f"{SRV}/24"], [f"{ATK}/24"])
+    container.write("/etc/systemd/system/porttrap.service.d/test.conf", DROP_IN)
+    out = container.run([EXE, "install-service"]).stdout
+    assert "enabled and started porttrap.service" in out
+    props = container.show("porttrap.service", "ActiveState", "SubState")
+    assert (props["ActiveState"], props["SubState"]) == ("active", "running"), props
+    journal = container.run(["journalctl", "-u", "porttrap", "--no-pager", "-o", "cat"]).stdout
+    assert "tcp=advanced udp=advanced" in journal
+    send(atk, [Probe(ATK, SRV, 4444, "syn"), Probe(ATK, SRV, 4445, "syn")], inter=0.05)
+    wait_until(lambda: banned(container.netns, ATK), 10, "the scanner banned")
+    container.run([EXE, "uninstall-service"])

@@ -162,6 +162,7 @@ CLI_DAEMON = {"porttrap.daemon.wiring", "porttrap.daemon.control", "porttrap.dae
 CLI_FIREWALL = {  # flush removes the table itself; --version says which parts are installed
     "porttrap.cli.commands": {
         "porttrap.firewall",
+        "porttrap.firewall.claim",  # ... but never one a live daemon owns
         "porttrap.firewall.select",
         "porttrap.firewall.registry",
     },

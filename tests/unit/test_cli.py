@@ -53,7 +53,7 @@ def test_check_config_summarises_respond_actions_and_log_outputs(
 ) -> None:
     config = tmp_path / "acts.toml"
     config.write_text(
-        '[ban]\nrespond = { udp = "log" }\n'
+        '[traps]\nmode = "connect"\n[ban]\nrespond = { udp = "log" }\n'
         '[[actions.command]]\nrun = ["/bin/true", "$TARGET$"]\n'
         '[[actions.webhook]]\nurl = "https://hooks.example.org/x"\n'
         '[[log.output]]\nto = "syslog"\nformat = "portsentry"\n'

@@ -146,6 +146,7 @@ def test_the_top_help_gives_workflow_files_and_the_real_exit_codes(
     assert codes[str(cli.EXIT_ERROR)].startswith("error")
     assert codes[str(cli.EXIT_CONFIG)].startswith("invalid configuration")
     assert codes[str(commands.EXIT_NOT_RUNNING)].endswith("the daemon is not running")
+    assert codes[str(commands.EXIT_NOT_RECORDED)].startswith("ban, unban: done in the kernel")
 
 
 def test_the_workflow_shows_only_commands_there_are() -> None:

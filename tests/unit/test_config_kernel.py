@@ -35,16 +35,36 @@ def kernel_of(text: str) -> KernelSensor:
 
 def test_no_new_keys_gives_the_schema_defaults() -> None:
     config = load_text("[traps]\n[kernel]\n[ban]\n", None)
-    assert (config.modes, config.kernel, config.ban.confirm) == (Modes(), KernelSensor(), 2)
+    built_in = Modes(tcp=ADVANCED, udp=ADVANCED)
+    assert (config.modes, config.kernel, config.ban.confirm) == (built_in, KernelSensor(), 2)
     assert config.modes == Modes(
-        tcp=CONNECT,
-        udp=CONNECT,
+        tcp=ADVANCED,
+        udp=ADVANCED,
         advanced_tcp=ALL_PORTS,
         advanced_udp=ALL_PORTS,
         exclude_tcp=frozenset({113, 139}),
         exclude_udp=frozenset({67, 137, 138, 520}),
     )
-    assert load_text("", None) == Config(traps=config.traps)
+    assert load_text("", None) == Config(traps=config.traps, modes=built_in)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", ADVANCED),  # nothing said: advanced, where a scanner sees no service
+        ('[traps]\ntcp = ["23"]\n', CONNECT),  # listed ports, which advanced mode ignores
+        ("[traps]\nudp = []\n", CONNECT),
+        ('[[traps.port]]\nport = 23\nproto = "tcp"\n', CONNECT),
+        ('[firewall]\nbackend = "ipset"\n', CONNECT),  # it runs connect mode only
+        ('[firewall]\nbackend = "auto"\n', CONNECT),  # it may be ipset
+        ('[firewall]\nbackend = "dry-run"\n', CONNECT),
+    ],
+)
+def test_the_built_in_mode_is_advanced_where_it_can_be_and_reads_what_is_written(
+    text: str, expected: TrapMode
+) -> None:
+    modes = load_text(text, None).modes
+    assert (modes.tcp, modes.udp) == (expected, expected)
 
 
 # --- [traps] mode ---
@@ -69,10 +89,10 @@ def test_mode_as_an_inline_table_sets_each_protocol() -> None:
         ("{}", (CONNECT, CONNECT)),
     ],
 )
-def test_a_protocol_missing_from_the_table_keeps_connect(
+def test_a_protocol_missing_from_the_table_keeps_the_built_in_mode(
     written: str, expected: tuple[TrapMode, TrapMode]
 ) -> None:
-    modes = modes_of(f"[traps]\nmode = {written}\n")
+    modes = modes_of(f"[traps]\nmode = {written}\ntcp = []\n")  # listed ports: connect
     assert (modes.tcp, modes.udp) == expected
 
 
@@ -150,7 +170,7 @@ def test_advanced_ranges_are_kept_while_no_protocol_is_advanced() -> None:
 
 
 def test_an_empty_range_of_the_other_protocol_is_fine() -> None:
-    text = '[traps]\nmode = { tcp = "advanced" }\n[traps.advanced]\nudp = []\n'
+    text = '[traps]\nmode = { tcp = "advanced", udp = "connect" }\n[traps.advanced]\nudp = []\n'
     assert modes_of(text).advanced_udp == frozenset()
 
 

@@ -40,19 +40,14 @@ def test_a_refused_reload_gives_the_problems() -> None:
     assert caught.value.problems == ["a:1: bad"]
 
 
-@pytest.mark.parametrize("duration", [math.inf, math.nan, 1e308, 100 * 365 * 86400 + 1, 0, -1])
-def test_a_ban_duration_must_be_more_than_0_and_at_most_100_years(duration: float) -> None:
-    with pytest.raises(UsageError, match=r"^bad ban duration .*: give seconds, more than 0"):
+@pytest.mark.parametrize("duration", [math.inf, math.nan, 1e308, 0, -1])
+def test_a_ban_duration_the_fuzzer_found_is_refused(duration: float) -> None:
+    with pytest.raises(UsageError, match=r"^bad ban duration: "):
         requests.ban({"targets": ["198.51.100.7"], "for": duration})
-
-
-def test_the_longest_ban_duration_is_taken() -> None:
-    ban = requests.ban({"targets": ["198.51.100.7"], "for": requests.MAX_DURATION})
-    assert ban.duration == requests.MAX_DURATION
 
 
 def test_a_request_nested_too_deeply_is_answered() -> None:
     server = control.ControlServer(Path("/nonexistent"), {"ban": lambda _request: {}})
     line = b'{"cmd": "ban", "targets": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
     answer = asyncio.run(server._answer(line))
-    assert answer == {"ok": False, "error": "bad request: nested too deeply"}
+    assert answer == {"ok": False, "error": "bad request: JSON nested too deeply"}

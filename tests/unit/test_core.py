@@ -11,6 +11,7 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
+from porttrap.cli import output
 from porttrap.config.loader import load_text
 from porttrap.config.schema import Config
 from porttrap.core.commands import (
@@ -42,7 +43,7 @@ from porttrap.core.commands import (
     SetupReason,
     UpdateTraps,
 )
-from porttrap.core.core import CHECK_EVERY, MAINTAIN_EVERY, MAX_WRITE_BACKLOG, Core
+from porttrap.core.core import CHECK_EVERY, MAINTAIN_EVERY, MAX_WRITE_BACKLOG, STORE_HINT, Core
 from porttrap.core.events import (
     ActionsReplaced,
     AddressesChanged,
@@ -50,6 +51,7 @@ from porttrap.core.events import (
     AdminUnban,
     BlocksRotated,
     CountersRead,
+    FirewallChecked,
     FirewallFailed,
     FirewallMissing,
     GatewaysChanged,
@@ -66,13 +68,20 @@ from porttrap.core.events import (
     SessionsChanged,
     Started,
     Stopping,
+    StoreFailed,
+    StoreRecovered,
     Tick,
     TurnEnded,
 )
-from porttrap.core.views import ban_json
-from porttrap.model import Ban, Evidence, Hit, Outcome, Proto, StoredBan, Unban
+from porttrap.core.snapshot import IoFigures
+from porttrap.core.views import ban_json, status
+from porttrap.model import Ban, Evidence, Hit, Outcome, Proto, StoredBan, TrapReport, Unban
+from porttrap.policy.engine import KEPT_FROM_KERNEL
 from porttrap.sensorspec import SensorState, no_ports, spec_from_config
 from porttrap.testing.playbook import T0, Playbook, later
+
+# respond = "command" needs an action that runs on a ban (config.protection)
+ON_BAN = '\n[[actions.command]]\nrun = ["/bin/true"]\n'
 
 H = 3600.0
 HOST = "192.0.2.1"
@@ -99,6 +108,7 @@ def ban(
     reason: str = "trap:tcp/23",
     evidence: Evidence = Evidence.VERIFIED,
 ) -> Ban:
+
     expires = None if seconds is None else at + seconds
     return Ban(ip_network(target), at, expires, count, reason, evidence)
 
@@ -211,7 +221,7 @@ def test_escalation_expiry_and_the_permanent_third_ban() -> None:
 
 
 def test_expiry_is_logged_and_expires_only_what_the_kernel_holds() -> None:
-    cfg = config('[ban]\ntime = "1m"\nrespond = { tcp = "command" }\n')
+    cfg = config('[ban]\ntime = "1m"\nrespond = { tcp = "command" }\n' + ON_BAN)
     _, playbook = started(cfg)
     playbook.ignored = ()  # logs too
     trap = ban(ATTACKER, T0, 60)
@@ -331,7 +341,7 @@ def test_the_firewall_is_checked_every_5_s_and_old_hits_pruned_every_minute() ->
     for tick in range(1, MAINTAIN_EVERY + 1):
         playbook >> Tick()
         if tick % CHECK_EVERY == 0:
-            playbook << CheckFirewall() << Maintain(T0)
+            playbook << CheckFirewall(entries=True) << Maintain(T0)
     playbook << PruneHits(T0 - core.config.store.hit_retention, core.config.store.hit_rows)
     assert playbook
 
@@ -652,8 +662,8 @@ def test_a_reload_of_the_sensor_rules_rebuilds_the_table_and_commits_only_then()
 
 
 def test_a_reload_of_respond_rebuilds_with_the_bans_the_new_settings_keep() -> None:
-    old = config()
-    new = config('[ban]\nrespond = { tcp = "command" }\n')
+    old = config(ON_BAN)  # the same actions: only [ban] changes
+    new = config('[ban]\nrespond = { tcp = "command" }\n' + ON_BAN)
     _, playbook = started(old)
     admin = ban(OTHER, T0, H, reason="manual")
     assert (
@@ -859,3 +869,193 @@ def test_gateways_and_sessions_survive_a_reload() -> None:
     assert protection.gateways == frozenset({gateway})
     assert protection.sessions == frozenset({session})
     assert protection.peer(gateway) and not protection.peer(session)
+
+
+# -- issue 13: a store that cannot write, bans kept from the kernel, a damaged ruleset,
+# -- jumps of the wall clock
+
+
+def test_a_failing_store_is_logged_shown_in_status_and_cleared_when_it_writes_again() -> None:
+    core, _ = started(config())
+    playbook = Playbook(core, logs=True)
+    assert (
+        playbook
+        >> StoreFailed("database or disk is full")
+        << Log(
+            "store-failing",
+            logging.ERROR,
+            {"error": "database or disk is full", "hint": _hint()},
+        )
+    )
+    snap = core.snapshot(T0, _io())
+    assert status(snap, 1)["store"]["error"] == "database or disk is full"
+    assert status(snap, 1)["store"]["ok"] is False
+    text = output.status_text(status(snap, 1))
+    assert "STORE FAILING since 2027-01-15T08:00:00Z: database or disk is full" in text
+    assert (
+        playbook
+        >> later(30)
+        >> StoreRecovered(retries=5)
+        << Log("store-recovered", logging.INFO, {"retries": 5, "failed_for": 30.0})
+    )
+    assert status(core.snapshot(T0 + 30, _io()), 1)["store"]["ok"] is True
+
+
+def test_bans_in_the_kernel_that_the_store_lacks_are_kept_with_their_time_left() -> None:
+    """The disk was full before the stop: 203.0.113.9 is in the kernel only, and stays."""
+    cfg = config()
+    core = Core(cfg, started_at=T0)
+    stored = ban(ATTACKER, T0 - 60, H)
+    lost = ip_network("203.0.113.9/32")
+    kept = Ban(lost, T0, T0 + 1800, 1, KEPT_FROM_KERNEL)
+    forever = Ban(ip_network("203.0.113.10/32"), T0, None, 1, KEPT_FROM_KERNEL)
+    kernel = ((stored.target, H - 60), (lost, 1800.0), (forever.target, None))
+    assert (
+        Playbook(core)
+        >> Started(OWN, [StoredBan(stored)], kernel=kernel)
+        << RecordChanges([kept, forever])
+        << LogChanges([kept, forever])
+        << Setup([stored, kept, forever], T0, SetupReason.START, watch(cfg))
+        << ActionsStart([stored, kept, forever])
+    )
+
+
+def test_a_kernel_ban_on_an_allowed_address_is_not_kept() -> None:
+    cfg = config('[allow]\naddresses = ["203.0.113.0/24"]\n')
+    core = Core(cfg, started_at=T0)
+    kernel = ((ip_network("203.0.113.9/32"), 600.0),)
+    assert (
+        Playbook(core)
+        >> Started(OWN, [], kernel=kernel)
+        << Setup([], T0, SetupReason.START, watch(cfg))
+        << ActionsStart([])
+    )
+
+
+def test_a_damaged_ruleset_is_rebuilt_with_every_ban_and_its_exact_time_left() -> None:
+    cfg = config()
+    core, playbook = started(cfg)
+    first = ban(ATTACKER, T0, H)
+    core.handle(HitSeen(hit()), T0)
+    core.handle(TurnEnded(), T0)
+    playbook.now = T0 + 100
+    assert (
+        playbook
+        >> FirewallChecked(damaged="the prerouting chain is gone")
+        << Setup([first], T0 + 100, SetupReason.RECONCILE, watch(cfg))
+    )
+
+
+def test_a_ban_missing_from_the_kernel_rebuilds_the_table_one_still_held_does_not() -> None:
+    cfg = config()
+    core, playbook = started(cfg)
+    first = ban(ATTACKER, T0, H)
+    core.handle(HitSeen(hit()), T0)
+    core.handle(TurnEnded(), T0)
+    playbook.now = T0 + 10
+    assert playbook >> FirewallChecked(held=frozenset({first.target}))  # whole: nothing
+    assert (
+        playbook
+        >> FirewallChecked(held=frozenset())  # `nft flush set`
+        << Setup([first], T0 + 10, SetupReason.RECONCILE, watch(cfg))
+    )
+
+
+def test_a_ban_about_to_end_may_be_gone_from_the_kernel_already() -> None:
+    cfg = config('[ban]\ntime = "60s"\n')
+    core, playbook = started(cfg)
+    core.handle(HitSeen(hit()), T0)
+    core.handle(TurnEnded(), T0)
+    playbook.now = T0 + 59
+    assert playbook >> FirewallChecked(held=frozenset())
+
+
+def test_the_check_looks_for_each_of_few_bans_and_counts_many_less_often() -> None:
+    core, _ = started(config())
+
+    def checks(rounds: int) -> list[CheckFirewall]:
+        found: list[CheckFirewall] = []
+        for _ in range(rounds * CHECK_EVERY):
+            found += [c for c in core.handle(Tick(), T0) if isinstance(c, CheckFirewall)]
+        return found
+
+    assert checks(1) == [CheckFirewall(entries=True)]
+    targets = tuple(ip_network(f"10.{n >> 8 & 255}.{n & 255}.{n >> 16}/32") for n in range(45_000))
+    core.handle(AdminBan(targets, duration=H), T0)
+    core.handle(TurnEnded(), T0)
+    found = checks(6)  # counted once in 3 checks: 1 + 45,000 // 20,000
+    assert sorted(found, key=repr) == [CheckFirewall()] * 4 + [CheckFirewall(count=True)] * 2
+
+
+def test_a_count_below_the_bans_held_rebuilds_the_table() -> None:
+    cfg = config()
+    core, playbook = started(cfg)
+    first = ban(ATTACKER, T0, H)
+    core.handle(HitSeen(hit()), T0)
+    core.handle(TurnEnded(), T0)
+    playbook.now = T0 + 10
+    assert playbook >> FirewallChecked(count=1) >> FirewallChecked(count=2)  # 2: a stray one
+    assert (
+        playbook
+        >> FirewallChecked(count=0)
+        << Setup([first], T0 + 10, SetupReason.RECONCILE, watch(cfg))
+    )
+
+
+def test_the_wall_clock_stepping_back_keeps_a_ban_to_its_real_end() -> None:
+    """A one-hour ban; the wall clock steps back an hour after 30 minutes: the ban ends 30
+    minutes later by the monotonic clock (as the kernel lifts it), not 90."""
+    cfg = config('[ban]\ntime = "1h"\n')
+    core, _ = started(cfg)
+    core.handle(HitSeen(hit()), T0)
+    core.handle(TurnEnded(), T0)
+    mono = 1000.0
+    core.handle(Tick(mono=mono), T0 + 1800)
+    commands = core.handle(Tick(mono=mono + 0.5), T0 + 1800.5 - H)
+    assert [c.name for c in commands if isinstance(c, Log)] == ["clock-jumped"]
+    assert core.policy.banned(hit().source, T0 + 1799 - H + 1800) is not None
+    expired = core.handle(Tick(mono=mono + 1800.5), T0 + 3600.5 - H)
+    assert any(isinstance(c, Log) and c.name == "ban-expired" for c in expired)
+    assert core.policy.banned(hit().source, T0 + 3601 - H) is None
+
+
+def test_the_wall_clock_jumping_forward_keeps_bans_and_hit_history() -> None:
+    """100 days forward: the ban lasts its hour; the next pruning goes by the time that
+    really went by, not the jump."""
+    cfg = config('[ban]\ntime = "1h"\n')
+    core, _ = started(cfg)
+    core.handle(HitSeen(hit()), T0)
+    core.handle(TurnEnded(), T0)
+    jump = 100 * 86_400.0
+    mono, now = 1000.0, T0
+    core.handle(Tick(mono=mono), now)
+    pruned: list[PruneHits] = []
+    pruned_at = 0.0
+    logs: list[str] = []
+    for n in range(1, MAINTAIN_EVERY + 1):
+        now = T0 + n * 0.5 + (jump if n >= 2 else 0)
+        out = core.handle(Tick(mono=mono + n * 0.5), now)
+        if found := [c for c in out if isinstance(c, PruneHits)]:
+            pruned, pruned_at = found, now
+        logs += [c.name for c in out if isinstance(c, Log)]
+        assert not any(isinstance(c, Maintain) and c.now < T0 for c in out)
+    assert "clock-jumped" in logs and "ban-expired" not in logs
+    assert core.policy.banned(hit().source, now) is not None
+    retention = cfg.store.hit_retention
+    assert pruned == [PruneHits(pruned_at - jump - retention, cfg.store.hit_rows)]
+
+
+def test_a_clock_that_does_not_jump_is_left_alone() -> None:
+    core, _ = started(config())
+    for n in range(10):
+        out = core.handle(Tick(mono=1000.0 + n * 0.5), T0 + n * 0.5 + n * 0.01)
+        assert not any(isinstance(c, Log) and c.name == "clock-jumped" for c in out)
+    assert core.clock_skew == 0.0
+
+
+def _hint() -> str:
+    return STORE_HINT
+
+
+def _io() -> IoFigures:
+    return IoFigures(backend="memory", traps=TrapReport(), actions={})

@@ -28,6 +28,9 @@ from porttrap.model import Hit, Proto
 from porttrap.testing import FakeClock, MemoryFirewall, MemoryStore
 from scrape import by, families, labels, values
 
+# respond = "command" needs an action that runs on a ban (config.protection)
+ON_BAN = '\n[[actions.command]]\nrun = ["/bin/true"]\n'
+
 
 def scrape(daemon: Shell) -> dict[str, Metric]:
     """The families of one scrape, by name, as the client's parser reads the text."""
@@ -47,7 +50,7 @@ def hit(source: str, port: int, proto: Proto = Proto.TCP, kind: str = "connect")
 def daemon(tmp_path: Path) -> Iterator[Shell]:
     config = load_text(
         f'state_dir = "{tmp_path}"\n[traps]\ntcp = ["23"]\nudp = ["161"]\n'
-        '[ban]\nrespond = { udp = "command" }\n',
+        '[ban]\nrespond = { udp = "command" }\n' + ON_BAN,
         None,
     )
     clock = FakeClock()
@@ -152,10 +155,13 @@ def test_store_backlog_failures_and_dropped_hits(daemon: Shell) -> None:
     daemon.core.hits_not_stored = 7
     daemon.writer.submit(lambda: None)  # the writer is not started: the job waits
     daemon.writer.failures = 2
+    daemon.effects.restore.skipped = 4  # rows the start could not read
     daemon.actions.runner.drop(3)
     got = scrape(daemon)
     assert values(got["porttrap_store_backlog"]) == {frozenset(): 1}
     assert values(got["porttrap_store_write_failures"]) == {frozenset(): 2}
+    assert values(got["porttrap_store_rows_skipped_at_start"]) == {frozenset(): 4}
+    assert views.status(daemon.snapshot(), 1)["bans"]["skipped_at_start"] == 4
     assert by("what", got["porttrap_events_dropped"]) == {
         "hit_not_stored": 7, "hit_sampled": 0, "action": 3}  # fmt: skip
 

@@ -27,6 +27,9 @@ from porttrap.policy import Policy, Protection
 from porttrap.sensors.sockets import SocketTraps
 from porttrap.testing import FakeClock, MemoryFirewall, MemoryStore
 
+# respond = "command" needs an action that runs on a ban (config.protection)
+ON_BAN = '\n[[actions.command]]\nrun = ["/bin/true"]\n'
+
 T0 = 1_800_000_000.0
 NFLOG = KernelSensor().nflog_group
 V4 = ipaddress.IPv4Address("127.0.0.1")
@@ -34,6 +37,9 @@ V4 = ipaddress.IPv4Address("127.0.0.1")
 
 def cfg(text: str) -> Config:
     return load_text(text, None)
+
+
+CONNECT = '[traps]\nmode = "connect"\n'  # the mode these tests start from
 
 
 # -- what a reload may change ------------------------------------------------------------
@@ -56,7 +62,8 @@ def test_changed_names_the_sections_that_differ() -> None:
     ],
 )
 def test_what_needs_a_restart_is_named(text: str, found: str) -> None:
-    (problem,) = reload.needs_restart(cfg(""), cfg(text))
+    new = text if "[traps]" in text else text + CONNECT
+    (problem,) = reload.needs_restart(cfg(CONNECT), cfg(new))
     assert found in problem
 
 
@@ -65,7 +72,7 @@ def test_kernel_settings_need_a_restart_only_for_group_and_queue() -> None:
     new = cfg('[traps]\nmode = "stealth"\n[kernel]\nnflog_group = 7\nblock_time = "2m"\n')
     assert reload.needs_restart(old, new) == [f"[kernel] nflog_group: {NFLOG} -> 7"]
     assert reload.kernel_changed(old, new)  # block_time is in the rules: rebuilt
-    assert not reload.needs_restart(cfg(""), cfg("[kernel]\nnflog_group = 7\n"))  # unused
+    assert not reload.needs_restart(cfg(CONNECT), cfg(CONNECT + "[kernel]\nnflog_group = 7\n"))
 
 
 def test_the_table_is_rebuilt_only_when_its_rules_or_respond_change() -> None:
@@ -78,8 +85,9 @@ def test_the_table_is_rebuilt_only_when_its_rules_or_respond_change() -> None:
     assert not reload.kernel_changed(cfg('[traps]\ntcp = ["23"]\n'), cfg('[traps]\ntcp = ["24"]\n'))
     # connect mode: the watch marks the datagrams to UDP traps, so their ports are in the table
     assert reload.kernel_changed(cfg('[traps]\nudp = ["161"]\n'), cfg('[traps]\nudp = ["162"]\n'))
-    assert reload.kernel_changed(cfg(""), cfg('[kernel]\nclient_time = "10m"\n'))
-    assert reload.kernel_changed(cfg(""), cfg('[ban]\nrespond = "command"\n'))
+    assert reload.kernel_changed(cfg(CONNECT), cfg(CONNECT + '[kernel]\nclient_time = "10m"\n'))
+    respond = CONNECT + '[ban]\nrespond = "command"\n' + ON_BAN
+    assert reload.kernel_changed(cfg(CONNECT), cfg(respond))
 
 
 # -- the policy keeps its state ----------------------------------------------------------
@@ -277,7 +285,7 @@ def test_a_kernel_refusal_puts_back_the_metrics_endpoint_the_reload_had_moved(
     changed respond rebuilds it): the listener goes back, and nothing of the new file stays."""
     first, second = free_ports(2)
     path = tmp_path / "porttrap.toml"
-    daemon = daemon_with(path, f'[metrics]\nlisten = "127.0.0.1:{first}"\n', tmp_path)
+    daemon = daemon_with(path, f'{CONNECT}[metrics]\nlisten = "127.0.0.1:{first}"\n', tmp_path)
     running = daemon.config
 
     def serves(port: int) -> bool:
@@ -293,8 +301,8 @@ def test_a_kernel_refusal_puts_back_the_metrics_endpoint_the_reload_had_moved(
         await daemon.metrics.start(running.metrics.listen)
         assert await asyncio.to_thread(serves, first)
         path.write_text(
-            f'state_dir = "{tmp_path}"\n[metrics]\nlisten = "127.0.0.1:{second}"\n'
-            '[ban]\nrespond = { udp = "command" }\n'
+            f'state_dir = "{tmp_path}"\n{CONNECT}[metrics]\nlisten = "127.0.0.1:{second}"\n'
+            '[ban]\nrespond = { udp = "command" }\n' + ON_BAN
         )
         assert isinstance(daemon.firewall, MemoryFirewall)
         daemon.firewall.fail_next()

@@ -18,6 +18,7 @@ from porttrap.core.events import AdminBan, AdminUnban, Started, Tick
 from porttrap.daemon.effects import log_changes
 from porttrap.daemon.shell import Shell
 from porttrap.daemon.wiring import make_shell
+from porttrap.errors import StoreError
 from porttrap.model import Ban, Change, Hit, Proto
 from porttrap.testing import FakeClock, MemoryFirewall, MemoryStore
 
@@ -156,3 +157,64 @@ def test_a_refused_expiry_is_retried_as_a_rebuild(
         assert held(firewall) == []  # the rebuild holds only the active bans: none
 
     asyncio.run(scenario())
+
+
+def test_the_check_rebuilds_a_damaged_ruleset_and_a_lost_ban(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        shell, firewall, _ = shell_of(tmp_path)
+        shell.feed(AdminBan((ip_network("198.51.100.1/32"),)))
+        firewall.damage()  # the prerouting chain deleted: the table is still there
+        for _ in range(10):
+            shell.feed(Tick())
+        assert firewall.inspect().damaged is None  # rebuilt
+        firewall.forget(ip_network("198.51.100.1/32"))  # `nft delete element`
+        for _ in range(10):
+            shell.feed(Tick())
+        assert held(firewall) == ["198.51.100.1/32"]
+
+    asyncio.run(scenario())
+
+
+def test_a_ban_answer_says_whether_the_store_holds_it(tmp_path: Path) -> None:
+    class FullStore(MemoryStore):
+        def add_bans(self, bans: Sequence[Ban]) -> None:
+            raise StoreError("database or disk is full")
+
+    async def scenario() -> None:
+        clock = FakeClock(T0)
+        shell = make_shell(Config(state_dir=tmp_path), clock, FullStore(), MemoryFirewall(clock))
+        shell.feed(Started(frozenset(), []))
+        shell.writer.start()
+        answer = await shell.answer(shell.feed(AdminBan((ip_network("198.51.100.1/32"),))))
+        assert answer["recorded"] is False
+        assert answer["store_error"] == "database or disk is full"
+        shell.writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_start_reads_the_kernels_bans_unless_the_last_stop_was_clean(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    firewall = MemoryFirewall(clock)
+    firewall.setup([Ban(ip_network("198.51.100.9/32"), T0, T0 + 600, 1, "lost")], T0)
+    shell = make_shell(Config(state_dir=tmp_path), clock, MemoryStore(), firewall)
+    assert shell._kernel_bans() == ((ip_network("198.51.100.9/32"), 600.0),)
+    (tmp_path / "clean-stop").touch()
+    assert shell._kernel_bans() == ()
+    assert not (tmp_path / "clean-stop").exists(), "a start uses the mark up"
+
+
+def test_a_ban_ends_on_time_when_the_wall_clock_steps_back(tmp_path: Path) -> None:
+    """A one-hour ban; after 30 minutes the wall clock steps back an hour. The kernel lifts
+    the ban 30 minutes later: so does the daemon (not 90 minutes later)."""
+    shell, _, clock = shell_of(tmp_path)
+    shell.feed(AdminBan((ip_network("198.51.100.1/32"),), duration=3600))
+    shell.feed(Tick(mono=clock.monotonic()))
+    clock.advance(1800)
+    shell.feed(Tick(mono=clock.monotonic()))
+    clock.step(-3600)
+    shell.feed(Tick(mono=clock.monotonic()))
+    assert [str(b.target) for b in shell.snapshot().active] == ["198.51.100.1/32"]
+    clock.advance(1801)
+    shell.feed(Tick(mono=clock.monotonic()))
+    assert list(shell.snapshot().active) == []

@@ -433,3 +433,13 @@ def test_the_watch_without_a_sensor_a_sensor_backend_refuses_the_sensors_parts()
         sensor.rotate("b")
     with pytest.raises(FirewallError, match="no kernel sensor"):
         sensor.sensor_counters()
+
+
+def test_parse_count_reads_the_number_of_entries_of_ipset_list_terse() -> None:
+    terse = (
+        "Name: porttrap_v4\nType: hash:net\nRevision: 7\n"
+        "Header: family inet hashsize 1024 maxelem 1048576 timeout 0\n"
+        "Size in memory: 1240\nReferences: 1\nNumber of entries: 1200\nMembers:\n"
+    )
+    assert rules.parse_count(terse) == 1200
+    assert rules.parse_count("Name: x\n") == 0

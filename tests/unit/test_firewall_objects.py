@@ -259,3 +259,19 @@ def test_nft_and_the_reader_come_together_or_not_at_all() -> None:
         with pytest.raises(TypeError, match="together"):
             objects.made_here(None, reader)
         reader.close()
+
+
+def test_an_element_count_leaves_out_the_ends_of_intervals() -> None:
+    """A dump of an interval set holds each range as a start and an end element."""
+
+    def element(flags: int | None) -> bytes:
+        key = netlink.attribute(1, netlink.attribute(1, bytes(4)))  # KEY { DATA_VALUE }
+        extra = b"" if flags is None else netlink.attribute(3, struct.pack("!I", flags))
+        return netlink.attribute(1, key + extra)  # LIST_ELEM
+
+    elements = element(None) + element(1) + element(0) + element(1) + element(None)
+    body = netlink.NFGENMSG.pack(1, 0, 0) + netlink.attribute(3, elements)
+    kind = objects.NFNL_SUBSYS_NFTABLES << 8 | 12  # NFT_MSG_NEWSETELEM
+    data = netlink.message(kind, 0, 7, body) + netlink.message(netlink.NLMSG_DONE, 0, 7, b"\0" * 4)
+    assert objects.parse_element_count(data, 7, "counting") == (3, True)
+    assert objects.parse_element_count(data, 8, "counting") == (0, False)  # another request's

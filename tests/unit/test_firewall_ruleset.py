@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from porttrap.firewall.nftsets import nft_time
 from porttrap.firewall.plan import final_states, strongest, timeout_seconds
 from porttrap.firewall.ruleset import (
     SETS,
@@ -149,3 +150,13 @@ def test_final_states_last_change_wins_and_over_bans_lift() -> None:
     assert final_states([Unban(target, NOW, ""), ban("192.0.2.1", 60)], NOW) == {
         target: ban("192.0.2.1", 60)
     }
+
+
+@pytest.mark.parametrize(
+    ("seconds", "written"),
+    [(1, "1s"), (3600, "3600s"), (99_999_999, "99999999s"), (100_000_000, "1157d9h46m40s"),
+     (315_360_000, "3650d"), (315_360_061, "3650d1m1s")],
+)  # fmt: skip
+def test_nft_times_never_have_more_than_8_digits_in_one_unit(seconds: int, written: str) -> None:
+    """nft 1.0.6 refuses '315360000s' ("value too large") and takes '3650d'."""
+    assert nft_time(seconds) == written

@@ -204,6 +204,9 @@ class KernelObjects(NftObjects):
     def counters(self, table: str) -> dict[str, int]:
         return dict(self.nft.counts)
 
+    def shape(self, table: str) -> str:
+        return "as written"
+
 
 CONFIG = """
 [traps]

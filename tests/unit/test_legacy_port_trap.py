@@ -283,7 +283,7 @@ def test_history_rows_become_bans_numbered_as_port_trap_counted() -> None:
     rows = [(1, 100, 3700, "198.51.100.7", 9090, 0), (2, 200, 300, "198.51.100.7", "23", 0),
             (3, 50, 60, "2001:db8::9", "2001:db8::1:23", 8), (4, 70, 80, "2001:db8::9", 23, 8),
             (5, "x", 1, "198.51.100.8", 23, 1), (6, 1, 2, "nope", 23, 1),
-            (7, 9, 5, "198.51.100.8", 23, 1)]  # fmt: skip
+            (7, 9, 5, "198.51.100.8", 23, 1), (8, 1, 2, "root:$6$secret", 23, 1)]  # fmt: skip
     history = datatrap.convert(rows, "datatrap.db")
     shown = [(str(b.target.network_address), b.banned_at, b.expires_at, b.ban_count, b.reason)
              for b in history.bans]  # fmt: skip
@@ -294,10 +294,10 @@ def test_history_rows_become_bans_numbered_as_port_trap_counted() -> None:
         ("198.51.100.7", 200.0, 300.0, 2, "port_trap:tcp/23"),
     ]
     assert [str(p) for p in history.problems] == [
-        "datatrap.db: row id 5: ts 'x' or delafter 1 is not a time in seconds: left out",
-        "datatrap.db: row id 6: ip 'nope' is not an IP address: left out",
+        "datatrap.db: row id 5: ts or delafter is not a time in seconds: left out",
+        "datatrap.db: row ids 6, 8 (2): ip is not an IP address: left out",
         "datatrap.db: row id 7: delafter 5 is before ts 9: left out",
-    ]
+    ]  # the rows' text is never shown: the ids say where to look
 
 
 def test_a_database_that_is_not_port_trap_s_is_refused(tmp_path: Path) -> None:
@@ -322,7 +322,7 @@ def test_import_continues_the_escalation_where_port_trap_left_it(
     code, out, err = run(capsys, "import", "port-trap", str(old_install), "--state-dir", str(state))
     assert code == 0
     assert f"{state / 'porttrap.db'}: imported 6 bans of 8 rows" in err
-    assert "row id 7: ip 'not-an-ip' is not an IP address: left out" in err
+    assert "row id 7: ip is not an IP address: left out" in err and "not-an-ip" not in err
     cfg = load_text(out, None)
     with SQLiteStore.open(state / "porttrap.db") as store:
         stored = store.bans_to_restore(NOW, NOW - cfg.ban.forget_after)

@@ -138,6 +138,19 @@ def test_per_trap_ban_time_for_one_local_address() -> None:
     assert (other, mine) == ([(Outcome.BANNED, H)], [(Outcome.BANNED, 2 * H)])
 
 
+def test_per_trap_ban_time_for_one_family() -> None:
+    """A trap on "::" or "0.0.0.0" traps every address of one family: a hit names the address
+    it reached, and the trap's ban time is still its own."""
+    traps = (
+        Trap(Proto.TCP, 9090, ip_address("::"), ban=2 * H),
+        Trap(Proto.TCP, 9090, ip_address("0.0.0.0"), ban=3 * H),
+    )
+    engine = make(traps=traps)
+    six = play(engine, [hit(0, source="2001:db8::8", port=9090, local="2001:db8::1")])
+    four = play(engine, [hit(0, port=9090, local="203.0.113.9")])
+    assert (six, four) == ([(Outcome.BANNED, 2 * H)], [(Outcome.BANNED, 3 * H)])
+
+
 def test_protected_sources_are_counted_never_banned() -> None:
     engine = make(allow=("192.0.2.0/24", "2001:db8::7/128"), own=("203.0.113.1",))
     hits = [

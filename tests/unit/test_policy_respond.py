@@ -20,6 +20,9 @@ from porttrap.testing import FakeClock
 from porttrap.testing.memory_firewall import MemoryFirewall
 from porttrap.testing.memory_store import MemoryStore
 
+# respond = "command" needs an action that runs on a ban (config.protection)
+ON_BAN = '\n[[actions.command]]\nrun = ["/bin/true"]\n'
+
 T0 = 1_800_000_000.0
 TCP, UDP = Proto.TCP, Proto.UDP
 
@@ -81,9 +84,10 @@ def test_allow_rejects_unknown_keys() -> None:
 
 def test_respond_defaults_to_ban_and_takes_a_string_or_a_table() -> None:
     assert load_text("", None).ban.respond(UDP) is Respond.BAN
-    both = load_text('[ban]\nrespond = "log"\n', None).ban
+    connect = '[traps]\nmode = "connect"\n'  # the kernel modes' block is a ban of its own
+    both = load_text(connect + '[ban]\nrespond = "log"\n', None).ban
     assert (both.respond(TCP), both.respond(UDP)) == (Respond.LOG, Respond.LOG)
-    each = load_text('[ban]\nrespond = { udp = "command" }\n', None).ban
+    each = load_text(connect + '[ban]\nrespond = { udp = "command" }\n' + ON_BAN, None).ban
     assert (each.respond(TCP), each.respond(UDP)) == (Respond.BAN, Respond.COMMAND)
 
 
@@ -101,12 +105,17 @@ def test_bad_respond_values_are_reported() -> None:
 
 
 def test_respond_other_than_ban_needs_the_kernel_block_off_in_kernel_modes() -> None:
-    text = '[traps]\nmode = { tcp = "stealth" }\n[ban]\nrespond = { tcp = "log" }\n'
+    text = (
+        '[traps]\nmode = { tcp = "stealth", udp = "connect" }\n[ban]\nrespond = { tcp = "log" }\n'
+    )
     (found,) = problems(text)
     assert found.startswith('4 ban.respond: tcp responds with "log" but is in "stealth" mode')
     assert "set [kernel] block = false" in found
     load_text(text + "[kernel]\nblock = false\n", None)  # fine
-    load_text('[traps]\nmode = { tcp = "stealth" }\n[ban]\nrespond = { udp = "log" }\n', None)
+    load_text(
+        '[traps]\nmode = { tcp = "stealth", udp = "connect" }\n[ban]\nrespond = { udp = "log" }\n',
+        None,
+    )
 
 
 # --- [ban] respond: the policy --------------------------------------------------------------

@@ -52,6 +52,9 @@ class CountersOf(NftObjects):
         self.asked.append(table)
         return dict(self.counts)
 
+    def shape(self, table: str) -> str:
+        return "as written"
+
 
 def spec(
     tcp: TrapMode = CONNECT,
@@ -356,6 +359,20 @@ def test_traps_on_an_address_fill_only_the_set_of_their_ip_version() -> None:
     assert f"add element {T} traps_tcp_at_v6 {{ 2001:db8::1 . 2324 }}" in commands
     for version, match in ((4, "ip daddr . tcp dport"), (6, "ip6 daddr . tcp dport")):
         rules = mentioning(commands, f"{match} @traps_tcp_at_v{version} tcp dport != @open_tcp")
+        assert [rule.split()[4] for rule in rules] == ["input", "blocked", "syn_redirect"]
+
+
+def test_traps_on_every_address_of_one_family_match_by_family() -> None:
+    """No packet is sent to "::": such a trap is matched by IP family and port."""
+    at = {TCP: (("::", 2323), ("0.0.0.0", 2324), ("192.0.2.1", 2325))}
+    commands = create(spec(tcp=STEALTH, at=at))
+    assert f"add element {T} traps_tcp_at_v4 {{ 192.0.2.1 . 2325 }}" in commands
+    assert mentioning(commands, f"add element {T} traps_tcp_at_v6") == []
+    assert f"add element {T} traps_tcp_any_v6 {{ 2323 }}" in commands
+    assert f"add element {T} traps_tcp_any_v4 {{ 2324 }}" in commands
+    for version in (4, 6):
+        match = f"meta nfproto ipv{version} tcp dport @traps_tcp_any_v{version} tcp dport !="
+        rules = mentioning(commands, match)
         assert [rule.split()[4] for rule in rules] == ["input", "blocked", "syn_redirect"]
 
 

@@ -26,6 +26,7 @@ from porttrap.sensors.sockets import (
     IP_PKTINFO,
     IPV6_PKTINFO,
     SO_MARK,
+    WARN_EVERY,
     SocketTraps,
     bind_failure_reason,
     enable_marks,
@@ -198,6 +199,38 @@ def test_enobufs_backs_off_doubling_then_accepts(
     assert [r.levelno for r in backoffs] == [logging.WARNING] + [logging.DEBUG] * 4
 
 
+def test_every_trap_socket_shares_one_warning_a_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Descriptors out during a scan of many trap ports: one WARNING for all of them, not one
+    per port (a connect-mode daemon wrote gigabytes of log so), and the next one a minute later
+    says how many it held back."""
+    ports = free_ports(4)
+    failures = [OSError(errno.EMFILE, "Too many open files") for _ in ports]
+    accept_fails_with(monkeypatch, failures)
+
+    async def scenario() -> None:
+        sensor = Sensor([Trap(Proto.TCP, port, V4) for port in ports])
+        try:
+            for port in ports:
+                with client(V4, port):
+                    await sensor.hit()
+            sensor.clock.advance(WARN_EVERY)
+            failures.append(OSError(errno.EMFILE, "Too many open files"))
+            with client(V4, ports[0]):
+                await sensor.hit()
+        finally:
+            sensor.traps.close()
+
+    run(scenario)
+    backoffs = events(caplog, "trap-backoff")
+    assert len(backoffs) == 5
+    warnings = [r.getMessage() for r in backoffs if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "held_back" not in warnings[0]
+    assert "held_back=3" in warnings[1]
+
+
 def _lowest_free_fd() -> int:
     fd = os.dup(0)
     os.close(fd)
@@ -326,6 +359,53 @@ def test_a_port_held_elsewhere_is_skipped_with_its_holder_and_the_rest_are_set()
             assert not report.none_set
 
         run(scenario)
+
+
+def test_a_port_in_use_on_one_family_is_no_trap_on_either() -> None:
+    """A service on IPv4 only: its port is not trapped on IPv6 either, where the service's
+    clients would otherwise be banned as scanners (at start and at a reload)."""
+    port, other = free_ports(2)
+    with socket.socket() as service:
+        service.bind(("0.0.0.0", port))
+        service.listen()
+
+        async def scenario() -> None:
+            sensor = Sensor([Trap(Proto.TCP, port), Trap(Proto.TCP, other)])
+            try:
+                skipped = {(s.port, s.address): s.reason for s in sensor.report.skipped}
+                assert skipped[(port, "0.0.0.0")] == "in use"
+                assert skipped[(port, "::")].startswith("in use on 0.0.0.0")
+                assert {(b.port, b.address) for b in sensor.report.set} == {
+                    (other, "0.0.0.0"),
+                    (other, "::"),
+                }
+                with socket.socket(socket.AF_INET6) as six:  # the port is free on IPv6
+                    six.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    six.bind(("::", port))
+            finally:
+                sensor.traps.close()
+
+        run(scenario)
+
+
+def test_a_reload_gives_up_a_trap_whose_port_a_service_took_on_one_family() -> None:
+    (port,) = free_ports(1)
+
+    async def scenario() -> None:
+        sensor = Sensor([Trap(Proto.TCP, port, V4)])  # on 127.0.0.1 only, for now
+        try:
+            with socket.socket(socket.AF_INET6) as service:
+                service.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                service.bind(("::", port))
+                service.listen()
+                loop = asyncio.get_running_loop()
+                report = sensor.traps.update(loop, [Trap(Proto.TCP, port)], b"")
+                assert report.set == []
+                assert {s.address for s in report.skipped} == {"0.0.0.0", "::"}
+        finally:
+            sensor.traps.close()
+
+    run(scenario)
 
 
 def test_an_address_not_on_this_host_is_skipped(caplog: pytest.LogCaptureFixture) -> None:

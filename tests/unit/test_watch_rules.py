@@ -205,6 +205,9 @@ class NoObjects(NftObjects):
     def __init__(self) -> None:  # no socket here
         pass
 
+    def shape(self, table: str) -> str:
+        return "as written"
+
 
 def backend_with(state: SensorState | None) -> tuple[NftablesBackend, RecordingNft]:
     nft = RecordingNft()

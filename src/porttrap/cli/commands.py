@@ -20,12 +20,14 @@ from porttrap.daemon import control, wiring
 from porttrap.daemon.notify import Notifier
 from porttrap.errors import DaemonNotRunning, NoDatabase, PorttrapError, UsageError
 from porttrap.firewall import registry
+from porttrap.firewall.claim import claim
 from porttrap.firewall.select import make_backend
 from porttrap.model import IPNetwork, Proto, parse_target
 from porttrap.store import open_store
-from porttrap.units import parse_duration
+from porttrap.units import TooLong, parse_duration
 
 EXIT_NOT_RUNNING = 3
+EXIT_NOT_RECORDED = 4  # ban/unban: done in the kernel, not yet in the store (a full disk)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -195,7 +197,20 @@ def ban(args: argparse.Namespace) -> int:
         print(f"banned {item['address']} until {until} (ban #{item['ban_count']})")
     if answer["count"] > len(answer["bans"]):
         print(f"... and {answer['count'] - len(answer['bans'])} more")
-    return 0
+    return _not_recorded(answer, "the ban is in the kernel")
+
+
+def _not_recorded(answer: dict[str, Any], done: str) -> int:
+    """0 when the store holds what the daemon did; else a warning and EXIT_NOT_RECORDED."""
+    if answer.get("recorded", True):
+        return 0
+    print(
+        f"porttrap: warning: {done} but not yet on disk: the store cannot write "
+        f"({answer.get('store_error')}); the daemon tries again until it can (see `porttrap "
+        "status`): free space in (or fix) the state_dir",
+        file=sys.stderr,
+    )
+    return EXIT_NOT_RECORDED
 
 
 def unban(args: argparse.Namespace) -> int:
@@ -205,6 +220,9 @@ def unban(args: argparse.Namespace) -> int:
     was = set(answer["were_banned"])
     for address in answer["unbanned"]:
         print(f"unbanned {address}" if address in was else f"{address} was not banned")
+    if not answer.get("recorded", True):
+        return _not_recorded(answer, "the unban is in the kernel (a restart before the disk "
+                             "takes it would put the ban back)")  # fmt: skip
     return 0
 
 
@@ -216,7 +234,8 @@ def flush(args: argparse.Namespace) -> int:
             "a running daemon would put its bans back"
         )
     backend = make_backend(cfg.firewall.backend, cfg.firewall.table, SystemClock())
-    backend.teardown()
+    with claim(backend.name, cfg.firewall.table):  # a daemon of another state_dir owns it?
+        backend.teardown()
     removed = registry.get(backend.name).removes(cfg.firewall.table)
     print(f"removed {removed} (bans stay in the database)")
     return 0
@@ -225,6 +244,8 @@ def flush(args: argparse.Namespace) -> int:
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
+    except TooLong as err:
+        raise UsageError(f"--for: {err} (--permanent)") from err
     except ValueError as err:
         raise UsageError(f"--for: {err}") from err
 

@@ -84,6 +84,8 @@ _FILES_AND_EXIT_CODES = _text("""
       2    invalid configuration, every problem listed (reload: the daemon
            refused it); or an invalid command line
       3    status, reload: the daemon is not running
+      4    ban, unban: done in the kernel, not yet in the database (its disk is full
+           or failing); the daemon keeps trying, see porttrap status
       130  interrupted (Ctrl-C)
 
     More: porttrap COMMAND --help for each command; every configuration key is described
@@ -165,9 +167,13 @@ COMMANDS = {
 
         Needs root (CAP_NET_ADMIN for the firewall, CAP_NET_BIND_SERVICE for trap ports
         below 1024). An invalid configuration stops it before it touches the kernel (exit
-        2). At start the active bans of the database go back into the kernel. SIGHUP
-        reloads the configuration and reopens the log files. SIGTERM or SIGINT stop it; its
-        bans stay in the kernel and expire by themselves unless --flush-on-exit.
+        2), and so (exit 1) do a state_dir another user could change (it must be root's,
+        and not writable by group or others, nor may its parents be unless sticky as /tmp)
+        and a firewall table another live porttrap in this network namespace owns (the
+        error names its PID). At start the active bans of the database go back into the
+        kernel. SIGHUP reloads the configuration and reopens the log files. SIGTERM or
+        SIGINT stop it; its bans stay in the kernel and expire by themselves unless
+        --flush-on-exit.
         """,
         """
           porttrap run                    /etc/porttrap/porttrap.toml, or the defaults
@@ -239,10 +245,17 @@ COMMANDS = {
         Ban addresses or networks now, through the running daemon (state_dir/control.sock,
         root only). The ban reaches the kernel and the database as any other: without --for
         or --permanent the escalation of [ban] decides how long, counting earlier bans.
+        --for takes at most 3650d (10 years); a ban that should never end is --permanent.
+        An IPv4-mapped address (::ffff:192.0.2.7) is banned as the IPv4 address it names.
 
         Refuses, and bans nothing, when any target is protected (the host's own addresses,
         loopback, the allow list), or when a network overlaps an active network ban (unban
         that one first). Without a running daemon it says so and exits 1.
+
+        Answers once the database holds the ban. When the database cannot be written (a
+        full state_dir), it answers at once: the ban is in the kernel but not yet on disk
+        (a warning, exit 4); the daemon tries the write again until it succeeds, and a
+        restart meanwhile keeps the ban from the kernel.
         """,
         """
           porttrap ban 203.0.113.7
@@ -270,8 +283,9 @@ COMMANDS = {
         and chains. The bans stay in the database, and go back into the kernel when porttrap
         starts again.
 
-        Needs root, and refuses while the daemon runs (it would put its bans back): stop it
-        first.
+        Needs root, and refuses while the daemon runs (it would put its bans back), or while
+        any live porttrap in this network namespace owns the table (another state_dir's):
+        stop it first.
         """,
         """
           porttrap flush

@@ -7,21 +7,24 @@ import argparse
 import os
 import sys
 import tempfile
+import tomllib
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 
+from porttrap.config import host
 from porttrap.config import loader as config_mod
-from porttrap.config.legacy import datatrap, port_trap, portsentry
+from porttrap.config.legacy import datatrap, port_trap, portsentry, reading
 from porttrap.config.legacy.notes import Conversion
 from porttrap.config.schema import Config
 from porttrap.daemon import control
-from porttrap.errors import ConfigError, PorttrapError
+from porttrap.errors import ConfigError, ConfigProblem, PorttrapError
 from porttrap.model import Ban, show
 from porttrap.store import open_store
 from porttrap.store.base import Store
 
 Common = Callable[[argparse.ArgumentParser], None]
+EXIT_REFUSED = 2  # written, but porttrap refuses it as it is (main's EXIT_CONFIG)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: Common) -> None:
@@ -32,7 +35,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
         help=text,
         description=f"{text}. The config goes to stdout (or -o FILE); everything that could "
         "not be carried over exactly is listed on stderr, one line each (file:line: KEY: why). "
-        "Exit 0 when the config was written (notes are normal), 1 when nothing could be.",
+        "Exit 0 when the config was written (notes are normal), 1 when nothing could be, 2 "
+        "when it was written but porttrap refuses it as it is (check-config's problems follow "
+        "the notes: fix them before starting porttrap).",
         epilog="examples:\n"
         "  porttrap import portsentry -o /etc/porttrap/porttrap.toml\n"
         "  porttrap import port-trap /opt/port_trap -o /etc/porttrap/porttrap.toml\n"
@@ -43,9 +48,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
         "portsentry",
         help="PortSentry 1.2 or 2.x: portsentry.conf, the ignore files, /etc/default/portsentry",
         description="Import PortSentry's portsentry.conf (1.2 or 2.x format), its ignore files "
-        "and the modes in /etc/default/portsentry (TCP_MODE, UDP_MODE). Only reads them: "
-        "stop PortSentry yourself once the new config checks out. Needs root only to write "
-        "into /etc/porttrap.",
+        "and the modes in /etc/default/portsentry (TCP_MODE, UDP_MODE). Reads only the files "
+        "in DIR and those given with --defaults and --ignore: an IGNORE_FILE outside DIR is "
+        "named on stderr, not read. Only reads them: stop PortSentry yourself once the new "
+        "config checks out. Needs root only to write into /etc/porttrap.",
         epilog="examples:\n"
         "  porttrap import portsentry               /etc/portsentry, config on stdout\n"
         "  porttrap import portsentry -o /etc/porttrap/porttrap.toml\n"
@@ -62,9 +68,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
     ps.add_argument(
         "--defaults",
         type=Path,
-        default=portsentry.DEFAULT_DEFAULTS,
         metavar="FILE",
-        help="the file with TCP_MODE and UDP_MODE (default: /etc/default/portsentry)",
+        help="the file with TCP_MODE and UDP_MODE (default: /etc/default/portsentry when DIR "
+        "is /etc/portsentry; none for another DIR)",
+    )
+    ps.add_argument(
+        "--ignore",
+        type=Path,
+        metavar="FILE",
+        help="the ignore file to read in place of IGNORE_FILE (one outside DIR is not read)",
     )
     pt = sources.add_parser(
         "port-trap",
@@ -107,43 +119,60 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
 
 
 def import_portsentry(args: argparse.Namespace) -> int:
-    conversion = portsentry.convert(portsentry.read(args.directory, args.defaults))
-    _emit(conversion, args.output, args.force)
-    return 0
+    conversion = portsentry.convert(portsentry.read(args.directory, args.defaults, args.ignore))
+    return _emit(conversion, args.output, args.force)
 
 
 def import_port_trap(args: argparse.Namespace) -> int:
     conversion = port_trap.convert(port_trap.read(args.directory))
     database = args.directory / datatrap.DB_FILE
     history, target = None, None
-    if not args.no_history and database.is_file():
+    if not args.no_history and database.exists():
         # Everything that can refuse comes before anything is written: a database that is
-        # not port_trap's, an invalid -c config.
+        # not port_trap's (or not a file in DIR), an invalid -c config.
+        reading.check_database(database, args.directory)
         history = datatrap.read(database)
         target = _target(args)
-    _emit(conversion, args.output, args.force)
+    code = _emit(conversion, args.output, args.force)
     if history is None or target is None:
         if not args.no_history:
             _say(f"{database}: not found: no ban history to import")
-        return 0
+        return code
     _import_history(history, target)
-    return 0
+    return code
 
 
-def _emit(conversion: Conversion, output: Path | None, force: bool) -> None:
-    """Check the config loads, print the notes, then write it (stdout or atomically to FILE)."""
+def _emit(conversion: Conversion, output: Path | None, force: bool) -> int:
+    """Print the notes, write the config (stdout or atomically to FILE), then what porttrap
+    refuses in it, as check-config would say it on this host: the old tool's settings can
+    make a config that protects nothing (SCAN_TRIGGER above the number of ports, no port at
+    all), and the person must hear it before starting porttrap. EXIT_REFUSED then."""
     try:
-        config_mod.load_text(conversion.toml, output)
-    except ConfigError as err:  # a bug of the importer: never write what porttrap refuses
-        found = "; ".join(str(p) for p in err.problems)
-        raise PorttrapError(f"the imported config does not load ({found}); please report") from err
+        tomllib.loads(conversion.toml)
+    except tomllib.TOMLDecodeError as err:  # a bug of the importer: never write invalid TOML
+        raise PorttrapError(
+            f"the imported config is not valid TOML ({err}); please report"
+        ) from err
+    refused = _refused(conversion.toml, output)
     for note in conversion.notes:
         _say(str(note))
     if output is None:
         sys.stdout.write(conversion.toml)
-        return
-    _write(output, conversion.toml, force)
-    _say(f"wrote {output}; check it with: porttrap check-config -c {output}")
+    else:
+        _write(output, conversion.toml, force)
+        _say(f"wrote {output}; check it with: porttrap check-config -c {output}")
+    for problem in refused:
+        _say(f"porttrap refuses this config until it is fixed: {problem}")
+    return EXIT_REFUSED if refused else 0
+
+
+def _refused(toml: str, output: Path | None) -> list[ConfigProblem]:
+    """What check-config would say of the imported config on this host."""
+    try:
+        config_mod.load_text(toml, output, host.read())
+    except ConfigError as err:
+        return err.problems
+    return []
 
 
 def _write(path: Path, text: str, force: bool) -> None:

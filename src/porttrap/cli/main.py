@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--for",
         dest="duration",
         metavar="DURATION",
-        help="ban for this long (30s, 10m, 1h, 1d, 1w); default: the escalation in [ban]",
+        help="ban for this long (30s, 10m, 1h, 1d, 1w; at most 3650d); default: the escalation "
+        "in [ban]",
     )
     length.add_argument("--permanent", action="store_true", help="ban for good")
     _targets(add("unban", commands.unban, "lift bans now, through the running daemon"), "unban")

@@ -105,6 +105,15 @@ def status_text(status: dict[str, Any]) -> str:
             for t in traps["skipped"]
         ]
         lines.append(f"hits since start: {status['hits']['total']}")
+        store = status.get("store") or {}
+        if store and not store.get("ok", True):
+            lines.append(
+                f"STORE FAILING since {store['failing_since']}: {store['error']} "
+                f"({store['backlog']} writes waiting; bans are in the kernel and memory, "
+                "and kept from the kernel at a restart)"
+            )
+        if status.get("clock_jumped"):
+            lines.append(f"wall clock jumped by {status['clock_jumped']} s since the start")
         if status.get("kernel"):
             lines += kernel_text(status["kernel"])
         if status.get("actions"):
@@ -112,6 +121,11 @@ def status_text(status: dict[str, Any]) -> str:
     bans = status.get("bans")
     if bans:
         lines.append(f"bans: {bans['active']} active, {bans['permanent']} of them permanent")
+        if skipped := bans.get("skipped_at_start"):
+            lines.append(
+                f"  {skipped} database rows could not be read at start, and their bans were "
+                "not restored: see the log (event=store-bad-row)"
+            )
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ from porttrap.errors import PorttrapError, UsageError
 from porttrap.report import data, html
 from porttrap.report.figures import Period
 from porttrap.store import open_store
-from porttrap.units import parse_duration
+from porttrap.units import MAX_LOOKBACK, parse_duration
 
 Common = Callable[[argparse.ArgumentParser], None]
 
@@ -119,7 +119,7 @@ def report(args: argparse.Namespace) -> int:
 
 def _period(since: str, until: str | None, now: float) -> Period:
     try:
-        length = parse_duration(since)
+        length = parse_duration(since, MAX_LOOKBACK)
     except ValueError as e:
         raise UsageError(f"--since: {e}") from None
     end = now if until is None else parse_time(until)

@@ -10,7 +10,6 @@ import enum
 import importlib
 import ipaddress
 import json
-import math
 import re
 import warnings
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -20,8 +19,16 @@ from typing import Any, TypeVar
 
 from porttrap.config.locate import line_of, locate
 from porttrap.errors import ConfigProblem
-from porttrap.model import IPAddress, IPNetwork, Proto
-from porttrap.units import parse_duration, parse_ports
+from porttrap.model import IPAddress, IPNetwork, Proto, unmap, unmap_network
+from porttrap.units import (
+    MAX_BAN,
+    MAX_LOOKBACK,
+    Longest,
+    TooLong,
+    brief,
+    parse_duration,
+    parse_ports,
+)
 
 T = TypeVar("T")
 E = TypeVar("E", bound=enum.StrEnum)
@@ -30,6 +37,9 @@ Parser = Callable[[object], T]
 
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 _RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
+# The largest count any key takes (a queue, a rate, a number of rows): a 400-digit one would
+# overflow where it is used (a C size, a float), long after the config was said to be OK.
+MAX_COUNT = 2**31 - 1
 _ZERO_DURATION = re.compile(r"\s*(0+(\.0*)?\s*[smhdwSMHDW]\s*)+")
 
 
@@ -49,6 +59,11 @@ class Problems:
         if self._lines is None:
             self._lines = locate(self._text)
         self._found.append(ConfigProblem(self._path, line_of(self._lines, key), key, message))
+
+    def under(self, sections: Iterable[str]) -> bool:
+        """Whether a problem was found in one of the top-level `sections` (or in no key)."""
+        tops = set(sections)
+        return any(not p.key or p.key.split(".")[0].split("[")[0] in tops for p in self._found)
 
     def sorted(self) -> list[ConfigProblem]:
         """In file order; problems without a line last, each group in the order found."""
@@ -139,8 +154,8 @@ def _valid_items(
 
 
 def duration(value: object) -> float:
-    """'30s', '1h30m' ... or a whole number of seconds; more than zero."""
-    total = _duration_seconds(value)
+    """'30s', '1h30m' ... or a whole number of seconds; more than zero, at most `MAX_BAN`."""
+    total = _duration_seconds(value, MAX_BAN)
     if total <= 0:
         raise ValueError(f"a duration must be more than zero, got {show(value)}")
     return total
@@ -148,23 +163,35 @@ def duration(value: object) -> float:
 
 def duration_or_zero(value: object) -> float:
     """Like `duration`, but 0 (or "0s") is allowed: for a time whose zero turns something off."""
-    total = _duration_seconds(value)
+    total = _duration_seconds(value, MAX_BAN)
     if total < 0:
         raise ValueError(f"a duration cannot be negative, got {show(value)}; write 0 for none")
     return total
 
 
-def _duration_seconds(value: object) -> float:
+def lookback(value: object) -> float:
+    """Like `duration`, for how far back something reaches: at most `MAX_LOOKBACK`."""
+    total = _duration_seconds(value, MAX_LOOKBACK)
+    if total <= 0:
+        raise ValueError(f"a duration must be more than zero, got {show(value)}")
+    return total
+
+
+def _duration_seconds(value: object, longest: Longest) -> float:
     if isinstance(value, int) and not isinstance(value, bool):
+        if value > longest.seconds:  # before float(): a 400-digit int overflows it
+            raise TooLong(longest.refusal(f"{brief(str(value))} seconds"))
         return float(value)
     if isinstance(value, str) and _ZERO_DURATION.fullmatch(value):
         return 0.0
     if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            seconds = parse_duration(value)
-            if math.isfinite(seconds):  # 400 nines overflow a float
-                return seconds
-    raise ValueError(f"expected a duration such as 30s, 10m, 1h, 1d, 1w, got {show(value)}")
+        try:
+            return parse_duration(value, longest)
+        except TooLong:
+            raise  # it says why
+        except ValueError:
+            pass
+    raise ValueError(f"expected a duration such as 30s, 10m, 1h, 1d, 1w, got {brief(show(value))}")
 
 
 def ports(value: object) -> range:
@@ -182,9 +209,16 @@ def ports(value: object) -> range:
 
 
 def at_least(minimum: int) -> Parser[int]:
+    """A whole number from `minimum` to MAX_COUNT."""
+
     def parse(value: object) -> int:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
-            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value > MAX_COUNT:
+                raise ValueError(
+                    f"expected a whole number of at most {MAX_COUNT}, got {brief(show(value))}"
+                )
+            if value >= minimum:
+                return value
         raise ValueError(f"expected a whole number of at least {minimum}, got {show(value)}")
 
     return parse
@@ -194,7 +228,7 @@ def between(low: int, high: int) -> Parser[int]:
     def parse(value: object) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
             return value
-        raise ValueError(f"expected a whole number from {low} to {high}, got {show(value)}")
+        raise ValueError(f"expected a whole number from {low} to {high}, got {brief(show(value))}")
 
     return parse
 
@@ -271,10 +305,10 @@ def table_name(value: object) -> str:
 
 
 def address(value: object) -> IPAddress:
-    """One local address, IPv4 or IPv6."""
+    """One local address, IPv4 or IPv6 (an IPv4-mapped one as IPv4: `unmap`)."""
     try:
         if isinstance(value, str):
-            return ipaddress.ip_address(value)
+            return unmap(ipaddress.ip_address(value))
     except ValueError:
         pass
     raise ValueError(
@@ -341,10 +375,11 @@ def _subtrees(value: Any) -> Iterable[Any]:
 
 
 def network(value: object) -> IPNetwork:
-    """An address (as a /32 or /128) or a network in CIDR notation, IPv4 or IPv6."""
+    """An address (as a /32 or /128) or a network in CIDR notation, IPv4 or IPv6 (an
+    IPv4-mapped one as IPv4: `unmap_network`)."""
     if isinstance(value, str):
         try:
-            return ipaddress.ip_network(value, strict=True)
+            return unmap_network(ipaddress.ip_network(value, strict=True))
         except ValueError:
             _raise_if_host_bits(value)
     raise ValueError(

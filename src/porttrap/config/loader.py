@@ -7,7 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from porttrap.config import fields
+from porttrap.config import fields, host, protection
 from porttrap.config.actions import build_actions
 from porttrap.config.fields import Problems, Section, Table
 from porttrap.config.logsection import build_log
@@ -79,32 +79,37 @@ KERNEL_KEYS = (
 _ALLOW_EXAMPLE = '["192.0.2.0/24", "2001:db8::7"]'
 _RESPOND_EXAMPLE = '{ tcp = "ban", udp = "log" }'
 _PATTERN_EXAMPLE = """['198\\.51\\.100\\.[0-9]+']"""
+_TOO_DEEP = (
+    "arrays or tables nested too deeply for the TOML reader (hundreds of levels), where no "
+    "porttrap key nests more than a few: remove the nesting"
+)
 _SYNTAX_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _SYNTAX_AT_END = re.compile(r"\s*\(at end of document\)$")
 
 
 def load(path: Path | None) -> Config:
-    """The config in `path`; with None, DEFAULT_CONFIG_PATH if it exists, else the defaults."""
+    """The config in `path`; with None, DEFAULT_CONFIG_PATH if it exists, else the defaults.
+    Checked against this host's limits too (`config.host`): check-config, run and reload all
+    come here."""
     if path is None:
         if not DEFAULT_CONFIG_PATH.exists():
-            return load_text("", None)
+            return load_text("", None, host.read())
         path = DEFAULT_CONFIG_PATH
-    return load_text(_read(path), path)
+    return load_text(_read(path), path, host.read())
 
 
-def load_text(text: str, path: Path | None) -> Config:
-    """The config in `text`, read from `path` (None: not from a file). Raises ConfigError."""
+def load_text(text: str, path: Path | None, on: host.Host | None = None) -> Config:
+    """The config in `text`, read from `path` (None: not from a file), checked against the
+    limits of host `on` (None: not checked). Raises ConfigError."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_syntax_problem(exc, text, path)]) from None
-    except RecursionError:  # tomllib recurses into each nested array or inline table
-        message = (
-            "arrays or inline tables nested too deeply to read (porttrap's keys nest a few levels)"
-        )
-        raise ConfigError([ConfigProblem(path, None, "", message)]) from None
+    except RecursionError:  # tomllib reads nested arrays and tables by recursion
+        raise ConfigError([ConfigProblem(path, None, "", _TOO_DEEP)]) from None
     problems = Problems(path, text)
     config = _config(data, problems, path)
+    _check_protects(data, problems, config, on)
     if len(problems):
         raise ConfigError(problems.sorted())
     return config
@@ -139,7 +144,13 @@ def _config(data: Table, problems: Problems, path: Path | None) -> Config:
     top = Section(data, "", problems)
     top.check_keys(TOP_KEYS)
     traps = top.sub("traps")
-    modes, kernel, ban = build_modes(traps), _kernel(top.sub("kernel")), _ban(top.sub("ban"))
+    backend = top.table.get("firewall", {})
+    backend = backend.get("backend", "nftables") if isinstance(backend, dict) else None
+    modes, kernel, ban = (
+        build_modes(traps, backend),
+        _kernel(top.sub("kernel")),
+        _ban(top.sub("ban")),
+    )
     _check_respond(top, modes, kernel, ban)
     trap_list = build_traps(traps)
     _check_catch_all(top, modes, kernel, trap_list)
@@ -159,6 +170,15 @@ def _config(data: Table, problems: Problems, path: Path | None) -> Config:
         protect=_protect(top.sub("protect")),
         source=path,
     )
+
+
+def _check_protects(data: Table, problems: Problems, config: Config, on: host.Host | None) -> None:
+    """A config that cannot ban anyone, or that this host cannot run without harm, is an
+    error; checked once the sections these checks read are valid."""
+    if not problems.under(protection.SECTIONS):
+        protection.check(problems, data, config)
+    if on is not None and not problems.under(("traps", "kernel")):
+        host.check(problems, data, config, on)
 
 
 def _protect(section: Section) -> Protect:
@@ -190,7 +210,7 @@ def _ban(section: Section) -> BanPolicy:
         permanent_after=section.get("permanent_after", fields.at_least(0), default.permanent_after),
         trigger=section.get("trigger", fields.at_least(1), default.trigger),
         window=section.get("window", fields.duration, default.window),
-        forget_after=section.get("forget_after", fields.duration, default.forget_after),
+        forget_after=section.get("forget_after", fields.lookback, default.forget_after),
         confirm=section.get("confirm", fields.at_least(1), default.confirm),
         respond_tcp=respond[Proto.TCP],
         respond_udp=respond[Proto.UDP],
@@ -218,7 +238,7 @@ def _check_respond(top: Section, modes: Modes, kernel: KernelSensor, ban: BanPol
             "ban.respond",
             f'{proto.value} responds with "{respond}" but is in "{modes.of(proto)}" mode, whose '
             "kernel sensor drops a trap packet's source at once (first-packet block): set "
-            '[kernel] block = false, or respond = "ban"',
+            '[kernel] block = false, respond = "ban", or [traps] mode = "connect"',
         )
 
 
@@ -295,7 +315,7 @@ def _store(section: Section) -> StoreConfig:
     section.check_keys(("hit_retention", "hit_rate", "hit_rows"))
     default = StoreConfig()
     return StoreConfig(
-        hit_retention=section.get("hit_retention", fields.duration, default.hit_retention),
+        hit_retention=section.get("hit_retention", fields.lookback, default.hit_retention),
         hit_rate=float(section.get("hit_rate", RATE, int(default.hit_rate))),
         hit_rows=section.get("hit_rows", fields.at_least(1000), default.hit_rows),
     )

@@ -11,15 +11,18 @@ from porttrap.model import IPAddress, IPNetwork, Proto
 DEFAULT_CONFIG_PATH = Path("/etc/porttrap/porttrap.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/porttrap")
 
-# The classic trap lists (PortSentry's defaults): ports that no legitimate client touches.
+# The classic trap lists (PortSentry's defaults), less every port a service may want: a service
+# always wins over a trap, and a trap on its port bans its clients. Left out: those a Debian
+# package serves (79 finger, 111 rpcbind, 119 nntp, 143 imap, 540 uucp, 1080 socks,
+# 2000 sieve/sccp, 6667 ircd; UDP 7 echo and 9 discard (also Wake-on-LAN), 69 tftp,
+# 161-162 snmp, 513 rwho) and those in Linux's ip_local_port_range (32768-60999), where the
+# host's own connections take their source ports (32770-32774, 34555, 37444, 40421, 49724,
+# 54320, 54321). What is left: ports of old backdoors and retired services.
 DEFAULT_TCP_TRAPS = (
-    "1", "11", "15", "79", "111", "119", "143", "540", "635", "1080", "1524", "2000", "5742",
-    "6667", "12345", "12346", "20034", "27665", "31337", "32771-32774", "40421", "49724", "54320",
+    "1", "11", "15", "635", "1524", "5742", "12345", "12346", "20034", "27665", "31337",
 )  # fmt: skip
 DEFAULT_UDP_TRAPS = (
-    "1", "7", "9", "69", "161", "162", "513", "635", "640", "641", "700", "37444", "34555",
-    "31335", "32770-32774", "31337", "54321",
-)  # fmt: skip
+    "1", "635", "640", "641", "700", "31335", "31337",)  # fmt: skip
 
 
 class TrapMode(enum.StrEnum):

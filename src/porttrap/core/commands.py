@@ -73,7 +73,12 @@ class Expire:
 
 @dataclass(frozen=True, slots=True)
 class CheckFirewall:
-    """Is porttrap's ruleset still in the kernel? If not, the shell feeds `FirewallMissing`."""
+    """Is porttrap's ruleset still in the kernel, and whole? The shell feeds `FirewallMissing`
+    when it is gone, else `FirewallChecked` (with the bans it holds when `entries`, their
+    number when `count`). Reads only: a repair is a `Setup` the core then returns."""
+
+    entries: bool = False
+    count: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,7 @@ from porttrap.core.events import (
     AdminUnban,
     BlocksRotated,
     CountersRead,
+    FirewallChecked,
     FirewallFailed,
     FirewallMissing,
     GatewaysChanged,
@@ -80,6 +81,8 @@ from porttrap.core.events import (
     SessionsChanged,
     Started,
     Stopping,
+    StoreFailed,
+    StoreRecovered,
     Tick,
     TurnEnded,
 )
@@ -102,6 +105,16 @@ MAX_ANSWERED = 1000  # bans listed in the answer to a bulk ban; the count covers
 RECONCILE_DELAY = 5.0  # seconds before a refused kernel change is tried again, as a rebuild
 CHECK_EVERY = round(5.0 / TICK)  # ticks between checks that porttrap's ruleset is still there
 MAINTAIN_EVERY = round(60.0 / TICK)  # ticks between prunings of old hits and quiet sources
+LIST_BANS = 1000  # up to this many bans a check lists them (about 30 ms) and compares each;
+COUNT_EVERY_BANS = 20_000  # above, it counts them (about 0.5 s at 100,000): every check up
+# to this many, then once in (bans / this) checks
+GONE_SLACK = 2.0  # seconds: a ban this close to its end may be gone from the kernel already
+CLOCK_JUMP = 2.0  # seconds of difference between the wall clock's and the monotonic clock's
+# advance from one tick to the next that count as a jump of the wall clock
+STORE_HINT = (
+    "bans stay in the kernel and in memory, and the write is tried again until it succeeds; "
+    "free space in (or fix) the state_dir; a restart meanwhile keeps the kernel's bans"
+)
 REFUSED_HINT = "the running configuration stays; fix the file and reload again"
 
 Handler = Callable[[Any, float], list[Command]]
@@ -142,6 +155,11 @@ class Core:
         self._stopping = False
         self._ticks = 0
         self._reload: tuple[Config, tuple[str, ...]] | None = None
+        self.store_error: str | None = None  # why store writes fail now (None: they succeed)
+        self.store_failing_since: float | None = None
+        self.clock_skew = 0.0  # how far the wall clock jumped since the start, in all
+        self._last_tick: tuple[float, float] | None = None  # (wall, monotonic) of the last
+        self._checks = 0
         self._read_actions(config)
         self._handlers: dict[type, Handler] = {
             Started: self._started,
@@ -154,6 +172,9 @@ class Core:
             BlocksRotated: self._rotated,
             FirewallFailed: self._firewall_failed,
             FirewallMissing: self._firewall_missing,
+            FirewallChecked: self._firewall_checked,
+            StoreFailed: self._store_failed,
+            StoreRecovered: self._store_recovered,
             Reconcile: self._reconcile,
             AdminBan: self._admin_ban,
             AdminUnban: self._admin_unban,
@@ -193,8 +214,26 @@ class Core:
         unbans = self.policy.restore(event.stored, now)
         if unbans:  # no Apply: the setup leaves them out
             commands += [RecordChanges(unbans), LogChanges(unbans), ActionsAfter(unbans)]
+        commands += self._keep_kernel_bans(event.kernel, now)
         commands.append(self._setup(now, SetupReason.START))
         commands.append(ActionsStart(self.policy.active(now)))
+        return commands
+
+    def _keep_kernel_bans(
+        self, held: Sequence[tuple[IPNetwork, float | None]], now: float
+    ) -> list[Command]:
+        """Bans the kernel holds that the store lacks (a write failed, the disk was full)
+        are kept with the kernel's time left, and recorded: an acknowledged ban is never
+        dropped by a restart."""
+        kept, refused = self.policy.adopt_kernel(held, now)
+        commands: list[Command] = [
+            Log("kernel-ban-not-kept", logging.WARNING, {"why": why}) for why in refused
+        ]
+        if kept:
+            why = "in the kernel but not in the store (a store write failed before the stop)"
+            fields = {"count": len(kept), "why": why}
+            commands += [Log("bans-kept-from-kernel", logging.WARNING, fields)]
+            commands += [RecordChanges(kept), LogChanges(kept)]
         return commands
 
     def restore_since(self, now: float) -> float:
@@ -272,14 +311,52 @@ class Core:
 
     def _tick(self, event: Tick, now: float) -> list[Command]:
         self._ticks += 1
-        commands = self._expire(now) + self._store_hits(event.store_backlog)
+        commands = self._clock_jump(now, event.mono)
+        commands += self._expire(now) + self._store_hits(event.store_backlog)
         if self._ticks % CHECK_EVERY == 0:
-            commands += [CheckFirewall(), Maintain(now)]
+            commands += [self._check(now), Maintain(now)]
         if self._ticks % MAINTAIN_EVERY == 0:
             self.policy.forget_quiet(now)
-            store = self.config.store
-            commands.append(PruneHits(now - store.hit_retention, store.hit_rows))
+            commands += self._prune(now)
         return commands
+
+    def _clock_jump(self, now: float, mono: float | None) -> list[Command]:
+        """A step of the wall clock (NTP after a wrong start, an admin's `date -s`), told from
+        the monotonic clock's advance: the bans keep the time they were given (the kernel's
+        timeouts count it so), and pruning discounts the jump."""
+        if mono is None:
+            return []
+        last, self._last_tick = self._last_tick, (now, mono)
+        if last is None:
+            return []
+        jump = (now - last[0]) - (mono - last[1])
+        if abs(jump) < CLOCK_JUMP:
+            return []
+        self.clock_skew += jump
+        self.policy.shift(jump)
+        why = "bans keep their time left; pruning of old hits discounts the jump"
+        return [Log("clock-jumped", logging.WARNING, {"seconds": round(jump, 1), "why": why})]
+
+    def _prune(self, now: float) -> list[Command]:
+        """Hits older than the retention, by the wall clock or, when it jumped forward since
+        the start, by the time that really went by (a jump of 100 days must not prune all)."""
+        store = self.config.store
+        commands: list[Command] = []
+        steady = now - self.clock_skew  # the wall clock had it not jumped
+        if steady < now:
+            fields = {"clock_jumped_by": round(self.clock_skew, 1), "pruning_as_of": steady}
+            commands.append(Log("prune-discounts-clock-jump", logging.DEBUG, fields))
+        commands.append(PruneHits(min(now, steady) - store.hit_retention, store.hit_rows))
+        return commands
+
+    def _check(self, now: float) -> CheckFirewall:
+        """The ruleset's check: with few bans each is looked for; with many they are counted,
+        less often the more there are (the cost grows with them)."""
+        self._checks += 1
+        bans = len(self.policy.active(now))
+        if bans <= LIST_BANS:
+            return CheckFirewall(entries=True)
+        return CheckFirewall(count=self._checks % (1 + bans // COUNT_EVERY_BANS) == 0)
 
     def _expire(self, now: float) -> list[Command]:
         """Bans that ran out: the kernel let them go by itself (or is told to), the actions
@@ -357,6 +434,59 @@ class Core:
         """Make the kernel hold exactly the active bans (one transaction)."""
         self._reconcile_due = False
         return [self._setup(now, SetupReason.RECONCILE)]
+
+    def _firewall_checked(self, event: FirewallChecked, now: float) -> list[Command]:
+        """The ruleset is there: rebuilt, with every ban and its exact time left, when its
+        chains, rules or sets are not as porttrap wrote them, or when a ban is missing from
+        it (`nft flush table`, a deleted chain, a flushed set)."""
+        problem = event.damaged
+        if problem is None and event.held is not None:
+            problem = self._missing_bans(event.held, now)
+        if problem is None and event.count is not None:
+            problem = self._too_few(event.count, now)
+        if problem is None:
+            return []
+        fields = {"table": self.config.firewall.table, "problem": problem}
+        return [
+            Log("firewall-damaged", logging.WARNING, fields),
+            self._setup(now, SetupReason.RECONCILE),
+        ]
+
+    def _missing_bans(self, held: frozenset[IPNetwork], now: float) -> str | None:
+        missing = [ban for ban in self._must_hold(now) if ban.target not in held]
+        if not missing:
+            return None
+        return f"{len(missing)} bans missing from the kernel, e.g. {show(missing[0].target)}"
+
+    def _too_few(self, count: int, now: float) -> str | None:
+        """A count below the bans the kernel must hold: some are gone (a flushed set)."""
+        wanted = len(self._must_hold(now))
+        return f"the kernel holds {count} bans of {wanted}" if count < wanted else None
+
+    def _must_hold(self, now: float) -> list[Ban]:
+        """The bans the kernel must hold now: not one just decided (its batch has not gone
+        out), nor one within `GONE_SLACK` of its end (the kernel may have let it go)."""
+        pending = {change.target for change in self._pending}
+        return [
+            ban
+            for ban in self._kernel_bans(now, self.policy.enforced)
+            if ban.target not in pending
+            and (ban.expires_at is None or ban.expires_at - now > GONE_SLACK)
+        ]
+
+    def _store_failed(self, event: StoreFailed, now: float) -> list[Command]:
+        self.store_error = event.error
+        if self.store_failing_since is None:
+            self.store_failing_since = now
+        fields = {"error": event.error, "hint": STORE_HINT}
+        return [Log("store-failing", logging.ERROR, fields)]
+
+    def _store_recovered(self, event: StoreRecovered, now: float) -> list[Command]:
+        since = self.store_failing_since
+        self.store_error = self.store_failing_since = None
+        failed_for = round(now - since, 1) if since is not None else None
+        fields = {"retries": event.retries, "failed_for": failed_for}
+        return [Log("store-recovered", logging.INFO, fields)]
 
     def _firewall_missing(self, _event: FirewallMissing, now: float) -> list[Command]:
         """Something removed the ruleset (`nft flush ruleset`): bans must not vanish."""
@@ -515,6 +645,9 @@ class Core:
             watched=self.policy.watched(),
             kernel=view,
             io=io,
+            store_error=self.store_error,
+            store_failing_since=self.store_failing_since,
+            clock_skew=self.clock_skew,
         )
 
 

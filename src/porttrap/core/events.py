@@ -20,13 +20,16 @@ class Started:
     """The daemon starts: the host's addresses, the bans read from the store (oldest first, as
     `Store.bans_to_restore` gives them), with the kernel sensor the ports this host serves (read
     before porttrap's table is built, so that no service port is ever a trap), the host's
-    gateways and the peers of the live SSH sessions (protected from the first hit on)."""
+    gateways and the peers of the live SSH sessions (protected from the first hit on), and
+    the bans porttrap's table already holds (target, seconds left; None: permanent): those
+    the store lacks are kept."""
 
     own: frozenset[IPAddress]
     stored: Sequence[StoredBan]
     served: Ports | None = None
     gateways: frozenset[IPAddress] = frozenset()
     sessions: frozenset[IPAddress] = frozenset()
+    kernel: tuple[tuple[IPNetwork, float | None], ...] = ()  # bans in the kernel, time left
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +82,25 @@ class BlocksRotated:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """Twice a second. `store_backlog`: store jobs not yet written (the disk's lag)."""
+    """Twice a second. `store_backlog`: store jobs not yet written (the disk's lag); `mono`:
+    monotonic seconds, against which the core tells a jump of the wall clock (None: no check)."""
 
     store_backlog: int = 0
+    mono: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFailed:
+    """A store write failed (the writer tries it again until it succeeds)."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRecovered:
+    """The failing store write succeeded, after `retries` more tries."""
+
+    retries: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +119,17 @@ class FirewallFailed:
 @dataclass(frozen=True, slots=True)
 class FirewallMissing:
     """`CheckFirewall` found porttrap's ruleset gone (a firewall reload flushed it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FirewallChecked:
+    """`CheckFirewall` found porttrap's ruleset present. `damaged`: what differs from what
+    porttrap wrote (None: whole); `held`: the targets of the bans the kernel holds, when they
+    were listed (None: not this time); `count`: how many, when they were counted."""
+
+    damaged: str | None = None
+    held: frozenset[IPNetwork] | None = None
+    count: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +231,9 @@ Event = (
     | TurnEnded
     | FirewallFailed
     | FirewallMissing
+    | FirewallChecked
+    | StoreFailed
+    | StoreRecovered
     | Reconcile
     | AdminBan
     | AdminUnban

@@ -42,6 +42,7 @@ class IoFigures:
     actions_enabled: bool = False
     store_backlog: int = 0
     store_failures: int = 0
+    restore_skipped: int = 0  # database rows the start could not read, and skipped
     reports: ReportFigures | None = None
     decision: Histogram | None = None  # a hit's arrival to its decision
     to_kernel: Histogram | None = None  # a banning hit's arrival to its ban in the kernel
@@ -77,6 +78,9 @@ class Snapshot:
     watched: int  # sources whose recent hits the policy remembers
     kernel: KernelView | None
     io: IoFigures
+    store_error: str | None = None  # why store writes fail now (None: they succeed)
+    store_failing_since: float | None = None
+    clock_skew: float = 0.0  # how far the wall clock jumped since the start, in all
 
     @property
     def permanent(self) -> int:

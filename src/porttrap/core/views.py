@@ -44,13 +44,25 @@ def status(snapshot: Snapshot, pid: int) -> dict[str, Any]:
         "traps": traps_json(io.traps),
         "kernel": kernel_status(snapshot.kernel, io.reports) if snapshot.kernel else None,
         "actions": dict(io.actions) if io.actions_enabled else None,
-        "bans": {"active": len(snapshot.active), "permanent": snapshot.permanent},
+        "bans": {
+            "active": len(snapshot.active),
+            "permanent": snapshot.permanent,
+            "skipped_at_start": io.restore_skipped,
+        },
         "hits": {
             "total": snapshot.stats.total_hits,
             **snapshot.stats.by_outcome(),
             "not_stored": snapshot.hits_not_stored,
             "sampled": snapshot.hits_sampled,
         },
+        "store": {
+            "ok": snapshot.store_error is None,
+            "error": snapshot.store_error,
+            "failing_since": iso(snapshot.store_failing_since),
+            "backlog": io.store_backlog,
+            "failed_writes": io.store_failures,
+        },
+        "clock_jumped": round(snapshot.clock_skew, 1),
         "sources": {
             "watched": snapshot.watched,
             "evicted": snapshot.sources_evicted,

@@ -4,7 +4,9 @@
     <- {"ok": true, "bans": [...]}    or    {"ok": false, "error": "..."}
 
 The socket lives in state_dir with mode 0600, and the peer must be root (or the daemon's own
-user): banning and unbanning are root's business.
+user): banning and unbanning are root's business. The client trusts an answer only from a
+socket no other user could have put there (`statedir.check_socket`), served by a process of
+root's (or its own user's): SO_PEERCRED, both ways.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from porttrap import log
+from porttrap.daemon import statedir
 from porttrap.errors import ConfigError, DaemonNotRunning, PorttrapError, RemoteConfigError
 
 # A handler answers at once, or (ban, unban) once what it did is recorded.
@@ -35,8 +38,14 @@ def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
     sock = writer.get_extra_info("socket")
     if sock is None:
         return None
+    return peer_cred(sock)[1]
+
+
+def peer_cred(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a connected unix socket."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
-    return int(_CRED.unpack(raw)[1])
+    pid, uid, _gid = _CRED.unpack(raw)
+    return int(pid), int(uid)
 
 
 class ControlServer:
@@ -84,7 +93,7 @@ class ControlServer:
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
         try:
-            request = json.loads(line)
+            request = json.loads(line, parse_constant=_no_constant)
             handler = self.handlers.get(request.get("cmd", ""))
             if handler is None:
                 return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
@@ -92,15 +101,30 @@ class ControlServer:
             if inspect.isawaitable(answer):
                 answer = await answer
             return {"ok": True, **answer}
-        except (ConfigError, RemoteConfigError) as err:
-            problems = [str(p) for p in err.problems]
-            return {"ok": False, "error": "invalid configuration", "problems": problems}
-        except PorttrapError as err:
-            return {"ok": False, "error": str(err)}
-        except (ValueError, TypeError, AttributeError) as err:
-            return {"ok": False, "error": f"bad request: {err}"}
-        except RecursionError:  # json.loads recurses into each nested array or object
-            return {"ok": False, "error": "bad request: nested too deeply"}
+        except Exception as err:  # every failure is answered: `_refusal`
+            return _refusal(err)
+
+
+def _refusal(err: Exception) -> dict[str, Any]:
+    """The answer to a request that failed, called in its `except`. A bug is logged with its
+    traceback, and the client told: it hears of every failure rather than of nothing."""
+    if isinstance(err, ConfigError | RemoteConfigError):
+        problems = [str(p) for p in err.problems]
+        return {"ok": False, "error": "invalid configuration", "problems": problems}
+    if isinstance(err, PorttrapError):
+        return {"ok": False, "error": str(err)}
+    if isinstance(err, ValueError | TypeError | AttributeError):
+        return {"ok": False, "error": f"bad request: {err}"}
+    if isinstance(err, RecursionError):  # json refuses nesting past Python's recursion limit
+        return {"ok": False, "error": "bad request: JSON nested too deeply"}
+    log.LOGGER.exception(log.fields("control-failed"))
+    return {"ok": False, "error": "the daemon failed on this request (a bug: see its log)"}
+
+
+def _no_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity, which Python's json reads and JSON itself does not have:
+    refused, so that no such value reaches a ban ("for": NaN was once stored as no end)."""
+    raise ValueError(f"{name} is not a number JSON allows: give a finite number")
 
 
 def ping(path: Path) -> bool:
@@ -113,10 +137,12 @@ def ping(path: Path) -> bool:
 
 
 def request(path: Path, payload: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    """Send one request to the daemon and return its answer; raises PorttrapError on {ok: false}."""
+    """Send one request to the daemon and return its answer; raises PorttrapError on {ok: false},
+    and `statedir.UnsafePath` (sending nothing) when the socket may not be porttrap's."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
+            statedir.check_socket(path)
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as err:
             raise DaemonNotRunning(
@@ -125,6 +151,7 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 30.0) -> dict[
             ) from err
         except PermissionError as err:
             raise PorttrapError(f"permission denied on {path}: run this as root") from err
+        check_server(sock, path)
         sock.sendall(json.dumps(payload).encode() + b"\n")
         return answer_of(_read_line(sock))
 
@@ -145,6 +172,18 @@ def answer_of(data: bytes) -> dict[str, Any]:
     if not answer.get("ok"):
         raise PorttrapError(str(answer.get("error", "the daemon refused the request")))
     return answer
+
+
+def check_server(sock: socket.socket, path: Path, trusted: frozenset[int] | None = None) -> None:
+    """Refuse a server that runs as another user than root (or our own): it is not porttrap,
+    whatever its socket file looks like."""
+    pid, uid = peer_cred(sock)
+    if uid not in (statedir.trusted_uids() if trusted is None else trusted):
+        raise statedir.UnsafePath(
+            f"the process answering on {path} (PID {pid}) runs as uid {uid}, not root: it is not "
+            f"porttrap, and nothing was sent to it; stop it, remove {path}, check who could "
+            f"write {path.parent}, and restart porttrap"
+        )
 
 
 def _read_line(sock: socket.socket) -> bytes:

@@ -57,9 +57,10 @@ class Latency:
 
 @dataclass
 class Restore:
-    """When the start's restore began, for its log line."""
+    """When the start's restore began, and the database rows it skipped, for its log line."""
 
     started: float = 0.0
+    skipped: int = 0
 
 
 class Effects:
@@ -140,7 +141,16 @@ class Effects:
             seconds=round(done - first, 3),
             store_s=round(started - first, 3),  # read and decided
             kernel_s=round(done - started, 3),
+            skipped=self.restore.skipped or None,
         )
+        if self.restore.skipped:
+            log.event(
+                "restore-skipped",
+                logging.WARNING,
+                rows=self.restore.skipped,
+                why="rows of the database that cannot be read (each named by store-bad-row): "
+                "their bans are not restored; every other ban is",
+            )
 
     def apply(self, cmd: c.Apply) -> e.Event | None:
         started = self.clock.monotonic()
@@ -166,15 +176,21 @@ class Effects:
             return e.FirewallFailed(str(err))
         return None
 
-    def check(self, _cmd: c.CheckFirewall) -> e.Event | None:
-        """Is the ruleset still there? Bans must not vanish silently (a firewall reload that
-        ran `nft flush ruleset`, an admin's `nft delete table`)."""
+    def check(self, cmd: c.CheckFirewall) -> e.Event | None:
+        """Is the ruleset still there, and whole? Bans must not vanish silently (a firewall
+        reload that ran `nft flush ruleset`, an admin's `nft flush table` or `nft delete
+        chain`, a flushed set). The core decides what to do about it."""
         try:
-            present = self.firewall.present()
+            found = self.firewall.inspect(cmd.entries, cmd.count)
         except FirewallError as err:
             log.event("firewall-error", logging.ERROR, error=str(err))
             return None
-        return None if present else e.FirewallMissing()
+        if found.missing:
+            return e.FirewallMissing()
+        held = None if found.entries is None else frozenset(x.target for x in found.entries)
+        if found.damaged is None and held is None and found.count is None:
+            return None
+        return e.FirewallChecked(found.damaged, held, found.count)
 
     def maintain(self, cmd: c.Maintain) -> None:
         self._try("maintain", lambda: self.firewall.maintain(cmd.now))

@@ -261,6 +261,12 @@ def store(snap: Snapshot) -> Iterator[Metric]:
         "Database writes that failed (the log says why: a full disk, a locked file ...).",
         value=snap.io.store_failures,
     )
+    yield GaugeMetricFamily(
+        "porttrap_store_rows_skipped_at_start",
+        "Database rows the start could not read (damaged, edited, or out of bounds), whose "
+        "bans were not restored; the log names each (event=store-bad-row).",
+        value=snap.io.restore_skipped,
+    )
 
 
 def actions(status: Mapping[str, Any]) -> Iterator[Metric]:

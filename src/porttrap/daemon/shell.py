@@ -30,6 +30,7 @@ from porttrap.daemon import reloading
 from porttrap.daemon.control import ControlServer, Handler
 from porttrap.daemon.effects import Effects
 from porttrap.daemon.guards import Guards
+from porttrap.daemon.loop_errors import AcceptErrors
 from porttrap.daemon.metrics_server import MetricsServer, snapshot_registry
 from porttrap.daemon.notify import Notifier
 from porttrap.daemon.writer import StoreWriter
@@ -40,7 +41,7 @@ from porttrap.errors import (
     UsageError,
 )
 from porttrap.firewall.base import FirewallBackend, SensorBackend
-from porttrap.model import Hit, IPAddress, TrapReport
+from porttrap.model import Hit, IPAddress, IPNetwork, TrapReport
 from porttrap.sensors import listeners
 from porttrap.sensors.hostaddrs import AddressWatcher, current_addresses
 from porttrap.sensors.kernel import KernelReports
@@ -50,6 +51,7 @@ from porttrap.sensorspec import Ports
 from porttrap.store.base import Store
 
 POLL = 0.25  # seconds between reads of the kernel sensor's counters
+CLEAN_STOP = "clean-stop"  # in state_dir: the last stop wrote every record (see _kernel_bans)
 STATUS_EVERY = 120  # ticks (60 s) between systemd STATUS= lines
 
 
@@ -76,7 +78,12 @@ class Shell:
         self.config_path = config_path
         self.verbose = verbose
         self.notifier = notifier if notifier is not None else Notifier(None)
-        self.writer = StoreWriter()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._restored = False
+        self.writer = StoreWriter(
+            lambda error: self._from_writer(e.StoreFailed(error)),
+            lambda retries: self._from_writer(e.StoreRecovered(retries)),
+        )
         actions = Dispatcher(config.actions, config.modes, config.state_dir)
         self.effects = Effects(
             clock,
@@ -154,6 +161,13 @@ class Shell:
             log.event("command-lost", logging.ERROR, command=type(command).__name__,
                       event=type(event).__name__)  # fmt: skip
 
+    def _from_writer(self, event: e.Event) -> None:
+        """From the store writer's thread: the event is fed on the loop."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the daemon has stopped
+                loop.call_soon_threadsafe(self._feed_alone, event)
+
     def on_hit(self, hit: Hit) -> None:
         """From the sensors, for each trap touched (thousands a second under a scan)."""
         arrived = self.clock.monotonic()
@@ -200,7 +214,8 @@ class Shell:
     # -- life cycle ----------------------------------------------------------------------
 
     async def run(self, flush_on_exit: bool = False) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        loop.set_exception_handler(AcceptErrors(self.clock))
         await self._control.start()  # first: refuses when another daemon runs
         try:
             # Before the served ports are read: the metrics port is then never a trap.
@@ -208,11 +223,15 @@ class Shell:
             # Before the table: a redirected SYN has its listener, and no hit is judged
             # without the gateways and the admin's sessions.
             gateways, sessions = self._guards.start(loop)
-            self._restore(self._served_now(), gateways, sessions)
-            self.writer.start()
+            # Every check that can refuse the start comes before the table is touched. The
+            # traps and the NFLOG group are bound now but read only once the loop turns,
+            # after the restore (nothing in between awaits).
             self.report = self._traps.start(loop)
             if self.report.none_set and self._kernel is None:
                 raise PorttrapError("no trap could be set (every trap port was skipped, see above)")
+            self._bind_reports(loop)
+            self._restore(self._served_now(), gateways, sessions)
+            self.writer.start()
             self._start_kernel(loop)
             self._watch_addresses(loop)
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -227,6 +246,16 @@ class Shell:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _mark_clean(self) -> None:
+        """Every record written: the next start need not read the kernel's bans. A marker
+        that cannot be written (a full disk) makes the next start read them: the safe way."""
+        if not self._restored or self.writer.lost or self.writer.error is not None:
+            return
+        try:
+            (self.config.state_dir / CLEAN_STOP).touch(mode=0o600)
+        except OSError as err:
+            log.event("clean-stop-unmarked", logging.DEBUG, error=str(err))
 
     def _served_now(self) -> listeners.Ports | None:
         """The served ports, read before the table is built: none may be a trap, ever."""
@@ -251,11 +280,35 @@ class Shell:
         with heap.bulk():  # 100,000 bans: see porttrap.heap
             now = self.clock.now()
             stored = self.store.bans_to_restore(now, self.core.restore_since(now))
-            self.feed(e.Started(current_addresses(), stored, served, gateways, sessions))
+            self.effects.restore.skipped = self.store.bad_rows
+            held = self._kernel_bans()
+            started = e.Started(current_addresses(), stored, served, gateways, sessions, held)
+            self.feed(started)
+            self._restored = True  # the kernel's bans read (or known to be in the store)
             del stored
 
-    def _start_kernel(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._kernel is None or self._listeners is None:
+    def _kernel_bans(self) -> tuple[tuple[IPNetwork, float | None], ...]:
+        """The bans porttrap's table holds before the start rebuilds it (a restart): those
+        the store lacks are kept. Read unless the last stop was clean (every record written:
+        the store lacks nothing, and reading 100,000 bans would add seconds to the start);
+        after a crash, `kill -9` or a write given up, they are. A read that fails keeps none,
+        and says so."""
+        marker = self.config.state_dir / CLEAN_STOP
+        clean = marker.exists()
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
+        if clean:
+            return ()
+        try:
+            return tuple((entry.target, entry.remaining) for entry in self.firewall.entries())
+        except FirewallError as err:
+            log.event("kernel-bans-unread", logging.WARNING, error=str(err))
+            return ()
+
+    def _bind_reports(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The kernel sensor's NFLOG group, before the table: a group another program holds
+        refuses the start with the kernel untouched."""
+        if self._kernel is None:
             return
         try:
             self._kernel.start(loop)
@@ -266,6 +319,10 @@ class Shell:
                 "(another program, such as ulogd or a second porttrap, may hold the group: "
                 "set another [kernel] nflog_group)"
             ) from err
+
+    def _start_kernel(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._kernel is None or self._listeners is None:
+            return
         self.on_served(self._listeners.start(loop))
         self._poll_counters()
 
@@ -323,7 +380,7 @@ class Shell:
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), TICK)
-            self._feed_alone(e.Tick(self.writer.pending))
+            self._feed_alone(e.Tick(self.writer.pending, self.clock.monotonic()))
             ticks += 1
             if watchdog is not None and ticks % per_ping == 0:
                 # From the loop itself: a loop stuck in a callback pings no more, and
@@ -346,6 +403,7 @@ class Shell:
         self.feed(e.Stopping())
         dropped, killed = await self.actions.close()  # running actions get a grace time
         self.writer.close()  # every record written before the store is closed
+        self._mark_clean()
         await self._control.close()
         await self.metrics.close()
         if flush_on_exit:
@@ -378,6 +436,7 @@ class Shell:
             traps=self.report,
             store_backlog=self.writer.pending,
             store_failures=self.writer.failures,
+            restore_skipped=self.effects.restore.skipped,
             actions_enabled=self.actions.enabled,
             actions=self.actions.status(),
             reports=reports,
@@ -411,17 +470,20 @@ class Shell:
         return await self.answer(left)
 
     async def answer(self, left: list[c.Command]) -> dict[str, Any]:
-        """The answer among the commands left, once the store has what it says when asked;
-        a refusal raises, for the control socket to send."""
+        """The answer among the commands left, once the store has what it says when asked
+        (`recorded`), or as soon as a write before it fails (`recorded` false, with the
+        `store_error`: the kernel has it, the disk not yet); a refusal raises, for the
+        control socket to send."""
         for command in left:
             if isinstance(command, c.Refuse):
                 if command.problems:
                     raise RemoteConfigError(list(command.problems))
                 raise (UsageError if command.usage else PorttrapError)(command.message)
             if isinstance(command, c.Answer):
-                if command.after_store:
-                    await asyncio.wrap_future(self.writer.barrier())
-                return dict(command.payload)
+                if not command.after_store:
+                    return dict(command.payload)
+                error = await asyncio.wrap_future(self.writer.settle())
+                return {**command.payload, "recorded": error is None, "store_error": error}
         raise PorttrapError("the daemon had no answer to this request (a bug: please report)")
 
     # -- reload --------------------------------------------------------------------------

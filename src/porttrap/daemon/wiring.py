@@ -13,10 +13,12 @@ from pathlib import Path
 from porttrap.clock import Clock, SystemClock
 from porttrap.config.schema import Config
 from porttrap.core.core import Core
+from porttrap.daemon import statedir
 from porttrap.daemon.notify import Notifier
 from porttrap.daemon.shell import Shell
-from porttrap.firewall import registry
+from porttrap.firewall import claim, registry
 from porttrap.firewall.base import FirewallBackend, SensorBackend
+from porttrap.firewall.claim import Claim
 from porttrap.firewall.select import make_backend, sensor_of
 from porttrap.store import open_store
 from porttrap.store.base import Store
@@ -58,25 +60,37 @@ def run(
     """Run porttrap as `config` says until asked to stop. `config_path`: what `-c` named (None:
     the default place), read again on reload. Raises PorttrapError when it cannot start."""
     clock = SystemClock()
-    store = open_store(config)
+    statedir.ensure(config.state_dir)  # before anything is written there
+    firewall = make_backend(
+        config.firewall.backend, config.firewall.table, clock, sensor=config.modes.kernel
+    )
+    with claim.claim(firewall.name, config.firewall.table) as owned:
+        store = open_store(config)
+        try:
+            # The sensor's rules (stealth, advanced), or the watch of every mode where the
+            # backend has one (nftables, ipset: the marks connect-mode UDP traps read).
+            watches = config.modes.kernel or registry.get(firewall.name).marks
+            sensor = sensor_of(firewall) if watches else None
+            shell = make_shell(
+                config,
+                clock,
+                store,
+                firewall,
+                sensor,
+                notifier=notifier,
+                config_path=config_path,
+                verbose=verbose,
+            )
+            asyncio.run(_serve(shell, owned, flush_on_exit))
+        finally:
+            store.close()
+
+
+async def _serve(shell: Shell, owned: Claim | None, flush_on_exit: bool) -> None:
+    if owned is not None:
+        owned.answer(asyncio.get_running_loop())
     try:
-        firewall = make_backend(
-            config.firewall.backend, config.firewall.table, clock, sensor=config.modes.kernel
-        )
-        # The sensor's rules (stealth, advanced), or the watch of every mode where the backend
-        # has one (nftables, ipset: the marks connect-mode UDP traps read).
-        watches = config.modes.kernel or registry.get(firewall.name).marks
-        sensor = sensor_of(firewall) if watches else None
-        shell = make_shell(
-            config,
-            clock,
-            store,
-            firewall,
-            sensor,
-            notifier=notifier,
-            config_path=config_path,
-            verbose=verbose,
-        )
-        asyncio.run(shell.run(flush_on_exit))
+        await shell.run(flush_on_exit)
     finally:
-        store.close()
+        if owned is not None:
+            owned.release()  # from the loop, which still watches it

@@ -24,6 +24,19 @@ class KernelEntry:
         return self.remaining is None
 
 
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """What a check of porttrap's ruleset found: `missing`, the table (or chains) gone; else
+    `damaged`, what differs from what porttrap wrote (None: its chains, rules and sets are
+    whole); `entries`, the bans the kernel holds (None: not listed this time); `count`, how
+    many (None: not counted this time)."""
+
+    missing: bool = False
+    damaged: str | None = None
+    entries: list[KernelEntry] | None = None
+    count: int | None = None
+
+
 class FirewallBackend(Protocol):
     """Applies bans in the kernel. Implementations touch only porttrap's own table/sets.
 
@@ -66,6 +79,13 @@ class FirewallBackend(Protocol):
     def present(self) -> bool:
         """Whether porttrap's ruleset is in the kernel. Cheap: the daemon asks every few
         seconds, because a firewall reload elsewhere (`nft flush ruleset`) can remove it."""
+        ...
+
+    def inspect(self, entries: bool = False, count: bool = False) -> Inspection:
+        """Whether porttrap's ruleset is whole: present, and its chains, rules and sets as
+        porttrap last wrote them; with `entries`, the bans the kernel holds besides, with
+        `count` how many (each a cost that grows with the bans, counting the far smaller).
+        Reads only: repairing is the daemon's `setup`."""
         ...
 
     def teardown(self) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from porttrap import log
 from porttrap.clock import Clock
-from porttrap.firewall.base import KernelEntry
+from porttrap.firewall.base import Inspection, KernelEntry
 from porttrap.firewall.plan import strongest
 from porttrap.model import Ban, Change, show
 from porttrap.sensorspec import SensorState
@@ -45,6 +45,9 @@ class DryRunBackend:
 
     def present(self) -> bool:
         return self._memory.present()
+
+    def inspect(self, entries: bool = False, count: bool = False) -> Inspection:
+        return self._memory.inspect(entries, count)
 
     def teardown(self) -> None:
         log.event("dry-run-teardown")

@@ -26,7 +26,7 @@ from porttrap.clock import Clock, SystemClock
 from porttrap.errors import FirewallError
 from porttrap.firewall import ipset_rules as rules
 from porttrap.firewall import ipset_watch as watching
-from porttrap.firewall.base import KernelEntry
+from porttrap.firewall.base import Inspection, KernelEntry
 from porttrap.firewall.exec import CommandFailed, Exec, Runner
 from porttrap.firewall.ipset_rules import FAMILIES, Element, Family, Listing, Names
 from porttrap.firewall.ipset_watch import IpsetWatch
@@ -134,6 +134,22 @@ class IpsetBackend:
         and, with the watch, its chains with their jumps first in security INPUT and OUTPUT
         (an `iptables -S` of each small table: two, or four with the watch)."""
         return all(self._in_place(family) for family in FAMILIES)
+
+    def inspect(self, entries: bool = False, count: bool = False) -> Inspection:
+        """`present` already compares porttrap's chains and rules with what it writes (a
+        chain flushed or a jump moved counts as missing: `setup` makes them again); with
+        `entries`, the sets' elements too, with `count` their number (`ipset list -t`)."""
+        if not self.present():
+            return Inspection(missing=True)
+        number = sum(self._count(family) for family in FAMILIES) if count else None
+        return Inspection(entries=self.entries() if entries else None, count=number)
+
+    def _count(self, family: Family) -> int:
+        """The elements of the family's ban set, from `ipset list -t` (0 when it is gone)."""
+        name = self.names.set(family)
+        if name not in self._set_names():
+            return 0
+        return rules.parse_count(self._run.run(["ipset", "list", "-t", name]))
 
     def teardown(self) -> None:
         """Remove the jumps and porttrap's chains, then porttrap's sets (the rules referring

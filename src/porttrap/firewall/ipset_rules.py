@@ -348,3 +348,12 @@ def delete_jumps(listing: Listing, hook: str, chain: str) -> list[str]:
     """`-D` lines for every jump from `hook` to `chain` in `listing`."""
     jumps = sum(1 for rule in listing.chain_rules(hook) if rule == f"-A {hook} -j {chain}")
     return [f"-D {hook} -j {chain}"] * jumps
+
+
+def parse_count(text: str) -> int:
+    """`Number of entries: N` in `ipset list -t` (the header of one set); 0 when absent."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Number of entries" and value.strip().isdigit():
+            return int(value.strip())
+    return 0

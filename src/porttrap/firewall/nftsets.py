@@ -23,12 +23,25 @@ def port_ranges(ports: Iterable[int]) -> list[str]:
     return found
 
 
+def nft_time(seconds: int) -> str:
+    """Whole seconds as an nft time: '3600s', or above 8 digits in days and the rest,
+    '3650d', '1157d9h46m40s'. nft (1.0.6) refuses more than 8 digits in one unit
+    ('315360000s': "value too large"); days go up to the kernel's 213503 (584 years)."""
+    if seconds < 100_000_000:
+        return f"{seconds}s"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, rest = divmod(rest, 60)
+    parts = zip((days, hours, minutes, rest), "dhms", strict=True)
+    return "".join(f"{count}{unit}" for count, unit in parts if count)
+
+
 def dynamic_set(where: str, name: str, kind: str, timeout: int, size: int) -> str:
     """A set the packet path fills (`update`), each element living `timeout` seconds (at
     least one) after its last refresh; full at `size`, when an update fails and ends its rule."""
     return (
         f"add set {where} {name} {{ type {kind}; flags dynamic,timeout; "
-        f"timeout {max(timeout, 1)}s; size {size}; }}"
+        f"timeout {nft_time(max(timeout, 1))}; size {size}; }}"
     )
 
 

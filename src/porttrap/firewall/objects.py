@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import socket
 import struct
 import threading
@@ -27,13 +28,26 @@ from porttrap.firewall.kernel import Nft
 
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETTABLE, NFT_MSG_NEWTABLE, NFT_MSG_GETOBJ = 1, 0, 19
+NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM = 4, 7, 10, 13
+NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+NFTA_SET_ELEM_FLAGS = 3
+NFT_SET_ELEM_INTERVAL_END = 1
+ELEMENT_DATAGRAMS = 1 << 20  # an element dump of a million bans takes a few thousand
+NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY = 1, 3, 4, 5
+NFTA_CHAIN_TYPE = 7
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 1, 2, 4
+NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS = 1, 2, 3
+NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 2
+# Expressions whose dump carries state the kernel changes by itself (packets seen, bytes
+# used): their data is left out of a rule's shape, only their name counts.
+STATEFUL = frozenset({b"counter", b"quota", b"last", b"connlimit"})
 NFTA_TABLE_NAME = 1
 NFPROTO_INET = 1
 NFT_OBJECT_COUNTER = 1
 NFTA_OBJ_TABLE, NFTA_OBJ_NAME, NFTA_OBJ_TYPE, NFTA_OBJ_DATA = 1, 2, 3, 4
 NFTA_COUNTER_PACKETS = 2
 RECV_SIZE = 65536
-MAX_DATAGRAMS = 64  # a handful of counters fit in one; a runaway dump must not hang us
+MAX_DATAGRAMS = 256  # a handful of counters fit in one; a runaway dump must not hang us
 TIMEOUT = 2.0
 
 _U64 = struct.Struct("!Q")
@@ -84,6 +98,54 @@ class NftObjects:
         self._ask(lambda seq: counters_request(seq, table), take, what)
         return found
 
+    def shape(self, table: str) -> str:
+        """A digest of table inet `table`'s chains (name, hook, type, policy), rules (each
+        chain's in order, without handles or counts) and sets (name and flags), not of set
+        elements: compared with the digest read after porttrap wrote the table, it tells
+        whether something changed or removed porttrap's chains, rules or sets. Three dumps
+        that cost the same with empty sets or full ones (libnftables would fetch every
+        element first)."""
+        digest = hashlib.sha256()
+        for kind, what in ((NFT_MSG_GETCHAIN, "chains"), (NFT_MSG_GETSET, "sets"),
+                           (NFT_MSG_GETRULE, "rules")):  # fmt: skip
+            found = self._dump(kind, table, f"reading the {what} of table inet {table}")
+            digest.update(b"".join(_shape_of(kind, body) for body in found))
+        return digest.hexdigest()
+
+    def count_elements(self, table: str, sets: list[str]) -> int:
+        """How many elements `sets` of table inet `table` hold (an interval counts once; a
+        set that does not exist, none): dumps whose cost grows with the elements but which
+        build no addresses (100,000 bans: about 0.1 s, against 2 s or more for libnftables'
+        listing and its parse)."""
+        return sum(self._count(table, name) for name in sets)
+
+    def _count(self, table: str, name: str) -> int:
+        found: list[int] = []
+        what = f"counting the elements of set {name} of table inet {table}"
+
+        def take(data: bytes, seq: int) -> bool:
+            count, done = parse_element_count(data, seq, what)
+            found.append(count)
+            return done
+
+        try:
+            self._ask(lambda seq: elements_request(seq, table, name), take, what, ELEMENT_DATAGRAMS)
+        except FirewallError as err:
+            if "ENOENT" not in str(err):
+                raise
+        return sum(found)
+
+    def _dump(self, kind: int, table: str, what: str) -> list[bytes]:
+        found: list[bytes] = []
+
+        def take(data: bytes, seq: int) -> bool:
+            part, done = parse_dump(data, table, seq, what)
+            found.extend(part)
+            return done
+
+        self._ask(lambda seq: dump_request(kind, seq, table), take, what)
+        return found
+
     def close(self) -> None:
         """Close the socket. Safe to call more than once."""
         self._sock.close()
@@ -96,22 +158,25 @@ class NftObjects:
         if sock is not None:
             sock.close()
 
-    def _ask(self, request: Callable[[int], bytes], take: Take, what: str) -> None:
+    def _ask(
+        self, request: Callable[[int], bytes], take: Take, what: str, most: int | None = None
+    ) -> None:
         """Send `request(seq)` and hand each reply datagram to `take` until it says the answer
-        is complete, within MAX_DATAGRAMS datagrams and TIMEOUT seconds for each."""
+        is complete, within `most` (MAX_DATAGRAMS) datagrams and TIMEOUT seconds for each."""
+        most = MAX_DATAGRAMS if most is None else most
         with self._lock:
             self._seq = self._seq % 0xFFFFFFFF + 1
             try:
                 self._discard_pending()
                 self._sock.send(request(self._seq))
-                for _ in range(MAX_DATAGRAMS):
+                for _ in range(most):
                     if take(self._sock.recv(RECV_SIZE), self._seq):
                         return
             except TimeoutError as err:
                 raise FirewallError(f"{what}: no answer from the kernel in {TIMEOUT:g} s") from err
             except OSError as err:
                 raise FirewallError(f"{what}: {_why(err)}") from err
-        raise FirewallError(f"{what}: the answer did not end within {MAX_DATAGRAMS} datagrams")
+        raise FirewallError(f"{what}: the answer did not end within {most} datagrams")
 
     def _discard_pending(self) -> None:
         """Read what an earlier request left unread (it timed out, or its dump was cut short):
@@ -224,3 +289,106 @@ def parse_table_reply(data: bytes, table: str, seq: int) -> bool | None:
         if kind == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWTABLE:  # the table's description
             return True
     return None
+
+
+def dump_request(kind: int, seq: int, table: str) -> bytes:
+    """A dump request for the chains, rules or sets (`kind`) of table inet `table` (their
+    TABLE attribute is 1 in each, and the kernel filters the dump by it)."""
+    body = netlink.NFGENMSG.pack(NFPROTO_INET, 0, 0)
+    body += netlink.attribute(NFTA_CHAIN_TABLE, table.encode() + b"\0")
+    return netlink.message(NFNL_SUBSYS_NFTABLES << 8 | kind, _DUMP, seq, body)
+
+
+_DUMP = netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP
+
+
+def parse_dump(data: bytes, table: str, seq: int, what: str) -> tuple[list[bytes], bool]:
+    """(the attributes of each object, whether the dump is over) from one reply datagram to
+    request `seq`. FirewallError when the kernel answered with an error."""
+    found: list[bytes] = []
+    for kind, answered, body in netlink.split(data)[0]:
+        if answered != seq:
+            continue
+        if kind == netlink.NLMSG_DONE:
+            return found, True
+        if kind == netlink.NLMSG_ERROR:
+            if code := netlink.error_code(body):
+                raise FirewallError(f"{what}: {_error_text(code)}")
+            return found, True
+        found.append(body[netlink.NFGENMSG.size :])
+    return found, False
+
+
+def _shape_of(kind: int, body: bytes) -> bytes:
+    """What of a chain, set or rule dump message makes its shape, as bytes."""
+    attrs = netlink.attributes(body) or {}
+    keep = {
+        NFT_MSG_GETCHAIN: (NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NFTA_CHAIN_TYPE),
+        NFT_MSG_GETSET: (NFTA_SET_NAME, NFTA_SET_FLAGS),
+        NFT_MSG_GETRULE: (NFTA_RULE_CHAIN,),
+    }[kind]
+    parts = [bytes([kind])] + [attrs.get(a, b"-") for a in keep]
+    if kind == NFT_MSG_GETRULE:
+        parts += _expressions(attrs.get(NFTA_RULE_EXPRESSIONS, b""))
+    return b"|".join(parts) + b"\n"
+
+
+def _expressions(data: bytes) -> list[bytes]:
+    """Each expression of a rule: its name and data, stateful ones (counters) by name only."""
+    parts = []
+    for elem in _each_attribute(data):
+        attrs = netlink.attributes(elem) or {}
+        name = attrs.get(NFTA_EXPR_NAME, b"").rstrip(b"\0")
+        parts.append(name if name in STATEFUL else name + b":" + attrs.get(NFTA_EXPR_DATA, b""))
+    return parts
+
+
+def _each_attribute(data: bytes) -> list[bytes]:
+    """The values of a list of attributes, in order, repeated types included."""
+    values = []
+    offset = 0
+    while len(data) - offset >= netlink.NLATTR.size:
+        length, _ = netlink.NLATTR.unpack_from(data, offset)
+        if length < netlink.NLATTR.size or offset + length > len(data):
+            break
+        values.append(data[offset + netlink.NLATTR.size : offset + length])
+        offset += netlink.align(length)
+    return values
+
+
+def elements_request(seq: int, table: str, name: str) -> bytes:
+    """A dump request for the elements of set `name` of table inet `table`."""
+    body = netlink.NFGENMSG.pack(NFPROTO_INET, 0, 0)
+    body += netlink.attribute(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+    body += netlink.attribute(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
+    return netlink.message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETSETELEM, _DUMP, seq, body)
+
+
+def parse_element_count(data: bytes, seq: int, what: str) -> tuple[int, bool]:
+    """(elements in one reply datagram to request `seq`, the ends of intervals left out;
+    whether the dump is over). FirewallError when the kernel answered with an error."""
+    count = 0
+    for body in _answers(data, seq, what):
+        if body is None:
+            return count, True
+        attrs = netlink.attributes(body, netlink.NFGENMSG.size) or {}
+        for element in _each_attribute(attrs.get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")):
+            flags = (netlink.attributes(element) or {}).get(NFTA_SET_ELEM_FLAGS)
+            end = flags is not None and len(flags) == 4 and _U32.unpack(flags)[0] & 1
+            count += 0 if end else 1
+    return count, False
+
+
+def _answers(data: bytes, seq: int, what: str) -> list[bytes | None]:
+    """The bodies of the messages answering `seq`, None for the end of the dump."""
+    found: list[bytes | None] = []
+    for kind, answered, body in netlink.split(data)[0]:
+        if answered != seq:
+            continue
+        if kind in (netlink.NLMSG_DONE, netlink.NLMSG_ERROR):
+            if kind == netlink.NLMSG_ERROR and (code := netlink.error_code(body)):
+                raise FirewallError(f"{what}: {_error_text(code)}")
+            found.append(None)
+            return found
+        found.append(body)
+    return found

@@ -24,6 +24,7 @@ from typing import Any
 
 from porttrap.firewall.base import KernelEntry
 from porttrap.firewall.kernel import JsonCommand
+from porttrap.firewall.nftsets import nft_time
 from porttrap.firewall.plan import timeout_seconds
 from porttrap.model import Ban, IPNetwork
 
@@ -79,7 +80,7 @@ def place(target: IPNetwork) -> tuple[str, str]:
 
 def element(key: str, timeout: int | None) -> str:
     """A set element from its key (see `place`), with a timeout in seconds or none (permanent)."""
-    return key if timeout is None else f"{key} timeout {timeout}s"
+    return key if timeout is None else f"{key} timeout {nft_time(timeout)}"
 
 
 class Ruleset:

@@ -26,8 +26,9 @@ path of a packet:
                                                           one since it was blocked); anyone
                                                           else's trap packet is reported as a
                                                           repeat, everything else is dropped
-      trap packet (a trap port, or in advanced mode   -> `probe`
-        any watched port nothing serves)
+      trap packet (a trap port, on every address, on  -> `probe`
+        one, or on every one of a family ("::"); in
+        advanced mode any watched port nothing serves)
       quiet: a non-SYN TCP packet to a port nothing   -> dropped, so no RST tells its state
         serves
     probe: the host's own addresses and the allow list -> reported as exempt, dropped
@@ -134,11 +135,13 @@ class SensorRules:
             commands += self._port_set(f"open_{proto}", open_ports, interval=False)
             for version, _, kind in _FAMILIES:
                 name = f"traps_{proto}_at_v{version}"
-                traps = self.spec.at.get(proto, ())
-                at = [f"{a} . {p}" for a, p in traps if _version(a) == version]
+                traps = self._at(proto, version)
+                at = [f"{a} . {p}" for a, p in traps if not _every(a)]
                 commands.append(self._set(name, f"{kind} . inet_service"))
                 if at:
                     commands.append(self._add_elements(name, at))
+                if family := {p for a, p in traps if _every(a)}:
+                    commands += self._port_set(f"traps_{proto}_any_v{version}", family, True)
         for version, _, kind in _FAMILIES:
             # Merged: an interval set refuses overlapping elements (a /24 and an address in it).
             nets = [n for n in self.spec.allow if n.version == version]
@@ -234,10 +237,19 @@ class SensorRules:
         tail = f"{proto} dport != @open_{proto}"
         matches = [f"{head} {proto} dport @traps_{proto} {tail}"]
         for version, protocol, _ in _FAMILIES:
-            if any(_version(a) == version for a, _ in self.spec.at.get(proto, ())):
+            traps = self._at(proto, version)
+            if any(not _every(a) for a, _ in traps):
                 set_name = f"traps_{proto}_at_v{version}"
                 matches.append(f"{head} {protocol} daddr . {proto} dport @{set_name} {tail}")
+            if any(_every(a) for a, _ in traps):
+                set_name = f"traps_{proto}_any_v{version}"
+                family = f"meta nfproto ipv{version}"
+                matches.append(f"{head} {family} {proto} dport @{set_name} {tail}")
         return matches
+
+    def _at(self, proto: Proto, version: int) -> list[tuple[str, int]]:
+        """The traps of `proto` on one address of IP `version`, or on all of it ("::")."""
+        return [(a, p) for a, p in self.spec.at.get(proto, ()) if _version(a) == version]
 
     def _blocked_rules(self) -> list[str]:
         """A blocked source. Its neighbour discovery returns to the input chain: one forged
@@ -360,3 +372,9 @@ class SensorRules:
 
 def _version(address: str) -> int:
     return 6 if ":" in address else 4
+
+
+def _every(address: str) -> bool:
+    """Whether a trap's address is every address of its family ("::", "0.0.0.0"): no packet
+    is sent to it, so it is matched by family, not by address."""
+    return ipaddress.ip_address(address).is_unspecified

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv6Address
 
 from porttrap.config.schema import BanPolicy, Respond, Trap
 from porttrap.errors import UsageError
@@ -34,9 +35,11 @@ from porttrap.model import (
     StoredBan,
     Unban,
     as_network,
+    ban_problem,
     show,
     trap_reason,
     trapped_by,
+    unmap_network,
 )
 from porttrap.policy.budget import Budget
 from porttrap.policy.escalation import Past, ban_duration
@@ -44,7 +47,11 @@ from porttrap.policy.protect import Protection
 from porttrap.policy.recent import Watch
 from porttrap.units import iso
 
+KEPT_FROM_KERNEL = "kept from the kernel"  # the reason of a ban the store had lost
+
 __all__ = ["Policy", "Verdict", "ban_duration", "enforced_under"]
+
+_ANY: dict[int, IPAddress] = {4: IPv4Address("0.0.0.0"), 6: IPv6Address("::")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,9 +246,12 @@ class Policy:
         return False if recent.confirmed(horizon) else None
 
     def _base_time(self, hit: Hit) -> float:
-        specific = self._trap_bans.get((hit.proto, hit.port, hit.local))
-        general = self._trap_bans.get((hit.proto, hit.port, None))
-        return specific or general or self.policy.time
+        """The ban time of the trap hit: on its address, on every address of its family
+        ("::", "0.0.0.0": a hit names the address it reached, never those), or on all."""
+        bans, key = self._trap_bans, (hit.proto, hit.port)
+        specific = bans.get((*key, hit.local))
+        family = bans.get((*key, _ANY[hit.local.version]))
+        return specific or family or bans.get((*key, None)) or self.policy.time
 
     # -- bans ----------------------------------------------------------------------------
 
@@ -266,7 +276,9 @@ class Policy:
         """A ban another host decided, held here as it was decided (its times, its reason);
         it counts toward escalation here too. Refused, with why, when it has ended, when the
         local protection forbids it (own addresses, the allow list, loopback, a peer), when a
-        ban held here already lasts as long, or when it would overlap a network ban."""
+        ban held here already lasts as long, when it would overlap a network ban, or when its
+        times are out of bounds (`ban_problem`). An IPv4-mapped target is held as IPv4."""
+        ban = replace(ban, target=unmap_network(ban.target))
         why = self._refusal(ban, now)
         if why is not None:
             return why
@@ -274,8 +286,42 @@ class Policy:
         self._remember(ban)
         return ban
 
+    def adopt_kernel(
+        self, held: Iterable[tuple[IPNetwork, float | None]], now: float
+    ) -> tuple[list[Ban], list[str]]:
+        """Bans the kernel holds (target, seconds left; None: permanent) that no active ban
+        here covers: a store write failed before the last stop. Each is held again with the
+        kernel's time left, as an admin's ban would be ("kept from the kernel"); returns them,
+        and why the others were refused (the local protection, an overlap)."""
+        adopted: list[Ban] = []
+        refused: list[str] = []
+        for target, remaining in held:
+            if self._held(target, now) is not None or (remaining is not None and remaining < 1):
+                continue
+            expires = None if remaining is None else now + remaining
+            count = self._count_past(target, now, verified=True) + 1
+            ban = Ban(target, now, expires, count, KEPT_FROM_KERNEL)
+            kept = self.adopt(ban, now)
+            if isinstance(kept, str):
+                refused.append(f"{show(target)}: {kept}")
+            else:
+                adopted.append(kept)
+        return adopted, refused
+
+    def shift(self, seconds: float) -> None:
+        """The wall clock jumped by `seconds`: every timed ban ends that much later (earlier),
+        so that it lasts the time it was given, as the kernel's timeout does."""
+        for bans in (self._active, self._active_nets):
+            for target, ban in bans.items():
+                if ban.expires_at is not None:
+                    bans[target] = replace(ban, expires_at=ban.expires_at + seconds)
+        ends = [b.expires_at for b in (*self._active.values(), *self._active_nets.values())]
+        self._next_end = min((end for end in ends if end is not None), default=None)
+
     def _refusal(self, ban: Ban, now: float) -> str | None:
         target = ban.target
+        if (problem := ban_problem(ban.banned_at, ban.expires_at)) is not None:
+            return problem
         if not ban.active(now):
             return "it has ended"
         if why := self.protection.conflict(target):

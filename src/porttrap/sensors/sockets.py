@@ -12,7 +12,9 @@ in their name never bans them. Without SO_RCVMARK the traps work all the same, w
 Each socket has one `loop.add_reader` callback that drains a bounded number of connections or
 datagrams, so a flood on one port cannot starve the others. Running out of descriptors or
 buffers (EMFILE, ENFILE, ENOBUFS, ENOMEM) removes the reader for a while, backing off from
-0.05 s up to 2 s, instead of spinning on a queue it cannot empty.
+0.05 s up to 2 s, instead of spinning on a queue it cannot empty. All the sockets of a
+`SocketTraps` share one WARNING a minute about it (`WarnLimit`): a scan of thousands of trap
+ports while descriptors are out must not write a line per port.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ BANNER_MAX = 1024  # bytes: what one non-blocking send always fits in a new sock
 DRAIN_LIMIT = 64  # connections or datagrams per callback, then the loop serves the others
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
-WARN_EVERY = 60.0  # seconds between WARNING-level backoff events per socket; DEBUG in between
+WARN_EVERY = 60.0  # seconds between WARNING-level backoff events of all sockets; DEBUG between
 
 IP_PKTINFO = 8  # linux/in.h; socket.IP_PKTINFO only exists from Python 3.12
 IPV6_RECVPKTINFO = 49  # linux/in6.h: ask for IPV6_PKTINFO with every datagram
@@ -111,6 +113,7 @@ class SocketTraps:
         self._clock = clock
         self._banner = banner[:BANNER_MAX]
         self._listeners: list[TrapSocket] = []
+        self._warnings = WarnLimit()
         self._started = False
         self._marks_missing_logged = False
 
@@ -123,8 +126,7 @@ class SocketTraps:
         report = TrapReport()
         holders = PortHolders()
         for trap in self._traps:
-            for address in _addresses(trap):
-                self._bind(loop, trap, address, report, holders)
+            self._bind(loop, trap, _addresses(trap), report, holders)
         return report
 
     def update(
@@ -149,9 +151,10 @@ class SocketTraps:
             item.banner = self._banner
             report.set.append(BoundTrap(item.proto, item.port, str(item.bound)))
         have = {item.key for item in kept}
-        for key, trap in wanted.items():
-            if key not in have:
-                self._bind(loop, trap, key[1], report, holders)
+        for trap in self._traps:
+            missing = [a for a in _addresses(trap) if (trap.proto, a, trap.port) not in have]
+            if missing:
+                self._bind(loop, trap, missing, report, holders)
         return report
 
     def close(self) -> None:
@@ -164,27 +167,63 @@ class SocketTraps:
         self,
         loop: asyncio.AbstractEventLoop,
         trap: Trap,
-        address: IPAddress,
+        addresses: Sequence[IPAddress],
         report: TrapReport,
         holders: PortHolders,
     ) -> None:
-        shown = str(address)
-        try:
-            sock = open_trap_socket(trap.proto, address, trap.port)
-        except OSError as exc:
-            skipped = _skipped(trap, shown, exc, holders)
-            report.skipped.append(skipped)
-            event(
-                "trap-skipped",
-                logging.WARNING,
-                proto=trap.proto,
-                port=trap.port,
-                address=shown,
-                reason=skipped.reason,
-                holder=skipped.holder,
-                role=self._role,
-            )
+        """Bind `trap` on `addresses`. A port in use on one IP family is left to the service
+        on both: its clients of the other family would otherwise be banned as scanners."""
+        opened: list[tuple[IPAddress, socket.socket]] = []
+        in_use: IPAddress | None = None
+        for address in addresses:
+            try:
+                opened.append((address, open_trap_socket(trap.proto, address, trap.port)))
+            except OSError as exc:
+                self._skip(_skipped(trap, str(address), exc, holders), report)
+                in_use = address if exc.errno == errno.EADDRINUSE else in_use
+        if in_use is not None and trap.address is None:
+            for _, sock in opened:
+                sock.close()
+            reason = f"in use on {in_use}: a service's port is no trap on either IP family"
+            for address in [a for a, _ in opened] + self._drop(trap, report):
+                self._skip(SkippedTrap(trap.proto, trap.port, str(address), reason), report)
             return
+        for address, sock in opened:
+            self._listen(loop, trap, address, sock, report)
+
+    def _drop(self, trap: Trap, report: TrapReport) -> list[IPAddress]:
+        """Close the sockets `trap` kept through a reload (a service took its port on the
+        other family since); the addresses they were on."""
+        where = (trap.proto, trap.port)
+        mine = [item for item in self._listeners if (item.proto, item.port) == where]
+        for item in mine:
+            item.close()
+            self._listeners.remove(item)
+            report.set.remove(BoundTrap(item.proto, item.port, str(item.bound)))
+        return [item.bound for item in mine]
+
+    def _skip(self, skipped: SkippedTrap, report: TrapReport) -> None:
+        report.skipped.append(skipped)
+        event(
+            "trap-skipped",
+            logging.WARNING,
+            proto=skipped.proto,
+            port=skipped.port,
+            address=skipped.address,
+            reason=skipped.reason,
+            holder=skipped.holder,
+            role=self._role,
+        )
+
+    def _listen(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        trap: Trap,
+        address: IPAddress,
+        sock: socket.socket,
+        report: TrapReport,
+    ) -> None:
+        shown = str(address)
         if trap.proto is Proto.UDP and not enable_marks(sock):
             self._marks_missing()
         listener = self._socket_class(
@@ -195,6 +234,7 @@ class SocketTraps:
             emit=self._emit,
             clock=self._clock,
             banner=self._banner,
+            warnings=self._warnings,
         )
         listener.register(loop)
         self._listeners.append(listener)
@@ -307,6 +347,26 @@ def bind_failure_reason(exc: OSError, shown: str) -> str:
 # -- the sockets at work -----------------------------------------------------------------------
 
 
+class WarnLimit:
+    """One WARNING per WARN_EVERY seconds among many sockets, DEBUG for the rest; the next
+    WARNING says how many were held back."""
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+        self.held = 0
+
+    def level(self, now: float) -> int:
+        if self._last is not None and now - self._last < WARN_EVERY:
+            self.held += 1
+            return logging.DEBUG
+        self._last = now
+        return logging.WARNING
+
+    def take_held(self) -> int:
+        held, self.held = self.held, 0
+        return held
+
+
 class TrapSocket:
     """One trap socket, its reader callback and its backoff state. A subclass may say where
     a connection was aimed (`destination`)."""
@@ -321,6 +381,7 @@ class TrapSocket:
         emit: HitHandler,
         clock: Clock,
         banner: bytes = b"",
+        warnings: WarnLimit | None = None,
     ) -> None:
         self.sock = sock
         self.banner = banner
@@ -333,7 +394,7 @@ class TrapSocket:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._backoff = BACKOFF_MIN
-        self._last_warning: float | None = None
+        self._warnings = warnings or WarnLimit()
 
     @property
     def key(self) -> tuple[Proto, IPAddress, int]:
@@ -420,27 +481,22 @@ class TrapSocket:
         """Stop reading for a while; read again after the delay, doubled for next time."""
         delay = self._backoff
         self._backoff = min(delay * 2, BACKOFF_MAX)
+        level = self._warnings.level(self._clock.monotonic())
+        held = self._warnings.take_held() if level == logging.WARNING else None
         event(
             "trap-backoff",
-            self._backoff_level(),
+            level,
             proto=self.proto,
             port=self.port,
             address=self.bound,
             errno=_name(exc),
             delay=delay,
+            held_back=held or None,
         )
         if self._loop is None or self._timer is not None:
             return
         self._loop.remove_reader(self.sock)
         self._timer = self._loop.call_later(delay, self._resume)
-
-    def _backoff_level(self) -> int:
-        """WARNING for the first backoff in WARN_EVERY seconds, DEBUG for the rest."""
-        now = self._clock.monotonic()
-        if self._last_warning is not None and now - self._last_warning < WARN_EVERY:
-            return logging.DEBUG
-        self._last_warning = now
-        return logging.WARNING
 
     def _resume(self) -> None:
         self._timer = None

@@ -36,6 +36,7 @@ from porttrap.config.schema import DEFAULT_CONFIG_PATH, Config
 from porttrap.daemon import control
 from porttrap.errors import ConfigError, ConfigProblem, FirewallError, PorttrapError
 from porttrap.firewall import registry
+from porttrap.firewall.claim import claim
 from porttrap.firewall.exec import Exec
 from porttrap.firewall.select import make_backend
 from porttrap.service import unit
@@ -360,9 +361,10 @@ def remove_firewall(cfg: Config) -> list[str]:
 
 def _tear_down(info: registry.BackendInfo, table: str) -> str:
     firewall = make_backend(info.name, table, SystemClock())
-    if info.one_object and not firewall.present():
-        return f"no {info.removes(table)} (already gone)"
-    firewall.teardown()
+    with claim(info.name, table):  # never the table of a live daemon (another state_dir's)
+        if info.one_object and not firewall.present():
+            return f"no {info.removes(table)} (already gone)"
+        firewall.teardown()
     return f"removed {info.removes(table)}"
 
 

@@ -16,9 +16,10 @@ DEFAULT_CONFIG = """\
 # state_dir = "/var/lib/porttrap"       # database and control socket
 
 [traps]
-# mode = "connect"                      # "connect" | "stealth" | "advanced"
+# mode = "advanced"                     # "connect" | "stealth" | "advanced"; listing tcp or
+#                                       #   udp below makes the default "connect" (README)
 # tcp = ["23", "2323", "3389"]          # default: PortSentry's classic lists (see the README)
-# udp = ["69", "161"]
+# udp = ["640", "31337"]
 # banner = ""                           # sent by connect-mode TCP traps before closing
 
 [ban]

@@ -67,4 +67,10 @@ class Store(Protocol):
         The store aggregates (90 days may hold millions of hits): only figures come back."""
         ...
 
+    @property
+    def bad_rows(self) -> int:
+        """Rows read so far that could not be read as what they hold, and were skipped (each
+        counted once): damage, a hand edit, or a value out of bounds (`porttrap.store.rows`)."""
+        ...
+
     def close(self) -> None: ...

@@ -14,14 +14,19 @@ from porttrap.model import (
     IPNetwork,
     Outcome,
     Proto,
+    ban_problem,
     show,
     single_network,
+    unmap,
+    unmap_network,
 )
 from porttrap.store.base import StoredBan
+from porttrap.units import LAST_TIME, MAX_BAN, time_problem
 
 Row = tuple[Any, ...]
 _Choice = TypeVar("_Choice", Proto, Outcome, Evidence)
 _EVIDENCE = {e.value: e for e in Evidence}
+_LONGEST = MAX_BAN.seconds
 
 
 class BadRow(ValueError):
@@ -58,7 +63,7 @@ def hit_from(row: Row) -> tuple[Hit, Outcome]:
     """A hit and its outcome from the columns `hit_row` gives."""
     at, source, source_port, local, port, proto, kind, outcome = row
     hit = Hit(
-        at=_number(at, "at"),
+        at=_time(at, "at"),
         source=_address(source, "source"),
         source_port=_port(source_port, "source_port"),
         local=_address(local, "local"),
@@ -70,20 +75,29 @@ def hit_from(row: Row) -> tuple[Hit, Outcome]:
 
 
 def ban_from(row: Row) -> Ban:
-    """A ban from the columns `ban_row` gives."""
+    """A ban from the columns `ban_row` gives, within the bounds of `ban_problem`."""
     target, banned_at, expires_at, ban_count, reason, evidence = row
-    # The common case in as few checks as possible: startup reads every active ban.
+    # The common case in as few checks as possible: startup reads every active ban. The
+    # comparisons are `ban_problem`'s, written out (False for NaN, so NaN takes the long way).
     known = _EVIDENCE.get(evidence)
     if (
         type(banned_at) is float
-        and (expires_at is None or type(expires_at) is float)
+        and 0.0 <= banned_at < LAST_TIME
+        and (
+            expires_at is None
+            or (
+                type(expires_at) is float
+                and 0.0 <= expires_at < LAST_TIME
+                and expires_at - banned_at <= _LONGEST
+            )
+        )
         and type(ban_count) is int
         and ban_count >= 1
         and type(reason) is str
         and known is not None
     ):
         return Ban(_network(target), banned_at, expires_at, ban_count, reason, known)
-    return Ban(
+    ban = Ban(
         target=_network(target),
         banned_at=_number(banned_at, "banned_at"),
         expires_at=None if expires_at is None else _number(expires_at, "expires_at"),
@@ -91,6 +105,10 @@ def ban_from(row: Row) -> Ban:
         reason=_text(reason, "reason"),
         evidence=_choice(Evidence, evidence, "evidence"),
     )
+    problem = ban_problem(ban.banned_at, ban.expires_at)
+    if problem is not None:
+        raise BadRow(problem)
+    return ban
 
 
 def stored_ban_from(row: Row) -> StoredBan:
@@ -98,7 +116,7 @@ def stored_ban_from(row: Row) -> StoredBan:
     lifted_at, lifted_reason = row[6], row[7]
     return StoredBan(
         ban=ban_from(row[:6]),
-        lifted_at=None if lifted_at is None else _number(lifted_at, "lifted_at"),
+        lifted_at=None if lifted_at is None else _time(lifted_at, "lifted_at"),
         lifted_reason=None if lifted_reason is None else _text(lifted_reason, "lifted_reason"),
     )
 
@@ -107,16 +125,17 @@ def _network(value: Any) -> IPNetwork:
     if not isinstance(value, str):
         raise BadRow(f"target {value!r} is not text")
     try:
-        return single_network(value) or ip_network(value)
+        network = single_network(value) or ip_network(value)
     except ValueError as e:
         raise BadRow(f"target {value!r} is not an address or network: {e}") from None
+    return unmap_network(network) if network.version == 6 else network
 
 
 def _address(value: Any, column: str) -> IPAddress:
     if not isinstance(value, str):
         raise BadRow(f"{column} {value!r} is not text")
     try:
-        return ip_address(value)
+        return unmap(ip_address(value))
     except ValueError:
         raise BadRow(f"{column} {value!r} is not an IP address") from None
 
@@ -125,6 +144,13 @@ def _number(value: Any, column: str) -> float:
     if not isinstance(value, int | float):
         raise BadRow(f"{column} {value!r} is not a number")
     return float(value)
+
+
+def _time(value: Any, column: str) -> float:
+    at = _number(value, column)
+    if (problem := time_problem(at)) is not None:
+        raise BadRow(f"{column} {problem}")
+    return at
 
 
 def _count(value: Any) -> int:

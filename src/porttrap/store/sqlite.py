@@ -163,6 +163,10 @@ class SQLiteStore:
     def close(self) -> None:
         self._conn.close()
 
+    @property
+    def bad_rows(self) -> int:
+        return len(self._warned)
+
     # -- writes --------------------------------------------------------------------------
 
     def add_hits(self, hits: Sequence[tuple[Hit, Outcome]]) -> None:

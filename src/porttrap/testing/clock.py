@@ -17,3 +17,7 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         self._now += seconds
         self._mono += seconds
+
+    def step(self, seconds: float) -> None:
+        """The wall clock jumps (NTP, `date -s`); the monotonic clock does not."""
+        self._now += seconds

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 
 from porttrap.clock import Clock
 from porttrap.errors import FirewallError
-from porttrap.firewall.base import KernelEntry
+from porttrap.firewall.base import Inspection, KernelEntry
 from porttrap.firewall.plan import final_states, strongest, timeout_seconds
 from porttrap.model import Ban, Change, IPAddress, IPNetwork
 from porttrap.sensorspec import Ports, SensorState
@@ -30,6 +30,7 @@ class MemoryFirewall:
         self._deadlines: dict[IPNetwork, float | None] = {}  # on clock.now(); None: permanent
         self._failure: FirewallError | None = None
         self._present = False
+        self._damaged: str | None = None
         self.sensor: SensorState | None = None
         self.served: Ports | None = None
         self.rotations: list[str] = []
@@ -48,9 +49,25 @@ class MemoryFirewall:
     def present(self) -> bool:
         return self._present
 
+    def damage(self, what: str = "the prerouting chain was deleted (simulated)") -> None:
+        """Break the ruleset but leave the table: `inspect` says `what` until the next setup."""
+        self._damaged = what
+
+    def forget(self, target: IPNetwork) -> None:
+        """Lose one ban, as `nft flush set` or `nft delete element` would."""
+        self._deadlines.pop(target, None)
+
+    def inspect(self, entries: bool = False, count: bool = False) -> Inspection:
+        if not self._present:
+            return Inspection(missing=True)
+        if self._damaged is not None:
+            return Inspection(damaged=self._damaged)
+        held = self.entries()
+        return Inspection(entries=held if entries else None, count=len(held) if count else None)
+
     def setup(self, bans: Sequence[Ban], now: float, sensor: SensorState | None = None) -> None:
         self._check()
-        self._present = True
+        self._present, self._damaged = True, None
         self._deadlines = {
             target: self._deadline(ban, now) for target, ban in strongest(bans, now).items()
         }

@@ -37,6 +37,7 @@ class MemoryStore:
         self._next_hit = 1
         self._next_ban = 1
         self.closed = False
+        self.bad_rows = 0  # every row here is a value checked as it came in
 
     def add_hits(self, hits: Sequence[tuple[Hit, Outcome]]) -> None:
         self._check_open()

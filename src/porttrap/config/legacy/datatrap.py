@@ -13,7 +13,6 @@ Reading only: the database is opened read-only, and never changed.
 from __future__ import annotations
 
 import ipaddress
-import math
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -21,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from porttrap.config.legacy.notes import Note
+from porttrap.config.legacy.notes import Note, summary
 from porttrap.errors import PorttrapError
-from porttrap.model import Ban, IPAddress, as_network, unmap
+from porttrap.model import Ban, IPAddress, as_network, ban_problem, unmap
+from porttrap.units import brief
 
 DB_FILE = "datatrap.db"
 REASON = "port_trap"  # reasons are "port_trap:tcp/PORT": port_trap trapped TCP only
@@ -80,16 +80,20 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
 
 def convert(rows: Iterable[Sequence[Any]], name: str) -> History:
     """Rows (id, ts, delafter, ip, port, banned) as bans; a note for each row left out."""
-    problems: list[Note] = []
+    left_out: dict[str, list[int]] = {}
     good: list[_Row] = []
     count = 0
     for row in rows:
         count += 1
         parsed = _row(row)
         if isinstance(parsed, str):
-            problems.append(Note(name, None, f"row id {row[0]}", f"{parsed}: left out"))
+            row_id = row[0] if type(row[0]) is int else count  # an id that is not one: its place
+            left_out.setdefault(parsed, []).append(row_id)
         else:
             good.append(parsed)
+    problems = [
+        summary(name, "", ids, f"{why}: left out", unit="row id") for why, ids in left_out.items()
+    ]
     return History(tuple(_bans(good)), count, tuple(problems))
 
 
@@ -98,12 +102,14 @@ def _row(row: Sequence[Any]) -> _Row | str:
     row_id, ts, delafter, ip, port, banned = row
     address = _address(ip)
     if address is None:
-        return f"ip {ip!r} is not an IP address"
+        return "ip is not an IP address"  # its text is never shown
     start, end = _seconds(ts), _seconds(delafter)
     if start is None or end is None:
-        return f"ts {ts!r} or delafter {delafter!r} is not a time in seconds"
+        return "ts or delafter is not a time in seconds"
     if end < start:
-        return f"delafter {delafter!r} is before ts {ts!r}"
+        return f"delafter {brief(f'{end:.0f}')} is before ts {brief(f'{start:.0f}')}"
+    if (problem := ban_problem(start, end)) is not None:
+        return f"ts to delafter: {problem}"
     return _Row(row_id, address, start, end, _reason(port), _seconds(banned) == PERMANENT)
 
 
@@ -121,12 +127,10 @@ def _seconds(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        seconds = float(value.strip())  # ASCII: "²".isdigit() too, which float() refuses
-    else:
-        return None
-    return seconds if math.isfinite(seconds) else None  # NaN; 400 nines overflow a float
+        return float(value)
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        return float(value.strip())  # ASCII: "²".isdigit() too, which float() refuses
+    return None
 
 
 def _reason(port: object) -> str:

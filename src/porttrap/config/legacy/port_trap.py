@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from porttrap.config.fields import NESTED_REPEAT, nested_repeat
-from porttrap.config.legacy import tomlout, whitelist
-from porttrap.config.legacy.notes import UNVERIFIED_NOTE, Conversion, Note, SourceFile
+from porttrap.config.fields import MAX_COUNT, NESTED_REPEAT, nested_repeat
+from porttrap.config.legacy import reading, tomlout, whitelist
+from porttrap.config.legacy.notes import UNVERIFIED_NOTE, Conversion, Note, SourceFile, summary
 from porttrap.model import IPAddress, IPNetwork
-from porttrap.units import format_duration
+from porttrap.units import MAX_BAN, brief, format_duration
 
 PORTS_FILE = "list_of_ports.txt"
 PERMANENT_FILE = "for_permanent_ban.txt"
@@ -35,11 +35,24 @@ WHITELIST_FILE = "whitelist.txt"
 FORGET_NEVER = "5200w"
 # With no permanent ban, port_trap's bans grow without end; porttrap needs a cap.
 MAX_TIME_NEVER_PERMANENT = "520w"
-_NEVER_PERMANENT_SECONDS = 520 * 604800
 _ADDRESS_PORT = re.compile(r"[0-9:.a-zA-Z]{1,38}")  # port_trap.py's check of its first argument
 _TIMEOUT = re.compile(r"[0-9]{1,5}")  # ... and of its second
 _BASH_NUMBER = re.compile(r"([+-]?)(0[xX][0-9a-fA-F]+|[0-9]+)")
 _BASH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Why port_trap.py set no trap for a word that is not one: said with line numbers, never its text.
+_NOT_A_WORD = (
+    "not [IP:]PORT#TIMEOUT[#6] with a timeout of 1 to 5 digits: port_trap.py refused it and set "
+    "no trap: not carried over"
+)
+_NOT_A_PORT = (
+    "the port is not a number: port_trap.py stopped at it and set no trap: not carried over"
+)
+_NOT_AN_ADDRESS = "not an IP address porttrap can trap on: not carried over"
+_UNREAD = (_NOT_A_WORD, _NOT_A_PORT, _NOT_AN_ADDRESS)
+_NOT_A_PATTERN = (
+    "not a valid regular expression; port_trap skipped it too (logging an error each time): "
+    "not carried over"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,24 +80,25 @@ class _Trap:
 
 
 def read(directory: Path) -> PortTrapFiles:
-    """port_trap's files in `directory` (its install directory, e.g. /opt/port_trap).
-    Raises FileNotFoundError when list_of_ports.txt is missing: nothing to import."""
+    """port_trap's files in `directory` (its install directory, e.g. /opt/port_trap), and
+    only those (see `reading`). Raises FileNotFoundError when list_of_ports.txt is missing:
+    nothing to import; PorttrapError for a file refused."""
     ports = directory / PORTS_FILE
-    if not ports.is_file():
+    if not ports.exists():
         raise FileNotFoundError(
             f"{ports} not found: give port_trap's directory (the one holding {PORTS_FILE})"
         )
     return PortTrapFiles(
-        ports=SourceFile(str(ports), ports.read_text(encoding="utf-8", errors="replace")),
-        permanent=_source(directory / PERMANENT_FILE),
-        whitelist=_source(directory / WHITELIST_FILE),
+        ports=reading.read_inside(ports, directory),
+        permanent=_source(directory / PERMANENT_FILE, directory),
+        whitelist=_source(directory / WHITELIST_FILE, directory),
     )
 
 
-def _source(path: Path) -> SourceFile | None:
-    if not path.is_file():
+def _source(path: Path, directory: Path) -> SourceFile | None:
+    if not path.exists():
         return None
-    return SourceFile(str(path), path.read_text(encoding="utf-8", errors="replace"))
+    return reading.read_inside(path, directory)
 
 
 def convert(files: PortTrapFiles) -> Conversion:
@@ -107,7 +121,7 @@ def convert(files: PortTrapFiles) -> Conversion:
         )
     )
     order = [files.ports.name, PERMANENT_FILE, WHITELIST_FILE]
-    notes.sort(key=lambda n: (_rank(n.file, order), n.line or 0))
+    notes.sort(key=lambda n: (_rank(n.file, order), n.order()))
     return Conversion("\n".join(lines) + "\n", tuple(notes))
 
 
@@ -129,6 +143,7 @@ def _header(files: PortTrapFiles) -> list[str]:
 
 def _traps(source: SourceFile, notes: list[Note]) -> list[_Trap]:
     traps: dict[tuple[int, IPAddress | None], _Trap] = {}
+    unread: dict[str, list[int]] = {}
     for number, line in source.lines():
         words = line.split()
         if not words or words[0].startswith("#"):
@@ -138,8 +153,11 @@ def _traps(source: SourceFile, notes: list[Note]) -> list[_Trap]:
                 break  # the rest of the line is a comment (port_trap tried, and failed, to
                 # start a trap for each of these words)
             note = _add_word(traps, word, number)
-            if note:
+            if note in _UNREAD:
+                unread.setdefault(note, []).append(number)
+            elif note:
                 notes.append(Note(source.name, number, word, note))
+    notes += [summary(source.name, "", lines, why) for why, lines in unread.items()]
     found = _drop_clashes(list(traps.values()), source.name, notes)
     for trap in found:
         _family_note(trap, source.name, notes)
@@ -180,10 +198,7 @@ def _word(word: str) -> tuple[int, IPAddress | None, int, int] | str:
     spot, timeout_text = fields[0], fields[1] if len(fields) > 1 else ""
     family = 6 if len(fields) > 2 and fields[2] == "6" else 4
     if not _ADDRESS_PORT.fullmatch(spot) or not _TIMEOUT.fullmatch(timeout_text):
-        return (
-            "not [IP:]PORT#TIMEOUT[#6] with a timeout of 1 to 5 digits: port_trap.py refused "
-            "it and set no trap: not carried over"
-        )
+        return _NOT_A_WORD
     parsed = _spot(spot, family)
     if isinstance(parsed, str):
         return parsed
@@ -194,9 +209,7 @@ def _spot(spot: str, family: int) -> tuple[int, IPAddress | None] | str:
     """(port, address) from `[IP:]PORT` as port_trap.py read it, or a note why it set no trap."""
     address_text, _, port_text = spot.rpartition(":")
     if not port_text.isdigit() or len(port_text) > 5:
-        return (
-            "the port is not a number: port_trap.py stopped at it and set no trap: not carried over"
-        )
+        return _NOT_A_PORT
     port = int(port_text)
     if not 1 <= port <= 65535:
         return f"port {port} is not a port porttrap can trap (1-65535): not carried over"
@@ -205,7 +218,7 @@ def _spot(spot: str, family: int) -> tuple[int, IPAddress | None] | str:
     try:
         address = ipaddress.ip_address(address_text)
     except ValueError:
-        return f"{address_text!r} is not an IP address porttrap can trap on: not carried over"
+        return _NOT_AN_ADDRESS
     if address.version != family:
         return (
             f"an IPv{address.version} address on an IPv{family} socket: port_trap.py could not "
@@ -298,12 +311,13 @@ def _permanent(source: SourceFile | None, ports: str, notes: list[Note]) -> int:
         return 1
     first = source.text.splitlines()[0].strip() if source.text.strip() else ""
     value, why = _bash_number(first)
+    shown = first if _BASH_NUMBER.fullmatch(first) else ""  # a word is never shown
     if value is None:
         notes.append(
             Note(
                 source.name,
                 1,
-                first,
+                shown,
                 f"{why}: ban.sh's comparison always failed, "
                 "so no ban became permanent: permanent_after = 0 (never)",
             )
@@ -315,13 +329,24 @@ def _permanent(source: SourceFile | None, ports: str, notes: list[Note]) -> int:
                 Note(
                     source.name,
                     1,
-                    first,
+                    shown,
                     f"{why or f'{value}'}: every ban count is "
                     "at least that, so every banned address became permanent at "
                     f"ban.sh's next run: permanent_after = 1 ({UNVERIFIED_NOTE})",
                 )
             )
         return 1
+    if value > MAX_COUNT:
+        notes.append(
+            Note(
+                source.name,
+                1,
+                brief(first),
+                f"no address is banned more than {MAX_COUNT} times, so no ban became "
+                "permanent: permanent_after = 0 (never)",
+            )
+        )
+        return 0
     return value
 
 
@@ -331,10 +356,10 @@ def _bash_number(text: str) -> tuple[int | None, str]:
     if not text:
         return 0, "empty, which bash reads as 0"
     if _BASH_NAME.fullmatch(text):
-        return 0, f"{text!r} is read by bash as an unset variable, 0"
+        return 0, "a word, which bash reads as an unset variable, 0"
     match = _BASH_NUMBER.fullmatch(text)
     if match is None:
-        return None, f"{text!r} is not a number bash can compare"
+        return None, "not a number bash can compare"
     sign, digits = match.groups()
     try:
         if digits[:2].lower() == "0x":
@@ -342,7 +367,7 @@ def _bash_number(text: str) -> tuple[int | None, str]:
         else:
             value = int(digits, 8 if len(digits) > 1 and digits.startswith("0") else 10)
     except ValueError:
-        return None, f"{text!r} is not a number bash can compare (a leading 0 means octal)"
+        return None, f"{text} is not a number bash can compare (a leading 0 means octal)"
     return (-value if sign == "-" else value), ""
 
 
@@ -375,10 +400,10 @@ def _max_time(longest: int, permanent: int) -> list[str]:
             "permanent ban; porttrap needs a cap: 10 years"
         ]
     last = longest * max(permanent - 1, 1) ** 2
-    if last > _NEVER_PERMANENT_SECONDS:  # 400 digits in for_permanent_ban.txt: no float holds it
+    if last > MAX_BAN.seconds:
         return [
-            f'max_time = "{MAX_TIME_NEVER_PERMANENT}"  # no cap in port_trap, and its longest '
-            "temporary ban is over 10 years: capped there"
+            f'max_time = "{_duration(int(MAX_BAN.seconds))}"  # no cap in port_trap: its '
+            f"longest temporary ban, {_duration(last)}, is longer than porttrap's longest"
         ]
     return [f'max_time = "{_duration(last)}"  # no cap in port_trap: its longest temporary ban']
 
@@ -406,30 +431,63 @@ class _Allowed:
         return lines
 
 
+# Pattern tests for a whole whitelist.txt (about 10 s): past it, entries stay patterns, so that
+# a huge or hostile file cannot keep the import busy for half an hour (4 us a test, 2,600 tests
+# for a plain address).
+IMPORT_BUDGET = 2_500_000
+_BUDGET_SPENT = (
+    "kept as patterns ([allow] patterns, as '(?:P).*'), unconverted: the import's pattern "
+    "tests were spent on earlier entries"
+)
+
+
 def _whitelist(source: SourceFile, notes: list[Note]) -> _Allowed:
     allowed = _Allowed()
+    invalid: list[int] = []
+    budget = [IMPORT_BUDGET]
+    spent: list[int] = []
     for number, line in source.lines():
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
-        _entry(allowed, entry, Note(source.name, number, entry, ""), notes)
+        try:
+            warned = whitelist.check(entry)
+        except ValueError:
+            invalid.append(number)
+            continue
+        if nested_repeat(entry):  # testing it would hang the import, and matching it the daemon
+            notes.append(Note(source.name, number, entry, f"{NESTED_REPEAT}: not carried over"))
+            continue
+        if budget[0] <= 0:
+            spent.append(number)
+            allowed.patterns += [f"    {tomlout.literal(whitelist.fullmatch_form(entry))},"]
+            continue
+        _entry(allowed, entry, warned, Note(source.name, number, entry, ""), notes, budget=budget)
+    if spent:
+        notes.append(summary(source.name, "", spent, _BUDGET_SPENT))
+    if invalid:
+        notes.append(summary(source.name, "", invalid, _NOT_A_PATTERN))
     return allowed
 
 
-def _entry(allowed: _Allowed, entry: str, where: Note, notes: list[Note]) -> None:
+def _entry(
+    allowed: _Allowed,
+    entry: str,
+    warned: list[str],
+    where: Note,
+    notes: list[Note],
+    *,
+    budget: list[int],
+) -> None:
+    """One valid pattern: networks or the pattern kept (its text goes into the config).
+    `budget` holds the pattern tests left for the file; this entry's are taken from it."""
+
     def note(message: str) -> None:  # one note about this entry
         notes.append(Note(where.file, where.line, where.key, message))
 
-    try:
-        for warning in whitelist.check(entry):
-            note(f"Python warns about it: {warning}")
-    except ValueError as err:
-        note(f"{err}; port_trap skipped it too (logging an error each time): not carried over")
-        return
-    if nested_repeat(entry):  # testing it would hang the import, and matching it the daemon
-        note(f"{NESTED_REPEAT}: not carried over")
-        return
-    result = whitelist.convert(entry)
+    for warning in warned:
+        note(f"Python warns about it: {warning}")
+    result = _convert(entry, budget)
     label = "    # " + tomlout.quiet(f"{where.file.rsplit('/', 1)[-1]}:{where.line}: {entry}")
     if result.pattern is not None:
         allowed.patterns += [label, f"    {tomlout.literal(result.pattern)},"]
@@ -446,6 +504,12 @@ def _entry(allowed: _Allowed, entry: str, where: Note, notes: list[Note]) -> Non
         return
     allowed.addresses += [label, *(f'    "{n}",' for n in result.networks)]
     _surprise(entry, result, note)
+
+
+def _convert(entry: str, budget: list[int]) -> whitelist.Converted:
+    result = whitelist.convert(entry, min(whitelist.BUDGET, budget[0]))
+    budget[0] -= result.tests
+    return result
 
 
 def _surprise(entry: str, result: whitelist.Converted, note: Callable[[str], None]) -> None:

@@ -15,13 +15,15 @@ What PortSentry did, from its code, and what the import makes of it:
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from porttrap.config.legacy import tomlout
-from porttrap.config.legacy.notes import UNVERIFIED_NOTE, Conversion, Note, SourceFile
+from porttrap.config.legacy import reading, tomlout
+from porttrap.config.legacy.notes import UNVERIFIED_NOTE, Conversion, Note, SourceFile, summary
 from porttrap.config.legacy.portsentry_actions import Context, number
 from porttrap.config.legacy.portsentry_files import (
+    NOT_AN_ADDRESS,
     Conf,
     Ignored,
     Modes,
@@ -43,75 +45,109 @@ _RESPOND = {0: "log", 1: "ban", 2: "command"}
 
 @dataclass(frozen=True, slots=True)
 class PortSentryFiles:
-    """PortSentry's files as read. `defaults` None: /etc/default/portsentry was not found at
-    `defaults_name`. `problems`: files the config names that could not be read."""
+    """PortSentry's files as read. `defaults` None: no mode file was read, and
+    `defaults_note` says why. `problems`: files the config names that were not read."""
 
     conf: SourceFile
     defaults: SourceFile | None
     defaults_name: str
     ignore: tuple[SourceFile, ...] = ()
     problems: tuple[Note, ...] = ()
+    defaults_note: str = "not found"
 
 
-def read(directory: Path = DEFAULT_DIR, defaults: Path = DEFAULT_DEFAULTS) -> PortSentryFiles:
-    """portsentry.conf in `directory`, the mode file `defaults`, and the ignore files.
-    Raises FileNotFoundError when there is no portsentry.conf."""
+def read(
+    directory: Path = DEFAULT_DIR, defaults: Path | None = None, ignore: Path | None = None
+) -> PortSentryFiles:
+    """portsentry.conf and the ignore files in `directory`, and the mode file `defaults`.
+
+    Only files inside `directory` are read, and those named here: `defaults` (None: the host's
+    /etc/default/portsentry when `directory` is /etc/portsentry, the host's own setup, else
+    none) and `ignore` (read in place of IGNORE_FILE). An IGNORE_FILE elsewhere is not read,
+    and a note names it. Raises FileNotFoundError when there is no portsentry.conf, and
+    PorttrapError for a file refused (see `reading`)."""
     conf_path = directory / CONF_FILE
-    if not conf_path.is_file():
+    if not conf_path.exists():
         raise FileNotFoundError(
             f"{conf_path} not found: give PortSentry's configuration directory "
             f"(default {DEFAULT_DIR})"
         )
-    conf = _source(conf_path)
+    conf = reading.read_inside(conf_path, directory)
     problems: list[Note] = []
-    ignore = _ignore_files(directory, parse_conf(conf, []), problems)
+    ignore_files = _ignore_files(directory, parse_conf(conf, []), ignore, problems)
+    mode_file, why = _defaults(directory, defaults)
     return PortSentryFiles(
         conf=conf,
-        defaults=_source(defaults) if defaults.is_file() else None,
-        defaults_name=str(defaults),
-        ignore=tuple(ignore),
+        defaults=reading.read(mode_file) if mode_file and mode_file.exists() else None,
+        defaults_name=str(mode_file or DEFAULT_DEFAULTS),
+        ignore=tuple(_read(path, directory, given=path == ignore) for path in ignore_files),
         problems=tuple(problems),
+        defaults_note=why,
     )
 
 
-def _source(path: Path) -> SourceFile:
-    return SourceFile(str(path), path.read_text(encoding="utf-8", errors="replace"))
+def _read(path: Path, directory: Path, given: bool) -> SourceFile:
+    return reading.read(path) if given else reading.read_inside(path, directory)
 
 
-def _ignore_files(directory: Path, conf: Conf, problems: list[Note]) -> list[SourceFile]:
-    """IGNORE_FILE (read from `directory` when it names PortSentry's default directory, so
-    that a copied directory imports as itself), and Debian's static file when it is not that."""
-    found, setting = [], conf.get("IGNORE_FILE")
-    paths = [directory / STATIC_IGNORE] if (directory / STATIC_IGNORE).is_file() else []
-    if setting is not None and setting.value:
-        named = Path(setting.value)
-        if named.parent == DEFAULT_DIR or not named.is_file():
-            named = directory / named.name
-        if named.is_file():
-            paths.insert(0, named)
-        elif paths:
-            problems.append(
-                Note(
-                    conf.name,
-                    setting.line,
-                    "IGNORE_FILE",
-                    f"{setting.value} "
-                    "not found; Debian builds it at start from portsentry.ignore.static, read "
-                    "instead",
-                )
+def _defaults(directory: Path, defaults: Path | None) -> tuple[Path | None, str]:
+    """The mode file to read, and what to say when it is not there."""
+    if defaults is not None:
+        return defaults, "not found"
+    if directory.resolve() == DEFAULT_DIR.resolve():
+        return DEFAULT_DEFAULTS, "not found"
+    return None, f"not read: it is this host's, and {directory} may be another setup's"
+
+
+def _ignore_files(
+    directory: Path, conf: Conf, given: Path | None, problems: list[Note]
+) -> list[Path]:
+    """The ignore files to read: `given` or IGNORE_FILE, and Debian's static file when there
+    is one. IGNORE_FILE in PortSentry's default directory is read from `directory`, so that a
+    copied directory imports as itself; elsewhere outside `directory`, it is not read."""
+    static = directory / STATIC_IGNORE
+    paths = [static] if static.exists() else []
+    setting = conf.get("IGNORE_FILE")
+    if given is not None:
+        return [given, *paths]
+    if setting is None or not setting.value:
+        return paths
+    named = _in_directory(Path(posixpath.normpath(setting.value)), directory)
+    if not reading.inside(named, directory):
+        target = named.resolve()
+        shown = "" if str(target) == setting.value else f" (that is {target})"
+        problems.append(
+            Note(
+                conf.name,
+                setting.line,
+                "IGNORE_FILE",
+                f"{setting.value}{shown} is outside {directory}: not read (an import reads "
+                "only the files in the directory it is given); to carry over its entries, "
+                f"give it: --ignore {target}",
             )
-        else:
-            problems.append(
-                Note(
-                    conf.name,
-                    setting.line,
-                    "IGNORE_FILE",
-                    f"{setting.value} not found: no ignore entries to carry over",
-                )
+        )
+    elif named.exists():
+        paths.insert(0, named)
+    else:
+        instead = "; Debian builds it at start from portsentry.ignore.static, read instead"
+        problems.append(
+            Note(
+                conf.name,
+                setting.line,
+                "IGNORE_FILE",
+                f"{setting.value} not found"
+                + (instead if paths else ": no ignore entries to carry over"),
             )
-    for path in dict.fromkeys(p.resolve() for p in paths):
-        found.append(_source(path))
-    return found
+        )
+    return list({p.resolve(): p for p in paths}.values())
+
+
+def _in_directory(named: Path, directory: Path) -> Path:
+    """IGNORE_FILE's path (`..` taken lexically), PortSentry's default
+    directory read as `directory` (a relative path is taken from `directory` too)."""
+    if named.is_relative_to(DEFAULT_DIR):
+        return directory / named.relative_to(DEFAULT_DIR)
+    return named if named.is_absolute() else directory / named
 
 
 def convert(files: PortSentryFiles) -> Conversion:
@@ -123,7 +159,7 @@ def convert(files: PortSentryFiles) -> Conversion:
     lines = work.header(files) + work.traps() + work.ban() + work.kernel()
     watched = {work.respond(p) for p in ("tcp", "udp") if work.mode(p)}
     lines += work.allow(files.ignore) + work.actions(watched) + work.log() + work.leftovers()
-    ordered = sorted(notes, key=lambda n: (_file_order(n.file, files), n.line or 0))
+    ordered = sorted(notes, key=lambda n: (_file_order(n.file, files), n.order()))
     return Conversion("\n".join(lines) + "\n", tuple(ordered))
 
 
@@ -141,7 +177,7 @@ def _modes(files: PortSentryFiles, conf: Conf, notes: list[Note]) -> Modes:
                 files.defaults_name,
                 None,
                 "",
-                "not found: PortSentry 2.x's default "
+                f"{files.defaults_note}: PortSentry 2.x's default "
                 "mode assumed, stealth for TCP_PORTS and UDP_PORTS (--stealth); give "
                 "the modes with --defaults FILE (TCP_MODE=..., UDP_MODE=...)",
             )
@@ -152,7 +188,7 @@ def _modes(files: PortSentryFiles, conf: Conf, notes: list[Note]) -> Modes:
             files.defaults_name,
             None,
             "",
-            'not found: TCP_MODE="tcp" and '
+            f'{files.defaults_note}: TCP_MODE="tcp" and '
             'UDP_MODE="udp" assumed (Debian\'s first install); give the modes with '
             "--defaults FILE",
         )
@@ -188,8 +224,7 @@ class _Import(Context):
         if value not in _RESPOND:
             self.note(
                 key,
-                f"{found.value!r} is not 0, 1 or 2: PortSentry treated it as 0 "
-                '(log only): respond "log"',
+                'not 0, 1 or 2: PortSentry treated it as 0 (log only): respond "log"',
                 found,
             )
             return "log"
@@ -278,7 +313,7 @@ class _Import(Context):
             if top <= 1 and found is not None:
                 self.note(
                     key,
-                    f"{found.value!r} leaves no port below it to watch: the ports "
+                    "leaves no port below it to watch: the ports "
                     "below 1024 are watched, PortSentry's default",
                     found,
                 )
@@ -375,10 +410,15 @@ class _Import(Context):
         entries: list[str] = []
         seen: set[str] = set()
         for source in files:
+            unread: list[int] = []
             for item in parse_ignore(source):
-                if item.text not in seen:  # Debian's built file repeats the static one
+                if item.note == NOT_AN_ADDRESS:
+                    unread.append(item.line)
+                elif item.text not in seen:  # Debian's built file repeats the static one
                     entries += self._ignored(item, seen)
                 seen.add(item.text)
+            if unread:
+                self.notes.append(summary(source.name, "", unread, NOT_AN_ADDRESS))
         if not entries:
             return []
         return ["", "[allow]", "addresses = [", *entries, "]"]

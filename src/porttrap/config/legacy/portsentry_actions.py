@@ -35,7 +35,7 @@ _BLOCKERS = {
 _SHELL_SYNTAX = set("|&;<>()$`\\'\"*?[]{}~#!\n")
 _PLACEHOLDER = re.compile(r"\$(TARGET|PORT|MODE)\$")
 _OTHER_PLACEHOLDER = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*\$")
-_NUMBER = re.compile(r"\s*([+-]?\d+)")
+_NUMBER = re.compile(r"\s*([+-]?[0-9]{1,18})")  # digits past the 18th: C's atoi overflowed
 
 
 @dataclass
