@@ -301,11 +301,6 @@ def parse_ignore(source: SourceFile) -> list[Ignored]:
     return found
 
 
-def _digits(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
-    return text.isascii() and text.isdigit()
-
-
 def _ignored(name: str, number: int, entry: str, own: bool) -> Ignored:
     address, slash, bits = entry.partition("/")
     try:
