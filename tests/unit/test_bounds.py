@@ -432,3 +432,29 @@ def test_a_remote_ban_out_of_bounds_is_refused() -> None:
     far = Ban(ip_network("198.51.100.7"), T0, T0 + 6.048e17, 1, "trap:tcp/23")
     why = policy.adopt(far, T0)
     assert isinstance(why, str) and "expires_at" in why and "2106" in why
+
+
+def test_a_ban_row_whose_text_is_not_utf8_is_skipped_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """sqlite3 would fail the whole read (and so the start) on such text: the address is a bad
+    row, skipped and reported; a reason that is not UTF-8 reads with U+FFFD in its place."""
+    good = Ban(ip_network("198.51.100.7"), T0, T0 + 3600, 1, "manual")
+    with SQLiteStore.open(tmp_path / "porttrap.db") as store:
+        store.add_bans([good])
+        with closing(sqlite3.connect(tmp_path / "porttrap.db")) as conn, conn:
+            conn.execute(
+                "INSERT INTO bans (target, banned_at, expires_at, ban_count, reason) VALUES "
+                "(CAST(x'3139382e35312e3130302eff' AS TEXT), ?, ?, 1, 'manual'), "
+                "('198.51.100.9', ?, ?, 1, CAST(x'7472617020ff' AS TEXT))",
+                (T0, T0 + 3600, T0 + 1, T0 + 3600),
+            )
+        with caplog.at_level(logging.WARNING, logger="porttrap"):
+            restored = store.bans_to_restore(T0, 0.0)
+        assert [(str(s.ban.target), s.ban.reason) for s in restored] == [
+            ("198.51.100.7/32", "manual"),
+            ("198.51.100.9/32", "trap \ufffd"),
+        ]
+        assert store.bad_rows == 1
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "event=store-bad-row table=bans rowid=2" in warning
