@@ -177,6 +177,25 @@ def test_toml_nested_too_deeply_is_a_config_error(text: str) -> None:
     assert "nested too deeply for the TOML reader" in problem and "remove the nesting" in problem
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("x." * 100_000 + "a = 1", 1),  # 23 GB and killed, before
+        ('[traps]\n["x" . ' + '"x" . ' * 100_000 + "a]", 2),
+        ("[ban]\ntrigger = 2\nb = {" + "x." * 100_000 + "a = 1}", 3),
+    ],
+    ids=["bare", "quoted table", "inline table"],
+)
+def test_a_key_of_too_many_dotted_parts_is_a_config_error(text: str, line: int) -> None:
+    (problem,) = problems_of(text)
+    assert problem.startswith(f"<config>:{line}: a dotted key of more than 64 parts")
+
+
+def test_dots_in_values_are_no_dotted_key() -> None:
+    config = load_text('[allow]\npatterns = ["' + "x." * 100 + '"]\n', None)
+    assert len(config.allow.patterns) == 1
+
+
 # -- the command line --------------------------------------------------------------------
 
 
