@@ -91,9 +91,9 @@ def parse_duration(text: str, longest: Longest = MAX_BAN) -> float:
     if not compact:
         raise ValueError("empty duration; expected e.g. 30s, 10m, 1h, 1d, 1w")
     pos, total = 0, 0.0
-    for match in _PART.finditer(compact):
-        if match.start() != pos:
-            break
+    # Each part matched where the last ended: finditer would try every position of a long
+    # run of digits, which takes quadratic time (seconds for 5,000 digits).
+    while match := _PART.match(compact, pos):
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if pos != len(compact):

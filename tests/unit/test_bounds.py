@@ -177,6 +177,25 @@ def test_toml_nested_too_deeply_is_a_config_error(text: str) -> None:
     assert "nested too deeply for the TOML reader" in problem and "remove the nesting" in problem
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("x." * 100_000 + "a = 1", 1),  # 23 GB and killed, before
+        ('[traps]\n["x" . ' + '"x" . ' * 100_000 + "a]", 2),
+        ("[ban]\ntrigger = 2\nb = {" + "x." * 100_000 + "a = 1}", 3),
+    ],
+    ids=["bare", "quoted table", "inline table"],
+)
+def test_a_key_of_too_many_dotted_parts_is_a_config_error(text: str, line: int) -> None:
+    (problem,) = problems_of(text)
+    assert problem.startswith(f"<config>:{line}: a dotted key of more than 64 parts")
+
+
+def test_dots_in_values_are_no_dotted_key() -> None:
+    config = load_text('[allow]\npatterns = ["' + "x." * 100 + '"]\n', None)
+    assert len(config.allow.patterns) == 1
+
+
 # -- the command line --------------------------------------------------------------------
 
 
@@ -359,7 +378,8 @@ def test_a_ban_row_out_of_bounds_is_skipped_counted_and_named(
             assert store.active_bans(T0) == [good]
         assert [s.ban for s in restored] == [good]
         assert store.bad_rows == 1
-    (warning,) = [r.getMessage() for r in caplog.records]
+    # (an earlier test may leave the logger at INFO: the store's migration is logged too)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert "event=store-bad-row table=bans" in warning and problem in warning
 
 
@@ -431,3 +451,29 @@ def test_a_remote_ban_out_of_bounds_is_refused() -> None:
     far = Ban(ip_network("198.51.100.7"), T0, T0 + 6.048e17, 1, "trap:tcp/23")
     why = policy.adopt(far, T0)
     assert isinstance(why, str) and "expires_at" in why and "2106" in why
+
+
+def test_a_ban_row_whose_text_is_not_utf8_is_skipped_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """sqlite3 would fail the whole read (and so the start) on such text: the address is a bad
+    row, skipped and reported; a reason that is not UTF-8 reads with U+FFFD in its place."""
+    good = Ban(ip_network("198.51.100.7"), T0, T0 + 3600, 1, "manual")
+    with SQLiteStore.open(tmp_path / "porttrap.db") as store:
+        store.add_bans([good])
+        with closing(sqlite3.connect(tmp_path / "porttrap.db")) as conn, conn:
+            conn.execute(
+                "INSERT INTO bans (target, banned_at, expires_at, ban_count, reason) VALUES "
+                "(CAST(x'3139382e35312e3130302eff' AS TEXT), ?, ?, 1, 'manual'), "
+                "('198.51.100.9', ?, ?, 1, CAST(x'7472617020ff' AS TEXT))",
+                (T0, T0 + 3600, T0 + 1, T0 + 3600),
+            )
+        with caplog.at_level(logging.WARNING, logger="porttrap"):
+            restored = store.bans_to_restore(T0, 0.0)
+        assert [(str(s.ban.target), s.ban.reason) for s in restored] == [
+            ("198.51.100.7/32", "manual"),
+            ("198.51.100.9/32", "trap \ufffd"),
+        ]
+        assert store.bad_rows == 1
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "event=store-bad-row table=bans rowid=2" in warning

@@ -343,3 +343,10 @@ def test_line_of_falls_back_to_the_enclosing_key() -> None:
 
 def test_locate_keeps_what_it_found_before_something_it_cannot_read() -> None:
     assert locate("a = 1\n= broken\nb = 2\n") == {"a": 1}
+
+
+def test_an_allow_pattern_that_repeats_a_repeat_is_refused() -> None:
+    # Matched against each hit's address, (.*)*# takes hours on a long IPv6 one.
+    (problem,) = problems_of('[allow]\npatterns = ["(.*)*#", "198\\\\.51\\\\.100\\\\.[0-9]+"]\n')
+    assert problem.startswith('t.toml:2: [allow.patterns[0]] "(.*)*#" repeats a part that')
+    assert "list the networks in [allow] addresses" in problem

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from porttrap.cli.main import main
 from porttrap.config.legacy import datatrap, port_trap, whitelist
-from porttrap.config.legacy.notes import Conversion
+from porttrap.config.legacy.notes import Conversion, SourceFile
 from porttrap.config.loader import load_text
 from porttrap.errors import PorttrapError
 from porttrap.model import Hit, Outcome, Proto, as_network
@@ -464,3 +464,16 @@ def test_an_invalid_config_stops_the_import_before_anything_is_written(
     )
     assert code == 2 and "state_dir" in err
     assert not target.exists()
+
+
+def test_a_whitelist_entry_that_repeats_a_repeat_is_left_out_with_a_note() -> None:
+    files = port_trap.PortTrapFiles(
+        ports=SourceFile("list_of_ports.txt", "23#600\n"),
+        permanent=None,
+        whitelist=SourceFile("whitelist.txt", "(.*)*#\n192.0.2.7$\n"),
+    )
+    conversion = port_trap.convert(files)
+    assert load_text(conversion.toml, None).allow.patterns == ()
+    (note,) = [str(n) for n in conversion.notes if n.line == 1 and n.file == "whitelist.txt"]
+    assert note.startswith("whitelist.txt:1: (.*)*#: repeats a part that itself repeats")
+    assert note.endswith(": not carried over")

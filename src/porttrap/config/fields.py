@@ -7,9 +7,11 @@ from __future__ import annotations
 import contextlib
 import difflib
 import enum
+import importlib
 import ipaddress
 import json
 import re
+import warnings
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,10 +321,57 @@ def pattern(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a regular expression in a string, got {show(value)}")
     try:
-        re.compile(value)
+        with warnings.catch_warnings():
+            # Python warns about some patterns ("[[:digit:]]") that a later Python may read
+            # differently; it reads them as today, as port_trap did (the importer notes it).
+            warnings.simplefilter("ignore", FutureWarning)
+            re.compile(value)
     except re.error as err:
         raise ValueError(f"{show(value)} is not a valid regular expression: {err}") from None
+    if nested_repeat(value):
+        raise ValueError(f"{show(value)} {NESTED_REPEAT}")
     return value
+
+
+NESTED_REPEAT = (
+    "repeats a part that itself repeats or has alternatives, such as (a+)+ or (a|b)*: "
+    "matching one address can take hours; write it without the nested repeat, or list the "
+    "networks in [allow] addresses"
+)
+_REPEATS = frozenset({"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"})
+_LONG_REPEAT = 16  # a part repeated more times than this counts as repeated without bound
+
+
+def nested_repeat(pattern: str) -> bool:
+    """Whether `pattern` (valid) repeats without bound a part that repeats or branches, the
+    shape whose backtracking takes exponential time, (.*)*x on a 40-character text for hours."""
+    parser: Any = importlib.import_module("re._parser")  # re's own parser: its tree
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # said once, where it is compiled
+        tree = parser.parse(pattern)
+    return _nested(tree, repeated=False)
+
+
+def _nested(tree: Any, repeated: bool) -> bool:
+    """Whether `tree` has a repeat or a branch, inside a repeat when `repeated`."""
+    for op, arguments in tree.data:
+        if str(op) in _REPEATS:
+            _, high, body = arguments
+            if (repeated and high > 1) or _nested(body, repeated or high > _LONG_REPEAT):
+                return True
+        elif (str(op) == "BRANCH" and repeated) or any(
+            _nested(part, repeated) for part in _subtrees(arguments)
+        ):
+            return True
+    return False
+
+
+def _subtrees(value: Any) -> Iterable[Any]:
+    if hasattr(value, "data"):
+        yield value
+    elif isinstance(value, tuple | list):
+        for item in value:
+            yield from _subtrees(item)
 
 
 def network(value: object) -> IPNetwork:

@@ -153,7 +153,20 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 30.0) -> dict[
             raise PorttrapError(f"permission denied on {path}: run this as root") from err
         check_server(sock, path)
         sock.sendall(json.dumps(payload).encode() + b"\n")
-        answer = _read_line(sock)
+        return answer_of(_read_line(sock))
+
+
+def answer_of(data: bytes) -> dict[str, Any]:
+    """The daemon's answer in the bytes it sent; PorttrapError when it refused the request,
+    or sent something that is not an answer (a broken daemon, or something else listening)."""
+    if not data:
+        raise PorttrapError("the daemon closed the control connection without an answer")
+    try:
+        answer = json.loads(data)
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        raise PorttrapError(f"the daemon's answer is not JSON ({err}): {data[:80]!r}") from None
+    if not isinstance(answer, dict):
+        raise PorttrapError(f"the daemon's answer is not a JSON object: {data[:80]!r}")
     if not answer.get("ok") and isinstance(problems := answer.get("problems"), list):
         raise RemoteConfigError([str(p) for p in problems])
     if not answer.get("ok"):
@@ -173,7 +186,7 @@ def check_server(sock: socket.socket, path: Path, trusted: frozenset[int] | None
         )
 
 
-def _read_line(sock: socket.socket) -> dict[str, Any]:
+def _read_line(sock: socket.socket) -> bytes:
     chunks = []
     while True:
         try:
@@ -187,8 +200,4 @@ def _read_line(sock: socket.socket) -> dict[str, Any]:
         chunks.append(chunk)
         if chunk.endswith(b"\n"):
             break
-    data = b"".join(chunks)
-    if not data:
-        raise PorttrapError("the daemon closed the control connection without an answer")
-    result: dict[str, Any] = json.loads(data)
-    return result
+    return b"".join(chunks)

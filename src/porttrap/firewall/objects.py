@@ -14,6 +14,7 @@ Numbers from include/uapi/linux/netfilter/{nfnetlink,nf_tables}.h.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import socket
@@ -252,12 +253,14 @@ def parse_counters(data: bytes, table: str, seq: int) -> tuple[dict[str, int], b
             return found, True
         attrs = netlink.attributes(body, netlink.NFGENMSG.size) or {}
         name, table_name = attrs.get(NFTA_OBJ_NAME), attrs.get(NFTA_OBJ_TABLE)
-        if name is None or table_name is None or table_name.rstrip(b"\0").decode() != table:
+        if name is None or table_name is None or table_name.rstrip(b"\0") != table.encode():
             continue
         nested = netlink.attributes(attrs.get(NFTA_OBJ_DATA, b"")) or {}
         packets = nested.get(NFTA_COUNTER_PACKETS)
         if packets is not None and len(packets) == _U64.size:
-            found[name.rstrip(b"\0").decode()] = _U64.unpack(packets)[0]
+            # Names porttrap gives are ASCII: one that is not even UTF-8 is not its counter.
+            with contextlib.suppress(UnicodeDecodeError):
+                found[name.rstrip(b"\0").decode()] = _U64.unpack(packets)[0]
     return found, False
 
 

@@ -47,8 +47,10 @@ Note = Callable[[str], None]
 SYSTEMD_RUNNING = Path("/run/systemd/system")  # sd_booted(3)
 SYSTEMCTL_TIMEOUT = 180.0  # `start` waits for READY=1 (restoring 100,000 bans takes ~1 s)
 DATABASE_FILES = ("porttrap.db", "porttrap.db-wal", "porttrap.db-shm", "porttrap.db-journal")
+# clean-stop: the daemon's marker of a stop that wrote every record (shell.py's CLEAN_STOP); the
+# next start without it reads the kernel's bans, the safe way: it goes even with --keep-database
 STATE_FILES = (*DATABASE_FILES, "porttrap.db.bak-v*", "control.sock", "hosts-deny.json",
-               ".hosts-deny.json.porttrap-*")  # fmt: skip
+               ".hosts-deny.json.porttrap-*", "clean-stop")  # fmt: skip
 CONFIG_FILES = ("porttrap.toml", ".porttrap.toml.*")
 
 

@@ -128,8 +128,8 @@ def _seconds(value: object) -> float | None:
         return None
     if isinstance(value, int | float):
         return float(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return float(value.strip())
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        return float(value.strip())  # ASCII: "²".isdigit() too, which float() refuses
     return None
 
 
@@ -137,7 +137,7 @@ def _reason(port: object) -> str:
     """`port_trap:tcp/PORT`, from "PORT" or "IP:PORT" (an IPv6 address split at the last
     colon); just `port_trap` when no port can be read."""
     text = str(port).rpartition(":")[2].strip() if port is not None else ""
-    return f"{REASON}:tcp/{int(text)}" if text.isdigit() else REASON
+    return f"{REASON}:tcp/{int(text)}" if text.isascii() and text.isdigit() else REASON
 
 
 def _bans(rows: list[_Row]) -> list[Ban]:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from porttrap.config.fields import MAX_COUNT
+from porttrap.config.fields import MAX_COUNT, NESTED_REPEAT, nested_repeat
 from porttrap.config.legacy import reading, tomlout, whitelist
 from porttrap.config.legacy.notes import UNVERIFIED_NOTE, Conversion, Note, SourceFile, summary
 from porttrap.model import IPAddress, IPNetwork
@@ -278,7 +278,8 @@ def _traps_toml(traps: list[_Trap], source: SourceFile) -> list[str]:
     ]
     for trap in sorted(traps, key=lambda t: (t.port, str(t.address or ""))):
         shown = Path(source.name).name
-        lines += ["", *[f"# {shown}:{n}: {word}" for n, word in trap.sources], "[[traps.port]]"]
+        where = [tomlout.quiet(f"# {shown}:{n}: {word}") for n, word in trap.sources]
+        lines += ["", *where, "[[traps.port]]"]
         lines += [f'port = "{trap.port}"', 'proto = "tcp"']
         if trap.address is not None:
             lines.append(f'address = "{trap.address}"')
@@ -454,6 +455,9 @@ def _whitelist(source: SourceFile, notes: list[Note]) -> _Allowed:
         except ValueError:
             invalid.append(number)
             continue
+        if nested_repeat(entry):  # testing it would hang the import, and matching it the daemon
+            notes.append(Note(source.name, number, entry, f"{NESTED_REPEAT}: not carried over"))
+            continue
         if budget[0] <= 0:
             spent.append(number)
             allowed.patterns += [f"    {tomlout.literal(whitelist.fullmatch_form(entry))},"]
@@ -484,7 +488,7 @@ def _entry(
     for warning in warned:
         note(f"Python warns about it: {warning}")
     result = _convert(entry, budget)
-    label = f"    # {where.file.rsplit('/', 1)[-1]}:{where.line}: {entry}"
+    label = "    # " + tomlout.quiet(f"{where.file.rsplit('/', 1)[-1]}:{where.line}: {entry}")
     if result.pattern is not None:
         allowed.patterns += [label, f"    {tomlout.literal(result.pattern)},"]
         note(

@@ -429,7 +429,8 @@ class _Import(Context):
         if item.network is None or str(item.network) in seen:
             return []
         seen.add(str(item.network))
-        return [f'    "{item.network}",  # {Path(item.file).name}:{item.line}: {item.text}']
+        where = tomlout.quiet(f"{Path(item.file).name}:{item.line}: {item.text}")
+        return [f"    {tomlout.string(str(item.network))},  # {where}"]
 
     # -- [log] ---------------------------------------------------------------------------
 
@@ -496,5 +497,6 @@ def _nth(count: int) -> str:
 
 def _commented(line: str, comment: str) -> list[str]:
     """`line  # comment`, or the comment on the line above when both do not fit on one."""
+    comment = tomlout.quiet(comment)
     joined = f"{line}  # {comment}"
     return [joined] if len(joined) <= tomlout.WIDTH else [f"# {comment}", line]

@@ -46,8 +46,14 @@ def strings(items: Iterable[str], indent: str = "") -> str:
     return array((string(item) for item in items), indent)
 
 
+def quiet(text: str) -> str:
+    """`text` fit for a comment: TOML allows no control character there but tab, so each
+    other one is written as an escape (a file read for an import may hold any)."""
+    return "".join(c if c == "\t" or 32 <= ord(c) != 127 else f"\\x{ord(c):02x}" for c in text)
+
+
 def comment(text: str, indent: str = "") -> list[str]:
     """`text` as comment lines of at most WIDTH characters."""
     width = WIDTH - len(indent) - 2
-    lines = textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
+    lines = textwrap.wrap(quiet(text), width, break_long_words=False, break_on_hyphens=False)
     return [f"{indent}# {line}" for line in lines] or [f"{indent}#"]
