@@ -38,10 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from common import EventLog, Steal, environment, json_log, log_problems, machine
-from daemon_env import ATK4, ATK6, CLIENT, SERVE, SRV4, SRV6, SRV_CLI, Env, tcp_works, wait_until
+from daemon_env import ATK4, ATK6, CLIENT, SERVE, SRV4, SRV6, SRV_CLI, Env, tcp_works
 from frames import ACK, SYN, Capture, Recorder, Seen, device_of
 
 from porttrap.config.schema import DEFAULT_TCP_TRAPS
+from waiting import wait_until
 
 SERVICES = (22, 80, 443, 5432, 8080)  # 8080 is daemon_env's own service
 EXCLUDED = (113, 139)  # advanced mode leaves these alone (config.schema.Modes)

@@ -4,19 +4,52 @@ run never passes by skipping them."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import stat
 import subprocess  # noqa: TID251 - reads the host's ruleset to prove tests left it alone
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from netns import Netns
 
 if TYPE_CHECKING:
     from daemon_env import Env
+
+
+# Hypothesis times each example (200 ms by default) and each draw (its too_slow health check):
+# on two shared CPUs with CPU steal either fails a test that is right. What a property test
+# checks is its property; pytest-timeout bounds the whole test.
+settings.register_profile("porttrap", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("porttrap")
+
+
+def _own_temproot() -> None:
+    """Each checkout's pytest runs get their own temporary root. Under the shared
+    /tmp/pytest-of-<user>, concurrent runs from other checkouts (several engineers, all root,
+    on one machine) remove each other's old numbered directories while pytest lists them at
+    exit; the scandir iterator left open is a ResourceWarning, an error under
+    filterwarnings=error, and a green run fails. Not a symlink, and ours, or not used."""
+    if "PYTEST_DEBUG_TEMPROOT" in os.environ:
+        return
+    checkout = hashlib.sha256(str(Path(__file__).resolve().parent).encode()).hexdigest()[:3]
+    root = Path(tempfile.gettempdir()) / f"pt{checkout}"  # short: sockets live below
+    try:
+        root.mkdir(mode=0o700, exist_ok=True)
+        found = root.lstat()
+    except OSError:
+        return
+    if stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid():
+        os.environ["PYTEST_DEBUG_TEMPROOT"] = str(root)
+
+
+_own_temproot()
 
 
 def kernel_unavailable() -> str | None:

@@ -71,6 +71,8 @@ def send(ns: Netns, probes: list[Probe], inter: float = 0.0) -> None:
 
 def answers(ns: Netns, probes: list[Probe], timeout: float = 1.0) -> list[str | None]:
     """Send each probe and wait for its answer: the TCP flags that came back ("SA", "RA"),
-    "other" for a non-TCP answer (ICMP), None for silence."""
+    "other" for a non-TCP answer (ICMP), None for silence. `timeout` is how long silence
+    lasts: short where silence is expected, generous (PATIENCE) where an answer is (it ends
+    the wait as soon as it comes)."""
     found: list[str | None] = json.loads(_run(ns, probes, "answer", timeout))
     return found

@@ -14,12 +14,18 @@ import socket
 import sqlite3
 import subprocess  # noqa: TID251 - test helper
 import sys
-import time
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import waiting
 from netns import Netns
+
+# The tests' one way to wait (tests/waiting.py), also under the name many tests import here.
+wait_until = waiting.wait_until
+PATIENCE = waiting.PATIENCE
 
 PORTTRAP = [sys.executable, "-m", "porttrap"]
 SERVICE_PORT = 8080
@@ -49,16 +55,6 @@ while True:
 """
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `check` every 0.1 s for at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout  # noqa: TID251 - test timing
-    while time.monotonic() < deadline:  # noqa: TID251
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
-
-
 def open_socket(ns: Netns, address: str, kind: int) -> socket.socket:
     """A socket created inside `ns` (it stays there), bound to source `address`."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -84,6 +80,70 @@ def udp_send(ns: Netns, source: str, host: str, port: int) -> None:
         sock.sendto(b"probe", (host, port))
 
 
+class BanAnnouncements:
+    """Every element added to porttrap's ban sets, as the kernel announces it (`nft monitor`):
+    what the kernel was given, even for a ban too short to be seen by polling."""
+
+    def __init__(self, ns: Netns) -> None:
+        self.lines: list[str] = []
+        self._process = subprocess.Popen(
+            ["ip", "netns", "exec", ns.name, "nft", "-j", "monitor", "new", "elements"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._ready(ns)
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self.lines.append(line)
+
+    def _ready(self, ns: Netns) -> None:
+        """Until the monitor shows an element added to a scratch set: it is listening."""
+        ns.run(["nft", "add table inet ready { set s { type inet_service; }; }"])
+        ports = iter(range(1, 10_000))
+
+        def heard() -> bool:
+            ns.run(["nft", f"add element inet ready s {{ {next(ports)} }}"])
+            return any('"ready"' in line for line in self.lines)
+
+        wait_until(heard, PATIENCE, "nft monitor listening")
+        ns.run(["nft", "delete table inet ready"])
+
+    def timeouts(self, address: str) -> list[int | None]:
+        """The kernel timeout of each element added for `address`; None: no timeout (for good)."""
+        found: list[int | None] = []
+        for line in list(self.lines):
+            element = json.loads(line).get("add", {}).get("element", {})
+            if element.get("table") != "porttrap" or not element["name"].startswith("ban_v"):
+                continue
+            for item in element["elem"]["set"]:
+                if item == address:
+                    found.append(None)
+                elif isinstance(item, dict) and item["elem"]["val"] == address:
+                    found.append(item["elem"].get("timeout"))
+        return found
+
+    def close(self) -> None:
+        self._process.kill()
+        self._process.wait(timeout=10)
+        self._reader.join(timeout=10)
+        assert self._process.stdout is not None
+        self._process.stdout.close()
+
+
+@contextmanager
+def announcements(env: Env) -> Iterator[BanAnnouncements]:
+    monitor = BanAnnouncements(env.srv)
+    try:
+        yield monitor
+    finally:
+        monitor.close()
+
+
 class Env:
     """The namespaces, the config and the daemon."""
 
@@ -102,7 +162,9 @@ class Env:
         self.daemon: subprocess.Popen[str] | None = None
         self.wrap: list[str] = []  # before `ip netns exec` of the daemon and the CLI (nsenter)
         self.srv.start([sys.executable, "-c", SERVICE % SERVICE_PORT])
-        wait_until(lambda: tcp_works(self.cli, CLIENT, SRV_CLI, SERVICE_PORT), 10, "service up")
+        wait_until(
+            lambda: tcp_works(self.cli, CLIENT, SRV_CLI, SERVICE_PORT), PATIENCE, "service up"
+        )
 
     def porttrap(self, *args: str, check: bool = True, stdin: str | None = None
                  ) -> subprocess.CompletedProcess[str]:  # fmt: skip
@@ -127,7 +189,7 @@ class Env:
             )  # fmt: skip
         self.srv.processes.append(self.daemon)
         if wait:
-            wait_until(self._running, 20, "daemon answers status")
+            wait_until(self._running, PATIENCE, "daemon answers status")
 
     def _running(self) -> bool:
         assert self.daemon is not None
@@ -152,7 +214,7 @@ class Env:
             counts = {b["ban_count"] for b in seen}
             return len(seen) == count and (ban_count is None or counts == {ban_count})
 
-        wait_until(listed, 5, f"{count} bans recorded")
+        wait_until(listed, PATIENCE, f"{count} bans recorded")
         return seen
 
     def log_text(self) -> str:

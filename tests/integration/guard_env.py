@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon_env import SERVICE, open_socket, tcp_works, wait_until
+from daemon_env import SERVICE, open_socket, tcp_works
 
 from netns import Netns, in_host_netns
 from porttrap.config.loader import load_text
@@ -31,6 +30,7 @@ from porttrap.firewall.nftables import NftablesBackend
 from porttrap.firewall.objects import NftObjects
 from porttrap.model import IPAddress
 from porttrap.sensorspec import SensorState, spec_from_config
+from waiting import PATIENCE, pause, wait_until
 
 TABLE = "porttrap"
 NOW = 1_800_000_000.0
@@ -116,7 +116,7 @@ class Guard:
             sock.settimeout(2)
             for number in range(rounds):
                 if number:
-                    time.sleep(2.2)
+                    pause(2.2, "conntrack assures a UDP stream only 2 s after it began")
                 sock.sendto(b"ping %d" % number, (target, port))
                 assert sock.recv(100) == b"ping %d" % number
 
@@ -150,7 +150,7 @@ def guard_env(make: Callable[[], Netns], backend: str = "nftables") -> Iterator[
     lan.start([sys.executable, "-c", UDP_ECHO % LAN_UDP_PORT])
     bound = [(host, "t", SERVICE_PORT), (host, "u", ECHO_PORT)]
     bound += [(lan, "t", LAN_TCP_PORT), (lan, "u", LAN_UDP_PORT)]
-    wait_until(lambda: all(_bound(*b) for b in bound), 10, "the services bound")
+    wait_until(lambda: all(_bound(*b) for b in bound), PATIENCE, "the services bound")
     try:
         yield guard
     finally:

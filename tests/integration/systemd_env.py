@@ -21,11 +21,11 @@ import os
 import secrets
 import signal
 import subprocess  # noqa: TID251 - test helper
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from netns import Netns
+from waiting import PATIENCE, wait_until
 
 SYSTEMD = Path("/lib/systemd/systemd")
 BOOT = r"""
@@ -57,15 +57,6 @@ printf '[Unit]\nDescription=porttrap test boot\nWants=%s\n' \
 exec chroot "$R" /usr/bin/env -i container=porttrap-test PATH=/usr/sbin:/usr/bin:/sbin:/bin \
   /lib/systemd/systemd --unit=porttrap-test.target
 """
-
-
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout  # noqa: TID251 - test timing
-    while time.monotonic() < deadline:  # noqa: TID251
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
 
 
 def cgroup2_parent() -> Path:
@@ -108,8 +99,8 @@ class Container:
                 stdout=log, stderr=log, text=True,
             )  # fmt: skip
         self.netns.processes.append(self.process)
-        _wait(self._found_pid1, 10, "the container's PID 1")
-        _wait(self._booted, 60, "systemd in the container has booted")
+        wait_until(self._found_pid1, PATIENCE, "the container's PID 1")
+        wait_until(self._booted, 60, "systemd in the container has booted")
 
     def _found_pid1(self) -> bool:
         assert self.process is not None
@@ -155,7 +146,9 @@ class Container:
             self.process.kill()
             self.process.wait(timeout=20)
         if self.cgroup.exists():
-            _wait(self._remove_cgroups, 20, f"the container's cgroups under {self.cgroup} gone")
+            wait_until(
+                self._remove_cgroups, PATIENCE, f"the container's cgroups under {self.cgroup} gone"
+            )
 
     def _remove_cgroups(self) -> bool:
         for directory in sorted(self.cgroup.rglob("*/"), key=lambda p: -len(p.parts)):

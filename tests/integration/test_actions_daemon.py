@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_env import ATK4, SRV4, Env, tcp_works, wait_until
+from daemon_env import ATK4, SRV4, Env, tcp_works
 
 from netns import Netns
+from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -47,7 +48,7 @@ class Recorder:
         return [json.loads(line) for line in self.record.read_text().splitlines()]
 
     def wait(self, count: int) -> list[dict[str, Any]]:
-        wait_until(lambda: len(self.calls()) >= count, 10, f"{count} calls of {self.script}")
+        wait_until(lambda: len(self.calls()) >= count, PATIENCE, f"{count} calls of {self.script}")
         return self.calls()
 
 
@@ -71,7 +72,7 @@ def test_hooks_run_with_placeholders_in_argv_and_shell_forms(
     )
     env.start()
     assert tcp_works(env.atk, ATK4, SRV4, 2323)
-    wait_until(lambda: env.in_set("ban_v4", ATK4), 5, "ban in kernel")
+    wait_until(lambda: env.in_set("ban_v4", ATK4), PATIENCE, "ban in kernel")
     for hook in (argv, shell):
         (call,) = hook.wait(1)
         assert call["argv"] == [ATK4, "2323", "tcp"]
@@ -94,13 +95,13 @@ def test_a_slow_and_a_failing_hook_do_not_delay_the_ban(
     )
     env.start()
     assert tcp_works(env.atk, ATK4, SRV4, 2323)
-    wait_until(lambda: env.in_set("ban_v4", ATK4), 5, "ban in kernel")
-    wait_until(pidfile.exists, 5, "the slow hook started")
+    wait_until(lambda: env.in_set("ban_v4", ATK4), PATIENCE, "ban in kernel")
+    wait_until(pidfile.exists, PATIENCE, "the slow hook started")
     pid = int(pidfile.read_text())
     assert alive(pid), "the ban is in the kernel while the slow hook still runs"
     assert not env.service_reachable(env.atk, ATK4)
     wait_until(lambda: not alive(pid), 40, "the slow hook killed at its timeout")
-    wait_until(lambda: "timed out after 15s" in env.log_text(), 5, "timeout logged")
+    wait_until(lambda: "timed out after 15s" in env.log_text(), PATIENCE, "timeout logged")
     log = env.log_text()
     assert (
         "event=action-failed action=command on=ban address=192.0.2.2 argv=/bin/false exit=1" in log
@@ -142,7 +143,7 @@ def test_respond_log_bans_nothing_and_runs_no_ban_hook(
     assert tcp_works(env.atk, ATK4, SRV4, 2323)
     (call,) = hit_hook.wait(1)
     assert call["argv"] == [ATK4] and call["env"]["PORTTRAP_OUTCOME"] == "logged"
-    wait_until(lambda: len(env.json("history", ATK4)) == 1, 5, "hit stored")
+    wait_until(lambda: len(env.json("history", ATK4)) == 1, PATIENCE, "hit stored")
     (entry,) = env.json("history", ATK4)
     assert (entry["what"], entry["outcome"]) == ("hit", "logged")
     assert env.json("bans") == [] and env.nft_set("ban_v4") == []
@@ -200,22 +201,34 @@ def test_hosts_deny_and_a_webhook_through_ban_unban_and_restart(
         )
         env.start()
         assert tcp_works(env.atk, ATK4, SRV4, 2323)
-        wait_until(lambda: f"ALL: {ATK4}" in deny.read_text(), 5, "hosts.deny line")
-        wait_until(lambda: hook.events() == [("ban", ATK4)], 5, "webhook of the ban")
+        wait_until(lambda: f"ALL: {ATK4}" in deny.read_text(), PATIENCE, "hosts.deny line")
+        wait_until(lambda: hook.events() == [("ban", ATK4)], PATIENCE, "webhook of the ban")
         assert hook.received[0]["port"] == 2323 and hook.received[0]["mode"] == "tcp"
 
         env.porttrap("unban", ATK4)
-        wait_until(lambda: f"ALL: {ATK4}" not in deny.read_text(), 5, "line removed")
-        wait_until(lambda: len(hook.received) == 2, 5, "webhook of the unban")
+        wait_until(lambda: f"ALL: {ATK4}" not in deny.read_text(), PATIENCE, "line removed")
+        wait_until(lambda: len(hook.received) == 2, PATIENCE, "webhook of the unban")
         assert hook.events()[1] == ("unban", ATK4) and hook.received[1]["reason"] == "manual"
         assert deny.read_text() == "# the admin's\nsshd: 203.0.113.0/24\n"
 
         env.porttrap("ban", "198.51.100.77", "--for", "2s")
-        wait_until(lambda: "ALL: 198.51.100.77" in deny.read_text(), 5, "line of an admin ban")
-        env.stop()  # the ban runs out while porttrap is down ...
-        time.sleep(2.5)
+        wait_until(
+            lambda: "ALL: 198.51.100.77" in deny.read_text(), PATIENCE, "line of an admin ban"
+        )
+        query = "SELECT expires_at FROM bans WHERE target = '198.51.100.77'"
+        wait_until(lambda: bool(env.db(query)), PATIENCE, "the admin ban recorded")
+        ((expires_at,),) = env.db(query)
+        env.stop()  # the ban runs out while porttrap is down (by the clock and the kernel) ...
+        wait_until(
+            lambda: (
+                time.time() > expires_at  # noqa: TID251 - the store's clock
+                and not env.in_set("ban_v4", "198.51.100.77")
+            ),
+            PATIENCE,
+            "the ban over",
+        )
         env.start()  # ... and its line goes at start
-        wait_until(lambda: "198.51.100.77" not in deny.read_text(), 5, "stale line removed")
+        wait_until(lambda: "198.51.100.77" not in deny.read_text(), PATIENCE, "stale line removed")
         assert deny.read_text() == "# the admin's\nsshd: 203.0.113.0/24\n"
         assert deny.stat().st_mode & 0o777 == 0o644
     finally:
@@ -232,7 +245,7 @@ def test_stopping_kills_a_hook_still_running_after_the_grace(
     )
     env.start()
     assert tcp_works(env.atk, ATK4, SRV4, 2323)
-    wait_until(pidfile.exists, 5, "the hook started")
+    wait_until(pidfile.exists, PATIENCE, "the hook started")
     pid = int(pidfile.read_text())
     env.stop()
     assert not alive(pid)

@@ -27,10 +27,10 @@ from daemon_env import (
     open_socket,
     tcp_works,
     udp_send,
-    wait_until,
 )
 
 from netns import Netns
+from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -78,10 +78,10 @@ def test_trap_bans_in_ipset_and_a_restart_restores_the_ban(env: Env) -> None:
     env.start()
     assert "backend=ipset" in env.log_text()
     assert tcp_works(env.atk, ATK4, SRV4, 2323)
-    wait_until(lambda: in_set(env, ATK4), 5, "trap ban in porttrap_v4")
-    wait_until(lambda: not env.service_reachable(env.atk, ATK4), 5, "v4 attacker dropped")
+    wait_until(lambda: in_set(env, ATK4), PATIENCE, "trap ban in porttrap_v4")
+    wait_until(lambda: not env.service_reachable(env.atk, ATK4), PATIENCE, "v4 attacker dropped")
     assert tcp_works(env.atk, ATK6, SRV6, 2323)
-    wait_until(lambda: in_set(env, ATK6), 5, "trap ban in porttrap_v6")
+    wait_until(lambda: in_set(env, ATK6), PATIENCE, "trap ban in porttrap_v6")
     assert {ban["address"] for ban in env.recorded_bans(2)} == {ATK4, ATK6}
     env.stop()
 
@@ -117,7 +117,7 @@ def test_flush_removes_porttraps_sets_and_chain_only(env: Env) -> None:
     env.srv.run(["ipset", "create", "other", "hash:ip"])
     env.start()
     assert tcp_works(env.atk, ATK4, SRV4, 2323)
-    wait_until(lambda: in_set(env, ATK4), 5, "trap ban in porttrap_v4")
+    wait_until(lambda: in_set(env, ATK4), PATIENCE, "trap ban in porttrap_v4")
     env.stop()
     assert "porttrap_clients_v4" in env.srv.run(["ipset", "list", "-n"])  # the watch's too
     done = env.porttrap("flush")
@@ -127,7 +127,7 @@ def test_flush_removes_porttraps_sets_and_chain_only(env: Env) -> None:
     for iptables in ("iptables", "ip6tables"):
         for table in ("raw", "security"):
             assert "porttrap" not in env.srv.run([iptables, "-t", table, "-S"])
-    wait_until(lambda: env.service_reachable(env.atk, ATK4), 5, "attacker let through")
+    wait_until(lambda: env.service_reachable(env.atk, ATK4), PATIENCE, "attacker let through")
 
 
 def outcomes(env: Env, address: str) -> list[str]:
@@ -153,26 +153,28 @@ def test_datagrams_in_a_clients_or_gateways_name_never_ban_it_a_strangers_ban_th
         assert live.recv(5) == b"hello"
         forged = [Probe(CLIENT, SRV4, 6969, "udp", sport=41000 + n) for n in range(3)]
         send(env.atk, forged, inter=0.05)  # from the attacker's side, in the client's name
-        wait_until(lambda: len(hits_from(env, CLIENT)) == 3, 10, "forged datagrams recorded")
+        wait_until(lambda: len(hits_from(env, CLIENT)) == 3, PATIENCE, "forged datagrams recorded")
     assert outcomes(env, CLIENT) == ["client"] * 3
     assert not in_set(env, CLIENT)
     assert env.service_reachable(env.cli, CLIENT, SRV_CLI)
 
     env.srv.run(["ip", "route", "add", "203.0.113.0/24", "via", ATK4])  # ATK4: a gateway now
-    wait_until(lambda: members(env, "porttrap_gateways_v4") == [ATK4], 10, "the gateway set")
+    wait_until(lambda: members(env, "porttrap_gateways_v4") == [ATK4], PATIENCE, "the gateway set")
     for _ in range(3):
         udp_send(env.atk, ATK4, SRV4, 6969)
-    wait_until(lambda: len(hits_from(env, ATK4)) == 3, 10, "the gateway's datagrams recorded")
+    wait_until(lambda: len(hits_from(env, ATK4)) == 3, PATIENCE, "the gateway's datagrams recorded")
     assert outcomes(env, ATK4) == ["peer"] * 3
     assert not in_set(env, ATK4)
 
     for _ in range(2):  # a stranger's two datagrams ban it (confirm = 2)
         udp_send(env.atk, ATK4_B, SRV4, 6969)
-    wait_until(lambda: in_set(env, ATK4_B), 10, "the stranger banned")
+    wait_until(lambda: in_set(env, ATK4_B), PATIENCE, "the stranger banned")
     wait_until(  # the kernel first, the database a moment later
-        lambda: outcomes(env, ATK4_B) == ["banned", "counted"], 10, "the stranger's hits stored"
+        lambda: outcomes(env, ATK4_B) == ["banned", "counted"],
+        PATIENCE,
+        "the stranger's hits stored",
     )
     assert not env.service_reachable(env.atk, ATK4_B)
 
     env.srv.run(["ip", "route", "del", "203.0.113.0/24"])
-    wait_until(lambda: members(env, "porttrap_gateways_v4") == [], 10, "the gateway gone")
+    wait_until(lambda: members(env, "porttrap_gateways_v4") == [], PATIENCE, "the gateway gone")

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from porttrap.demo import names, plan
+from porttrap.demo import names, plan, script
+from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -88,6 +89,16 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def in_netns(pid: int, name: str, command: str) -> bool:
+    """Whether process `pid` runs `command` (it has exec'd) inside network namespace `name`."""
+    try:
+        inode = Path(f"/proc/{pid}/ns/net").stat().st_ino
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return False
+    return comm == command and inode == (NETNS_DIR / name).stat().st_ino
 
 
 def seconds(pattern: str, text: str) -> float:
@@ -166,16 +177,23 @@ def test_the_demo_tells_the_whole_story_and_leaves_nothing_behind(
     assert f"{plan.SCANNER4} -> {plan.HOST4}:8080: connected in" in text
     assert re.search(r"event=hit src=192\.0\.2\.66 \S+ dst=192\.0\.2\.1 port=23 proto=tcp "
                      r"kind=connect outcome=banned", text), text  # fmt: skip
-    delay = seconds(r"ban 1: 192\.0\.2\.66 in the kernel set ban_v4 within ([\d.]+ m?s) of "
-                    r"the handshake, for 4 s", text)  # fmt: skip
-    assert 0 < delay < 5, text
+    delays = [seconds(rf"ban {n}: 192\.0\.2\.66 in the kernel set ban_v4 within ([\d.]+ m?s) "
+                      rf"of the handshake, for {length} s", text)
+              for n, length in ((1, 4), (2, 16))]  # fmt: skip
+    assert all(0 < delay <= script.WAIT_BAN for delay in delays), text  # its own deadline
     # while banned, the service gets nothing from it; porttrap's own commands show the bans
     assert re.search(r"192\.0\.2\.66 -> 192\.0\.2\.1:8080: no answer after 1\.0 s", text), text
     assert re.search(r"\$ porttrap bans\n.*ADDRESS .*\n.*192\.0\.2\.66 .* 2 +trap:tcp/2323", text)
     # escalation: 4 s, 16 s measured in the kernel, then for good
-    first = seconds(r"ban 1: 4 s set, ([\d.]+ s) measured", text)
-    second = seconds(r"ban 2: 16 s set, ([\d.]+ s) measured \(4 s x 2\^2\)", text)
-    assert 3.5 <= first <= 6.5 and 15.5 <= second <= 18.5, (first, second)
+    # Measured from the first listing that held the ban, which came up to `delay` after the
+    # handshake: at least the set time less that (0.5 s for the printed roundings and the
+    # moment between the handshake and the demo's reading of its clock). No upper bound holds
+    # for every schedule: the kernel's own timeout is the one above ("4 s set"), and the demo
+    # fails by itself if the ban does not end within EXPIRY_SLACK of it.
+    lasted = [seconds(r"ban 1: 4 s set, ([\d.]+ s) measured", text),
+              seconds(r"ban 2: 16 s set, ([\d.]+ s) measured \(4 s x 2\^2\)", text)]  # fmt: skip
+    for length, measured, delay in zip((4, 16), lasted, delays, strict=True):
+        assert measured >= length - delay - 0.5, (lasted, delays)
     assert "ok ban 3 is permanent: 192.0.2.66 in ban_v4 with no timeout" in text
     # UDP: one datagram counted, the second bans, over IPv6
     assert "ok UDP: the first datagram counted, the second banned" in text
@@ -224,7 +242,8 @@ def test_what_a_killed_demo_left_is_removed_and_nothing_else(running: list[Runni
             subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
         # what the killed demo's daemon would be: a process still in its namespace
         left_running = subprocess.Popen(["ip", "netns", "exec", stale_ns, "sleep", "60"])
-        time.sleep(0.2)
+        wait_until(lambda: in_netns(left_running.pid, stale_ns, "sleep"), PATIENCE,
+                   f"sleep 60 running in {stale_ns}")  # fmt: skip
         demo = Running("--quick")
         running.append(demo)
         demo.wait_for(r"porttrap run -c \S+ \(pid \d+\)$", 60)

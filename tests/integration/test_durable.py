@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from daemon_env import ATK4, SRV4, Env, tcp_works, wait_until
 
+from waiting import PATIENCE
+
 pytestmark = pytest.mark.kernel
 
 TRAPS = """
@@ -50,7 +52,7 @@ def test_a_damaged_ruleset_is_rebuilt_with_every_ban(
     env = env_factory(TRAPS)
     env.start()
     assert tcp_works(env.atk, ATK4, SRV4, 2323)
-    wait_until(lambda: env.in_set("ban_v4", ATK4), 10, "trap ban in kernel")
+    wait_until(lambda: env.in_set("ban_v4", ATK4), PATIENCE, "trap ban in kernel")
     env.porttrap("ban", "203.0.113.0/24", "--permanent")
     env.porttrap("ban", "198.51.100.77", "--for", "1h")
     assert banned_everywhere(env)
@@ -109,7 +111,7 @@ def full_disk_env(env_factory: Callable[[str], Env], tmp_path: Path) -> Iterator
     )
     try:
         env.wrap = ["nsenter", "-t", str(holder.pid), "-m"]
-        wait_until(lambda: _mounted_ns(holder.pid), 10, "private mount namespace")
+        wait_until(lambda: _mounted_ns(holder.pid), PATIENCE, "private mount namespace")
         _in(env, ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(env.state)])
         yield env
     finally:
@@ -157,7 +159,7 @@ def test_a_store_that_cannot_write_loses_no_acknowledged_ban(full_disk_env: Env)
     assert first.returncode == 4, first
     assert "in the kernel but not yet on disk" in first.stderr
     assert env.in_set("ban_v4", "198.51.100.50")
-    wait_until(lambda: not store_ok(env), 10, "status shows the failing store")
+    wait_until(lambda: not store_ok(env), PATIENCE, "status shows the failing store")
     assert "event=store-failing" in env.log_text()
 
     free(env)  # the disk is usable again: the retried write goes through

@@ -18,16 +18,12 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import random
 import socket
-import subprocess  # noqa: TID251 - test helper
 import sys
-import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,16 +40,18 @@ from daemon_env import (
     SRV4,
     SRV6,
     SRV_CLI,
+    BanAnnouncements,
     Env,
+    announcements,
     open_socket,
     tcp_works,
-    wait_until,
 )
 from floods import TCP, UDP, Sender
 
 from netns import Netns
 from porttrap.config.schema import DEFAULT_TCP_TRAPS
 from porttrap.units import parse_ports
+from waiting import pause, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -205,70 +203,6 @@ def become_client(env: Env, ns: Netns, source: str, target: str) -> None:
     assert connects(ns, source, target, SERVICE_PORT), f"{source} could not reach the service"
     name = "clients_v6" if ":" in source else "clients_v4"
     wait_until(lambda: env.in_set(name, source), WAIT, f"{source} a client in the kernel")
-
-
-class BanAnnouncements:
-    """Every element added to porttrap's ban sets, as the kernel announces it (`nft monitor`):
-    what the kernel was given, even for a ban too short to be seen by polling."""
-
-    def __init__(self, ns: Netns) -> None:
-        self.lines: list[str] = []
-        self._process = subprocess.Popen(
-            ["ip", "netns", "exec", ns.name, "nft", "-j", "monitor", "new", "elements"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self._ready(ns)
-
-    def _read(self) -> None:
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            self.lines.append(line)
-
-    def _ready(self, ns: Netns) -> None:
-        """Until the monitor shows an element added to a scratch set: it is listening."""
-        ns.run(["nft", "add table inet ready { set s { type inet_service; }; }"])
-        ports = iter(range(1, 10_000))
-
-        def heard() -> bool:
-            ns.run(["nft", f"add element inet ready s {{ {next(ports)} }}"])
-            return any('"ready"' in line for line in self.lines)
-
-        wait_until(heard, WAIT, "nft monitor listening")
-        ns.run(["nft", "delete table inet ready"])
-
-    def timeouts(self, address: str) -> list[int | None]:
-        """The kernel timeout of each element added for `address`; None: no timeout (for good)."""
-        found: list[int | None] = []
-        for line in list(self.lines):
-            element = json.loads(line).get("add", {}).get("element", {})
-            if element.get("table") != "porttrap" or not element["name"].startswith("ban_v"):
-                continue
-            for item in element["elem"]["set"]:
-                if item == address:
-                    found.append(None)
-                elif isinstance(item, dict) and item["elem"]["val"] == address:
-                    found.append(item["elem"].get("timeout"))
-        return found
-
-    def close(self) -> None:
-        self._process.kill()
-        self._process.wait(timeout=10)
-        self._reader.join(timeout=10)
-        assert self._process.stdout is not None
-        self._process.stdout.close()
-
-
-@contextmanager
-def announcements(env: Env) -> Iterator[BanAnnouncements]:
-    monitor = BanAnnouncements(env.srv)
-    try:
-        yield monitor
-    finally:
-        monitor.close()
 
 
 def assert_bounded_unverified(env: Env, address: str, rounds: int, reason: str) -> None:
@@ -778,7 +712,7 @@ def test_a_flood_of_forged_sources_makes_few_bans_and_bounded_memory_and_rows(
         started = time.monotonic()  # noqa: TID251 - test timing
         for at in range(0, len(frames), 100):  # about 5,000 frames a second
             sender.send(frames[at : at + 100])
-            time.sleep(0.02)
+            pause(0.02, "a pace of about 5,000 frames a second")
 
         def marker_seen() -> bool:
             """The allow-listed marker, sent after the flood, has been dealt with."""

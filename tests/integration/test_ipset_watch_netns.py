@@ -15,7 +15,6 @@ import ipaddress
 import shutil
 import socket
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -56,6 +55,7 @@ from porttrap.model import Hit, Proto
 from porttrap.sensors.sockets import SocketTraps
 from porttrap.sensorspec import MARK_CLIENT, MARK_PEER
 from porttrap.testing import FakeClock
+from waiting import PATIENCE, holds_for, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -166,9 +166,8 @@ def test_a_syn_scanner_answered_by_an_open_port_is_no_client(guard: Guard) -> No
     guard.setup(CONNECT)
     # SYN, SYN-ACK, then the scanner's kernel sends RST: `established`, never `assured`
     probe = Probe(STRANGER4, HOST4, SERVICE_PORT, "syn")
-    assert answers(guard.lan, [probe], timeout=1) == ["SA"]
-    time.sleep(0.2)
-    assert guard.elements("clients_v4") == []
+    assert answers(guard.lan, [probe], timeout=PATIENCE) == ["SA"]
+    holds_for(lambda: guard.elements("clients_v4") == [], 0.5, "no client")
 
 
 def test_the_destinations_of_the_hosts_own_flows_are_peers(guard: Guard) -> None:
@@ -195,11 +194,12 @@ def test_every_packet_of_a_clients_flow_gives_it_its_full_time_again(guard: Guar
         client.settimeout(5)
         client.connect((HOST4, SERVICE_PORT))
         assert client.recv(5) == b"hello"
-        time.sleep(3)  # the element's timeout runs down meanwhile...
-        assert timeout_of(guard, "porttrap_clients_v4", CLIENT4) <= 3597
+        # the element's timeout runs down (the kernel shows whole seconds: 3 s of it)...
+        wait_until(lambda: timeout_of(guard, "porttrap_clients_v4", CLIENT4) <= 3597,
+                   PATIENCE, "3 s of the client's time gone")  # fmt: skip
         client.sendall(b"more")  # ...until the client's next packet (the server has closed)
-        time.sleep(0.2)
-    assert timeout_of(guard, "porttrap_clients_v4", CLIENT4) >= 3598
+        wait_until(lambda: timeout_of(guard, "porttrap_clients_v4", CLIENT4) >= 3598,
+                   PATIENCE, "the client's full time again")  # fmt: skip
 
 
 def test_a_rebuild_keeps_what_the_watch_learned(guard: Guard) -> None:
@@ -352,7 +352,7 @@ async def udp_hits(guard: Guard, sources: list[tuple[str, str]]) -> list[Hit]:
         for source, target in sources:
             with open_socket(guard.lan, source, socket.SOCK_DGRAM) as sender:
                 sender.sendto(b"probe", (target, TRAP))
-        return [await asyncio.wait_for(queue.get(), 10) for _ in sources]
+        return [await asyncio.wait_for(queue.get(), PATIENCE) for _ in sources]
     finally:
         sensor.close()
 

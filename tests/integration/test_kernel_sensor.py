@@ -26,10 +26,10 @@ from daemon_env import (
     Env,
     open_socket,
     tcp_works,
-    wait_until,
 )
 
 from netns import Netns
+from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -91,8 +91,10 @@ def test_every_probe_class_is_reported_classified_and_blocked_at_its_first_packe
         for n, kind in enumerate(CLASSES)
     }
     send(env.atk, [Probe(src, target, TRAP, kind) for kind, src in sources.items()])
-    wait_until(lambda: all(blocked(env, s) for s in sources.values()), 5, "every source blocked")
-    wait_until(lambda: len(hits(env)) >= len(CLASSES), 5, "every hit recorded")
+    wait_until(
+        lambda: all(blocked(env, s) for s in sources.values()), PATIENCE, "every source blocked"
+    )
+    wait_until(lambda: len(hits(env)) >= len(CLASSES), PATIENCE, "every hit recorded")
     seen = {h["address"]: h for h in hits(env)}
     for kind, source in sources.items():
         assert seen[source]["kind"] == KINDS.get(kind, kind)
@@ -105,7 +107,9 @@ def test_a_scanner_seen_again_is_banned_by_the_policy_and_its_next_probes_are_re
 ) -> None:
     env = env_factory(STEALTH)
     send(env.atk, [Probe(ATK4, SRV4, TRAP, "syn"), Probe(ATK4, SRV4, 2324, "syn")], inter=0.05)
-    wait_until(lambda: env.in_set("ban_v4", ATK4), 5, "scanner banned after its second probe")
+    wait_until(
+        lambda: env.in_set("ban_v4", ATK4), PATIENCE, "scanner banned after its second probe"
+    )
     assert sorted(h["outcome"] for h in hits_from(env, ATK4)) == ["banned", "counted"]
     assert not env.service_reachable(env.atk, ATK4)
 
@@ -118,7 +122,7 @@ def test_allow_listed_and_own_addresses_are_never_blocked(
     # Forged with the host's own address. IPv6 only: the kernel itself drops an IPv4 packet
     # that arrives with one of the host's addresses as its source (a martian).
     send(env.atk, [Probe(SRV6, SRV6, TRAP, "syn")])
-    wait_until(lambda: len(hits(env)) >= 3, 5, "hits recorded")
+    wait_until(lambda: len(hits(env)) >= 3, PATIENCE, "hits recorded")
     assert {h["outcome"] for h in hits(env)} == {"allowed", "own-address"}
     assert not blocked(env, ALLOWED) and not blocked(env, SRV6)
     assert env.service_reachable(env.cli, ALLOWED, SRV_CLI)
@@ -136,7 +140,7 @@ def test_forged_probes_in_a_live_clients_name_do_not_cut_it_off(
         kinds = ("syn", "fin", "null")
         forged = [Probe(CLIENT, SRV4, port, kind) for port in (TRAP, 2324) for kind in kinds] * 3
         send(env.atk, forged, inter=0.02)  # from the attacker's side, with the client's address
-        wait_until(lambda: len(hits_from(env, CLIENT)) >= 2, 5, "forged probes reported")
+        wait_until(lambda: len(hits_from(env, CLIENT)) >= 2, PATIENCE, "forged probes reported")
         assert live.recv(5) == b"hello"  # the live connection still works
     assert {h["outcome"] for h in hits_from(env, CLIENT)} == {"client"}
     assert not blocked(env, CLIENT) and not env.in_set("ban_v4", CLIENT)
@@ -149,12 +153,12 @@ def test_non_syn_probes_to_unserved_ports_get_no_rst_unless_quiet_is_off(
     unserved = 9999  # neither served nor a trap
     env = env_factory(STEALTH)
     assert answers(env.atk, [Probe(ATK4, SRV4, unserved, "ack")], timeout=1) == [None]
-    assert answers(env.atk, [Probe(ATK4, SRV4, unserved, "syn")], timeout=1) == ["RA"]
+    assert answers(env.atk, [Probe(ATK4, SRV4, unserved, "syn")], timeout=PATIENCE) == ["RA"]
     assert not hits_from(env, ATK4)  # not a trap: nothing reported, nobody blocked
     env.stop()
     env.config.write_text(env.config.read_text() + "[kernel]\nquiet = false\n")
     env.start()
-    assert answers(env.atk, [Probe(ATK4, SRV4, unserved, "ack")], timeout=1) == ["R"]
+    assert answers(env.atk, [Probe(ATK4, SRV4, unserved, "ack")], timeout=PATIENCE) == ["R"]
 
 
 def test_advanced_mode_traps_unserved_ports_and_follows_services_that_start_and_stop(
@@ -165,18 +169,20 @@ def test_advanced_mode_traps_unserved_ports_and_follows_services_that_start_and_
     assert not hits_from(env, ATK4)
     late = 7070
     server = env.srv.start([sys.executable, "-c", SERVICE % late])
-    wait_until(lambda: listening(env.srv, late), 5, "late service listening")
+    wait_until(lambda: listening(env.srv, late), PATIENCE, "late service listening")
     started = time.monotonic()  # noqa: TID251 - test timing
-    wait_until(lambda: late in env.nft_set("open_tcp"), 5, "late service excluded")
+    wait_until(lambda: late in env.nft_set("open_tcp"), PATIENCE, "late service excluded")
     opened_in = time.monotonic() - started  # noqa: TID251
     assert opened_in < 1.0, f"the new service was a trap for {opened_in:.2f}s"
     assert tcp_works(env.cli, CLIENT, SRV_CLI, late)
     assert not blocked(env, CLIENT)
     server.kill()
     server.wait()
-    wait_until(lambda: late not in env.nft_set("open_tcp"), 20, "port trapped again")
+    wait_until(
+        lambda: late not in env.nft_set("open_tcp"), 10 + PATIENCE, "port trapped again"
+    )  # held 10 s
     send(env.atk, [Probe(ATK4_B, SRV4, late, "syn")])  # ATK4 is a client now: not blocked
-    wait_until(lambda: blocked(env, ATK4_B), 5, "probe to the closed port blocked")
+    wait_until(lambda: blocked(env, ATK4_B), PATIENCE, "probe to the closed port blocked")
 
 
 def test_the_hosts_own_connections_out_are_untouched_in_advanced_mode(
@@ -185,7 +191,7 @@ def test_the_hosts_own_connections_out_are_untouched_in_advanced_mode(
     env = env_factory(ADVANCED)
     env.atk.start([sys.executable, "-c", SERVICE % 6000])
     env.atk.start([sys.executable, "-c", UDP_ECHO % 6001])
-    wait_until(lambda: tcp_works(env.srv, SRV4, ATK4, 6000), 5, "outgoing TCP works")
+    wait_until(lambda: tcp_works(env.srv, SRV4, ATK4, 6000), PATIENCE, "outgoing TCP works")
     with open_socket(env.srv, SRV4, socket.SOCK_DGRAM) as sock:
         sock.settimeout(2)
         sock.sendto(b"ping", (ATK4, 6001))
@@ -200,9 +206,11 @@ def test_after_a_flood_of_forged_sources_a_new_scanner_is_still_blocked(
     env = env_factory(STEALTH + "[kernel]\nblock_size = 1024\n")
     flood = [Probe(f"2001:db8:2::{n:x}", SRV6, TRAP, "syn") for n in range(1, 2501)]
     send(env.atk, flood)  # more forged sources than a block generation can hold
-    wait_until(lambda: kernel_status(env)["block"]["rotations"] >= 1, 5, "generations rotated")
+    wait_until(
+        lambda: kernel_status(env)["block"]["rotations"] >= 1, PATIENCE, "generations rotated"
+    )
     send(env.atk, [Probe(ATK6, SRV6, TRAP, "syn"), Probe(ATK4, SRV4, TRAP, "syn")])
-    wait_until(lambda: blocked(env, ATK6) and blocked(env, ATK4), 5, "new scanners blocked")
+    wait_until(lambda: blocked(env, ATK6) and blocked(env, ATK4), PATIENCE, "new scanners blocked")
     assert not env.service_reachable(env.atk, ATK4)
     status = kernel_status(env)
     assert status["events"]["over_total_rate"] + status["events"]["reported"] >= 2500
@@ -231,7 +239,7 @@ def test_a_syn_scanner_that_finds_an_open_port_is_no_client(
     # SYN, SYN-ACK, then the scanner's kernel answers RST: conntrack calls that `established`,
     # but the handshake never completed, so the source must not be exempt as a client.
     env = env_factory(STEALTH)
-    assert answers(env.atk, [Probe(ATK4, SRV4, SERVICE_PORT, "syn")], timeout=1) == ["SA"]
+    assert answers(env.atk, [Probe(ATK4, SRV4, SERVICE_PORT, "syn")], timeout=PATIENCE) == ["SA"]
     send(env.atk, [Probe(ATK4, SRV4, TRAP, "syn")])
-    wait_until(lambda: blocked(env, ATK4), 5, "the scanner blocked at its first trap packet")
+    wait_until(lambda: blocked(env, ATK4), PATIENCE, "the scanner blocked at its first trap packet")
     assert [h["outcome"] for h in hits_from(env, ATK4)] == ["counted"]

@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon_env import ALLOWED, ATK4, ATK6, SRV4, SRV6, SRV_CLI, Env, open_socket, wait_until
+from daemon_env import ALLOWED, ATK4, ATK6, SRV4, SRV6, SRV_CLI, Env, open_socket
 
 from fail2ban_regex import Fail2ban, find
 from netns import Netns
+from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -76,17 +77,17 @@ def test_outputs_banner_logrotate_and_fail2ban(env: Env, tmp_path: Path) -> None
     assert banner_of(env.srv, SRV4, SRV4) == BANNER.encode()  # the host itself: own-address
     assert banner_of(env.atk, ATK4, SRV4) == BANNER.encode()
     env.recorded_bans(1)
-    wait_until(lambda: len(lines(logs / "net-bouncer.log")) == 1, 5, "first scanner's line")
+    wait_until(lambda: len(lines(logs / "net-bouncer.log")) == 1, PATIENCE, "first scanner's line")
 
     for name in FILES:  # logrotate: rename, then SIGHUP
         (logs / name).rename(logs / f"{name}.1")
     os.kill(env.daemon.pid, signal.SIGHUP)
-    wait_until(lambda: "event=log-reopened files=4" in env.log_text(), 10, "files reopened")
-    wait_until(lambda: "event=reloaded changed=nothing" in env.log_text(), 10, "reloaded")
+    wait_until(lambda: "event=log-reopened files=4" in env.log_text(), PATIENCE, "files reopened")
+    wait_until(lambda: "event=reloaded changed=nothing" in env.log_text(), PATIENCE, "reloaded")
 
     assert banner_of(env.atk, ATK6, SRV6) == BANNER.encode()
     env.recorded_bans(2)
-    wait_until(lambda: len(lines(logs / "net-bouncer.log")) == 1, 5, "second scanner's line")
+    wait_until(lambda: len(lines(logs / "net-bouncer.log")) == 1, PATIENCE, "second scanner's line")
     env.stop()
 
     for name in FILES:

@@ -9,10 +9,11 @@ from collections.abc import Callable
 
 import pytest
 from crafted import Probe, send
-from daemon_env import ATK4, SERVICE_PORT, SRV4, Env, tcp_works, wait_until
+from daemon_env import ATK4, SERVICE_PORT, SRV4, Env, tcp_works
 from prometheus_client.core import Metric
 
 from scrape import by, dashboard_metrics, families, labels, sample_names, values
+from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -39,14 +40,14 @@ def scrape(env: Env) -> dict[str, Metric]:
 
 
 def settled(env: Env, check: Callable[[dict[str, Metric]], bool], what: str) -> dict[str, Metric]:
-    """The first scrape (one every 0.1 s, 5 s at most) for which `check` holds."""
+    """The first scrape (one every 0.1 s, for as long as PATIENCE) for which `check` holds."""
     seen: list[dict[str, Metric]] = []
 
     def scraped() -> bool:
         seen[:] = [scrape(env)]
         return check(seen[0])
 
-    wait_until(scraped, 5, what)
+    wait_until(scraped, PATIENCE, what)
     return seen[0]
 
 

@@ -25,8 +25,9 @@ from daemon_env import (
     SRV_CLI,
     Env,
     tcp_works,
-    wait_until,
 )
+
+from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -65,12 +66,12 @@ def test_a_trap_on_one_family_fires_with_its_own_ban_time(
         assert not tcp_works(env.atk, ATK4, SRV4, 2400)  # not trapped on IPv4: closed
     else:  # a forgeable probe bans at the second (confirm)
         send(env.atk, [Probe(ATK6, SRV6, 2400, "syn")] * 2, inter=0.05)
-    wait_until(lambda: env.in_set("ban_v6", ATK6), 10, "IPv6 scanner banned")
+    wait_until(lambda: env.in_set("ban_v6", ATK6), PATIENCE, "IPv6 scanner banned")
     if mode == "connect":
         assert tcp_works(env.atk, ATK4, SRV4, 2401)
     else:
         send(env.atk, [Probe(ATK4, SRV4, 2401, "syn")] * 2, inter=0.05)
-    wait_until(lambda: env.in_set("ban_v4", ATK4), 10, "IPv4 scanner banned")
+    wait_until(lambda: env.in_set("ban_v4", ATK4), PATIENCE, "IPv4 scanner banned")
     assert {b["address"] for b in env.recorded_bans(2)} == {ATK4, ATK6}
     assert ban_lengths(env) == {ATK6: 2 * H, ATK4: 3 * H}
 
@@ -83,7 +84,7 @@ def test_a_port_in_use_on_one_family_is_no_trap_on_either(
     env = env_factory('[traps]\ntcp = ["2323", "2500"]\nudp = []\n')
     service = "import socket, time\ns = socket.create_server(('0.0.0.0', 2500))\ntime.sleep(600)"
     env.srv.start([sys.executable, "-c", service])
-    wait_until(lambda: tcp_works(env.atk, ATK4, SRV4, 2500), 10, "IPv4-only service up")
+    wait_until(lambda: tcp_works(env.atk, ATK4, SRV4, 2500), PATIENCE, "IPv4-only service up")
     env.start()
     traps: dict[str, Any] = env.json("status")["traps"]
     skipped = {(t["port"], t["address"]): t["reason"] for t in traps["skipped"]}
@@ -148,7 +149,7 @@ def test_stealth_traps_in_ip_local_port_range_let_the_hosts_own_connections_thro
     with tcp, udp:
         tcp.settimeout(5)
         tcp.bind((SRV_CLI, 40000))  # the source port the kernel could have picked
-        wait_until(lambda: tcp.connect_ex((CLIENT, 7000)) == 0, 10, "client's service up")
+        wait_until(lambda: tcp.connect_ex((CLIENT, 7000)) == 0, PATIENCE, "client's service up")
         assert tcp.recv(5) == b"hello"
         udp.settimeout(5)
         udp.bind((SRV_CLI, 40001))
@@ -188,9 +189,11 @@ def test_descriptors_running_out_make_one_warning_not_a_flood(
     before = len(env.log_text())
     for port in range(4000, 4040):  # completed by the kernel, waiting in the backlog
         assert tcp_works(env.atk, ATK4, SRV4, port)
-    wait_until(lambda: "event=trap-backoff" in env.log_text()[before:], 10, "a backoff")
+    wait_until(lambda: "event=trap-backoff" in env.log_text()[before:], PATIENCE, "a backoff")
     set_limits(pid, hard, hard)
-    wait_until(lambda: env.in_set("ban_v4", ATK4), 20, "scanner banned once descriptors are back")
+    wait_until(
+        lambda: env.in_set("ban_v4", ATK4), PATIENCE, "scanner banned once descriptors are back"
+    )
     written = env.log_text()[before:]
     warnings = [line for line in written.splitlines() if "event=trap-backoff" in line]
     assert len(warnings) == 1, written  # one WARNING for the 40 sockets (DEBUG is not on)

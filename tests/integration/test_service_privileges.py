@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_env import ATK4, PORTTRAP, SRV4, Env, tcp_works, wait_until
+from daemon_env import ATK4, PORTTRAP, SRV4, Env, tcp_works
 
 from porttrap.service.unit import CAPABILITIES
+from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -92,13 +93,13 @@ def test_the_units_capabilities_are_enough_to_trap_and_ban(
         assert daemon.poll() is None, env.log_text()
         return env.porttrap("status", check=False).returncode == 0
 
-    wait_until(answers, 20, "daemon answers status")
+    wait_until(answers, PATIENCE, "daemon answers status")
     assert capabilities_of(daemon.pid) == (UNIT_CAPS, UNIT_CAPS)
     assert "event=trap-set proto=tcp port=23" in env.log_text()
 
     assert tcp_works(env.atk, ATK4, SRV4, 23)
-    wait_until(lambda: env.in_set("ban_v4", ATK4), 5, "the scanner banned in nftables")
-    wait_until(seen.exists, 10, "the ban's action command ran")
+    wait_until(lambda: env.in_set("ban_v4", ATK4), PATIENCE, "the scanner banned in nftables")
+    wait_until(seen.exists, PATIENCE, "the ban's action command ran")
     inherited = json.loads(seen.read_text())
     assert inherited == {"target": ATK4, "eff": UNIT_CAPS, "bnd": UNIT_CAPS, "nnp": 1, "mdwe": 1}
     env.stop()

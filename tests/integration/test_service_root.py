@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_env import PORTTRAP, wait_until
+from daemon_env import PORTTRAP
 
 from netns import Netns
+from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -148,7 +149,7 @@ def test_uninstall_removes_a_real_daemons_firewall_and_state(
         assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
         return cli(ns, "status", "-c", running, check=False).returncode == 0
 
-    wait_until(answers, 20, "daemon answers status")
+    wait_until(answers, PATIENCE, "daemon answers status")
     cli(ns, "ban", "192.0.2.50", "-c", running)
     assert "porttrap" in firewall_objects(ns)
 

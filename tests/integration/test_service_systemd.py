@@ -7,17 +7,17 @@ banned, `systemctl reload` reloads it, and uninstall takes everything away again
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from crafted import Probe, send
-from daemon_env import tcp_works, wait_until
+from daemon_env import tcp_works
 from systemd_env import Container
 
 import porttrap
 from netns import Netns
+from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -43,6 +43,7 @@ HOOK_SCRIPT = """#!/bin/sh
 # Only for the test: start porttrap without sysinit.target, whose units (udev, sysctl ...)
 # have no business in a container sharing the host's kernel; and a watchdog short enough to
 # see several pings. Everything else is the unit as install-service writes it.
+PING = "WatchdogTimestampMonotonic"  # microseconds of CLOCK_MONOTONIC
 DROP_IN = "[Unit]\nDefaultDependencies=no\n[Service]\nWatchdogSec=3s\n"
 # A checkout under /tmp (CI clones there) would be hidden from the service by PrivateTmp=yes,
 # its executable and its code with it: only then, the test's drop-in turns PrivateTmp off.
@@ -113,20 +114,21 @@ def test_the_unit_under_systemd_from_install_to_uninstall(
     assert mounts["/var/lib/porttrap"].startswith("rw"), mounts  # StateDirectory=
 
     assert tcp_works(atk, ATK, SRV, 23)
-    wait_until(lambda: banned(container.netns, ATK), 5, "the scanner banned")
+    wait_until(lambda: banned(container.netns, ATK), PATIENCE, "the scanner banned")
     hook = "/var/lib/porttrap/hook.txt"
-    wait_until(lambda: container.run(["test", "-s", hook], check=False).returncode == 0, 10,
+    wait_until(lambda: container.run(["test", "-s", hook], check=False).returncode == 0, PATIENCE,
                "the ban's action command ran")  # fmt: skip
     inherited = container.run(["cat", hook]).stdout.split()
     assert inherited == ["CapEff:0000000000001400", "CapBnd:0000000000001400", "NoNewPrivs:1",
                          "Seccomp:2", "etc=read-only", f"target={ATK}"]  # fmt: skip
     container.run(["rm", hook])
 
-    first = container.show("porttrap.service", "WatchdogTimestampMonotonic")
-    time.sleep(4.5)  # longer than WatchdogSec: systemd would have killed a silent porttrap
-    later = container.show("porttrap.service", "WatchdogTimestampMonotonic", "MainPID",
-                           "NRestarts", "ActiveState")  # fmt: skip
-    assert int(later["WatchdogTimestampMonotonic"]) > int(first["WatchdogTimestampMonotonic"])
+    # pings 4.5 s after this one, by systemd's own clock: longer than WatchdogSec (3 s), after
+    # which systemd would have killed a silent porttrap
+    first = int(container.show("porttrap.service", "WatchdogTimestampMonotonic")[PING])
+    wait_until(lambda: int(container.show("porttrap.service", PING)[PING]) > first + 4_500_000,
+               PATIENCE, "watchdog pings for longer than WatchdogSec")  # fmt: skip
+    later = container.show("porttrap.service", "MainPID", "NRestarts", "ActiveState")
     assert (later["MainPID"], later["NRestarts"], later["ActiveState"]) == (pid, "0", "active")
 
     container.run(["systemctl", "reload", "porttrap.service"])
@@ -193,13 +195,13 @@ def test_ipset_with_iptables_legacy_hosts_deny_and_a_log_file_under_systemd(
 
     assert tcp_works(atk, ATK, SRV, 23)
     wait_until(
-        lambda: ATK in container.run(["ipset", "list", "porttrap_v4"]).stdout, 5, "ipset ban"
+        lambda: ATK in container.run(["ipset", "list", "porttrap_v4"]).stdout, PATIENCE, "ipset ban"
     )
 
     def hosts_deny() -> str:
         return container.run(["cat", "/etc/hosts.deny"]).stdout
 
-    wait_until(lambda: f"ALL: {ATK}" in hosts_deny(), 10, "the hosts.deny line")
+    wait_until(lambda: f"ALL: {ATK}" in hosts_deny(), PATIENCE, "the hosts.deny line")
     assert hosts_deny().startswith(ADMINS_HOSTS_DENY)
     log = container.run(["cat", "/var/log/porttrap/porttrap.json"]).stdout
     assert '"event":"ban"' in log.replace(" ", ""), log
@@ -230,5 +232,5 @@ def test_the_built_in_defaults_run_advanced_mode_under_the_sandbox(
     journal = container.run(["journalctl", "-u", "porttrap", "--no-pager", "-o", "cat"]).stdout
     assert "tcp=advanced udp=advanced" in journal
     send(atk, [Probe(ATK, SRV, 4444, "syn"), Probe(ATK, SRV, 4445, "syn")], inter=0.05)
-    wait_until(lambda: banned(container.netns, ATK), 10, "the scanner banned")
+    wait_until(lambda: banned(container.netns, ATK), PATIENCE, "the scanner banned")
     container.run([EXE, "uninstall-service"])

@@ -20,6 +20,7 @@ import pytest
 from daemon_env import PORTTRAP, Env, wait_until
 
 from netns import Netns
+from waiting import PATIENCE
 
 pytestmark = pytest.mark.kernel
 
@@ -128,7 +129,7 @@ def test_a_second_instance_on_the_same_table_is_refused_before_it_touches_the_ke
     os.kill(first, signal.SIGKILL)
     env.daemon.wait(timeout=20)
     later = env.srv.start([*PORTTRAP, "run", "-c", str(second)])
-    wait_until(lambda: run_in(env.srv, "status", "-c", str(second)).returncode == 0, 20,
+    wait_until(lambda: run_in(env.srv, "status", "-c", str(second)).returncode == 0, PATIENCE,
                "the second instance runs once the first is gone")  # fmt: skip
     assert later.poll() is None
 
@@ -160,7 +161,7 @@ def test_the_same_table_name_in_two_namespaces_is_two_tables(
     elsewhere = netns_factory()
     other = write_config(tmp_path / "other.toml", tmp_path / "other", TRAPS)
     elsewhere.start([*PORTTRAP, "run", "-c", str(other)])
-    wait_until(lambda: run_in(elsewhere, "status", "-c", str(other)).returncode == 0, 20,
+    wait_until(lambda: run_in(elsewhere, "status", "-c", str(other)).returncode == 0, PATIENCE,
                "the daemon of the other namespace runs")  # fmt: skip
     env.porttrap("ban", BANNED, "--permanent")
     assert (

@@ -5,12 +5,13 @@ going away, and q or Ctrl-C end it with status 0."""
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 
 import pytest
 from daemon_env import ALLOWED, ATK4, PORTTRAP, SRV4, SRV_CLI, Env, tcp_works
 from tmux import Tmux
+
+from waiting import PATIENCE
 
 pytestmark = pytest.mark.kernel
 
@@ -33,16 +34,13 @@ def top_argv(env: Env, *extra: str) -> list[str]:
 def hits_until_rate_shows(env: Env, tmux: Tmux, timeout: float) -> str:
     """Touch the trap from the allow-listed client (counted, never banned) every 0.1 s until
     the view's 'now' rate is above zero; the screen then."""
-    deadline = time.monotonic() + timeout  # noqa: TID251 - test timing
-    screen = ""
-    while time.monotonic() < deadline:  # noqa: TID251
+
+    def rate_shown(screen: str) -> bool:
         tcp_works(env.cli, ALLOWED, SRV_CLI, 2323)
-        screen = tmux.screen()
         found = NOW_RATE.search(screen)
-        if found and found.group(1) not in ("0", "-"):
-            return screen
-        time.sleep(0.1)
-    raise AssertionError(f"no hits per second shown after {timeout}s; screen:\n{screen}")
+        return found is not None and found.group(1) not in ("0", "-")
+
+    return tmux.wait_until(rate_shown, timeout, "hits per second shown")
 
 
 def rows(screen: str, title: str) -> list[str]:
@@ -73,11 +71,11 @@ def test_top_shows_a_scan_live_survives_resizes_and_outages_and_quits_with_q(
     env.start()
     with Tmux() as tmux:
         tmux.start(top_argv(env), 120, 40)
-        tmux.wait_for(["porttrap ", "backend nftables", "1 trap port  |", "q quits"], 15)
+        tmux.wait_for(["porttrap ", "backend nftables", "1 trap port  |", "q quits"], PATIENCE)
 
         assert tcp_works(env.atk, ATK4, SRV4, 2323)  # a scanner touches the trap: banned
-        screen = hits_until_rate_shows(env, tmux, 15)
-        screen = tmux.wait_for([ATK4, "RECENT BANS", "trap:tcp/2323"], 10)
+        screen = hits_until_rate_shows(env, tmux, PATIENCE)
+        screen = tmux.wait_for([ATK4, "RECENT BANS", "trap:tcp/2323"], PATIENCE)
         assert re.search(r"\[\s*[▁▂▃▄▅▆▇█][ ▁▂▃▄▅▆▇█]*\]", screen), screen  # the sparkline
         assert any(
             re.match(rf"\s*{re.escape(ATK4)}\s+1\s+tcp/2323\s+\d+s ago\s+(59m\S*|1h) left", line)
@@ -91,7 +89,7 @@ def test_top_shows_a_scan_live_survives_resizes_and_outages_and_quits_with_q(
         assert len(screen.splitlines()) == 40
 
         tmux.resize(60, 16)  # narrower: the tables stack, the sources first
-        screen = tmux.wait_until(lambda s: " TOP SOURCES" in s.splitlines(), 5, "stacked")
+        screen = tmux.wait_until(lambda s: " TOP SOURCES" in s.splitlines(), PATIENCE, "stacked")
         lines = screen.splitlines()
         assert len(lines) == 16 and lines[-1] == " q quits, refreshes every 1s", screen
         assert lines[0].startswith(" porttrap ") and lines[0].endswith(" UTC"), screen
@@ -99,19 +97,19 @@ def test_top_shows_a_scan_live_survives_resizes_and_outages_and_quits_with_q(
         assert ATK4 in "\n".join(rows(screen, "TOP SOURCES")), screen
         tmux.resize(12, 3)  # far too small: cut, never a crash
         tiny = [" porttrap 0.", " hits 11   n", " q quits, r"]
-        tmux.wait_until(lambda s: s.splitlines()[::2] == tiny[::2], 5, f"{tiny} at 12x3")
+        tmux.wait_until(lambda s: s.splitlines()[::2] == tiny[::2], PATIENCE, f"{tiny} at 12x3")
         tmux.resize(120, 40)
-        tmux.wait_until(side_by_side, 5, "ports and sources side by side at 120x40")
+        tmux.wait_until(side_by_side, PATIENCE, "ports and sources side by side at 120x40")
 
         env.stop()  # the daemon goes away: the view says so and keeps the last numbers
-        screen = tmux.wait_for(["not answering, retrying every 1s", ATK4], 10)
+        screen = tmux.wait_for(["not answering, retrying every 1s", ATK4], PATIENCE)
         env.start()  # and comes back: a fresh start, its bans restored from the database
-        screen = tmux.wait_gone("not answering", 20)
+        screen = tmux.wait_gone("not answering", PATIENCE)
         assert ATK4 in "\n".join(rows(screen, "RECENT BANS")), screen
 
         assert not tmux.status_file.exists()  # still running
         tmux.keys("q")
-        assert tmux.exit_status(5) == 0
+        assert tmux.exit_status() == 0
         assert "TOP SOURCES" not in tmux.screen()  # curses left its screen: terminal restored
 
 
@@ -120,9 +118,9 @@ def test_ctrl_c_quits_top_cleanly(env_factory: Callable[[str], Env]) -> None:
     env.start()
     with Tmux() as tmux:
         tmux.start(top_argv(env, "-n", "0.5"), 100, 30)
-        tmux.wait_for(["TOP SOURCES", "refreshes every 0.5s"], 15)
+        tmux.wait_for(["TOP SOURCES", "refreshes every 0.5s"], PATIENCE)
         tmux.keys("C-c")
-        assert tmux.exit_status(5) == 0
+        assert tmux.exit_status() == 0
 
 
 def test_once_prints_one_plain_frame_with_the_scan(env_factory: Callable[[str], Env]) -> None:

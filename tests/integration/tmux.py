@@ -11,10 +11,11 @@ import secrets
 import shlex
 import subprocess  # noqa: TID251 - test helper
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+
+from waiting import PATIENCE, wait_until
 
 SESSION = "top"
 
@@ -71,27 +72,26 @@ class Tmux:
     def pane(self, fmt: str) -> str:
         return self.tmux("display-message", "-p", "-t", SESSION, fmt).stdout.strip()
 
-    def exit_status(self, timeout: float) -> int | None:
-        """The program's exit status once it has exited (None: still running after
+    def exit_status(self, timeout: float = PATIENCE) -> int:
+        """The program's exit status once it has exited (AssertionError: still running after
         `timeout` seconds)."""
-        deadline = time.monotonic() + timeout  # noqa: TID251 - test timing
-        while time.monotonic() < deadline:  # noqa: TID251
-            if self.status_file.exists():
-                return int(self.status_file.read_text())  # 128 + N: killed by signal N
-            time.sleep(0.1)
-        return None
+        wait_until(self.status_file.exists, timeout, "the program to exit")
+        return int(self.status_file.read_text())  # 128 + N: killed by signal N
 
     def wait_until(self, check: Callable[[str], bool], timeout: float, what: str) -> str:
         """The screen once `check(screen)` holds, polled every 0.1 s for at most `timeout`
         seconds; AssertionError with the last screen otherwise."""
-        deadline = time.monotonic() + timeout  # noqa: TID251 - test timing
-        while True:
-            screen = self.screen()
-            if check(screen):
-                return screen
-            if time.monotonic() > deadline:  # noqa: TID251
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n{screen}")
-            time.sleep(0.1)
+        screens = [""]
+
+        def shows() -> bool:
+            screens[0] = self.screen()
+            return check(screens[0])
+
+        try:
+            wait_until(shows, timeout, what)
+        except AssertionError as err:
+            raise AssertionError(f"{err}:\n{screens[0]}") from None
+        return screens[0]
 
     def wait_for(self, texts: str | Sequence[str], timeout: float) -> str:
         """The screen once it shows every one of `texts`."""

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from ipaddress import ip_network
 from pathlib import Path
@@ -22,6 +21,7 @@ from porttrap.actions.jobs import CommandJob
 from porttrap.actions.process import Ending
 from porttrap.config.schema import CommandAction, Event, Modes, TrapMode
 from porttrap.model import Ban, Proto
+from waiting import wait_until
 
 T0 = 1_800_000_000.0
 RECORDER = """#!{python}
@@ -187,11 +187,11 @@ def test_without_pidfd_a_thread_waits_for_the_process(
 
 
 def _ends_within(pid: int, seconds: float) -> bool:
-    for _ in range(int(seconds / 0.05)):
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
+    try:
+        wait_until(lambda: not _alive(pid), seconds, f"pid {pid} gone")
+    except AssertionError:
+        return False
+    return True
 
 
 def _alive(pid: int) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_network
@@ -19,6 +18,7 @@ from porttrap.actions.jobs import WebhookJob
 from porttrap.actions.process import Ending
 from porttrap.config.schema import Modes, WebhookAction
 from porttrap.model import Ban
+from waiting import pause
 
 T0 = 1_800_000_000.0
 
@@ -39,7 +39,7 @@ class Hook:
                     {"path": self.path, "headers": dict(self.headers),
                      "body": json.loads(self.rfile.read(length))}
                 )  # fmt: skip
-                time.sleep(hook.delay)
+                pause(hook.delay, "a server that is slow to answer")
                 status = hook.answers.pop(0) if hook.answers else 204
                 self.send_response(status)
                 if status == 302:

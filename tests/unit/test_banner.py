@@ -10,6 +10,7 @@ import socket
 
 import pytest
 
+from ports import free_ports
 from porttrap.config.schema import Trap
 from porttrap.model import Hit, Proto
 from porttrap.sensors.sockets import SocketTraps, send_banner
@@ -20,9 +21,7 @@ WAIT = 20.0
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
+    (port,) = free_ports(1)
     return port
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess  # noqa: TID251 - runs the shells a person would
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from porttrap.cli import completion
 from porttrap.cli.main import build_parser, main
+from waiting import PATIENCE, wait_until
 
 BASH_COMPLETION = Path("/usr/share/bash-completion/bash_completion")
 
@@ -194,13 +194,18 @@ class Terminal:
         return self._run("capture-pane", "-p")
 
     def wait_for(self, *texts: str) -> str:
-        """The screen once it shows every text; fails after 10 s."""
-        for _ in range(100):
-            screen = self.screen()
-            if all(text in screen for text in texts):
-                return screen
-            time.sleep(0.1)
-        pytest.fail(f"the terminal never showed {texts}; it shows:\n{screen}")
+        """The screen once it shows every text; fails after PATIENCE."""
+        shown: list[str] = []
+
+        def showing() -> bool:
+            shown[:] = [self.screen()]
+            return all(text in shown[0] for text in texts)
+
+        try:
+            wait_until(showing, PATIENCE, f"{texts} on the terminal")
+        except AssertionError:
+            pytest.fail(f"the terminal never showed {texts}; it shows:\n{shown[0]}")
+        return shown[0]
 
     def stop(self) -> None:
         subprocess.run([*self.tmux, "kill-server"], capture_output=True, check=False)

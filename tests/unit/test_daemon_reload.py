@@ -5,6 +5,7 @@ one it runs (fakes for the kernel and the store)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ports import free_ports
 from porttrap.config.loader import load_text
 from porttrap.config.schema import BanPolicy, Config, KernelSensor, Trap
 from porttrap.core import reload
@@ -26,6 +28,7 @@ from porttrap.model import Hit, Outcome, Proto
 from porttrap.policy import Policy, Protection
 from porttrap.sensors.sockets import SocketTraps
 from porttrap.testing import FakeClock, MemoryFirewall, MemoryStore
+from waiting import eventually
 
 # respond = "command" needs an action that runs on a ban (config.protection)
 ON_BAN = '\n[[actions.command]]\nrun = ["/bin/true"]\n'
@@ -143,17 +146,6 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(bounded())
 
 
-def free_ports(count: int) -> list[int]:
-    held = [socket.socket() for _ in range(count)]
-    try:
-        for sock in held:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in held]
-    finally:
-        for sock in held:
-            sock.close()
-
-
 def test_sockets_that_stay_are_kept_and_the_others_closed_or_bound() -> None:
     keep, drop, add = free_ports(3)
 
@@ -176,14 +168,15 @@ def test_sockets_that_stay_are_kept_and_the_others_closed_or_bound() -> None:
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", drop), timeout=5).close()
         with socket.create_connection(("127.0.0.1", keep), timeout=5) as client:
-            client.settimeout(5)
-            for _ in range(100):  # the loop accepts and sends the new banner
-                await asyncio.sleep(0.01)
-                try:
-                    data = client.recv(16)
-                except BlockingIOError:
-                    continue
-                break
+            client.setblocking(False)  # the loop, on this thread, accepts and sends the banner
+            data = bytearray()
+
+            def banner_read() -> bool:
+                with contextlib.suppress(BlockingIOError):
+                    data.extend(client.recv(16))
+                return len(data) >= len(b"hello\r\n")
+
+            await eventually(banner_read, what="the new banner")
             assert data == b"hello\r\n"
         traps.close()
 

@@ -18,10 +18,12 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ports import free_ports
 from porttrap.config.schema import Listen
 from porttrap.daemon import metrics_server
 from porttrap.daemon.metrics_server import MetricsServer, parse_head
 from porttrap.errors import PorttrapError
+from waiting import eventually
 
 LOOPBACK = Listen(ip_address("127.0.0.1"), 0)  # port 0: the kernel picks a free one
 SCRAPE = b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n"
@@ -195,11 +197,8 @@ def test_a_client_that_does_not_read_its_answer_is_cut_off(
         sock = socket.create_connection(server.address)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(SCRAPE)
-        for _ in range(40):  # bounded: 4 s at most
-            await asyncio.sleep(0.1)
-            if not server._clients:
-                break
-        assert not server._clients  # the connection was dropped, its buffers freed
+        # the connection is dropped, its buffers freed
+        await eventually(lambda: not server._clients, what="the stuck client dropped")
         sock.close()
         scrapes.padding = 0
         assert (await exchange(server, SCRAPE))[0] == 200
@@ -213,14 +212,14 @@ def test_connections_past_the_limit_are_closed_at_once(monkeypatch: pytest.Monke
     async def test(server: MetricsServer, scrapes: Scrapes) -> None:
         assert server.address is not None
         idle = [await asyncio.open_connection(*server.address) for _ in range(2)]
-        await asyncio.sleep(0.05)  # both accepted
+        await eventually(lambda: len(server._clients) == 2, what="both accepted")
         reader, writer = await asyncio.open_connection(*server.address)
         writer.write(SCRAPE)
         assert await closed_by_server(reader)
         assert server.refused == 1
         for _, idle_writer in idle:
             idle_writer.close()
-        await asyncio.sleep(0.05)
+        await eventually(lambda: not server._clients, what="both closed")
         assert (await exchange(server, SCRAPE))[0] == 200
 
     serve(test)
@@ -234,7 +233,7 @@ def test_a_client_that_resets_mid_request_harms_nothing(caplog: pytest.LogCaptur
             sock.sendall(SCRAPE)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()  # a reset, likely before the answer is written
-        await asyncio.sleep(0.1)
+        await eventually(lambda: not server._clients, what="the reset connections gone")
         assert (await exchange(server, SCRAPE))[0] == 200
         assert not server._clients
 
@@ -290,8 +289,7 @@ def test_an_address_the_host_does_not_have_is_refused_with_the_fix() -> None:
 
 def test_restart_moves_the_listener_and_falls_back_when_the_new_address_fails() -> None:
     async def test(server: MetricsServer, scrapes: Scrapes) -> None:
-        with socket.create_server(("127.0.0.1", 0)) as probe:
-            free = probe.getsockname()[1]
+        (free,) = free_ports(1)
         moved = Listen(ip_address("127.0.0.1"), free)
         await server.restart(moved)
         assert server.address == ("127.0.0.1", free)
@@ -311,7 +309,7 @@ def test_close_cuts_open_connections_and_frees_the_port() -> None:
         assert server.address is not None
         host, port = server.address
         reader, writer = await asyncio.open_connection(host, port)
-        await asyncio.sleep(0.05)
+        await eventually(lambda: len(server._clients) == 1, what="the connection accepted")
         await server.close()
         assert await closed_by_server(reader)
         writer.close()

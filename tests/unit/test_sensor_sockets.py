@@ -18,6 +18,7 @@ from typing import Any, cast
 import psutil
 import pytest
 
+import ports
 from porttrap.config.schema import Trap
 from porttrap.model import BoundTrap, Hit, IPAddress, Proto, TrapReport
 from porttrap.sensors import sockets
@@ -55,16 +56,8 @@ needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no ::1 on this hos
 
 
 def free_ports(count: int, address: IPAddress = V4, kind: int = socket.SOCK_STREAM) -> list[int]:
-    """Ports the kernel hands out for port 0, all distinct, released again."""
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    held = [socket.socket(family, kind) for _ in range(count)]
-    try:
-        for sock in held:
-            sock.bind((str(address), 0))
-        return [sock.getsockname()[1] for sock in held]
-    finally:
-        for sock in held:
-            sock.close()
+    """Distinct ports free on `address`, outside the kernel's ephemeral range (tests/ports)."""
+    return ports.free_ports(count, str(address), kind)
 
 
 class Sensor:

@@ -22,12 +22,12 @@ from porttrap.demo.lab import Lab
 from porttrap.errors import PorttrapError
 
 WAIT_START = 30.0  # the daemon's start, CPU-starved CI included
-WAIT_SERVICE = 10.0
-WAIT_BAN = 5.0  # from a trap's handshake to the ban in the kernel
-WAIT_HIT = 5.0
+WAIT_SERVICE = 30.0
+WAIT_BAN = 30.0  # from a trap's handshake to the ban in the kernel, CPU-starved CI included
+WAIT_HIT = 30.0  # a hit recorded, as slow as `porttrap history` can be
 BLOCKED_TIMEOUT = 1.0  # a connection that gets no answer this long is dropped (a lost SYN
 #   is sent again after 1 s: no answer by then means no SYN-ACK came back)
-EXPIRY_SLACK = 5.0
+EXPIRY_SLACK = 30.0  # past a ban's length: deadlines only, each wait ends when its check holds
 POLL = 0.01  # between two listings of a kernel set, each ~10 ms itself
 POLL_EXPIRY = 0.05
 SHOWN_EVENTS = ("event=start", "event=hit", "event=ban", "event=permanent-ban", "event=unban",
