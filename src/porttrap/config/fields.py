@@ -70,6 +70,17 @@ class Problems:
         return sorted(self._found, key=lambda p: (p.line is None, p.line or 0))
 
 
+def traps_key(data: Table, names: Sequence[str]) -> str:
+    """The key a problem of the [traps] section is shown at: the first of `names` the file
+    sets there, else the section."""
+    traps = data.get("traps")
+    if isinstance(traps, dict):
+        for name in names:
+            if name in traps:
+                return f"traps.{name}"
+    return "traps"
+
+
 def show(value: object) -> str:
     """A value as it would look in TOML, for messages."""
     if isinstance(value, bool):

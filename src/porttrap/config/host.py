@@ -95,21 +95,12 @@ def _check_descriptors(problems: Problems, data: Table, config: Config, host: Ho
     if host.nofile is None or needed + HEADROOM <= host.nofile:
         return
     problems.add(
-        _mode_key(data),
+        fields.traps_key(data, ("mode", "tcp", "udp")),
         f"connect mode needs {needed:,} sockets here (one per trap port and IP family), but "
         f"this host allows {host.nofile:,} descriptors (the hard RLIMIT_NOFILE) and porttrap "
         f"keeps {HEADROOM} of them for itself (control socket, database, firewall commands); "
         f"trap fewer ports in connect mode, {_STEALTH_FIX}",
     )
-
-
-def _mode_key(data: Table) -> str:
-    traps = data.get("traps")
-    if isinstance(traps, dict):
-        for name in ("mode", "tcp", "udp"):
-            if name in traps:
-                return f"traps.{name}"
-    return "traps"
 
 
 def _check_local_ports(problems: Problems, data: Table, proto: Proto, host: Host) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from porttrap.config import fields
 from porttrap.config.fields import Problems, Table
 from porttrap.config.schema import BAN_EVENTS, Actions, Config, Modes, Respond, Trap, TrapMode
 from porttrap.model import Proto
@@ -23,7 +24,7 @@ def check(problems: Problems, data: Table, config: Config) -> None:
     reachable = reachable_ports(config.traps, config.modes)
     total = sum(reachable.values())
     if total == 0:
-        problems.add(_traps_key(data), _NO_TRAPS)
+        problems.add(fields.traps_key(data, ("tcp", "udp", "port")), _NO_TRAPS)
     elif ban.trigger > total:
         problems.add("ban.trigger", _trigger_message(ban.trigger, reachable))
     idle = [proto for proto in Proto if ban.respond(proto) is Respond.COMMAND]
@@ -53,15 +54,6 @@ _NO_TRAPS = (
     "there is no trap port for TCP nor for UDP, so nothing can ever be banned; list ports "
     'such as tcp = ["1524", "31337"], or leave tcp and udp out for the built-in lists'
 )
-
-
-def _traps_key(data: Table) -> str:
-    traps = data.get("traps")
-    if isinstance(traps, dict):
-        for name in ("tcp", "udp", "port"):
-            if name in traps:
-                return f"traps.{name}"
-    return "traps"
 
 
 def _trigger_message(trigger: int, reachable: Mapping[Proto, int]) -> str:

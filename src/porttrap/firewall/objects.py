@@ -241,17 +241,9 @@ def parse_counters(data: bytes, table: str, seq: int) -> tuple[dict[str, int], b
     `seq`; messages answering another request (one that timed out) are left out.
     FirewallError when the kernel answered with an error."""
     found: dict[str, int] = {}
-    messages, _ = netlink.split(data)
-    for kind, answered, body in messages:
-        if answered != seq:
-            continue
-        if kind == netlink.NLMSG_DONE:
-            return found, True
-        if kind == netlink.NLMSG_ERROR:
-            if code := netlink.error_code(body):
-                raise FirewallError(f"reading counters of table inet {table}: {_error_text(code)}")
-            return found, True
-        attrs = netlink.attributes(body, netlink.NFGENMSG.size) or {}
+    bodies, done = parse_dump(data, table, seq, f"reading counters of table inet {table}")
+    for body in bodies:
+        attrs = netlink.attributes(body) or {}
         name, table_name = attrs.get(NFTA_OBJ_NAME), attrs.get(NFTA_OBJ_TABLE)
         if name is None or table_name is None or table_name.rstrip(b"\0") != table.encode():
             continue
@@ -261,7 +253,7 @@ def parse_counters(data: bytes, table: str, seq: int) -> tuple[dict[str, int], b
             # Names porttrap gives are ASCII: one that is not even UTF-8 is not its counter.
             with contextlib.suppress(UnicodeDecodeError):
                 found[name.rstrip(b"\0").decode()] = _U64.unpack(packets)[0]
-    return found, False
+    return found, done
 
 
 def table_request(seq: int, table: str) -> bytes:
