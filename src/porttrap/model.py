@@ -201,6 +201,22 @@ def unmap_network(network: IPNetwork) -> IPNetwork:
     return network
 
 
+MAPPED_WIDEST = 104  # ::ffff:0:0/104, an IPv4 /8: the widest mapped network taken as written
+
+
+def unmap_written(network: IPNetwork) -> IPNetwork:
+    """`unmap_network` for what a person wrote (config, CLI, control socket): ValueError for a
+    mapped network wider than an IPv4 /8, which would silently name a large part of IPv4
+    (`::ffff:0:0/96` is all of it) where the writer most likely meant an IPv6 network."""
+    unmapped = unmap_network(network)
+    if unmapped.version == 4 and network.version == 6 and network.prefixlen < MAPPED_WIDEST:
+        raise ValueError(
+            f"{network} is an IPv4-mapped network, all of {unmapped} in IPv4 (the kernel sees "
+            f"IPv4 hosts as IPv4): write {unmapped} if that is meant"
+        )
+    return unmapped
+
+
 def show(target: IPNetwork) -> str:
     """A ban target as people write it: a plain address for /32 and /128, CIDR otherwise."""
     if target.prefixlen == target.max_prefixlen:
@@ -227,9 +243,11 @@ def parse_target(text: str) -> IPNetwork:
     if single is not None:
         return unmap_network(single)
     try:
-        return unmap_network(ipaddress.ip_network(text, strict=True))
+        written = ipaddress.ip_network(text, strict=True)
     except ValueError:
         pass
+    else:
+        return unmap_written(written)
     try:
         fixed = ipaddress.ip_network(text, strict=False)
     except ValueError:

@@ -158,7 +158,9 @@ def test_sensors_only_report_and_never_touch_the_firewall(name: str) -> None:
     assert forbidden(name, ["porttrap.firewall", "porttrap.core", "porttrap.daemon"]) == []
 
 
-CLI_DAEMON = {"porttrap.daemon.wiring", "porttrap.daemon.control", "porttrap.daemon.notify"}
+# statedir: `import port-trap` writes into the daemon's state directory, checked as run checks it
+CLI_DAEMON = {"porttrap.daemon.wiring", "porttrap.daemon.control", "porttrap.daemon.notify",
+              "porttrap.daemon.statedir"}  # fmt: skip
 CLI_FIREWALL = {  # flush removes the table itself; --version says which parts are installed
     "porttrap.cli.commands": {
         "porttrap.firewall",

@@ -145,6 +145,27 @@ def test_no_file_anywhere_gives_built_in_defaults(
     assert config.source is None
 
 
+@pytest.mark.parametrize(
+    ("text", "mode"),
+    [
+        ("", TrapMode.ADVANCED),
+        ('[ban]\nrespond = "ban"\n', TrapMode.ADVANCED),
+        # files written for the earlier built-in mode (connect) keep meaning what they meant
+        ('[ban]\nrespond = "log"\n', TrapMode.CONNECT),
+        ('[ban]\nrespond = { udp = "command" }\n[[actions.command]]\nrun = ["/bin/true"]\n',
+         TrapMode.CONNECT),
+        ('[traps]\nbanner = "SSH-2.0-OpenSSH_9.2"\n', TrapMode.CONNECT),
+        ('[traps]\ntcp = ["1524"]\n', TrapMode.CONNECT),
+        ('[firewall]\nbackend = "ipset"\n', TrapMode.CONNECT),
+    ],
+)  # fmt: skip
+def test_the_built_in_mode_is_advanced_unless_the_file_says_connect(
+    text: str, mode: TrapMode
+) -> None:
+    config = load_text(text, None)
+    assert (config.modes.tcp, config.modes.udp) == (mode, mode)
+
+
 def test_default_path_is_read_when_it_exists(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

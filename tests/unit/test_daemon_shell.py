@@ -218,3 +218,35 @@ def test_a_ban_ends_on_time_when_the_wall_clock_steps_back(tmp_path: Path) -> No
     clock.advance(1801)
     shell.feed(Tick(mono=clock.monotonic()))
     assert list(shell.snapshot().active) == []
+
+
+def test_a_stop_after_the_wall_clock_jumped_is_not_marked_clean(tmp_path: Path) -> None:
+    """The database holds the times of a wall clock that jumped: the next start must read the
+    kernel's bans and their true time left, as after a crash."""
+    shell, _, clock = shell_of(tmp_path)
+    shell._restored = True
+    shell._mark_clean()
+    assert (tmp_path / "clean-stop").exists()
+    (tmp_path / "clean-stop").unlink()
+    shell.feed(Tick(mono=clock.monotonic()))
+    clock.step(100 * 86400)
+    shell.feed(Tick(mono=clock.monotonic()))
+    assert shell.core.clock_skew
+    shell._mark_clean()
+    assert not (tmp_path / "clean-stop").exists()
+
+
+def test_a_clean_stop_mark_that_cannot_be_removed_reads_the_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock(T0)
+    firewall = MemoryFirewall(clock)
+    firewall.setup([Ban(ip_network("198.51.100.9/32"), T0, T0 + 600, 1, "lost")], T0)
+    shell = make_shell(Config(state_dir=tmp_path), clock, MemoryStore(), firewall)
+    (tmp_path / "clean-stop").touch()
+
+    def read_only(_path: Path, missing_ok: bool = False) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    assert shell._kernel_bans() == ((ip_network("198.51.100.9/32"), 600.0),)

@@ -394,6 +394,22 @@ def test_cli_refuses_a_foreign_database_before_writing_anything(
     assert not target.exists()
 
 
+def test_cli_refuses_a_state_dir_others_may_write_before_writing_anything(
+    capsys: pytest.CaptureFixture[str], old_install: Path, tmp_path: Path
+) -> None:
+    """root writes porttrap's database there: refused as `porttrap run` refuses it."""
+    tmp_path.chmod(0o700)
+    shared = tmp_path / "state"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    target = tmp_path / "porttrap.toml"
+    code, _, err = run(capsys, "import", "port-trap", str(old_install), "-o", str(target),
+                       "--state-dir", str(shared))  # fmt: skip
+    assert code == 1
+    assert f"{shared} is writable" in err and "chmod" in err
+    assert not target.exists() and list(shared.iterdir()) == []
+
+
 def test_cli_stdout_and_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, err = run(capsys, "import", "port-trap", str(DATA / "seed"), "--no-history")
     assert code == 0 and out == imported("seed").toml

@@ -14,6 +14,7 @@ import pytest
 from porttrap.config.loader import load_text
 from porttrap.config.schema import BanPolicy
 from porttrap.core import requests
+from porttrap.errors import ConfigError
 from porttrap.model import Ban, parse_target, unmap_network
 from porttrap.policy import Policy, Protection
 from porttrap.store.sqlite import SQLiteStore
@@ -37,6 +38,16 @@ T0 = 1_800_000_000.0
 def test_an_ipv4_mapped_target_is_the_ipv4_address(text: str, meant: str) -> None:
     assert parse_target(text) == ip_network(meant)
     assert unmap_network(ip_network(text)) == ip_network(meant)
+
+
+@pytest.mark.parametrize("text", ["::ffff:0:0/96", "::ffff:192.0.0.0/100"])
+def test_a_mapped_network_wider_than_an_ipv4_slash_8_is_refused_as_written(text: str) -> None:
+    """::ffff:0:0/96 in the allow list would allow every IPv4 source, without a word."""
+    with pytest.raises(ValueError, match=r"write (0\.0\.0\.0/0|192\.0\.0\.0/4) if that is meant"):
+        parse_target(text)
+    with pytest.raises(ConfigError, match="IPv4-mapped network"):
+        load_text(f'[allow]\naddresses = ["{text}"]', None)
+    assert parse_target("::ffff:10.0.0.0/104") == ip_network("10.0.0.0/8")
 
 
 def test_an_ipv4_mapped_address_in_the_config_is_the_ipv4_address() -> None:

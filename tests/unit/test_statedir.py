@@ -12,7 +12,7 @@ import pytest
 
 from porttrap.daemon import control, statedir
 from porttrap.daemon.statedir import UnsafePath
-from porttrap.errors import DaemonNotRunning
+from porttrap.errors import DaemonNotRunning, PorttrapError
 
 
 @pytest.fixture
@@ -92,6 +92,12 @@ def test_ensure_makes_a_missing_state_dir_private_and_its_parents_0755(base: Pat
         os.umask(old)
     assert (state.stat().st_mode & 0o7777, (base / "a").stat().st_mode & 0o7777) == (0o700, 0o755)
     statedir.ensure(state)  # there already: only checked
+
+
+def test_ensure_refuses_a_link_that_leads_nowhere_in_words(base: Path) -> None:
+    (base / "state").symlink_to(base / "gone")
+    with pytest.raises(PorttrapError, match="symbolic link whose target is missing"):
+        statedir.ensure(base / "state")
 
 
 def test_ensure_makes_nothing_below_an_unsafe_parent(base: Path) -> None:

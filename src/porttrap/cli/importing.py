@@ -17,7 +17,7 @@ from porttrap.config import loader as config_mod
 from porttrap.config.legacy import datatrap, port_trap, portsentry, reading
 from porttrap.config.legacy.notes import Conversion
 from porttrap.config.schema import Config
-from porttrap.daemon import control
+from porttrap.daemon import control, statedir
 from porttrap.errors import ConfigError, ConfigProblem, PorttrapError
 from porttrap.model import Ban, show
 from porttrap.store import open_store
@@ -198,9 +198,11 @@ def _write(path: Path, text: str, force: bool) -> None:
 def _target(args: argparse.Namespace) -> Config:
     """The config whose store gets the history: --state-dir alone (the defaults otherwise:
     porttrap need not be configured yet), else the -c config."""
-    if args.state_dir is not None:
-        return Config(state_dir=Path(args.state_dir))
-    return config_mod.load(args.config)
+    target = Config(state_dir=Path(args.state_dir)) if args.state_dir is not None else None
+    target = target or config_mod.load(args.config)
+    # root writes the database there: refused as the daemon refuses it (statedir), with the fix
+    statedir.ensure(target.state_dir)
+    return target
 
 
 def _import_history(history: datatrap.History, target: Config) -> None:

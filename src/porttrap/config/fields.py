@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from porttrap.config.locate import line_of, locate
 from porttrap.errors import ConfigProblem
-from porttrap.model import IPAddress, IPNetwork, Proto, unmap, unmap_network
+from porttrap.model import IPAddress, IPNetwork, Proto, unmap, unmap_written
 from porttrap.units import (
     MAX_BAN,
     MAX_LOOKBACK,
@@ -390,9 +390,11 @@ def network(value: object) -> IPNetwork:
     IPv4-mapped one as IPv4: `unmap_network`)."""
     if isinstance(value, str):
         try:
-            return unmap_network(ipaddress.ip_network(value, strict=True))
+            written = ipaddress.ip_network(value, strict=True)
         except ValueError:
             _raise_if_host_bits(value)
+        else:
+            return unmap_written(written)
     raise ValueError(
         'expected an address or a network such as "192.0.2.0/24" or "2001:db8::7", '
         f"got {show(value)}"

@@ -161,11 +161,8 @@ def _config(data: Table, problems: Problems, path: Path | None) -> Config:
     traps = top.sub("traps")
     backend = top.table.get("firewall", {})
     backend = backend.get("backend", "nftables") if isinstance(backend, dict) else None
-    modes, kernel, ban = (
-        build_modes(traps, backend),
-        _kernel(top.sub("kernel")),
-        _ban(top.sub("ban")),
-    )
+    kernel, ban = _kernel(top.sub("kernel")), _ban(top.sub("ban"))
+    modes = build_modes(traps, backend, all(ban.respond(p) is Respond.BAN for p in Proto))
     _check_respond(top, modes, kernel, ban)
     trap_list = build_traps(traps)
     _check_catch_all(top, modes, kernel, trap_list)

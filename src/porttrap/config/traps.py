@@ -44,13 +44,14 @@ def build_traps(section: Section) -> tuple[Trap, ...]:
     return tuple(sorted(traps, key=_order))
 
 
-def build_modes(section: Section, backend: object = "nftables") -> Modes:
+def build_modes(section: Section, backend: object = "nftables", respond_bans: bool = True) -> Modes:
     """Each protocol's mode (`[traps] mode`) and what advanced mode watches (`[traps.advanced]`).
 
     `[traps.advanced]` is read and checked whatever the modes: people switch back and forth.
-    Without `mode`, see `default_mode`; `backend` is `[firewall] backend` as written.
+    Without `mode`, see `default_mode`; `backend` is `[firewall] backend` as written,
+    `respond_bans` whether `[ban] respond` is "ban" for both protocols.
     """
-    modes = _modes(section, default_mode(section, backend))
+    modes = _modes(section, default_mode(section, backend, respond_bans))
     advanced = section.sub("advanced")
     advanced.check_keys(ADVANCED_KEYS)
     default = Modes()
@@ -160,15 +161,19 @@ def _on(address: IPAddress | None) -> str:
     return "on every address" if address is None else f"on {address}"
 
 
-def default_mode(section: Section, backend: object) -> TrapMode:
+def default_mode(section: Section, backend: object, respond_bans: bool = True) -> TrapMode:
     """The mode of a protocol `mode` does not name. Advanced: a scanner sees no service at
     all (0 of 5 in every nmap scan of the benchmarks, against 5 of 5 in connect mode), a
     service always takes its port, and no socket is held per trap. Connect where advanced
-    cannot be, or would ignore what the file says: with a backend other than nftables (the
-    ipset backend runs connect mode only), and when the file lists its own trap ports
-    (`tcp`, `udp`, `[[traps.port]]`), which advanced mode does not read."""
-    listed = any(name in section.table for name in ("tcp", "udp", "port"))
-    return TrapMode.CONNECT if listed or backend != "nftables" else TrapMode.ADVANCED
+    cannot be, or would ignore what the file says, so that a file written for the earlier
+    default (connect) means what it meant: with a backend other than nftables (the ipset
+    backend runs connect mode only); when the file lists its own trap ports (`tcp`, `udp`,
+    `[[traps.port]]`) or a `banner`, which advanced mode does not use; and when `[ban]
+    respond` is not "ban" (advanced mode's first-packet block is a ban of its own)."""
+    says_connect = any(name in section.table for name in ("tcp", "udp", "port", "banner"))
+    if says_connect or not respond_bans or backend != "nftables":
+        return TrapMode.CONNECT
+    return TrapMode.ADVANCED
 
 
 def _modes(section: Section, default: TrapMode) -> dict[Proto, TrapMode]:

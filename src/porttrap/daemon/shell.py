@@ -252,6 +252,8 @@ class Shell:
         that cannot be written (a full disk) makes the next start read them: the safe way."""
         if not self._restored or self.writer.lost or self.writer.error is not None:
             return
+        if self.core.clock_skew:  # the database holds times of a wall clock that jumped: the
+            return  # next start reads the kernel's bans and their true time left, as after a crash
         try:
             (self.config.state_dir / CLEAN_STOP).touch(mode=0o600)
         except OSError as err:
@@ -295,8 +297,13 @@ class Shell:
         and says so."""
         marker = self.config.state_dir / CLEAN_STOP
         clean = marker.exists()
-        with contextlib.suppress(FileNotFoundError):
+        try:
             marker.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:  # a read-only state_dir: the database will say more
+            log.event("clean-stop-unremoved", logging.WARNING, error=str(err))
+            clean = False
         if clean:
             return ()
         try:

@@ -51,6 +51,11 @@ def ensure(path: Path, trusted: Collection[int] | None = None) -> None:
     except FileNotFoundError:
         pass
     missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]
+    if not missing:  # every name exists, yet something on the way leads nowhere
+        raise PorttrapError(
+            f"state_dir {path} leads to a symbolic link whose target is missing; point "
+            "state_dir at a directory, or remove the link (porttrap then makes the directory)"
+        )
     try:
         _refuse(path, _walk(missing[-1].parent), trusted, path_too=False)  # what is there
         for directory in reversed(missing):
