@@ -81,6 +81,7 @@ def test_empty_batches_are_fine(store: Store) -> None:
     store.add_hits([])
     store.add_bans([])
     store.lift([])
+    store.record([], [])
     assert store.history() == []
 
 
@@ -190,6 +191,22 @@ def test_lift_matches_the_target_exactly(store: Store) -> None:
     store.add_bans([network, inside])
     store.lift([unban("203.0.113.9", T0 + 1)])
     assert store.active_bans(T0 + 2) == [network]
+
+
+def test_record_adds_the_bans_then_lifts(store: Store) -> None:
+    """One batch of the daemon's changes, in one write: the same as `add_bans` then `lift`,
+    so a lift in it also ends a ban made in it."""
+    earlier, left = ban("198.51.100.7", T0), ban("198.51.100.8", T0 + 5)
+    made_and_lifted = ban("198.51.100.9", T0 + 1)
+    lifts = [unban("198.51.100.7", T0 + 6, "allow-listed"), unban("198.51.100.9", T0 + 7)]
+    store.add_bans([earlier])
+    store.record([made_and_lifted, left], lifts)
+    assert store.bans_since(0.0) == [
+        StoredBan(earlier, T0 + 6, "allow-listed"),
+        StoredBan(made_and_lifted, T0 + 7, "by hand"),
+        StoredBan(left, None, None),
+    ]
+    assert store.active_bans(T0 + 10) == [left]
 
 
 # -- bans_since --------------------------------------------------------------------------
@@ -440,6 +457,10 @@ operations = st.lists(
     st.one_of(
         st.tuples(st.just("add_bans"), st.lists(bans, max_size=4)),
         st.tuples(st.just("lift"), st.lists(unbans, max_size=2)),
+        st.tuples(
+            st.just("record"),
+            st.tuples(st.lists(bans, max_size=3), st.lists(unbans, max_size=2)),
+        ),
         st.tuples(st.just("add_hits"), st.lists(hits, max_size=4)),
         st.tuples(st.just("prune_hits"), instants),
     ),
@@ -466,7 +487,10 @@ def test_the_memory_store_behaves_like_sqlite(steps: list[tuple[str, object]]) -
         stores: list[Store] = [SQLiteStore.open(Path(directory) / "porttrap.db"), MemoryStore()]
         for name, argument in steps:
             for store in stores:
-                getattr(store, name)(argument)
+                if name == "record":
+                    store.record(*argument)  # type: ignore[misc]
+                else:
+                    getattr(store, name)(argument)
         sqlite, memory = (observe(store) for store in stores)
         for store in stores:
             store.close()

@@ -15,10 +15,11 @@ import pytest
 
 from porttrap.config.schema import Config
 from porttrap.errors import NoDatabase, StoreError
-from porttrap.model import Ban, Evidence, Hit, Outcome, Proto
+from porttrap.model import Ban, Evidence, Hit, Outcome, Proto, StoredBan, Unban
 from porttrap.store import migrations, open_store
 from porttrap.store.migrations import LATEST, MIGRATIONS, Migration
 from porttrap.store.sqlite import SQLiteStore
+from store_faults import store_that_fills_up
 
 T0 = 1_800_000_000.0
 BAN = Ban(ipaddress.ip_network("198.51.100.7"), T0, T0 + 3600, 1, "trap:tcp/23")
@@ -297,6 +298,22 @@ def test_readonly_reads_while_the_daemon_writes(store: SQLiteStore, db: Path) ->
         assert [e.what for e in reader.history()] == ["ban", "hit"]
         with pytest.raises(StoreError, match=f"cannot record bans in {db}: .*readonly"):
             reader.add_bans([BAN])
+
+
+def test_a_record_whose_lift_fails_on_a_full_disk_records_nothing(db: Path) -> None:
+    """One transaction: the bans of a record whose lift fails are rolled back with it, so
+    that the writer's retry records each ban once (escalation counts every copy)."""
+    make_current_with_a_ban(db)
+    later = Ban(ipaddress.ip_network("198.51.100.8"), T0 + 5, T0 + 3600, 1, "trap:tcp/23")
+    lifted = Unban(BAN.target, T0 + 6, "by hand")
+    with closing(store_that_fills_up(db, "UPDATE bans")) as store:
+        with pytest.raises(StoreError, match=f"cannot record bans and unbans in {db}: .*full"):
+            store.record([later], [lifted])
+        assert store.bans_since(0.0) == [StoredBan(BAN, None, None)]
+        store.record([later], [lifted])  # the retry
+        assert store.bans_since(0.0) == [
+            StoredBan(BAN, T0 + 6, "by hand"), StoredBan(later, None, None)
+        ]  # fmt: skip
 
 
 def test_readonly_refuses_an_old_schema_it_cannot_migrate(db: Path) -> None:

@@ -241,14 +241,9 @@ class Effects:
         bans = [change for change in cmd.changes if isinstance(change, Ban)]
         unbans = [change for change in cmd.changes if isinstance(change, Unban)]
         store = self.store
-
-        def job() -> None:
-            if bans:
-                store.add_bans(bans)
-            if unbans:
-                store.lift(unbans)
-
-        self.writer.submit(job)
+        # One transaction: a job the writer retries must have fully happened or not at all
+        # (bans recorded twice would each count toward escalation after a restart).
+        self.writer.submit(lambda: store.record(bans, unbans))
 
     def prune(self, cmd: c.PruneHits) -> None:
         store, before, keep = self.store, cmd.before, cmd.keep

@@ -2,18 +2,22 @@
 the disk: a slow fsync after one ban must not delay the accept (and the ban) of the next
 scanner. The kernel is updated first, on the loop; the record follows here.
 
-A write that fails (a full disk, a read-only file system) is tried again, the same job, with a
-growing pause, until it succeeds: the jobs after it wait, so the store never records an unban
-before the ban it lifts. Nothing is dropped while the daemon runs; `on_failed` and
-`on_recovered` tell the daemon's core (an event each), and `settle()` tells a waiting `porttrap
-ban` whether its ban is on disk. At `close()` a job that still fails is given up, and logged:
-its bans are in the kernel, and the next start adopts them from there.
+A write that fails (a full disk, a read-only file system, a locked database) is tried again,
+the same job, with a growing pause, until it succeeds: the jobs after it wait, so the store
+never records an unban before the ban it lifts. Each job is one transaction, so a retry never
+repeats half of one. A job that raises anything else is a bug, which no retry mends: it is
+logged with its traceback once and dropped, and the jobs after it run. No failing write is
+dropped while the daemon runs; `on_failed` and `on_recovered` tell the daemon's core (an event
+each), and `settle()` tells a waiting `porttrap ban` whether its ban is on disk. At `close()`
+a job that still fails is given up, and logged: its bans are in the kernel, and the next start
+adopts them from there.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -50,6 +54,7 @@ class StoreWriter:
         self._retry_first = retry_first
         self.failures = 0  # failed attempts, in all
         self.lost = 0  # jobs given up when the daemon stopped
+        self.dropped = 0  # jobs that raised a bug (not a store failure): never retried
         self.error: str | None = None  # why the current write fails; None: writes succeed
 
     @property
@@ -105,12 +110,15 @@ class StoreWriter:
         while (job := self._jobs.get()) is not None:
             try:
                 self._run(job)
+            except _Dropped as err:  # logged: the later jobs still run
+                self._dropped(str(err))
             finally:
                 with self._lock:
                     self._pending -= 1
 
     def _run(self, job: Job) -> None:
-        """The job, tried until it succeeds (or, once closing, `CLOSE_TRIES` more times)."""
+        """The job, tried until it succeeds (or, once closing, `CLOSE_TRIES` more times).
+        Raises `_Dropped` when it raised a bug."""
         pause, retries, last_tries = self._retry_first, 0, CLOSE_TRIES
         while (error := _attempt(job)) is not None:
             self.failures += 1
@@ -139,6 +147,16 @@ class StoreWriter:
             if self._on_failed is not None:
                 self._on_failed(error)
 
+    def _dropped(self, error: str) -> None:
+        """A waiting `settle()` hears it (its ban may be the one not written); later writes
+        are not failing for it."""
+        self.dropped += 1
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        for done in waiting:
+            if not done.done():
+                done.set_result(error)
+
     def _recovered(self, retries: int) -> None:
         with self._lock:
             self.error = None
@@ -152,19 +170,41 @@ FAILED_HINT = (
     "the bans are in the kernel and in memory; porttrap tries the write again until it "
     "succeeds: free space in (or fix) the state_dir"
 )
+DROPPED_HINT = (
+    "a bug in porttrap: this write was dropped (its bans are in the kernel and in memory), "
+    "later writes go on; please report it with the traceback"
+)
 LOST_HINT = (
     "porttrap stopped before the store could take this write; its bans are in the kernel, "
     "and the next start adopts them from there (unless the kernel lost them meanwhile)"
 )
 
 
+class _Dropped(Exception):
+    """A job raised a bug: it is not tried again."""
+
+
+# sqlite3 errors that say the code is wrong (bad SQL, a value it refuses), not the disk or the
+# database (full, read-only, locked, damaged: sqlite3.OperationalError, DatabaseError).
+_BUGS = (
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.NotSupportedError,
+)
+
+
 def _attempt(job: Job) -> str | None:
-    """None when `job` ran, else why it failed."""
+    """None when `job` ran, else why it failed (a store failure: worth a retry). A bug is
+    logged with its traceback and raised as `_Dropped`: a retry would fail the same way,
+    forever, and hold up every later write."""
     try:
         job()
-    except (StoreError, OSError) as err:
-        return str(err)
-    except Exception as err:  # a bug must not silently stop every later write
-        log.LOGGER.exception("event=store-error error=unexpected")
-        return f"unexpected: {err!r}"
+    except Exception as err:
+        if isinstance(err, StoreError | OSError) and not isinstance(err.__cause__, _BUGS):
+            return str(err)
+        text = log.fields("store-job-dropped", error=repr(err), hint=DROPPED_HINT)
+        log.LOGGER.error(text, exc_info=err)
+        raise _Dropped(f"unexpected: {err!r}") from err
     return None

@@ -36,6 +36,11 @@ class Store(Protocol):
         """Mark every active ban on each target as lifted at `unban.at`."""
         ...
 
+    def record(self, bans: Sequence[Ban], unbans: Sequence[Unban]) -> None:
+        """`add_bans(bans)` then `lift(unbans)`, in one transaction: when it raises, neither
+        happened, so that a retried write never records a ban twice (escalation counts each)."""
+        ...
+
     def active_bans(self, now: float) -> list[Ban]:
         """Bans not lifted and not expired at `now` (permanent ones included)."""
         ...

@@ -174,14 +174,21 @@ class SQLiteStore:
             conn.executemany(_SQL_INSERT_HIT, (rows.hit_row(h, o) for h, o in hits))
 
     def add_bans(self, bans: Sequence[Ban]) -> None:
-        with self._write("record bans") as conn:
-            conn.executemany(_SQL_INSERT_BAN, (rows.ban_row(ban) for ban in bans))
+        self.record(bans, [])
 
     def lift(self, unbans: Sequence[Unban]) -> None:
         """Mark each ban on `unban.target` that is active at `unban.at` as lifted then."""
+        self.record([], unbans)
+
+    def record(self, bans: Sequence[Ban], unbans: Sequence[Unban]) -> None:
+        """The bans, then the lifts, in one transaction (rolled back whole on an error)."""
         params = ({"at": u.at, "reason": u.reason, "target": show(u.target)} for u in unbans)
-        with self._write("record unbans") as conn:
-            conn.executemany(_SQL_LIFT, params)
+        what = "record unbans" if unbans and not bans else "record bans"
+        with self._write(what + (" and unbans" if bans and unbans else "")) as conn:
+            if bans:
+                conn.executemany(_SQL_INSERT_BAN, (rows.ban_row(ban) for ban in bans))
+            if unbans:
+                conn.executemany(_SQL_LIFT, params)
 
     def prune_hits(self, before: float, keep: int | None = None) -> int:
         with self._write("prune hits") as conn:

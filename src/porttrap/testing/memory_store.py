@@ -63,6 +63,13 @@ class MemoryStore:
                 ):
                     record.lifted_at, record.lifted_reason = unban.at, unban.reason
 
+    def record(self, bans: Sequence[Ban], unbans: Sequence[Unban]) -> None:
+        """All or nothing, as the SQLite store's transaction: the only error, a closed store,
+        is raised before anything is changed."""
+        self._check_open()
+        self.add_bans(bans)
+        self.lift(unbans)
+
     def prune_hits(self, before: float, keep: int | None = None) -> int:
         self._check_open()
         kept = [row for row in self._hits if row[1].at >= before]
