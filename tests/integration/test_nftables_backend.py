@@ -109,3 +109,21 @@ def test_a_refused_target_in_one_chunk_does_not_hold_back_other_chunks(
         "198.51.100.3",
         "2001:db8::1",
     ]
+
+
+def test_entries_reads_the_ban_sets_only_and_a_missing_one_holds_none(
+    netns: Netns, backend: NftablesBackend
+) -> None:
+    """The bans come from the ban sets alone (another set of the table, full of addresses,
+    adds none), and a ban set deleted by hand (an older or damaged table read at the start)
+    holds none rather than failing the read."""
+    backend.setup([ban("192.0.2.9", 3600), ban("198.51.100.0/24", None)], NOW)
+    netns.run(["nft", "add set inet porttrap clients_v4 { type ipv4_addr; }"])
+    netns.run(["nft", "add", "element", "inet", "porttrap", "clients_v4", "{ 203.0.113.5 }"])
+    assert sorted(show(entry.target) for entry in backend.entries()) == [
+        "192.0.2.9",
+        "198.51.100.0/24",
+    ]
+    netns.run(["nft", "delete", "chain", "inet", "porttrap", "prerouting"])
+    netns.run(["nft", "delete", "set", "inet", "porttrap", "ban_net_v4"])
+    assert [show(entry.target) for entry in backend.entries()] == ["192.0.2.9"]
