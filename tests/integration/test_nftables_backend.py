@@ -9,9 +9,11 @@ from collections.abc import Callable
 import pytest
 
 from netns import Netns, in_host_netns
+from porttrap.config.loader import load_text
 from porttrap.errors import FirewallError
 from porttrap.firewall.nftables import NftablesBackend
 from porttrap.model import Ban, show
+from porttrap.sensorspec import SensorState, spec_from_config
 
 pytestmark = pytest.mark.kernel
 
@@ -127,3 +129,17 @@ def test_entries_reads_the_ban_sets_only_and_a_missing_one_holds_none(
     netns.run(["nft", "delete", "chain", "inet", "porttrap", "prerouting"])
     netns.run(["nft", "delete", "set", "inet", "porttrap", "ban_net_v4"])
     assert [show(entry.target) for entry in backend.entries()] == ["192.0.2.9"]
+
+
+def test_a_rotation_does_not_take_earlier_damage_as_written(
+    netns: Netns, backend: NftablesBackend
+) -> None:
+    """A rule deleted by hand between two checks is still found after the block sets'
+    generation rotates in between (the rotation re-reads the digest only of a whole table)."""
+    state = SensorState(spec_from_config(load_text('[traps]\nmode = "stealth"\n', None)), {})
+    backend.setup([ban("192.0.2.9", 3600)], NOW, state)
+    backend.rotate("b")
+    assert backend.inspect().damaged is None  # its own change is taken as written
+    netns.run(["nft", "flush", "chain", "inet", "porttrap", "prerouting"])
+    backend.rotate("a")
+    assert backend.inspect().damaged is not None

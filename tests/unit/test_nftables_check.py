@@ -1,6 +1,7 @@
 """The nftables backend's periodic check without a kernel, over stand-ins for libnftables and
 the netlink reader that record what is asked: the check reads the ban sets' elements only
-(never the whole table, whose watch and block sets can hold 65,536 elements each)."""
+(never the whole table, whose watch and block sets can hold 65,536 elements each), and a
+rotation does not take damage done before it as the new baseline."""
 
 from __future__ import annotations
 
@@ -104,3 +105,20 @@ def test_a_missing_ban_set_holds_no_bans() -> None:
     nft = ListingNft(missing=frozenset({"ban_net_v4", "ban_net_v6"}))
     entries = NftablesBackend(TABLE, nft=nft, objects=Objects(nft)).entries()
     assert sorted(str(entry.target) for entry in entries) == ["192.0.2.7/32", "2001:db8::7/128"]
+
+
+def test_a_rotation_keeps_damage_done_before_it_for_the_next_check() -> None:
+    nft = ListingNft()
+    backend, objects = advanced(nft)
+    objects.damage = "a rule deleted by hand"
+    backend.rotate("b")
+    assert len(nft.batches) == 2
+    assert backend.inspect().damaged is not None
+
+
+def test_a_rotation_of_a_whole_table_takes_its_own_change_as_written() -> None:
+    nft = ListingNft()
+    backend, _ = advanced(nft)
+    assert backend.inspect().damaged is None
+    backend.rotate("b")
+    assert backend.inspect().damaged is None

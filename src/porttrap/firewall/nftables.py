@@ -152,9 +152,14 @@ class NftablesBackend:
         self._served = dict(ports)
 
     def rotate(self, empty: str) -> None:
-        """The insert rules change: the digest of what porttrap wrote is read again."""
+        """The insert rules change: the digest of what porttrap wrote is read again, unless
+        the table already differed from it before (changed since the last check): then the
+        old digest stays, and the next check finds that damage instead of taking it as
+        written."""
+        whole = self._objects.shape(self._rules.table) == self._shape
         self._run(self._sensor_rules().rotate(empty))
-        self._shape = self._objects.shape(self._rules.table)
+        if whole:
+            self._shape = self._objects.shape(self._rules.table)
 
     def set_gateways(self, addresses: Iterable[IPAddress]) -> None:
         """Make the gateway sets hold exactly `addresses`: one transaction with the difference
