@@ -9,9 +9,11 @@ from collections.abc import Callable
 import pytest
 
 from netns import Netns, in_host_netns
+from porttrap.config.loader import load_text
 from porttrap.errors import FirewallError
 from porttrap.firewall.nftables import NftablesBackend
 from porttrap.model import Ban, show
+from porttrap.sensorspec import SensorState, spec_from_config
 
 pytestmark = pytest.mark.kernel
 
@@ -109,3 +111,35 @@ def test_a_refused_target_in_one_chunk_does_not_hold_back_other_chunks(
         "198.51.100.3",
         "2001:db8::1",
     ]
+
+
+def test_entries_reads_the_ban_sets_only_and_a_missing_one_holds_none(
+    netns: Netns, backend: NftablesBackend
+) -> None:
+    """The bans come from the ban sets alone (another set of the table, full of addresses,
+    adds none), and a ban set deleted by hand (an older or damaged table read at the start)
+    holds none rather than failing the read."""
+    backend.setup([ban("192.0.2.9", 3600), ban("198.51.100.0/24", None)], NOW)
+    netns.run(["nft", "add set inet porttrap clients_v4 { type ipv4_addr; }"])
+    netns.run(["nft", "add", "element", "inet", "porttrap", "clients_v4", "{ 203.0.113.5 }"])
+    assert sorted(show(entry.target) for entry in backend.entries()) == [
+        "192.0.2.9",
+        "198.51.100.0/24",
+    ]
+    netns.run(["nft", "delete", "chain", "inet", "porttrap", "prerouting"])
+    netns.run(["nft", "delete", "set", "inet", "porttrap", "ban_net_v4"])
+    assert [show(entry.target) for entry in backend.entries()] == ["192.0.2.9"]
+
+
+def test_a_rotation_does_not_take_earlier_damage_as_written(
+    netns: Netns, backend: NftablesBackend
+) -> None:
+    """A rule deleted by hand between two checks is still found after the block sets'
+    generation rotates in between (the rotation re-reads the digest only of a whole table)."""
+    state = SensorState(spec_from_config(load_text('[traps]\nmode = "stealth"\n', None)), {})
+    backend.setup([ban("192.0.2.9", 3600)], NOW, state)
+    backend.rotate("b")
+    assert backend.inspect().damaged is None  # its own change is taken as written
+    netns.run(["nft", "flush", "chain", "inet", "porttrap", "prerouting"])
+    backend.rotate("a")
+    assert backend.inspect().damaged is not None

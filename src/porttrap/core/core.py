@@ -105,7 +105,7 @@ MAX_ANSWERED = 1000  # bans listed in the answer to a bulk ban; the count covers
 RECONCILE_DELAY = 5.0  # seconds before a refused kernel change is tried again, as a rebuild
 CHECK_EVERY = round(5.0 / TICK)  # ticks between checks that porttrap's ruleset is still there
 MAINTAIN_EVERY = round(60.0 / TICK)  # ticks between prunings of old hits and quiet sources
-LIST_BANS = 1000  # up to this many bans a check lists them (about 30 ms) and compares each;
+LIST_BANS = 1000  # up to this many bans a check lists them (about 15 ms) and compares each;
 COUNT_EVERY_BANS = 20_000  # above, it counts them (about 0.5 s at 100,000): every check up
 # to this many, then once in (bans / this) checks
 GONE_SLACK = 2.0  # seconds: a ban this close to its end may be gone from the kernel already

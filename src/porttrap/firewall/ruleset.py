@@ -90,9 +90,9 @@ class Ruleset:
         self.table = table
         self._where = f"{FAMILY} {table}"
 
-    def table_spec(self) -> JsonCommand:
-        """The table as nft's JSON names it, to list it."""
-        return {"table": {"family": FAMILY, "name": self.table}}
+    def set_spec(self, name: str) -> JsonCommand:
+        """Set `name` of the table as nft's JSON names it, to list it (and only it)."""
+        return {"set": {"family": FAMILY, "table": self.table, "name": name}}
 
     def remove(self) -> list[str]:
         """Delete the table; adding it first makes the delete succeed when it is absent."""
@@ -160,7 +160,7 @@ class Ruleset:
 
 
 def parse_entries(items: Iterable[JsonCommand]) -> list[KernelEntry]:
-    """The bans in the output of `list table` (porttrap's sets only; other objects ignored)."""
+    """The bans in the output of `list set` (or `list table`): porttrap's ban sets only."""
     entries: list[KernelEntry] = []
     for item in items:
         spec = item.get("set")
