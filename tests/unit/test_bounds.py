@@ -23,6 +23,7 @@ from porttrap.cli import output
 from porttrap.cli.main import main
 from porttrap.config.legacy import datatrap, port_trap
 from porttrap.config.loader import load_text
+from porttrap.config.locate import locate
 from porttrap.config.schema import BanPolicy
 from porttrap.core import requests
 from porttrap.daemon.control import ControlServer
@@ -477,3 +478,11 @@ def test_a_ban_row_whose_text_is_not_utf8_is_skipped_not_fatal(
         assert store.bad_rows == 1
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert "event=store-bad-row table=bans rowid=2" in warning
+
+
+def test_the_line_finder_keeps_what_it_found_past_its_recursion_depth() -> None:
+    """Under a deep stack (the loader's, while it reports a problem) arrays that tomllib read
+    made the finder of the lines that decorate the errors raise RecursionError, which ended
+    the load with a traceback (found by the config fuzzer)."""
+    found = locate("[allow]\naddresses = " + "[" * 5000 + "]" * 5000)
+    assert (found["allow"], found["allow.addresses"]) == (1, 2)

@@ -17,7 +17,7 @@ from porttrap.config.legacy import port_trap, portsentry, reading, whitelist
 from porttrap.config.legacy.notes import Conversion, Note, SourceFile, spans, summary
 from porttrap.config.legacy.portsentry_files import parse_conf, parse_defaults, ports
 from porttrap.config.loader import load_text
-from porttrap.errors import PorttrapError
+from porttrap.errors import ConfigError, PorttrapError
 
 DATA = Path(__file__).parent.parent / "data" / "legacy"
 SECRET = "FAKEhashN0tReal"
@@ -416,3 +416,21 @@ def test_whitelist_conversion_stops_at_the_import_budget(
     shown = "\n".join(str(n) for n in conversion.notes).replace(str(directory) + "/", "")
     assert "whitelist.txt: lines 3-5 (3): kept as patterns" in shown
     assert "192.0.2.3" not in shown
+
+
+def test_a_scan_trigger_past_what_porttrap_reads_is_capped_with_a_note() -> None:
+    """SCAN_TRIGGER of 400 nines wrote `trigger` and `confirm` that the loader refuses as out of
+    bounds (found by the importer fuzzer); capped, the config loads, or is refused only for
+    what it protects."""
+    files = portsentry.PortSentryFiles(
+        conf=SourceFile("/etc/portsentry/portsentry.conf", f'SCAN_TRIGGER="{"9" * 400}"\n'),
+        defaults=None,
+        defaults_name="/etc/default/portsentry",
+    )
+    conversion = portsentry.convert(files)
+    assert "trigger = 2147483647" in conversion.toml and "9" * 20 not in conversion.toml
+    assert any("above 2147483647" in str(n) for n in conversion.notes)
+    try:
+        load_text(conversion.toml, None)
+    except ConfigError as refused:  # only for what it protects (here: no trap port at all)
+        assert all("at most 2147483647" not in p.message for p in refused.problems)

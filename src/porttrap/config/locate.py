@@ -25,8 +25,9 @@ class _Stop(Exception):
 def locate(text: str) -> dict[str, int]:
     """Map each dotted key path in `text` to the 1-based line where it first appears."""
     scanner = _Scanner(text)
-    # Lines only decorate error messages: a scanner bug must not hide the real problem.
-    with contextlib.suppress(_Stop, IndexError):
+    # Lines only decorate error messages: a scanner bug must not hide the real problem, nor
+    # must arrays nested deeper than its recursion goes (tomllib read them, with fewer frames).
+    with contextlib.suppress(_Stop, IndexError, RecursionError):
         scanner.run()
     return scanner.lines
 

@@ -19,6 +19,7 @@ import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from porttrap.config.fields import MAX_COUNT
 from porttrap.config.legacy import reading, tomlout
 from porttrap.config.legacy.notes import UNVERIFIED_NOTE, Conversion, Note, SourceFile, summary
 from porttrap.config.legacy.portsentry_actions import Context, number
@@ -355,7 +356,9 @@ class _Import(Context):
     def _trigger(self) -> list[str]:
         found = self.setting("SCAN_TRIGGER")
         value = max(number(found.value), 0) if found else 0
-        trigger = max(value, 1)
+        trigger = min(max(value, 1), MAX_COUNT)
+        if value > MAX_COUNT:  # never reached: PortSentry never reacted; porttrap says so below
+            self.note("SCAN_TRIGGER", f"above {MAX_COUNT}, the most porttrap reads", found)
         lines = [
             f"trigger = {trigger}  # {self.where('SCAN_TRIGGER')}: PortSentry reacted at the "
             f"{_nth(trigger)} hit"
