@@ -7,6 +7,9 @@
 # PORTTRAP_NETNS=NAME setup.sh run: install here, then run the daemon inside network namespace
 # NAME (made if missing, with lo up): a way to try porttrap without touching this host's network.
 set -euo pipefail
+# What this installs (the venv, /usr/local/sbin/porttrap) and every state directory the daemon
+# or the tests make must not be writable by group or others (porttrap refuses such a state_dir).
+umask 022
 cd "$(dirname "$0")/.."
 
 mode=${1:-}

@@ -51,6 +51,12 @@ def _own_temproot() -> None:
 
 _own_temproot()
 
+# The daemon and the CLI refuse a state_dir on a path its group or others can change
+# (daemon/statedir.py), and the tests make their directories with plain mkdir: under a umask
+# of 002 (some CI runners and login shells) those would be group-writable and every test that
+# runs the daemon refused. The tests run under root's usual 022, as the daemon does.
+os.umask(0o022)
+
 
 def kernel_unavailable() -> str | None:
     """Why kernel tests cannot run here, or None."""
