@@ -176,6 +176,46 @@ def trapped_by(reason: str) -> tuple[Proto, int] | None:
     return Proto(proto), int(port)
 
 
+FLEET_TAG = " (fleet: "  # a ban adopted from another host: its reason, then " (fleet: web-1)"
+
+
+def fleet_reason(reason: str, origin: str) -> str:
+    """The reason of a ban adopted from host `origin`: its own, and where it came from."""
+    return f"{reason}{FLEET_TAG}{origin})"
+
+
+def fleet_origin(reason: str) -> str | None:
+    """The host a ban was adopted from (`fleet_reason`), None for this host's own bans."""
+    head, tag, tail = reason.rpartition(FLEET_TAG)
+    return tail[:-1] if tag and tail.endswith(")") and head else None
+
+
+def decided_for(reason: str) -> str:
+    """A ban's reason as the host that decided it gave it (without `fleet_reason`'s tag)."""
+    head, tag, tail = reason.rpartition(FLEET_TAG)
+    return head if tag and tail.endswith(")") and head else reason
+
+
+class FleetKind(enum.StrEnum):
+    """What a row of the fleet's shared log says."""
+
+    BAN = "ban"
+    UNBAN = "unban"  # its host's admin lifted its ban: the copies of that ban go
+    UNBAN_FLEET = "unban-fleet"  # an admin lifted every ban on the target, on every host
+
+
+@dataclass(frozen=True, slots=True)
+class FleetEntry:
+    """One row of the fleet's shared log, checked (`porttrap.fleet.rows`): host `host` banned
+    `target` (`ban`), or lifted bans on it. `id` orders the log."""
+
+    id: int
+    host: str
+    kind: FleetKind
+    target: IPNetwork
+    ban: Ban | None = None  # for FleetKind.BAN
+
+
 def as_network(address: IPAddress | IPNetwork) -> IPNetwork:
     """A single address as a /32 or /128 network; networks unchanged."""
     if isinstance(address, IPv4Network | IPv6Network):

@@ -62,7 +62,6 @@ from porttrap.core.events import (
     ReloadInvalid,
     ReloadPrepared,
     ReloadRequested,
-    RemoteBan,
     ServedPortsChanged,
     ServeFailed,
     SessionsChanged,
@@ -433,33 +432,6 @@ def test_stopping_sends_out_what_is_pending_and_writes_every_hit() -> None:
     )
 
 
-def test_remote_bans_are_held_unless_the_local_protection_says_no() -> None:
-    _, playbook = started(config(f'[allow]\naddresses = ["{OTHER}"]\n'))
-    playbook.ignored = ()
-    remote = ban(ATTACKER, T0 - 10, H, count=2)
-    fields = {"address": OTHER, "origin": "web-2", "why": f"{OTHER} is on the allow list"}
-    assert (
-        playbook
-        >> RemoteBan(ban(OTHER, T0 - 10, H), origin="web-2")
-        << Log("remote-ban-refused", logging.INFO, fields)
-        >> RemoteBan(remote, origin="web-2")
-        << Log("remote-ban", logging.INFO, {"address": ATTACKER, "origin": "web-2"})
-        << FlushSoon()
-        >> RemoteBan(ban(ATTACKER, T0 - 5, 60), origin="web-3")  # shorter than the one held
-        << Log(
-            "remote-ban-refused",
-            logging.INFO,
-            {"address": ATTACKER, "origin": "web-3", "why": "already banned here until "
-             "2027-01-15T08:59:50Z"},
-        )
-        >> TurnEnded()
-        << Apply([remote], T0)
-        << RecordChanges([remote])
-        << LogChanges([remote])
-        << ActionsAfter([remote])
-    )  # fmt: skip
-
-
 # -- the kernel sensor -----------------------------------------------------------------------
 
 
@@ -756,75 +728,6 @@ def test_after_stopping_a_refusal_is_logged_and_not_retried() -> None:
         << sent(first)
         << RecordHits([(hit(), Outcome.BANNED)])
         >> FirewallFailed("refused while stopping")  # no Schedule: the loop is ending
-    )
-
-
-# -- bans from other hosts -------------------------------------------------------------------
-
-
-def refusals(core: Core, playbook: Playbook) -> list[str]:
-    return [
-        str(c.fields["why"])
-        for c in playbook.produced
-        if isinstance(c, Log) and c.name == "remote-ban-refused"
-    ]
-
-
-def test_remote_bans_refused_for_what_the_local_protection_holds() -> None:
-    core, playbook = started(config(f'[allow]\naddresses = ["{OTHER}"]\n'))
-    peer = "203.0.113.53"
-    gateways = frozenset({ip_address(peer)})
-    assert playbook >> GatewaysChanged(gateways) << SetGateways(gateways)
-    for target, at, seconds in [
-        (HOST, T0, H),  # an address of this host
-        ("192.0.2.0/24", T0, H),  # holds one
-        (OTHER, T0, H),  # allow-listed
-        (peer, T0, H),  # a peer
-        ("203.0.113.0/24", T0, H),  # holds a peer
-        (ATTACKER, T0 - 2 * H, H),  # already over
-    ]:
-        playbook >> RemoteBan(ban(target, at, seconds), origin="web-2")
-    assert playbook
-    assert refusals(core, playbook) == [
-        f"{HOST} is an address of this host",
-        f"192.0.2.0/24 contains {HOST}, an address of this host",
-        f"{OTHER} is on the allow list",
-        f"{peer} holds {peer}, a peer of this host",
-        f"203.0.113.0/24 holds {peer}, a peer of this host",
-        "it has ended",
-    ]
-    assert core.policy.active(T0) == []
-
-
-def test_a_remote_ban_counts_toward_escalation_and_a_longer_one_replaces_a_shorter() -> None:
-    core, playbook = started(config())
-    remote = ban(ATTACKER, T0 - 7200, 7200 + 60)  # banned elsewhere two hours ago, 1 min left
-    longer = ban(ATTACKER, T0, None, count=2, reason="manual")
-    assert (
-        playbook
-        >> RemoteBan(remote, origin="web-2")
-        << FlushSoon()
-        >> RemoteBan(longer, origin="web-3")  # permanent outlasts it: held instead
-        >> TurnEnded()
-        << sent(remote, longer)
-    )
-    assert core.policy.active(T0) == [longer]
-    core.policy.unban(ip_network(ATTACKER), T0)  # forgives the permanent one only
-    verdict = core.policy.on_hit(hit(), T0 + 1)
-    assert verdict.ban is not None and verdict.ban.ban_count == 2  # the remote one counted
-
-
-def test_a_remote_trap_ban_of_a_protocol_that_only_logs_here_stays_out_of_the_kernel() -> None:
-    _, playbook = started(config('[ban]\nrespond = { tcp = "log" }\n'))
-    remote = ban(ATTACKER, T0, H)  # trap:tcp/23, decided where tcp bans
-    assert (
-        playbook
-        >> RemoteBan(remote, origin="web-2")
-        << FlushSoon()
-        >> TurnEnded()
-        << RecordChanges([remote])  # held and recorded, as a "command" protocol's would be
-        << LogChanges([remote])
-        << ActionsAfter([remote])
     )
 
 

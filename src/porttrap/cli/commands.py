@@ -13,6 +13,7 @@ from porttrap import log, sshsession
 from porttrap.cli import output
 from porttrap.clock import SystemClock
 from porttrap.config import loader as config_mod
+from porttrap.config.fleet import tls_warning
 from porttrap.config.metrics import exposure_warning
 from porttrap.config.schema import Config, LogConfig, Respond, TrapMode
 from porttrap.core.views import ban_json
@@ -111,6 +112,13 @@ def _response_summary(cfg: Config) -> list[str]:
         lines.append(f"metrics: {cfg.metrics.url}")
         if warning := exposure_warning(cfg.metrics.listen):
             lines.append(f"warning: {warning}")
+    if (fleet := cfg.fleet) is not None:
+        shares = "publishes and accepts" if fleet.publish and fleet.accept else (
+            "publishes" if fleet.publish else "accepts" if fleet.accept else "neither publishes "
+            "nor accepts")  # fmt: skip
+        lines.append(f"fleet: {fleet.url} as {fleet.name or 'this host name'}; {shares} bans")
+        if warning := tls_warning(fleet.url):
+            lines.append(f"warning: {warning}")
     return lines
 
 
@@ -155,6 +163,10 @@ def _stored_counts(cfg: Config) -> dict[str, int] | None:
 
 def bans(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    if args.fleet:
+        from porttrap.cli import fleetview  # psycopg: only for the fleet
+
+        return fleetview.bans(cfg, args.json)
     store = open_store(cfg, readonly=True)
     try:
         active = store.active_bans(SystemClock().now())
@@ -173,6 +185,12 @@ def history(args: argparse.Namespace) -> int:
     target = _parse_target(args.address) if args.address else None
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
+    if args.fleet:
+        if target is None:
+            raise UsageError("history --fleet needs an ADDRESS")
+        from porttrap.cli import fleetview  # psycopg: only for the fleet
+
+        return fleetview.history(cfg, target, args.limit, args.json)
     store = open_store(cfg, readonly=True)
     try:
         entries = store.history(target, args.limit)
@@ -215,11 +233,13 @@ def _not_recorded(answer: dict[str, Any], done: str) -> int:
 
 def unban(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    request = {"cmd": "unban", "targets": _gather_targets(args)}
+    request = {"cmd": "unban", "targets": _gather_targets(args), "fleet": args.fleet}
     answer = control.request(cfg.control_socket, request)
     was = set(answer["were_banned"])
     for address in answer["unbanned"]:
         print(f"unbanned {address}" if address in was else f"{address} was not banned")
+    if args.fleet:
+        print("published: every host of the fleet lifts its bans on these too")
     if not answer.get("recorded", True):
         return _not_recorded(answer, "the unban is in the kernel (a restart before the disk "
                              "takes it would put the ban back)")  # fmt: skip

@@ -98,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
             "is the daemon running, traps set and skipped, bans (exit 3 when not running)",
         )
     )
-    _json(add("bans", commands.bans, "list active bans"))
+    listing = add("bans", commands.bans, "list active bans")
+    _json(listing)
+    listing.add_argument(
+        "--fleet", action="store_true", help="every host's active bans, from the fleet's database"
+    )
     history = add("history", commands.history, "hits and bans, newest first")
     history.add_argument(
         "address", nargs="?", metavar="ADDRESS", help="only this address or network"
@@ -107,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--limit", type=int, default=50, help="how many entries (default: 50)"
     )
     _json(history)
+    history.add_argument(
+        "--fleet", action="store_true", help="the fleet's log: which hosts banned ADDRESS, and why"
+    )
     ban = add("ban", commands.ban, "ban addresses now, through the running daemon")
     _targets(ban, "ban")
     length = ban.add_mutually_exclusive_group()
@@ -118,7 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         "in [ban]",
     )
     length.add_argument("--permanent", action="store_true", help="ban for good")
-    _targets(add("unban", commands.unban, "lift bans now, through the running daemon"), "unban")
+    unban = add("unban", commands.unban, "lift bans now, through the running daemon")
+    _targets(unban, "unban")
+    unban.add_argument(
+        "--fleet",
+        action="store_true",
+        help="lift them on every host of the fleet, their own bans included",
+    )
     add(
         "reload",
         commands.reload,

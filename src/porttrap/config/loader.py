@@ -10,6 +10,7 @@ from pathlib import Path
 from porttrap.config import fields, host, protection
 from porttrap.config.actions import build_actions
 from porttrap.config.fields import Problems, Section, Table
+from porttrap.config.fleet import build_fleet
 from porttrap.config.logsection import build_log
 from porttrap.config.metrics import build_metrics
 from porttrap.config.schema import (
@@ -46,6 +47,7 @@ TOP_KEYS = (
     "log",
     "metrics",
     "protect",
+    "fleet",
 )
 BAN_KEYS = (
     "time",
@@ -180,6 +182,7 @@ def _config(data: Table, problems: Problems, path: Path | None) -> Config:
         log=build_log(top.sub("log")),
         metrics=build_metrics(top.sub("metrics"), trap_list),
         protect=_protect(top.sub("protect")),
+        fleet=build_fleet(top.sub("fleet")) if "fleet" in top.table else None,
         source=path,
     )
 

@@ -269,6 +269,17 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """The `[fleet]` section: hosts that share bans through PostgreSQL (`porttrap.fleet`)."""
+
+    url: str  # a libpq URL, without a password
+    password_file: Path | None = None  # root's alone; None: libpq finds it (~/.pgpass, none)
+    name: str | None = None  # this host in the fleet; None: the host name up to its first dot
+    publish: bool = True  # share this host's bans
+    accept: bool = True  # apply the fleet's bans here
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     state_dir: Path = DEFAULT_STATE_DIR
     traps: tuple[Trap, ...] = ()
@@ -283,6 +294,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     protect: Protect = field(default_factory=Protect)
+    fleet: FleetConfig | None = None  # None: this host alone
     source: Path | None = None  # the file this was read from; None: built-in defaults
 
     @property

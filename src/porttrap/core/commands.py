@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from porttrap.config.schema import Config, Trap
 from porttrap.core.events import Event
-from porttrap.model import Ban, Change, Hit, IPAddress, Outcome
+from porttrap.model import Ban, Change, Hit, IPAddress, IPNetwork, Outcome
 from porttrap.sensorspec import Ports, SensorState
 
 
@@ -131,6 +131,18 @@ class PruneHits:
 
     before: float
     keep: int
+
+
+# -- the fleet -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Share these bans and unbans with the fleet: they go to the outbox on disk, then to the
+    shared log. `fleet_wide`: the targets of unbans an admin lifted on every host."""
+
+    changes: Sequence[Change]
+    fleet_wide: frozenset[IPNetwork] = frozenset()
 
 
 # -- the actions ---------------------------------------------------------------------------
@@ -272,6 +284,7 @@ Command = (
     | SetGateways
     | RotateBlocks
     | RecordHits
+    | Publish
     | RecordChanges
     | PruneHits
     | ActionsStart

@@ -67,6 +67,8 @@ from porttrap.core.events import (
     FirewallChecked,
     FirewallFailed,
     FirewallMissing,
+    FleetLinkChanged,
+    FleetReceived,
     GatewaysChanged,
     HitSeen,
     Reconcile,
@@ -75,7 +77,6 @@ from porttrap.core.events import (
     ReloadInvalid,
     ReloadPrepared,
     ReloadRequested,
-    RemoteBan,
     ServedPortsChanged,
     ServeFailed,
     SessionsChanged,
@@ -87,6 +88,7 @@ from porttrap.core.events import (
     TurnEnded,
 )
 from porttrap.core.events import Event as CoreEvent
+from porttrap.core.fleet import MANUAL, MANUAL_FLEET, FleetSide
 from porttrap.core.kernel import KernelState
 from porttrap.core.snapshot import IoFigures, KernelView, Snapshot
 from porttrap.core.stats import Stats
@@ -160,6 +162,7 @@ class Core:
         self.clock_skew = 0.0  # how far the wall clock jumped since the start, in all
         self._last_tick: tuple[float, float] | None = None  # (wall, monotonic) of the last
         self._checks = 0
+        self.fleet = FleetSide(config.fleet)
         self._read_actions(config)
         self._handlers: dict[type, Handler] = {
             Started: self._started,
@@ -178,7 +181,8 @@ class Core:
             Reconcile: self._reconcile,
             AdminBan: self._admin_ban,
             AdminUnban: self._admin_unban,
-            RemoteBan: self._remote_ban,
+            FleetReceived: self._fleet_received,
+            FleetLinkChanged: self._fleet_link,
             SessionsChanged: self._sessions,
             GatewaysChanged: self._gateways,
             ReloadRequested: self._reload_requested,
@@ -303,7 +307,8 @@ class Core:
         kernel = [c for c in batch if isinstance(c, Unban) or enforced(c)]
         if kernel:
             commands.append(Apply(kernel, now, arrivals))
-        commands += [RecordChanges(batch), LogChanges(batch), ActionsAfter(batch)]
+        commands += [RecordChanges(batch), *self.fleet.publish(batch)]
+        commands += [LogChanges(batch), ActionsAfter(batch)]
         self.stats.applied(batch)
         return commands
 
@@ -510,8 +515,13 @@ class Core:
         return [*self._flush(now), Answer(answer, after_store=True)]
 
     def _admin_unban(self, event: AdminUnban, now: float) -> list[Command]:
+        if event.fleet and self.config.fleet is None:
+            return [
+                Refuse("unban --fleet: this host is in no fleet (no [fleet] section)", usage=True)
+            ]
         was_banned = [show(t) for t in event.targets if self._is_banned(t, now)]
-        unbans = [self.policy.unban(t, now) for t in event.targets]
+        reason = MANUAL_FLEET if event.fleet else MANUAL
+        unbans = [self.policy.unban(t, now, reason) for t in event.targets]
         self._pending.extend(unbans)
         answer = {"unbanned": [show(u.target) for u in unbans], "were_banned": was_banned}
         return [*self._flush(now), Answer(answer, after_store=True)]
@@ -519,14 +529,14 @@ class Core:
     def _is_banned(self, target: IPNetwork, now: float) -> bool:
         return any(b.target == target for b in self.policy.active(now))
 
-    # -- other hosts ---------------------------------------------------------------------
+    # -- the fleet (porttrap.core.fleet) -------------------------------------------------
 
-    def _remote_ban(self, event: RemoteBan, now: float) -> list[Command]:
-        held = self.policy.adopt(event.ban, now)
-        fields: dict[str, object] = {"address": show(event.ban.target), "origin": event.origin}
-        if isinstance(held, str):
-            return [Log("remote-ban-refused", logging.INFO, {**fields, "why": held})]
-        return [Log("remote-ban", logging.INFO, fields), *self._queue([held])]
+    def _fleet_received(self, event: FleetReceived, now: float) -> list[Command]:
+        changes, commands = self.fleet.received(self.policy, event, now)
+        return commands + self._queue(changes)
+
+    def _fleet_link(self, event: FleetLinkChanged, _now: float) -> list[Command]:
+        return self.fleet.link(event)
 
     def _sessions(self, event: SessionsChanged, _now: float) -> list[Command]:
         """The admin's SSH sessions: each new peer is named, so that the log says who is

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from porttrap.config.schema import Config
-from porttrap.model import Ban, Hit, IPAddress, IPNetwork, StoredBan
+from porttrap.model import FleetEntry, Hit, IPAddress, IPNetwork, StoredBan
 from porttrap.sensorspec import Ports
 
 
@@ -148,18 +148,27 @@ class AdminBan:
 
 @dataclass(frozen=True, slots=True)
 class AdminUnban:
-    """`porttrap unban`."""
+    """`porttrap unban`; `fleet`: on every host of the fleet (`--fleet`), local bans too."""
 
     targets: tuple[IPNetwork, ...]
+    fleet: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class RemoteBan:
-    """A ban another host decided (the fleet). Applied here unless the local protection says
-    no: the host's own addresses, its allow list, loopback and its peers always win."""
+class FleetReceived:
+    """Rows of the fleet's shared log, read in order (`porttrap.fleet`). `clients`: the peers
+    of this host's established connections now, whom no fleet ban may cut off."""
 
-    ban: Ban
-    origin: str
+    entries: tuple[FleetEntry, ...]
+    clients: frozenset[IPAddress] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class FleetLinkChanged:
+    """The link to the fleet's database came up (`up`) or went down; `error`: why it went."""
+
+    up: bool
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +246,8 @@ Event = (
     | Reconcile
     | AdminBan
     | AdminUnban
-    | RemoteBan
+    | FleetReceived
+    | FleetLinkChanged
     | SessionsChanged
     | GatewaysChanged
     | ReloadRequested

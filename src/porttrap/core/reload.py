@@ -41,6 +41,11 @@ def needs_restart(old: Config, new: Config) -> list[str]:
             f"{'on' if new.modes.kernel else 'off'} (stealth and advanced modes use it, "
             "connect mode does not)"
         )
+    if old.fleet != new.fleet:
+        found.append(
+            "[fleet]: the daemon's link to the fleet's database is made at start (a changed "
+            "url, name or password_file, joining or leaving)"
+        )
     for key in ("nflog_group", "queue"):
         before, after = getattr(old.kernel, key), getattr(new.kernel, key)
         if before != after and new.modes.kernel:

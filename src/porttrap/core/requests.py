@@ -55,7 +55,7 @@ def ban(request: Mapping[str, Any]) -> AdminBan:
 
 
 def unban(request: Mapping[str, Any]) -> AdminUnban:
-    return AdminUnban(parse_targets(request.get("targets", [])))
+    return AdminUnban(parse_targets(request.get("targets", [])), fleet=request.get("fleet") is True)
 
 
 def top_limit(request: Mapping[str, Any]) -> int:

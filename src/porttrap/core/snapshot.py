@@ -33,6 +33,21 @@ class ReportFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetFigures:
+    """The link to the fleet's database, as the shell measures it (`porttrap.fleet.link`)."""
+
+    connected: bool
+    position: int  # the last row of the shared log applied here
+    behind: int  # rows of the log not yet read
+    outbox: int  # rows waiting to be published
+    published: int
+    received: int
+    refused_rows: int  # hostile or malformed rows, never applied
+    publish_lag: float | None  # seconds the last published rows waited in the outbox
+    receive_lag: float | None  # seconds from the last row's insert to its read here
+
+
+@dataclass(frozen=True, slots=True)
 class IoFigures:
     """What the shell measures: its I/O parts' counters and the latency histograms."""
 
@@ -46,6 +61,7 @@ class IoFigures:
     reports: ReportFigures | None = None
     decision: Histogram | None = None  # a hit's arrival to its decision
     to_kernel: Histogram | None = None  # a banning hit's arrival to its ban in the kernel
+    fleet: FleetFigures | None = None  # None: this host is in no fleet
 
 
 @dataclass(frozen=True, slots=True)

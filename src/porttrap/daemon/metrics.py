@@ -29,7 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from porttrap import __version__
-from porttrap.core.snapshot import Snapshot
+from porttrap.core.snapshot import FleetFigures, Snapshot
 from porttrap.core.stats import OTHER_PORT, Histogram, Stats
 from porttrap.core.views import kernel_status
 from porttrap.model import Ban, Proto
@@ -68,6 +68,7 @@ class SnapshotCollector(Collector):
         yield from store(snap)
         yield from actions(acts)
         yield from kernel_sensor(kernel)
+        yield from fleet(snap.io.fleet)
 
 
 def registry_for(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
@@ -267,6 +268,45 @@ def store(snap: Snapshot) -> Iterator[Metric]:
         "bans were not restored; the log names each (event=store-bad-row).",
         value=snap.io.restore_skipped,
     )
+
+
+def fleet(figures: FleetFigures | None) -> Iterator[Metric]:
+    """The link to the fleet's database (nothing when this host is in no fleet)."""
+    if figures is None:
+        return
+    yield GaugeMetricFamily(
+        "porttrap_fleet_connected",
+        "1 while the link to the fleet's database is up; 0 while this host protects itself "
+        "alone (its bans wait in the outbox).",
+        value=int(figures.connected),
+    )
+    yield GaugeMetricFamily(
+        "porttrap_fleet_outbox", "This host's bans and unbans waiting to be published.",
+        value=figures.outbox,
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "porttrap_fleet_behind", "Rows of the fleet's log not yet read here.", value=figures.behind
+    )
+    yield GaugeMetricFamily(
+        "porttrap_fleet_position", "The last row of the fleet's log applied here.",
+        value=figures.position,
+    )  # fmt: skip
+    for name, what, value in (
+        ("publish_lag", "the last published rows waited in the outbox", figures.publish_lag),
+        ("receive_lag", "from the last row's insert (database clock) to its read here",
+         figures.receive_lag),
+    ):  # fmt: skip
+        if value is not None:
+            yield GaugeMetricFamily(
+                f"porttrap_fleet_{name}_seconds", f"Seconds {what}.", value=value
+            )
+    for name, what, value in (
+        ("published", "Rows this host published to the fleet's log.", figures.published),
+        ("received", "Rows of other hosts read from the fleet's log.", figures.received),
+        ("rows_refused", "Hostile or malformed rows of the log, never applied (the log names "
+         "each: event=fleet-row-refused).", figures.refused_rows),
+    ):  # fmt: skip
+        yield CounterMetricFamily(f"porttrap_fleet_{name}", what, value=value)
 
 
 def actions(status: Mapping[str, Any]) -> Iterator[Metric]:

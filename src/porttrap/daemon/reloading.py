@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from porttrap import log
 from porttrap.actions.dispatch import Dispatcher
 from porttrap.config import loader
+from porttrap.config.fleet import named
 from porttrap.config.schema import Config
 from porttrap.core import commands as c
 from porttrap.core import events as e
@@ -37,7 +38,7 @@ async def reload(shell: Shell) -> dict[str, Any]:
     PorttrapError (RemoteConfigError for an invalid file) with the running one left as it was."""
     started = shell.clock.monotonic()
     try:
-        event: e.Event = e.ReloadRequested(loader.load(shell.config_path))
+        event: e.Event = e.ReloadRequested(named(loader.load(shell.config_path)))
     except ConfigError as err:
         event = e.ReloadInvalid(tuple(str(p) for p in err.problems))
     left = await _steps(shell, shell.feed(event))

@@ -15,7 +15,7 @@ import os
 import signal
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from porttrap import __version__, heap, log
 from porttrap.actions.dispatch import Dispatcher
@@ -49,6 +49,9 @@ from porttrap.sensors.listeners import ListenerWatcher
 from porttrap.sensors.sockets import SocketTraps
 from porttrap.sensorspec import Ports
 from porttrap.store.base import Store
+
+if TYPE_CHECKING:
+    from porttrap.daemon.fleet import FleetShell
 
 POLL = 0.25  # seconds between reads of the kernel sensor's counters
 CLEAN_STOP = "clean-stop"  # in state_dir: the last stop wrote every record (see _kernel_bans)
@@ -115,6 +118,7 @@ class Shell:
             on_hit=self.on_hit,
             kernel=kernel,
         )
+        self.fleet = self._make_fleet(config)
         self.handlers = self._handlers()  # the control socket's requests, by "cmd"
         self._control = ControlServer(config.control_socket, self.handlers)
         self.metrics = MetricsServer(snapshot_registry(self.snapshot))
@@ -127,6 +131,18 @@ class Shell:
     @property
     def config(self) -> Config:
         return self.core.config
+
+    def _make_fleet(self, config: Config) -> FleetShell | None:
+        """The outbox and the link when this host is in a fleet (a password file others can
+        read refuses the start here, before the kernel is touched)."""
+        if config.fleet is None:
+            self._effects[c.Publish] = lambda _command: None
+            return None
+        from porttrap.daemon.fleet import FleetShell  # psycopg: only for a fleet
+
+        fleet = FleetShell(config, self.clock, self._feed_alone)
+        self._effects[c.Publish] = fleet.publish
+        return fleet
 
     @property
     def actions(self) -> Dispatcher:
@@ -237,6 +253,8 @@ class Shell:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
             loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+            if self.fleet is not None:
+                await self.fleet.start()
             self._log_start()
             self.notifier.ready(self._summary())
             await self._serve()
@@ -408,6 +426,8 @@ class Shell:
             if timer is not None:
                 timer.cancel()
         self.feed(e.Stopping())
+        if self.fleet is not None:
+            await self.fleet.close()  # the outbox holds what the link had not published
         dropped, killed = await self.actions.close()  # running actions get a grace time
         self.writer.close()  # every record written before the store is closed
         self._mark_clean()
@@ -449,6 +469,7 @@ class Shell:
             reports=reports,
             decision=self.effects.latency.decision,
             to_kernel=self.effects.latency.to_kernel,
+            fleet=None if self.fleet is None else self.fleet.snapshot(),
         )
         return self.core.snapshot(self.clock.now(), io)
 
@@ -469,7 +490,15 @@ class Shell:
             "reload": lambda _request: self.reload(),
             "ban": lambda request: self._admin(requests.ban(request)),
             "unban": lambda request: self._admin(requests.unban(request)),
+            "fleet": lambda _request: self._fleet_status(),
         }
+
+    def _fleet_status(self) -> dict[str, Any]:
+        if self.fleet is None:
+            raise UsageError("this host is in no fleet (its configuration has no [fleet] section)")
+        counts = self.core.fleet.counts
+        return {**self.fleet.status(), "adopted": counts.adopted, "refused": counts.refused,
+                "ignored": counts.ignored, "lifted": counts.lifted}  # fmt: skip
 
     async def _admin(self, event: e.AdminBan | e.AdminUnban) -> dict[str, Any]:
         with heap.bulk():

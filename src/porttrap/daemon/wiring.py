@@ -11,11 +11,13 @@ import asyncio
 from pathlib import Path
 
 from porttrap.clock import Clock, SystemClock
+from porttrap.config.fleet import named
 from porttrap.config.schema import Config
 from porttrap.core.core import Core
 from porttrap.daemon import statedir
 from porttrap.daemon.notify import Notifier
 from porttrap.daemon.shell import Shell
+from porttrap.errors import PorttrapError
 from porttrap.firewall import claim, registry
 from porttrap.firewall.base import FirewallBackend, SensorBackend
 from porttrap.firewall.claim import Claim
@@ -60,6 +62,10 @@ def run(
     """Run porttrap as `config` says until asked to stop. `config_path`: what `-c` named (None:
     the default place), read again on reload. Raises PorttrapError when it cannot start."""
     clock = SystemClock()
+    try:
+        config = named(config)  # the fleet's name for this host, from its host name
+    except ValueError as err:
+        raise PorttrapError(str(err)) from None
     statedir.ensure(config.state_dir)  # before anything is written there
     firewall = make_backend(
         config.firewall.backend, config.firewall.table, clock, sensor=config.modes.kernel

@@ -36,6 +36,9 @@ from porttrap.model import (
     Unban,
     as_network,
     ban_problem,
+    decided_for,
+    fleet_origin,
+    fleet_reason,
     show,
     trap_reason,
     trapped_by,
@@ -49,9 +52,18 @@ from porttrap.units import iso
 
 KEPT_FROM_KERNEL = "kept from the kernel"  # the reason of a ban the store had lost
 
-__all__ = ["Policy", "Verdict", "ban_duration", "enforced_under"]
+__all__ = ["Policy", "Refusal", "Verdict", "ban_duration", "enforced_under"]
 
 _ANY: dict[int, IPAddress] = {4: IPv4Address("0.0.0.0"), 6: IPv6Address("::")}
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a ban from the fleet is not held here; `protected`: the local protection said no
+    (recorded in the history), rather than a ban already held, an ended one or a budget."""
+
+    why: str
+    protected: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +79,7 @@ def enforced_under(policy: BanPolicy, ban: Ban) -> bool:
     protocol responds with "ban" ("command": the command does the banning; "log": nothing is
     banned); an admin's ban does unless no protocol responds with "ban" (the kernel is then
     porttrap's to leave alone)."""
-    trap = trapped_by(ban.reason)
+    trap = trapped_by(decided_for(ban.reason))  # another host's trap ban too
     if trap is not None:  # only "ban" makes trap bans here; another host's may come under
         return policy.respond(trap[0]) is Respond.BAN  # any setting of this one's
     return Respond.BAN in (policy.respond_tcp, policy.respond_udp)
@@ -273,11 +285,12 @@ class Policy:
         return [self._manual(t, now, duration, permanent, reason) for t in targets]
 
     def adopt(self, ban: Ban, now: float) -> Ban | str:
-        """A ban another host decided, held here as it was decided (its times, its reason);
-        it counts toward escalation here too. Refused, with why, when it has ended, when the
-        local protection forbids it (own addresses, the allow list, loopback, a peer), when a
-        ban held here already lasts as long, when it would overlap a network ban, or when its
-        times are out of bounds (`ban_problem`). An IPv4-mapped target is held as IPv4."""
+        """A ban decided outside this policy (one the kernel kept when the store lost it),
+        held as it is (its times, its reason); it counts toward escalation. Refused, with
+        why, when it has ended, when the local protection forbids it (own addresses, the
+        allow list, loopback, a peer), when a ban held here already lasts as long, when it
+        would overlap a network ban, or when its times are out of bounds (`ban_problem`).
+        An IPv4-mapped target is held as IPv4."""
         ban = replace(ban, target=unmap_network(ban.target))
         why = self._refusal(ban, now)
         if why is not None:
@@ -285,6 +298,66 @@ class Policy:
         self._past.add(ban.target, ban.banned_at, ban.verified)
         self._remember(ban)
         return ban
+
+    def adopt_fleet(
+        self, ban: Ban, origin: str, now: float, clients: Iterable[IPAddress] = ()
+    ) -> Ban | Refusal:
+        """A ban host `origin` of the fleet decided, as this host holds it: it counts toward
+        escalation here whatever becomes of it (the fleet's third ban of a scanner is the third
+        here); a trap's ban lasts what this host's `[ban]` settings give that count, an admin's
+        keeps its times; evidence that can be forged is bounded as here (`unverified_max_time`,
+        never permanent, within this host's budgets). Refused (a `Refusal`) when it has ended,
+        when the local protection forbids it (`protected`: own addresses, allow list,
+        loopback, a peer, a live client in `clients`), or when a ban held here covers it."""
+        if (problem := ban_problem(ban.banned_at, ban.expires_at)) is not None:
+            return Refusal(problem)
+        target = unmap_network(ban.target)
+        if self._past.has(target, ban.banned_at, ban.verified):
+            count = max(ban.ban_count, self._count_past(target, now, ban.verified))
+        else:
+            count = max(ban.ban_count, self._count_past(target, now, ban.verified) + 1)
+            self._past.add(target, ban.banned_at, ban.verified)
+        local = self._fleet_times(replace(ban, target=target, ban_count=count))
+        if not local.active(now):
+            return Refusal("it has ended")
+        if why := self._fleet_protected(target, clients):
+            return Refusal(why, protected=True)
+        if not local.verified and not self._budget.take(target.network_address, now):
+            return Refusal("over this host's budget for bans on evidence that can be forged")
+        reason = fleet_reason(local.reason, origin)
+        why = self._refusal(replace(local, reason=reason), now)
+        if why is not None:
+            return Refusal(why)
+        adopted = replace(local, reason=reason)
+        self._remember(adopted)
+        return adopted
+
+    def _fleet_times(self, ban: Ban) -> Ban:
+        """`ban` with this host's durations: a trap's ban as `[ban]` here gives its count (a
+        forgeable one never longer than `unverified_max_time`, never permanent); an admin's
+        keeps its own times."""
+        if trapped_by(ban.reason) is None and ban.verified:
+            return ban
+        seconds = ban_duration(self.policy, self.policy.time, ban.ban_count, ban.verified)
+        return replace(ban, expires_at=None if seconds is None else ban.banned_at + seconds)
+
+    def _fleet_protected(self, target: IPNetwork, clients: Iterable[IPAddress]) -> str | None:
+        if why := self.protection.conflict(target):
+            return why
+        if peer := self.protection.peer_in(target):
+            return f"{show(target)} holds {peer}, a peer of this host"
+        client = next((c for c in clients if c in target), None)
+        return None if client is None else f"{client} is a live client of this host"
+
+    def unban_fleet(
+        self, target: IPNetwork, now: float, origin: str | None, reason: str
+    ) -> Unban | None:
+        """Lift the ban on `target` as the fleet asks: only a ban adopted from `origin`, or
+        (origin None: an admin's fleet-wide unban) any. None when nothing here is lifted."""
+        held = self._held(target, now)
+        if held is None or (origin is not None and fleet_origin(held.reason) != origin):
+            return None
+        return self.unban(target, now, reason)
 
     def adopt_kernel(
         self, held: Iterable[tuple[IPNetwork, float | None]], now: float

@@ -70,6 +70,11 @@ class Past:
         else:
             bisect.insort(times, at)  # another host's ban, decided a while ago
 
+    def has(self, target: IPNetwork, at: float, verified: bool) -> bool:
+        """Whether the ban of `target` made at `at` is counted already (the fleet may deliver
+        one twice)."""
+        return at in self._of(verified).get(target, ())
+
     def remove(self, target: IPNetwork, at: float, verified: bool) -> None:
         times = self._of(verified).get(target, [])
         if at in times:

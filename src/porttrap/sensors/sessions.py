@@ -75,12 +75,12 @@ class Reply:
 # -- parsing and the filter (pure) ---------------------------------------------------------------
 
 
-def parse_reply(data: bytes, ports: Iterable[int], seq: int | None = None) -> Reply:
+def parse_reply(data: bytes, ports: Iterable[int] | None, seq: int | None = None) -> Reply:
     """The peers of the ESTABLISHED TCP sockets whose local port is one of `ports`, in
     TCPDIAG_GETSOCK or SOCK_DIAG_BY_FAMILY dump datagrams (IPv4-mapped peers unmapped);
     counts what was skipped and sees the end of the dump. With `seq`, messages answering
-    another request are left out."""
-    wanted = frozenset(ports)
+    another request are left out. `ports` None: on any local port."""
+    wanted = None if ports is None else frozenset(ports)
     messages, malformed = netlink.split(data)
     peers: set[IPAddress] = set()
     done, error = False, 0
@@ -92,7 +92,7 @@ def parse_reply(data: bytes, ports: Iterable[int], seq: int | None = None) -> Re
                 malformed += 1
                 continue
             family, state, sport, _, _, dst = _MESSAGE.unpack_from(body)
-            if state == TCP_ESTABLISHED and sport in wanted:
+            if state == TCP_ESTABLISHED and (wanted is None or sport in wanted):
                 peers.add(unmap(_ADDRESS[family](dst)))
         elif kind in (netlink.NLMSG_DONE, netlink.NLMSG_ERROR):
             done, code = True, netlink.error_code(body)
@@ -163,8 +163,17 @@ def current(ports: Sequence[int]) -> Peers:
         return dump(sock, ports).peers
 
 
-def _query(sock: socket.socket, seq: int, ports: Sequence[int]) -> Reply:
-    what = "sock_diag dump of the SSH sessions (TCPDIAG_GETSOCK)"
+def established() -> Peers:
+    """The peers of every established TCP connection of this host now (its live clients, and
+    the servers it talks to), in this thread's network namespace. OSError when it cannot
+    tell."""
+    with listeners.open_diag_socket() as sock:
+        listeners.discard_pending(sock)
+        return _query(sock, 1, None).peers
+
+
+def _query(sock: socket.socket, seq: int, ports: Sequence[int] | None) -> Reply:
+    what = "sock_diag dump of the established TCP connections (TCPDIAG_GETSOCK)"
     sock.send(request(seq, ports))
     peers: set[IPAddress] = set()
     malformed = 0

@@ -1,0 +1,320 @@
+"""The daemon's link to the fleet's database: publish from the outbox, receive from the log.
+
+Two connections (psycopg's AsyncConnection, on the daemon's event loop, which never waits on
+them): one LISTENs on the log's channel, whose NOTIFY (sent by the database on every insert)
+wakes the other, which reads the rows after this host's position, publishes what the outbox
+holds, and beats the host's heartbeat every `HEARTBEAT` seconds. Nothing is polled on a
+timer: a row reaches the other hosts when they are told of it.
+
+A lost connection (the database down, the network cut: libpq's TCP keepalives and user
+timeout, and the heartbeat's own deadline, tell within ~15 s) ends both; the link tries again
+after 1 s, doubling to 30 s, and catches up from its position: nothing published meanwhile
+is missed. A host that starts with no position, or that is far behind, reads the fleet's
+active bans (and those that count toward escalation) in one query instead of the whole log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from porttrap.fleet.schema import VERSION
+
+from porttrap import log
+from porttrap.clock import Clock
+from porttrap.config.schema import FleetConfig
+from porttrap.fleet.outbox import Outbox, Outgoing
+from porttrap.model import FleetEntry
+
+CHANNEL = "porttrap_fleet"
+HEARTBEAT = 5.0  # seconds between heartbeats (and the longest a lost link goes unseen, plus
+QUERY_TIMEOUT = 10.0  # this: a query that takes longer ends the connection)
+FIRST_RETRY, LAST_RETRY = 1.0, 30.0  # seconds before reconnecting, doubling
+BATCH = 10_000  # log rows read at once
+PUBLISH_BATCH = 5_000  # outbox rows published in one transaction
+SNAPSHOT_BEHIND = 200_000  # rows behind the log's end past which a host reads the snapshot
+# libpq: TCP keepalives and a user timeout, so that a cut link ends the connection rather
+# than leaving a LISTEN that hears nothing forever.
+KEEPALIVE = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "15000",
+    "application_name": "porttrap",
+}
+
+_COLUMNS = (
+    "id, host, kind, host(target) || '/' || masklen(target), ban_id, banned_at, expires_at, "
+    "ban_count, reason, evidence, extract(epoch from clock_timestamp() - at)::float8"
+)
+# The queries are built from constants only; every value is a parameter.
+_AFTER = f"SELECT {_COLUMNS} FROM porttrap.log WHERE id > %s ORDER BY id LIMIT %s"  # noqa: S608
+# The fleet's state for a host that joins: every ban still in force, or recent enough to
+# count toward escalation, that no later unban lifted; and where the log ends.
+_SNAPSHOT = f"""SELECT {_COLUMNS} FROM porttrap.log AS l
+    WHERE l.id <= %(top)s AND l.kind = 'ban'
+      AND (l.expires_at IS NULL OR l.expires_at > %(now)s OR l.banned_at > %(since)s)
+      AND NOT EXISTS (
+        SELECT 1 FROM porttrap.log AS u
+        WHERE u.target = l.target AND u.id > l.id AND u.id <= %(top)s
+          AND (u.kind = 'unban-fleet' OR (u.kind = 'unban' AND u.host = l.host)))
+    ORDER BY l.id"""  # noqa: S608
+_PUBLISH = """INSERT INTO porttrap.log (host, kind, target, ban_id, banned_at, expires_at,
+    ban_count, reason, evidence) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+    ON CONFLICT (host, kind, ban_id) DO NOTHING"""
+
+Parse = Callable[[Sequence[Any]], "tuple[FleetEntry, float] | str"]
+
+
+@dataclass(slots=True)
+class LinkFigures:
+    """What `porttrap fleet status` and the metrics show of the link."""
+
+    connected: bool = False
+    error: str | None = None  # why the last connection ended, or could not be made
+    position: int = 0  # the last row of the log applied here
+    end: int = 0  # the log's last row, as the last NOTIFY or read told
+    receive_lag: float | None = None  # seconds from a row's insert to its read here (last)
+    publish_lag: float | None = None  # seconds a published row waited in the outbox (last)
+    published: int = 0
+    received: int = 0
+    refused_rows: int = 0  # hostile or malformed rows, never applied
+    outbox: int = 0
+
+
+class FleetLink:
+    """Runs (`run`) until cancelled. `on_entries` is called on the loop with each batch of
+    checked rows from other hosts and the hosts' own; `on_link` with each change of state."""
+
+    def __init__(
+        self,
+        config: FleetConfig,
+        password: str | None,
+        outbox: Outbox,
+        parse: Parse,
+        *,
+        clock: Clock,
+        on_entries: Callable[[list[FleetEntry]], None],
+        on_link: Callable[[bool, str | None], None],
+        forget_after: float,
+    ) -> None:
+        assert config.name is not None, "the fleet name is resolved before the link is made"
+        self.name = config.name
+        self._conninfo = psycopg.conninfo.make_conninfo(config.url, **KEEPALIVE)
+        self._password = password
+        self._outbox = outbox
+        self._parse = parse
+        self._clock = clock
+        self._on_entries = on_entries
+        self._on_link = on_link
+        self._forget_after = forget_after
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-outbox")
+        self._wake = asyncio.Event()
+        self._queued: list[float] = []  # monotonic times of outbox adds not yet published
+        self.figures = LinkFigures()
+
+    # -- from the daemon -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Read the position and the outbox's length (on the outbox's thread)."""
+        self.figures.position = await self._io(self._outbox.position)
+        self.figures.outbox = await self._io(self._outbox.count)
+
+    def publish(self, rows: Sequence[Outgoing]) -> None:
+        """Queue `rows` in the outbox (on disk, in order) and wake the publisher."""
+        if not rows:
+            return
+        loop = asyncio.get_running_loop()
+        self._queued.append(self._clock.monotonic())
+        self.figures.outbox += len(rows)
+        done = self._thread.submit(self._outbox.add, list(rows))
+        done.add_done_callback(lambda _f: loop.call_soon_threadsafe(self._wake.set))
+
+    async def close(self) -> None:
+        """Every queued row on disk and the position saved, then the outbox closed."""
+        position = self.figures.position
+        await self._io(self._outbox.set_position, position)
+        self._thread.submit(self._outbox.close)
+        self._thread.shutdown(wait=True)
+
+    # -- the link ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        delay = FIRST_RETRY
+        while True:
+            started = self._clock.monotonic()
+            try:
+                await self._session()
+            except (psycopg.Error, OSError, TimeoutError, LinkError) as err:
+                self._lost(describe(err))
+            if self._clock.monotonic() - started > LAST_RETRY:
+                delay = FIRST_RETRY  # it had worked a while: try again soon
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, LAST_RETRY)
+
+    def _lost(self, error: str) -> None:
+        self.figures.connected = False
+        self.figures.error = error
+        self._on_link(False, error)
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        conninfo = self._conninfo
+        if self._password is not None:
+            conninfo = psycopg.conninfo.make_conninfo(conninfo, password=self._password)
+        async with asyncio.timeout(QUERY_TIMEOUT * 2):
+            return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+
+    async def _session(self) -> None:
+        async with await self._connect() as listener, await self._connect() as work:
+            async with asyncio.timeout(QUERY_TIMEOUT):
+                await self._check(work)
+                await listener.execute(f"LISTEN {CHANNEL}")
+            self.figures.connected, self.figures.error = True, None
+            self._on_link(True, None)
+            tasks = [
+                asyncio.create_task(self._listen(listener)),
+                asyncio.create_task(self._work(work)),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _check(self, work: psycopg.AsyncConnection[Any]) -> None:
+        """The schema is one this porttrap knows, and the database knows this host's role
+        under this host's name (else every publish would be refused)."""
+        cur = await work.execute("SELECT value FROM porttrap.meta WHERE key = 'schema_version'")
+        row = await cur.fetchone()
+        if row is None or int(row[0]) > VERSION:
+            raise LinkError(
+                f"the fleet's schema is version {row and row[0]}, this porttrap knows up to "
+                f"{VERSION}: upgrade porttrap on this host (or run porttrap fleet init)"
+            )
+        cur = await work.execute("SELECT name FROM porttrap.hosts WHERE role = current_user")
+        names = [r[0] for r in await cur.fetchall()]
+        if self.name not in names:
+            raise LinkError(
+                f"the database knows this login as {names or 'no host'}, not {self.name!r}: "
+                f"run porttrap fleet add-host {self.name} on the database, or set [fleet] name"
+            )
+
+    async def _listen(self, listener: psycopg.AsyncConnection[Any]) -> None:
+        async for notice in listener.notifies():
+            with contextlib.suppress(ValueError):
+                self.figures.end = max(self.figures.end, int(notice.payload))
+            self._wake.set()
+
+    async def _work(self, work: psycopg.AsyncConnection[Any]) -> None:
+        async with asyncio.timeout(None) as deadline:
+            deadline.reschedule(asyncio.get_running_loop().time() + QUERY_TIMEOUT * 30)
+            await self._catch_up(work)  # 100,000 rows within the first deadline
+        beat = 0.0
+        while True:
+            async with asyncio.timeout(QUERY_TIMEOUT):
+                await self._publish(work)
+                await self._read(work)
+                if self._clock.monotonic() - beat >= HEARTBEAT:
+                    await self._heartbeat(work)
+                    beat = self._clock.monotonic()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HEARTBEAT):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def _catch_up(self, work: psycopg.AsyncConnection[Any]) -> None:
+        cur = await work.execute("SELECT coalesce(max(id), 0) FROM porttrap.log")
+        row = await cur.fetchone()
+        top = int(row[0]) if row else 0
+        self.figures.end = max(self.figures.end, top)
+        if self.figures.position == 0 or top - self.figures.position > SNAPSHOT_BEHIND:
+            now = self._clock.now()
+            params = {"top": top, "now": now, "since": now - self._forget_after}
+            cur = await work.execute(_SNAPSHOT, params)
+            self._deliver(await cur.fetchall())
+            await self._advance(top)
+        await self._read(work)
+
+    async def _read(self, work: psycopg.AsyncConnection[Any]) -> None:
+        while True:
+            cur = await work.execute(_AFTER, (self.figures.position, BATCH))
+            rows = await cur.fetchall()
+            if not rows:
+                return
+            self._deliver(rows)
+            await self._advance(int(rows[-1][0]))
+            if len(rows) < BATCH:
+                return
+
+    def _deliver(self, rows: Sequence[Sequence[Any]]) -> None:
+        entries: list[FleetEntry] = []
+        for row in rows:
+            parsed = self._parse(row)
+            if isinstance(parsed, str):
+                self.figures.refused_rows += 1
+                log.event("fleet-row-refused", logging.WARNING, problem=parsed)
+                continue
+            entry, lag = parsed
+            self.figures.receive_lag = lag
+            if entry.host != self.name:
+                entries.append(entry)
+        self.figures.received += len(entries)
+        if entries:
+            self._on_entries(entries)
+
+    async def _advance(self, position: int) -> None:
+        self.figures.position = position
+        self.figures.end = max(self.figures.end, position)
+        await self._io(self._outbox.set_position, position)
+
+    async def _publish(self, work: psycopg.AsyncConnection[Any]) -> None:
+        while True:
+            pending = await self._io(self._outbox.pending, PUBLISH_BATCH)
+            if not pending:
+                self.figures.outbox = 0
+                return
+            params = [
+                (self.name, str(r.kind), r.target, r.ban_id, r.banned_at, r.expires_at,
+                 r.ban_count, r.reason, r.evidence)
+                for _, r in pending
+            ]  # fmt: skip
+            async with work.transaction(), work.cursor() as cur:
+                await cur.executemany(_PUBLISH, params)
+            await self._io(self._outbox.published, pending[-1][0])
+            self.figures.published += len(pending)
+            if self._queued:
+                self.figures.publish_lag = self._clock.monotonic() - self._queued[0]
+                self._queued.clear()
+            if len(pending) < PUBLISH_BATCH:
+                self.figures.outbox = await self._io(self._outbox.count)
+                return
+
+    async def _heartbeat(self, work: psycopg.AsyncConnection[Any]) -> None:
+        await work.execute(
+            "UPDATE porttrap.hosts SET last_seen = now(), position = %s WHERE name = %s",
+            (self.figures.position, self.name),
+        )
+
+    async def _io(self, func: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, func, *args)
+
+
+class LinkError(Exception):
+    """The database answers, but this host cannot use it as it is (schema, name)."""
+
+
+def describe(err: BaseException) -> str:
+    """One line for the log: what failed, without libpq's multi-line detail."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else 'no detail'}"

@@ -1,0 +1,121 @@
+"""A fleet of five real daemons, each in its own network namespace on one bridge, sharing bans
+through a real PostgreSQL cluster: a trap touched on one host bans the scanner on every other
+(IPv4 and IPv6), admin bans and unbans travel, the local protection wins, escalation counts
+fleet-wide, and a hostile row never reaches a kernel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bridge import Bridge
+from fleet_env import ATK4, ATK4_B, ATK6, FleetLab
+from netns import Netns
+from pgcluster import PgCluster
+from waiting import PATIENCE, wait_until
+
+pytestmark = pytest.mark.kernel
+
+FLEET_SIZE = 5
+
+
+@pytest.fixture
+def lab(
+    tmp_path: Path,
+    netns_factory: Callable[[], Netns],
+    fleet_bridge: Bridge,
+    pg_cluster: PgCluster,
+) -> FleetLab:
+    return FleetLab(tmp_path, netns_factory, fleet_bridge, pg_cluster)
+
+
+def test_a_trap_touched_on_one_host_bans_the_scanner_on_every_other(lab: FleetLab) -> None:
+    hosts = lab.add(FLEET_SIZE)
+    first, others = hosts[0], hosts[1:]
+    assert all(h.reachable_from_scanner() for h in others)
+    lab.touch_trap(first)
+    lab.everywhere(ATK4)
+    for host in others:
+        wait_until(lambda h=host: not h.reachable_from_scanner(), PATIENCE,
+                   f"the scanner's packets dropped on {host.name}")  # fmt: skip
+        (ban,) = [b for b in host.bans() if b["address"] == ATK4]
+        assert ban["reason"] == "trap:tcp/2323 (fleet: web-1)"
+        assert ban["evidence"] == "verified"
+    # IPv6, touched on another host
+    lab.touch_trap(hosts[2], ATK6)
+    lab.everywhere(ATK6)
+    assert not hosts[4].reachable_from_scanner(ATK6)
+    assert hosts[2].json("fleet", "status")["link"]["published"] >= 1
+
+
+def test_an_admin_ban_and_unban_travel_and_unban_fleet_lifts_every_hosts_own(
+    lab: FleetLab,
+) -> None:
+    hosts = lab.add(FLEET_SIZE)
+    hosts[0].porttrap("ban", "203.0.113.9")
+    lab.everywhere("203.0.113.9")
+    hosts[0].porttrap("unban", "203.0.113.9")
+    lab.everywhere("203.0.113.9", present=False)
+    # Each host's own ban of the scanner: a plain unban on one lifts only that one's copies;
+    # unban --fleet lifts them all.
+    for host in hosts[:2]:
+        lab.touch_trap(host, ATK4_B)
+    lab.everywhere(ATK4_B)
+    hosts[3].porttrap("unban", "--fleet", ATK4_B)
+    lab.everywhere(ATK4_B, present=False)
+
+
+def test_the_local_protection_wins_and_the_refusal_is_in_the_history(lab: FleetLab) -> None:
+    allowed = lab.add(1, extra=f'[allow]\naddresses = ["{ATK4_B}"]\n')[0]
+    hosts = [allowed, *lab.add(2)]
+    banning, elsewhere = hosts[1], hosts[2]
+    banning.porttrap("ban", ATK4_B, allowed.v4)
+    lab.everywhere(ATK4_B, [elsewhere])
+    lab.everywhere(allowed.v4, [elsewhere])
+    history = allowed.json("history", ATK4_B)
+    assert any("fleet ban refused here" in str(e.get("reason")) and "allow list" in str(e)
+               for e in history), history  # fmt: skip
+    own = allowed.json("history", allowed.v4)
+    assert any("an address of this host" in str(e) for e in own), own
+    assert not allowed.banned(ATK4_B) and not allowed.banned(allowed.v4)
+    assert allowed.reachable_from_scanner(ATK4_B)
+    assert "event=fleet-ban-refused" in allowed.log_text()
+
+
+def test_escalation_continues_across_hosts(lab: FleetLab) -> None:
+    hosts = lab.add(3, time="2s")
+    lab.touch_trap(hosts[0])
+    lab.everywhere(ATK4)
+    lab.everywhere(ATK4, present=False)  # 2 s later, gone everywhere
+    lab.touch_trap(hosts[1])  # the second ban anywhere: 2 s * 2**2 here
+    wait_until(lambda: hosts[1].banned(ATK4), PATIENCE, "the second ban on web-2")
+    (second,) = [b for b in hosts[1].bans() if b["address"] == ATK4]
+    assert second["ban_count"] == 2
+    lab.everywhere(ATK4, [hosts[2]])
+    (copy,) = [b for b in hosts[2].bans() if b["address"] == ATK4]
+    assert copy["ban_count"] == 2 and copy["reason"].endswith("(fleet: web-2)")
+
+
+def test_a_hostile_row_in_the_log_never_reaches_a_kernel(lab: FleetLab) -> None:
+    hosts = lab.add(2)
+    lab.db("INSERT INTO porttrap.log (host, kind, target, ban_id, banned_at, expires_at, "
+           "ban_count, reason, evidence) VALUES ('web-1', 'ban', '0.0.0.0/0', 'x', "
+           "extract(epoch from now()), NULL, 1, 'everyone', 'verified')")  # fmt: skip
+    hosts[0].porttrap("ban", "203.0.113.10")  # a good row after it
+    lab.everywhere("203.0.113.10")
+    assert "event=fleet-row-refused" in hosts[1].log_text()
+    assert hosts[1].json("fleet", "status")["link"]["refused_rows"] == 1
+    assert hosts[1].reachable_from_scanner()
+
+
+def test_a_host_that_joins_gets_every_active_fleet_ban(lab: FleetLab) -> None:
+    first = lab.add(1)[0]
+    for n in range(1, 21):
+        first.porttrap("ban", f"203.0.113.{n}")
+    first.porttrap("unban", "203.0.113.20")
+    late = lab.add(1)[0]
+    wait_until(lambda: len(late.bans()) == 19, PATIENCE, "19 fleet bans on the new host")
+    assert not late.banned("203.0.113.20")
+    assert late.banned("203.0.113.1")
