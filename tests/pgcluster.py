@@ -26,6 +26,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
 import psycopg
+from psycopg.rows import TupleRow
 
 from netns import Netns
 from waiting import PATIENCE, wait_until
@@ -71,7 +72,7 @@ def _run(argv: Sequence[str], cwd: Path | None = None) -> str:
     return done.stdout
 
 
-class TestCA:
+class CertAuthority:
     """A self-signed certificate authority for one test (openssl CLI), and certificates it
     signs for IP addresses."""
 
@@ -110,7 +111,7 @@ class PgCluster:
         self.data = base / "data"
         self.socket_dir = base / "sock"
         self.log = base / "postgres.log"
-        self.ca: TestCA | None = None
+        self.ca: CertAuthority | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
     @classmethod
@@ -150,7 +151,7 @@ class PgCluster:
         (self.data / "pg_hba.conf").write_text("\n".join(hba) + "\n")
 
     def _tls(self, owner: pwd.struct_passwd) -> dict[str, str]:
-        self.ca = TestCA(self.base / "tls")
+        self.ca = CertAuthority(self.base / "tls")
         cert, key = self.ca.issue("server", self.addresses)
         for path in (cert, key):
             os.chown(path, owner.pw_uid, owner.pw_gid)
@@ -216,10 +217,18 @@ class PgCluster:
             return url + "?sslmode=disable"
         return f"{url}?sslmode=verify-full&sslrootcert={ca or self.ca.cert}"
 
+    def dump(self, schema: str) -> str:
+        """pg_dump of `schema` in the test database: its objects, grants and data (without
+        the \\restrict lines, whose key is new at each run)."""
+        text = _run([str(bindir() / "pg_dump"), f"--schema={schema}", self.admin_url()])
+        return "".join(
+            line for line in text.splitlines(keepends=True) if "restrict " not in line[:12]
+        )
+
     def create_database(self, name: str = DATABASE) -> None:
         with psycopg.connect(self.admin_url("postgres"), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
 
-    def admin(self) -> psycopg.Connection[tuple[object, ...]]:
+    def admin(self) -> psycopg.Connection[TupleRow]:
         """A connection as `postgres` to the test database, in autocommit."""
         return psycopg.connect(self.admin_url(), autocommit=True)
