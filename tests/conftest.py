@@ -22,6 +22,9 @@ from netns import Netns
 if TYPE_CHECKING:
     from daemon_env import Env
 
+    from bridge import Bridge
+    from pgcluster import PgCluster
+
 
 # Hypothesis times each example (200 ms by default) and each draw (its too_slow health check):
 # on two shared CPUs with CPU steal either fails a test that is right. What a property test
@@ -143,3 +146,35 @@ def env_factory(
     for env in made:
         if env.log.exists():
             print(env.log_text())
+
+
+@pytest.fixture
+def fleet_bridge(netns_factory: Callable[[], Netns]) -> Bridge:
+    """A bridge in its own namespace (tests/bridge.py); deleted with the namespaces."""
+    from bridge import Bridge
+
+    return Bridge.create(netns_factory)
+
+
+@pytest.fixture
+def pg_cluster(fleet_bridge: Bridge, netns_factory: Callable[[], Netns]) -> Iterator[PgCluster]:
+    """A throw-away PostgreSQL cluster (tests/pgcluster.py), started, with TLS and the empty
+    database `porttrap`, in its own namespace on `fleet_bridge` at host number 100
+    (198.51.100.100, 2001:db8:f::100). Stopped and removed after the test, even when it fails;
+    its log is printed then."""
+    import pgcluster
+    from bridge import DB_HOST
+
+    reason = pgcluster.unavailable()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests, but {reason}", pytrace=False)
+        pytest.skip(reason)
+    db = fleet_bridge.plug(netns_factory(), DB_HOST)
+    cluster = pgcluster.PgCluster.create(db.netns, [db.v4, db.v6])
+    try:
+        cluster.start()
+        cluster.create_database()
+        yield cluster
+    finally:
+        cluster.remove()

@@ -62,3 +62,7 @@ class NoDatabase(StoreError):
 
 class DaemonNotRunning(PorttrapError):
     """A command needs the running daemon and none answers on the control socket."""
+
+
+class FleetError(PorttrapError):
+    """The fleet's PostgreSQL database cannot be reached, set up or used as asked."""
