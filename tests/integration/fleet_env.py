@@ -19,8 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bridge import Bridge, Plugged
 from daemon_env import PORTTRAP, SERVE, open_socket
+
+from bridge import Bridge, Plugged
 from netns import Netns
 from pgcluster import PgCluster
 from waiting import PATIENCE, wait_until
@@ -151,6 +152,10 @@ class Host:
         return list(self.json("bans"))
 
 
+def _holds(host: Host, address: str, present: bool) -> Callable[[], bool]:
+    return lambda: host.banned(address) == present
+
+
 class FleetLab:
     """The database (schema made), the scanner, and `hosts` made with `add`."""
 
@@ -193,9 +198,11 @@ class FleetLab:
     def everywhere(self, address: str, hosts: list[Host] | None = None, present: bool = True
                    ) -> None:  # fmt: skip
         """Wait until every host (or `hosts`) holds a ban of `address` (or none)."""
+        state = "banned" if present else "not banned"
         for host in hosts if hosts is not None else self.hosts:
-            wait_until(lambda h=host: h.banned(address) == present, PATIENCE,
-                       f"{address} {'banned' if present else 'not banned'} on {host.name}")  # fmt: skip
+            wait_until(
+                _holds(host, address, present), PATIENCE, f"{address} {state} on {host.name}"
+            )
 
     def db(self, query: str, *params: object) -> list[tuple[Any, ...]]:
         with self.cluster.admin() as conn:

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fleet_env import ATK4, ATK4_B, ATK6, FleetLab, Host
 
 from bridge import Bridge
-from fleet_env import ATK4, ATK4_B, ATK6, FleetLab
 from netns import Netns
 from pgcluster import PgCluster
 from waiting import PATIENCE, wait_until
@@ -19,6 +19,10 @@ from waiting import PATIENCE, wait_until
 pytestmark = pytest.mark.kernel
 
 FLEET_SIZE = 5
+
+
+def unreachable(host: Host) -> Callable[[], bool]:
+    return lambda: not host.reachable_from_scanner()
 
 
 @pytest.fixture
@@ -38,8 +42,7 @@ def test_a_trap_touched_on_one_host_bans_the_scanner_on_every_other(lab: FleetLa
     lab.touch_trap(first)
     lab.everywhere(ATK4)
     for host in others:
-        wait_until(lambda h=host: not h.reachable_from_scanner(), PATIENCE,
-                   f"the scanner's packets dropped on {host.name}")  # fmt: skip
+        wait_until(unreachable(host), PATIENCE, f"the scanner's packets dropped on {host.name}")
         (ban,) = [b for b in host.bans() if b["address"] == ATK4]
         assert ban["reason"] == "trap:tcp/2323 (fleet: web-1)"
         assert ban["evidence"] == "verified"

@@ -112,8 +112,8 @@ def adopted(b: Ban, origin: str = "web-2") -> Ban:
                b.evidence)  # fmt: skip
 
 
-def batch(*changes: Ban | Unban, published: bool = False, now: float = T0) -> list[object]:
-    out: list[object] = [Apply(changes, now), RecordChanges(changes)]
+def batch(*changes: Ban | Unban, published: bool = False, now: float = T0) -> list[Command]:
+    out: list[Command] = [Apply(changes, now), RecordChanges(changes)]
     if published:
         out.append(Publish(changes))
     return [*out, LogChanges(changes), ActionsAfter(changes)]

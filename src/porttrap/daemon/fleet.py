@@ -20,7 +20,6 @@ from porttrap.config.schema import Config, FleetConfig
 from porttrap.core import commands as c
 from porttrap.core import events as e
 from porttrap.core.snapshot import FleetFigures
-from porttrap.fleet import rows
 from porttrap.fleet.credentials import read_password
 from porttrap.fleet.link import FleetLink, LinkFigures
 from porttrap.fleet.outbox import Outbox, outgoing
@@ -42,7 +41,6 @@ class FleetShell:
             fleet,
             password,
             self.outbox,
-            rows.parse,
             clock=clock,
             on_entries=self._entries,
             on_link=lambda up, error: self._feed(e.FleetLinkChanged(up, error)),

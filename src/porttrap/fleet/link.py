@@ -24,15 +24,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from porttrap.fleet.schema import VERSION
 
 from porttrap import log
 from porttrap.clock import Clock
 from porttrap.config.schema import FleetConfig
+from porttrap.fleet import rows
 from porttrap.fleet.outbox import Outbox, Outgoing
+from porttrap.fleet.schema import CHANNEL, VERSION
 from porttrap.model import FleetEntry
 
-CHANNEL = "porttrap_fleet"
 HEARTBEAT = 5.0  # seconds between heartbeats (and the longest a lost link goes unseen, plus
 QUERY_TIMEOUT = 10.0  # this: a query that takes longer ends the connection)
 FIRST_RETRY, LAST_RETRY = 1.0, 30.0  # seconds before reconnecting, doubling
@@ -51,27 +51,21 @@ KEEPALIVE = {
     "application_name": "porttrap",
 }
 
-_COLUMNS = (
-    "id, host, kind, host(target) || '/' || masklen(target), ban_id, banned_at, expires_at, "
-    "ban_count, reason, evidence, extract(epoch from clock_timestamp() - at)::float8"
-)
-# The queries are built from constants only; every value is a parameter.
-_AFTER = f"SELECT {_COLUMNS} FROM porttrap.log WHERE id > %s ORDER BY id LIMIT %s"  # noqa: S608
 # The fleet's state for a host that joins: every ban still in force, or recent enough to
-# count toward escalation, that no later unban lifted; and where the log ends.
-_SNAPSHOT = f"""SELECT {_COLUMNS} FROM porttrap.log AS l
-    WHERE l.id <= %(top)s AND l.kind = 'ban'
+# count toward escalation, that no later unban lifted (up to the log's end, `top`).
+_SNAPSHOT = (  # constants only: every value is a parameter
+    rows.SELECT  # noqa: S608
+    + """ AS l WHERE l.id <= %(top)s AND l.kind = 'ban'
       AND (l.expires_at IS NULL OR l.expires_at > %(now)s OR l.banned_at > %(since)s)
       AND NOT EXISTS (
         SELECT 1 FROM porttrap.log AS u
         WHERE u.target = l.target AND u.id > l.id AND u.id <= %(top)s
           AND (u.kind = 'unban-fleet' OR (u.kind = 'unban' AND u.host = l.host)))
-    ORDER BY l.id"""  # noqa: S608
+    ORDER BY l.id"""
+)
 _PUBLISH = """INSERT INTO porttrap.log (host, kind, target, ban_id, banned_at, expires_at,
     ban_count, reason, evidence) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
     ON CONFLICT (host, kind, ban_id) DO NOTHING"""
-
-Parse = Callable[[Sequence[Any]], "tuple[FleetEntry, float] | str"]
 
 
 @dataclass(slots=True)
@@ -99,7 +93,6 @@ class FleetLink:
         config: FleetConfig,
         password: str | None,
         outbox: Outbox,
-        parse: Parse,
         *,
         clock: Clock,
         on_entries: Callable[[list[FleetEntry]], None],
@@ -111,7 +104,6 @@ class FleetLink:
         self._conninfo = psycopg.conninfo.make_conninfo(config.url, **KEEPALIVE)
         self._password = password
         self._outbox = outbox
-        self._parse = parse
         self._clock = clock
         self._on_entries = on_entries
         self._on_link = on_link
@@ -248,27 +240,26 @@ class FleetLink:
 
     async def _read(self, work: psycopg.AsyncConnection[Any]) -> None:
         while True:
-            cur = await work.execute(_AFTER, (self.figures.position, BATCH))
-            rows = await cur.fetchall()
-            if not rows:
+            cur = await work.execute(rows.SELECT_AFTER, (self.figures.position, BATCH))
+            found = await cur.fetchall()
+            if not found:
                 return
-            self._deliver(rows)
-            await self._advance(int(rows[-1][0]))
-            if len(rows) < BATCH:
+            self._deliver(found)
+            await self._advance(int(found[-1][0]))
+            if len(found) < BATCH:
                 return
 
-    def _deliver(self, rows: Sequence[Sequence[Any]]) -> None:
+    def _deliver(self, found: Sequence[Sequence[Any]]) -> None:
         entries: list[FleetEntry] = []
-        for row in rows:
-            parsed = self._parse(row)
+        for row in found:
+            parsed = rows.parse(row)
             if isinstance(parsed, str):
                 self.figures.refused_rows += 1
                 log.event("fleet-row-refused", logging.WARNING, problem=parsed)
                 continue
-            entry, lag = parsed
-            self.figures.receive_lag = lag
-            if entry.host != self.name:
-                entries.append(entry)
+            self.figures.receive_lag = parsed.lag
+            if parsed.host != self.name:
+                entries.append(parsed.fleet_entry())
         self.figures.received += len(entries)
         if entries:
             self._on_entries(entries)

@@ -18,17 +18,27 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any, Final
 
-from porttrap.model import Ban, Evidence, IPNetwork, ban_problem, show, unmap_network
+from porttrap.model import (
+    Ban,
+    Evidence,
+    FleetEntry,
+    FleetKind,
+    IPNetwork,
+    ban_problem,
+    show,
+    unmap_network,
+)
 
 COLUMNS: Final = (
     "id", "host", "kind", "target", "ban_id", "banned_at", "expires_at", "ban_count", "reason",
     "evidence", "at", "now",
 )  # fmt: skip
-SELECT_AFTER: Final = (
+SELECT: Final = (
     "SELECT id, host, kind, target::text, ban_id, banned_at, expires_at, ban_count, reason,"
     " evidence, extract(epoch FROM at)::float8, extract(epoch FROM clock_timestamp())::float8"
-    " FROM porttrap.log WHERE id > %s ORDER BY id LIMIT %s"
+    " FROM porttrap.log"
 )
+SELECT_AFTER: Final = SELECT + " WHERE id > %s ORDER BY id LIMIT %s"
 KINDS: Final = ("ban", "unban", "unban-fleet")
 HOST_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # porttrap.hosts' CHECK
 WIDEST: Final = {4: 8, 6: 32}  # the shortest prefix a fleet ban may have, per IP version
@@ -65,6 +75,10 @@ class Entry:
     ban_id: str
     ban: Ban | None
     lag: float
+
+    def fleet_entry(self) -> FleetEntry:
+        """The row as the core takes it."""
+        return FleetEntry(self.id, self.host, FleetKind(self.kind), self.target, self.ban)
 
 
 class _Refused(ValueError):
