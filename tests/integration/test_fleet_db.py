@@ -31,8 +31,9 @@ from netns import Netns
 from pgcluster import Address, CertAuthority, PgCluster
 from porttrap.cli import main as cli
 from porttrap.errors import FleetError
-from porttrap.fleet import admin
+from porttrap.fleet import admin, rows
 from porttrap.fleet.schema import CHANNEL, VERSION
+from porttrap.model import Evidence
 from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
@@ -365,3 +366,29 @@ def test_remove_host_drops_the_role_and_keeps_the_hosts_log_rows(fleet: Fleet) -
     with fleet.cluster.admin() as conn:
         assert conn.execute("SELECT name FROM porttrap.hosts").fetchall() == [("web-1",)]
         assert conn.execute("SELECT count(*) FROM porttrap.log").fetchone() == (1,)
+
+
+def test_rows_read_with_select_after_parse_into_the_bans_published(fleet: Fleet) -> None:
+    now = BAN.replace("1.8e9", "extract(epoch FROM now())")
+    with closing(fleet.connect(fleet.web1, "web-1", "pw-one")) as conn:
+        conn.execute(now, ("web-1", "203.0.113.7", "b1"))
+        conn.execute(now, ("web-1", "2001:db8:7::/48", "b2"))
+        conn.execute(now, ("web-1", "0.0.0.0/0", "b3"))  # hostile: the database takes it
+        conn.execute(BAN, ("web-1", "203.0.113.9", "b4"))  # 1.8e9: weeks ahead of the clock
+        conn.commit()
+    with closing(fleet.connect(fleet.web2, "web.2", "pw-two")) as conn:
+        found = [rows.parse(row) for row in conn.execute(rows.SELECT_AFTER, (0, 100))]
+    first, second, third, fourth = found
+    assert isinstance(first, rows.Entry) and isinstance(second, rows.Entry), found
+    assert (first.id, first.host, str(first.target), first.ban_id) == (
+        1, "web-1", "203.0.113.7/32", "b1"
+    )  # fmt: skip
+    assert first.ban is not None and first.ban.expires_at == first.ban.banned_at + 600
+    assert (first.ban.ban_count, first.ban.reason, first.ban.evidence) == (
+        1, "trap", Evidence.VERIFIED
+    )  # fmt: skip
+    assert str(second.target) == "2001:db8:7::/48" and 0 <= second.lag < PATIENCE
+    assert third == (
+        "fleet log row 3 from web-1: target 0.0.0.0/0 is wider than /8: no scanner is that big"
+    )
+    assert isinstance(fourth, str) and "ahead of the database's clock" in fourth

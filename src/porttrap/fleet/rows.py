@@ -4,7 +4,7 @@ Every host can write to the log, so a row is input from outside: `parse` turns o
 `Entry` or says, naming the row's id and host, why it is refused. A refused row never reaches
 a kernel. `parse` never raises, whatever the row holds.
 
-`SELECT_AFTER` is the query whose rows `parse` takes (the columns in `COLUMNS`' order): the
+`SELECT_AFTER` is the query whose rows `parse` takes (`COLUMNS_SQL`, in `COLUMNS`' order): the
 times as epoch seconds, `now` being the database's clock at the read, so that the lag (how
 long ago the row was committed, in the database's clock only) needs no clock of this host.
 """
@@ -32,11 +32,13 @@ COLUMNS: Final = (
     "id", "host", "kind", "target", "ban_id", "banned_at", "expires_at", "ban_count", "reason",
     "evidence", "at", "now",
 )  # fmt: skip
-SELECT_AFTER: Final = (
-    "SELECT id, host, kind, target::text, ban_id, banned_at, expires_at, ban_count, reason,"
-    " evidence, extract(epoch FROM at)::float8, extract(epoch FROM clock_timestamp())::float8"
-    " FROM porttrap.log WHERE id > %s ORDER BY id LIMIT %s"
+# The select list whose rows `parse` takes, for any query on porttrap.log (a snapshot too)
+COLUMNS_SQL: Final = (
+    "id, host, kind, target::text, ban_id, banned_at, expires_at, ban_count, reason, evidence,"
+    " extract(epoch FROM at)::float8, extract(epoch FROM clock_timestamp())::float8"
 )
+_AFTER = "FROM porttrap.log WHERE id > %s ORDER BY id LIMIT %s"
+SELECT_AFTER: Final = f"SELECT {COLUMNS_SQL} {_AFTER}"
 KINDS: Final = ("ban", "unban", "unban-fleet")
 HOST_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # porttrap.hosts' CHECK
 WIDEST: Final = {4: 8, 6: 32}  # the shortest prefix a fleet ban may have, per IP version
