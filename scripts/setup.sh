@@ -31,11 +31,22 @@ packages=(nftables python3 python3-venv python3-nftables iproute2 ipset iptables
 # completion tests: bash-completion loads the script, zsh and tmux run it as a person would
 [ "$mode" = test ] && packages+=(bash-completion zsh tmux)
 # tmux also drives `porttrap top` in tests/integration/test_top_tmux.py
+# the fleet tests run throw-away PostgreSQL clusters of their own (tests/pgcluster.py), with
+# certificates of a test CA that openssl makes
+[ "$mode" = test ] && packages+=(postgresql openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
+  if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+    # Debian's package would create and start a cluster of the machine's own ("main", on port
+    # 5432): the tests need only the server's programs. postgresql-common reads this drop-in
+    # (createcluster.conf includes createcluster.d) when the package is configured.
+    mkdir -p /etc/postgresql-common/createcluster.d
+    printf '%s\n' "# porttrap's setup.sh test: the tests start clusters of their own" \
+      "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/porttrap-tests.conf
+  fi
   echo "setup.sh: installing ${missing[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2

@@ -31,7 +31,8 @@ class Plugged:
 def addresses(host: int) -> tuple[IPv4Address, IPv6Address]:
     """Host number `host`'s two addresses (1 to 254)."""
     assert 1 <= host <= 254, "a host number is 1 to 254"
-    return IPv4Address(f"{V4_PREFIX}{host}"), IPv6Address(f"{V6_PREFIX}{host:x}")
+    # 2001:db8:f::100 for host 100: the same digits as in IPv4, for people reading logs
+    return IPv4Address(f"{V4_PREFIX}{host}"), IPv6Address(f"{V6_PREFIX}{host}")
 
 
 class Bridge:

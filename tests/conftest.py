@@ -177,4 +177,5 @@ def pg_cluster(fleet_bridge: Bridge, netns_factory: Callable[[], Netns]) -> Iter
         cluster.create_database()
         yield cluster
     finally:
+        print(f"PostgreSQL's log:\n{cluster.log_text()}")  # pytest shows it when a test fails
         cluster.remove()

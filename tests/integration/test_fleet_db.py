@@ -14,10 +14,12 @@ would: over TCP from other namespaces, scram-sha-256, TLS verify-full against th
 
 from __future__ import annotations
 
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -27,9 +29,11 @@ from psycopg.rows import TupleRow
 from bridge import Bridge, Plugged
 from netns import Netns
 from pgcluster import Address, CertAuthority, PgCluster
+from porttrap.cli import main as cli
 from porttrap.errors import FleetError
-from porttrap.fleet import admin
+from porttrap.fleet import admin, rows
 from porttrap.fleet.schema import CHANNEL, VERSION
+from porttrap.model import Evidence
 from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
@@ -312,3 +316,79 @@ def test_the_cluster_stops_and_starts_again_on_the_same_data(fleet: Fleet) -> No
     fleet.cluster.start()
     with closing(fleet.connect(fleet.web1, "web-1", "pw-one")) as conn:
         assert conn.execute("SELECT count(*) FROM porttrap.log").fetchone() == (1,)
+
+
+def test_the_cli_sets_up_a_host_whose_written_password_logs_in(
+    pg_cluster: PgCluster,
+    fleet_bridge: Bridge,
+    netns_factory: Callable[[], Netns],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = pg_cluster.admin_url()
+    assert cli.main(["fleet", "init", "--admin-url", url]) == 0
+    assert "created the fleet schema (version 1)" in capsys.readouterr().out
+    written = tmp_path / "web-1.password"
+    assert cli.main(["fleet", "add-host", "web-1", "--admin-url", url,
+                     "--write-password", str(written)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"added host web-1 (role porttrap_host_web_1); its password is in {written}" in out
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    password = written.read_text().removesuffix("\n")
+    assert len(password) >= 40 and password not in out
+    assert cli.main(["fleet", "add-host", "web.2", "--admin-url", url]) == 0
+    printed = capsys.readouterr()
+    assert "its password, shown only now" in printed.err
+    fleet = Fleet(
+        pg_cluster, fleet_bridge.plug(netns_factory(), 1), fleet_bridge.plug(netns_factory(), 2)
+    )
+    with closing(fleet.connect(fleet.web1, "web-1", password)) as conn:
+        conn.execute(BAN, ("web-1", "203.0.113.7", "b1"))
+        conn.commit()
+    with closing(fleet.connect(fleet.web2, "web.2", printed.out.strip())):
+        pass
+    with pg_cluster.admin() as conn:
+        verifiers = conn.execute(
+            "SELECT rolpassword FROM pg_authid WHERE rolname LIKE 'porttrap_host_%'"
+        ).fetchall()
+    assert [v[0].startswith("SCRAM-SHA-256$") for v in verifiers] == [True, True]
+
+
+def test_remove_host_drops_the_role_and_keeps_the_hosts_log_rows(fleet: Fleet) -> None:
+    with closing(fleet.connect(fleet.web1, "web-1", "pw-one")) as conn:
+        conn.execute(BAN, ("web-1", "203.0.113.7", "b1"))
+        conn.commit()
+    url = fleet.cluster.admin_url()
+    assert "kept host web-1" in admin.remove_host(url, "web-1")
+    assert admin.remove_host(url, "web.2") == "dropped role porttrap_host_web_2 and host web.2"
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        fleet.connect(fleet.web1, "web-1", "pw-one")
+    with fleet.cluster.admin() as conn:
+        assert conn.execute("SELECT name FROM porttrap.hosts").fetchall() == [("web-1",)]
+        assert conn.execute("SELECT count(*) FROM porttrap.log").fetchone() == (1,)
+
+
+def test_rows_read_with_select_after_parse_into_the_bans_published(fleet: Fleet) -> None:
+    now = BAN.replace("1.8e9", "extract(epoch FROM now())")
+    with closing(fleet.connect(fleet.web1, "web-1", "pw-one")) as conn:
+        conn.execute(now, ("web-1", "203.0.113.7", "b1"))
+        conn.execute(now, ("web-1", "2001:db8:7::/48", "b2"))
+        conn.execute(now, ("web-1", "0.0.0.0/0", "b3"))  # hostile: the database takes it
+        conn.execute(BAN, ("web-1", "203.0.113.9", "b4"))  # 1.8e9: weeks ahead of the clock
+        conn.commit()
+    with closing(fleet.connect(fleet.web2, "web.2", "pw-two")) as conn:
+        found = [rows.parse(row) for row in conn.execute(rows.SELECT_AFTER, (0, 100))]
+    first, second, third, fourth = found
+    assert isinstance(first, rows.Entry) and isinstance(second, rows.Entry), found
+    assert (first.id, first.host, str(first.target), first.ban_id) == (
+        1, "web-1", "203.0.113.7/32", "b1"
+    )  # fmt: skip
+    assert first.ban is not None and first.ban.expires_at == first.ban.banned_at + 600
+    assert (first.ban.ban_count, first.ban.reason, first.ban.evidence) == (
+        1, "trap", Evidence.VERIFIED
+    )  # fmt: skip
+    assert str(second.target) == "2001:db8:7::/48" and 0 <= second.lag < PATIENCE
+    assert third == (
+        "fleet log row 3 from web-1: target 0.0.0.0/0 is wider than /8: no scanner is that big"
+    )
+    assert isinstance(fourth, str) and "ahead of the database's clock" in fourth

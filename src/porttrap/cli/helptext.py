@@ -67,6 +67,7 @@ _WORKFLOW = (
     ("reload", "porttrap reload", "apply an edited config, keep bans"),
     ("report", "porttrap report --since 7d -o report.html", "charts, in one HTML file"),
     ("demo", "porttrap demo", "see it work, in network namespaces"),
+    ("fleet", "porttrap fleet init --admin-url URL", "share bans with other hosts"),
 )
 
 _FILES_AND_EXIT_CODES = _text("""

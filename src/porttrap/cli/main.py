@@ -15,6 +15,7 @@ from porttrap.cli import (
     commands,
     completion,
     demo,
+    fleet,
     helptext,
     importing,
     report,
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     importing.add_parser(sub, _common)
     top.add_parser(sub, _common)
     service.add_parser(sub, _common)
+    fleet.add_parser(sub, _common)
     report.add_parser(sub, _common)
     demo.add_parser(sub)
     completion.add_parser(sub)

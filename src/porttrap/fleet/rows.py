@@ -4,7 +4,7 @@ Every host can write to the log, so a row is input from outside: `parse` turns o
 `Entry` or says, naming the row's id and host, why it is refused. A refused row never reaches
 a kernel. `parse` never raises, whatever the row holds.
 
-`SELECT_AFTER` is the query whose rows `parse` takes (the columns in `COLUMNS`' order): the
+`SELECT_AFTER` is the query whose rows `parse` takes (`COLUMNS_SQL`, in `COLUMNS`' order): the
 times as epoch seconds, `now` being the database's clock at the read, so that the lag (how
 long ago the row was committed, in the database's clock only) needs no clock of this host.
 """
@@ -26,6 +26,7 @@ from porttrap.model import (
     IPNetwork,
     ban_problem,
     show,
+    single_network,
     unmap_network,
 )
 
@@ -33,12 +34,13 @@ COLUMNS: Final = (
     "id", "host", "kind", "target", "ban_id", "banned_at", "expires_at", "ban_count", "reason",
     "evidence", "at", "now",
 )  # fmt: skip
-SELECT: Final = (
-    "SELECT id, host, kind, target::text, ban_id, banned_at, expires_at, ban_count, reason,"
-    " evidence, extract(epoch FROM at)::float8, extract(epoch FROM clock_timestamp())::float8"
-    " FROM porttrap.log"
+# The select list whose rows `parse` takes, for any query on porttrap.log (a snapshot too)
+COLUMNS_SQL: Final = (
+    "id, host, kind, target::text, ban_id, banned_at, expires_at, ban_count, reason, evidence,"
+    " extract(epoch FROM at)::float8, extract(epoch FROM clock_timestamp())::float8"
 )
-SELECT_AFTER: Final = SELECT + " WHERE id > %s ORDER BY id LIMIT %s"
+SELECT: Final = f"SELECT {COLUMNS_SQL} FROM porttrap.log"  # noqa: S608 - constants only
+SELECT_AFTER: Final = f"{SELECT} WHERE id > %s ORDER BY id LIMIT %s"
 KINDS: Final = ("ban", "unban", "unban-fleet")
 HOST_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # porttrap.hosts' CHECK
 WIDEST: Final = {4: 8, 6: 32}  # the shortest prefix a fleet ban may have, per IP version
@@ -61,6 +63,13 @@ NEVER: Final = tuple(
         "ff00::/8",  # multicast
     )
 )
+# NEVER as (first, last, network) integer spans per IP version: the check of each row's target
+_NEVER_SPANS: Final = {
+    version: [
+        (int(n.network_address), int(n.broadcast_address), n) for n in NEVER if n.version == version
+    ]
+    for version in (4, 6)
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,24 +146,33 @@ def _entry(row: Sequence[Any]) -> Entry:
 
 
 def _target(value: Any) -> IPNetwork:
-    if isinstance(value, IPv4Network | IPv6Network):
-        network = value
-    elif isinstance(value, str) and len(value) <= 64:
-        try:
-            network = ip_network(value)
-        except ValueError:
-            raise _Refused(f"target {_cut(value)} is not an address or network") from None
-    else:
-        raise _Refused(f"target {_cut(value)} is not an address or network")
-    network = unmap_network(network)
-    if network.prefixlen < WIDEST[network.version]:
-        raise _Refused(
-            f"target {network} is wider than /{WIDEST[network.version]}: no scanner is that big"
-        )
-    for never in NEVER:
-        if never.version == network.version and network.overlaps(never):
+    network = unmap_network(_network(value))
+    version, prefix = network.version, network.prefixlen
+    if prefix < WIDEST[version]:
+        raise _Refused(f"target {network} is wider than /{WIDEST[version]}: no scanner is that big")
+    first = int(network.network_address)
+    last = first | ((1 << (network.max_prefixlen - prefix)) - 1)
+    for low, high, never in _NEVER_SPANS[version]:
+        if first <= high and last >= low:
             raise _Refused(f"target {show(network)} is in {never}, no address to ban")
     return network
+
+
+def _network(value: Any) -> IPNetwork:
+    if isinstance(value, IPv4Network | IPv6Network):
+        return value
+    if not isinstance(value, str) or len(value) > 64:
+        raise _Refused(f"target {_cut(value)} is not an address or network")
+    # The common row, a single address as cidr::text writes it ("203.0.113.7/32"), the fast
+    # way: a catch-up reads 100,000 of them.
+    address, _, prefix = value.partition("/")
+    single = single_network(address) if prefix in ("32", "128") else None
+    if single is not None and single.max_prefixlen == int(prefix):
+        return single
+    try:
+        return ip_network(value)
+    except ValueError:
+        raise _Refused(f"target {_cut(value)} is not an address or network") from None
 
 
 def _ban(target: IPNetwork, columns: tuple[Any, ...], read_at: float) -> Ban:
@@ -177,6 +195,8 @@ def _ban(target: IPNetwork, columns: tuple[Any, ...], read_at: float) -> Ban:
 
 
 def _number(value: Any, column: str) -> float:
+    if type(value) is float and math.isfinite(value):  # the common case first
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Refused(f"{column} {_cut(value)} is not a number")
     try:
