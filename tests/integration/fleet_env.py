@@ -3,8 +3,8 @@ its own network namespace on one bridge (tests/bridge.py), and a scanner. Docume
 addresses only.
 
     web-N  198.51.100.N      2001:db8:f::N     (N = 1, 2 ...: the real daemon, a service)
-    db     198.51.100.100    2001:db8:f::64    (PostgreSQL, TLS verify-full)
-    atk    198.51.100.200    2001:db8:f::c8    (the scanner; .201 and ::c9 too)
+    db     198.51.100.100    2001:db8:f::100   (PostgreSQL, TLS verify-full)
+    atk    198.51.100.200    2001:db8:f::200   (the scanner; .201 and ::201 too)
 """
 
 from __future__ import annotations
@@ -29,7 +29,12 @@ from waiting import PATIENCE, wait_until
 TRAP = 2323  # every host's connect-mode trap
 SERVICE = 8080  # every host serves this: dropped once the scanner is banned
 ATK_HOST = 200
-ATK4, ATK4_B, ATK6, ATK6_B = "198.51.100.200", "198.51.100.201", "2001:db8:f::c8", "2001:db8:f::c9"
+ATK4, ATK4_B, ATK6, ATK6_B = (
+    "198.51.100.200",
+    "198.51.100.201",
+    "2001:db8:f::200",
+    "2001:db8:f::201",
+)
 CONFIG = """state_dir = "{state}"
 [traps]
 tcp = ["{trap}"]
@@ -168,7 +173,7 @@ class FleetLab:
         self.cluster = cluster
         self.hosts: list[Host] = []
         self.atk = bridge.plug(make_netns(), ATK_HOST)
-        bridge.plug(self.atk.netns, ATK_HOST + 1)  # a second scanner address (.201, ::c9)
+        bridge.plug(self.atk.netns, ATK_HOST + 1)  # a second scanner address (.201, ::201)
         self.porttrap_root("fleet", "init", "--admin-url", cluster.admin_url())
 
     def porttrap_root(self, *args: str) -> str:
@@ -206,4 +211,5 @@ class FleetLab:
 
     def db(self, query: str, *params: object) -> list[tuple[Any, ...]]:
         with self.cluster.admin() as conn:
-            return list(conn.execute(query, params).fetchall())
+            cursor = conn.execute(query, params)
+            return list(cursor.fetchall()) if cursor.description is not None else []

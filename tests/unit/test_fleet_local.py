@@ -95,7 +95,7 @@ def test_the_password_is_the_first_line_of_a_file_only_its_owner_reads(tmp_path:
 @pytest.mark.parametrize(("mode", "content", "expected"), [
     (0o640, "x\n", "chmod 600"),
     (0o604, "x\n", "can be read or changed by others"),
-    (0o600, "\n", "is empty"),
+    (0o600, "\n", "its first line is empty"),
 ])  # fmt: skip
 def test_a_password_file_others_can_read_or_an_empty_one_is_refused(
     tmp_path: Path, mode: int, content: str, expected: str

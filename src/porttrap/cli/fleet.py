@@ -7,12 +7,11 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from porttrap.errors import UsageError
+from porttrap.errors import PorttrapError, UsageError
 
 Common = Callable[[argparse.ArgumentParser], None]
 PASSWORD_BYTES = 32  # secrets.token_urlsafe: 43 characters, 256 bits
@@ -48,6 +47,18 @@ password is the first line of --password-file, or a new random one, written to
 --write-password FILE (created with mode 0600, never overwritten) or printed once on stdout.
 It reaches PostgreSQL as a SCRAM verifier, never in clear. Put it on the host in the file its
 [fleet] password_file names (root's, mode 0600). Run `porttrap fleet init` first."""
+
+_STATUS = """\
+This host's side of the fleet, from its daemon: connected or not (and why not), its position
+in the shared log and how far behind it is, the bans waiting in its outbox, what it received,
+adopted, refused and lifted, and the lag of the last row. Then every host the database
+knows, with its last heartbeat, its position and its bans (read with this host's own role).
+Either half says why when it cannot be read (the daemon stopped, the database away)."""
+
+_STATUS_EXAMPLES = """\
+examples:
+  porttrap fleet status
+  porttrap fleet status --json | jq .link.behind"""
 
 _ADD_HOST_EXAMPLES = """\
 examples:
@@ -100,7 +111,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
         "it once on stdout)",
     )
     add.set_defaults(func=add_host_command)
-    # `fleet status` is added here too (the daemon's side of the fleet).
+
+    status = actions.add_parser(
+        "status", help="this host's link to the fleet, and the hosts the database knows",
+        description=_STATUS, epilog=_STATUS_EXAMPLES,
+    )  # fmt: skip
+    common(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=status_command)
 
 
 def _verbose(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +135,13 @@ def _admin_url(parser: argparse.ArgumentParser) -> None:
         help="the fleet database, as its admin: postgresql://USER@HOST/DB?sslmode=verify-full "
         "(the password from ~/.pgpass or PGPASSFILE, never in the URL)",
     )
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from porttrap.cli import fleetview
+    from porttrap.config import loader
+
+    return fleetview.status(loader.load(args.config), args.json)
 
 
 def init_command(args: argparse.Namespace) -> int:
@@ -173,20 +198,13 @@ def _conninfo(url: str) -> dict[str, object]:
 
 
 def read_password(path: Path) -> str:
-    """The first line of `path`, which must not be readable by group or others."""
+    """The first line of --password-file, which only its owner may read."""
+    from porttrap.fleet.credentials import read_password as read
+
     try:
-        with path.open(encoding="utf-8") as file:
-            mode = os.fstat(file.fileno()).st_mode
-            if mode & 0o077:
-                raise UsageError(
-                    f"{path}: readable by others (mode {stat.filemode(mode)}): chmod 600 {path}"
-                )
-            line = file.readline().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--password-file {path}: {e}") from None
-    if not line:
-        raise UsageError(f"--password-file {path}: its first line is empty")
-    return line
+        return read(path, "--password-file")
+    except PorttrapError as err:
+        raise UsageError(str(err)) from None
 
 
 def _create_private(path: Path) -> int:

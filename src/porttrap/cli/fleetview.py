@@ -7,20 +7,27 @@ from typing import Any
 
 from porttrap import log
 from porttrap.cli import output
-from porttrap.config.schema import Config
+from porttrap.config.fleet import named
+from porttrap.config.schema import Config, FleetConfig
 from porttrap.daemon import control
 from porttrap.errors import PorttrapError, UsageError
 from porttrap.fleet import queries
 from porttrap.model import IPNetwork
 
 
-def _fleet(cfg: Config) -> Any:
+def _fleet(cfg: Config) -> FleetConfig:
+    """The `[fleet]` section with this host's name filled in."""
     if cfg.fleet is None:
         raise UsageError(
             f"{cfg.source or 'the configuration'} has no [fleet] section: this host is in no "
             "fleet (see the README, Running a fleet)"
         )
-    return cfg.fleet
+    try:
+        fleet = named(cfg).fleet
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    assert fleet is not None
+    return fleet
 
 
 def bans(cfg: Config, as_json: bool) -> int:

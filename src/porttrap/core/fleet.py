@@ -7,8 +7,9 @@ and the kernel still held, and unbans the local policy makes (an allow-listed ad
 
 A row from another host becomes a ban here through `Policy.adopt_fleet` (local protection
 first, this host's durations, forgeable evidence bounded as here). A refusal by the local
-protection is logged and recorded in the history, as a ban lifted at once with why; one
-for lesser reasons (already banned longer here, ended, a budget) is only counted.
+protection is logged and recorded in the history, as a ban over as soon as it began whose
+reason says why; one for lesser reasons (already banned longer here, ended, a budget) is
+only counted.
 """
 
 from __future__ import annotations
@@ -109,13 +110,12 @@ class FleetSide:
             return [], []
         self.counts.refused += 1
         fields = {"address": show(ban.target), "origin": entry.host, "why": held.why}
-        reason = fleet_reason(ban.reason, entry.host)
-        refused = Ban(ban.target, now, now, ban.ban_count, reason, ban.evidence)
-        lifted = Unban(ban.target, now, f"fleet ban refused here: {held.why}")
-        return [], [
-            Log("fleet-ban-refused", logging.INFO, fields),
-            RecordChanges([refused, lifted]),
-        ]
+        # In the history as a ban over as soon as it began, its reason saying why; at its own
+        # time, so that it counts toward escalation once, after a restart too.
+        reason = fleet_reason(f"refused here: {held.why}", entry.host)[:200]
+        at = ban.banned_at
+        refused = Ban(ban.target, at, at, ban.ban_count, reason, ban.evidence)
+        return [], [Log("fleet-ban-refused", logging.INFO, fields), RecordChanges([refused])]
 
     def _unban(self, policy: Policy, entry: FleetEntry, now: float) -> list[Change]:
         wide = entry.kind is FleetKind.UNBAN_FLEET
