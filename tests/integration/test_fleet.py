@@ -51,6 +51,19 @@ def test_a_trap_touched_on_one_host_bans_the_scanner_on_every_other(lab: FleetLa
     lab.everywhere(ATK6)
     assert not hosts[4].reachable_from_scanner(ATK6)
     assert hosts[2].json("fleet", "status")["link"]["published"] >= 1
+    # What the fleet shows: who banned whom, and every host with its heartbeat
+    fleet_bans = {(b["address"], b["host"]) for b in hosts[4].json("bans", "--fleet")}
+    assert fleet_bans == {(ATK4, "web-1"), (ATK6, "web-3")}
+    (row,) = hosts[1].json("history", "--fleet", ATK4)
+    assert (row["host"], row["kind"], row["reason"]) == ("web-1", "ban", "trap:tcp/2323")
+    status = hosts[0].porttrap("fleet", "status").stdout
+    assert "link: connected" in status and "0 behind" in status, status
+    for host in hosts:
+        assert host.name in status
+    known = {h["name"]: h for h in hosts[0].json("fleet", "status")["hosts"]}
+    assert set(known) == {h.name for h in hosts}
+    assert known["web-1"]["bans"] == 1 and known["web-3"]["bans"] == 1
+    assert all(h["last_seen"] is not None for h in known.values())
 
 
 def test_an_admin_ban_and_unban_travel_and_unban_fleet_lifts_every_hosts_own(

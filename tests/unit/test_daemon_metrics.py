@@ -209,3 +209,25 @@ def test_histograms_are_made_cumulative_with_sum_and_count() -> None:
         ("porttrap_x_seconds_count", None): 4,
         ("porttrap_x_seconds_sum", None): pytest.approx(3.0035),
     }
+
+
+def test_the_fleet_link_is_exported_only_for_a_host_in_a_fleet() -> None:
+    from porttrap.core.snapshot import FleetFigures
+    from porttrap.daemon.metrics import fleet
+
+    assert list(fleet(None)) == []
+    figures = FleetFigures(
+        connected=False, position=40, behind=2, outbox=3, published=7, received=11,
+        refused_rows=1, publish_lag=None, receive_lag=0.25,
+    )  # fmt: skip
+    found = {m.name: m.samples[0].value for m in fleet(figures)}
+    assert found == {
+        "porttrap_fleet_connected": 0,
+        "porttrap_fleet_outbox": 3,
+        "porttrap_fleet_behind": 2,
+        "porttrap_fleet_position": 40,
+        "porttrap_fleet_receive_lag_seconds": 0.25,  # no publish lag yet: no series
+        "porttrap_fleet_published": 7,
+        "porttrap_fleet_received": 11,
+        "porttrap_fleet_rows_refused": 1,
+    }

@@ -221,9 +221,13 @@ COMMANDS = {
 
         Reads the database (state_dir/porttrap.db) itself, so it works whether or not the
         daemon runs. Needs read access to state_dir (root).
+
+        --fleet lists every host's active bans instead, from the fleet's database (with the
+        [fleet] settings of the configuration): which host banned whom, and why.
         """,
         """
           porttrap bans
+          porttrap bans --fleet
           porttrap bans --json | jq -r '.[] | select(.permanent) | .address'
         """,
     ),
@@ -233,11 +237,14 @@ COMMANDS = {
         address, or a network: everything inside it).
 
         Reads the database (state_dir/porttrap.db) itself, so it works whether or not the
-        daemon runs. Needs read access to state_dir (root).
+        daemon runs. Needs read access to state_dir (root). --fleet ADDRESS reads the fleet's
+        shared log instead: every host's bans and unbans of ADDRESS, the networks holding it
+        or the addresses inside it, with the host and the reason.
         """,
         """
           porttrap history                   the 50 newest entries
           porttrap history 203.0.113.7       one address
+          porttrap history --fleet 203.0.113.7
           porttrap history 198.51.100.0/24 -n 500 --json
         """,
     ),
@@ -269,10 +276,13 @@ COMMANDS = {
         Lift bans now, through the running daemon (state_dir/control.sock, root only): out
         of the kernel, and a lifted ban no longer counts toward escalation. An address that
         was not banned is reported as such; that is no error. Without a running daemon it
-        says so and exits 1.
+        says so and exits 1. In a fleet, the unban is published: the other hosts lift their
+        copies of this host's ban (never a ban their own policy decided); with --fleet every
+        host lifts every ban on the address, its own included.
         """,
         """
           porttrap unban 203.0.113.7
+          porttrap unban --fleet 203.0.113.7
           porttrap unban -f - < addresses.txt
           porttrap bans --json | jq -r '.[].address' | porttrap unban -f -
         """,
