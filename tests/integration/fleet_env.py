@@ -24,6 +24,7 @@ from daemon_env import PORTTRAP, SERVE, open_socket
 from bridge import Bridge, Plugged
 from netns import Netns
 from pgcluster import PgCluster
+from porttrap.fleet.link import LAST_RETRY
 from waiting import PATIENCE, wait_until
 
 TRAP = 2323  # every host's connect-mode trap
@@ -199,6 +200,12 @@ class FleetLab:
         with open_socket(self.atk.netns, source, socket.SOCK_STREAM) as sock:
             sock.settimeout(5)
             sock.connect((target, TRAP))
+
+    def reconnected(self, hosts: list[Host] | None = None) -> None:
+        """Wait until every host (or `hosts`) is connected again: after a fault, a link may
+        be waiting out its back-off (up to LAST_RETRY) before it tries again."""
+        for host in hosts if hosts is not None else self.hosts:
+            wait_until(host.connected, LAST_RETRY + PATIENCE, f"{host.name} reconnected")
 
     def everywhere(self, address: str, hosts: list[Host] | None = None, present: bool = True
                    ) -> None:  # fmt: skip

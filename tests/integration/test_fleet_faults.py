@@ -58,6 +58,7 @@ def test_postgresql_stopped_for_30_s_while_two_hosts_ban_loses_nothing(lab: Flee
     holds_for(lambda: hosts[0].banned(ATK4) and not lab.cluster.running, DOWN_FOR,
               "web-1 holds its ban while the database is down")  # fmt: skip
     lab.cluster.start()
+    lab.reconnected()
     for address in (ATK4, "203.0.113.30", ATK6):
         lab.everywhere(address)
     for host in hosts:
@@ -77,6 +78,7 @@ def test_a_host_whose_link_is_cut_catches_up_when_it_returns(lab: FleetLab) -> N
     lab.everywhere("203.0.113.40", hosts[:2])
     assert not cut.banned("203.0.113.40")
     cut.netns.run(["ip", "link", "set", device, "up"])
+    lab.reconnected([cut])  # the same connection, or a new one after its back-off
     lab.everywhere("203.0.113.40", [cut])
     lab.everywhere(ATK4_B, [cut])
 
@@ -93,7 +95,8 @@ def test_a_host_killed_with_bans_in_its_outbox_publishes_them_after_restart(
     wait_until(outbox_holds(victim, 2), PATIENCE, "two bans in web-1's outbox")
     victim.kill()
     lab.cluster.start()
-    victim.start()
+    victim.start(wait=False)
+    lab.reconnected()
     lab.everywhere("203.0.113.50")
     lab.everywhere(ATK4)
 

@@ -36,6 +36,7 @@ from porttrap.model import FleetEntry
 HEARTBEAT = 5.0  # seconds between heartbeats (and the longest a lost link goes unseen, plus
 QUERY_TIMEOUT = 10.0  # this: a query that takes longer ends the connection)
 FIRST_RETRY, LAST_RETRY = 1.0, 30.0  # seconds before reconnecting, doubling
+CATCH_UP_TIMEOUT = 300.0  # seconds for the first read after connecting (100,000 rows: ~2 s)
 BATCH = 10_000  # log rows read at once
 PUBLISH_BATCH = 5_000  # outbox rows published in one transaction
 SNAPSHOT_BEHIND = 200_000  # rows behind the log's end past which a host reads the snapshot
@@ -209,9 +210,8 @@ class FleetLink:
             self._wake.set()
 
     async def _work(self, work: psycopg.AsyncConnection[Any]) -> None:
-        async with asyncio.timeout(None) as deadline:
-            deadline.reschedule(asyncio.get_running_loop().time() + QUERY_TIMEOUT * 30)
-            await self._catch_up(work)  # 100,000 rows within the first deadline
+        async with asyncio.timeout(CATCH_UP_TIMEOUT):
+            await self._catch_up(work)
         beat = 0.0
         while True:
             async with asyncio.timeout(QUERY_TIMEOUT):
