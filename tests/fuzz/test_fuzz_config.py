@@ -25,6 +25,7 @@ from porttrap.config.actions import COMMAND_KEYS, HOSTS_DENY_KEYS, WEBHOOK_KEYS
 from porttrap.config.actions import KEYS as ACTION_KEYS
 from porttrap.config.logsection import KEYS as LOG_KEYS
 from porttrap.config.logsection import OUTPUT_KEYS
+from porttrap.config.fleet import KEYS as FLEET_KEYS
 from porttrap.config.metrics import KEYS as METRICS_KEYS
 from porttrap.config.schema import Config
 from porttrap.config.traps import ADVANCED_KEYS, ENTRY_KEYS
@@ -47,6 +48,8 @@ TEXTS = [
     "::ffff:192.0.2.0/120", "203.0.113.5", "fe80::1%eth0", "198\\.51\\.100\\.[0-9]+", "(",
     "(a+)+$", "[", "\u201c23\u201d", "\u00a0", "\x00", "\x7f", "e\u0301", "\U0001f600", "$TARGET$",
     "ban,unban", "hit", "permanent-ban", "X-Token: a", "%", "%s%n",
+    "postgresql://porttrap@db.example.net/porttrap?sslmode=verify-full", "postgres://u:pw@h/d",
+    "postgresql://[2001:db8::5]:5432/x?password=p", "postgresql://h:99999999/d", "web-1",
 ]  # fmt: skip
 INTS = [-(2**63), -1, 0, 1, 2, 3, 22, 100, 1000, 1023, 1024, 65535, 65536, 2**31, 2**63 - 1]
 FLOATS = [0.0, -0.0, 0.5, 1e300, -1e300, math.inf, -math.inf, math.nan, 5e-324]
@@ -85,6 +88,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "log": LOG_KEYS,
     "metrics": METRICS_KEYS,
     "protect": ("ssh_ports",),
+    "fleet": FLEET_KEYS,
 }
 ARRAYS: dict[str, tuple[str, ...]] = {  # arrays of tables and their keys
     "traps.port": ENTRY_KEYS,
