@@ -21,6 +21,7 @@ from netns import Netns
 
 if TYPE_CHECKING:
     from daemon_env import Env
+    from fleet_env import FleetLab
 
     from bridge import Bridge
     from pgcluster import PgCluster
@@ -179,3 +180,20 @@ def pg_cluster(fleet_bridge: Bridge, netns_factory: Callable[[], Netns]) -> Iter
     finally:
         print(f"PostgreSQL's log:\n{cluster.log_text()}")  # pytest shows it when a test fails
         cluster.remove()
+
+
+@pytest.fixture
+def fleet_lab(
+    tmp_path: Path,
+    netns_factory: Callable[[], Netns],
+    fleet_bridge: Bridge,
+    pg_cluster: PgCluster,
+) -> Iterator[FleetLab]:
+    """The fleet's database with its schema, a scanner, and hosts made with `add`
+    (tests/integration/fleet_env.py); each daemon's log is printed after the test."""
+    from fleet_env import FleetLab
+
+    lab = FleetLab(tmp_path, netns_factory, fleet_bridge, pg_cluster)
+    yield lab
+    for host in lab.hosts:
+        print(f"{host.name}'s log:\n{host.log_text()}")

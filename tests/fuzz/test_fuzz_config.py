@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from porttrap.config import loader
 from porttrap.config.actions import COMMAND_KEYS, HOSTS_DENY_KEYS, WEBHOOK_KEYS
 from porttrap.config.actions import KEYS as ACTION_KEYS
+from porttrap.config.fleet import KEYS as FLEET_KEYS
 from porttrap.config.logsection import KEYS as LOG_KEYS
 from porttrap.config.logsection import OUTPUT_KEYS
-from porttrap.config.fleet import KEYS as FLEET_KEYS
 from porttrap.config.metrics import KEYS as METRICS_KEYS
 from porttrap.config.schema import Config
 from porttrap.config.traps import ADVANCED_KEYS, ENTRY_KEYS

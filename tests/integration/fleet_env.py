@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon_env import PORTTRAP, SERVE, open_socket
+from daemon_env import PORTTRAP, SERVE, open_socket, tcp_works
 
 from bridge import Bridge, Plugged
 from netns import Netns
@@ -143,16 +143,9 @@ class Host:
     def banned(self, address: str) -> bool:
         return bool(self.elements(address))
 
-    def reachable_from_scanner(self, source: str = ATK4, timeout: float = 1.0) -> bool:
+    def reachable_from_scanner(self, source: str = ATK4) -> bool:
         """Whether the scanner completes a TCP connection to this host's service."""
-        host = self.v6 if ":" in source else self.v4
-        with open_socket(self.lab.atk.netns, source, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            try:
-                sock.connect((host, SERVICE))
-            except OSError:
-                return False
-            return True
+        return tcp_works(self.lab.atk.netns, source, self.v6 if ":" in source else self.v4, SERVICE)
 
     def bans(self) -> list[dict[str, Any]]:
         return list(self.json("bans"))

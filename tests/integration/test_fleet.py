@@ -6,14 +6,10 @@ fleet-wide, and a hostile row never reaches a kernel."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from fleet_env import ATK4, ATK4_B, ATK6, FleetLab, Host
 
-from bridge import Bridge
-from netns import Netns
-from pgcluster import PgCluster
 from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
@@ -25,30 +21,20 @@ def unreachable(host: Host) -> Callable[[], bool]:
     return lambda: not host.reachable_from_scanner()
 
 
-@pytest.fixture
-def lab(
-    tmp_path: Path,
-    netns_factory: Callable[[], Netns],
-    fleet_bridge: Bridge,
-    pg_cluster: PgCluster,
-) -> FleetLab:
-    return FleetLab(tmp_path, netns_factory, fleet_bridge, pg_cluster)
-
-
-def test_a_trap_touched_on_one_host_bans_the_scanner_on_every_other(lab: FleetLab) -> None:
-    hosts = lab.add(FLEET_SIZE)
+def test_a_trap_touched_on_one_host_bans_the_scanner_on_every_other(fleet_lab: FleetLab) -> None:
+    hosts = fleet_lab.add(FLEET_SIZE)
     first, others = hosts[0], hosts[1:]
     assert all(h.reachable_from_scanner() for h in others)
-    lab.touch_trap(first)
-    lab.everywhere(ATK4)
+    fleet_lab.touch_trap(first)
+    fleet_lab.everywhere(ATK4)
     for host in others:
         wait_until(unreachable(host), PATIENCE, f"the scanner's packets dropped on {host.name}")
         (ban,) = [b for b in host.bans() if b["address"] == ATK4]
         assert ban["reason"] == "trap:tcp/2323 (fleet: web-1)"
         assert ban["evidence"] == "verified"
     # IPv6, touched on another host
-    lab.touch_trap(hosts[2], ATK6)
-    lab.everywhere(ATK6)
+    fleet_lab.touch_trap(hosts[2], ATK6)
+    fleet_lab.everywhere(ATK6)
     assert not hosts[4].reachable_from_scanner(ATK6)
     assert hosts[2].json("fleet", "status")["link"]["published"] >= 1
     # What the fleet shows: who banned whom, and every host with its heartbeat
@@ -67,29 +53,29 @@ def test_a_trap_touched_on_one_host_bans_the_scanner_on_every_other(lab: FleetLa
 
 
 def test_an_admin_ban_and_unban_travel_and_unban_fleet_lifts_every_hosts_own(
-    lab: FleetLab,
+    fleet_lab: FleetLab,
 ) -> None:
-    hosts = lab.add(FLEET_SIZE)
+    hosts = fleet_lab.add(FLEET_SIZE)
     hosts[0].porttrap("ban", "203.0.113.9")
-    lab.everywhere("203.0.113.9")
+    fleet_lab.everywhere("203.0.113.9")
     hosts[0].porttrap("unban", "203.0.113.9")
-    lab.everywhere("203.0.113.9", present=False)
+    fleet_lab.everywhere("203.0.113.9", present=False)
     # Each host's own ban of the scanner: a plain unban on one lifts only that one's copies;
     # unban --fleet lifts them all.
     for host in hosts[:2]:
-        lab.touch_trap(host, ATK4_B)
-    lab.everywhere(ATK4_B)
+        fleet_lab.touch_trap(host, ATK4_B)
+    fleet_lab.everywhere(ATK4_B)
     hosts[3].porttrap("unban", "--fleet", ATK4_B)
-    lab.everywhere(ATK4_B, present=False)
+    fleet_lab.everywhere(ATK4_B, present=False)
 
 
-def test_the_local_protection_wins_and_the_refusal_is_in_the_history(lab: FleetLab) -> None:
-    allowed = lab.add(1, extra=f'[allow]\naddresses = ["{ATK4_B}"]\n')[0]
-    hosts = [allowed, *lab.add(2)]
+def test_the_local_protection_wins_and_the_refusal_is_in_the_history(fleet_lab: FleetLab) -> None:
+    allowed = fleet_lab.add(1, extra=f'[allow]\naddresses = ["{ATK4_B}"]\n')[0]
+    hosts = [allowed, *fleet_lab.add(2)]
     banning, elsewhere = hosts[1], hosts[2]
     banning.porttrap("ban", ATK4_B, allowed.v4)
-    lab.everywhere(ATK4_B, [elsewhere])
-    lab.everywhere(allowed.v4, [elsewhere])
+    fleet_lab.everywhere(ATK4_B, [elsewhere])
+    fleet_lab.everywhere(allowed.v4, [elsewhere])
     history = allowed.json("history", ATK4_B)
     assert any(str(e.get("reason")).startswith(f"refused here: {ATK4_B} is on the allow list")
                for e in history), history  # fmt: skip
@@ -100,38 +86,38 @@ def test_the_local_protection_wins_and_the_refusal_is_in_the_history(lab: FleetL
     assert "event=fleet-ban-refused" in allowed.log_text()
 
 
-def test_escalation_continues_across_hosts(lab: FleetLab) -> None:
-    hosts = lab.add(3, time="2s")
-    lab.touch_trap(hosts[0])
-    lab.everywhere(ATK4)
-    lab.everywhere(ATK4, present=False)  # 2 s later, gone everywhere
-    lab.touch_trap(hosts[1])  # the second ban anywhere: 2 s * 2**2 here
+def test_escalation_continues_across_hosts(fleet_lab: FleetLab) -> None:
+    hosts = fleet_lab.add(3, time="2s")
+    fleet_lab.touch_trap(hosts[0])
+    fleet_lab.everywhere(ATK4)
+    fleet_lab.everywhere(ATK4, present=False)  # 2 s later, gone everywhere
+    fleet_lab.touch_trap(hosts[1])  # the second ban anywhere: 2 s * 2**2 here
     wait_until(lambda: hosts[1].banned(ATK4), PATIENCE, "the second ban on web-2")
     (second,) = [b for b in hosts[1].bans() if b["address"] == ATK4]
     assert second["ban_count"] == 2
-    lab.everywhere(ATK4, [hosts[2]])
+    fleet_lab.everywhere(ATK4, [hosts[2]])
     (copy,) = [b for b in hosts[2].bans() if b["address"] == ATK4]
     assert copy["ban_count"] == 2 and copy["reason"].endswith("(fleet: web-2)")
 
 
-def test_a_hostile_row_in_the_log_never_reaches_a_kernel(lab: FleetLab) -> None:
-    hosts = lab.add(2)
-    lab.db("INSERT INTO porttrap.log (host, kind, target, ban_id, banned_at, expires_at, "
+def test_a_hostile_row_in_the_log_never_reaches_a_kernel(fleet_lab: FleetLab) -> None:
+    hosts = fleet_lab.add(2)
+    fleet_lab.db("INSERT INTO porttrap.log (host, kind, target, ban_id, banned_at, expires_at, "
            "ban_count, reason, evidence) VALUES ('web-1', 'ban', '0.0.0.0/0', 'x', "
            "extract(epoch from now()), NULL, 1, 'everyone', 'verified')")  # fmt: skip
     hosts[0].porttrap("ban", "203.0.113.10")  # a good row after it
-    lab.everywhere("203.0.113.10")
+    fleet_lab.everywhere("203.0.113.10")
     assert "event=fleet-row-refused" in hosts[1].log_text()
     assert hosts[1].json("fleet", "status")["link"]["refused_rows"] == 1
     assert hosts[1].reachable_from_scanner()
 
 
-def test_a_host_that_joins_gets_every_active_fleet_ban(lab: FleetLab) -> None:
-    first = lab.add(1)[0]
+def test_a_host_that_joins_gets_every_active_fleet_ban(fleet_lab: FleetLab) -> None:
+    first = fleet_lab.add(1)[0]
     for n in range(1, 21):
         first.porttrap("ban", f"203.0.113.{n}")
     first.porttrap("unban", "203.0.113.20")
-    late = lab.add(1)[0]
+    late = fleet_lab.add(1)[0]
     wait_until(lambda: len(late.bans()) == 19, PATIENCE, "19 fleet bans on the new host")
     assert not late.banned("203.0.113.20")
     assert late.banned("203.0.113.1")

@@ -6,29 +6,15 @@ is lost."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from fleet_env import ATK4, ATK4_B, ATK6, FleetLab, Host
 
-from bridge import Bridge
-from netns import Netns
-from pgcluster import PgCluster
 from waiting import PATIENCE, holds_for, wait_until
 
 pytestmark = pytest.mark.kernel
 
 DOWN_FOR = 30.0  # seconds PostgreSQL stays stopped (the issue's scenario)
-
-
-@pytest.fixture
-def lab(
-    tmp_path: Path,
-    netns_factory: Callable[[], Netns],
-    fleet_bridge: Bridge,
-    pg_cluster: PgCluster,
-) -> FleetLab:
-    return FleetLab(tmp_path, netns_factory, fleet_bridge, pg_cluster)
 
 
 def link(host: Host) -> dict[str, object]:
@@ -43,24 +29,24 @@ def outbox_holds(host: Host, count: int) -> Callable[[], bool]:
     return lambda: link(host).get("outbox") == count
 
 
-def test_postgresql_stopped_for_30_s_while_two_hosts_ban_loses_nothing(lab: FleetLab) -> None:
-    hosts = lab.add(4)
-    lab.cluster.stop()
+def test_postgresql_stopped_for_30_s_while_two_hosts_ban_loses_nothing(fleet_lab: FleetLab) -> None:
+    hosts = fleet_lab.add(4)
+    fleet_lab.cluster.stop()
     for host in hosts[:2]:
         wait_until(disconnected(host), PATIENCE, f"{host.name} sees the database gone")
-    lab.touch_trap(hosts[0])  # each host still protects itself
+    fleet_lab.touch_trap(hosts[0])  # each host still protects itself
     hosts[1].porttrap("ban", "203.0.113.30")
-    lab.touch_trap(hosts[1], ATK6)
+    fleet_lab.touch_trap(hosts[1], ATK6)
     assert hosts[0].banned(ATK4) and hosts[1].banned("203.0.113.30")
     assert not hosts[2].banned(ATK4)  # nothing can travel meanwhile
     wait_until(outbox_holds(hosts[1], 2), PATIENCE, "web-2's two bans in its outbox")
     # The database stays away 30 s; each host goes on holding its own bans meanwhile.
-    holds_for(lambda: hosts[0].banned(ATK4) and not lab.cluster.running, DOWN_FOR,
+    holds_for(lambda: hosts[0].banned(ATK4) and not fleet_lab.cluster.running, DOWN_FOR,
               "web-1 holds its ban while the database is down")  # fmt: skip
-    lab.cluster.start()
-    lab.reconnected()
+    fleet_lab.cluster.start()
+    fleet_lab.reconnected()
     for address in (ATK4, "203.0.113.30", ATK6):
-        lab.everywhere(address)
+        fleet_lab.everywhere(address)
     for host in hosts:
         wait_until(outbox_holds(host, 0), PATIENCE, f"{host.name}'s outbox empty")
     assert "event=fleet-lost" in hosts[0].log_text()
@@ -68,45 +54,45 @@ def test_postgresql_stopped_for_30_s_while_two_hosts_ban_loses_nothing(lab: Flee
     assert "event=fleet-connected" in hosts[0].log_text()
 
 
-def test_a_host_whose_link_is_cut_catches_up_when_it_returns(lab: FleetLab) -> None:
-    hosts = lab.add(3)
+def test_a_host_whose_link_is_cut_catches_up_when_it_returns(fleet_lab: FleetLab) -> None:
+    hosts = fleet_lab.add(3)
     cut = hosts[2]
     device = _device(cut)
     cut.netns.run(["ip", "link", "set", device, "down"])
     hosts[0].porttrap("ban", "203.0.113.40")
-    lab.touch_trap(hosts[1], ATK4_B)
-    lab.everywhere("203.0.113.40", hosts[:2])
+    fleet_lab.touch_trap(hosts[1], ATK4_B)
+    fleet_lab.everywhere("203.0.113.40", hosts[:2])
     assert not cut.banned("203.0.113.40")
     cut.netns.run(["ip", "link", "set", device, "up"])
-    lab.reconnected([cut])  # the same connection, or a new one after its back-off
-    lab.everywhere("203.0.113.40", [cut])
-    lab.everywhere(ATK4_B, [cut])
+    fleet_lab.reconnected([cut])  # the same connection, or a new one after its back-off
+    fleet_lab.everywhere("203.0.113.40", [cut])
+    fleet_lab.everywhere(ATK4_B, [cut])
 
 
 def test_a_host_killed_with_bans_in_its_outbox_publishes_them_after_restart(
-    lab: FleetLab,
+    fleet_lab: FleetLab,
 ) -> None:
-    hosts = lab.add(2)
+    hosts = fleet_lab.add(2)
     victim = hosts[0]
-    lab.cluster.stop()
+    fleet_lab.cluster.stop()
     wait_until(disconnected(victim), PATIENCE, "web-1 sees the database gone")
     victim.porttrap("ban", "203.0.113.50")
-    lab.touch_trap(victim)
+    fleet_lab.touch_trap(victim)
     wait_until(outbox_holds(victim, 2), PATIENCE, "two bans in web-1's outbox")
     victim.kill()
-    lab.cluster.start()
+    fleet_lab.cluster.start()
     victim.start(wait=False)
-    lab.reconnected()
-    lab.everywhere("203.0.113.50")
-    lab.everywhere(ATK4)
+    fleet_lab.reconnected()
+    fleet_lab.everywhere("203.0.113.50")
+    fleet_lab.everywhere(ATK4)
 
 
-def test_a_host_restarted_without_the_database_keeps_its_fleet_bans(lab: FleetLab) -> None:
-    hosts = lab.add(2)
+def test_a_host_restarted_without_the_database_keeps_its_fleet_bans(fleet_lab: FleetLab) -> None:
+    hosts = fleet_lab.add(2)
     hosts[0].porttrap("ban", "203.0.113.60")
-    lab.everywhere("203.0.113.60")
+    fleet_lab.everywhere("203.0.113.60")
     hosts[1].stop()
-    lab.cluster.stop()
+    fleet_lab.cluster.stop()
     hosts[1].start(wait=False)
     wait_until(hosts[1].running, PATIENCE, "web-2 runs without the database")
     assert hosts[1].banned("203.0.113.60")  # from its own store
