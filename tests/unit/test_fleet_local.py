@@ -161,3 +161,14 @@ def test_a_decision_always_has_the_same_id_and_fleet_wide_unbans_their_kind() ->
     (own,) = outgoing([Unban(target, T0, "manual")], frozenset())
     assert (wide.kind, own.kind) == (FleetKind.UNBAN_FLEET, FleetKind.UNBAN)
     assert first[1].expires_at is None and first[1].ban_count == 3
+
+
+def test_two_decisions_at_the_same_instant_have_two_ids() -> None:
+    """A store keeps both (the newer replaces the older): the log must not drop the second as
+    a duplicate of the first."""
+    first, second = bans()[0], replace(bans()[0], ban_count=2, expires_at=T0 + 120)
+    ids = [r.ban_id for r in outgoing([first, second], frozenset())]
+    target = first.target
+    unbans = [Unban(target, T0 + 1, "manual"), Unban(target, T0 + 1, "allow-listed")]
+    ids += [r.ban_id for r in outgoing(unbans, frozenset())]
+    assert len(set(ids)) == 4
