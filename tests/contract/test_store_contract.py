@@ -1,36 +1,114 @@
-"""One contract for every Store: SQLite on a temporary file and the in-memory fake. Fixed
-timestamps throughout; nothing here reads the clock."""
+"""One contract for every Store: SQLite on a temporary file, the in-memory fake, and the
+fleet's shared log in a real PostgreSQL (`FleetLogStore` as one host, over TCP with TLS and
+the host's own role, as a host connects). Fixed timestamps throughout; nothing here reads the
+clock (the fleet store's reader clock is a `FakeClock` at T0).
+
+The fleet's log holds no hits (each host keeps its own in SQLite): the tests of hits, and
+those that mix hits with bans, take `hits_store` (SQLite and the fake); every test of bans
+alone takes `store` (all three). Neither skips a store: each test runs on the stores its
+fixture names, all of them under CI (a skip fails there: tests/conftest.py).
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pgcluster
 import report_sample as sample
+from netns import Netns
+from pgcluster import PgCluster
 from porttrap.errors import StoreError
+from porttrap.fleet import admin
+from porttrap.fleet.logstore import FleetLogStore
 from porttrap.model import Ban, Hit, Outcome, Proto, Unban
 from porttrap.report.figures import DAY, KindCount, Period, PortCount, SourceFigures
 from porttrap.store.base import HistoryEntry, Store, StoredBan
 from porttrap.store.sqlite import SQLiteStore
+from porttrap.testing.clock import FakeClock
 from porttrap.testing.memory_store import MemoryStore
 
 T0 = 1_800_000_000.0
 HOUR = 3600.0
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+HOST = "web-1"
+PASSWORD = "contract-pw"
+DB_ADDRESS = "198.51.100.100"
+
+
+@dataclass(frozen=True)
+class FleetLog:
+    """One throw-away cluster for this module with the fleet's schema and host `HOST`,
+    listening on DB_ADDRESS inside its own namespace (on its loopback)."""
+
+    cluster: PgCluster
+    netns: Netns
+
+    def store(self) -> FleetLogStore:
+        """An empty log (TRUNCATE as the admin), and the store as `HOST` over TCP."""
+        with self.cluster.admin() as admin_conn:
+            admin_conn.execute("TRUNCATE porttrap.log")
+        url = self.cluster.url_for(admin.role_for(HOST))
+        with self.netns.inside():
+            conn = psycopg.connect(url, password=PASSWORD, connect_timeout=10, autocommit=True)
+        return FleetLogStore(conn, HOST, FakeClock(T0))
+
+
+@pytest.fixture(scope="module")
+def fleet_log() -> Iterator[FleetLog]:
+    """Started once per module (initdb takes seconds), not per test."""
+    reason = pgcluster.unavailable()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests, but {reason}", pytrace=False)
+        pytest.skip(reason)
+    netns = Netns.create()
+    try:
+        netns.run(["ip", "addr", "add", f"{DB_ADDRESS}/32", "dev", "lo"])
+        cluster = pgcluster.PgCluster.create(netns, [ipaddress.ip_address(DB_ADDRESS)])
+        try:
+            cluster.start()
+            cluster.create_database()
+            admin.init(cluster.admin_url())
+            admin.add_host(cluster.admin_url(), HOST, PASSWORD)
+            yield FleetLog(cluster, netns)
+        finally:
+            print(f"PostgreSQL's log:\n{cluster.log_text()}")
+            cluster.remove()
+    finally:
+        netns.delete()
+
+
+def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if kind == "sqlite":
+        return SQLiteStore.open(tmp_path / "state" / "porttrap.db")
+    if kind == "memory":
+        return MemoryStore()
+    fleet: FleetLog = request.getfixturevalue("fleet_log")  # started only when used
+    return fleet.store()
+
+
+# The fleet's log holds bans, never hits: tests that record hits run on the two others.
+@pytest.fixture(params=["sqlite", "memory", "fleet"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    made: Store
-    if request.param == "sqlite":
-        made = SQLiteStore.open(tmp_path / "state" / "porttrap.db")
-    else:
-        made = MemoryStore()
+    made = make_store(request.param, request, tmp_path)
+    yield made
+    made.close()
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def hits_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made = make_store(request.param, request, tmp_path)
     yield made
     made.close()
 
@@ -239,12 +317,12 @@ def test_bans_to_restore_are_recent_ones_and_old_ones_still_active(store: Store)
 # -- history -----------------------------------------------------------------------------
 
 
-def test_history_is_newest_first_with_hits_bans_and_unbans(store: Store) -> None:
-    store.add_hits([(hit("198.51.100.7", T0), Outcome.BANNED)])
-    store.add_bans([ban("198.51.100.7", T0)])
-    store.add_hits([(hit("198.51.100.7", T0 + 5, port=79), Outcome.ALREADY_BANNED)])
-    store.lift([unban("198.51.100.7", T0 + 9, "allow-listed")])
-    entries = store.history()
+def test_history_is_newest_first_with_hits_bans_and_unbans(hits_store: Store) -> None:
+    hits_store.add_hits([(hit("198.51.100.7", T0), Outcome.BANNED)])
+    hits_store.add_bans([ban("198.51.100.7", T0)])
+    hits_store.add_hits([(hit("198.51.100.7", T0 + 5, port=79), Outcome.ALREADY_BANNED)])
+    hits_store.lift([unban("198.51.100.7", T0 + 9, "allow-listed")])
+    entries = hits_store.history()
     assert summary(entries) == [
         (9, "unban", "198.51.100.7/32"),
         (5, "hit", "198.51.100.7"),
@@ -258,98 +336,148 @@ def test_history_is_newest_first_with_hits_bans_and_unbans(store: Store) -> None
     assert entries[3].outcome is Outcome.BANNED
 
 
-def test_history_keeps_the_newest_up_to_the_limit(store: Store) -> None:
-    store.add_hits([(hit("198.51.100.7", T0 + n), Outcome.COUNTED) for n in range(10)])
-    store.add_bans([ban("198.51.100.7", T0 + 3.5)])
-    assert [at for at, _what, _address in summary(store.history(limit=4))] == [9, 8, 7, 6]
-    assert len(store.history(limit=100)) == 11
-    assert store.history(limit=0) == []
+def test_history_keeps_the_newest_up_to_the_limit(hits_store: Store) -> None:
+    hits_store.add_hits([(hit("198.51.100.7", T0 + n), Outcome.COUNTED) for n in range(10)])
+    hits_store.add_bans([ban("198.51.100.7", T0 + 3.5)])
+    assert [at for at, _what, _address in summary(hits_store.history(limit=4))] == [9, 8, 7, 6]
+    assert len(hits_store.history(limit=100)) == 11
+    assert hits_store.history(limit=0) == []
 
 
-def test_hits_at_the_same_instant_come_newest_recorded_first(store: Store) -> None:
-    store.add_hits([(hit("198.51.100.7", port=p), Outcome.COUNTED) for p in (1, 2, 3)])
-    assert [e.hit.port for e in store.history() if e.hit] == [3, 2, 1]
+def test_hits_at_the_same_instant_come_newest_recorded_first(hits_store: Store) -> None:
+    hits_store.add_hits([(hit("198.51.100.7", port=p), Outcome.COUNTED) for p in (1, 2, 3)])
+    assert [e.hit.port for e in hits_store.history() if e.hit] == [3, 2, 1]
 
 
-def test_history_of_one_address(store: Store) -> None:
-    store.add_hits([(hit("198.51.100.7", T0), Outcome.COUNTED)])
-    store.add_hits([(hit("198.51.100.8", T0 + 1), Outcome.COUNTED)])
-    store.add_bans([ban("198.51.100.7", T0 + 2), ban("198.51.100.0/24", T0 + 3)])
+def test_history_of_one_address(hits_store: Store) -> None:
+    hits_store.add_hits([(hit("198.51.100.7", T0), Outcome.COUNTED)])
+    hits_store.add_hits([(hit("198.51.100.8", T0 + 1), Outcome.COUNTED)])
+    hits_store.add_bans([ban("198.51.100.7", T0 + 2), ban("198.51.100.0/24", T0 + 3)])
     address = ipaddress.ip_network("198.51.100.7")
-    assert summary(store.history(address)) == [
+    assert summary(hits_store.history(address)) == [
         (2, "ban", "198.51.100.7/32"),
         (0, "hit", "198.51.100.7"),
     ]
 
 
-def test_history_of_a_network_holds_everything_inside_it(store: Store) -> None:
-    store.add_hits(
+def test_history_of_a_network_holds_everything_inside_it(hits_store: Store) -> None:
+    hits_store.add_hits(
         [
             (hit("198.51.100.7", T0), Outcome.COUNTED),
             (hit("198.51.101.7", T0 + 1), Outcome.COUNTED),  # outside the /24
             (hit("2001:db8::7", T0 + 2), Outcome.COUNTED),  # another family
         ]
     )
-    store.add_bans(
+    hits_store.add_bans(
         [
             ban("198.51.100.0/25", T0 + 3),
             ban("198.51.0.0/16", T0 + 4),  # wider than the /24: not inside it
             ban("198.51.100.200", T0 + 5),
         ]
     )
-    store.lift([unban("198.51.100.200", T0 + 6)])
+    hits_store.lift([unban("198.51.100.200", T0 + 6)])
     network = ipaddress.ip_network("198.51.100.0/24")
-    assert summary(store.history(network)) == [
+    assert summary(hits_store.history(network)) == [
         (6, "unban", "198.51.100.200/32"),
         (5, "ban", "198.51.100.200/32"),
         (3, "ban", "198.51.100.0/25"),
         (0, "hit", "198.51.100.7"),
     ]
-    assert len(store.history(network, limit=2)) == 2
+    assert len(hits_store.history(network, limit=2)) == 2
 
 
-def test_history_of_an_ipv6_network(store: Store) -> None:
-    store.add_hits([(hit("2001:db8::7", T0), Outcome.COUNTED)])
-    store.add_hits([(hit("198.51.100.7", T0 + 1), Outcome.COUNTED)])
-    store.add_bans([ban("2001:db8::/64", T0 + 2)])
+def test_history_of_an_ipv6_network(hits_store: Store) -> None:
+    hits_store.add_hits([(hit("2001:db8::7", T0), Outcome.COUNTED)])
+    hits_store.add_hits([(hit("198.51.100.7", T0 + 1), Outcome.COUNTED)])
+    hits_store.add_bans([ban("2001:db8::/64", T0 + 2)])
     network = ipaddress.ip_network("2001:db8::/32")
-    assert summary(store.history(network)) == [
+    assert summary(hits_store.history(network)) == [
         (2, "ban", "2001:db8::/64"),
         (0, "hit", "2001:db8::7"),
     ]
 
 
+def test_history_of_bans_and_lifts_alone(store: Store) -> None:
+    """Bans and their lifts, newest first (the history of a store with no hits: the fleet's)."""
+    store.add_bans([ban("198.51.100.7", T0), ban("2001:db8::/64", T0 + 2, count=2)])
+    store.lift([unban("198.51.100.7", T0 + 9, "allow-listed")])
+    store.add_bans([ban("198.51.100.7", T0 + 9, hours=None, count=3)])
+    entries = store.history()
+    assert summary(entries) == [
+        (9, "unban", "198.51.100.7/32"),  # at the same instant the lift follows the ban
+        (9, "ban", "198.51.100.7/32"),
+        (2, "ban", "2001:db8::/64"),
+        (0, "ban", "198.51.100.7/32"),
+    ]
+    assert (entries[0].ban, entries[0].unban_reason) == (ban("198.51.100.7", T0), "allow-listed")
+    assert entries[1].ban == ban("198.51.100.7", T0 + 9, hours=None, count=3)
+    assert summary(store.history(limit=2)) == summary(entries[:2])
+    assert store.history(limit=0) == []
+
+
+def test_history_of_bans_within_an_address_or_a_network(store: Store) -> None:
+    store.add_bans(
+        [
+            ban("198.51.100.0/25", T0 + 3),
+            ban("198.51.0.0/16", T0 + 4),  # wider than the /24: not inside it
+            ban("198.51.100.200", T0 + 5),
+            ban("2001:db8::/64", T0 + 6),
+        ]
+    )
+    store.lift([unban("198.51.100.200", T0 + 7)])
+    network = ipaddress.ip_network("198.51.100.0/24")
+    assert summary(store.history(network)) == [
+        (7, "unban", "198.51.100.200/32"),
+        (5, "ban", "198.51.100.200/32"),
+        (3, "ban", "198.51.100.0/25"),
+    ]
+    address = ipaddress.ip_network("198.51.100.200")
+    assert [what for _at, what, _ in summary(store.history(address))] == ["unban", "ban"]
+    assert summary(store.history(ipaddress.ip_network("2001:db8::/32"))) == [
+        (6, "ban", "2001:db8::/64")
+    ]
+
+
+def test_report_figures_count_the_bans_of_the_period(store: Store) -> None:
+    store.add_bans(sample.BANS)
+    store.lift([unban(sample.B, sample.B_LIFTED_AT, "manual")])
+    found = store.report_figures(sample.PERIOD, top=20)
+    assert (found.bans, found.permanent_bans, found.banned_targets) == (5, 1, 3)
+    busy = {i: (b.bans, b.permanent_bans) for i, b in enumerate(found.timeline) if b.bans}
+    assert busy == {1: (2, 0), 5: (1, 0), 10: (1, 1), 20: (1, 0)}
+
+
 # -- hits --------------------------------------------------------------------------------
 
 
-def test_hits_come_back_exactly_as_given(store: Store) -> None:
+def test_hits_come_back_exactly_as_given(hits_store: Store) -> None:
     given = [
         (hit("198.51.100.7", T0 + 0.125, port=23), Outcome.BANNED),
         (hit("2001:db8::9", T0 + 1, port=161, proto=Proto.UDP), Outcome.ALLOWED),
         (hit("192.0.2.1", T0 + 2, port=1), Outcome.OWN_ADDRESS),
     ]
-    store.add_hits(given)
-    assert [(e.hit, e.outcome) for e in reversed(store.history())] == given
+    hits_store.add_hits(given)
+    assert [(e.hit, e.outcome) for e in reversed(hits_store.history())] == given
 
 
-def test_prune_removes_only_older_hits(store: Store) -> None:
-    store.add_hits([(hit("198.51.100.7", T0 + n), Outcome.COUNTED) for n in range(5)])
-    store.add_bans([ban("198.51.100.7", T0 - 100)])
-    assert store.prune_hits(T0 + 2) == 2
-    assert [at for at, what, _ in summary(store.history()) if what == "hit"] == [4, 3, 2]
-    assert store.bans_since(0.0) == [StoredBan(ban("198.51.100.7", T0 - 100))]
+def test_prune_removes_only_older_hits(hits_store: Store) -> None:
+    hits_store.add_hits([(hit("198.51.100.7", T0 + n), Outcome.COUNTED) for n in range(5)])
+    hits_store.add_bans([ban("198.51.100.7", T0 - 100)])
+    assert hits_store.prune_hits(T0 + 2) == 2
+    assert [at for at, what, _ in summary(hits_store.history()) if what == "hit"] == [4, 3, 2]
+    assert hits_store.bans_since(0.0) == [StoredBan(ban("198.51.100.7", T0 - 100))]
 
 
-def test_prune_keeps_the_newest_hits_up_to_a_count(store: Store) -> None:
-    store.add_hits([(hit("198.51.100.7", T0 + n), Outcome.COUNTED) for n in range(5)])
-    store.add_hits([(hit("2001:db8::9", T0 + 5 + n), Outcome.COUNTED) for n in range(3)])
-    assert store.prune_hits(T0 + 1, keep=10) == 1  # the age alone
-    assert store.prune_hits(T0, keep=3) == 4
-    assert [at for at, what, _ in summary(store.history()) if what == "hit"] == [7, 6, 5]
-    assert store.prune_hits(T0, keep=3) == 0
-    store.add_hits([(hit("198.51.100.7", T0 + 8), Outcome.COUNTED)])
-    assert store.prune_hits(T0, keep=3) == 1
-    assert [at for at, what, _ in summary(store.history()) if what == "hit"] == [8, 7, 6]
+def test_prune_keeps_the_newest_hits_up_to_a_count(hits_store: Store) -> None:
+    hits_store.add_hits([(hit("198.51.100.7", T0 + n), Outcome.COUNTED) for n in range(5)])
+    hits_store.add_hits([(hit("2001:db8::9", T0 + 5 + n), Outcome.COUNTED) for n in range(3)])
+    assert hits_store.prune_hits(T0 + 1, keep=10) == 1  # the age alone
+    assert hits_store.prune_hits(T0, keep=3) == 4
+    assert [at for at, what, _ in summary(hits_store.history()) if what == "hit"] == [7, 6, 5]
+    assert hits_store.prune_hits(T0, keep=3) == 0
+    hits_store.add_hits([(hit("198.51.100.7", T0 + 8), Outcome.COUNTED)])
+    assert hits_store.prune_hits(T0, keep=3) == 1
+    assert [at for at, what, _ in summary(hits_store.history()) if what == "hit"] == [8, 7, 6]
 
 
 # -- closing -----------------------------------------------------------------------------
@@ -366,9 +494,9 @@ def test_a_closed_store_refuses_work(store: Store) -> None:
 # -- the report's figures ---------------------------------------------------------------
 
 
-def test_report_figures_of_a_day(store: Store) -> None:
-    sample.fill(store)
-    found = store.report_figures(sample.PERIOD, top=20)
+def test_report_figures_of_a_day(hits_store: Store) -> None:
+    sample.fill(hits_store)
+    found = hits_store.report_figures(sample.PERIOD, top=20)
     busy = {i: (b.hits, b.bans, b.permanent_bans) for i, b in enumerate(found.timeline)
             if b.hits or b.bans}  # fmt: skip
     assert busy == {0: (1, 0, 0), 1: (8, 2, 0), 5: (2, 1, 0), 10: (0, 1, 1), 20: (0, 1, 0),
@@ -388,9 +516,9 @@ def test_report_figures_of_a_day(store: Store) -> None:
     assert found.network_bans == (StoredBan(sample.NETWORK_BAN),)
 
 
-def test_report_figures_of_the_busiest_sources(store: Store) -> None:
-    sample.fill(store)
-    a, b, d, c = store.report_figures(sample.PERIOD, top=20).sources  # ties: D, C as text
+def test_report_figures_of_the_busiest_sources(hits_store: Store) -> None:
+    sample.fill(hits_store)
+    a, b, d, c = hits_store.report_figures(sample.PERIOD, top=20).sources  # ties: D, C as text
     assert a == SourceFigures(
         sample.A, 7, 2, sample.DAY0 + HOUR, sample.DAY0 + 5 * HOUR + 1,
         (StoredBan(sample.A_FIRST), StoredBan(sample.A_SECOND), StoredBan(sample.A_FOREVER)),
@@ -403,18 +531,18 @@ def test_report_figures_of_the_busiest_sources(store: Store) -> None:
     )  # fmt: skip
 
 
-def test_report_figures_top_limits_the_lists_not_the_counts(store: Store) -> None:
-    sample.fill(store)
-    found = store.report_figures(sample.PERIOD, top=2)
+def test_report_figures_top_limits_the_lists_not_the_counts(hits_store: Store) -> None:
+    sample.fill(hits_store)
+    found = hits_store.report_figures(sample.PERIOD, top=2)
     assert [p.port for p in found.ports] == [23, 445]
     assert [s.address for s in found.sources] == [sample.A, sample.B]
     assert (found.port_count, found.source_count) == (4, 4)
 
 
-def test_report_figures_break_ties_by_port_number_and_address_text(store: Store) -> None:
-    store.add_hits([(hit("198.51.100.9", T0, 1000), Outcome.COUNTED),
+def test_report_figures_break_ties_by_port_number_and_address_text(hits_store: Store) -> None:
+    hits_store.add_hits([(hit("198.51.100.9", T0, 1000), Outcome.COUNTED),
                     (hit("198.51.100.10", T0 + 1, 999), Outcome.COUNTED)])  # fmt: skip
-    found = store.report_figures(Period.of(T0, T0 + HOUR), top=20)
+    found = hits_store.report_figures(Period.of(T0, T0 + HOUR), top=20)
     assert [p.port for p in found.ports] == [999, 1000]
     assert [s.address for s in found.sources] == ["198.51.100.10", "198.51.100.9"]
 
@@ -428,11 +556,11 @@ def test_report_figures_of_an_empty_period(store: Store) -> None:
 
 
 def test_report_figures_put_an_instant_on_a_bucket_edge_in_the_later_bucket(
-    store: Store,
+    hits_store: Store,
 ) -> None:
-    store.add_hits([(hit("198.51.100.7", T0 + HOUR), Outcome.COUNTED)])
-    store.add_bans([ban("198.51.100.7", at=T0 + HOUR - 0.001, hours=None)])
-    timeline = store.report_figures(Period.of(T0, T0 + 2 * HOUR), top=20).timeline
+    hits_store.add_hits([(hit("198.51.100.7", T0 + HOUR), Outcome.COUNTED)])
+    hits_store.add_bans([ban("198.51.100.7", at=T0 + HOUR - 0.001, hours=None)])
+    timeline = hits_store.report_figures(Period.of(T0, T0 + 2 * HOUR), top=20).timeline
     assert [(b.hits, b.bans, b.permanent_bans) for b in timeline] == [(0, 1, 1), (1, 0, 0)]
 
 
