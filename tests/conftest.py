@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from daemon_env import Env
 
     from bridge import Bridge
+    from fleetlog import FleetLog
     from pgcluster import PgCluster
 
 
@@ -179,3 +180,19 @@ def pg_cluster(fleet_bridge: Bridge, netns_factory: Callable[[], Netns]) -> Iter
     finally:
         print(f"PostgreSQL's log:\n{cluster.log_text()}")  # pytest shows it when a test fails
         cluster.remove()
+
+
+@pytest.fixture(scope="module")
+def fleet_log() -> Iterator[FleetLog]:
+    """The fleet's shared log on one throw-away cluster for the module (tests/fleetlog.py);
+    each test calls `clear()` first. Never skipped under CI."""
+    import fleetlog
+    import pgcluster
+
+    reason = pgcluster.unavailable()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests, but {reason}", pytrace=False)
+        pytest.skip(reason)
+    with fleetlog.started() as log:
+        yield log

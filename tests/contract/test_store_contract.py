@@ -1,7 +1,8 @@
 """One contract for every Store: SQLite on a temporary file, the in-memory fake, and the
-fleet's shared log in a real PostgreSQL (`FleetLogStore` as one host, over TCP with TLS and
-the host's own role, as a host connects). Fixed timestamps throughout; nothing here reads the
-clock (the fleet store's reader clock is a `FakeClock` at T0).
+fleet's shared log in a real PostgreSQL (`FleetLogStore` as host web-1, over TCP with TLS and
+the host's own role, as a host connects; one cluster for the module: tests/fleetlog.py).
+Fixed timestamps throughout; nothing here reads the clock (the fleet store's reader clock is
+a `FakeClock` at T0).
 
 The fleet's log holds no hits (each host keeps its own in SQLite): the tests of hits, and
 those that mix hits with bans, take `hits_store` (SQLite and the fake); every test of bans
@@ -12,24 +13,17 @@ fixture names, all of them under CI (a skip fails there: tests/conftest.py).
 from __future__ import annotations
 
 import ipaddress
-import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pgcluster
 import report_sample as sample
-from netns import Netns
-from pgcluster import PgCluster
+from fleetlog import FleetLog
 from porttrap.errors import StoreError
-from porttrap.fleet import admin
-from porttrap.fleet.logstore import FleetLogStore
 from porttrap.model import Ban, Hit, Outcome, Proto, Unban
 from porttrap.report.figures import DAY, KindCount, Period, PortCount, SourceFigures
 from porttrap.store.base import HistoryEntry, Store, StoredBan
@@ -41,61 +35,15 @@ T0 = 1_800_000_000.0
 HOUR = 3600.0
 
 
-HOST = "web-1"
-PASSWORD = "contract-pw"
-DB_ADDRESS = "198.51.100.100"
-
-
-@dataclass(frozen=True)
-class FleetLog:
-    """One throw-away cluster for this module with the fleet's schema and host `HOST`,
-    listening on DB_ADDRESS inside its own namespace (on its loopback)."""
-
-    cluster: PgCluster
-    netns: Netns
-
-    def store(self) -> FleetLogStore:
-        """An empty log (TRUNCATE as the admin), and the store as `HOST` over TCP."""
-        with self.cluster.admin() as admin_conn:
-            admin_conn.execute("TRUNCATE porttrap.log")
-        url = self.cluster.url_for(admin.role_for(HOST))
-        with self.netns.inside():
-            conn = psycopg.connect(url, password=PASSWORD, connect_timeout=10, autocommit=True)
-        return FleetLogStore(conn, HOST, FakeClock(T0))
-
-
-@pytest.fixture(scope="module")
-def fleet_log() -> Iterator[FleetLog]:
-    """Started once per module (initdb takes seconds), not per test."""
-    reason = pgcluster.unavailable()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the PostgreSQL tests, but {reason}", pytrace=False)
-        pytest.skip(reason)
-    netns = Netns.create()
-    try:
-        netns.run(["ip", "addr", "add", f"{DB_ADDRESS}/32", "dev", "lo"])
-        cluster = pgcluster.PgCluster.create(netns, [ipaddress.ip_address(DB_ADDRESS)])
-        try:
-            cluster.start()
-            cluster.create_database()
-            admin.init(cluster.admin_url())
-            admin.add_host(cluster.admin_url(), HOST, PASSWORD)
-            yield FleetLog(cluster, netns)
-        finally:
-            print(f"PostgreSQL's log:\n{cluster.log_text()}")
-            cluster.remove()
-    finally:
-        netns.delete()
-
-
 def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if kind == "sqlite":
         return SQLiteStore.open(tmp_path / "state" / "porttrap.db")
     if kind == "memory":
         return MemoryStore()
-    fleet: FleetLog = request.getfixturevalue("fleet_log")  # started only when used
-    return fleet.store()
+    # one cluster for the module (tests/conftest.py), started only when a fleet test runs
+    fleet: FleetLog = request.getfixturevalue("fleet_log")
+    fleet.clear()
+    return fleet.store("web-1", FakeClock(T0))
 
 
 # The fleet's log holds bans, never hits: tests that record hits run on the two others.

@@ -233,6 +233,12 @@ class FleetLogStore:
         name of the host that made it."""
         return self._read("the report", _PERIOD, start=period.start, end=period.end)
 
+    def read_only(self) -> None:
+        """Make this session read-only in the database too: every later write is refused
+        there (SQLSTATE 25006), whatever the role's rights (the report's promise)."""
+        with self._errors("make the fleet's session read-only"):
+            self._conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+
     def hosts(self) -> list[str]:
         """The fleet's hosts (`porttrap.hosts`), by name."""
         with self._errors("read the fleet's hosts"), self._conn.cursor(row_factory=tuple_row) as c:
