@@ -12,10 +12,12 @@ fixture names, all of them under CI (a skip fails there: tests/conftest.py).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
@@ -25,7 +27,14 @@ import report_sample as sample
 from fleetlog import FleetLog
 from porttrap.errors import StoreError
 from porttrap.model import Ban, Hit, Outcome, Proto, Unban
-from porttrap.report.figures import DAY, KindCount, Period, PortCount, SourceFigures
+from porttrap.report.figures import (
+    DAY,
+    KindCount,
+    Period,
+    PortCount,
+    ReportFigures,
+    SourceFigures,
+)
 from porttrap.store.base import HistoryEntry, Store, StoredBan
 from porttrap.store.sqlite import SQLiteStore
 from porttrap.testing.clock import FakeClock
@@ -571,3 +580,74 @@ def test_the_memory_store_behaves_like_sqlite(steps: list[tuple[str, object]]) -
         for store in stores:
             store.close()
     assert memory == sqlite
+
+
+ban_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("add_bans"), st.lists(bans, max_size=4)),
+        st.tuples(st.just("lift"), st.lists(unbans, max_size=2)),
+        st.tuples(
+            st.just("record"),
+            st.tuples(st.lists(bans, max_size=3), st.lists(unbans, max_size=2)),
+        ),
+    ),
+    max_size=10,
+)
+
+
+def distinct(steps: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    """`steps` with a number in every reason: each ban and unban a decision of its own. The
+    fleet's log keeps one row per decision (its id), where SQLite records a ban given twice
+    twice: a retried write is the daemon's to avoid there, and the log's to absorb."""
+    numbered = iter(range(1_000_000))
+
+    def ban_of(made: Ban) -> Ban:
+        return dataclasses.replace(made, reason=f"{made.reason} {next(numbered)}")
+
+    def unban_of(made: Unban) -> Unban:
+        return dataclasses.replace(made, reason=f"{made.reason} {next(numbered)}")
+
+    out: list[tuple[str, object]] = []
+    for name, argument in steps:
+        if name == "record":
+            made, lifts = cast(tuple[list[Ban], list[Unban]], argument)
+            out.append((name, ([ban_of(b) for b in made], [unban_of(u) for u in lifts])))
+        elif name == "add_bans":
+            out.append((name, [ban_of(b) for b in cast(list[Ban], argument)]))
+        else:
+            out.append((name, [unban_of(u) for u in cast(list[Unban], argument)]))
+    return out
+
+
+def observe_bans(store: Store) -> list[object]:
+    """What `observe` sees, of a store that holds no hits."""
+    seen = observe(store)
+    return [
+        (s.timeline, s.bans, s.permanent_bans, s.banned_targets)
+        if isinstance(s, ReportFigures)
+        else s
+        for s in seen
+    ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(ban_steps)
+def test_the_fleet_store_behaves_like_sqlite_for_bans(
+    fleet_log: FleetLog, steps: list[tuple[str, object]]
+) -> None:
+    fleet_log.clear()
+    with tempfile.TemporaryDirectory() as directory:
+        stores: list[Store] = [
+            SQLiteStore.open(Path(directory) / "porttrap.db"),
+            fleet_log.store("web-1", FakeClock(T0)),
+        ]
+        for name, argument in distinct(steps):
+            for store in stores:
+                if name == "record":
+                    store.record(*argument)  # type: ignore[misc]
+                else:
+                    getattr(store, name)(argument)
+        sqlite, fleet = (observe_bans(store) for store in stores)
+        for store in stores:
+            store.close()
+    assert fleet == sqlite
