@@ -38,11 +38,13 @@ class FleetLog:
     def url(self, host: str) -> str:
         return self.cluster.url_for(admin.role_for(host))
 
-    def connect(self, host: str) -> psycopg.Connection[psycopg.rows.TupleRow]:
-        """`host`'s role over TCP from the namespace (the socket stays in it), autocommit."""
+    def connect(
+        self, host: str, autocommit: bool = True
+    ) -> psycopg.Connection[psycopg.rows.TupleRow]:
+        """`host`'s role over TCP from the namespace (the socket stays in it)."""
         with self.netns.inside():
             return psycopg.connect(
-                self.url(host), password=HOSTS[host], connect_timeout=10, autocommit=True
+                self.url(host), password=HOSTS[host], connect_timeout=10, autocommit=autocommit
             )
 
     def store(self, host: str | None, clock: Clock | None = None) -> FleetLogStore:

@@ -107,6 +107,14 @@ def test_record_is_all_or_nothing(log: FleetLog) -> None:
         assert web1.bans_since(0.0) == [StoredBan(ban(X), T0 + 1, "by hand")]
 
 
+def test_each_write_commits_on_a_connection_given_outside_autocommit(log: FleetLog) -> None:
+    with closing(FleetLogStore(log.connect("web-1", autocommit=False), "web-1")) as web1:
+        web1.active_bans(T0)  # a read first: it must leave no transaction open
+        web1.add_bans([ban(X)])
+        with closing(log.store(None, FakeClock(T0))) as fleet:
+            assert fleet.active_bans(T0) == [ban(X)]
+
+
 def test_a_host_publishes_under_its_own_name_only(log: FleetLog) -> None:
     with closing(FleetLogStore(log.connect("web-1"), "web.2", FakeClock(T0))) as forged:
         with pytest.raises(StoreError, match="row-level security"):
