@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from fleet_env import FleetLab
 
     from bridge import Bridge
+    from fleetlog import FleetLog
     from pgcluster import PgCluster
 
 
@@ -197,3 +198,19 @@ def fleet_lab(
     yield lab
     for host in lab.hosts:
         print(f"{host.name}'s log:\n{host.log_text()}")
+
+
+@pytest.fixture(scope="module")
+def fleet_log() -> Iterator[FleetLog]:
+    """The fleet's shared log on one throw-away cluster for the module (tests/fleetlog.py);
+    each test calls `clear()` first. Never skipped under CI."""
+    import fleetlog
+    import pgcluster
+
+    reason = pgcluster.unavailable()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests, but {reason}", pytrace=False)
+        pytest.skip(reason)
+    with fleetlog.started() as log:
+        yield log

@@ -1,36 +1,71 @@
-"""One contract for every Store: SQLite on a temporary file and the in-memory fake. Fixed
-timestamps throughout; nothing here reads the clock."""
+"""One contract for every Store: SQLite on a temporary file, the in-memory fake, and the
+fleet's shared log in a real PostgreSQL (`FleetLogStore` as host web-1, over TCP with TLS and
+the host's own role, as a host connects; one cluster for the module: tests/fleetlog.py).
+Fixed timestamps throughout; nothing here reads the clock (the fleet store's reader clock is
+a `FakeClock` at T0).
+
+The fleet's log holds no hits (each host keeps its own in SQLite): the tests of hits, and
+those that mix hits with bans, take `hits_store` (SQLite and the fake); every test of bans
+alone takes `store` (all three). Neither skips a store: each test runs on the stores its
+fixture names, all of them under CI (a skip fails there: tests/conftest.py).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import report_sample as sample
+from fleetlog import FleetLog
 from porttrap.errors import StoreError
 from porttrap.model import Ban, Hit, Outcome, Proto, Unban
-from porttrap.report.figures import DAY, KindCount, Period, PortCount, SourceFigures
+from porttrap.report.figures import (
+    DAY,
+    KindCount,
+    Period,
+    PortCount,
+    ReportFigures,
+    SourceFigures,
+)
 from porttrap.store.base import HistoryEntry, Store, StoredBan
 from porttrap.store.sqlite import SQLiteStore
+from porttrap.testing.clock import FakeClock
 from porttrap.testing.memory_store import MemoryStore
 
 T0 = 1_800_000_000.0
 HOUR = 3600.0
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if kind == "sqlite":
+        return SQLiteStore.open(tmp_path / "state" / "porttrap.db")
+    if kind == "memory":
+        return MemoryStore()
+    # one cluster for the module (tests/conftest.py), started only when a fleet test runs
+    fleet: FleetLog = request.getfixturevalue("fleet_log")
+    fleet.clear()
+    return fleet.store("web-1", FakeClock(T0))
+
+
+# The fleet's log holds bans, never hits: tests that record hits run on the two others.
+@pytest.fixture(params=["sqlite", "memory", "fleet"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    made: Store
-    if request.param == "sqlite":
-        made = SQLiteStore.open(tmp_path / "state" / "porttrap.db")
-    else:
-        made = MemoryStore()
+    made = make_store(request.param, request, tmp_path)
+    yield made
+    made.close()
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def hits_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made = make_store(request.param, request, tmp_path)
     yield made
     made.close()
 
@@ -239,12 +274,12 @@ def test_bans_to_restore_are_recent_ones_and_old_ones_still_active(store: Store)
 # -- history -----------------------------------------------------------------------------
 
 
-def test_history_is_newest_first_with_hits_bans_and_unbans(store: Store) -> None:
-    store.add_hits([(hit("198.51.100.7", T0), Outcome.BANNED)])
-    store.add_bans([ban("198.51.100.7", T0)])
-    store.add_hits([(hit("198.51.100.7", T0 + 5, port=79), Outcome.ALREADY_BANNED)])
-    store.lift([unban("198.51.100.7", T0 + 9, "allow-listed")])
-    entries = store.history()
+def test_history_is_newest_first_with_hits_bans_and_unbans(hits_store: Store) -> None:
+    hits_store.add_hits([(hit("198.51.100.7", T0), Outcome.BANNED)])
+    hits_store.add_bans([ban("198.51.100.7", T0)])
+    hits_store.add_hits([(hit("198.51.100.7", T0 + 5, port=79), Outcome.ALREADY_BANNED)])
+    hits_store.lift([unban("198.51.100.7", T0 + 9, "allow-listed")])
+    entries = hits_store.history()
     assert summary(entries) == [
         (9, "unban", "198.51.100.7/32"),
         (5, "hit", "198.51.100.7"),
@@ -258,98 +293,148 @@ def test_history_is_newest_first_with_hits_bans_and_unbans(store: Store) -> None
     assert entries[3].outcome is Outcome.BANNED
 
 
-def test_history_keeps_the_newest_up_to_the_limit(store: Store) -> None:
-    store.add_hits([(hit("198.51.100.7", T0 + n), Outcome.COUNTED) for n in range(10)])
-    store.add_bans([ban("198.51.100.7", T0 + 3.5)])
-    assert [at for at, _what, _address in summary(store.history(limit=4))] == [9, 8, 7, 6]
-    assert len(store.history(limit=100)) == 11
-    assert store.history(limit=0) == []
+def test_history_keeps_the_newest_up_to_the_limit(hits_store: Store) -> None:
+    hits_store.add_hits([(hit("198.51.100.7", T0 + n), Outcome.COUNTED) for n in range(10)])
+    hits_store.add_bans([ban("198.51.100.7", T0 + 3.5)])
+    assert [at for at, _what, _address in summary(hits_store.history(limit=4))] == [9, 8, 7, 6]
+    assert len(hits_store.history(limit=100)) == 11
+    assert hits_store.history(limit=0) == []
 
 
-def test_hits_at_the_same_instant_come_newest_recorded_first(store: Store) -> None:
-    store.add_hits([(hit("198.51.100.7", port=p), Outcome.COUNTED) for p in (1, 2, 3)])
-    assert [e.hit.port for e in store.history() if e.hit] == [3, 2, 1]
+def test_hits_at_the_same_instant_come_newest_recorded_first(hits_store: Store) -> None:
+    hits_store.add_hits([(hit("198.51.100.7", port=p), Outcome.COUNTED) for p in (1, 2, 3)])
+    assert [e.hit.port for e in hits_store.history() if e.hit] == [3, 2, 1]
 
 
-def test_history_of_one_address(store: Store) -> None:
-    store.add_hits([(hit("198.51.100.7", T0), Outcome.COUNTED)])
-    store.add_hits([(hit("198.51.100.8", T0 + 1), Outcome.COUNTED)])
-    store.add_bans([ban("198.51.100.7", T0 + 2), ban("198.51.100.0/24", T0 + 3)])
+def test_history_of_one_address(hits_store: Store) -> None:
+    hits_store.add_hits([(hit("198.51.100.7", T0), Outcome.COUNTED)])
+    hits_store.add_hits([(hit("198.51.100.8", T0 + 1), Outcome.COUNTED)])
+    hits_store.add_bans([ban("198.51.100.7", T0 + 2), ban("198.51.100.0/24", T0 + 3)])
     address = ipaddress.ip_network("198.51.100.7")
-    assert summary(store.history(address)) == [
+    assert summary(hits_store.history(address)) == [
         (2, "ban", "198.51.100.7/32"),
         (0, "hit", "198.51.100.7"),
     ]
 
 
-def test_history_of_a_network_holds_everything_inside_it(store: Store) -> None:
-    store.add_hits(
+def test_history_of_a_network_holds_everything_inside_it(hits_store: Store) -> None:
+    hits_store.add_hits(
         [
             (hit("198.51.100.7", T0), Outcome.COUNTED),
             (hit("198.51.101.7", T0 + 1), Outcome.COUNTED),  # outside the /24
             (hit("2001:db8::7", T0 + 2), Outcome.COUNTED),  # another family
         ]
     )
-    store.add_bans(
+    hits_store.add_bans(
         [
             ban("198.51.100.0/25", T0 + 3),
             ban("198.51.0.0/16", T0 + 4),  # wider than the /24: not inside it
             ban("198.51.100.200", T0 + 5),
         ]
     )
-    store.lift([unban("198.51.100.200", T0 + 6)])
+    hits_store.lift([unban("198.51.100.200", T0 + 6)])
     network = ipaddress.ip_network("198.51.100.0/24")
-    assert summary(store.history(network)) == [
+    assert summary(hits_store.history(network)) == [
         (6, "unban", "198.51.100.200/32"),
         (5, "ban", "198.51.100.200/32"),
         (3, "ban", "198.51.100.0/25"),
         (0, "hit", "198.51.100.7"),
     ]
-    assert len(store.history(network, limit=2)) == 2
+    assert len(hits_store.history(network, limit=2)) == 2
 
 
-def test_history_of_an_ipv6_network(store: Store) -> None:
-    store.add_hits([(hit("2001:db8::7", T0), Outcome.COUNTED)])
-    store.add_hits([(hit("198.51.100.7", T0 + 1), Outcome.COUNTED)])
-    store.add_bans([ban("2001:db8::/64", T0 + 2)])
+def test_history_of_an_ipv6_network(hits_store: Store) -> None:
+    hits_store.add_hits([(hit("2001:db8::7", T0), Outcome.COUNTED)])
+    hits_store.add_hits([(hit("198.51.100.7", T0 + 1), Outcome.COUNTED)])
+    hits_store.add_bans([ban("2001:db8::/64", T0 + 2)])
     network = ipaddress.ip_network("2001:db8::/32")
-    assert summary(store.history(network)) == [
+    assert summary(hits_store.history(network)) == [
         (2, "ban", "2001:db8::/64"),
         (0, "hit", "2001:db8::7"),
     ]
 
 
+def test_history_of_bans_and_lifts_alone(store: Store) -> None:
+    """Bans and their lifts, newest first (the history of a store with no hits: the fleet's)."""
+    store.add_bans([ban("198.51.100.7", T0), ban("2001:db8::/64", T0 + 2, count=2)])
+    store.lift([unban("198.51.100.7", T0 + 9, "allow-listed")])
+    store.add_bans([ban("198.51.100.7", T0 + 9, hours=None, count=3)])
+    entries = store.history()
+    assert summary(entries) == [
+        (9, "unban", "198.51.100.7/32"),  # at the same instant the lift follows the ban
+        (9, "ban", "198.51.100.7/32"),
+        (2, "ban", "2001:db8::/64"),
+        (0, "ban", "198.51.100.7/32"),
+    ]
+    assert (entries[0].ban, entries[0].unban_reason) == (ban("198.51.100.7", T0), "allow-listed")
+    assert entries[1].ban == ban("198.51.100.7", T0 + 9, hours=None, count=3)
+    assert summary(store.history(limit=2)) == summary(entries[:2])
+    assert store.history(limit=0) == []
+
+
+def test_history_of_bans_within_an_address_or_a_network(store: Store) -> None:
+    store.add_bans(
+        [
+            ban("198.51.100.0/25", T0 + 3),
+            ban("198.51.0.0/16", T0 + 4),  # wider than the /24: not inside it
+            ban("198.51.100.200", T0 + 5),
+            ban("2001:db8::/64", T0 + 6),
+        ]
+    )
+    store.lift([unban("198.51.100.200", T0 + 7)])
+    network = ipaddress.ip_network("198.51.100.0/24")
+    assert summary(store.history(network)) == [
+        (7, "unban", "198.51.100.200/32"),
+        (5, "ban", "198.51.100.200/32"),
+        (3, "ban", "198.51.100.0/25"),
+    ]
+    address = ipaddress.ip_network("198.51.100.200")
+    assert [what for _at, what, _ in summary(store.history(address))] == ["unban", "ban"]
+    assert summary(store.history(ipaddress.ip_network("2001:db8::/32"))) == [
+        (6, "ban", "2001:db8::/64")
+    ]
+
+
+def test_report_figures_count_the_bans_of_the_period(store: Store) -> None:
+    store.add_bans(sample.BANS)
+    store.lift([unban(sample.B, sample.B_LIFTED_AT, "manual")])
+    found = store.report_figures(sample.PERIOD, top=20)
+    assert (found.bans, found.permanent_bans, found.banned_targets) == (5, 1, 3)
+    busy = {i: (b.bans, b.permanent_bans) for i, b in enumerate(found.timeline) if b.bans}
+    assert busy == {1: (2, 0), 5: (1, 0), 10: (1, 1), 20: (1, 0)}
+
+
 # -- hits --------------------------------------------------------------------------------
 
 
-def test_hits_come_back_exactly_as_given(store: Store) -> None:
+def test_hits_come_back_exactly_as_given(hits_store: Store) -> None:
     given = [
         (hit("198.51.100.7", T0 + 0.125, port=23), Outcome.BANNED),
         (hit("2001:db8::9", T0 + 1, port=161, proto=Proto.UDP), Outcome.ALLOWED),
         (hit("192.0.2.1", T0 + 2, port=1), Outcome.OWN_ADDRESS),
     ]
-    store.add_hits(given)
-    assert [(e.hit, e.outcome) for e in reversed(store.history())] == given
+    hits_store.add_hits(given)
+    assert [(e.hit, e.outcome) for e in reversed(hits_store.history())] == given
 
 
-def test_prune_removes_only_older_hits(store: Store) -> None:
-    store.add_hits([(hit("198.51.100.7", T0 + n), Outcome.COUNTED) for n in range(5)])
-    store.add_bans([ban("198.51.100.7", T0 - 100)])
-    assert store.prune_hits(T0 + 2) == 2
-    assert [at for at, what, _ in summary(store.history()) if what == "hit"] == [4, 3, 2]
-    assert store.bans_since(0.0) == [StoredBan(ban("198.51.100.7", T0 - 100))]
+def test_prune_removes_only_older_hits(hits_store: Store) -> None:
+    hits_store.add_hits([(hit("198.51.100.7", T0 + n), Outcome.COUNTED) for n in range(5)])
+    hits_store.add_bans([ban("198.51.100.7", T0 - 100)])
+    assert hits_store.prune_hits(T0 + 2) == 2
+    assert [at for at, what, _ in summary(hits_store.history()) if what == "hit"] == [4, 3, 2]
+    assert hits_store.bans_since(0.0) == [StoredBan(ban("198.51.100.7", T0 - 100))]
 
 
-def test_prune_keeps_the_newest_hits_up_to_a_count(store: Store) -> None:
-    store.add_hits([(hit("198.51.100.7", T0 + n), Outcome.COUNTED) for n in range(5)])
-    store.add_hits([(hit("2001:db8::9", T0 + 5 + n), Outcome.COUNTED) for n in range(3)])
-    assert store.prune_hits(T0 + 1, keep=10) == 1  # the age alone
-    assert store.prune_hits(T0, keep=3) == 4
-    assert [at for at, what, _ in summary(store.history()) if what == "hit"] == [7, 6, 5]
-    assert store.prune_hits(T0, keep=3) == 0
-    store.add_hits([(hit("198.51.100.7", T0 + 8), Outcome.COUNTED)])
-    assert store.prune_hits(T0, keep=3) == 1
-    assert [at for at, what, _ in summary(store.history()) if what == "hit"] == [8, 7, 6]
+def test_prune_keeps_the_newest_hits_up_to_a_count(hits_store: Store) -> None:
+    hits_store.add_hits([(hit("198.51.100.7", T0 + n), Outcome.COUNTED) for n in range(5)])
+    hits_store.add_hits([(hit("2001:db8::9", T0 + 5 + n), Outcome.COUNTED) for n in range(3)])
+    assert hits_store.prune_hits(T0 + 1, keep=10) == 1  # the age alone
+    assert hits_store.prune_hits(T0, keep=3) == 4
+    assert [at for at, what, _ in summary(hits_store.history()) if what == "hit"] == [7, 6, 5]
+    assert hits_store.prune_hits(T0, keep=3) == 0
+    hits_store.add_hits([(hit("198.51.100.7", T0 + 8), Outcome.COUNTED)])
+    assert hits_store.prune_hits(T0, keep=3) == 1
+    assert [at for at, what, _ in summary(hits_store.history()) if what == "hit"] == [8, 7, 6]
 
 
 # -- closing -----------------------------------------------------------------------------
@@ -366,9 +451,9 @@ def test_a_closed_store_refuses_work(store: Store) -> None:
 # -- the report's figures ---------------------------------------------------------------
 
 
-def test_report_figures_of_a_day(store: Store) -> None:
-    sample.fill(store)
-    found = store.report_figures(sample.PERIOD, top=20)
+def test_report_figures_of_a_day(hits_store: Store) -> None:
+    sample.fill(hits_store)
+    found = hits_store.report_figures(sample.PERIOD, top=20)
     busy = {i: (b.hits, b.bans, b.permanent_bans) for i, b in enumerate(found.timeline)
             if b.hits or b.bans}  # fmt: skip
     assert busy == {0: (1, 0, 0), 1: (8, 2, 0), 5: (2, 1, 0), 10: (0, 1, 1), 20: (0, 1, 0),
@@ -388,9 +473,9 @@ def test_report_figures_of_a_day(store: Store) -> None:
     assert found.network_bans == (StoredBan(sample.NETWORK_BAN),)
 
 
-def test_report_figures_of_the_busiest_sources(store: Store) -> None:
-    sample.fill(store)
-    a, b, d, c = store.report_figures(sample.PERIOD, top=20).sources  # ties: D, C as text
+def test_report_figures_of_the_busiest_sources(hits_store: Store) -> None:
+    sample.fill(hits_store)
+    a, b, d, c = hits_store.report_figures(sample.PERIOD, top=20).sources  # ties: D, C as text
     assert a == SourceFigures(
         sample.A, 7, 2, sample.DAY0 + HOUR, sample.DAY0 + 5 * HOUR + 1,
         (StoredBan(sample.A_FIRST), StoredBan(sample.A_SECOND), StoredBan(sample.A_FOREVER)),
@@ -403,18 +488,18 @@ def test_report_figures_of_the_busiest_sources(store: Store) -> None:
     )  # fmt: skip
 
 
-def test_report_figures_top_limits_the_lists_not_the_counts(store: Store) -> None:
-    sample.fill(store)
-    found = store.report_figures(sample.PERIOD, top=2)
+def test_report_figures_top_limits_the_lists_not_the_counts(hits_store: Store) -> None:
+    sample.fill(hits_store)
+    found = hits_store.report_figures(sample.PERIOD, top=2)
     assert [p.port for p in found.ports] == [23, 445]
     assert [s.address for s in found.sources] == [sample.A, sample.B]
     assert (found.port_count, found.source_count) == (4, 4)
 
 
-def test_report_figures_break_ties_by_port_number_and_address_text(store: Store) -> None:
-    store.add_hits([(hit("198.51.100.9", T0, 1000), Outcome.COUNTED),
+def test_report_figures_break_ties_by_port_number_and_address_text(hits_store: Store) -> None:
+    hits_store.add_hits([(hit("198.51.100.9", T0, 1000), Outcome.COUNTED),
                     (hit("198.51.100.10", T0 + 1, 999), Outcome.COUNTED)])  # fmt: skip
-    found = store.report_figures(Period.of(T0, T0 + HOUR), top=20)
+    found = hits_store.report_figures(Period.of(T0, T0 + HOUR), top=20)
     assert [p.port for p in found.ports] == [999, 1000]
     assert [s.address for s in found.sources] == ["198.51.100.10", "198.51.100.9"]
 
@@ -428,11 +513,11 @@ def test_report_figures_of_an_empty_period(store: Store) -> None:
 
 
 def test_report_figures_put_an_instant_on_a_bucket_edge_in_the_later_bucket(
-    store: Store,
+    hits_store: Store,
 ) -> None:
-    store.add_hits([(hit("198.51.100.7", T0 + HOUR), Outcome.COUNTED)])
-    store.add_bans([ban("198.51.100.7", at=T0 + HOUR - 0.001, hours=None)])
-    timeline = store.report_figures(Period.of(T0, T0 + 2 * HOUR), top=20).timeline
+    hits_store.add_hits([(hit("198.51.100.7", T0 + HOUR), Outcome.COUNTED)])
+    hits_store.add_bans([ban("198.51.100.7", at=T0 + HOUR - 0.001, hours=None)])
+    timeline = hits_store.report_figures(Period.of(T0, T0 + 2 * HOUR), top=20).timeline
     assert [(b.hits, b.bans, b.permanent_bans) for b in timeline] == [(0, 1, 1), (1, 0, 0)]
 
 
@@ -495,3 +580,74 @@ def test_the_memory_store_behaves_like_sqlite(steps: list[tuple[str, object]]) -
         for store in stores:
             store.close()
     assert memory == sqlite
+
+
+ban_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("add_bans"), st.lists(bans, max_size=4)),
+        st.tuples(st.just("lift"), st.lists(unbans, max_size=2)),
+        st.tuples(
+            st.just("record"),
+            st.tuples(st.lists(bans, max_size=3), st.lists(unbans, max_size=2)),
+        ),
+    ),
+    max_size=10,
+)
+
+
+def distinct(steps: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    """`steps` with a number in every reason: each ban and unban a decision of its own. The
+    fleet's log keeps one row per decision (its id), where SQLite records a ban given twice
+    twice: a retried write is the daemon's to avoid there, and the log's to absorb."""
+    numbered = iter(range(1_000_000))
+
+    def ban_of(made: Ban) -> Ban:
+        return dataclasses.replace(made, reason=f"{made.reason} {next(numbered)}")
+
+    def unban_of(made: Unban) -> Unban:
+        return dataclasses.replace(made, reason=f"{made.reason} {next(numbered)}")
+
+    out: list[tuple[str, object]] = []
+    for name, argument in steps:
+        if name == "record":
+            made, lifts = cast(tuple[list[Ban], list[Unban]], argument)
+            out.append((name, ([ban_of(b) for b in made], [unban_of(u) for u in lifts])))
+        elif name == "add_bans":
+            out.append((name, [ban_of(b) for b in cast(list[Ban], argument)]))
+        else:
+            out.append((name, [unban_of(u) for u in cast(list[Unban], argument)]))
+    return out
+
+
+def observe_bans(store: Store) -> list[object]:
+    """What `observe` sees, of a store that holds no hits."""
+    seen = observe(store)
+    return [
+        (s.timeline, s.bans, s.permanent_bans, s.banned_targets)
+        if isinstance(s, ReportFigures)
+        else s
+        for s in seen
+    ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(ban_steps)
+def test_the_fleet_store_behaves_like_sqlite_for_bans(
+    fleet_log: FleetLog, steps: list[tuple[str, object]]
+) -> None:
+    fleet_log.clear()
+    with tempfile.TemporaryDirectory() as directory:
+        stores: list[Store] = [
+            SQLiteStore.open(Path(directory) / "porttrap.db"),
+            fleet_log.store("web-1", FakeClock(T0)),
+        ]
+        for name, argument in distinct(steps):
+            for store in stores:
+                if name == "record":
+                    store.record(*argument)  # type: ignore[misc]
+                else:
+                    getattr(store, name)(argument)
+        sqlite, fleet = (observe_bans(store) for store in stores)
+        for store in stores:
+            store.close()
+    assert fleet == sqlite

@@ -142,3 +142,17 @@ def test_help_describes_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     for needed in ("--since", "--until", "--top", "--database", "-o", "read-only", "examples:"):
         assert needed in text
     assert "  porttrap report --since 1d -o today.html" in text  # examples kept as written
+
+
+def test_fleet_needs_a_fleet_section(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    code, out, err = run(capsys, "report", "--fleet", "-c", str(config), "-o", "x.html")
+    assert code == 1 and out == "" and "has no [fleet] section" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_fleet_and_database_exclude_each_other(
+    capsys: pytest.CaptureFixture[str], config: Path
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["report", "--fleet", "--database", "other.db", "-c", str(config)])
+    assert "not allowed with argument" in capsys.readouterr().err

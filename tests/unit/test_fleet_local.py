@@ -14,6 +14,7 @@ from porttrap.config.loader import load_text
 from porttrap.core import reload
 from porttrap.errors import ConfigError, PorttrapError
 from porttrap.fleet.credentials import read_password
+from porttrap.fleet.logstore import publishing
 from porttrap.fleet.outbox import Outbox, outgoing
 from porttrap.model import Ban, Evidence, FleetKind, Unban
 
@@ -161,3 +162,27 @@ def test_a_decision_always_has_the_same_id_and_fleet_wide_unbans_their_kind() ->
     (own,) = outgoing([Unban(target, T0, "manual")], frozenset())
     assert (wide.kind, own.kind) == (FleetKind.UNBAN_FLEET, FleetKind.UNBAN)
     assert first[1].expires_at is None and first[1].ban_count == 3
+
+
+def test_two_decisions_at_the_same_instant_have_two_ids() -> None:
+    """A store keeps both (the newer replaces the older): the log must not drop the second as
+    a duplicate of the first."""
+    first, second = bans()[0], replace(bans()[0], ban_count=2, expires_at=T0 + 120)
+    ids = [r.ban_id for r in outgoing([first, second], frozenset())]
+    target = first.target
+    unbans = [Unban(target, T0 + 1, "manual"), Unban(target, T0 + 1, "allow-listed")]
+    ids += [r.ban_id for r in outgoing(unbans, frozenset())]
+    assert len(set(ids)) == 4
+
+
+def test_the_fleet_store_publishes_outgoings_rows_with_each_unbans_time_and_reason() -> None:
+    unban = Unban(ip_network("198.51.100.7/32"), T0 + 1, "allow-listed")
+    made = publishing(bans(), [unban])
+    plain = outgoing([*bans(), unban], frozenset())
+    assert made[:2] == plain[:2]  # bans exactly as the daemon's link publishes them
+    assert replace(made[2], banned_at=None, reason=None) == plain[2]  # the same id
+    assert (made[2].kind, made[2].banned_at, made[2].reason) == (
+        FleetKind.UNBAN,
+        T0 + 1,
+        "allow-listed",
+    )

@@ -119,3 +119,16 @@ def test_ban_state_agrees_with_the_store(store: MemoryStore) -> None:
                 BanState("permanent") if own.permanent else BanState("banned", own.expires_at)
             )
             assert source.now == expected
+
+
+def test_the_fleet_part_lists_the_newest_bans_first_up_to_top() -> None:
+    made = [data.FleetBan(f"web-{n}", StoredBan(ban(A, DAY0 + n, 1))) for n in range(5)]
+    fleet = data.fleet(["web-0", "web-1"], made, top=3)
+    assert [b.host for b in fleet.bans] == ["web-4", "web-3", "web-2"]
+    assert (fleet.hosts, fleet.more_bans) == (("web-0", "web-1"), 2)
+    assert data.fleet([], [], top=3) == data.Fleet((), (), 0)
+
+
+def test_the_fleet_title_counts_the_hosts() -> None:
+    assert data.fleet_title(["web-1", "web-2"]) == "the fleet (2 hosts)"
+    assert data.fleet_title(["web-1"]) == "the fleet (1 host)"

@@ -12,7 +12,7 @@ import pytest
 
 from porttrap.model import Ban
 from porttrap.report import charts, html
-from porttrap.report.data import BanState, Report, Source, Totals
+from porttrap.report.data import BanState, FleetBan, Report, Source, Totals, fleet, fleet_title
 from porttrap.report.figures import DAY, HOUR, Bucket, KindCount, Period, PortCount
 from porttrap.store.base import StoredBan
 
@@ -189,3 +189,39 @@ def test_the_timeline_draws_a_bar_per_busy_bucket() -> None:
 def test_axis_scales_are_round(peak: int, lines: int, expected: tuple[int, int]) -> None:
     top, step = charts.scale(peak, lines)
     assert (top, step) == expected and top >= peak and top % step == 0 and top // step <= lines
+
+
+def fleet_report(reason: str = "trap:tcp/23") -> Report:
+    """A fleet's report: bans only (the log holds no hits), two hosts."""
+    lifted = StoredBan(
+        Ban(ipaddress.ip_network("2001:db8::/64"), END - DAY, END, 2, reason), END - 60, reason
+    )
+    permanent = StoredBan(Ban(ipaddress.ip_network("203.0.113.9"), END - HOUR, None, 1, reason))
+    made = [FleetBan("web-1", lifted), FleetBan("web.2", permanent)]
+    plain = report(hits=False, kinds=(), ports=())
+    return dataclasses.replace(
+        plain,
+        host=fleet_title(["web-1", "web.2"]),
+        totals=Totals(0, 0, 0, 2, 1, 2, 1, 1),
+        retention=None,
+        fleet=fleet(["web-1", "web.2"], made, top=1),
+    )
+
+
+def test_a_fleet_report_shows_its_hosts_and_their_bans_and_no_hit_sections() -> None:
+    page = html.render(fleet_report())
+    text = " ".join(Page(page).texts)
+    assert "the fleet (2 hosts)" in text and "hosts: web-1, web.2" in text
+    assert "203.0.113.9" in text and "web.2" in text and "permanent" in text
+    assert "2001:db8::/64" not in text and "1 older ban not listed" in text  # top=1
+    assert "hosts in the fleet" in text and "targets" in text
+    for section in ("Top sources", "Most hit ports", "Scan classes"):
+        assert section not in text
+    assert "sources" not in re.sub(r"<style>.*?</style>", "", page, flags=re.S)
+
+
+def test_a_fleet_report_shows_hostile_reasons_as_text() -> None:
+    parsed = Page(html.render(fleet_report(HOSTILE)))
+    assert set(parsed.tags) <= ALLOWED_TAGS
+    assert not [a for a in parsed.attributes if a[1].startswith("on")]
+    assert any(HOSTILE.removeprefix("trap:") in t for t in parsed.texts)

@@ -30,6 +30,11 @@ def _fleet(cfg: Config) -> FleetConfig:
     return fleet
 
 
+def fleet_config(cfg: Config) -> FleetConfig:
+    """The `[fleet]` section with this host's name filled in (for `report --fleet`)."""
+    return _fleet(cfg)
+
+
 def bans(cfg: Config, as_json: bool) -> int:
     with queries.connect(_fleet(cfg)) as conn:
         rows = queries.active(conn)

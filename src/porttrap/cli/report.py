@@ -10,11 +10,13 @@ import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import closing
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from porttrap.clock import SystemClock
 from porttrap.config import loader as config_mod
+from porttrap.config.schema import Config
 from porttrap.errors import PorttrapError, UsageError
 from porttrap.report import data, html
 from porttrap.report.figures import Period
@@ -30,7 +32,12 @@ the busiest sources with every ban they got and whether they are banned now. The
 network to view (inline CSS and SVG, no script) and can be mailed or archived as it is.
 
 The database (state_dir/porttrap.db of the config) is opened read-only: the report works
-whether the daemon runs or not, and never changes it. Times are UTC."""
+whether the daemon runs or not, and never changes it. Times are UTC.
+
+With --fleet the page covers the whole fleet instead: every host's bans from the fleet's
+shared log in PostgreSQL (the [fleet] settings: url, password_file), read in a read-only
+session, with the newest bans listed by host. The shared log holds bans only, so a fleet
+report has no hits, ports or sources: each host's own report has those."""
 
 _EPILOG = """\
 examples:
@@ -39,6 +46,7 @@ examples:
   porttrap report --since 30d --until 2026-12-01 -o november.html
   porttrap report --since 90d --top 50 > quarter.html
   porttrap report --database copy-of-porttrap.db -o report.html
+  porttrap report --fleet --since 30d -o fleet.html
 
 The chart buckets follow the period: hourly up to 2 days, 6-hourly up to 2 weeks, daily up to
 120 days, weekly beyond. Hits older than hit_retention (90d by default), and the oldest
@@ -83,13 +91,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
         type=_positive,
         default=20,
         metavar="N",
-        help="how many ports and sources to list (default: 20)",
+        help="how many ports and sources (with --fleet: bans) to list (default: 20)",
     )
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
         "--database",
         type=Path,
         metavar="FILE",
         help="read this porttrap database instead of state_dir/porttrap.db of the config",
+    )
+    source.add_argument(
+        "--fleet",
+        action="store_true",
+        help="report over the whole fleet: every host's bans from the fleet's database",
     )
     parser.set_defaults(func=report)
 
@@ -103,11 +117,14 @@ def report(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     now = SystemClock().now()
     period = _period(args.since, args.until, now)
-    retention = cfg.store.hit_retention
-    with closing(open_store(cfg, readonly=True, database=args.database)) as store:
-        found = data.collect(
-            store, period, now, socket.gethostname(), top=args.top, retention=retention
-        )
+    if args.fleet:
+        found = _fleet_report(cfg, period, now, args.top)
+    else:
+        retention = cfg.store.hit_retention
+        with closing(open_store(cfg, readonly=True, database=args.database)) as store:
+            found = data.collect(
+                store, period, now, socket.gethostname(), top=args.top, retention=retention
+            )
     page = html.render(found)
     if args.output is None:
         sys.stdout.write(page)
@@ -115,6 +132,21 @@ def report(args: argparse.Namespace) -> int:
         write_atomically(args.output, page)
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _fleet_report(cfg: Config, period: Period, now: float, top: int) -> data.Report:
+    """The report of every host's bans, from the fleet's log, in a read-only session."""
+    from porttrap.cli.fleetview import fleet_config  # psycopg: only for the fleet
+    from porttrap.fleet import queries
+    from porttrap.fleet.logstore import FleetLogStore
+
+    conn = queries.connect(fleet_config(cfg))
+    with FleetLogStore(conn, host=None) as store:
+        store.read_only()
+        hosts = store.hosts()
+        found = data.collect(store, period, now, data.fleet_title(hosts), top=top)
+        made = [data.FleetBan(each.host, each.stored) for each in store.bans_in(period)]
+    return replace(found, fleet=data.fleet(hosts, made, top))
 
 
 def _period(since: str, until: str | None, now: float) -> Period:

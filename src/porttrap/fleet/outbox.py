@@ -56,17 +56,19 @@ def outgoing(changes: Iterable[Change], fleet_wide: frozenset[IPNetwork]) -> lis
         if isinstance(change, Unban):
             wide = change.target in fleet_wide
             kind = FleetKind.UNBAN_FLEET if wide else FleetKind.UNBAN
-            rows.append(Outgoing(kind, str(change.target), _id(kind, change.target, change.at)))
+            ban_id = _id(kind, change.target, change.at, change.reason)
+            rows.append(Outgoing(kind, str(change.target), ban_id))
         else:
             rows.append(_ban_row(change))
     return rows
 
 
 def _ban_row(ban: Ban) -> Outgoing:
+    decision = (ban.expires_at, ban.ban_count, ban.reason, str(ban.evidence))
     return Outgoing(
         FleetKind.BAN,
         str(ban.target),
-        _id(FleetKind.BAN, ban.target, ban.banned_at),
+        _id(FleetKind.BAN, ban.target, ban.banned_at, *decision),
         ban.banned_at,
         ban.expires_at,
         ban.ban_count,
@@ -75,9 +77,12 @@ def _ban_row(ban: Ban) -> Outgoing:
     )
 
 
-def _id(kind: FleetKind, target: IPNetwork, at: float) -> str:
-    """The same decision always has the same id (a republished row is a duplicate)."""
-    return hashlib.sha256(f"{kind} {target} {at!r}".encode()).hexdigest()[:32]
+def _id(kind: FleetKind, target: IPNetwork, at: float, *decision: object) -> str:
+    """The same decision always has the same id (a republished row is a duplicate), and two
+    decisions differ in id even at the same instant (a second ban of a target made in the
+    same clock tick, with another count or length, is a ban of its own, as in every store)."""
+    text = " ".join(repr(part) for part in decision)
+    return hashlib.sha256(f"{kind} {target} {at!r} {text}".encode()).hexdigest()[:32]
 
 
 class Outbox:

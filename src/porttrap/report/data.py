@@ -62,6 +62,24 @@ class Source:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetBan:
+    """A ban from the fleet's shared log, with the host that made it."""
+
+    host: str
+    stored: StoredBan
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """What `porttrap report --fleet` adds: the fleet's hosts, and the newest bans made in the
+    period (any host's). The fleet's log holds no hits: each host keeps its own."""
+
+    hosts: tuple[str, ...]
+    bans: tuple[FleetBan, ...]  # the newest, newest first
+    more_bans: int  # bans made in the period and not listed
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     host: str
     generated_at: float
@@ -72,6 +90,7 @@ class Report:
     kinds: tuple[KindCount, ...]
     sources: tuple[Source, ...]
     retention: float | None = None  # hits older than this are pruned (config hit_retention)
+    fleet: Fleet | None = None  # the report of a whole fleet (`report --fleet`)
 
 
 def collect(
@@ -92,6 +111,18 @@ def collect(
     totals = _totals(found, *counts)
     timeline, ports, kinds = found.timeline, found.ports, found.kinds
     return Report(host, now, period, totals, timeline, ports, kinds, sources, retention)
+
+
+def fleet(hosts: Sequence[str], made: Sequence[FleetBan], top: int) -> Fleet:
+    """The fleet's part of the report: `made` (the period's bans, oldest first) shown newest
+    first, up to `top`."""
+    newest = tuple(reversed(made[-top:])) if top > 0 else ()
+    return Fleet(tuple(hosts), newest, len(made) - len(newest))
+
+
+def fleet_title(hosts: Sequence[str]) -> str:
+    """The report's host line for a fleet: 'the fleet (3 hosts)'."""
+    return f"the fleet ({len(hosts)} host{'' if len(hosts) == 1 else 's'})"
 
 
 def _totals(found: ReportFigures, active: int, permanent: int) -> Totals:

@@ -22,7 +22,7 @@ from porttrap.report.charts import (
     timeline,
     utc,
 )
-from porttrap.report.data import Report, Source
+from porttrap.report.data import Fleet, Report, Source
 from porttrap.report.figures import KindCount, PortCount
 from porttrap.store.base import StoredBan
 from porttrap.units import format_duration
@@ -169,6 +169,13 @@ def _cards(report: Report) -> str:
         (t.bans, "bans made", f"{number(t.permanent_bans)} permanent"),
         (t.active_now, "banned now", f"{number(t.permanent_now)} permanent"),
     ]
+    if report.fleet is not None:  # the log holds no hits: a host's hits stay on that host
+        cards = [
+            (len(report.fleet.hosts), "hosts", "in the fleet"),
+            (t.bans, "bans made", f"{number(t.permanent_bans)} permanent"),
+            (t.banned_targets, "targets", "distinct addresses and networks"),
+            (t.active_now, "banned now", f"{number(t.permanent_now)} permanent"),
+        ]
     items = "".join(
         f'<div class="card"><span class="n">{esc(number(n))}</span><span class="what">'
         f'{esc(what)}</span><span class="extra">{esc(extra) or "&nbsp;"}</span></div>'
@@ -184,6 +191,8 @@ def _body(report: Report) -> str:
             "No address touched a trap and no ban was made from "
             f"{esc(_period(report))}.</p></section>"
         )
+    if report.fleet is not None:
+        return _timeline(report) + _fleet_bans(report.fleet, report.generated_at)
     return "".join(
         [
             _timeline(report),
@@ -193,6 +202,24 @@ def _body(report: Report) -> str:
             "</div>",
             _sources(report),
         ]
+    )
+
+
+def _fleet_bans(fleet: Fleet, now: float) -> str:
+    rows = "".join(
+        f'<tr><td class="addr">{esc(target)}</td><td class="host">{esc(each.host)}</td>'
+        f"{_ban_cells(each.stored, target, now)}</tr>"
+        for each in fleet.bans
+        if (target := show(each.stored.ban.target))
+    )
+    more = f" ({_plural(fleet.more_bans, 'older ban')} not listed)" if fleet.more_bans else ""
+    hosts = ", ".join(fleet.hosts)
+    return (
+        f'<section><h2>Bans across the fleet</h2><p class="legend">the newest bans made in '
+        f"the period, by any host{esc(more)}; hosts: {esc(hosts)}. The fleet's log holds bans "
+        "only: each host's hits are in its own report</p><table><thead><tr><th>target</th>"
+        '<th>host</th><th colspan="5">ban: when, number, length, end, why</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table></section>"
     )
 
 
