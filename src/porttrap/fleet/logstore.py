@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final
 
 import psycopg
@@ -174,7 +174,7 @@ class FleetLogStore:
     def record(self, bans: Sequence[Ban], unbans: Sequence[Unban]) -> None:
         """The ban rows, then the unban rows, in one transaction: all or nothing."""
         host = self._writer()
-        params = [_params(host, row) for row in publishing(bans, unbans)]
+        params = [_params(host, row) for row in outgoing([*bans, *unbans], frozenset())]
         with self._errors("publish bans to the fleet's log"), self._conn.transaction():
             if params:
                 with self._conn.cursor() as cursor:
@@ -292,15 +292,6 @@ class FleetLogStore:
     def _check_open(self) -> None:
         if self._conn.closed:
             raise StoreError("cannot use the fleet's log: its connection is closed")
-
-
-def publishing(bans: Sequence[Ban], unbans: Sequence[Unban]) -> list[Outgoing]:
-    """The log rows for `bans` then `unbans` (outbox.outgoing's, so with its ids), each unban
-    carrying its own time and reason in the columns a ban uses for them."""
-    made = outgoing([*bans, *unbans], frozenset())
-    for index, unban in enumerate(unbans, start=len(bans)):
-        made[index] = replace(made[index], banned_at=unban.at, reason=unban.reason[:200])
-    return made
 
 
 def _params(host: str, row: Outgoing) -> Row:

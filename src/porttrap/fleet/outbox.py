@@ -57,7 +57,10 @@ def outgoing(changes: Iterable[Change], fleet_wide: frozenset[IPNetwork]) -> lis
             wide = change.target in fleet_wide
             kind = FleetKind.UNBAN_FLEET if wide else FleetKind.UNBAN
             ban_id = _id(kind, change.target, change.at, change.reason)
-            rows.append(Outgoing(kind, str(change.target), ban_id))
+            # its time and reason in the ban columns, for the fleet's history (a reader of
+            # the log takes nothing else from an unban's ban columns)
+            row = Outgoing(kind, str(change.target), ban_id, change.at, reason=change.reason[:200])
+            rows.append(row)
         else:
             rows.append(_ban_row(change))
     return rows
