@@ -315,8 +315,9 @@ def skeleton(run: Run) -> None:
 
 
 def daemon_leftovers(run: Run, state: str = "/var/lib/porttrap") -> None:
-    """What a daemon leaves in its state directory."""
-    for name in ("porttrap.db", "porttrap.db-wal", "porttrap.db-shm", "porttrap.db.bak-v2"):
+    """What a daemon leaves in its state directory (a fleet host's outbox too)."""
+    for name in ("porttrap.db", "porttrap.db-wal", "porttrap.db-shm", "porttrap.db.bak-v2",
+                 "fleet-outbox.db", "fleet-outbox.db-wal"):  # fmt: skip
         run.path(f"{state}/{name}").write_text(name)
 
 
@@ -341,7 +342,8 @@ def test_keep_database_keeps_only_the_database(run: Run) -> None:
     run.uninstall(keep_database=True)
     state = run.path("/var/lib/porttrap")
     assert sorted(p.name for p in state.iterdir()) == [
-        "porttrap.db", "porttrap.db-shm", "porttrap.db-wal"
+        "fleet-outbox.db", "fleet-outbox.db-wal", "porttrap.db", "porttrap.db-shm",
+        "porttrap.db-wal"
     ]  # fmt: skip
     assert not run.path("/etc/porttrap").exists()
     assert not run.path("/etc/systemd/system/porttrap.service").exists()

@@ -46,7 +46,9 @@ from porttrap.sshsession import SshConnection, admin_session, sentence, ssh_port
 Note = Callable[[str], None]
 SYSTEMD_RUNNING = Path("/run/systemd/system")  # sd_booted(3)
 SYSTEMCTL_TIMEOUT = 180.0  # `start` waits for READY=1 (restoring 100,000 bans takes ~1 s)
-DATABASE_FILES = ("porttrap.db", "porttrap.db-wal", "porttrap.db-shm", "porttrap.db-journal")
+# with the fleet's outbox (bans not yet published): kept with the database, or removed with it
+DATABASE_FILES = ("porttrap.db", "porttrap.db-wal", "porttrap.db-shm", "porttrap.db-journal",
+                  "fleet-outbox.db", "fleet-outbox.db-wal", "fleet-outbox.db-shm")  # fmt: skip
 # clean-stop: the daemon's marker of a stop that wrote every record (shell.py's CLEAN_STOP); the
 # next start without it reads the kernel's bans, the safe way: it goes even with --keep-database
 STATE_FILES = (*DATABASE_FILES, "porttrap.db.bak-v*", "control.sock", "hosts-deny.json",
