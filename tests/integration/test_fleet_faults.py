@@ -29,6 +29,7 @@ def outbox_holds(host: Host, count: int) -> Callable[[], bool]:
     return lambda: link(host).get("outbox") == count
 
 
+@pytest.mark.timeout(DOWN_FOR + 10 * 30)  # the outage itself, then ordinary waits
 def test_postgresql_stopped_for_30_s_while_two_hosts_ban_loses_nothing(fleet_lab: FleetLab) -> None:
     hosts = fleet_lab.add(4)
     fleet_lab.cluster.stop()
