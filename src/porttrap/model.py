@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass, field
@@ -167,6 +168,7 @@ def trap_reason(proto: Proto, port: int) -> str:
     return f"trap:{proto}/{port}"
 
 
+@functools.lru_cache(maxsize=4096)  # a few reasons, met once per ban (100,000 on a catch-up)
 def trapped_by(reason: str) -> tuple[Proto, int] | None:
     """The (protocol, port) of a trap ban's reason; None for any other reason (an admin's)."""
     kind, _, where = reason.partition(":")

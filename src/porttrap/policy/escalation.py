@@ -70,10 +70,13 @@ class Past:
         else:
             bisect.insort(times, at)  # another host's ban, decided a while ago
 
-    def has(self, target: IPNetwork, at: float, verified: bool) -> bool:
-        """Whether the ban of `target` made at `at` is counted already (the fleet may deliver
-        one twice)."""
-        return at in self._of(verified).get(target, ())
+    def count_once(self, target: IPNetwork, at: float, verified: bool, horizon: float) -> int:
+        """`count` once the ban of `target` made at `at` is counted, counting it only if it
+        is not already (the fleet may deliver one twice)."""
+        times = self._of(verified).get(target)
+        if times is None or at not in times:
+            self.add(target, at, verified)
+        return self.count(target, verified, horizon)
 
     def remove(self, target: IPNetwork, at: float, verified: bool) -> None:
         times = self._of(verified).get(target, [])
