@@ -86,6 +86,9 @@ class BanAnnouncements:
 
     def __init__(self, ns: Netns) -> None:
         self.lines: list[str] = []
+        # The scratch table exists before the monitor starts: `nft monitor` reads the ruleset
+        # once at its start, and drops (silently) the elements of a set it has not seen.
+        ns.run(["nft", "add table inet ready { set s { type inet_service; }; }"])
         self._process = subprocess.Popen(
             ["ip", "netns", "exec", ns.name, "nft", "-j", "monitor", "new", "elements"],
             stdout=subprocess.PIPE,
@@ -103,7 +106,6 @@ class BanAnnouncements:
 
     def _ready(self, ns: Netns) -> None:
         """Until the monitor shows an element added to a scratch set: it is listening."""
-        ns.run(["nft", "add table inet ready { set s { type inet_service; }; }"])
         ports = iter(range(1, 10_000))
 
         def heard() -> bool:
