@@ -45,9 +45,10 @@ HOOK_SCRIPT = """#!/bin/sh
 # see several pings. Everything else is the unit as install-service writes it.
 PING = "WatchdogTimestampMonotonic"  # microseconds of CLOCK_MONOTONIC
 DROP_IN = "[Unit]\nDefaultDependencies=no\n[Service]\nWatchdogSec=3s\n"
-# A checkout under /tmp (CI clones there) would be hidden from the service by PrivateTmp=yes,
-# its executable and its code with it: only then, the test's drop-in turns PrivateTmp off.
-if Path(porttrap.__file__).resolve().is_relative_to("/tmp"):
+# A checkout under /tmp or /var/tmp (CI may clone there) would be hidden from the service by
+# PrivateTmp=yes, its executable and its code with it: only then, the test's drop-in turns
+# PrivateTmp off.
+if any(Path(porttrap.__file__).resolve().is_relative_to(t) for t in ("/tmp", "/var/tmp")):
     DROP_IN += "PrivateTmp=no\n"
 
 
