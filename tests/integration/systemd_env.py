@@ -6,7 +6,8 @@ The container:
 - runs inside a network namespace the test made (so porttrap's firewall is never the host's),
   with PID, mount, UTS, IPC and cgroup namespaces of its own;
 - sees an overlay of the host's root with a tmpfs on top: whatever systemd or porttrap writes
-  (/etc, /var, /run) is thrown away with it, and the host's files never change;
+  (/etc, /var, /run) is thrown away with it, and the host's files never change; porttrap's own
+  files of the host (config, state, unit) are left out;
 - has /proc/sys and /sys read-only, and a /dev of a few pseudo devices, as systemd-nspawn
   gives its containers: systemd then knows it is in a container, and units that would act on
   the shared kernel (udev, sysctl, kernel modules) cannot;
@@ -36,6 +37,11 @@ mount -t tmpfs -o mode=755 tmpfs "$W"
 mkdir "$W/upper" "$W/work" "$W/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$W/upper,workdir=$W/work" "$W/root"
 R=$W/root
+# What porttrap left on the host (the daemon of `setup.sh run` makes /var/lib/porttrap; an admin
+# /etc/porttrap) is not the container's: deleted in the overlay (whiteouts), kept on the host.
+S=$R/etc/systemd/system
+rm -rf "$R/etc/porttrap" "$R/var/lib/porttrap" "$S/porttrap.service" "$S/porttrap.service.d" \
+  "$S/multi-user.target.wants/porttrap.service"
 mount -t proc proc "$R/proc"
 mount --bind "$R/proc/sys" "$R/proc/sys"
 mount -o remount,bind,ro "$R/proc/sys"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,12 +19,13 @@ import pytest
 from daemon_env import ATK4, SRV4, Env, tcp_works
 
 from netns import Netns
+from scripts import python_script
 from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
 
 TRAPS = '[traps]\ntcp = ["2323"]\nudp = []\n'
-RECORDER = """#!{python}
+RECORDER = """\
 import json, os, sys
 with open({record!r}, "a") as out:
     env = {{k: v for k, v in os.environ.items() if k.startswith("PORTTRAP_")}}
@@ -39,8 +39,7 @@ class Recorder:
     def __init__(self, tmp_path: Path, name: str = "hook") -> None:
         self.record = tmp_path / f"{name}.jsonl"
         self.script = tmp_path / name
-        self.script.write_text(RECORDER.format(python=sys.executable, record=str(self.record)))
-        self.script.chmod(0o755)
+        python_script(self.script, RECORDER.format(record=str(self.record)))
 
     def calls(self) -> list[dict[str, Any]]:
         if not self.record.exists():

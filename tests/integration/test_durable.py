@@ -113,6 +113,7 @@ def full_disk_env(env_factory: Callable[[str], Env], tmp_path: Path) -> Iterator
         env.wrap = ["nsenter", "-t", str(holder.pid), "-m"]
         wait_until(lambda: _mounted_ns(holder.pid), PATIENCE, "private mount namespace")
         _in(env, ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(env.state)])
+        assert not env.state.is_mount(), "the tmpfs was mounted in the host's mount namespace"
         yield env
     finally:
         if env.daemon is not None and env.daemon.poll() is None:
@@ -123,7 +124,15 @@ def full_disk_env(env_factory: Callable[[str], Env], tmp_path: Path) -> Iterator
 
 
 def _mounted_ns(pid: int) -> bool:
-    return Path(f"/proc/{pid}/ns/mnt").resolve() != Path("/proc/self/ns/mnt").resolve()
+    """Whether `pid` runs `sleep` in a mount namespace of its own: unshare execs it only once
+    the namespace is made and private. (The links are compared, not resolved: resolving puts
+    each process's own /proc/PID in front, and two different paths always differ.)"""
+    proc = Path(f"/proc/{pid}")
+    try:
+        exe, ns = (proc / "exe").readlink(), (proc / "ns" / "mnt").readlink()
+    except FileNotFoundError:  # not yet, or no longer
+        return False
+    return exe.name == "sleep" and ns != Path("/proc/self/ns/mnt").readlink()
 
 
 def _in(env: Env, argv: list[str]) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import subprocess  # noqa: TID251 - runs the CLI and systemctl
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from daemon_env import PORTTRAP
 
 from netns import Netns
+from porttrap.service.unit import hidden_by_protect_home
 from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
@@ -29,6 +31,19 @@ def cli(ns: Netns, *args: str | Path, check: bool = True) -> subprocess.Complete
     if check and done.returncode != 0:
         raise AssertionError(f"porttrap {args} failed ({done.returncode}): {done.stderr}")
     return done
+
+
+def executable(tmp_path: Path) -> list[str]:
+    """install-service's --executable for a venv under /root or /home, which it refuses (the
+    service could not see it): a link to this checkout's porttrap from tmp_path. Else none."""
+    venv = Path(sys.prefix).resolve()
+    if hidden_by_protect_home(venv) is None:
+        return []
+    link = tmp_path / "bin" / "porttrap"
+    if not link.is_symlink():
+        link.parent.mkdir(exist_ok=True)
+        link.symlink_to(venv / "bin" / "porttrap")
+    return ["--executable", str(link)]
 
 
 def systemctl(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -64,7 +79,7 @@ def test_install_then_uninstall_leaves_the_root_as_it_was(
     ns = netns_factory()
     root = make_root(tmp_path)
     before = tree(root)
-    out = cli(ns, "install-service", "--root", root).stdout
+    out = cli(ns, "install-service", "--root", root, *executable(tmp_path)).stdout
     assert f"installed into {root}" in out
     assert systemctl(root, "is-enabled", "porttrap.service").stdout.strip() == "enabled"
     assert (root / WANTS).readlink() == Path("/etc/systemd/system/porttrap.service")
@@ -90,7 +105,7 @@ def test_refusals_change_nothing(netns_factory: Callable[[], Netns], tmp_path: P
     config = root / "etc/porttrap/porttrap.toml"
     config.write_text('[ban]\ntime = "soon"\n')
     before = tree(root)
-    done = cli(ns, "install-service", "--root", root, check=False)
+    done = cli(ns, "install-service", "--root", root, *executable(tmp_path), check=False)
     assert done.returncode == 2
     assert f"porttrap: config error: {config}:2: [ban.time]" in done.stderr
     assert "nothing was installed" in done.stderr
@@ -99,12 +114,12 @@ def test_refusals_change_nothing(netns_factory: Callable[[], Netns], tmp_path: P
     config.write_text("")
     (root / UNIT).write_text("[Service]\nExecStart=/bin/true\n")
     before = tree(root)
-    done = cli(ns, "install-service", "--root", root, check=False)
+    done = cli(ns, "install-service", "--root", root, *executable(tmp_path), check=False)
     assert done.returncode == 1
     assert "exists and differs" in done.stderr
     assert "--force" in done.stderr
     assert tree(root) == before
-    cli(ns, "install-service", "--root", root, "--force")
+    cli(ns, "install-service", "--root", root, *executable(tmp_path), "--force")
     assert "Type=notify" in (root / UNIT).read_text()
 
 
@@ -136,7 +151,7 @@ def test_uninstall_removes_a_real_daemons_firewall_and_state(
     before = tree(root)
     installed = tmp_path / "porttrap.toml"
     installed.write_text(CONFIG.format(backend=backend))
-    cli(ns, "install-service", "--root", root, "-c", installed)
+    cli(ns, "install-service", "--root", root, *executable(tmp_path), "-c", installed)
     # The daemon runs with the installed config, its state_dir taken under the root.
     running = tmp_path / "run.toml"
     running.write_text(f'state_dir = "{root}/var/lib/porttrap"\n' + installed.read_text())

@@ -17,11 +17,18 @@ from systemd_env import Container
 
 import porttrap
 from netns import Netns
+from porttrap.service.unit import hidden_by_protect_home
 from waiting import PATIENCE, wait_until
 
 pytestmark = pytest.mark.kernel
 
-EXE = str(Path(sys.prefix) / "bin" / "porttrap")
+SOURCE = Path(porttrap.__file__).resolve().parent.parent  # src/, holding the package
+# A checkout under /root or /home (CI may clone there) is hidden from the service by
+# ProtectHome=yes, and install-service refuses to run code from there. Only then, the container
+# sees this checkout's venv and source under RELOCATED too, as if installed there.
+IN_HOME = any(hidden_by_protect_home(p) for p in (Path(sys.prefix).resolve(), SOURCE))
+RELOCATED = Path("/opt/porttrap-checkout")
+EXE = str((RELOCATED / "venv" if IN_HOME else Path(sys.prefix)) / "bin" / "porttrap")
 SRV, ATK = "192.0.2.1", "192.0.2.2"
 UNIT_CAPS = (1 << 10) | (1 << 12)  # CAP_NET_BIND_SERVICE, CAP_NET_ADMIN
 HOOK = "/usr/local/sbin/porttrap-test-hook"
@@ -45,9 +52,10 @@ HOOK_SCRIPT = """#!/bin/sh
 # see several pings. Everything else is the unit as install-service writes it.
 PING = "WatchdogTimestampMonotonic"  # microseconds of CLOCK_MONOTONIC
 DROP_IN = "[Unit]\nDefaultDependencies=no\n[Service]\nWatchdogSec=3s\n"
-# A checkout under /tmp (CI clones there) would be hidden from the service by PrivateTmp=yes,
-# its executable and its code with it: only then, the test's drop-in turns PrivateTmp off.
-if Path(porttrap.__file__).resolve().is_relative_to("/tmp"):
+# A checkout under /tmp or /var/tmp (CI may clone there) would be hidden from the service by
+# PrivateTmp=yes, its executable and its code with it: only then, the test's drop-in turns
+# PrivateTmp off.
+if any(Path(porttrap.__file__).resolve().is_relative_to(t) for t in ("/tmp", "/var/tmp")):
     DROP_IN += "PrivateTmp=no\n"
 
 
@@ -56,12 +64,30 @@ def container(netns_factory: Callable[[], Netns], tmp_path: Path) -> Iterator[Co
     made = Container(netns_factory(), tmp_path / "container")
     try:
         made.boot()
+        if IN_HOME:
+            relocate(made)
         yield made
     finally:
         if made.pid1:
             print(made.run(["journalctl", "--no-pager", "-o", "cat", "-n", "200"],
                            check=False).stdout)  # fmt: skip
         made.close()
+
+
+def relocate(container: Container) -> None:
+    """This checkout's venv and source bind-mounted under RELOCATED (in the container only).
+    The venv's `porttrap` (its #! names the python under the home) is covered by a script that
+    runs the relocated python on the relocated source."""
+    venv, src = RELOCATED / "venv", RELOCATED / "src"
+    for host, there in ((Path(sys.prefix).resolve(), venv), (SOURCE, src)):
+        container.run(["mkdir", "-p", str(there)])
+        container.run(["mount", "--bind", str(host), str(there)])
+    script = "/usr/local/sbin/porttrap-checkout"
+    container.write(
+        script, f'#!/bin/sh\nPYTHONPATH={src} exec {venv}/bin/python -m porttrap "$@"\n'
+    )
+    container.run(["chmod", "755", script])
+    container.run(["mount", "--bind", script, EXE])
 
 
 def status_of(container: Container, pid: str) -> dict[str, str]:

@@ -5,6 +5,7 @@ checks that ExecStart's program exists, so the units run this checkout's porttra
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess  # noqa: TID251 - runs systemd-analyze
@@ -32,9 +33,13 @@ MAX_EXPOSURE = 1.9  # measured with systemd 252: 1.9 "OK" (root with CAP_NET_ADM
 
 
 def analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    """systemd-analyze ARGS in a UTF-8 locale, whatever the caller's: in another (LANG=C) it
+    marks the settings in ASCII, not with the ✓ that the tests read."""
     tool = shutil.which("systemd-analyze")
     assert tool is not None, "systemd-analyze is missing: apt-get install systemd"
-    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=60, check=False)
+    env = {**os.environ, "LC_ALL": "C.UTF-8"}
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=60, check=False,
+                          env=env)  # fmt: skip
 
 
 def write_unit(directory: Path, config_text: str, executable: Path = EXE) -> Path:

@@ -50,10 +50,13 @@ def impostor() -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
     own and answers every `ban` with "banned"; it is killed when the test ends. (It starts in
     the socket's directory, as root, then drops to nobody: tmp_path's parents are root's 0700.)"""
     started: list[subprocess.Popen[str]] = []
+    # The interpreter the venv links to: nobody may not reach a venv under /root (mode 0700),
+    # where a checkout may lie. The impostor needs only the standard library.
+    python = str(Path(sys.executable).resolve())
 
     def start(socket_path: Path) -> subprocess.Popen[str]:
         process = subprocess.Popen(
-            [sys.executable, "-c", IMPOSTOR, socket_path.name], cwd=socket_path.parent,
+            [python, "-c", IMPOSTOR, socket_path.name], cwd=socket_path.parent,
             user=NOBODY.pw_uid, group=NOBODY.pw_gid, extra_groups=[],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip

@@ -25,6 +25,9 @@ addresses = ["198.51.100.3"]
 time = "1h"
 """
 NOW_RATE = re.compile(r"now (\S+)/s")
+# top draws block characters in a UTF-8 locale and ASCII in any other: the tests say which
+# (else they would see what the caller's LANG or LC_ALL gives).
+UTF8 = {"LC_ALL": "C.UTF-8"}
 
 
 def top_argv(env: Env, *extra: str) -> list[str]:
@@ -70,7 +73,7 @@ def test_top_shows_a_scan_live_survives_resizes_and_outages_and_quits_with_q(
     env = env_factory(CONFIG)
     env.start()
     with Tmux() as tmux:
-        tmux.start(top_argv(env), 120, 40)
+        tmux.start(top_argv(env), 120, 40, UTF8)
         tmux.wait_for(["porttrap ", "backend nftables", "1 trap port  |", "q quits"], PATIENCE)
 
         assert tcp_works(env.atk, ATK4, SRV4, 2323)  # a scanner touches the trap: banned
@@ -111,6 +114,20 @@ def test_top_shows_a_scan_live_survives_resizes_and_outages_and_quits_with_q(
         tmux.keys("q")
         assert tmux.exit_status() == 0
         assert "TOP SOURCES" not in tmux.screen()  # curses left its screen: terminal restored
+
+
+def test_a_c_locale_gets_ascii_bars_and_sparkline(env_factory: Callable[[str], Env]) -> None:
+    """In the C locale curses cannot write block characters (they came out blank)."""
+    env = env_factory(CONFIG)
+    env.start()
+    with Tmux() as tmux:
+        tmux.start(top_argv(env), 120, 40, {"LC_ALL": "C"})
+        screen = hits_until_rate_shows(env, tmux, PATIENCE)
+        assert re.search(r"\[ *[.:=+*#@-][ .:=+*#@-]*\]", screen), screen  # the sparkline
+        assert re.search(r"tcp/2323\s+\d+\s+100%\s+#+", screen), screen  # its bar
+        assert not re.search("[\u2580-\u259f]", screen), screen  # no block character
+        tmux.keys("q")
+        assert tmux.exit_status() == 0
 
 
 def test_ctrl_c_quits_top_cleanly(env_factory: Callable[[str], Env]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from collections.abc import Callable
 from ipaddress import ip_network
 from pathlib import Path
@@ -21,10 +20,11 @@ from porttrap.actions.jobs import CommandJob
 from porttrap.actions.process import Ending
 from porttrap.config.schema import CommandAction, Event, Modes, TrapMode
 from porttrap.model import Ban, Proto
+from scripts import python_script
 from waiting import wait_until
 
 T0 = 1_800_000_000.0
-RECORDER = """#!{python}
+RECORDER = """\
 import json, os, sys
 with open({record!r}, "a") as out:
     env = {{k: v for k, v in os.environ.items() if k.startswith("PORTTRAP_")}}
@@ -36,8 +36,7 @@ def recorder(tmp_path: Path) -> tuple[Path, Callable[[], list[dict[str, Any]]]]:
     """A script that appends its arguments, PORTTRAP_* variables and stdin to a file."""
     record = tmp_path / "record.jsonl"
     script = tmp_path / "record-hook"
-    script.write_text(RECORDER.format(python=sys.executable, record=str(record)))
-    script.chmod(0o755)
+    python_script(script, RECORDER.format(record=str(record)))
 
     def calls() -> list[dict[str, Any]]:
         if not record.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess  # noqa: TID251 - runs the CLI as a user would
 import sys
 from ipaddress import ip_network
@@ -161,7 +162,8 @@ def test_a_closed_pipe_is_not_an_error(config: Path, tmp_path: Path) -> None:
     store.add_bans(bans)
     store.close()
     # far more than a pipe holds, so the write fails once head has gone
-    script = f"{sys.executable} -m porttrap bans --json -c {config} | head -c 1"
+    listing = shlex.join([sys.executable, "-m", "porttrap", "bans", "--json", "-c", str(config)])
+    script = f"{listing} | head -c 1"
     piped = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=False)
     assert piped.stdout == "["
     assert piped.stderr == ""

@@ -241,7 +241,9 @@ def _live(screen: curses.window, poller: Poller, clock: Clock) -> None:
     """Draw after each reading, each key and each resize (and every second, for the times
     shown), until q."""
     styles = _styles()
-    unicode = _unicode(locale.getpreferredencoding(False))
+    # What curses writes in: the C library's codeset. Not Python's preferred encoding, which
+    # is UTF-8 in a C locale too (Python's UTF-8 mode), where block characters come out blank.
+    unicode = _unicode(locale.nl_langinfo(locale.CODESET))
     with contextlib.suppress(curses.error):
         curses.curs_set(0)
         curses.set_escdelay(25)  # Esc quits at once, not after ncurses' default second
