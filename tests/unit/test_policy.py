@@ -60,10 +60,20 @@ def test_first_hit_bans_for_the_base_time() -> None:
 
 
 def test_hits_while_banned_change_nothing() -> None:
-    assert play(make(), [hit(0), hit(10, port=80), hit(H - 1)]) == [
+    assert play(make(), [hit(0), hit(10, port=80), hit(H - 3)]) == [
         (Outcome.BANNED, H),
         (Outcome.ALREADY_BANNED, None),
         (Outcome.ALREADY_BANNED, None),
+    ]
+
+
+def test_a_hit_in_a_bans_last_two_seconds_bans_again() -> None:
+    """The kernel's timer may let the ban go a moment before this clock says: a hit then
+    proves it is gone, and the scanner is banned again (the next ban of the escalation),
+    not let through as 'already banned'."""
+    assert play(make(), [hit(0), hit(H - 1, port=80)]) == [
+        (Outcome.BANNED, H),
+        (Outcome.BANNED, 4 * H),
     ]
 
 

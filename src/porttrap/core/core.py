@@ -97,7 +97,7 @@ from porttrap.errors import UsageError
 from porttrap.model import Ban, Change, Hit, IPNetwork, Outcome, Unban, show
 from porttrap.policy import Policy, Protection
 from porttrap.policy.budget import Bucket
-from porttrap.policy.engine import enforced_under
+from porttrap.policy.engine import ENDING, enforced_under
 from porttrap.sensorspec import GENERATIONS, SensorState, no_ports, spec_from_config
 
 TICK = 0.5  # seconds between ticks: the shell feeds `Tick` this often
@@ -110,7 +110,6 @@ MAINTAIN_EVERY = round(60.0 / TICK)  # ticks between prunings of old hits and qu
 LIST_BANS = 1000  # up to this many bans a check lists them (about 15 ms) and compares each;
 COUNT_EVERY_BANS = 20_000  # above, it counts them (about 0.5 s at 100,000): every check up
 # to this many, then once in (bans / this) checks
-GONE_SLACK = 2.0  # seconds: a ban this close to its end may be gone from the kernel already
 CLOCK_JUMP = 2.0  # seconds of difference between the wall clock's and the monotonic clock's
 # advance from one tick to the next that count as a jump of the wall clock
 STORE_HINT = (
@@ -470,13 +469,13 @@ class Core:
 
     def _must_hold(self, now: float) -> list[Ban]:
         """The bans the kernel must hold now: not one just decided (its batch has not gone
-        out), nor one within `GONE_SLACK` of its end (the kernel may have let it go)."""
+        out), nor one within `ENDING` of its end (the kernel may have let it go)."""
         pending = {change.target for change in self._pending}
         return [
             ban
             for ban in self._kernel_bans(now, self.policy.enforced)
             if ban.target not in pending
-            and (ban.expires_at is None or ban.expires_at - now > GONE_SLACK)
+            and (ban.expires_at is None or ban.expires_at - now > ENDING)
         ]
 
     def _store_failed(self, event: StoreFailed, now: float) -> list[Command]:

@@ -74,6 +74,16 @@ class Verdict:
     ban: Ban | None = None
 
 
+ENDING = 2.0  # seconds: a ban this close to its end may be gone from the kernel already
+
+
+def _ending(ban: Ban, now: float) -> bool:
+    """Whether `ban` is within `ENDING` of its end. A hit from its target then counts (and
+    may ban again): the hit reached a trap, so the kernel has let the ban go, its timer a
+    little ahead of this clock, and a scanner must not slip through the gap."""
+    return ban.expires_at is not None and ban.expires_at - now < ENDING
+
+
 def enforced_under(policy: BanPolicy, ban: Ban) -> bool:
     """Whether `ban` belongs in the kernel under `policy`. A trap ban belongs there when its
     protocol responds with "ban" ("command": the command does the banning; "log": nothing is
@@ -230,7 +240,7 @@ class Policy:
         protected = self.protection.outcome_for(hit.source)
         if protected is not None:
             return protected
-        if self.banned(hit.source, now) is not None:
+        if (ban := self.banned(hit.source, now)) is not None and not _ending(ban, now):
             return Outcome.ALREADY_BANNED
         if not hit.verified:
             # Forged probes naming a real client or a peer would cut the host off from it.
