@@ -77,6 +77,17 @@ def test_a_hit_in_a_bans_last_two_seconds_bans_again() -> None:
     ]
 
 
+def test_the_hits_of_a_burst_never_ban_again_even_when_the_ban_is_short() -> None:
+    """A ban shorter than 2 s is 'ending' from its start: the rest of the burst that made it
+    (read before the kernel had it) must not ban again and again, up to permanent."""
+    short = make(BanPolicy(time=1.0))
+    assert play(short, [hit(0), hit(0.1, port=80), hit(0.5, port=81)]) == [
+        (Outcome.BANNED, 1),
+        (Outcome.ALREADY_BANNED, None),
+        (Outcome.ALREADY_BANNED, None),
+    ]
+
+
 def test_quadratic_escalation_then_permanent() -> None:
     # bans at 0 (1h), after expiry 4h, after that 9h... but the 3rd is permanent by default
     hits = [hit(0), hit(H + 1), hit(H + 1 + 4 * H + 1), hit(10 * DAY)]

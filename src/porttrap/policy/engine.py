@@ -78,10 +78,13 @@ ENDING = 2.0  # seconds: a ban this close to its end may be gone from the kernel
 
 
 def _ending(ban: Ban, now: float) -> bool:
-    """Whether `ban` is within `ENDING` of its end. A hit from its target then counts (and
-    may ban again): the hit reached a trap, so the kernel has let the ban go, its timer a
-    little ahead of this clock, and a scanner must not slip through the gap."""
-    return ban.expires_at is not None and ban.expires_at - now < ENDING
+    """Whether `ban` is within `ENDING` of its end, and has held at least that long. A hit
+    from its target then counts (and may ban again): the hit reached a trap, so the kernel
+    has let the ban go, its timer a little ahead of this clock, and a scanner must not slip
+    through the gap. A ban just made is never ending: the hits of the same burst (a scan's
+    probes, read in one batch before the kernel had the ban) must not ban again and again."""
+    end = ban.expires_at
+    return end is not None and end - now < ENDING and now - ban.banned_at >= ENDING
 
 
 def enforced_under(policy: BanPolicy, ban: Ban) -> bool:
