@@ -15,7 +15,7 @@ from porttrap.fleet import queries
 from porttrap.model import IPNetwork
 
 
-def _fleet(cfg: Config) -> FleetConfig:
+def fleet_config(cfg: Config) -> FleetConfig:
     """The `[fleet]` section with this host's name filled in."""
     if cfg.fleet is None:
         raise UsageError(
@@ -30,13 +30,8 @@ def _fleet(cfg: Config) -> FleetConfig:
     return fleet
 
 
-def fleet_config(cfg: Config) -> FleetConfig:
-    """The `[fleet]` section with this host's name filled in (for `report --fleet`)."""
-    return _fleet(cfg)
-
-
 def bans(cfg: Config, as_json: bool) -> int:
-    with queries.connect(_fleet(cfg)) as conn:
+    with queries.connect(fleet_config(cfg)) as conn:
         rows = queries.active(conn)
     if as_json:
         output.emit_json([_ban_json(r) for r in rows])
@@ -48,7 +43,7 @@ def bans(cfg: Config, as_json: bool) -> int:
 
 
 def history(cfg: Config, target: IPNetwork, limit: int, as_json: bool) -> int:
-    with queries.connect(_fleet(cfg)) as conn:
+    with queries.connect(fleet_config(cfg)) as conn:
         rows = queries.history(conn, target, limit)
     if as_json:
         output.emit_json(
@@ -65,7 +60,7 @@ def history(cfg: Config, target: IPNetwork, limit: int, as_json: bool) -> int:
 def status(cfg: Config, as_json: bool) -> int:
     """This host's link as its daemon tells it, and the hosts as the database tells them;
     either may be missing (the daemon stopped, the database away), and says why."""
-    fleet = _fleet(cfg)
+    fleet = fleet_config(cfg)
     found: dict[str, Any] = {"name": fleet.name, "url": fleet.url}
     try:
         found["link"] = control.request(cfg.control_socket, {"cmd": "fleet"})

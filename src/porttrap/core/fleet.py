@@ -86,8 +86,10 @@ class FleetSide:
         """The changes the rows make here (to the turn's batch), and what else to do."""
         changes: list[Change] = []
         commands: list[Command] = []
+        if self.config is None or not self.config.accept:
+            return changes, commands
         for entry in event.entries:
-            if entry.host == self.name or self.config is None or not self.config.accept:
+            if entry.host == self.name:
                 continue
             self.counts.received += 1
             if entry.kind is FleetKind.BAN and entry.ban is not None:

@@ -23,9 +23,10 @@ role allows); a refused row is skipped, logged once and counted in `bad_rows`, n
 raised. A ban's lift is the first later row (by log id) of kind 'unban' from the same host,
 or of kind 'unban-fleet' from any, on the same target, whose time falls within the ban
 (banned_at <= time < expires_at): the lift the SQLite store records at that time. An unban
-row written here carries its time in `banned_at` and its reason in `reason` (rows.parse
-ignores both on an unban); one without (the daemon's link publishes none today) is lifted at
-the row's commit time (`at`, the database's clock), with a reason naming its host.
+row (outbox.outgoing's, here and from the daemon's link) carries its time in `banned_at`
+and its reason in `reason` (rows.parse ignores both on an unban); one without (a porttrap
+before that, or written by hand) is lifted at the row's commit time (`at`, the database's
+clock), with a reason naming its host.
 
 Reads use this host's clock (`clock`) where rows.parse wants "now" (a ban may not start more
 than a day ahead of it), not the database's: a reader checks what it reads against its own
