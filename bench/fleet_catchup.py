@@ -85,7 +85,8 @@ def wait_all_applied(host: Host, log: Path, count: int) -> dict[str, Any]:
             raise RuntimeError(f"{host.name} exited:\n{host.log_text()}")
         found = events(log)
         connected = [r for r in found if r["event"] == "fleet-connected"]
-        if connected:
+        snapshot = any(r["event"] == "fleet-snapshot" for r in found)
+        if connected and snapshot:
             after = [r for r in found if r["event"] == "applied" and at(r) >= at(connected[0])]
             if sum(int(r["fields"]["changes"]) for r in after) >= count:
                 return {"connected": connected[0], "applied": after}
@@ -114,7 +115,7 @@ def pieces(lab: FleetLab, host: Host) -> dict[str, float]:
         fetched = time.perf_counter()
     parsed = [rows.parse(row) for row in found]
     done = time.perf_counter()
-    entries = tuple(p.fleet_entry() for p in parsed if not isinstance(p, str))
+    entries = tuple(p for p in parsed if not isinstance(p, str))
     assert len(entries) == len(found)
     config = loader.load(host.config)
     policy = Policy(config.ban, config.traps, protection(config))
@@ -167,6 +168,11 @@ def main() -> None:
         connected, applied = at(seen["connected"]), seen["applied"]
         result["connected_to_all_in_kernel_s"] = round(at(applied[-1]) - connected, 3)
         result["kernel_transactions_ms"] = [r["fields"]["kernel_ms"] for r in applied]
+        snapshot = [r for r in events(log) if r["event"] == "fleet-snapshot"]
+        result["snapshot"] = snapshot[0]["fields"] if snapshot else None
+        result["connected_to_snapshot_read_s"] = (
+            round(at(snapshot[0]) - connected, 3) if snapshot else None
+        )
         result["in_kernel"] = kernel_count(joining)
         assert joining.daemon is not None
         result["daemon_cpu_s"] = round(cpu_seconds(joining.daemon.pid), 2)

@@ -4,7 +4,7 @@ left alone, and one refused element not holding back the rest of a batch."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -143,3 +143,58 @@ def test_a_rotation_does_not_take_earlier_damage_as_written(
     netns.run(["nft", "flush", "chain", "inet", "porttrap", "prerouting"])
     backend.rotate("a")
     assert backend.inspect().damaged is not None
+
+
+def record(backend: NftablesBackend, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The nft commands `backend` sends from now on (and sends them)."""
+    sent: list[str] = []
+    run = backend._nft.run
+
+    def recorded(commands: Sequence[str]) -> None:
+        sent.extend(commands)
+        run(commands)
+
+    monkeypatch.setattr(backend._nft, "run", recorded)
+    return sent
+
+
+def test_a_ban_on_a_target_no_ban_set_holds_is_one_add_and_others_replace_the_element(
+    netns: Netns, backend: NftablesBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a setup the backend knows what its ban sets may hold: a ban on another target is
+    added once; one on a target that may be there (restored, or banned since) goes through
+    add, delete, add, so that its new timeout is the kernel's (Debian 12's kernel keeps the
+    old one on a plain add). Each ends in the kernel as it should."""
+    sent = record(backend, monkeypatch)
+    backend.setup([ban("192.0.2.9", 60)], NOW)
+    sent.clear()
+    backend.apply([ban("192.0.2.9", None), ban("198.51.100.1", 600)], NOW)
+    assert sent == [
+        "add element inet porttrap ban_v4 { 192.0.2.9 timeout 1s }",
+        "delete element inet porttrap ban_v4 { 192.0.2.9 }",
+        "add element inet porttrap ban_v4 { 192.0.2.9, 198.51.100.1 timeout 600s }",
+    ]
+    sent.clear()
+    backend.apply([ban("198.51.100.1", 3600)], NOW)  # written since the setup: may be there
+    assert [c.split(" {")[0] for c in sent] == [
+        "add element inet porttrap ban_v4", "delete element inet porttrap ban_v4",
+        "add element inet porttrap ban_v4",
+    ]  # fmt: skip
+    listing = netns.run(["nft", "list", "set", "inet", "porttrap", "ban_v4"])
+    assert "192.0.2.9, 198.51.100.1 timeout 1h expires" in listing, listing
+
+
+def test_a_backend_that_has_not_set_up_its_table_takes_every_target_as_maybe_there(
+    netns: Netns, backend: NftablesBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process (a daemon before a reload, `porttrap ban` offline) may have written
+    the sets: until its own setup, this backend never adds without deleting first."""
+    backend.setup([ban("192.0.2.9", 60)], NOW)
+    with netns.inside():
+        other = NftablesBackend()
+    sent = record(other, monkeypatch)
+    other.apply([ban("192.0.2.9", None)], NOW)
+    assert sent[1] == "delete element inet porttrap ban_v4 { 192.0.2.9 }", sent
+    assert "elements = { 192.0.2.9 }" in netns.run(
+        ["nft", "list", "set", "inet", "porttrap", "ban_v4"]
+    )

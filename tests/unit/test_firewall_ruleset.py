@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from porttrap.firewall.nftsets import nft_time
-from porttrap.firewall.plan import final_states, strongest, timeout_seconds
+from porttrap.firewall.plan import LINGER, Written, final_states, strongest, timeout_seconds
 from porttrap.firewall.ruleset import (
     SETS,
     Ruleset,
@@ -18,7 +18,7 @@ from porttrap.firewall.ruleset import (
     parse_entries,
     place,
 )
-from porttrap.model import Ban, Change, Unban, show
+from porttrap.model import Ban, Change, IPNetwork, Unban, show
 
 DATA = Path(__file__).parent.parent / "data" / "nft"
 NOW = 1_800_000_000.0
@@ -81,7 +81,7 @@ def test_update_adds_deletes_then_adds_each_target() -> None:
         ban("192.0.2.3", None),
         ban("2001:db8::/64", 0.5),
     ]
-    assert Ruleset("pt").update(final_states(changes, NOW), NOW) == [
+    assert Ruleset("pt").update(final_states(changes, NOW).items(), NOW) == [
         "add element inet pt ban_v4 { 192.0.2.1 timeout 1s, 192.0.2.2 timeout 1s, "
         "192.0.2.3 timeout 1s }",
         "add element inet pt ban_net_v6 { 2001:db8::/64 timeout 1s }",
@@ -94,7 +94,7 @@ def test_update_adds_deletes_then_adds_each_target() -> None:
 
 def test_update_of_unbans_only_adds_then_deletes() -> None:
     states = final_states([Unban(ipaddress.ip_network("2001:db8::9"), NOW, "")], NOW)
-    assert Ruleset().update(states, NOW) == [
+    assert Ruleset().update(states.items(), NOW) == [
         "add element inet porttrap ban_v6 { 2001:db8::9 timeout 1s }",
         "delete element inet porttrap ban_v6 { 2001:db8::9 }",
     ]
@@ -160,3 +160,60 @@ def test_final_states_last_change_wins_and_over_bans_lift() -> None:
 def test_nft_times_never_have_more_than_8_digits_in_one_unit(seconds: int, written: str) -> None:
     """nft 1.0.6 refuses '315360000s' ("value too large") and takes '3650d'."""
     assert nft_time(seconds) == written
+
+
+def test_update_only_adds_a_ban_on_a_target_known_absent() -> None:
+    changes: list[Change] = [
+        ban("192.0.2.1", 60),
+        ban("192.0.2.3", None),
+        Unban(ipaddress.ip_network("192.0.2.2"), NOW, ""),
+    ]
+    absent = {ipaddress.ip_network("192.0.2.1"), ipaddress.ip_network("192.0.2.2")}
+    assert Ruleset("pt").update(final_states(changes, NOW).items(), NOW, absent) == [
+        "add element inet pt ban_v4 { 192.0.2.3 timeout 1s, 192.0.2.2 timeout 1s }",
+        "delete element inet pt ban_v4 { 192.0.2.3, 192.0.2.2 }",
+        "add element inet pt ban_v4 { 192.0.2.1 timeout 60s, 192.0.2.3 }",
+    ]
+
+
+def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(text)
+
+
+def test_written_knows_nothing_before_a_replace_and_after_a_teardown() -> None:
+    written = Written()
+    states = list(final_states([ban("192.0.2.1", 60)], NOW).items())
+    assert written.writing(states, NOW) == set()  # before a replace: nothing known
+    written.replaced({}, NOW)
+    assert written.writing(states, NOW) == {net("192.0.2.1")}
+    assert written.writing(states, NOW) == set()  # written just now: may be there
+    written.forget()
+    assert written.writing(states, NOW) == set() and len(written) == 0
+
+
+def test_written_holds_what_was_replaced_or_written_until_lifted_or_long_expired() -> None:
+    def absent(*targets: str) -> set[IPNetwork]:
+        """What a (trial) write of bans on `targets` would find absent, on a copy."""
+        trial = Written()
+        trial.replaced({}, NOW)
+        trial._until = dict(written._until or {})
+        return trial.writing([(net(t), ban(t, 1)) for t in targets], NOW)
+
+    written = Written()
+    written.replaced({net("192.0.2.1"): ban("192.0.2.1", 60)}, NOW)
+    everything = ("192.0.2.1", "192.0.2.2", "2001:db8::/64")
+    states = [
+        (net("192.0.2.2"), ban("192.0.2.2", None)),
+        (net("2001:db8::/64"), ban("2001:db8::/64", 5)),
+    ]
+    assert written.writing(states, NOW) == {net("192.0.2.2"), net("2001:db8::/64")}
+    assert absent(*everything) == set() and len(written) == 3
+    written.lifted([(net("192.0.2.2"), None), (net("2001:db8::/64"), ban("2001:db8::/64", 5))])
+    assert absent(*everything) == {net("192.0.2.2")}
+    written.prune(NOW + 60 + LINGER)  # 192.0.2.1's element expired at +60: may linger
+    assert absent(*everything) == {net("192.0.2.2"), net("2001:db8::/64")}
+    written.prune(NOW + 61 + LINGER)
+    assert len(written) == 0
+    written.writing([(net("192.0.2.2"), ban("192.0.2.2", None))], NOW)
+    written.prune(NOW + 10**9)  # a permanent ban is never forgotten
+    assert absent(*everything) == {net("192.0.2.1"), net("2001:db8::/64")}

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from porttrap.fleet.rows import COLUMNS, SELECT_AFTER, Entry, parse
-from porttrap.model import Ban, Evidence
+from porttrap.fleet.rows import COLUMNS, SELECT_AFTER, lag, parse
+from porttrap.model import Ban, Evidence, FleetEntry, FleetKind
 
 NOW = 1_800_000_000.0  # the database's clock at the read
 AT = NOW - 0.25  # the row's commit
@@ -41,15 +41,14 @@ def row(**changes: Any) -> tuple[Any, ...]:
 
 def test_a_good_ban_row_is_an_entry_with_its_ban_and_lag() -> None:
     target = IPv4Network("203.0.113.7/32")
-    assert parse(row()) == Entry(
+    assert parse(row()) == FleetEntry(
         id=17,
         host="web-1",
-        kind="ban",
+        kind=FleetKind.BAN,
         target=target,
-        ban_id="b-42",
         ban=Ban(target, NOW - 10, NOW + 590, 2, "trap tcp/23", Evidence.VERIFIED),
-        lag=0.25,
     )
+    assert lag(row()) == 0.25
 
 
 @pytest.mark.parametrize(
@@ -67,7 +66,7 @@ def test_a_good_ban_row_is_an_entry_with_its_ban_and_lag() -> None:
 )  # fmt: skip
 def test_good_rows_of_every_shape(changes: dict[str, Any], expected: tuple[Any, ...]) -> None:
     entry = parse(row(**changes))
-    assert isinstance(entry, Entry), entry
+    assert isinstance(entry, FleetEntry), entry
     assert entry.ban is not None
     target, expires_at, evidence = expected
     if target is not None:
@@ -82,13 +81,19 @@ def test_good_rows_of_every_shape(changes: dict[str, Any], expected: tuple[Any, 
 def test_an_unban_ignores_its_ban_columns_whatever_they_hold(kind: str) -> None:
     hostile = row(kind=kind, banned_at=float("nan"), ban_count=-5, reason="\x1b[2J", evidence=3)
     entry = parse(hostile)
-    assert isinstance(entry, Entry), entry
-    assert (entry.kind, entry.ban, entry.target) == (kind, None, IPv4Network("203.0.113.7/32"))
+    assert isinstance(entry, FleetEntry), entry
+    assert (entry.kind, entry.ban, entry.target) == (
+        FleetKind(kind),
+        None,
+        IPv4Network("203.0.113.7/32"),
+    )
 
 
 def test_the_lag_is_the_databases_clock_only_and_never_negative() -> None:
-    assert isinstance(entry := parse(row(at=NOW - 3)), Entry) and entry.lag == 3
-    assert isinstance(entry := parse(row(at=NOW + 3)), Entry) and entry.lag == 0
+    assert lag(row(at=NOW - 3)) == 3
+    assert lag(row(at=NOW + 3)) == 0
+    assert lag(row(at="yesterday")) is None
+    assert lag(()) is None
 
 
 HOSTILE = [
@@ -220,7 +225,7 @@ ANYTHING = st.one_of(
 
 @given(st.tuples(*[ANYTHING] * len(COLUMNS)))
 def test_parse_never_raises_on_any_row(values: tuple[Any, ...]) -> None:
-    assert isinstance(parse(values), Entry | str)
+    assert isinstance(parse(values), FleetEntry | str)
 
 
 @given(st.lists(st.integers(0, len(COLUMNS) - 1), max_size=4, unique=True), st.data())
@@ -231,8 +236,8 @@ def test_parse_never_raises_on_a_good_row_with_any_columns_replaced(
     for column in columns:
         values[column] = data.draw(ANYTHING)
     found = parse(tuple(values))
-    assert isinstance(found, Entry | str)
-    if isinstance(found, Entry) and found.ban is not None:
+    assert isinstance(found, FleetEntry | str)
+    if isinstance(found, FleetEntry) and found.ban is not None:
         assert found.ban.ban_count >= 1 and found.target.prefixlen >= 8
 
 
@@ -257,6 +262,6 @@ def test_every_ban_a_host_can_publish_reads_back_as_it_was(ban: dict[str, Any]) 
     expires_at = None if length is None else start + length
     values = row(**ban, expires_at=expires_at, evidence=evidence.value, now=start, at=start)
     found = parse(values)
-    assert isinstance(found, Entry), found
+    assert isinstance(found, FleetEntry), found
     target = ip_network(ban["target"])
     assert found.ban == Ban(target, start, expires_at, ban["ban_count"], ban["reason"], evidence)

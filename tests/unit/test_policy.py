@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from porttrap.config.schema import BanPolicy, Escalation, Trap
 from porttrap.errors import UsageError
-from porttrap.model import Ban, Hit, Outcome, Proto
+from porttrap.model import Ban, Hit, IPAddress, Outcome, Proto
 from porttrap.policy import Policy, Protection
 from porttrap.policy.engine import ban_duration
 from porttrap.store.base import StoredBan
@@ -378,3 +378,31 @@ def test_expire_does_nothing_before_the_earliest_end() -> None:
     engine.unban(ip_network("198.51.100.2/32"), T0 + 99)
     assert engine.expire(T0 + 100) == []  # lifted: nothing ends
     assert engine._next_end is None
+
+
+ADDRESSES = st.one_of(
+    st.ip_addresses(v=4).map(lambda a: ip_address(int(a))),
+    st.ip_addresses(v=6).map(lambda a: ip_address(int(a))),
+    st.sampled_from(["127.0.0.1", "127.9.9.9", "169.254.3.4", "::1", "fe80::1", "febf::9",
+                     "fec0::1", "192.0.2.1", "2001:db8::1"]).map(ip_address),
+)  # fmt: skip
+
+
+@settings(max_examples=400)
+@given(
+    address=ADDRESSES,
+    guarded=st.lists(ADDRESSES, max_size=3),
+    allow=st.lists(st.sampled_from(["192.0.2.0/24", "2001:db8::/48", "10.0.0.0/8"]), max_size=2),
+    patterns=st.lists(st.sampled_from([r"192\.0\.2\.\d+", r"2001:db8::.*"]), max_size=1),
+)
+def test_free_is_true_only_when_neither_conflict_nor_peer_in_objects(
+    address: IPAddress, guarded: list[IPAddress], allow: list[str], patterns: list[str]
+) -> None:
+    """The fast check a fleet's catch-up makes per address never lets through an address that
+    the full checks protect: own, allow list, patterns, loopback, sessions, peers."""
+    protection = Protection([ip_network(n) for n in allow], guarded[:1], patterns)
+    protection.set_sessions(guarded[1:2])
+    protection.set_gateways(guarded[2:])
+    target = ip_network(address)
+    full = protection.conflict(target) is None and protection.peer_in(target) is None
+    assert protection.free(address) == full, (address, guarded, allow, patterns)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from porttrap import log
+from porttrap import heap, log
 from porttrap.clock import Clock
 from porttrap.config.fleet import tls_warning
 from porttrap.config.schema import Config, FleetConfig
@@ -25,6 +25,8 @@ from porttrap.fleet.link import FleetLink, LinkFigures
 from porttrap.fleet.outbox import Outbox, outgoing
 from porttrap.model import FleetEntry, IPAddress
 from porttrap.sensors import sessions
+
+BULK = 1000  # rows in one delivery from which the bans go out at once, as a bulk operation
 
 
 class FleetShell:
@@ -62,7 +64,13 @@ class FleetShell:
         self.link.publish(outgoing(command.changes, command.fleet_wide))
 
     def _entries(self, entries: list[FleetEntry]) -> None:
-        self._feed(e.FleetReceived(tuple(entries), _clients()))
+        event = e.FleetReceived(tuple(entries), _clients())
+        if len(entries) < BULK:
+            self._feed(event)
+            return
+        with heap.bulk():  # a catch-up: 100,000 bans, see porttrap.heap
+            self._feed(event)
+            self._feed(e.TurnEnded())  # into the kernel now, the collector still paused
 
     async def close(self) -> None:
         if self._task is not None:

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 from porttrap import log
 from porttrap.errors import FirewallError
 from porttrap.firewall.base import Inspection, KernelEntry
 from porttrap.firewall.kernel import JsonCommand, Nft
 from porttrap.firewall.objects import NftObjects, made_here
-from porttrap.firewall.plan import final_states, strongest
+from porttrap.firewall.plan import Written, final_states, strongest
 from porttrap.firewall.ruleset import SETS, Ruleset, parse_entries
 from porttrap.firewall.sensor_rules import SensorRules
 from porttrap.firewall.watch_rules import WatchRules
@@ -57,19 +57,23 @@ class NftablesBackend:
         self._watch: WatchRules | None = None  # the watch of the last setup
         self._gateways: frozenset[IPAddress] = frozenset()  # ... and the gateways it holds
         self._shape: str | None = None  # the digest of the table as porttrap last wrote it
+        self._written = Written()  # what the ban sets may hold: a ban on another is one add
 
     def setup(self, bans: Sequence[Ban], now: float, sensor: SensorState | None = None) -> None:
         """Replace porttrap's table in one transaction: stray elements go, missing ones come,
         and the watch and the kernel sensor come with it as `sensor` says (None: bans only).
         In connect mode `sensor.spec` watches no protocol: only the watch is made."""
-        commands = self._rules.replace(strongest(bans, now), now)
+        held = strongest(bans, now)
+        commands = self._rules.replace(held, now)
         watch, rules = None, None
         if sensor is not None:
             watch = WatchRules(self._rules.table, sensor.spec)
             commands += watch.create(sensor.gateways)
             rules = SensorRules(self._rules.table, sensor.spec)
             commands += rules.create(sensor.served, sensor.generation)
+        self._written.forget()
         self._run(commands)
+        self._written.replaced(held, now)
         self._shape = self._objects.shape(self._rules.table)
         self._watch = watch
         self._sensor = rules if rules is not None and rules.spec.protos else None
@@ -79,15 +83,19 @@ class NftablesBackend:
     def apply(self, changes: Sequence[Change], now: float) -> None:
         """The changes in one transaction per `CHUNK` targets; if the kernel refuses one, each
         of its targets on its own, so that one bad element does not hold back the others. A
-        ban already over at `now` lifts the target, as the kernel would have by then."""
+        ban already over at `now` lifts the target, as the kernel would have by then. A ban on
+        a target that no ban set can hold (`Written`) is one element operation, not three."""
         states = list(final_states(changes, now).items())
         failed: list[IPNetwork] = []
         for start in range(0, len(states), CHUNK):
-            chunk = dict(states[start : start + CHUNK])
+            chunk = states[start : start + CHUNK]
+            absent = self._written.writing(chunk, now)
             try:
-                self._run(self._rules.update(chunk, now))
+                self._run(self._rules.update(chunk, now, absent))
             except FirewallError as err:
                 failed += self._apply_each(chunk, now, err)
+            else:
+                self._written.lifted(chunk)
         if failed:
             raise FirewallError(_partial_failure(failed, len(states)))
 
@@ -95,7 +103,9 @@ class NftablesBackend:
         """Nothing: every timed ban is an element with a kernel timeout."""
 
     def maintain(self, now: float) -> None:
-        """Nothing: the kernel's timeouts are long enough for any ban."""
+        """Forget the bans whose elements the kernel removed long since (the kernel's timeouts
+        are long enough for any ban)."""
+        self._written.prune(now)
 
     def entries(self) -> list[KernelEntry]:
         """The bans: `list set` of each ban set, never of the table, whose watch and block
@@ -130,6 +140,7 @@ class NftablesBackend:
         return Inspection(entries=held, count=number)
 
     def teardown(self) -> None:
+        self._written.forget()
         self._run(self._rules.remove())
         self._shape = None
         self._sensor, self._served = None, no_ports()
@@ -210,7 +221,7 @@ class NftablesBackend:
             ) from err
 
     def _apply_each(
-        self, states: Mapping[IPNetwork, Ban | None], now: float, err: FirewallError
+        self, states: Sequence[tuple[IPNetwork, Ban | None]], now: float, err: FirewallError
     ) -> list[IPNetwork]:
         """The targets the kernel refused, trying each on its own."""
         if not self.present():
@@ -218,11 +229,11 @@ class NftablesBackend:
                 f"{err} (porttrap's table inet {self._rules.table} is missing: it is created "
                 "when the daemon starts, or by `setup`)"
             ) from err
-        return [target for target, ban in states.items() if not self._apply_one(target, ban, now)]
+        return [target for target, ban in states if not self._apply_one(target, ban, now)]
 
     def _apply_one(self, target: IPNetwork, ban: Ban | None, now: float) -> bool:
         try:
-            self._run(self._rules.update({target: ban}, now))
+            self._run(self._rules.update([(target, ban)], now))
         except FirewallError as err:
             action = "unban" if ban is None else "ban"
             log.event(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from porttrap.model import Ban, Change, IPNetwork
 
@@ -38,3 +38,61 @@ def final_states(changes: Sequence[Change], now: float) -> dict[IPNetwork, Ban |
         held = change if isinstance(change, Ban) and change.active(now) else None
         states[change.target] = held
     return states
+
+
+# Seconds after its kernel timeout that an element is still taken as possibly there: the
+# kernel removes an expired element on its next garbage collection, and the wall clock that
+# `now` reads may step back.
+LINGER = 3600.0
+
+
+class Written:
+    """The targets a backend may have put in its ban sets since it last replaced them, each
+    until when (`now`'s clock; inf: permanent). A target not held here is in no ban set: the
+    table is porttrap's own and the last replace left only the targets it was given. Before a
+    first replace nothing is known, and every target may be there."""
+
+    def __init__(self) -> None:
+        self._until: dict[IPNetwork, float] | None = None
+
+    def replaced(self, bans: Mapping[IPNetwork, Ban], now: float) -> None:
+        """The ban sets now hold exactly `bans`."""
+        self._until = {}
+        self.writing(bans.items(), now)
+
+    def forget(self) -> None:
+        """The ban sets may hold anything (the table was removed: a later one is not ours)."""
+        self._until = None
+
+    def writing(self, states: Iterable[tuple[IPNetwork, Ban | None]], now: float) -> set[IPNetwork]:
+        """The bans of `states` are being written (before the transaction: one that fails
+        may still have written some). Returns those of their targets known to be in no ban
+        set until now (none before a first replace)."""
+        absent: set[IPNetwork] = set()
+        until = self._until
+        if until is None:
+            return absent
+        for target, ban in states:
+            if ban is not None:
+                if target not in until:
+                    absent.add(target)
+                seconds = timeout_seconds(ban, now)
+                until[target] = math.inf if seconds is None else now + seconds
+        return absent
+
+    def lifted(self, states: Iterable[tuple[IPNetwork, Ban | None]]) -> None:
+        """The unbans of `states` were written: those targets are in no ban set."""
+        if self._until is not None:
+            for target, ban in states:
+                if ban is None:
+                    self._until.pop(target, None)
+
+    def prune(self, now: float) -> None:
+        """Forget the targets whose element the kernel has removed long since."""
+        if self._until is not None:
+            gone = [t for t, until in self._until.items() if until + LINGER < now]
+            for target in gone:
+                del self._until[target]
+
+    def __len__(self) -> int:
+        return 0 if self._until is None else len(self._until)

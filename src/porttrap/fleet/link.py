@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 
-from porttrap import log
+from porttrap import heap, log
 from porttrap.clock import Clock
 from porttrap.config.schema import FleetConfig
 from porttrap.fleet import rows
@@ -241,8 +241,22 @@ class FleetLink:
         if self.figures.position == 0 or top - self.figures.position > SNAPSHOT_BEHIND:
             now = self._clock.now()
             params = {"top": top, "now": now, "since": now - self._forget_after}
+            started = self._clock.monotonic()
             cur = await work.execute(_SNAPSHOT, params)
-            self._deliver(await cur.fetchall())
+            queried = self._clock.monotonic()
+            with heap.collector_paused():  # 100,000 new rows: see porttrap.heap
+                found = await cur.fetchall()
+                fetched = self._clock.monotonic()
+                self._deliver(found)
+            log.event(
+                "fleet-snapshot",
+                logging.INFO,
+                rows=len(found),
+                position=top,
+                query_ms=round((queried - started) * 1000, 1),
+                fetch_ms=round((fetched - queried) * 1000, 1),
+                handled_ms=round((self._clock.monotonic() - fetched) * 1000, 1),
+            )
             await self._advance(top)
         await self._read(work)
 
@@ -265,9 +279,10 @@ class FleetLink:
                 self.figures.refused_rows += 1
                 log.event("fleet-row-refused", logging.WARNING, problem=parsed)
                 continue
-            self.figures.receive_lag = parsed.lag
             if parsed.host != self.name:
-                entries.append(parsed.fleet_entry())
+                entries.append(parsed)
+        if found and (lag := rows.lag(found[-1])) is not None:
+            self.figures.receive_lag = lag
         self.figures.received += len(entries)
         if entries:
             self._on_entries(entries)

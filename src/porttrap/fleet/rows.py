@@ -1,8 +1,9 @@
 """Rows of the fleet's shared log, read back (pure: no driver, no clock, no I/O).
 
-Every host can write to the log, so a row is input from outside: `parse` turns one into an
-`Entry` or says, naming the row's id and host, why it is refused. A refused row never reaches
-a kernel. `parse` never raises, whatever the row holds.
+Every host can write to the log, so a row is input from outside: `parse` turns one into a
+`FleetEntry` or says, naming the row's id and host, why it is refused. A refused row never
+reaches a kernel. `parse` never raises, whatever the row holds. A catch-up parses 100,000
+rows at once, so the common row (one address, verified or not) takes the short way.
 
 `SELECT_AFTER` is the query whose rows `parse` takes (`COLUMNS_SQL`, in `COLUMNS`' order): the
 times as epoch seconds, `now` being the database's clock at the read, so that the lag (how
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any, Final
 
@@ -26,7 +27,6 @@ from porttrap.model import (
     IPNetwork,
     ban_problem,
     show,
-    single_network,
     unmap_network,
 )
 
@@ -72,30 +72,19 @@ _NEVER_SPANS: Final = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One checked row of the shared log: `ban` for a ban, None for an unban (whose ban
-    columns, if any, are ignored). `lag`: seconds from the row's commit to the read."""
-
-    id: int
-    host: str
-    kind: str
-    target: IPNetwork
-    ban_id: str
-    ban: Ban | None
-    lag: float
-
-    def fleet_entry(self) -> FleetEntry:
-        """The row as the core takes it."""
-        return FleetEntry(self.id, self.host, FleetKind(self.kind), self.target, self.ban)
+_KINDS: Final = {kind.value: kind for kind in FleetKind}
+_EVIDENCE: Final = {evidence.value: evidence for evidence in Evidence}
+_SINGLE: Final = {"32": (socket.AF_INET, 4), "128": (socket.AF_INET6, 6)}
+_MAPPED: Final = 0xFFFF  # ::ffff:a.b.c.d, an IPv4 address written as IPv6
 
 
 class _Refused(ValueError):
     """Why a row is refused (internal: `parse` returns the text)."""
 
 
-def parse(row: Sequence[Any]) -> Entry | str:
-    """The row as an `Entry`, or the problem: "fleet log row ID from HOST: what is wrong"."""
+def parse(row: Sequence[Any]) -> FleetEntry | str:
+    """The row as a `FleetEntry` (`ban` for a ban, None for an unban, whose ban columns, if
+    any, are ignored), or the problem: "fleet log row ID from HOST: what is wrong"."""
     try:
         return _entry(row)
     except _Refused as refused:
@@ -124,38 +113,76 @@ def _cut(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _entry(row: Sequence[Any]) -> Entry:
+def lag(row: Sequence[Any]) -> float | None:
+    """Seconds from the commit of a row `parse` took to its read (None: not such a row)."""
+    try:
+        return max(0.0, _number(row[-1], "now") - _number(row[-2], "at"))
+    except (_Refused, IndexError, TypeError):
+        return None
+
+
+def _entry(row: Sequence[Any]) -> FleetEntry:
     if not isinstance(row, tuple | list) or len(row) != len(COLUMNS):
         raise _Refused(f"not a row of {len(COLUMNS)} columns")
     id_, host, kind, target, ban_id, banned_at, expires_at, count, reason, evidence, at, now = row
-    if not (isinstance(id_, int) and not isinstance(id_, bool) and 0 < id_ < 2**63):
+    if not (type(id_) is int and 0 < id_ < 2**63):
         raise _Refused(f"id {_cut(id_)} is not a positive 64-bit integer")
     if not (isinstance(host, str) and HOST_NAME.fullmatch(host)):
         raise _Refused(f"host {_cut(host)} is not a host name")
-    if kind not in KINDS:
+    fleet_kind = _KINDS.get(kind) if isinstance(kind, str) else None
+    if fleet_kind is None:
         raise _Refused(f"kind {_cut(kind)} is not one of {', '.join(KINDS)}")
     network = _target(target)
     if not (isinstance(ban_id, str) and 1 <= len(ban_id) <= MAX_BAN_ID and ban_id.isprintable()):
         raise _Refused(f"ban_id {_cut(ban_id)} is not 1 to {MAX_BAN_ID} printable characters")
     read_at = _number(now, "the database's clock (now)")
-    lag = max(0.0, read_at - _number(at, "at"))
+    _number(at, "at")
     ban = None
-    if kind == "ban":
+    if fleet_kind is FleetKind.BAN:
         ban = _ban(network, (banned_at, expires_at, count, reason, evidence), read_at)
-    return Entry(id_, host, kind, network, ban_id, ban, lag)
+    return FleetEntry(id_, host, fleet_kind, network, ban)
 
 
 def _target(value: Any) -> IPNetwork:
+    if type(value) is str and (single := _single(value)) is not None:
+        return single
     network = unmap_network(_network(value))
     version, prefix = network.version, network.prefixlen
     if prefix < WIDEST[version]:
         raise _Refused(f"target {network} is wider than /{WIDEST[version]}: no scanner is that big")
     first = int(network.network_address)
     last = first | ((1 << (network.max_prefixlen - prefix)) - 1)
+    if (never := _never(version, first, last)) is not None:
+        raise _Refused(f"target {show(network)} is in {never}, no address to ban")
+    return network
+
+
+def _single(value: str) -> IPNetwork | None:
+    """The common row, a single address as cidr::text writes it ("203.0.113.7/32"), checked on
+    its number before any object is made; None when it is not that (the long way decides)."""
+    address, _, prefix = value.partition("/")
+    family = _SINGLE.get(prefix)
+    if family is None or len(address) > 45:
+        return None
+    try:
+        number = int.from_bytes(socket.inet_pton(family[0], address))
+    except OSError:
+        return None
+    version = family[1]
+    if version == 6 and number >> 32 == _MAPPED:
+        number, version = number & 0xFFFFFFFF, 4
+    network = IPv4Network(number) if version == 4 else IPv6Network(number)
+    if (never := _never(version, number, number)) is not None:
+        raise _Refused(f"target {show(network)} is in {never}, no address to ban")
+    return network
+
+
+def _never(version: int, first: int, last: int) -> IPNetwork | None:
+    """The network of NEVER that the addresses first..last touch, if any."""
     for low, high, never in _NEVER_SPANS[version]:
         if first <= high and last >= low:
-            raise _Refused(f"target {show(network)} is in {never}, no address to ban")
-    return network
+            return never
+    return None
 
 
 def _network(value: Any) -> IPNetwork:
@@ -163,12 +190,6 @@ def _network(value: Any) -> IPNetwork:
         return value
     if not isinstance(value, str) or len(value) > 64:
         raise _Refused(f"target {_cut(value)} is not an address or network")
-    # The common row, a single address as cidr::text writes it ("203.0.113.7/32"), the fast
-    # way: a catch-up reads 100,000 of them.
-    address, _, prefix = value.partition("/")
-    single = single_network(address) if prefix in ("32", "128") else None
-    if single is not None and single.max_prefixlen == int(prefix):
-        return single
     try:
         return ip_network(value)
     except ValueError:
@@ -189,9 +210,10 @@ def _ban(target: IPNetwork, columns: tuple[Any, ...], read_at: float) -> Ban:
         raise _Refused(f"ban_count {count} is above {MAX_BAN_COUNT:,}")
     if not (isinstance(reason, str) and len(reason) <= MAX_REASON and reason.isprintable()):
         raise _Refused(f"reason {_cut(reason)} is not up to {MAX_REASON} printable characters")
-    if evidence not in (Evidence.VERIFIED.value, Evidence.UNVERIFIED.value):
+    found = _EVIDENCE.get(evidence) if isinstance(evidence, str) else None
+    if found is None:
         raise _Refused(f"evidence {_cut(evidence)} is not verified or unverified")
-    return Ban(target, start, end, count, reason, Evidence(evidence))
+    return Ban(target, start, end, count, reason, found)
 
 
 def _number(value: Any, column: str) -> float:

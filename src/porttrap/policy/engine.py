@@ -367,6 +367,10 @@ class Policy:
         return None if seconds is None else ban.banned_at + seconds
 
     def _fleet_protected(self, target: IPNetwork, clients: frozenset[IPAddress]) -> str | None:
+        single = target.prefixlen == target.max_prefixlen
+        address = target.network_address
+        if single and address not in clients and self.protection.free(address):
+            return None
         if why := self.protection.conflict(target):
             return why
         if peer := self.protection.peer_in(target):

@@ -74,7 +74,10 @@ class Past:
         """`count` once the ban of `target` made at `at` is counted, counting it only if it
         is not already (the fleet may deliver one twice)."""
         times = self._of(verified).get(target)
-        if times is None or at not in times:
+        if times is None:  # the usual case in a catch-up: a target never banned here
+            self.add(target, at, verified)
+            return 1 if at > horizon else 0
+        if at not in times:
             self.add(target, at, verified)
         return self.count(target, verified, horizon)
 

@@ -10,6 +10,10 @@ from collections.abc import Iterable
 
 from porttrap.model import IPAddress, IPNetwork, Outcome
 
+_LOOPBACK_V4 = 127  # 127.0.0.0/8, by its first 8 bits
+_LINK_LOCAL_V4 = 0xA9FE  # 169.254.0.0/16, by its first 16 bits
+_LINK_LOCAL_V6 = 0x3FA  # fe80::/10, by its first 10 bits
+
 
 class Protection:
     """Answers 'may this address or network be banned?' with the reason when it may not.
@@ -30,6 +34,7 @@ class Protection:
         self._patterns = tuple(re.compile(pattern) for pattern in patterns)
         self._gateways: frozenset[IPAddress] = frozenset()
         self._sessions: frozenset[IPAddress] = frozenset()
+        self._guarded: frozenset[IPAddress] = self._own  # own, sessions and gateways: `free`
 
     @property
     def own(self) -> frozenset[IPAddress]:
@@ -37,6 +42,7 @@ class Protection:
 
     def set_own(self, own: Iterable[IPAddress]) -> None:
         self._own = frozenset(own)
+        self._guard()
 
     @property
     def sessions(self) -> frozenset[IPAddress]:
@@ -45,6 +51,7 @@ class Protection:
     def set_sessions(self, peers: Iterable[IPAddress]) -> None:
         """The peers of the live SSH sessions to this host: never banned by anything."""
         self._sessions = frozenset(peers)
+        self._guard()
 
     @property
     def gateways(self) -> frozenset[IPAddress]:
@@ -54,11 +61,32 @@ class Protection:
         """The host's gateways and next hops (its routes): a forged probe in their name must
         not cut the host's routing."""
         self._gateways = frozenset(gateways)
+        self._guard()
 
     def take_peers(self, other: Protection) -> None:
         """Carry what the protection this one replaces learnt while running (a reload): the
         gateways and sessions."""
         self._gateways, self._sessions = other._gateways, other._sessions
+        self._guard()
+
+    def _guard(self) -> None:
+        self._guarded = self._own | self._sessions | self._gateways
+
+    def free(self, address: IPAddress) -> bool:
+        """True when nothing here protects `address`, nor makes it a peer: the question
+        `conflict` and `peer_in` answer (False when either would object), asked in one go for
+        a single address (a host joining a fleet asks it 100,000 times)."""
+        number = int(address)
+        if address.version == 4:
+            if number >> 24 == _LOOPBACK_V4 or number >> 16 == _LINK_LOCAL_V4:
+                return False
+        elif number == 1 or number >> 118 == _LINK_LOCAL_V6:
+            return False
+        if address in self._guarded:
+            return False
+        if self._allow and any(address in net for net in self._allow):
+            return False
+        return not self._patterns or not any(p.fullmatch(str(address)) for p in self._patterns)
 
     def peer(self, address: IPAddress) -> bool:
         """A peer the daemon knows of: a gateway, or a link-local address (a neighbour on the
