@@ -330,3 +330,44 @@ def test_each_example_explains_its_choices(example: Path) -> None:
         if "#" not in lines[n] and not lines[n - 1].lstrip().startswith("#")
     ]
     assert not bare, f"settings with no comment: {bare}"
+
+
+# -- log events -------------------------------------------------------------------------------
+
+SOURCE = ROOT / "src" / "porttrap"
+LOGGING = DOCS / "logging.md"
+# An event's name as the code writes it: log.event("name", ...), fields("name", ...) for lines
+# logged with a traceback, the core's Log("name", ...); a watcher's FailureLog("name") logs
+# name-failed and name-recovered.
+EVENT_CALL = re.compile(r"(?<![\w.])(?:log\.)?(?:event|fields|Log)\(\s*\"([a-z][a-z0-9-]*)\"")
+FAILURE_LOG = re.compile(r"FailureLog\(\"([a-z-]+)\"")
+# Names the code builds: the ban lines (effects.log_change), the summaries of bulk batches.
+BUILT = {"ban", "permanent-ban", "bulk-ban", "bulk-permanent-ban", "bulk-unban"}
+
+
+def _code_events() -> set[str]:
+    names: set[str] = set()
+    for path in SOURCE.rglob("*.py"):
+        text = path.read_text()
+        names.update(EVENT_CALL.findall(text))
+        for name in FAILURE_LOG.findall(text):
+            names.update({f"{name}-failed", f"{name}-recovered"})
+    return names
+
+
+def _documented_events() -> set[str]:
+    """The events named in the catalog of docs/logging.md (the table `| about | events |`)."""
+    text = LOGGING.read_text()
+    table = text[text.index("| about | events |") :].split("\n\n")[0]
+    return set(re.findall(r"`([a-z][a-z0-9-]*)`", table))
+
+
+def test_every_event_the_code_logs_is_in_the_catalog() -> None:
+    missing = sorted(_code_events() - _documented_events())
+    assert len(_code_events()) > 100, "the event pattern no longer finds the code's events"
+    assert not missing, f"events logged by the code, not in docs/logging.md's table: {missing}"
+
+
+def test_every_event_of_the_catalog_is_logged_by_the_code() -> None:
+    unknown = sorted(_documented_events() - _code_events() - BUILT)
+    assert not unknown, f"docs/logging.md names events the code never logs: {unknown}"
