@@ -125,15 +125,21 @@ def test_every_key_of_the_configuration_reference_is_one_the_loader_accepts(
     assert not unknown, f"{_rel(REFERENCE)} shows keys the loader refuses: {unknown}"
 
 
-def test_the_reference_blocks_load_as_a_configuration() -> None:
-    """Each TOML block of the reference is a valid configuration (the trap lists and the
-    protections it must not lack apart: those are checked by the examples)."""
-    for match in FENCE.finditer(REFERENCE.read_text()):
-        if match.group(1) == "toml":
-            try:
-                loader.load_text(match.group(2), None)
-            except ConfigError as err:
-                pytest.fail(f"a TOML block of {_rel(REFERENCE)} does not load: {err}")
+def test_every_toml_block_of_the_docs_loads_as_a_configuration() -> None:
+    """A snippet on any page (a section of the reference, an action, a log output, the fleet)
+    is a valid configuration by itself: no misspelt key, no value the loader refuses."""
+    blocks = [
+        (page, match.group(2))
+        for page in PAGES
+        for match in FENCE.finditer(page.read_text())
+        if match.group(1) == "toml"
+    ]
+    assert len(blocks) >= 7
+    for page, block in blocks:
+        try:
+            loader.load_text(block, None)
+        except ConfigError as err:
+            pytest.fail(f"a TOML block of {_rel(page)} does not load: {err}")
 
 
 # -- commands and options shown in the docs against the parser ------------------------------
