@@ -218,6 +218,33 @@ def test_every_command_and_option_in_the_docs_exists() -> None:
     assert not found, "\n".join(found)
 
 
+# Options of other programs that the docs show on their own: ipset's and iptables' SET -exist.
+# The benchmarks page is left out: its spans are nmap's, hping3's and the bench scripts'.
+OTHER_PROGRAMS = frozenset({"--exist", "-exist"})
+LONE_OPTION = re.compile(r"(--?[a-zA-Z][\w-]*)(?:[ =]\S+)?")
+
+
+def _all_options(parser: argparse.ArgumentParser) -> set[str]:
+    found = set(_options(parser))
+    for child in (_subcommands(parser) or {}).values():
+        found |= _all_options(child)
+    return found
+
+
+def test_every_option_shown_on_its_own_exists() -> None:
+    """`--keep-database`, `-n 5`: an option named in the text without its command is one of
+    some command's."""
+    known = _all_options(build_parser()) | OTHER_PROGRAMS
+    found = [
+        f"{_rel(page)}: `{span}`"
+        for page in PAGES
+        if page.name != "benchmarks.md"
+        for span in INLINE.findall(FENCE.sub("", page.read_text()))
+        if (lone := LONE_OPTION.fullmatch(span)) and lone.group(1) not in known
+    ]
+    assert not found, f"options no command has: {found}"
+
+
 def test_the_command_check_sees_the_commands() -> None:
     """The check above is not vacuous: it reads the docs' commands and catches a wrong one."""
     root = build_parser()
