@@ -1,4 +1,4 @@
-"""Make docs/report.png, the README's picture of `porttrap report`: a realistic week of a
+"""Make docs/report.png, the picture of `porttrap report`: a realistic week of a
 store (a telnet botnet, a SYN sweep, an IPv6 stealth scanner, a UDP prober, an RDP scanner,
 background noise; escalating bans, permanent ones, one lifted by hand, one network ban), the
 report rendered from it and screenshotted in headless Chromium.

@@ -1,4 +1,4 @@
-"""Make docs/top.png, the README's picture of `porttrap top`: the real daemon in a network
+"""Make docs/top.png, the picture of `porttrap top`: the real daemon in a network
 namespace, a minute of scans from another one (fresh addresses probing telnet, RDP, SMB, VNC
 ... over TCP, some several ports at once, SNMP and SIP over UDP, a botnet burst on telnet, the
 admin's own allow-listed scanner, two returning scanners whose earlier bans the database

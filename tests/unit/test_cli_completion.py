@@ -141,7 +141,7 @@ def _bash_completion() -> Path:
 def test_bash_completion_loads_the_script_from_the_documented_places(
     bash_script: Path, tmp_path: Path, place: str, load: str
 ) -> None:
-    """The README and `completion --help` name /etc/bash_completion.d/porttrap and
+    """docs/commands.md and `completion --help` name /etc/bash_completion.d/porttrap and
     /usr/local/share/bash-completion/completions/porttrap; here both are moved under tmp_path
     through the variables bash-completion reads them from."""
     installed = tmp_path / place

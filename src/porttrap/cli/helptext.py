@@ -90,7 +90,7 @@ _FILES_AND_EXIT_CODES = _text("""
       130  interrupted (Ctrl-C)
 
     More: porttrap COMMAND --help for each command; every configuration key is described
-    in porttrap's README.md.
+    in porttrap's docs/configuration.md.
     """)
 
 
