@@ -380,7 +380,7 @@ class Monitor:
 def counter_read_ms(env: Env) -> float:
     """What one read of the sensor's counters costs the daemon (the netlink dump of
     `NftablesBackend.sensor_counters`, in the protected namespace), median of 3, in ms. Before
-    the netlink reader (docs/benchmarks.md), this measured libnftables' `list counters`."""
+    the netlink reader (BENCHMARKS.md), this measured libnftables' `list counters`."""
     times = []
     with env.srv.inside():
         objects = NftObjects()

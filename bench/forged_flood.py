@@ -374,7 +374,7 @@ def ban_figures(env: Env, events: EventLog, family: int, started: float) -> dict
 
 
 def summary(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """The figures of the tables in docs/benchmarks.md."""
+    """The figures of the tables in BENCHMARKS.md."""
     samples, flood_s = result["daemon"], args.seconds
     during = [s for s in samples if s["t"] <= flood_s + 0.5]
     rss = [s["rss_mib"] for s in samples]

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 REFERENCE = DOCS / "configuration.md"
 EXAMPLES = sorted((DOCS / "examples").glob("*.toml"))
-PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted(DOCS.rglob("*.md"))]
 
 # Pages written on other branches at the same time (issue 15: prefix bans; issue 16: the Debian
 # package, CLI conventions, notifications). The README links them already; the lead removes
@@ -238,7 +238,7 @@ def test_every_option_shown_on_its_own_exists() -> None:
     found = [
         f"{_rel(page)}: `{span}`"
         for page in PAGES
-        if page.name != "benchmarks.md"
+        if page.name != "BENCHMARKS.md"
         for span in INLINE.findall(FENCE.sub("", page.read_text()))
         if (lone := LONE_OPTION.fullmatch(span)) and lone.group(1) not in known
     ]

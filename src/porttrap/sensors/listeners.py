@@ -164,7 +164,7 @@ def dump(sock: socket.socket, seq: int = 1) -> Reply:
 
     The kernel builds each datagram inside the recv that asks for it, so a dump never waits on
     a non-blocking socket. It costs CPU, mostly parsing: a median of 0.4 ms for 50 serving
-    sockets, 4.7 ms for 1000 (docs/benchmarks.md); connections cost nothing, the kernel skips them.
+    sockets, 4.7 ms for 1000 (BENCHMARKS.md); connections cost nothing, the kernel skips them.
     Raises OSError when the kernel refuses a dump or it does not finish."""
     discard_pending(sock)
     listeners: list[Listener] = []
