@@ -109,7 +109,8 @@ def pieces(lab: FleetLab, host: Host) -> dict[str, float]:
     with conn:
         top = conn.execute("SELECT max(id) FROM porttrap.log").fetchone()
         now = wall()
-        params = {"top": top[0] if top else 0, "now": now, "since": now - 90 * 86400}
+        params = {"top": top[0] if top else 0, "now": now, "since": now - 90 * 86400,
+                  "after": 0, "page": 10**9}  # fmt: skip
         started = time.perf_counter()
         found = conn.execute(link._SNAPSHOT, params).fetchall()
         fetched = time.perf_counter()

@@ -14,6 +14,7 @@ would: over TCP from other namespaces, scram-sha-256, TLS verify-full against th
 
 from __future__ import annotations
 
+import asyncio
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -30,8 +31,12 @@ from bridge import Bridge, Plugged
 from netns import Netns
 from pgcluster import Address, CertAuthority, PgCluster
 from porttrap.cli import main as cli
+from porttrap.clock import SystemClock
+from porttrap.config.schema import FleetConfig
 from porttrap.errors import FleetError
-from porttrap.fleet import admin, rows
+from porttrap.fleet import admin, link, rows
+from porttrap.fleet.link import FleetLink
+from porttrap.fleet.outbox import Outbox
 from porttrap.fleet.schema import CHANNEL, VERSION
 from porttrap.model import Evidence, FleetEntry
 from waiting import PATIENCE, wait_until
@@ -392,3 +397,50 @@ def test_rows_read_with_select_after_parse_into_the_bans_published(fleet: Fleet)
         "fleet log row 3 from web-1: target 0.0.0.0/0 is wider than /8: no scanner is that big"
     )
     assert isinstance(fourth, str) and "ahead of the database's clock" in fourth
+
+
+def test_a_snapshot_read_in_pages_brings_every_active_ban_once(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link of a host that joins (no position) reads the active bans in pages of
+    SNAPSHOT_PAGE rows (7 here: 17 bans are three pages), each handed over as it comes, and
+    leaves out the bans lifted since; its position is then the log's end."""
+    monkeypatch.setattr(link, "SNAPSHOT_PAGE", 7)
+    now = BAN.replace("1.8e9", "extract(epoch FROM now())")
+    unban = (
+        "INSERT INTO porttrap.log (host, kind, target, ban_id) VALUES (%s, 'unban', %s, %s)"
+        " RETURNING id"
+    )
+    with closing(fleet.connect(fleet.web1, "web-1", "pw-one")) as conn:
+        for n in range(1, 21):
+            conn.execute(now, ("web-1", f"203.0.113.{n}", f"b{n}"))
+        for n in (2, 9, 16):
+            top = conn.execute(unban, ("web-1", f"203.0.113.{n}", f"u{n}")).fetchone()
+        conn.commit()
+    assert top is not None
+    config = FleetConfig(fleet.cluster.url_for(admin.role_for("web.2")), name="web.2")
+    deliveries: list[list[FleetEntry]] = []
+
+    async def joining() -> int:
+        made = FleetLink(
+            config, "pw-two", Outbox(tmp_path), clock=SystemClock(),
+            on_entries=deliveries.append, on_link=lambda _up, _error: None,
+            forget_after=90 * 86400.0,
+        )  # fmt: skip
+        await made.open()
+        task = asyncio.create_task(made.run())
+        try:
+            while made.figures.position < top[0]:
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await made.close()
+        return made.figures.position
+
+    with fleet.web2.netns.inside():  # the link's sockets are made in web.2's namespace
+        position = asyncio.run(asyncio.wait_for(joining(), PATIENCE))
+    assert position == top[0]
+    assert [len(batch) for batch in deliveries] == [7, 7, 3]
+    banned = [str(entry.target.network_address) for batch in deliveries for entry in batch]
+    assert banned == [f"203.0.113.{n}" for n in range(1, 21) if n not in (2, 9, 16)]

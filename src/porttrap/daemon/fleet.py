@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from porttrap import heap, log
+from porttrap import log
 from porttrap.clock import Clock
 from porttrap.config.fleet import tls_warning
 from porttrap.config.schema import Config, FleetConfig
@@ -68,9 +68,9 @@ class FleetShell:
         if len(entries) < BULK:
             self._feed(event)
             return
-        with heap.bulk():  # a catch-up: 100,000 bans, see porttrap.heap
-            self._feed(event)
-            self._feed(e.TurnEnded())  # into the kernel now, the collector still paused
+        self._feed(event)
+        self._feed(e.TurnEnded())  # into the kernel now (a snapshot's page: the link paused
+        # the cycle collector for the whole snapshot, see porttrap.heap)
 
     async def close(self) -> None:
         if self._task is not None:

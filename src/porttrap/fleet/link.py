@@ -64,14 +64,15 @@ _SNAPSHOT = (  # constants only: every value is a parameter
     "WITH lifted AS MATERIALIZED (SELECT id, host, kind, target FROM porttrap.log"  # noqa: S608
     " WHERE kind IN ('unban', 'unban-fleet') AND id <= %(top)s) "
     + rows.SELECT
-    + """ AS l WHERE l.id <= %(top)s AND l.kind = 'ban'
+    + """ AS l WHERE l.id > %(after)s AND l.id <= %(top)s AND l.kind = 'ban'
       AND (l.expires_at IS NULL OR l.expires_at > %(now)s OR l.banned_at > %(since)s)
       AND NOT EXISTS (
         SELECT 1 FROM lifted AS u
         WHERE u.target = l.target AND u.id > l.id
           AND (u.kind = 'unban-fleet' OR u.host = l.host))
-    ORDER BY l.id"""
+    ORDER BY l.id LIMIT %(page)s"""
 )
+SNAPSHOT_PAGE = 25_000  # rows of the snapshot read at once: the next page is read meanwhile
 _PUBLISH = """INSERT INTO porttrap.log (host, kind, target, ban_id, banned_at, expires_at,
     ban_count, reason, evidence) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
     ON CONFLICT (host, kind, ban_id) DO NOTHING"""
@@ -239,26 +240,52 @@ class FleetLink:
         top = int(row[0]) if row else 0
         self.figures.end = max(self.figures.end, top)
         if self.figures.position == 0 or top - self.figures.position > SNAPSHOT_BEHIND:
-            now = self._clock.now()
-            params = {"top": top, "now": now, "since": now - self._forget_after}
-            started = self._clock.monotonic()
-            cur = await work.execute(_SNAPSHOT, params)
-            queried = self._clock.monotonic()
-            with heap.collector_paused():  # 100,000 new rows: see porttrap.heap
-                found = await cur.fetchall()
-                fetched = self._clock.monotonic()
-                self._deliver(found)
-            log.event(
-                "fleet-snapshot",
-                logging.INFO,
-                rows=len(found),
-                position=top,
-                query_ms=round((queried - started) * 1000, 1),
-                fetch_ms=round((fetched - queried) * 1000, 1),
-                handled_ms=round((self._clock.monotonic() - fetched) * 1000, 1),
-            )
+            await self._snapshot(work, top)
             await self._advance(top)
         await self._read(work)
+
+    async def _snapshot(self, work: psycopg.AsyncConnection[Any], top: int) -> None:
+        """Every active ban of the log up to row `top`, by pages: while one page becomes bans
+        here (parsed, adopted, into the kernel), the database reads the next one. The cycle
+        collector waits meanwhile (100,000 new objects: see porttrap.heap)."""
+        now = self._clock.now()
+        params = {"top": top, "now": now, "since": now - self._forget_after, "page": SNAPSHOT_PAGE}
+        started = self._clock.monotonic()
+        count = 0
+        waited = 0.0  # seconds spent waiting for the database
+        ask: asyncio.Task[list[tuple[Any, ...]]] | None = None
+        with heap.bulk():
+            try:
+                ask = asyncio.ensure_future(self._page(work, params | {"after": 0}))
+                while ask is not None:
+                    asked = self._clock.monotonic()
+                    found = await ask
+                    waited += self._clock.monotonic() - asked
+                    ask = None
+                    if len(found) == SNAPSHOT_PAGE:
+                        after = params | {"after": found[-1][0]}
+                        ask = asyncio.ensure_future(self._page(work, after))
+                        await asyncio.sleep(0)  # the query is sent before this page is handled
+                    self._deliver(found)
+                    count += len(found)
+            finally:
+                if ask is not None:  # the link failed while a page was read
+                    ask.cancel()
+                    await asyncio.gather(ask, return_exceptions=True)
+        log.event(
+            "fleet-snapshot",
+            logging.INFO,
+            rows=count,
+            position=top,
+            seconds=round(self._clock.monotonic() - started, 3),
+            database_wait_s=round(waited, 3),
+        )
+
+    async def _page(
+        self, work: psycopg.AsyncConnection[Any], params: dict[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        cur = await work.execute(_SNAPSHOT, params)
+        return await cur.fetchall()
 
     async def _read(self, work: psycopg.AsyncConnection[Any]) -> None:
         while True:
