@@ -402,9 +402,11 @@ def test_rows_read_with_select_after_parse_into_the_bans_published(fleet: Fleet)
 def test_a_snapshot_read_in_pages_brings_every_active_ban_once(
     fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The link of a host that joins (no position) reads the active bans in pages of
-    SNAPSHOT_PAGE rows (7 here: 17 bans are three pages), each handed over as it comes, and
-    leaves out the bans lifted since; its position is then the log's end."""
+    """The link of a host that joins (no position) reads the active bans in pages, the first
+    of SNAPSHOT_FIRST rows, the others of SNAPSHOT_PAGE (3 and 7 here: 17 bans are three
+    pages, then an empty one), each handed over as it comes, and leaves out the bans lifted
+    since; its position is then the log's end."""
+    monkeypatch.setattr(link, "SNAPSHOT_FIRST", 3)
     monkeypatch.setattr(link, "SNAPSHOT_PAGE", 7)
     now = BAN.replace("1.8e9", "extract(epoch FROM now())")
     unban = (
@@ -441,6 +443,6 @@ def test_a_snapshot_read_in_pages_brings_every_active_ban_once(
     with fleet.web2.netns.inside():  # the link's sockets are made in web.2's namespace
         position = asyncio.run(asyncio.wait_for(joining(), PATIENCE))
     assert position == top[0]
-    assert [len(batch) for batch in deliveries] == [7, 7, 3]
+    assert [len(batch) for batch in deliveries] == [3, 7, 7]
     banned = [str(entry.target.network_address) for batch in deliveries for entry in batch]
     assert banned == [f"203.0.113.{n}" for n in range(1, 21) if n not in (2, 9, 16)]

@@ -76,8 +76,8 @@ class Written:
             if ban is not None:
                 if target not in until:
                     absent.add(target)
-                seconds = timeout_seconds(ban, now)
-                until[target] = math.inf if seconds is None else now + seconds
+                # The kernel's timeout ends within a second of it (`timeout_seconds`): LINGER
+                until[target] = math.inf if ban.expires_at is None else ban.expires_at
         return absent
 
     def lifted(self, states: Iterable[tuple[IPNetwork, Ban | None]]) -> None:
