@@ -42,6 +42,22 @@ def test_jobs_run_in_order_off_the_callers_thread() -> None:
     assert {name for _, name in seen} == {"porttrap-store"}
 
 
+def test_jobs_submitted_while_held_wait_until_the_hold_ends_and_close_ends_it() -> None:
+    writer = StoreWriter()
+    writer.start()
+    seen: list[int] = []
+    with writer.held():
+        writer.submit(lambda: seen.append(1))
+        done = writer.barrier()
+        assert not done.done() and seen == [] and writer.pending == 2
+    done.result(timeout=60)
+    assert seen == [1]
+    with writer.held():
+        writer.submit(lambda: seen.append(2))
+        writer.close()  # the daemon stops during a hold: everything is still written
+        assert seen == [1, 2]
+
+
 def test_a_failing_job_is_retried_in_order_until_it_succeeds(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -9,17 +9,19 @@ start with the fix. The link then runs as one task on the loop until the daemon 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from porttrap import log
+from porttrap import heap, log
 from porttrap.clock import Clock
 from porttrap.config.fleet import tls_warning
 from porttrap.config.schema import Config, FleetConfig
 from porttrap.core import commands as c
 from porttrap.core import events as e
 from porttrap.core.snapshot import FleetFigures
+from porttrap.daemon.writer import StoreWriter
 from porttrap.fleet.credentials import read_password
 from porttrap.fleet.link import FleetLink, LinkFigures
 from porttrap.fleet.outbox import Outbox, outgoing
@@ -32,7 +34,13 @@ BULK = 1000  # rows in one delivery from which the bans go out at once, as a bul
 class FleetShell:
     """The outbox, the link and its task; `feed` gives the core its events."""
 
-    def __init__(self, config: Config, clock: Clock, feed: Callable[[e.Event], None]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        feed: Callable[[e.Event], None],
+        writer: StoreWriter | None = None,
+    ) -> None:
         fleet = config.fleet
         assert fleet is not None and fleet.name is not None
         self.config: FleetConfig = fleet
@@ -47,6 +55,7 @@ class FleetShell:
             on_entries=self._entries,
             on_link=lambda up, error: self._feed(e.FleetLinkChanged(up, error)),
             forget_after=config.ban.forget_after,
+            bulk=lambda: _bulk(writer),
         )
         self._task: asyncio.Task[None] | None = None
 
@@ -111,6 +120,14 @@ class FleetShell:
             "received": f.received,
             "refused_rows": f.refused_rows,
         }
+
+
+@contextlib.contextmanager
+def _bulk(writer: StoreWriter | None) -> Iterator[None]:
+    """Around a snapshot: the cycle collector paused (see porttrap.heap), and the history's
+    writes wait until the bans are in the kernel."""
+    with heap.bulk(), writer.held() if writer is not None else contextlib.nullcontext():
+        yield
 
 
 def _clients() -> frozenset[IPAddress]:

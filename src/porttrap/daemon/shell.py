@@ -140,7 +140,7 @@ class Shell:
             return None
         from porttrap.daemon.fleet import FleetShell  # psycopg: only for a fleet
 
-        fleet = FleetShell(config, self.clock, self._feed_alone)
+        fleet = FleetShell(config, self.clock, self._feed_alone, self.writer)
         self._effects[c.Publish] = fleet.publish
         return fleet
 

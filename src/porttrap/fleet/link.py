@@ -20,6 +20,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +110,7 @@ class FleetLink:
         on_entries: Callable[[list[FleetEntry]], None],
         on_link: Callable[[bool, str | None], None],
         forget_after: float,
+        bulk: Callable[[], AbstractContextManager[None]] = heap.bulk,
     ) -> None:
         assert config.name is not None, "the fleet name is resolved before the link is made"
         self.name = config.name
@@ -119,6 +121,7 @@ class FleetLink:
         self._on_entries = on_entries
         self._on_link = on_link
         self._forget_after = forget_after
+        self._bulk = bulk  # around a snapshot: the cycle collector paused, and so on
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-outbox")
         self._wake = asyncio.Event()
         self._queued: list[float] = []  # monotonic times of outbox adds not yet published
@@ -257,7 +260,7 @@ class FleetLink:
         waited = 0.0  # seconds spent waiting for the database
         first: float | None = None  # seconds until the first page was read
         ask: asyncio.Task[list[tuple[Any, ...]]] | None = None
-        with heap.bulk():
+        with self._bulk():
             try:
                 asking = params | {"after": 0, "page": first_page}
                 ask = asyncio.ensure_future(self._page(work, asking))
