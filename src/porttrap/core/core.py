@@ -63,6 +63,7 @@ from porttrap.core.events import (
     AdminBan,
     AdminUnban,
     BlocksRotated,
+    ClientsChanged,
     CountersRead,
     FirewallChecked,
     FirewallFailed,
@@ -184,6 +185,7 @@ class Core:
             FleetReceived: self._fleet_received,
             FleetLinkChanged: self._fleet_link,
             SessionsChanged: self._sessions,
+            ClientsChanged: self._clients,
             GatewaysChanged: self._gateways,
             ReloadRequested: self._reload_requested,
             ReloadInvalid: self._reload_invalid,
@@ -575,6 +577,11 @@ class Core:
         protection.set_sessions(event.peers)
         why = "the peer of a live SSH session to this host: never banned by a trap hit"
         return [Log("session-protected", logging.INFO, {"peer": p, "why": why}) for p in new]
+
+    def _clients(self, event: ClientsChanged, _now: float) -> list[Command]:
+        """The host's live clients: a prefix ban decided from now on leaves them out."""
+        self.policy.protection.set_clients(event.peers)
+        return []
 
     def _gateways(self, event: GatewaysChanged, _now: float) -> list[Command]:
         """The routes' gateways: protected in the policy, and in the kernel's peer set."""

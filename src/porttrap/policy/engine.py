@@ -681,9 +681,12 @@ class Policy:
     def unban_all(self, target: IPNetwork, now: float, reason: str = "manual") -> list[Unban]:
         """`unban`, and for a prefix the pieces a carve left of its ban: an admin names the
         prefix, the kernel holds the pieces."""
-        pieces = [
+        if target.prefixlen == target.max_prefixlen:
+            return [self.unban(target, now, reason)]
+        pieces = [  # a piece of one address is held with the single-address bans
             t
-            for t, ban in self._active_nets.items()
+            for bans in (self._active_nets, self._active)
+            for t, ban in bans.items()
             if t != target and t.version == target.version and prefix_of(ban.reason) == target
         ]
         return [self.unban(target, now, reason), *(self.unban(t, now, reason) for t in pieces)]
