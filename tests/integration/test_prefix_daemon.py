@@ -33,6 +33,10 @@ def add_addresses(env: Env, ipv4: list[str], ipv6: list[str]) -> None:
     env.srv.run(["ip", "-6", "route", "add", "2001:db8:2::/48", "dev", here])
 
 
+def dropped(env: Env, source: str) -> Callable[[], bool]:
+    return lambda: not tcp_works(env.atk, source, SRV4, SERVICE)
+
+
 def config(backend: str, prefix: str) -> str:
     return (
         f'[traps]\ntcp = ["{TRAP}"]\nudp = []\n[firewall]\nbackend = "{backend}"\n'
@@ -69,8 +73,7 @@ def test_three_scanners_from_one_24_ban_it_but_not_the_allow_listed_address(
     assert tcp_works(env.atk, bystander, SRV4, SERVICE)
     for scanner in scanners:
         assert tcp_works(env.atk, scanner, SRV4, TRAP)
-        banned = f"{scanner} banned"
-        wait_until(lambda s=scanner: not tcp_works(env.atk, s, SRV4, SERVICE), PATIENCE, banned)
+        wait_until(dropped(env, scanner), PATIENCE, f"{scanner} banned")
     wait_until(lambda: not tcp_works(env.atk, bystander, SRV4, SERVICE), PATIENCE, "the /24 banned")
     assert tcp_works(env.atk, ALLOWED, SRV4, SERVICE)  # carved out of the prefix ban
     bans = env.recorded_bans(8)  # the /24 less one address: 8 CIDRs, the sources' bans ended

@@ -375,3 +375,23 @@ def test_config_reads_the_section() -> None:
     assert cfg.ban.prefix == replace(PrefixPolicy(), v6_source=64, v4=(24, 16), spread=3)
     assert cfg.ban.prefix.lengths(6) == (56, 48)
     assert not load_text("", None).ban.prefix.on
+
+
+def test_network_bans_are_found_by_length_however_many() -> None:
+    from porttrap.policy.netbans import SCAN_BELOW, NetBans
+
+    nets = NetBans()
+    for n in range(SCAN_BELOW * 4):
+        target = ip_network(f"2001:db8:{n:x}::/48")
+        nets[target] = Ban(target, T0, T0 + H, 1, "manual")
+    nets[ip_network(f"{NET}.0/24")] = Ban(ip_network(f"{NET}.0/24"), T0, None, 1, "manual")
+    found = nets.covering(ip_address("2001:db8:3f:1::1"), T0)
+    assert found is not None and found.target == ip_network("2001:db8:3f::/48")
+    assert nets.covering(ip_address("2001:db8:ffff::1"), T0) is None
+    assert nets.covering(ip_address(f"{NET}.9"), T0) is not None
+    assert nets.covering(ip_address("2001:db8:3f::1"), T0 + H) is None  # it has ended
+    nets.pop(ip_network(f"{NET}.0/24"))
+    del nets[ip_network("2001:db8:3f::/48")]
+    assert nets.covering(ip_address(f"{NET}.9"), T0) is None
+    assert nets.covering(ip_address("2001:db8:3f::1"), T0) is None
+    assert nets.pop(ip_network("2001:db8:ffff::/48")) is None

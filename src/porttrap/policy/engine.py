@@ -47,6 +47,7 @@ from porttrap.model import (
 )
 from porttrap.policy.budget import Budget
 from porttrap.policy.escalation import Past, ban_duration
+from porttrap.policy.netbans import NetBans
 from porttrap.policy.prefix import Evidence as SpreadEvidence
 from porttrap.policy.prefix import Note, Spread, carve, prefix_of, prefix_reason, source_unit
 from porttrap.policy.protect import Protection
@@ -124,7 +125,7 @@ class Policy:
         self._past = Past()
         self._spread = Spread(policy.prefix)
         self._active: dict[IPNetwork, Ban] = {}
-        self._active_nets: dict[IPNetwork, Ban] = {}
+        self._active_nets = NetBans()
         # The earliest end of the timed bans (it may have been lifted since): `expire` does
         # nothing before it. A heap of ends would find each end at once, but at 100,000 bans
         # it costs 10 MiB; one pass over the bans when something is due costs 3 ms.
@@ -694,20 +695,14 @@ class Policy:
     def covering(self, address: IPAddress, now: float) -> Ban | None:
         """The active network ban that holds `address`, if any (what `unban ADDRESS` names
         when the address has no ban of its own)."""
-        return next(
-            (b for b in self._active_nets.values() if address in b.target and b.active(now)),
-            None,
-        )
+        return self._active_nets.covering(address, now)
 
     def banned(self, address: IPAddress, now: float) -> Ban | None:
         """The active ban covering `address`, if any."""
         ban = self._active.get(as_network(address))
         if ban is not None and ban.active(now):
             return ban
-        for net_ban in self._active_nets.values():
-            if address in net_ban.target and net_ban.active(now):
-                return net_ban
-        return None
+        return self._active_nets.covering(address, now)
 
     def enforced(self, ban: Ban) -> bool:
         """Whether `ban` belongs in the kernel (`enforced_under` the current settings)."""
