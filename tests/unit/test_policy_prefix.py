@@ -395,3 +395,25 @@ def test_network_bans_are_found_by_length_however_many() -> None:
     assert nets.covering(ip_address(f"{NET}.9"), T0) is None
     assert nets.covering(ip_address("2001:db8:3f::1"), T0) is None
     assert nets.pop(ip_network("2001:db8:ffff::/48")) is None
+
+
+def test_an_admins_permanent_ban_inside_an_ipv6_prefix_stays() -> None:
+    policy = make(prefixed(spread=0, v6_source=64))
+    policy.ban([ip_network("2001:db8:1:2::7")], T0, permanent=True)
+    verdict = policy.on_hit(hit(0, "2001:db8:1:2::66"), T0)
+    assert bans_of(verdict) == ["2001:db8:1:2::/64"]
+    assert active(policy) == {"2001:db8:1:2::/64", "2001:db8:1:2::7/128"}
+
+
+def test_a_longer_network_ban_inside_that_outlasts_the_prefix_stands_in_the_way() -> None:
+    """The kernel's interval sets cannot hold a /64 inside a /56: the /56 waits."""
+    policy = make(prefixed(spread=2, v6_source=64))
+    first = policy.on_hit(hit(0, "2001:db8:0:1::1"), T0)
+    assert first.ban is not None
+    policy.expire(T0 + H)
+    again = policy.on_hit(hit(H, "2001:db8:0:1::1"), T0 + H)  # its second ban: 4 h
+    assert again.ban is not None and again.ban.ban_count == 2
+    other = policy.on_hit(hit(H + 1, "2001:db8:0:2::1"), T0 + H + 1)  # the /56 would last 1 h
+    assert [n.event for n in other.notes] == ["prefix-refused"]
+    assert "2001:db8:0:1::/64 stands in the way" in other.notes[0].why
+    assert active(policy, H + 1) == {"2001:db8:0:1::/64", "2001:db8:0:2::/64"}

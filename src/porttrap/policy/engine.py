@@ -293,8 +293,9 @@ class Policy:
         holes = self.protection.inside(unit)
         pieces = carve(unit, [hole for hole, _ in holes], self.policy.prefix.max_pieces)
         notes: list[Note] = []
-        if pieces and self._blocking(unit, now) is None:
-            ended = self._cover(unit, None, now, single=True)
+        expires = self._expiry(unit, base, verified, now)
+        if pieces and self._blocking(unit, expires, now) is None:
+            ended = self._cover(unit, expires, now)
             bans = self._pieces(unit, pieces, now, base, reason=reason, verified=verified)
             if holes:
                 notes.append(_carved_note(unit, holes, len(pieces)))
@@ -326,9 +327,16 @@ class Policy:
             self._remember(ban)
         return bans
 
-    def _blocking(self, prefix: IPNetwork, now: float) -> Ban | None:
-        """An active network ban that a ban of `prefix` cannot replace: one around it, or one
-        inside it made by an admin (or adopted from the fleet as one)."""
+    def _expiry(self, target: IPNetwork, base: float, verified: bool, now: float) -> float | None:
+        """When the next ban of `target` would end (None: never)."""
+        count = self._count_past(target, now, verified) + 1
+        seconds = ban_duration(self.policy, base, count, verified)
+        return None if seconds is None else now + seconds
+
+    def _blocking(self, prefix: IPNetwork, expires: float | None, now: float) -> Ban | None:
+        """An active network ban that a ban of `prefix` ending at `expires` cannot replace:
+        one around it, or one inside it made by an admin (or adopted from the fleet as one)
+        or lasting longer (the kernel's interval sets cannot hold both)."""
         for ban in self._active_nets.values():
             other = ban.target
             if other == prefix or other.version != prefix.version or not other.overlaps(prefix):
@@ -336,6 +344,8 @@ class Policy:
             if not ban.active(now):
                 continue
             if other.prefixlen <= prefix.prefixlen or not self._replaceable(ban):
+                return ban
+            if not _ends_by(ban, expires):
                 return ban
         return None
 
@@ -369,16 +379,15 @@ class Policy:
         if not pieces:
             why = _too_many(prefix, holes) if pieces is None else "all of it is protected"
             return [], [Note("prefix-refused", prefix, why)]
-        if (blocking := self._blocking(prefix, now)) is not None:
+        expires = self._expiry(prefix, self.policy.time, found.verified, now)
+        if (blocking := self._blocking(prefix, expires, now)) is not None:
             why = f"the ban on {show(blocking.target)} stands in the way ({blocking.reason})"
             return [], [Note("prefix-refused", prefix, why)]
         if not found.verified and not self._budget.take(prefix.network_address, now):
             why = "over the budget for bans on evidence that can be forged"
             return [], [Note("prefix-refused", prefix, why)]
         reason = prefix_reason(prefix, found.sources, len(holes))
-        count = self._count_past(prefix, now, found.verified) + 1
-        seconds = ban_duration(self.policy, self.policy.time, count, found.verified)
-        ended = self._cover(prefix, None if seconds is None else now + seconds, now)
+        ended = self._cover(prefix, expires, now)
         base = self.policy.time
         bans = self._pieces(prefix, pieces, now, base, reason=reason, verified=found.verified)
         self._spread.clear(prefix)
@@ -388,13 +397,11 @@ class Policy:
             notes.append(_carved_note(prefix, holes, len(pieces)))
         return [*ended, *bans], notes
 
-    def _cover(
-        self, prefix: IPNetwork, expires: float | None, now: float, single: bool = False
-    ) -> list[Change]:
-        """End the bans inside `prefix` that would end no later than its ban (`expires`; with
-        `single`, whenever they end): the prefix ban covers them. They keep counting toward
-        their escalation (this is no forgiveness). One pass over the bans: prefix bans are
-        few, each needs `spread` bans first."""
+    def _cover(self, prefix: IPNetwork, expires: float | None, now: float) -> list[Change]:
+        """End the bans inside `prefix` that would end no later than its ban (`expires`): the
+        prefix ban covers them. They keep counting toward their escalation (this is no
+        forgiveness); a single address's ban that outlasts it stays. One pass over the bans:
+        prefix bans are few, each needs `spread` bans first."""
         version, shift = prefix.version, prefix.max_prefixlen - prefix.prefixlen
         first = int(prefix.network_address) >> shift
         inside = [
@@ -408,8 +415,7 @@ class Policy:
         why = f"covered by the prefix ban on {show(prefix)}"
         ended: list[Change] = []
         for ban in inside:
-            end = ban.expires_at
-            if single or (end is not None and (expires is None or end <= expires)):
+            if _ends_by(ban, expires):
                 self._forget(ban.target)
                 ended.append(Unban(ban.target, now, why))
         return ended
@@ -768,3 +774,9 @@ def _carved_note(prefix: IPNetwork, holes: Sequence[tuple[IPNetwork, str]], piec
     spared = ", ".join(f"{show(hole)} ({what})" for hole, what in holes[:5])
     more = f" and {len(holes) - 5} more" if len(holes) > 5 else ""
     return Note("prefix-carved", prefix, f"left out {spared}{more}: banned as {pieces} CIDRs")
+
+
+def _ends_by(ban: Ban, expires: float | None) -> bool:
+    """Whether `ban` ends no later than `expires` (None: never)."""
+    end = ban.expires_at
+    return expires is None or (end is not None and end <= expires)
