@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from crafted import Probe, send
 from daemon_env import SRV4, SRV6, Env, tcp_works
 
 from waiting import PATIENCE, wait_until
@@ -59,6 +60,25 @@ def test_an_ipv6_scanner_rotating_inside_its_64_is_dropped_at_the_second_address
     assert tcp_works(env.atk, ELSEWHERE, SRV6, SERVICE)  # another /64: not the scanner's
     (ban,) = env.recorded_bans(1)
     assert (ban["address"], ban["reason"]) == ("2001:db8:2:1::/64", f"trap:tcp/{TRAP}")
+
+
+def test_in_stealth_mode_probes_from_two_addresses_of_a_64_ban_it(
+    env_factory: Callable[[str], Env],
+) -> None:
+    """Probes can be forged, so two are needed (`confirm`): from two addresses of one /64
+    they count as one source's, and the /64 is banned (on forgeable evidence)."""
+    env = env_factory(
+        f'[traps]\nmode = "stealth"\ntcp = ["{TRAP}"]\nudp = []\n[ban.prefix]\nv6_source = 64\n'
+    )
+    add_addresses(env, [], [*ROTATING, ELSEWHERE])
+    env.start()
+    first, second, third = ROTATING
+    send(env.atk, [Probe(first, SRV6, TRAP, "syn"), Probe(second, SRV6, TRAP, "syn")], 0.05)
+    wait_until(lambda: env.in_set("ban_net_v6", "2001:db8:2:1::/64"), PATIENCE, "/64 banned")
+    assert not tcp_works(env.atk, third, SRV6, SERVICE)
+    assert tcp_works(env.atk, ELSEWHERE, SRV6, SERVICE)
+    (ban,) = env.recorded_bans(1)
+    assert (ban["address"], ban["evidence"]) == ("2001:db8:2:1::/64", "unverified")
 
 
 @pytest.mark.parametrize("backend", ["nftables", "ipset"])
