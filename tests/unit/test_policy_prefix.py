@@ -5,7 +5,7 @@ ending, carve-outs around every protected address, expiry and escalation."""
 from __future__ import annotations
 
 from dataclasses import replace
-from ipaddress import IPv4Network, ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,6 +15,7 @@ from porttrap.model import Ban, Change, Hit, IPNetwork, Outcome, Proto, Unban
 from porttrap.policy import Policy, Protection
 from porttrap.policy.engine import Verdict
 from porttrap.policy.prefix import Spread, carve, prefix_of, prefix_reason, source_unit
+from porttrap.store.base import StoredBan
 
 T0 = 1_800_000_000.0
 H = 3600.0
@@ -417,3 +418,48 @@ def test_a_longer_network_ban_inside_that_outlasts_the_prefix_stands_in_the_way(
     assert [n.event for n in other.notes] == ["prefix-refused"]
     assert "2001:db8:0:1::/64 stands in the way" in other.notes[0].why
     assert active(policy, H + 1) == {"2001:db8:0:1::/64", "2001:db8:0:2::/64"}
+
+
+def test_a_restored_carved_prefix_ban_counts_once_toward_its_escalation() -> None:
+    policy = make(prefixed(spread=2), allow=(f"{NET}.77",))
+    made = play(policy, hit(0, f"{NET}.1"), hit(1, f"{NET}.2"))[1]
+    pieces = [StoredBan(c) for c in made.more if isinstance(c, Ban)]
+    assert len(pieces) == 8
+    restored = make(prefixed(spread=2), allow=(f"{NET}.77",))
+    restored.restore(pieces, T0 + 2 * H)  # all ended by now
+    again = play(restored, hit(2 * H, f"{NET}.3"), hit(2 * H + 1, f"{NET}.4"))[1]
+    assert {
+        c.ban_count for c in again.more if isinstance(c, Ban) and c.reason[:7] == "prefix "
+    } == {2}
+
+
+_v6_low = st.integers(min_value=0, max_value=2**64 - 1)
+
+
+@st.composite
+def _v6_case(draw: st.DrawFn) -> tuple[list[IPNetwork], list[IPNetwork], list[str]]:
+    """Protected networks and addresses, and sources, inside 2001:db8::/62 (four /64s)."""
+
+    def address() -> int:
+        return (0x20010DB8 << 96) | (draw(st.integers(0, 3)) << 64) | draw(_v6_low)
+
+    allow: list[IPNetwork] = []
+    for _ in range(draw(st.integers(0, 4))):
+        length = draw(st.sampled_from([128, 128, 120, 96, 64]))
+        allow.append(IPv6Network((address() >> (128 - length) << (128 - length), length)))
+    own: list[IPNetwork] = [IPv6Network(address()) for _ in range(draw(st.integers(0, 2)))]
+    sources = [str(IPv6Address(address())) for _ in range(draw(st.integers(1, 20)))]
+    return allow, own, sources
+
+
+@settings(max_examples=100, deadline=None)
+@given(case=_v6_case(), spread=st.integers(2, 3))
+def test_no_ipv6_prefix_ban_covers_a_protected_address(
+    case: tuple[list[IPNetwork], list[IPNetwork], list[str]], spread: int
+) -> None:
+    allow, own, sources = case
+    protection = Protection(allow, [o.network_address for o in own])
+    policy = Policy(prefixed(spread=spread, v6_source=64, v6=(63, 62)), (), protection)
+    for n, source in enumerate(sources):
+        policy.on_hit(hit(n, source), T0 + n)
+    _assert_spares(policy, [*allow, *own], T0 + len(sources))
