@@ -463,3 +463,13 @@ def test_no_ipv6_prefix_ban_covers_a_protected_address(
     for n, source in enumerate(sources):
         policy.on_hit(hit(n, source), T0 + n)
     _assert_spares(policy, [*allow, *own], T0 + len(sources))
+
+
+def test_a_carve_is_no_forgiveness_the_prefix_keeps_its_count() -> None:
+    policy = make(prefixed(spread=2))
+    play(policy, hit(0, f"{NET}.1"), hit(1, f"{NET}.2"))
+    policy.reconfigure(prefixed(spread=2), (), Protection([ip_network(f"{NET}.64/26")]), T0 + 5)
+    policy.expire(T0 + 2 * H)
+    again = play(policy, hit(2 * H, f"{NET}.3"), hit(2 * H + 1, f"{NET}.4"))[1]
+    counts = {c.ban_count for c in again.more if isinstance(c, Ban) and c.reason[:7] == "prefix "}
+    assert counts == {2}

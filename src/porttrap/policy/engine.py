@@ -244,8 +244,8 @@ class Policy:
         pieces = carve(target, holes, self.policy.prefix.max_pieces)
         if not self._replaceable(ban) or not pieces:
             return [self.unban(target, now, why)]
-        lifted = self.unban(target, now, f"{why}; carved out")
-        self._past.add(target, ban.banned_at, ban.verified)  # the carve is no forgiveness
+        self._forget(target)  # not `unban`: the carve is no forgiveness, the count stays
+        lifted = Unban(target, now, f"{why}; carved out")
         kept = [replace(ban, target=piece) for piece in pieces]
         for piece in kept:
             self._remember(piece)
