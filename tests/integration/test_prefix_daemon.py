@@ -4,11 +4,14 @@ the /24 on either backend, while an allow-listed address inside it still connect
 
 from __future__ import annotations
 
+import errno
+import socket
+import sys
 from collections.abc import Callable
 
 import pytest
 from crafted import Probe, send
-from daemon_env import SRV4, SRV6, Env, tcp_works
+from daemon_env import SRV4, SRV6, Env, open_socket, tcp_works
 
 from waiting import PATIENCE, wait_until
 
@@ -20,6 +23,14 @@ SCANNER_NET = "203.0.113"  # the attacker side's /24, on the attacker's link
 ALLOWED = f"{SCANNER_NET}.50"
 ROTATING = [f"2001:db8:2:1::{n}" for n in (10, 11, 12)]  # one /64
 ELSEWHERE = "2001:db8:2:2::10"  # the next /64
+HELD = 8081
+HOLD = (  # a service whose connections stay open: their peers are live clients
+    "import socket\n"
+    f"s = socket.create_server(('0.0.0.0', {HELD}))\n"
+    "held = []\n"
+    "while True:\n"
+    "    held.append(s.accept()[0])\n"
+)
 
 
 def add_addresses(env: Env, ipv4: list[str], ipv6: list[str]) -> None:
@@ -110,3 +121,23 @@ def test_three_scanners_from_one_24_ban_it_but_not_the_allow_listed_address(
     assert f"inside the ban on {SCANNER_NET}.0/24" in unban
     assert not tcp_works(env.atk, bystander, SRV4, SERVICE)  # still banned
     assert "event=prefix-ban" in env.log_text() and "event=prefix-carved" in env.log_text()
+
+
+def test_a_live_client_inside_the_24_is_carved_out(env_factory: Callable[[str], Env]) -> None:
+    env = env_factory(config("nftables", "spread = 3\n"))
+    scanners = [f"{SCANNER_NET}.{n}" for n in (10, 11, 12)]
+    client, bystander = f"{SCANNER_NET}.70", f"{SCANNER_NET}.60"
+    add_addresses(env, [*scanners, client, bystander], [])
+    env.srv.start([sys.executable, "-c", HOLD])
+    held = open_socket(env.atk, client, socket.SOCK_STREAM)
+    with held:
+        wait_until(
+            lambda: held.connect_ex((SRV4, HELD)) in (0, errno.EISCONN), PATIENCE, "held connection"
+        )
+        env.start("-v")
+        wait_until(lambda: "event=live-clients count=1" in env.log_text(), PATIENCE, "client read")
+        for scanner in scanners:
+            assert tcp_works(env.atk, scanner, SRV4, TRAP)
+        wait_until(dropped(env, bystander), PATIENCE, "the /24 banned")
+        assert tcp_works(env.atk, client, SRV4, SERVICE)  # carved out: a live client
+        assert f"{client} (live client)" in env.log_text()

@@ -11,7 +11,15 @@ from porttrap.config.loader import load_text
 from porttrap.config.schema import Config
 from porttrap.core.commands import Answer, Apply, Command, Log, Publish
 from porttrap.core.core import Core
-from porttrap.core.events import AdminUnban, Event, FleetReceived, HitSeen, Started, TurnEnded
+from porttrap.core.events import (
+    AdminUnban,
+    ClientsChanged,
+    Event,
+    FleetReceived,
+    HitSeen,
+    Started,
+    TurnEnded,
+)
 from porttrap.model import Ban, FleetEntry, FleetKind, Hit, Proto, Unban, fleet_reason
 from porttrap.testing.playbook import T0
 
@@ -104,3 +112,11 @@ def test_a_prefix_ban_from_another_host_is_applied_here() -> None:
     assert held.reason == fleet_reason(reason, "web-2")
     assert core.policy.banned(ip_address(f"{NET}.200"), T0) is not None
     assert not any(isinstance(c, Unban) for c in apply.changes)
+
+
+def test_live_clients_reach_the_protection_and_a_change_is_logged() -> None:
+    core = started(config())
+    peers = frozenset({ip_address(f"{NET}.70")})
+    assert feed(core, ClientsChanged(peers)) == [Log("live-clients", logging.DEBUG, {"count": 1})]
+    assert core.policy.protection.clients == peers
+    assert feed(core, ClientsChanged(peers)) == []  # the same set: nothing to say

@@ -580,8 +580,11 @@ class Core:
 
     def _clients(self, event: ClientsChanged, _now: float) -> list[Command]:
         """The host's live clients: a prefix ban decided from now on leaves them out."""
-        self.policy.protection.set_clients(event.peers)
-        return []
+        protection = self.policy.protection
+        if event.peers == protection.clients:
+            return []
+        protection.set_clients(event.peers)
+        return [Log("live-clients", logging.DEBUG, {"count": len(event.peers)})]
 
     def _gateways(self, event: GatewaysChanged, _now: float) -> list[Command]:
         """The routes' gateways: protected in the policy, and in the kernel's peer set."""
