@@ -236,8 +236,12 @@ def unban(args: argparse.Namespace) -> int:
     request = {"cmd": "unban", "targets": _gather_targets(args), "fleet": args.fleet}
     answer = control.request(cfg.control_socket, request)
     was = set(answer["were_banned"])
+    inside = {item["address"]: item["hint"] for item in answer.get("inside", [])}
     for address in answer["unbanned"]:
-        print(f"unbanned {address}" if address in was else f"{address} was not banned")
+        if address in inside:
+            print(f"{address} has no ban of its own: {inside[address]}")
+        else:
+            print(f"unbanned {address}" if address in was else f"{address} was not banned")
     if args.fleet:
         print("published: every host of the fleet lifts its bans on these too")
     if not answer.get("recorded", True):

@@ -63,6 +63,7 @@ from porttrap.core.events import (
     AdminBan,
     AdminUnban,
     BlocksRotated,
+    ClientsChanged,
     CountersRead,
     FirewallChecked,
     FirewallFailed,
@@ -98,6 +99,7 @@ from porttrap.model import Ban, Change, Hit, IPNetwork, Outcome, Unban, show
 from porttrap.policy import Policy, Protection
 from porttrap.policy.budget import Bucket
 from porttrap.policy.engine import ENDING, enforced_under
+from porttrap.policy.prefix import Note, prefix_of
 from porttrap.sensorspec import GENERATIONS, SensorState, no_ports, spec_from_config
 
 TICK = 0.5  # seconds between ticks: the shell feeds `Tick` this often
@@ -183,6 +185,7 @@ class Core:
             FleetReceived: self._fleet_received,
             FleetLinkChanged: self._fleet_link,
             SessionsChanged: self._sessions,
+            ClientsChanged: self._clients,
             GatewaysChanged: self._gateways,
             ReloadRequested: self._reload_requested,
             ReloadInvalid: self._reload_invalid,
@@ -259,7 +262,9 @@ class Core:
         hit = event.hit
         verdict = self.policy.on_hit(hit, now)
         outcome = verdict.outcome
-        commands = [] if verdict.ban is None else self._queue([verdict.ban], event.arrived)
+        changes = [] if verdict.ban is None else [verdict.ban, *verdict.more]
+        commands = self._queue(changes, event.arrived)
+        commands += [_note(note) for note in verdict.notes]
         self.stats.hit(hit, outcome)
         if self._hit_actions:  # bounded by [actions] queue, whatever the flood
             commands.append(ActionsHit(hit, outcome, verdict.ban))
@@ -519,11 +524,38 @@ class Core:
                 Refuse("unban --fleet: this host is in no fleet (no [fleet] section)", usage=True)
             ]
         was_banned = [show(t) for t in event.targets if self._is_banned(t, now)]
+        inside = self._inside_networks(event.targets, now)
         reason = MANUAL_FLEET if event.fleet else MANUAL
-        unbans = [self.policy.unban(t, now, reason) for t in event.targets]
+        unbans = [u for t in event.targets for u in self.policy.unban_all(t, now, reason)]
+        was_banned += [show(u.target) for u in unbans if u.target not in event.targets]
         self._pending.extend(unbans)
-        answer = {"unbanned": [show(u.target) for u in unbans], "were_banned": was_banned}
+        answer: dict[str, object] = {
+            "unbanned": [show(u.target) for u in unbans],
+            "were_banned": was_banned,
+        }
+        if inside:
+            answer["inside"] = inside
         return [*self._flush(now), Answer(answer, after_store=True)]
+
+    def _inside_networks(self, targets: Sequence[IPNetwork], now: float) -> list[dict[str, str]]:
+        """The addresses to unban that have no ban of their own but lie inside a network ban
+        (a prefix ban, an admin's): which network holds each, and what to do."""
+        found = []
+        for target in targets:
+            if target.prefixlen != target.max_prefixlen or self._is_banned(target, now):
+                continue
+            address = target.network_address
+            held = self.policy.covering(address, now)
+            if held is None:
+                continue
+            prefix = prefix_of(held.reason) or held.target
+            hint = (
+                f"{address} is inside the ban on {show(prefix)} ({held.reason}): unban "
+                f"{show(prefix)} to lift it all, or add {address} to [allow] addresses and "
+                "reload to leave it out of the ban"
+            )
+            found.append({"address": str(address), "prefix": show(prefix), "hint": hint})
+        return found
 
     def _is_banned(self, target: IPNetwork, now: float) -> bool:
         return any(b.target == target for b in self.policy.active(now))
@@ -545,6 +577,14 @@ class Core:
         protection.set_sessions(event.peers)
         why = "the peer of a live SSH session to this host: never banned by a trap hit"
         return [Log("session-protected", logging.INFO, {"peer": p, "why": why}) for p in new]
+
+    def _clients(self, event: ClientsChanged, _now: float) -> list[Command]:
+        """The host's live clients: a prefix ban decided from now on leaves them out."""
+        protection = self.policy.protection
+        if event.peers == protection.clients:
+            return []
+        protection.set_clients(event.peers)
+        return [Log("live-clients", logging.DEBUG, {"count": len(event.peers)})]
 
     def _gateways(self, event: GatewaysChanged, _now: float) -> list[Command]:
         """The routes' gateways: protected in the policy, and in the kernel's peer set."""
@@ -658,6 +698,12 @@ class Core:
             store_failing_since=self.store_failing_since,
             clock_skew=self.clock_skew,
         )
+
+
+def _note(note: Note) -> Log:
+    """A prefix ban made, carved around protected addresses, or refused: always logged."""
+    level = logging.WARNING if note.event == "prefix-refused" else logging.INFO
+    return Log(note.event, level, {"prefix": show(note.prefix), "why": note.why})
 
 
 def _hit_level(hit: Hit, outcome: Outcome) -> int:

@@ -180,6 +180,14 @@ class SessionsChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientsChanged:
+    """The peers of the host's established TCP connections are now `peers` (read every few
+    seconds while prefix bans are on): a prefix ban leaves them out."""
+
+    peers: frozenset[IPAddress]
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaysChanged:
     """The host's gateways and next hops (its routes) are now `gateways`: evidence that can
     be forged never bans them."""
@@ -249,6 +257,7 @@ Event = (
     | FleetReceived
     | FleetLinkChanged
     | SessionsChanged
+    | ClientsChanged
     | GatewaysChanged
     | ReloadRequested
     | ReloadInvalid
