@@ -370,9 +370,10 @@ def test_each_example_explains_its_choices(example: Path) -> None:
 SOURCE = ROOT / "src" / "porttrap"
 LOGGING = DOCS / "logging.md"
 # An event's name as the code writes it: log.event("name", ...), fields("name", ...) for lines
-# logged with a traceback, the core's Log("name", ...); a watcher's FailureLog("name") logs
-# name-failed and name-recovered.
-EVENT_CALL = re.compile(r"(?<![\w.])(?:log\.)?(?:event|fields|Log)\(\s*\"([a-z][a-z0-9-]*)\"")
+# logged with a traceback, the core's Log("name", ...), the policy's Note("name", ...) of a
+# prefix ban (logged by the core); a watcher's FailureLog("name") logs name-failed and
+# name-recovered.
+EVENT_CALL = re.compile(r"(?<![\w.])(?:log\.)?(?:event|fields|Log|Note)\(\s*\"([a-z][a-z0-9-]*)\"")
 FAILURE_LOG = re.compile(r"FailureLog\(\"([a-z-]+)\"")
 # Names the code builds: the ban lines (effects.log_change), the summaries of bulk batches.
 BUILT = {"ban", "permanent-ban", "bulk-ban", "bulk-permanent-ban", "bulk-unban"}
