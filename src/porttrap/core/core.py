@@ -505,10 +505,14 @@ class Core:
     def _admin_ban(self, event: AdminBan, now: float) -> list[Command]:
         try:
             bans = self.policy.ban(
-                event.targets, now, duration=event.duration, permanent=event.permanent
+                event.targets,
+                now,
+                duration=event.duration,
+                permanent=event.permanent,
+                reason=MANUAL if event.reason is None else f"{MANUAL}: {event.reason}",
             )
-        except UsageError as err:
-            return [Refuse(str(err), usage=True)]
+        except UsageError as err:  # a protected target, an overlap: refused, nothing banned
+            return [Refuse(str(err))]
         self._pending.extend(bans)
         answer = {"count": len(bans), "bans": [ban_json(b) for b in bans[:MAX_ANSWERED]]}
         return [*self._flush(now), Answer(answer, after_store=True)]
@@ -518,15 +522,23 @@ class Core:
             return [
                 Refuse("unban --fleet: this host is in no fleet (no [fleet] section)", usage=True)
             ]
-        was_banned = [show(t) for t in event.targets if self._is_banned(t, now)]
+        active = self.policy.active(now)
+        banned = {b.target for b in active}
+        targets = sorted(banned, key=str) if event.everything else event.targets
+        was_banned = [show(t) for t in targets if t in banned]
+        held_by = {
+            show(t): show(h) for t in targets if t not in banned and (h := _holder(t, active))
+        }
         reason = MANUAL_FLEET if event.fleet else MANUAL
-        unbans = [self.policy.unban(t, now, reason) for t in event.targets]
+        unbans = [self.policy.unban(t, now, reason) for t in targets]
         self._pending.extend(unbans)
-        answer = {"unbanned": [show(u.target) for u in unbans], "were_banned": was_banned}
+        answer = {
+            "count": len(unbans),
+            "unbanned": [show(u.target) for u in unbans[:MAX_ANSWERED]],
+            "were_banned": was_banned[:MAX_ANSWERED],
+            "held_by": held_by,
+        }
         return [*self._flush(now), Answer(answer, after_store=True)]
-
-    def _is_banned(self, target: IPNetwork, now: float) -> bool:
-        return any(b.target == target for b in self.policy.active(now))
 
     # -- the fleet (porttrap.core.fleet) -------------------------------------------------
 
@@ -680,6 +692,16 @@ def _hit_fields(hit: Hit, outcome: Outcome) -> dict[str, object]:
         "kind": hit.kind,
         "outcome": outcome,
     }
+
+
+def _holder(target: IPNetwork, active: Sequence[Ban]) -> IPNetwork | None:
+    """The network of an active ban that holds `target` (an address, or a smaller network)
+    without being it: unbanning `target` alone would lift nothing."""
+    for ban in active:
+        held = ban.target
+        if held != target and held.version == target.version and target.subnet_of(held):  # type: ignore[arg-type]
+            return held
+    return None
 
 
 def _refused(error: str, problems: tuple[str, ...] = ()) -> list[Command]:
