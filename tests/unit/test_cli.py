@@ -57,13 +57,14 @@ def test_check_config_summarises_respond_actions_and_log_outputs(
         '[traps]\nmode = "connect"\n[ban]\nrespond = { udp = "log" }\n'
         '[[actions.command]]\nrun = ["/bin/true", "$TARGET$"]\n'
         '[[actions.webhook]]\nurl = "https://hooks.example.org/x"\n'
+        '[[actions.notify]]\nurls = "json://127.0.0.1:8080/porttrap"\n'
         '[[log.output]]\nto = "syslog"\nformat = "portsentry"\n'
     )
     code, out, _ = run(capsys, "check-config", "-c", str(config))
     assert code == 0
     assert out.splitlines()[1:] == [
         "  respond: tcp ban, udp log",
-        "  actions: 1 command(s), 1 webhook(s)",
+        "  actions: 1 command(s), 1 webhook(s), 1 notification(s)",
         "  log: syslog (portsentry)",
     ]
 

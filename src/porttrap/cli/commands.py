@@ -107,6 +107,7 @@ def _response_summary(cfg: Config) -> list[str]:
     done = [f"{len(actions.commands)} command(s)"] if actions.commands else []
     done += [f"hosts.deny lines in {actions.hosts_deny.file}"] if actions.hosts_deny else []
     done += [f"{len(actions.webhooks)} webhook(s)"] if actions.webhooks else []
+    done += [f"{len(actions.notify)} notification(s)"] if actions.notify else []
     if done:
         lines.append("actions: " + ", ".join(done))
     if cfg.log.outputs != LogConfig().outputs:
