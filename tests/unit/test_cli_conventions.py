@@ -4,8 +4,10 @@ unreadable database, and the one table of exit codes."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
+import re
 import subprocess  # noqa: TID251 - runs the CLI as another user would
 import sys
 import tempfile
@@ -226,3 +228,12 @@ def test_docs_cli_lists_every_exit_code() -> None:
     text = (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
     for code in (0, 1, 2, 3, 4, 5, 130):
         assert f"\n| {code} |" in text, code
+
+
+def test_docs_cli_gives_every_commands_exit_paths() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    listed = {name for row in rows for name in re.findall(r"`([a-z-]+)[ `]", row.split("|")[1])}
+    parser = cli.build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) <= listed
