@@ -526,8 +526,11 @@ class Core:
         banned = {b.target for b in active}
         targets = sorted(banned, key=str) if event.everything else event.targets
         was_banned = [show(t) for t in targets if t in banned]
+        nets = [b for b in active if b.target.prefixlen < b.target.max_prefixlen]  # few
         held_by = {
-            show(t): show(h) for t in targets if t not in banned and (h := _holder(t, active))
+            show(t): show(h)
+            for t in (targets if nets else ())
+            if t not in banned and (h := _holder(t, nets))
         }
         reason = MANUAL_FLEET if event.fleet else MANUAL
         unbans = [self.policy.unban(t, now, reason) for t in targets]
