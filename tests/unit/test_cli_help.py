@@ -143,10 +143,12 @@ def test_the_top_help_gives_workflow_files_and_the_real_exit_codes(
     assert {"check-config", "run", "status", "bans", "ban", "unban"} <= named
     codes = dict(re.findall(r"^  (\d+) +(\S.*)$", text, re.MULTILINE))
     assert codes["0"] == "success"
-    assert codes[str(cli.EXIT_ERROR)].startswith("error")
-    assert codes[str(cli.EXIT_CONFIG)].startswith("invalid configuration")
-    assert codes[str(commands.EXIT_NOT_RUNNING)].endswith("the daemon is not running")
+    assert codes[str(cli.EXIT_ERROR)].startswith("failed")
+    assert codes[str(cli.EXIT_USAGE)].startswith("usage: an invalid command line")
+    assert codes[str(commands.EXIT_NOT_RUNNING)].startswith("not running")
     assert codes[str(commands.EXIT_NOT_RECORDED)].startswith("ban, unban: done in the kernel")
+    assert codes[str(cli.EXIT_REFUSED)].startswith("refused")
+    assert codes[str(cli.EXIT_INTERRUPTED)].startswith("interrupted")
 
 
 def test_the_workflow_shows_only_commands_there_are() -> None:

@@ -81,11 +81,10 @@ def test_unban_of_an_address_inside_a_prefix_says_which_prefix_and_what_to_do() 
     out = feed(core, AdminUnban((ip_network(f"{NET}.2"),)))
     answer = next(c for c in out if isinstance(c, Answer)).payload
     assert answer["were_banned"] == []
-    found = answer["inside"]
-    assert isinstance(found, list) and len(found) == 1
-    inside: dict[str, str] = found[0]
-    assert inside["prefix"] == f"{NET}.0/24"
-    assert f"unban {NET}.0/24" in inside["hint"] and "[allow] addresses" in inside["hint"]
+    assert answer["held_by"] == {f"{NET}.2": f"{NET}.0/24"}  # the prefix, to unban
+    prefix_bans = answer["prefix_bans"]
+    assert isinstance(prefix_bans, dict) and list(prefix_bans) == [f"{NET}.0/24"]
+    assert prefix_bans[f"{NET}.0/24"].startswith(f"prefix {NET}.0/24")
     assert core.policy.banned(ip_address(f"{NET}.2"), T0) is not None
 
 
@@ -95,6 +94,22 @@ def test_unban_of_the_prefix_lifts_it() -> None:
     out = feed(core, AdminUnban((ip_network(f"{NET}.0/24"),)))
     answer = next(c for c in out if isinstance(c, Answer)).payload
     assert answer["were_banned"] == [f"{NET}.0/24"]
+    assert core.policy.active(T0) == []
+
+
+def test_unban_inside_a_carved_prefix_names_the_prefix_and_unban_of_it_lifts_every_piece() -> None:
+    """A carved prefix ban is several CIDRs: an address inside one of them is held by the
+    prefix (what the admin unbans), and unbanning the prefix lifts every piece."""
+    core = started(config(f'[allow]\naddresses = ["{NET}.200"]\n'))
+    feed(core, *(hit(f"{NET}.{n}") for n in (1, 2, 3)))
+    pieces = {b.target for b in core.policy.active(T0)}
+    assert len(pieces) == 8 and ip_network(f"{NET}.0/24") not in pieces
+    out = feed(core, AdminUnban((ip_network(f"{NET}.130"),)))
+    answer = next(c for c in out if isinstance(c, Answer)).payload
+    assert answer["held_by"] == {f"{NET}.130": f"{NET}.0/24"}
+    out = feed(core, AdminUnban((ip_network(f"{NET}.0/24"),)))
+    answer = next(c for c in out if isinstance(c, Answer)).payload
+    assert answer["count"] == 9 and answer["held_by"] == {}  # the prefix and its 8 pieces
     assert core.policy.active(T0) == []
 
 

@@ -226,10 +226,24 @@ class WebhookAction:
 
 
 @dataclass(frozen=True, slots=True)
+class NotifyAction:
+    """`[[actions.notify]]`: chat and mail messages through Apprise, one per burst. The
+    first event after a quiet spell waits `group` seconds for the rest of its burst; then at
+    most one message every `every` seconds, each with all the events since the last."""
+
+    urls: tuple[str, ...]
+    on: frozenset[Event] = BAN_EVENTS
+    group: float = 10.0
+    every: float = 300.0
+    title: str = "porttrap on $HOST$"
+
+
+@dataclass(frozen=True, slots=True)
 class Actions:
     commands: tuple[CommandAction, ...] = ()
     hosts_deny: HostsDenyAction | None = None
     webhooks: tuple[WebhookAction, ...] = ()
+    notify: tuple[NotifyAction, ...] = ()
     max_running: int = 4  # commands and webhooks running at once
     queue: int = 1000  # actions waiting beyond this are dropped (and counted)
 

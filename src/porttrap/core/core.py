@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from porttrap.config.schema import Config, Event, Trap, TrapMode
 from porttrap.core import reload
@@ -510,10 +510,14 @@ class Core:
     def _admin_ban(self, event: AdminBan, now: float) -> list[Command]:
         try:
             bans = self.policy.ban(
-                event.targets, now, duration=event.duration, permanent=event.permanent
+                event.targets,
+                now,
+                duration=event.duration,
+                permanent=event.permanent,
+                reason=MANUAL if event.reason is None else f"{MANUAL}: {event.reason}",
             )
-        except UsageError as err:
-            return [Refuse(str(err), usage=True)]
+        except UsageError as err:  # a protected target, an overlap: refused, nothing banned
+            return [Refuse(str(err))]
         self._pending.extend(bans)
         answer = {"count": len(bans), "bans": [ban_json(b) for b in bans[:MAX_ANSWERED]]}
         return [*self._flush(now), Answer(answer, after_store=True)]
@@ -523,42 +527,66 @@ class Core:
             return [
                 Refuse("unban --fleet: this host is in no fleet (no [fleet] section)", usage=True)
             ]
-        was_banned = [show(t) for t in event.targets if self._is_banned(t, now)]
-        inside = self._inside_networks(event.targets, now)
+        active = self.policy.active(now)
+        banned = {b.target for b in active}
+        targets = sorted(banned, key=str) if event.everything else event.targets
+        was_banned = [show(t) for t in targets if t in banned]
+        nets = [b for b in active if b.target.prefixlen < b.target.max_prefixlen]
+        held = self._held_by(targets, banned, nets, now) if nets else {}
         reason = MANUAL_FLEET if event.fleet else MANUAL
-        unbans = [u for t in event.targets for u in self.policy.unban_all(t, now, reason)]
-        was_banned += [show(u.target) for u in unbans if u.target not in event.targets]
+        unbans = self._lift(targets, now, reason, event.everything)
+        named = set(targets)
+        was_banned += [show(u.target) for u in unbans if u.target not in named]  # carved pieces
         self._pending.extend(unbans)
         answer: dict[str, object] = {
-            "unbanned": [show(u.target) for u in unbans],
-            "were_banned": was_banned,
+            "count": len(unbans),
+            "unbanned": [show(u.target) for u in unbans[:MAX_ANSWERED]],
+            "were_banned": was_banned[:MAX_ANSWERED],
+            "held_by": {t: show(h.target) for t, h in held.items()},
         }
-        if inside:
-            answer["inside"] = inside
+        prefix_bans = {show(h.target): h.reason for h in held.values() if h.prefix}
+        if prefix_bans:
+            answer["prefix_bans"] = prefix_bans
         return [*self._flush(now), Answer(answer, after_store=True)]
 
-    def _inside_networks(self, targets: Sequence[IPNetwork], now: float) -> list[dict[str, str]]:
-        """The addresses to unban that have no ban of their own but lie inside a network ban
-        (a prefix ban, an admin's): which network holds each, and what to do."""
-        found = []
+    def _lift(
+        self, targets: Sequence[IPNetwork], now: float, reason: str, everything: bool
+    ) -> list[Unban]:
+        """The unbans of `targets`; a prefix an admin names takes the pieces a carve left of
+        its ban with it (`unban --all` lists those pieces itself)."""
+        if everything:
+            return [self.policy.unban(t, now, reason) for t in targets]
+        seen: set[IPNetwork] = set()
+        unbans = []
         for target in targets:
-            if target.prefixlen != target.max_prefixlen or self._is_banned(target, now):
-                continue
-            address = target.network_address
-            held = self.policy.covering(address, now)
-            if held is None:
-                continue
-            prefix = prefix_of(held.reason) or held.target
-            hint = (
-                f"{address} is inside the ban on {show(prefix)} ({held.reason}): unban "
-                f"{show(prefix)} to lift it all, or add {address} to [allow] addresses and "
-                "reload to leave it out of the ban"
-            )
-            found.append({"address": str(address), "prefix": show(prefix), "hint": hint})
-        return found
+            for unban in self.policy.unban_all(target, now, reason):
+                if unban.target not in seen:
+                    seen.add(unban.target)
+                    unbans.append(unban)
+        return unbans
 
-    def _is_banned(self, target: IPNetwork, now: float) -> bool:
-        return any(b.target == target for b in self.policy.active(now))
+    def _held_by(
+        self, targets: Sequence[IPNetwork], banned: set[IPNetwork], nets: list[Ban], now: float
+    ) -> dict[str, _Holder]:
+        """The targets with no ban of their own that a network ban holds (an admin's, a prefix
+        ban): the network to unban to lift them, a prefix ban's whole prefix (for its carved
+        pieces too). An address is looked up by prefix length (thousands of prefix bans), a
+        network among the network bans."""
+        found: dict[str, _Holder] = {}
+        for target in targets:
+            if target in banned:
+                continue
+            if target.prefixlen == target.max_prefixlen:
+                ban = self.policy.covering(target.network_address, now)
+                holder = None if ban is None else ban.target
+            else:
+                holder = _holder(target, nets)
+                ban = next((b for b in nets if b.target == holder), None)
+            if ban is None or holder is None:
+                continue
+            prefix = prefix_of(ban.reason)
+            found[show(target)] = _Holder(prefix or holder, ban.reason, prefix is not None)
+        return found
 
     # -- the fleet (porttrap.core.fleet) -------------------------------------------------
 
@@ -726,6 +754,25 @@ def _hit_fields(hit: Hit, outcome: Outcome) -> dict[str, object]:
         "kind": hit.kind,
         "outcome": outcome,
     }
+
+
+class _Holder(NamedTuple):
+    """The network ban that holds an address an admin unbans: the network to unban (a prefix
+    ban's whole prefix), its reason, and whether it is a prefix ban."""
+
+    target: IPNetwork
+    reason: str
+    prefix: bool
+
+
+def _holder(target: IPNetwork, active: Sequence[Ban]) -> IPNetwork | None:
+    """The network of an active ban that holds `target` (an address, or a smaller network)
+    without being it: unbanning `target` alone would lift nothing."""
+    for ban in active:
+        held = ban.target
+        if held != target and held.version == target.version and target.subnet_of(held):  # type: ignore[arg-type]
+            return held
+    return None
 
 
 def _refused(error: str, problems: tuple[str, ...] = ()) -> list[Command]:

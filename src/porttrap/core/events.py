@@ -139,19 +139,23 @@ class Reconcile:
 
 @dataclass(frozen=True, slots=True)
 class AdminBan:
-    """`porttrap ban`: without `duration` or `permanent` the escalation decides."""
+    """`porttrap ban`: without `duration` or `permanent` the escalation decides; `reason`:
+    the admin's words (`--reason`), kept with the ban as "manual: REASON"."""
 
     targets: tuple[IPNetwork, ...]
     duration: float | None = None
     permanent: bool = False
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class AdminUnban:
-    """`porttrap unban`; `fleet`: on every host of the fleet (`--fleet`), local bans too."""
+    """`porttrap unban`; `fleet`: on every host of the fleet (`--fleet`), local bans too;
+    `everything`: every active ban (`--all`), with no targets."""
 
     targets: tuple[IPNetwork, ...]
     fleet: bool = False
+    everything: bool = False
 
 
 @dataclass(frozen=True, slots=True)

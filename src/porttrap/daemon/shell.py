@@ -37,6 +37,7 @@ from porttrap.daemon.writer import StoreWriter
 from porttrap.errors import (
     FirewallError,
     PorttrapError,
+    Refused,
     RemoteConfigError,
     UsageError,
 )
@@ -531,7 +532,7 @@ class Shell:
             if isinstance(command, c.Refuse):
                 if command.problems:
                     raise RemoteConfigError(list(command.problems))
-                raise (UsageError if command.usage else PorttrapError)(command.message)
+                raise (UsageError if command.usage else Refused)(command.message)
             if isinstance(command, c.Answer):
                 if not command.after_store:
                     return dict(command.payload)
