@@ -64,6 +64,7 @@ respond = {}
 [actions.hosts_deny]
 [[actions.command]]
 [[actions.webhook]]
+[[actions.notify]]
 [[log.output]]
 [fleet]
 """
