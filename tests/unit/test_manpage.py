@@ -85,7 +85,13 @@ def test_a_parser_with_a_percent_in_its_help_is_expanded() -> None:
     assert "one of a, b" in "\n".join(manpage._options(parser))
 
 
-def test_write_makes_both_pages(tmp_path: Path) -> None:
+def test_write_makes_both_pages_in_a_man_tree(tmp_path: Path) -> None:
     paths = manpage.write(tmp_path / "man")
-    assert [p.name for p in paths] == ["porttrap.8", "porttrap.toml.5"]
+    assert paths == [tmp_path / "man/man8/porttrap.8", tmp_path / "man/man5/porttrap.toml.5"]
     assert all(p.read_text().startswith('.\\"') for p in paths)
+
+
+def test_setup_sh_run_installs_the_man_pages() -> None:
+    setup = (Path(__file__).resolve().parents[2] / "scripts/setup.sh").read_text()
+    run = setup[setup.index('if [ "$mode" = run ]; then\n  "$venv/bin/python" -m pip') :]
+    assert '"$venv/bin/python" -m porttrap.cli.manpage /usr/local/share/man' in run

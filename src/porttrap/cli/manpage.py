@@ -4,7 +4,8 @@ porttrap.toml(5) from the config loader's tables and keys (porttrap.config.outli
 defaults and notes of the commented configuration that `install-service` and the Debian
 package install. Nothing is written twice, so a new option or key is in the next page.
 
-    python3 -m porttrap.cli.manpage DIR     writes DIR/porttrap.8 and DIR/porttrap.toml.5
+    python3 -m porttrap.cli.manpage MANDIR   writes MANDIR/man8/porttrap.8 and
+                                             MANDIR/man5/porttrap.toml.5
 
 scripts/build-deb.sh and `setup.sh run` install them; CI renders them with `man --warnings`.
 """
@@ -290,15 +291,19 @@ def _about(default: Default | None, is_table: bool) -> str | None:
 # -- writing them ------------------------------------------------------------------------------
 
 
-def write(directory: Path) -> list[Path]:
-    """Write both pages into `directory`; their paths."""
+def write(mandir: Path) -> list[Path]:
+    """Write both pages into the man tree `mandir` (mandir/man8/porttrap.8,
+    mandir/man5/porttrap.toml.5); their paths."""
     from porttrap.cli.main import build_parser  # main imports the CLI's modules
 
-    directory.mkdir(parents=True, exist_ok=True)
-    pages = {"porttrap.8": porttrap_8(build_parser()), "porttrap.toml.5": porttrap_toml_5()}
+    pages = {
+        Path("man8/porttrap.8"): porttrap_8(build_parser()),
+        Path("man5/porttrap.toml.5"): porttrap_toml_5(),
+    }
     paths = []
     for name, text in pages.items():
-        path = directory / name
+        path = mandir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         paths.append(path)
     return paths
@@ -307,7 +312,7 @@ def write(directory: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python3 -m porttrap.cli.manpage DIR", file=sys.stderr)
+        print("usage: python3 -m porttrap.cli.manpage MANDIR", file=sys.stderr)
         return 2
     for path in write(Path(args[0])):
         print(path)
