@@ -23,6 +23,20 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCES = Path("/etc/apt/sources.list.d/debian.sources")  # this machine's mirrors
 NEEDED = ("mmdebstrap", "lintian", "man", "dpkg-deb", "unshare", "chroot")
 STATE = "/var/lib/porttrap"
+# `porttrap run` from the package, waited for (60 s at most), a ban through it, then stopped
+DAEMON = """
+porttrap run > /tmp/run.log 2>&1 &
+pid=$!
+i=0
+until porttrap status > /dev/null 2>&1; do
+  i=$((i + 1)); [ $i -lt 600 ] || { cat /tmp/run.log; exit 1; }; sleep 0.1
+done
+porttrap ban 192.0.2.7 --for 1h
+porttrap bans
+kill $pid
+wait $pid || true
+cat /tmp/run.log
+"""
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(900)]
 
@@ -131,10 +145,12 @@ def test_apt_installs_it_on_a_fresh_debian_12_and_remove_keeps_what_purge_remove
     # the fleet's driver loads Debian's libpq
     _in_root_ok(root, "/usr/lib/porttrap/bin/python3 -c 'import psycopg; psycopg.pq.version()'")
 
-    # a ban and its history, as the daemon keeps them; the kernel's table in this namespace
+    # the packaged daemon runs and bans (in the root's own network namespace); its database
+    # then holds a ban and its history
+    banned = _in_root_ok(root, DAEMON)
+    assert "banned 192.0.2.7 until" in banned and "event=ban address=192.0.2.7" in banned
     state = root / STATE.lstrip("/")
-    state.mkdir(mode=0o700, exist_ok=True)
-    (state / "porttrap.db").write_bytes(b"SQLite format 3\x00")
+    assert (state / "porttrap.db").is_file()
     (root / "etc/porttrap/porttrap.toml").write_text('[ban]\ntime = "2h"\n')
 
     _in_root_ok(root, "apt-get remove -y -q porttrap")

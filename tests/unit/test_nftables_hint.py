@@ -3,6 +3,7 @@ says so, and how to make the venv, instead of asking for a package that is alrea
 
 from __future__ import annotations
 
+import subprocess  # noqa: TID251 - a real venv, as pip users make it
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,23 @@ def test_version_names_the_venv_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         "libnftables not found (installed, but this venv cannot import it: make it with "
         "--system-site-packages)" in line
     )
+
+
+def test_a_real_isolated_venv_is_told_so(tmp_path: Path) -> None:
+    """What a plain `python3 -m venv` + pip install meets: Debian's module is there, the venv
+    cannot see it."""
+    if not (kernel.SYSTEM_SITE / "nftables").is_dir():
+        pytest.skip("python3-nftables is not installed: apt-get install python3-nftables")
+    venv = tmp_path / "venv"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+    src = Path(kernel.__file__).resolve().parents[2]
+    code = (
+        f"import sys; sys.path.insert(0, {str(src)!r}); from porttrap.firewall.kernel import Nft\n"
+        "try:\n    Nft()\nexcept Exception as err:\n    print(err)\n"
+    )
+    out = subprocess.run(
+        [str(venv / "bin/python"), "-I", "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert "is installed (/usr/lib/python3/dist-packages/nftables)" in out
+    assert f"this Python ({venv}/bin/python) cannot import it" in out
+    assert "--system-site-packages" in out
