@@ -56,13 +56,17 @@ def test_porttrap_toml_5_has_every_key_and_the_commented_config() -> None:
         for key in table.keys:
             assert f"\\fB{manpage.escape(key)}\\fR" in page, (table.name, key)
     assert '\n.TP\n\\fBtime\\fR\ndefault: "1h"; first ban\n' in page
+    assert '\n.TP\n\\fBaddresses\\fR\ne.g. ["192.0.2.0/24"]; never banned' in page
     for line in DEFAULT_CONFIG.splitlines():
         assert f"\n{manpage.escape(line)}\n" in page
 
 
 def test_the_template_gives_defaults_and_notes() -> None:
     found = manpage.template_defaults()
-    assert found["ban.time"] == manpage.Default('"1h"', "first ban")
+    assert found["ban.time"] == manpage.Default('"1h"', "first ban", is_default=True)
+    # the loader, not the comment, says whether a value is the default or an example
+    assert not found["allow.addresses"].is_default
+    assert not found["traps.tcp"].is_default
     assert found["state_dir"].value == '"/var/lib/porttrap"'
     # a note continued on the next comment line joins the first
     assert found["traps.mode"].note.endswith('makes the default "connect" (README)')

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from porttrap import __version__
-from porttrap.config import outline
+from porttrap.config import loader, outline
 from porttrap.config.schema import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR
+from porttrap.errors import ConfigError
 from porttrap.service.template import DEFAULT_CONFIG
 
 SUMMARY = "trap ports and ban port scanners in the kernel firewall"
@@ -198,10 +199,12 @@ def _see_also(pages: Iterable[str]) -> list[str]:
 class Default:
     value: str
     note: str
+    is_default: bool = True  # False: the template shows an example, not the default
 
 
 def template_defaults(text: str = DEFAULT_CONFIG) -> dict[str, Default]:
-    """The commented configuration's `# key = value  # note` lines, by dotted key."""
+    """The commented configuration's `# key = value  # note` lines, by dotted key; whether
+    each value is the default is asked of the loader, not taken from the comment."""
     found: dict[str, Default] = {}
     table, last = "", ""
     for raw in text.splitlines():
@@ -214,10 +217,21 @@ def template_defaults(text: str = DEFAULT_CONFIG) -> dict[str, Default]:
                 found[last] = Default(old.value, f"{old.note} {more['note']}".strip())
         elif key := _TEMPLATE_KEY.match(line):
             last = f"{table}.{key['key']}" if table else key["key"]
-            found[last] = Default(key["value"].strip(), (key["note"] or "").strip())
+            value = key["value"].strip()
+            found[last] = Default(value, (key["note"] or "").strip(), _is_default(table, line[1:]))
         else:
             last = ""
     return found
+
+
+def _is_default(table: str, assignment: str) -> bool:
+    """Whether the config holding only `assignment` in `table` loads equal to the defaults."""
+    path = Path("porttrap.toml")
+    text = f"[{table}]\n{assignment}\n" if table else f"{assignment}\n"
+    try:
+        return loader.load_text(text, path) == loader.load_text("", path)
+    except ConfigError:
+        return False
 
 
 def porttrap_toml_5(tables: Iterable[outline.Table] | None = None) -> str:
@@ -279,13 +293,11 @@ def _table(table: outline.Table, defaults: dict[str, Default], names: set[str]) 
 
 
 def _about(default: Default | None, is_table: bool) -> str | None:
-    if is_table:
-        return "a table of its own, below"
     if default is None:
-        return None
-    if default.note.startswith("default:"):  # the template shows an example value
-        return f"{default.note}; for example {default.value}"
-    return f"default: {default.value}" + (f"; {default.note}" if default.note else "")
+        return "a table of its own, below" if is_table else None
+    value = f"default: {default.value}" if default.is_default else f"e.g. {default.value}"
+    text = value + (f"; {default.note}" if default.note else "")
+    return text + ("; or a table, below" if is_table else "")
 
 
 # -- writing them ------------------------------------------------------------------------------
