@@ -50,8 +50,13 @@ echo "build-deb: porttrap $version for Python $pyver; vendored: ${vendored[*]} $
 # and this machine may not have installed
 "$python" -m venv "$work/build"
 "$work/build/bin/python" -m pip install -q --disable-pip-version-check "${from_debian[@]}"
+# from a copy of the sources: setuptools' build/ in the checkout could carry a module since
+# removed into the package
+mkdir "$work/src"
+cp -r pyproject.toml README.md src "$work/src/"
+find "$work/src" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
 "$work/build/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
-  --no-compile --target "$site" . "${vendored[@]}" "${extra_vendored[@]}"
+  --no-compile --target "$site" "$work/src" "${vendored[@]}" "${extra_vendored[@]}"
 rm -rf "$site/bin" "$site"/*.dist-info/direct_url.json "$site"/*.dist-info/RECORD
 
 # the venv itself, made in place of the one the package installs: --without-pip, and only the

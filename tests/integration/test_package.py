@@ -20,7 +20,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = Path("/etc/apt/sources.list.d/debian.sources")  # this machine's mirrors
+# this machine's mirrors, deb822 (Debian 12's images) or one-line
+SOURCES = next(
+    (p for p in (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
+     if p.exists()),
+    Path("/etc/apt/sources.list"),
+)  # fmt: skip
 NEEDED = ("mmdebstrap", "lintian", "man", "dpkg-deb", "unshare", "chroot")
 STATE = "/var/lib/porttrap"
 # `porttrap run` from the package, waited for (60 s at most), a ban through it, then stopped
