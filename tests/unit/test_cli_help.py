@@ -8,6 +8,7 @@ import argparse
 import platform
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from porttrap import __version__
 from porttrap.cli import commands, helptext, version
 from porttrap.cli import main as cli
 from porttrap.errors import FirewallError
+from porttrap.firewall import kernel
 
 Path_ = tuple[str, ...]
 
@@ -180,7 +182,11 @@ def test_version_prints_the_version_python_and_the_firewall_parts(
     assert second.startswith(f"Python {platform.python_version()}; libnftables ")
 
 
-def test_version_says_what_is_missing_and_how_to_install_it() -> None:
+def test_version_says_what_is_missing_and_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(kernel, "SYSTEM_SITE", tmp_path)  # python3-nftables not installed
+
     def no_binding() -> object:
         raise FirewallError("the Python module 'nftables' is missing")
 
