@@ -78,7 +78,7 @@ _FILES_AND_EXIT_CODES = _text("""
                                    control.sock, through which commands talk to
                                    the running daemon
 
-    exit codes (every command; docs/cli.md lists each command's):
+    exit codes:
       0    success
       1    failed: one line on stderr saying what failed and how to fix it
            (-v adds a traceback)
@@ -91,7 +91,8 @@ _FILES_AND_EXIT_CODES = _text("""
            the way, unban --all unconfirmed, a change that needs a restart)
       130  interrupted (Ctrl-C)
 
-    -c FILE and -v go before or after the command.
+    Each command's exit codes are listed in porttrap's docs/cli.md. -c FILE and -v go before
+    or after the command.
 
     More: porttrap COMMAND --help for each command; every configuration key is described
     in porttrap's docs/configuration.md.
