@@ -149,6 +149,11 @@ def test_apt_installs_it_on_a_fresh_debian_12_and_remove_keeps_what_purge_remove
     assert list((root / "usr/lib/porttrap").rglob("porttrap/__pycache__/*.pyc"))
     # the fleet's driver loads Debian's libpq
     _in_root_ok(root, "/usr/lib/porttrap/bin/python3 -c 'import psycopg; psycopg.pq.version()'")
+    # notifications: the vendored apprise loads over Debian's libraries (its URLs are checked
+    # by apprise at config load)
+    (root / "tmp/notify.toml").write_text('[[actions.notify]]\nurls = "json://127.0.0.1/x"\n')
+    checked = _in_root_ok(root, "porttrap check-config -c /tmp/notify.toml")
+    assert checked.startswith("/tmp/notify.toml: OK"), checked
 
     # the packaged daemon runs and bans (in the root's own network namespace); its database
     # then holds a ban and its history

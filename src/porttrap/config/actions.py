@@ -226,8 +226,8 @@ def _apprise_urls(value: object) -> tuple[str, ...]:
         from porttrap.actions.notify import url_problem  # imports apprise: only when used
     except ImportError as exc:
         raise ValueError(
-            f"notifications need the Python package apprise ({exc}): pip install apprise, "
-            "or apt install python3-apprise"
+            f"notifications need the Python package apprise ({exc}): pip install 'apprise>=1.3' "
+            "into porttrap's venv (Debian 12's apprise package, 1.2.0, is too old)"
         ) from None
     problems = [problem for url in items if (problem := url_problem(url))]
     if problems:
