@@ -34,6 +34,9 @@ packages=(nftables python3 python3-venv python3-nftables iproute2 ipset iptables
 # the fleet tests run throw-away PostgreSQL clusters of their own (tests/pgcluster.py), with
 # certificates of a test CA that openssl makes
 [ "$mode" = test ] && packages+=(postgresql openssl)
+# the Debian package's test (tests/integration/test_package.py): lintian checks the package,
+# mmdebstrap makes the throw-away Debian 12 it is installed in, man renders its man pages
+[ "$mode" = test ] && packages+=(lintian mmdebstrap man-db)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -61,6 +64,8 @@ fi
 if [ "$mode" = run ]; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check . >&2
   ln -sf "$venv/bin/porttrap" /usr/local/sbin/porttrap
+  # man porttrap, man porttrap.toml: made from this porttrap's parser and config schema
+  "$venv/bin/python" -m porttrap.cli.manpage /usr/local/share/man >/dev/null
   if [ -n "${PORTTRAP_NETNS:-}" ]; then
     if [ ! -e "/run/netns/$PORTTRAP_NETNS" ]; then
       ip netns add "$PORTTRAP_NETNS"

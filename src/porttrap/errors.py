@@ -47,6 +47,11 @@ class UsageError(PorttrapError):
     """A bad argument on the command line or in a control request."""
 
 
+class Refused(PorttrapError):
+    """A request understood and declined: a protected target, a running daemon in the way,
+    an unconfirmed `unban --all`. The CLI exits 5."""
+
+
 class FirewallError(PorttrapError):
     """The kernel refused a firewall change; the message carries what was attempted."""
 

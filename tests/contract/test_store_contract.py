@@ -312,9 +312,12 @@ def test_history_of_one_address(hits_store: Store) -> None:
     hits_store.add_bans([ban("198.51.100.7", T0 + 2), ban("198.51.100.0/24", T0 + 3)])
     address = ipaddress.ip_network("198.51.100.7")
     assert summary(hits_store.history(address)) == [
+        (3, "ban", "198.51.100.0/24"),  # the network's ban holds the address
         (2, "ban", "198.51.100.7/32"),
         (0, "hit", "198.51.100.7"),
     ]
+    other = ipaddress.ip_network("198.51.101.7")
+    assert summary(hits_store.history(other)) == []
 
 
 def test_history_of_a_network_holds_everything_inside_it(hits_store: Store) -> None:
@@ -328,8 +331,9 @@ def test_history_of_a_network_holds_everything_inside_it(hits_store: Store) -> N
     hits_store.add_bans(
         [
             ban("198.51.100.0/25", T0 + 3),
-            ban("198.51.0.0/16", T0 + 4),  # wider than the /24: not inside it
+            ban("198.51.0.0/16", T0 + 4),  # wider than the /24: it holds it
             ban("198.51.100.200", T0 + 5),
+            ban("198.52.0.0/16", T0 + 5.5),  # neither inside nor holding
         ]
     )
     hits_store.lift([unban("198.51.100.200", T0 + 6)])
@@ -337,6 +341,7 @@ def test_history_of_a_network_holds_everything_inside_it(hits_store: Store) -> N
     assert summary(hits_store.history(network)) == [
         (6, "unban", "198.51.100.200/32"),
         (5, "ban", "198.51.100.200/32"),
+        (4, "ban", "198.51.0.0/16"),
         (3, "ban", "198.51.100.0/25"),
         (0, "hit", "198.51.100.7"),
     ]
@@ -376,20 +381,31 @@ def test_history_of_bans_within_an_address_or_a_network(store: Store) -> None:
     store.add_bans(
         [
             ban("198.51.100.0/25", T0 + 3),
-            ban("198.51.0.0/16", T0 + 4),  # wider than the /24: not inside it
+            ban("198.51.0.0/16", T0 + 4),  # wider than the /24: it holds it
             ban("198.51.100.200", T0 + 5),
             ban("2001:db8::/64", T0 + 6),
         ]
     )
-    store.lift([unban("198.51.100.200", T0 + 7)])
+    store.lift([unban("198.51.100.200", T0 + 7), unban("198.51.0.0/16", T0 + 8)])
     network = ipaddress.ip_network("198.51.100.0/24")
     assert summary(store.history(network)) == [
+        (8, "unban", "198.51.0.0/16"),
         (7, "unban", "198.51.100.200/32"),
         (5, "ban", "198.51.100.200/32"),
+        (4, "ban", "198.51.0.0/16"),
         (3, "ban", "198.51.100.0/25"),
     ]
     address = ipaddress.ip_network("198.51.100.200")
-    assert [what for _at, what, _ in summary(store.history(address))] == ["unban", "ban"]
+    assert summary(store.history(address)) == [
+        (8, "unban", "198.51.0.0/16"),  # the network's lift and ban: it held the address
+        (7, "unban", "198.51.100.200/32"),
+        (5, "ban", "198.51.100.200/32"),
+        (4, "ban", "198.51.0.0/16"),
+    ]
+    assert summary(store.history(address, limit=2)) == [
+        (8, "unban", "198.51.0.0/16"),
+        (7, "unban", "198.51.100.200/32"),
+    ]
     assert summary(store.history(ipaddress.ip_network("2001:db8::/32"))) == [
         (6, "ban", "2001:db8::/64")
     ]

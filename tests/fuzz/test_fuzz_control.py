@@ -25,7 +25,7 @@ from porttrap.core import requests
 from porttrap.core.commands import Answer, Command, Refuse
 from porttrap.core.core import Core
 from porttrap.daemon import control
-from porttrap.errors import PorttrapError, RemoteConfigError, UsageError
+from porttrap.errors import PorttrapError, Refused, RemoteConfigError, UsageError
 from porttrap.model import Ban
 
 NOW = 1_800_000_000.0
@@ -113,7 +113,7 @@ class Daemon:
         self.produced += left
         for command in left:
             if isinstance(command, Refuse):
-                raise (UsageError if command.usage else PorttrapError)(command.message)
+                raise (UsageError if command.usage else Refused)(command.message)
             if isinstance(command, Answer):
                 return dict(command.payload)
         raise AssertionError(f"no answer among {left}")

@@ -249,3 +249,34 @@ def test_stopping_kills_a_hook_still_running_after_the_grace(
     env.stop()
     assert not alive(pid)
     assert "actions_dropped=0 actions_killed=1" in env.log_text()
+
+
+def test_a_bulk_ban_is_one_notification_through_apprise(
+    env_factory: Callable[[str], Env], tmp_path: Path
+) -> None:
+    """Apprise's json:// posts to an HTTP server in the daemon's namespace (nothing leaves
+    the machine): 300 bans of one request are one message, and stopping sends no other."""
+    env = env_factory(TRAPS)
+    endpoint = Webhook(env.srv)
+    url = endpoint.url.replace("http://", "json://")
+    try:
+        env.config.write_text(
+            env.config.read_text()
+            + f'[[actions.notify]]\nurls = ["{url}"]\ngroup = "1s"\nevery = "1h"\n'
+        )
+        listed = tmp_path / "scanners.txt"
+        listed.write_text("".join(f"198.51.100.{n}\n" for n in range(10, 160)) +
+                          "".join(f"203.0.113.{n}\n" for n in range(10, 160)))  # fmt: skip
+        env.start()
+        env.porttrap("ban", "-f", str(listed), "--for", "1h", "--reason", "blocklist")
+        wait_until(lambda: len(endpoint.received) >= 1, PATIENCE, "the burst's notification")
+        (message,) = endpoint.received
+        assert message["title"].endswith(": 300 ban")
+        lines = message["message"].splitlines()
+        assert lines[0] == "300 ban" and lines[-1] == "... and 280 more (porttrap history)"
+        assert "(ban #1, manual: blocklist)" in lines[1]
+        wait_until(lambda: "event=notified events=300" in env.log_text(), PATIENCE, "logged")
+        env.stop()
+        assert len(endpoint.received) == 1
+    finally:
+        endpoint.close()

@@ -172,15 +172,15 @@ def test_admin_commands_refuse_what_would_lock_people_out(
     env.start()
     for target in (SRV4, "198.51.100.0/24", "127.0.0.1"):
         done = env.porttrap("ban", target, check=False)
-        assert done.returncode == 1 and "refusing to ban" in done.stderr, done.stderr
+        assert done.returncode == 5 and "refusing to ban" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
     done = env.porttrap("ban", "198.51.100.7/24", "192.0.2.300", check=False)
-    assert done.returncode == 1
+    assert done.returncode == 2  # the daemon checks them too: a usage error
     assert "did you mean 198.51.100.0/24" in done.stderr and "192.0.2.300" in done.stderr
     assert env.json("bans") == []
     env.porttrap("ban", "203.0.113.0/24")
     done = env.porttrap("ban", "203.0.113.128/25", check=False)
-    assert done.returncode == 1 and "overlaps the ban on 203.0.113.0/24" in done.stderr
+    assert done.returncode == 5 and "overlaps the ban on 203.0.113.0/24" in done.stderr
     assert [b["address"] for b in env.json("bans")] == ["203.0.113.0/24"]
     assert env.service_reachable(env.cli, CLIENT, SRV_CLI)
 
@@ -192,7 +192,7 @@ def test_flush_removes_only_porttraps_table(env_factory: Callable[[str], Env]) -
     assert tcp_works(env.atk, ATK4, SRV4, 2323)
     wait_until(lambda: env.in_set("ban_v4", ATK4), PATIENCE, "ban in kernel")
     refused = env.porttrap("flush", check=False)
-    assert refused.returncode == 1 and "porttrap is running" in refused.stderr
+    assert refused.returncode == 5 and "porttrap is running" in refused.stderr
     env.stop()
     env.porttrap("flush")
     assert env.srv.run(["nft", "list", "tables"]).split() == ["table", "inet", "other"]
@@ -246,7 +246,7 @@ def test_an_address_the_host_takes_on_is_unbanned_and_protected(
     assert not env.in_set("ban_v4", "203.0.113.50")
     assert "event=unban address=203.0.113.50 reason=" in env.log_text()
     done = env.porttrap("ban", "203.0.113.50", check=False)
-    assert done.returncode == 1 and "is an address of this host" in done.stderr
+    assert done.returncode == 5 and "is an address of this host" in done.stderr
 
 
 def test_sighup_does_not_stop_the_daemon(env_factory: Callable[[str], Env]) -> None:
@@ -264,7 +264,7 @@ def test_sighup_does_not_stop_the_daemon(env_factory: Callable[[str], Env]) -> N
 def test_without_a_daemon_commands_say_so(env_factory: Callable[[str], Env]) -> None:
     env = env_factory(TRAPS)
     done = env.porttrap("ban", ATK4, check=False)
-    assert done.returncode == 1
+    assert done.returncode == 3
     assert "porttrap is not running" in done.stderr and "Traceback" not in done.stderr
     assert env.porttrap("status", check=False).returncode == 3
 

@@ -110,7 +110,7 @@ def test_an_invalid_config_is_refused_and_the_running_one_stays(
 
     rewrite(env, config().replace("[allow]", '[firewall]\ntable = "other"\n[allow]'))
     done = env.porttrap("reload", check=False)
-    assert done.returncode == 1 and "need a restart" in done.stderr
+    assert done.returncode == 5 and "need a restart" in done.stderr
     assert "[firewall] table: porttrap -> other" in done.stderr
     assert env.json("status")["running"]
 
@@ -158,7 +158,7 @@ def test_stealth_rules_are_rebuilt_with_every_ban(env_factory: Callable[[str], E
 
     rewrite(env, config(ports='"2424"'))  # the sensor off: a restart's job
     done = env.porttrap("reload", check=False)
-    assert done.returncode == 1 and "kernel sensor would be turned off" in done.stderr
+    assert done.returncode == 5 and "kernel sensor would be turned off" in done.stderr
     assert trap_ports(env) == {2424}
 
 

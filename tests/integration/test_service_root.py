@@ -115,7 +115,7 @@ def test_refusals_change_nothing(netns_factory: Callable[[], Netns], tmp_path: P
     (root / UNIT).write_text("[Service]\nExecStart=/bin/true\n")
     before = tree(root)
     done = cli(ns, "install-service", "--root", root, *executable(tmp_path), check=False)
-    assert done.returncode == 1
+    assert done.returncode == 5
     assert "exists and differs" in done.stderr
     assert "--force" in done.stderr
     assert tree(root) == before
@@ -169,7 +169,7 @@ def test_uninstall_removes_a_real_daemons_firewall_and_state(
     assert "porttrap" in firewall_objects(ns)
 
     refused = cli(ns, "uninstall-service", "--root", root, check=False)
-    assert refused.returncode == 1
+    assert refused.returncode == 5
     assert "still running outside systemd" in refused.stderr
     assert (root / UNIT).exists()
     assert "porttrap" in firewall_objects(ns)

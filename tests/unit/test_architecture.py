@@ -167,6 +167,7 @@ CLI_FIREWALL = {  # flush removes the table itself; --version says which parts a
         "porttrap.firewall.claim",  # ... but never one a live daemon owns
         "porttrap.firewall.select",
         "porttrap.firewall.registry",
+        "porttrap.firewall.base",  # the interface: flush counts what it removes
     },
     "porttrap.cli.version": {
         "porttrap.firewall",

@@ -217,7 +217,7 @@ def test_ban_for_longer_than_the_longest_is_refused_by_the_cli(
 ) -> None:
     code = main(["ban", "--for", "1000000000000w", "198.51.100.7", "-c", str(config)])
     err = capsys.readouterr().err
-    assert code == 1 and len(err.splitlines()) == 1  # before any daemon is asked
+    assert code == 2 and len(err.splitlines()) == 1  # before any daemon is asked
     assert err.startswith("porttrap: error: --for: duration '1000000000000w' is longer than "
                           "3650d (10 years)")  # fmt: skip
     assert err.rstrip().endswith("(--permanent)")
@@ -227,7 +227,7 @@ def test_report_since_is_bounded_by_the_look_back(
     capsys: pytest.CaptureFixture[str], config: Path
 ) -> None:
     code = main(["report", "--since", "36501d", "-c", str(config)])
-    assert code == 1 and "36500d (100 years)" in capsys.readouterr().err
+    assert code == 2 and "36500d (100 years)" in capsys.readouterr().err
 
 
 def test_bans_lists_the_good_rows_and_skips_a_bad_one(

@@ -57,13 +57,14 @@ def test_check_config_summarises_respond_actions_and_log_outputs(
         '[traps]\nmode = "connect"\n[ban]\nrespond = { udp = "log" }\n'
         '[[actions.command]]\nrun = ["/bin/true", "$TARGET$"]\n'
         '[[actions.webhook]]\nurl = "https://hooks.example.org/x"\n'
+        '[[actions.notify]]\nurls = "json://127.0.0.1:8080/porttrap"\n'
         '[[log.output]]\nto = "syslog"\nformat = "portsentry"\n'
     )
     code, out, _ = run(capsys, "check-config", "-c", str(config))
     assert code == 0
     assert out.splitlines()[1:] == [
         "  respond: tcp ban, udp log",
-        "  actions: 1 command(s), 1 webhook(s)",
+        "  actions: 1 command(s), 1 webhook(s), 1 notification(s)",
         "  log: syslog (portsentry)",
     ]
 
@@ -121,18 +122,18 @@ def test_ban_and_unban_need_the_daemon(
     capsys: pytest.CaptureFixture[str], config: Path, command: list[str]
 ) -> None:
     code, _, err = run(capsys, *command, "-c", str(config))
-    assert code == 1
-    assert err.startswith("porttrap: error: porttrap is not running")
+    assert code == 3
+    assert err.startswith("porttrap: porttrap is not running")
     assert len(err.splitlines()) == 1 and "Traceback" not in err
 
 
 def test_bad_arguments_are_one_line(capsys: pytest.CaptureFixture[str], config: Path) -> None:
     code, _, err = run(capsys, "ban", "198.51.100.7", "--for", "soon", "-c", str(config))
-    assert code == 1 and "--for: bad duration 'soon'" in err
+    assert code == 2 and "--for: bad duration 'soon'" in err
     code, _, err = run(capsys, "history", "198.51.100.7/24", "-c", str(config))
-    assert code == 1 and "did you mean 198.51.100.0/24" in err
+    assert code == 2 and "did you mean 198.51.100.0/24" in err
     code, _, err = run(capsys, "ban", "-c", str(config))
-    assert code == 1 and "give at least one ADDRESS" in err
+    assert code == 2 and "give at least one ADDRESS" in err
 
 
 def test_bans_before_the_first_run_says_why(
@@ -143,7 +144,7 @@ def test_bans_before_the_first_run_says_why(
 
 
 def test_verbose_shows_the_traceback(capsys: pytest.CaptureFixture[str], config: Path) -> None:
-    code, _, err = run(capsys, "ban", "198.51.100.7", "-v", "-c", str(config))
+    code, _, err = run(capsys, "bans", "-v", "-c", str(config))
     assert code == 1 and "Traceback" in err
 
 

@@ -92,7 +92,7 @@ def test_options_complete_per_command(bash_script: Path) -> None:
     assert {"--for", "--permanent", "--file", "--config", "--verbose", "--help"} <= set(offered)
     assert "--json" not in offered  # that is status's, bans' and history's
     assert tab(bash_script, "ban", "203.0.113.7", "--p") == ["--permanent"]
-    assert tab(bash_script, "--v") == ["--version"]
+    assert tab(bash_script, "--v") == ["--verbose", "--version"]  # -c and -v: before COMMAND too
 
 
 def test_subcommands_and_choices_complete(bash_script: Path) -> None:

@@ -23,7 +23,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_a_password_inside_the_admin_url_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     for url in ("postgresql://postgres:s3cret@db.example.net/porttrap", "host=x password=s3cret"):
         code, out, err = run(capsys, "init", "--admin-url", url)
-        assert code == cli.EXIT_ERROR
+        assert code == cli.EXIT_USAGE
         assert "holds a password" in err and "~/.pgpass" in err
         assert "s3cret" not in err + out
 
@@ -42,7 +42,7 @@ def test_a_password_file_others_can_read_is_refused(
     password.chmod(0o640)
     code, _, err = run(capsys, "add-host", "web-1", "--admin-url", URL,
                        "--password-file", str(password))  # fmt: skip
-    assert code == cli.EXIT_ERROR
+    assert code == cli.EXIT_USAGE
     assert "can be read or changed by others" in err and "mode -rw-r-----" in err
     assert f"chmod 600 {password}" in err
 
@@ -64,7 +64,7 @@ def test_an_existing_password_file_is_never_overwritten(
     target.write_text("keep me\n")
     code, _, err = run(capsys, "add-host", "web-1", "--admin-url", URL,
                        "--write-password", str(target))  # fmt: skip
-    assert code == cli.EXIT_ERROR
+    assert code == cli.EXIT_USAGE
     assert "exists already (never overwritten)" in err
     assert target.read_text() == "keep me\n"
 

@@ -8,6 +8,7 @@ import argparse
 import platform
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from porttrap import __version__
 from porttrap.cli import commands, helptext, version
 from porttrap.cli import main as cli
 from porttrap.errors import FirewallError
+from porttrap.firewall import kernel
 
 Path_ = tuple[str, ...]
 
@@ -143,10 +145,12 @@ def test_the_top_help_gives_workflow_files_and_the_real_exit_codes(
     assert {"check-config", "run", "status", "bans", "ban", "unban"} <= named
     codes = dict(re.findall(r"^  (\d+) +(\S.*)$", text, re.MULTILINE))
     assert codes["0"] == "success"
-    assert codes[str(cli.EXIT_ERROR)].startswith("error")
-    assert codes[str(cli.EXIT_CONFIG)].startswith("invalid configuration")
-    assert codes[str(commands.EXIT_NOT_RUNNING)].endswith("the daemon is not running")
+    assert codes[str(cli.EXIT_ERROR)].startswith("failed")
+    assert codes[str(cli.EXIT_USAGE)].startswith("usage: an invalid command line")
+    assert codes[str(commands.EXIT_NOT_RUNNING)].startswith("not running")
     assert codes[str(commands.EXIT_NOT_RECORDED)].startswith("ban, unban: done in the kernel")
+    assert codes[str(cli.EXIT_REFUSED)].startswith("refused")
+    assert codes[str(cli.EXIT_INTERRUPTED)].startswith("interrupted")
 
 
 def test_the_workflow_shows_only_commands_there_are() -> None:
@@ -178,7 +182,11 @@ def test_version_prints_the_version_python_and_the_firewall_parts(
     assert second.startswith(f"Python {platform.python_version()}; libnftables ")
 
 
-def test_version_says_what_is_missing_and_how_to_install_it() -> None:
+def test_version_says_what_is_missing_and_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(kernel, "SYSTEM_SITE", tmp_path)  # python3-nftables not installed
+
     def no_binding() -> object:
         raise FirewallError("the Python module 'nftables' is missing")
 

@@ -71,7 +71,7 @@ def test_a_terminal_gets_no_html(
 ) -> None:
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
     code, out, err = run(capsys, "report", "-c", str(config))
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""
     assert err == (
         "porttrap: error: the report is an HTML page: give -o FILE (e.g. -o report.html) or "
         "redirect stdout to a file\n"
@@ -108,7 +108,7 @@ def test_bad_period_options_are_one_line(
     capsys: pytest.CaptureFixture[str], config: Path, argv: list[str], message: str
 ) -> None:
     code, out, err = run(capsys, "report", "-c", str(config), *argv)
-    assert code == 1 and out == "" and err.startswith(message) and len(err.splitlines()) == 1
+    assert code == 2 and out == "" and err.startswith(message) and len(err.splitlines()) == 1
 
 
 def test_a_missing_database_is_one_line(capsys: pytest.CaptureFixture[str], config: Path) -> None:
@@ -146,7 +146,7 @@ def test_help_describes_the_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_fleet_needs_a_fleet_section(capsys: pytest.CaptureFixture[str], config: Path) -> None:
     code, out, err = run(capsys, "report", "--fleet", "-c", str(config), "-o", "x.html")
-    assert code == 1 and out == "" and "has no [fleet] section" in err
+    assert code == 2 and out == "" and "has no [fleet] section" in err
     assert len(err.splitlines()) == 1
 
 

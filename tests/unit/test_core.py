@@ -377,11 +377,63 @@ def test_an_admin_ban_applies_at_once_and_answers_once_recorded() -> None:
         << sent(ban(ATTACKER, T0, H), net)
         << Answer({"count": 1, "bans": [ban_json(net)]}, after_store=True)
         >> AdminBan((ip_network(HOST),))
-        << Refuse(f"refusing to ban {HOST}: {HOST} is an address of this host", usage=True)
+        << Refuse(f"refusing to ban {HOST}: {HOST} is an address of this host")
         >> AdminUnban((ip_network(ATTACKER), ip_network(OTHER)))
         << sent(Unban(ip_network(ATTACKER), T0, "manual"), Unban(ip_network(OTHER), T0, "manual"))
-        << Answer({"unbanned": [ATTACKER, OTHER], "were_banned": [ATTACKER]}, after_store=True)
+        << Answer({"count": 2, "unbanned": [ATTACKER, OTHER], "were_banned": [ATTACKER],
+                   "held_by": {}}, after_store=True)
         >> TurnEnded()  # the FlushSoon of the first hit finds nothing left
+    )  # fmt: skip
+
+
+def test_an_admin_ban_keeps_the_admins_reason() -> None:
+    _, playbook = started(config())
+    net = ban("203.0.113.0/24", T0, None, reason="manual: scanned the mail server")
+    assert (
+        playbook
+        >> AdminBan((ip_network("203.0.113.0/24"),), permanent=True,
+                    reason="scanned the mail server")
+        << sent(net)
+        << Answer({"count": 1, "bans": [ban_json(net)]}, after_store=True)
+    )  # fmt: skip
+
+
+def test_unbanning_an_address_inside_a_banned_network_names_the_network() -> None:
+    _, playbook = started(config())
+    net = ban("203.0.113.0/24", T0, None, reason="manual")
+    inside, wider = "203.0.113.9", ip_network("203.0.113.0/25")
+    assert (
+        playbook
+        >> AdminBan((net.target,), permanent=True)
+        << sent(net)
+        << Answer({"count": 1, "bans": [ban_json(net)]}, after_store=True)
+        >> AdminUnban((ip_network(inside), wider, ip_network(OTHER)))
+        << sent(Unban(ip_network(inside), T0, "manual"), Unban(wider, T0, "manual"),
+                Unban(ip_network(OTHER), T0, "manual"))
+        << Answer({"count": 3, "unbanned": [inside, str(wider), OTHER], "were_banned": [],
+                   "held_by": {inside: "203.0.113.0/24", str(wider): "203.0.113.0/24"}},
+                  after_store=True)
+    )  # fmt: skip
+
+
+def test_unban_all_lifts_every_active_ban() -> None:
+    _, playbook = started(config())
+    first = ban("203.0.113.0/24", T0, None, reason="manual")
+    second = ban("198.51.100.0/24", T0, None, reason="manual")
+    targets = (first.target, second.target)
+    assert (
+        playbook
+        >> AdminBan(targets, permanent=True)
+        << sent(first, second)
+        << Answer({"count": 2, "bans": [ban_json(first), ban_json(second)]}, after_store=True)
+        >> AdminUnban((), everything=True)
+        << sent(Unban(second.target, T0, "manual"), Unban(first.target, T0, "manual"))
+        << Answer({"count": 2, "unbanned": ["198.51.100.0/24", "203.0.113.0/24"],
+                   "were_banned": ["198.51.100.0/24", "203.0.113.0/24"], "held_by": {}},
+                  after_store=True)
+        >> AdminUnban((), everything=True)
+        << Answer({"count": 0, "unbanned": [], "were_banned": [], "held_by": {}},
+                  after_store=True)
     )  # fmt: skip
 
 

@@ -231,3 +231,21 @@ def test_the_fleet_link_is_exported_only_for_a_host_in_a_fleet() -> None:
         "porttrap_fleet_received": 11,
         "porttrap_fleet_rows_refused": 1,
     }
+
+
+def test_prefix_bans_are_counted_once_each_however_carved(tmp_path: Path) -> None:
+    config = load_text(
+        f'state_dir = "{tmp_path}"\n[traps]\ntcp = ["23"]\n[allow]\n'
+        'addresses = ["198.51.100.77"]\n[ban.prefix]\nspread = 2\nv6_source = 64\n',
+        None,
+    )
+    clock = FakeClock()
+    made = make_shell(config, clock, MemoryStore(), MemoryFirewall(clock))
+    made.feed(Started(frozenset(), []))
+    try:
+        run_on_loop(made, hit("198.51.100.1", 23), hit("198.51.100.2", 23), hit("2001:db8::1", 23))
+        got = scrape(made)
+        assert by("family", got["porttrap_prefix_bans_active"]) == {"ipv4": 1, "ipv6": 0}
+        assert by("family", got["porttrap_set_elements"]) == {"ipv4": 8, "ipv6": 1}
+    finally:
+        made.writer.close()

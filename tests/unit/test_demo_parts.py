@@ -21,6 +21,7 @@ from porttrap.config import loader as config
 from porttrap.config.schema import Escalation, TrapMode
 from porttrap.demo import lab, names, plan, run, script
 from porttrap.errors import PorttrapError
+from porttrap.firewall import kernel
 from porttrap.model import Proto
 from porttrap.testing import FakeClock
 
@@ -206,16 +207,19 @@ def test_guarded_installs_and_restores_the_handlers() -> None:
 # -- what the machine lacks ------------------------------------------------------------------
 
 
-def test_every_missing_requirement_is_named_with_its_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_missing_requirement_is_named_with_its_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(shutil, "which", lambda program: None)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(kernel, "SYSTEM_SITE", tmp_path)  # not installed either
     missing = lab.requirements()
     assert len(missing) == 4
     assert "must run as root" in missing[0]
     assert missing[1].endswith("apt-get install iproute2") and "`ip`" in missing[1]
     assert missing[2].endswith("apt-get install nftables") and "`nft`" in missing[2]
-    assert missing[3].endswith("apt-get install python3-nftables")
+    assert "apt-get install nftables python3-nftables" in missing[3]
 
 
 def test_the_demo_refuses_to_start_without_them(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -372,7 +372,7 @@ def test_cli_writes_the_file_refuses_to_overwrite_and_forces(
     assert f"wrote {target}" in err
     target.write_text("# mine\n")
     code, _, err = run(capsys, *args)
-    assert code == 1 and "exists: give --force" in err
+    assert code == 5 and "exists: give --force" in err
     assert target.read_text() == "# mine\n"
     assert run(capsys, *args, "--force")[0] == 0
     assert target.read_text() == expected.toml

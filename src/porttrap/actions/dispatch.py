@@ -1,5 +1,5 @@
-"""From the daemon's events to actions: which commands, webhooks and hosts.deny lines each
-event calls for, and when.
+"""From the daemon's events to actions: which commands, webhooks, notifications and hosts.deny
+lines each event calls for, and when.
 
 The daemon's shell calls, all on its event loop and none of them blocking, as the core's
 commands say (`porttrap.core.commands`):
@@ -20,7 +20,7 @@ import socket
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from porttrap import log
 from porttrap.actions import events
@@ -28,8 +28,11 @@ from porttrap.actions.events import ActionEvent
 from porttrap.actions.hostsdeny import HostsDeny
 from porttrap.actions.jobs import CommandJob, WebhookJob
 from porttrap.actions.runner import Runner
-from porttrap.config.schema import BAN_EVENTS, Actions, CommandAction, Event, Modes
+from porttrap.config.schema import BAN_EVENTS, Actions, CommandAction, Event, Modes, NotifyAction
 from porttrap.model import Ban, Change, Hit, IPNetwork, Outcome, Unban, show
+
+if TYPE_CHECKING:
+    from porttrap.actions.notify import Notices
 
 GRACE = 5.0  # seconds running actions get to end when the daemon stops
 STATE_FILE = "hosts-deny.json"
@@ -51,8 +54,9 @@ class Dispatcher:
         self.modes = modes
         self.runner = Runner(config.max_running, config.queue)
         self.hosts_deny = _hosts_deny(config, state_dir / STATE_FILE)
-        self.enabled = bool(config.commands or config.webhooks or self.hosts_deny)
+        self.enabled = bool(config.commands or config.webhooks or config.notify or self.hosts_deny)
         listeners = [c.on for c in config.commands] + [w.on for w in config.webhooks]
+        listeners += [n.on for n in config.notify]
         self._hit_actions = sum(1 for on in listeners if Event.HIT in on)
         self.wants_hits = self._hit_actions > 0
         # The lifted ban of an unban (its port and mode) is only needed for actions on unban.
@@ -63,6 +67,12 @@ class Dispatcher:
         self._env = dict(os.environ if env is None else env)
         self._host = socket.gethostname() if host is None else host
         self._stopping = threading.Event()
+        self._notices = [self._notices_of(n) for n in config.notify]
+
+    def _notices_of(self, action: NotifyAction) -> Notices:
+        from porttrap.actions.notify import Notices  # apprise: imported only when used
+
+        return Notices(action, self._host)
 
     def start(self, active: Sequence[Ban]) -> None:
         """The bans active at start: remembered for their unbans, and hosts.deny made to hold
@@ -91,6 +101,7 @@ class Dispatcher:
         event = events.from_hit(hit, outcome, ban, self.modes)
         self._commands(event, self.config.commands)
         self._webhooks(event)
+        self._notify(event)
 
     def before_kernel(self, batch: Sequence[Change]) -> None:
         """Start the `first` commands of `batch`: they run while the kernel is updated."""
@@ -110,6 +121,7 @@ class Dispatcher:
             event = self._event(change, remember=True)
             self._commands(event, self._after)
             self._webhooks(event)
+            self._notify(event)
             deny.append((event.address, self._deny_line(event)))
         if self.hosts_deny is not None and self.hosts_deny.file is not None:
             self.hosts_deny.update(deny)
@@ -128,6 +140,7 @@ class Dispatcher:
             event = events.from_expiry(ban, self.modes)
             self._commands(event, self.config.commands)
             self._webhooks(event)
+            self._notify(event)
             deny.append((event.address, None))
         if deny and self.hosts_deny is not None and self.hosts_deny.file is not None:
             self.hosts_deny.update(deny)
@@ -146,6 +159,8 @@ class Dispatcher:
         """Stop: no more webhook retries, waiting actions dropped, running ones given `grace`
         seconds, then killed; hosts.deny brought up to date. Returns (dropped, killed)."""
         self._stopping.set()
+        for notices in self._notices:  # the burst under way goes out now
+            await notices.close()
         dropped, killed = await self.runner.close(grace)
         if self.hosts_deny is not None:
             await asyncio.to_thread(self.hosts_deny.close)
@@ -169,6 +184,10 @@ class Dispatcher:
         for webhook in self.config.webhooks:
             if event.name in webhook.on and self._room(event):
                 self.runner.submit(WebhookJob(webhook, event, self._host, self._stopping))
+
+    def _notify(self, event: ActionEvent) -> None:
+        for notices in self._notices:
+            notices.add(event)
 
     def _room(self, event: ActionEvent) -> bool:
         """Whether the runner would take an action of `event`; if not, it is counted as

@@ -19,8 +19,9 @@ from porttrap.config.schema import Config, LogConfig, Respond, TrapMode
 from porttrap.core.views import ban_json
 from porttrap.daemon import control, wiring
 from porttrap.daemon.notify import Notifier
-from porttrap.errors import DaemonNotRunning, NoDatabase, PorttrapError, UsageError
+from porttrap.errors import DaemonNotRunning, NoDatabase, Refused, UsageError
 from porttrap.firewall import registry
+from porttrap.firewall.base import FirewallBackend
 from porttrap.firewall.claim import claim
 from porttrap.firewall.select import make_backend
 from porttrap.model import IPNetwork, Proto, parse_target
@@ -29,6 +30,8 @@ from porttrap.units import TooLong, parse_duration
 
 EXIT_NOT_RUNNING = 3
 EXIT_NOT_RECORDED = 4  # ban/unban: done in the kernel, not yet in the store (a full disk)
+EXIT_REFUSED = 5  # understood and declined (main.EXIT_REFUSED): here, an address still held
+MAX_FILE_PROBLEMS = 10  # bad lines of `-f FILE` listed; the count covers all
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -104,6 +107,7 @@ def _response_summary(cfg: Config) -> list[str]:
     done = [f"{len(actions.commands)} command(s)"] if actions.commands else []
     done += [f"hosts.deny lines in {actions.hosts_deny.file}"] if actions.hosts_deny else []
     done += [f"{len(actions.webhooks)} webhook(s)"] if actions.webhooks else []
+    done += [f"{len(actions.notify)} notification(s)"] if actions.notify else []
     if done:
         lines.append("actions: " + ", ".join(done))
     if cfg.log.outputs != LogConfig().outputs:
@@ -209,6 +213,8 @@ def ban(args: argparse.Namespace) -> int:
     if args.duration:
         request["for"] = _duration(args.duration)
     request["permanent"] = args.permanent
+    if args.reason is not None:
+        request["reason"] = args.reason
     answer = control.request(cfg.control_socket, request)
     for item in answer["bans"]:
         until = item["expires_at"] or "permanent"
@@ -233,32 +239,92 @@ def _not_recorded(answer: dict[str, Any], done: str) -> int:
 
 def unban(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    request = {"cmd": "unban", "targets": _gather_targets(args), "fleet": args.fleet}
+    if args.all:
+        request: dict[str, Any] = {"cmd": "unban", "all": _confirm_all(args)}
+    else:
+        request = {"cmd": "unban", "targets": _gather_targets(args), "fleet": args.fleet}
     answer = control.request(cfg.control_socket, request)
-    was = set(answer["were_banned"])
-    for address in answer["unbanned"]:
-        print(f"unbanned {address}" if address in was else f"{address} was not banned")
+    held_by: dict[str, str] = answer.get("held_by", {})
+    _print_unbans(answer, held_by, everything=args.all)
     if args.fleet:
         print("published: every host of the fleet lifts its bans on these too")
     if not answer.get("recorded", True):
         return _not_recorded(answer, "the unban is in the kernel (a restart before the disk "
                              "takes it would put the ban back)")  # fmt: skip
-    return 0
+    return EXIT_REFUSED if held_by else 0
+
+
+def _print_unbans(answer: dict[str, Any], held_by: dict[str, str], everything: bool) -> None:
+    """A line per target; an address inside a banned network says which one holds it and
+    how to lift that."""
+    was = set(answer["were_banned"])
+    for address in answer["unbanned"]:
+        if address in was:
+            print(f"unbanned {address}")
+        elif address in held_by:
+            print(_held(address, held_by[address], answer.get("prefix_bans", {})))
+        else:
+            print(f"{address} was not banned")
+    count = answer.get("count", len(answer["unbanned"]))
+    if count > len(answer["unbanned"]):
+        print(f"... and {count - len(answer['unbanned'])} more")
+    if everything:
+        print(f"lifted {count} ban(s)" if count else "nothing to lift: there were no active bans")
+
+
+def _held(address: str, net: str, prefix_bans: dict[str, str]) -> str:
+    """What to do about an address a network ban holds: lift that network; for a prefix ban
+    (its whole prefix, every CIDR its carve-outs left), or leave the address out of it."""
+    if net not in prefix_bans:
+        return (f"{address} is still banned: it is inside the ban on {net}, which holds it; "
+                f"lift that with `porttrap unban {net}` (and ban the rest again)")  # fmt: skip
+    return (f"{address} is still banned: it is inside the ban on {net} ({prefix_bans[net]}), "
+            f"which holds it; lift it all with `porttrap unban {net}`, or add "
+            f"{address} to [allow] addresses and reload to leave it out of the ban")  # fmt: skip
+
+
+def _confirm_all(args: argparse.Namespace) -> bool:
+    """`unban --all` lifts every ban: with --yes, or a "yes" typed at a terminal. Without a
+    terminal and without --yes it is refused (a script must say it means it)."""
+    if args.addresses or args.file or args.fleet:
+        raise UsageError("unban --all takes no ADDRESS, --file nor --fleet")
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise Refused("unban --all lifts every active ban: add --yes to confirm (stdin is no "
+                      "terminal to ask on)")  # fmt: skip
+    answer = input("Lift every active ban of this host? Type 'yes' to confirm: ")
+    if answer.strip().lower() != "yes":
+        raise Refused("unban --all: not confirmed, nothing lifted")
+    return True
 
 
 def flush(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if control.ping(cfg.control_socket):
-        raise PorttrapError(
+        raise Refused(
             "porttrap is running: stop it first (or run it with --flush-on-exit); "
             "a running daemon would put its bans back"
         )
     backend = make_backend(cfg.firewall.backend, cfg.firewall.table, SystemClock())
+    info = registry.get(backend.name)
     with claim(backend.name, cfg.firewall.table):  # a daemon of another state_dir owns it?
+        held = _kernel_bans(backend) if info.in_kernel else None
         backend.teardown()
-    removed = registry.get(backend.name).removes(cfg.firewall.table)
-    print(f"removed {removed} (bans stay in the database)")
+    what = info.removes(cfg.firewall.table)
+    if held is None:
+        print(f"nothing to remove: {what} not in the kernel (bans stay in the database)")
+    else:
+        print(f"removed {what}, holding {held} ban(s) (bans stay in the database)")
     return 0
+
+
+def _kernel_bans(backend: FirewallBackend) -> int | None:
+    """How many bans porttrap's objects in the kernel hold; None when none of them is there."""
+    if backend.present():
+        return backend.inspect(count=True).count or 0
+    entries = backend.entries()  # what is left of a half-removed ruleset (ipset's sets)
+    return len(entries) if entries else None
 
 
 def _duration(text: str) -> float:
@@ -278,7 +344,8 @@ def _parse_target(text: str) -> IPNetwork:
 
 
 def _gather_targets(args: argparse.Namespace) -> list[str]:
-    """Addresses from the command line and from --file; the daemon validates them all."""
+    """Addresses from the command line and from --file (checked here, so that an error names
+    its line); the daemon validates them all again."""
     items = list(args.addresses)
     if args.file:
         items += _read_list(args.file)
@@ -288,10 +355,27 @@ def _gather_targets(args: argparse.Namespace) -> list[str]:
 
 
 def _read_list(name: str) -> list[str]:
-    text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
-    items = []
-    for line in text.splitlines():
+    """The addresses of FILE, one a line ('#' starts a comment); every bad line is reported
+    as FILE:LINE (up to MAX_FILE_PROBLEMS), and none is sent."""
+    shown = "<stdin>" if name == "-" else name
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{shown}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise UsageError(f"cannot read {shown}: {err.strerror}") from None
+    items, problems = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
         item = line.split("#", 1)[0].strip()
-        if item:
-            items.append(item)
+        if not item:
+            continue
+        try:
+            parse_target(item)
+        except ValueError as err:
+            problems.append(f"{shown}:{number}: {err}")
+        items.append(item)
+    if problems:
+        more = len(problems) - MAX_FILE_PROBLEMS
+        listed = problems[:MAX_FILE_PROBLEMS] + ([f"... and {more} more"] if more > 0 else [])
+        raise UsageError("; ".join(listed) + " (nothing was sent: fix these lines)")
     return items

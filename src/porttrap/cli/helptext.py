@@ -80,14 +80,19 @@ _FILES_AND_EXIT_CODES = _text("""
 
     exit codes:
       0    success
-      1    error: one line on stderr saying what failed and how to fix it (-v adds a
-           traceback); also ban/unban when the daemon is not running
-      2    invalid configuration, every problem listed (reload: the daemon
-           refused it); or an invalid command line
-      3    status, reload: the daemon is not running
+      1    failed: one line on stderr saying what failed and how to fix it
+           (-v adds a traceback)
+      2    usage: an invalid command line, or an invalid configuration with every
+           problem listed (reload: the daemon found it invalid)
+      3    not running: the command needs the daemon and none answers
       4    ban, unban: done in the kernel, not yet in the database (its disk is full
            or failing); the daemon keeps trying, see porttrap status
+      5    refused: understood and declined (a protected target, a running daemon in
+           the way, unban --all unconfirmed, a change that needs a restart)
       130  interrupted (Ctrl-C)
+
+    Each command's exit codes are listed in porttrap's docs/cli.md. -c FILE and -v go before
+    or after the command.
 
     More: porttrap COMMAND --help for each command; every configuration key is described
     in porttrap's docs/configuration.md.
@@ -148,7 +153,8 @@ COMMANDS = {
         metrics. Every ban, the escalation counts and the counters carry over.
 
         An invalid configuration is refused with every problem listed (exit 2) and the
-        daemon goes on with the one it runs. So is a change that needs a restart: state_dir,
+        daemon goes on with the one it runs. So is (exit 5) a change that needs a restart:
+        state_dir,
         [firewall] backend or table, turning the kernel sensor on or off, [kernel]
         nflog_group or queue. SIGHUP does the same (and reopens the log files), and
         `systemctl reload porttrap` runs this command. Needs root and the running daemon
@@ -234,7 +240,8 @@ COMMANDS = {
     "history": _command(
         """
         Hits, bans and lifted bans, newest first: of every address, or only of ADDRESS (an
-        address, or a network: everything inside it).
+        address, or a network: everything inside it), with the bans of the networks
+        holding it.
 
         Reads the database (state_dir/porttrap.db) itself, so it works whether or not the
         daemon runs. Needs read access to state_dir (root). --fleet ADDRESS reads the fleet's
@@ -256,9 +263,13 @@ COMMANDS = {
         --for takes at most 3650d (10 years); a ban that should never end is --permanent.
         An IPv4-mapped address (::ffff:192.0.2.7) is banned as the IPv4 address it names.
 
-        Refuses, and bans nothing, when any target is protected (the host's own addresses,
-        loopback, the allow list), or when a network overlaps an active network ban (unban
-        that one first). Without a running daemon it says so and exits 1.
+        --reason TEXT is kept with the ban as "manual: TEXT", and shown by bans, history,
+        report and --json. -f FILE is checked first: every bad line is named FILE:LINE,
+        and nothing is sent (exit 2).
+
+        Refuses (exit 5), and bans nothing, when any target is protected (the host's own
+        addresses, loopback, the allow list), or when a network overlaps an active network
+        ban (unban that one first). Without a running daemon it says so and exits 3.
 
         Answers once the database holds the ban. When the database cannot be written (a
         full state_dir), it answers at once: the ban is in the kernel but not yet on disk
@@ -269,19 +280,24 @@ COMMANDS = {
           porttrap ban 203.0.113.7
           porttrap ban 198.51.100.0/24 2001:db8::/32 --for 1d
           porttrap ban --permanent -f blocklist.txt      one address or network a line
+          porttrap ban 203.0.113.7 --reason "scanned the mail server"
         """,
     ),
     "unban": _command(
         """
         Lift bans now, through the running daemon (state_dir/control.sock, root only): out
         of the kernel, and a lifted ban no longer counts toward escalation. An address that
-        was not banned is reported as such; that is no error. Without a running daemon it
-        says so and exits 1. In a fleet, the unban is published: the other hosts lift their
+        was not banned is reported as such; that is no error. An address inside a banned
+        network stays banned: it says which network holds it and how to lift that (exit 5).
+        --all lifts every active ban, after a "yes" at a terminal, or with --yes (without a
+        terminal and without --yes it is refused, exit 5). Without a running daemon it
+        says so and exits 3. In a fleet, the unban is published: the other hosts lift their
         copies of this host's ban (never a ban their own policy decided); with --fleet every
         host lifts every ban on the address, its own included.
         """,
         """
           porttrap unban 203.0.113.7
+          porttrap unban --all --yes
           porttrap unban --fleet 203.0.113.7
           porttrap unban -f - < addresses.txt
           porttrap bans --json | jq -r '.[].address' | porttrap unban -f -
@@ -294,7 +310,9 @@ COMMANDS = {
         and chains. The bans stay in the database, and go back into the kernel when porttrap
         starts again.
 
-        Needs root, and refuses while the daemon runs (it would put its bans back), or while
+        Says what it removed and how many bans it held, or that there was nothing.
+        Needs root, and refuses (exit 5) while the daemon runs (it would put its bans
+        back), or while
         any live porttrap in this network namespace owns the table (another state_dir's):
         stop it first.
         """,

@@ -18,7 +18,7 @@ from porttrap.config.legacy import datatrap, port_trap, portsentry, reading
 from porttrap.config.legacy.notes import Conversion
 from porttrap.config.schema import Config
 from porttrap.daemon import control, statedir
-from porttrap.errors import ConfigError, ConfigProblem, PorttrapError
+from porttrap.errors import ConfigError, ConfigProblem, PorttrapError, Refused
 from porttrap.model import Ban, show
 from porttrap.store import open_store
 from porttrap.store.base import Store
@@ -179,7 +179,7 @@ def _write(path: Path, text: str, force: bool) -> None:
     """Write `path` atomically (a temporary file renamed over it), refusing to replace an
     existing file unless `force`."""
     if path.exists() and not force:
-        raise PorttrapError(f"{path} exists: give --force to replace it, or another -o FILE")
+        raise Refused(f"{path} exists: give --force to replace it, or another -o FILE")
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from porttrap import log
 from porttrap.cli import (
@@ -23,26 +25,68 @@ from porttrap.cli import (
     top,
     version,
 )
-from porttrap.errors import ConfigError, PorttrapError, RemoteConfigError
+from porttrap.errors import (
+    ConfigError,
+    DaemonNotRunning,
+    PorttrapError,
+    Refused,
+    RemoteConfigError,
+    UsageError,
+)
 
-EXIT_ERROR = 1
-EXIT_CONFIG = 2
+# The exit codes, one table for every command (docs/cli.md, `porttrap --help`).
+EXIT_OK = 0
+EXIT_ERROR = 1  # failed: the kernel, the database, a file, the network
+EXIT_USAGE = 2  # an invalid command line, request or configuration (argparse's own 2)
+EXIT_CONFIG = EXIT_USAGE
+EXIT_NOT_RUNNING = commands.EXIT_NOT_RUNNING  # 3: the command needs the daemon; none answers
+EXIT_NOT_RECORDED = commands.EXIT_NOT_RECORDED  # 4: done in the kernel, not yet on disk
+EXIT_REFUSED = 5  # understood, and refused: a protected target, a running daemon, no --yes
+EXIT_INTERRUPTED = 130
 
 Command = Callable[[argparse.Namespace], int]
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+class Parser(argparse.ArgumentParser):
+    """An unknown command names the nearest known one, as git and cscli do."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            raise argparse.ArgumentError(action, unknown_command(value, list(action.choices)))
+        super()._check_value(action, value)
+
+
+def unknown_command(name: str, known: list[str]) -> str:
+    """'unknown command 'stauts': did you mean 'status'?', or the list when nothing is near."""
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if near:
+        return f"unknown command {name!r}: did you mean {near[0]!r}?"
+    return f"unknown command {name!r} (choose from {', '.join(known)})"
+
+
+def _global(parser: argparse.ArgumentParser, default: Any) -> None:
+    """-c and -v, before the command (`porttrap -c FILE status`) or after it. After it they
+    default to SUPPRESS, so that the command's parser never overwrites what came before."""
     parser.add_argument(
         "-c",
         "--config",
         type=Path,
         metavar="FILE",
+        default=default,
         help="configuration file (default: /etc/porttrap/porttrap.toml "
         "when present, else built-in defaults)",
     )
     parser.add_argument(
-        "-v", "--verbose", action="store_true", help="debug logging, and tracebacks on errors"
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default if default is argparse.SUPPRESS else False,
+        help="debug logging, and tracebacks on errors",
     )
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    _global(parser, argparse.SUPPRESS)
 
 
 def _json(parser: argparse.ArgumentParser) -> None:
@@ -65,9 +109,10 @@ def _targets(parser: argparse.ArgumentParser, verb: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="porttrap", description=helptext.DESCRIPTION)
+    parser: argparse.ArgumentParser = Parser(prog="porttrap", description=helptext.DESCRIPTION)
     parser.add_argument("--version", action=version.VersionAction)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _global(parser, None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, func: Command, text: str) -> argparse.ArgumentParser:
         about = helptext.COMMANDS[name]
@@ -126,12 +171,27 @@ def build_parser() -> argparse.ArgumentParser:
         "in [ban]",
     )
     length.add_argument("--permanent", action="store_true", help="ban for good")
+    ban.add_argument(
+        "--reason",
+        metavar="TEXT",
+        help="why, in a few words; kept with the ban as 'manual: TEXT' and shown by bans, "
+        "history, report and --json",
+    )
     unban = add("unban", commands.unban, "lift bans now, through the running daemon")
     _targets(unban, "unban")
     unban.add_argument(
         "--fleet",
         action="store_true",
         help="lift them on every host of the fleet, their own bans included",
+    )
+    unban.add_argument(
+        "--all", action="store_true", help="lift every active ban (asks first, unless --yes)"
+    )
+    unban.add_argument(
+        "-y",
+        "--yes",
+        action="store_true",
+        help="with --all: do not ask (needed without a terminal)",
     )
     add(
         "reload",
@@ -155,24 +215,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # a bare `porttrap`: what it can do, rather than an error
+        parser.print_help()
+        return EXIT_OK
     log.setup(args.verbose)
-    func: Command = args.func
+    return _run(args.func, args)
+
+
+def _run(func: Command, args: argparse.Namespace) -> int:
+    """The command's exit code, or the error's (`exit_code`) after its one line."""
     try:
         return func(args)
     except BrokenPipeError:  # `porttrap history | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return EXIT_OK
     except (ConfigError, RemoteConfigError) as err:
         for problem in err.problems:
             print(f"porttrap: config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    except DaemonNotRunning as err:
+        print(f"porttrap: {err}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
     except (PorttrapError, OSError) as err:
         if args.verbose:
             traceback.print_exc()
         print(f"porttrap: error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+        return exit_code(err)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         logging.shutdown()
+
+
+def exit_code(err: PorttrapError | OSError) -> int:
+    """The exit code of an error the CLI prints as one line (the table in docs/cli.md)."""
+    if isinstance(err, UsageError):
+        return EXIT_USAGE
+    if isinstance(err, Refused):
+        return EXIT_REFUSED
+    return EXIT_ERROR

@@ -13,7 +13,7 @@ from typing import Any
 from porttrap import __version__
 from porttrap.errors import FirewallError
 from porttrap.firewall import ipset
-from porttrap.firewall.kernel import Nft
+from porttrap.firewall.kernel import Nft, missing_fix
 
 
 def text(
@@ -30,7 +30,7 @@ def _parts(nftables: Callable[[], object], which: Callable[[str], str | None]) -
         nftables()
         nft = "libnftables found"
     except FirewallError:
-        nft = "libnftables not found (apt-get install nftables python3-nftables)"
+        nft = f"libnftables not found ({missing_fix()})"
     missing = [program for program in ipset.PROGRAMS if which(program) is None]
     programs = "ipset and iptables found" if not missing else f"{', '.join(missing)} not found"
     return f"{nft}; {programs}"

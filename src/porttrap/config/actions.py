@@ -19,10 +19,12 @@ from porttrap.config.schema import (
     CommandAction,
     Event,
     HostsDenyAction,
+    NotifyAction,
     WebhookAction,
 )
 
-KEYS = ("max_running", "queue", "command", "hosts_deny", "webhook")
+KEYS = ("max_running", "queue", "command", "hosts_deny", "webhook", "notify")
+NOTIFY_KEYS = ("urls", "on", "group", "every", "title")
 COMMAND_KEYS = ("on", "run", "shell", "first", "timeout")
 HOSTS_DENY_KEYS = ("file", "line", "keep")
 WEBHOOK_KEYS = ("url", "on", "timeout", "retries", "headers")
@@ -46,6 +48,7 @@ def build_actions(section: Section) -> Actions:
         commands=tuple(_tables(section, "command", _command)),
         hosts_deny=_hosts_deny(section),
         webhooks=tuple(_tables(section, "webhook", _webhook)),
+        notify=tuple(_tables(section, "notify", _notify)),
         max_running=section.get("max_running", fields.at_least(1), default.max_running),
         queue=section.get("queue", fields.at_least(1), default.queue),
     )
@@ -198,6 +201,45 @@ def _webhook(section: Section) -> WebhookAction | None:
     if url is None or len(section.problems) > before:
         return None
     return WebhookAction(url=url, on=on, timeout=timeout, retries=retries, headers=headers)
+
+
+def _notify(section: Section) -> NotifyAction | None:
+    section.check_keys(NOTIFY_KEYS)
+    before, default = len(section.problems), NotifyAction(urls=())
+    urls = section.need("urls", _apprise_urls)
+    on = section.get("on", events, default.on)
+    group = section.get("group", fields.duration, default.group)
+    every = section.get("every", fields.duration, default.every)
+    title = section.get("title", _title, default.title)
+    if urls is None or len(section.problems) > before:
+        return None
+    return NotifyAction(urls=urls, on=on, group=group, every=every, title=title)
+
+
+def _apprise_urls(value: object) -> tuple[str, ...]:
+    """Apprise URLs (a string or a list of them), each one Apprise knows how to send to."""
+    example = '["mailtos://user:password@mail.example.org", "tgram://TOKEN/CHAT"]'
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(u, str) for u in items):
+        raise ValueError(f"expected Apprise URLs such as {example}, got {fields.show(value)}")
+    try:
+        from porttrap.actions.notify import url_problem  # imports apprise: only when used
+    except ImportError as exc:
+        raise ValueError(
+            f"notifications need the Python package apprise ({exc}): pip install 'apprise>=1.3' "
+            "into porttrap's venv (Debian 12's apprise package, 1.2.0, is too old)"
+        ) from None
+    problems = [problem for url in items if (problem := url_problem(url))]
+    if problems:
+        raise ValueError("; ".join(problems))
+    return tuple(items)
+
+
+def _title(value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or "\n" in value:
+        raise ValueError(f'expected one line of text such as "porttrap on $HOST$", got '
+                         f"{fields.show(value)}")  # fmt: skip
+    return value
 
 
 def _url(value: object) -> str:

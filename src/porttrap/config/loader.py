@@ -23,6 +23,7 @@ from porttrap.config.schema import (
     FirewallConfig,
     KernelSensor,
     Modes,
+    PrefixPolicy,
     Protect,
     Respond,
     StoreConfig,
@@ -63,7 +64,9 @@ BAN_KEYS = (
     "unverified_rate",
     "unverified_prefix_rate",
     "client_trigger",
+    "prefix",
 )
+PREFIX_KEYS = ("v6_source", "v4", "v6", "spread", "max_pieces")
 RATE = fields.between(1, 1_000_000)  # per second: whole numbers, as people write them
 KERNEL_KEYS = (
     "nflog_group",
@@ -237,7 +240,34 @@ def _ban(section: Section) -> BanPolicy:
             section.get("unverified_prefix_rate", RATE, int(default.unverified_prefix_rate))
         ),
         client_trigger=section.get("client_trigger", fields.at_least(1), default.client_trigger),
+        prefix=_prefix(section.sub("prefix")),
     )
+
+
+def _prefix(section: Section) -> PrefixPolicy:
+    """`[ban.prefix]`: lengths as people write them, kept longest first and once each."""
+    section.check_keys(PREFIX_KEYS)
+    default = PrefixPolicy()
+    v4 = section.items("v4", fields.between(8, 31), "[24]") if "v4" in section.table else None
+    v6 = section.items("v6", fields.between(16, 127), "[64, 56, 48]")
+    return PrefixPolicy(
+        v6_source=section.get("v6_source", fields.between(32, 128), default.v6_source),
+        v4=default.v4 if v4 is None else tuple(sorted(set(v4), reverse=True)),
+        v6=tuple(sorted(set(v6), reverse=True)) if "v6" in section.table else default.v6,
+        spread=section.get("spread", _spread, default.spread),
+        max_pieces=section.get("max_pieces", fields.between(1, 1024), default.max_pieces),
+    )
+
+
+def _spread(value: object) -> int:
+    if value == 1 and not isinstance(value, bool):
+        raise ValueError(
+            "spread = 1 would ban a whole prefix for a single source; write 2 or more "
+            "(3 is usual), or 0 for no spread bans"
+        )
+    if value == 0 and not isinstance(value, bool):
+        return 0
+    return fields.between(2, 1000)(value)
 
 
 def _check_respond(top: Section, modes: Modes, kernel: KernelSensor, ban: BanPolicy) -> None:

@@ -58,6 +58,36 @@ class Trap:
 
 
 @dataclass(frozen=True, slots=True)
+class PrefixPolicy:
+    """The `[ban.prefix]` section: when a network is banned rather than its addresses one by
+    one (`porttrap.policy.prefix`). Off by default: both change who a ban cuts off."""
+
+    # IPv6 hits count, and IPv6 sources are banned, per prefix of this length (64: the unit a
+    # scanner gets for free); 128: per address, as IPv4.
+    v6_source: int = 128
+    # The prefix lengths a spread may ban, longest first; lengths of IPv6 not shorter than
+    # `v6_source` are never used (one source fills them).
+    v4: tuple[int, ...] = (24,)
+    v6: tuple[int, ...] = (64, 56, 48)
+    # Distinct banned sources inside a prefix (within [ban] window) that ban it; 0: never.
+    spread: int = 0
+    # A prefix ban that would cover a protected address covers the prefix minus it, in at
+    # most this many CIDRs; more, and it is refused.
+    max_pieces: int = 64
+
+    @property
+    def on(self) -> bool:
+        """Whether anything here changes a ban from what it is without the section."""
+        return self.spread > 0 or self.v6_source < 128
+
+    def lengths(self, version: int) -> tuple[int, ...]:
+        """The lengths a spread may ban in `version`, longest first."""
+        if version == 4:
+            return self.v4
+        return tuple(length for length in self.v6 if length < self.v6_source)
+
+
+@dataclass(frozen=True, slots=True)
 class BanPolicy:
     time: float = 3600.0
     escalation: Escalation = Escalation.QUADRATIC
@@ -82,6 +112,7 @@ class BanPolicy:
     # Distinct trap ports a recent client must complete a handshake to before it is banned: a
     # load balancer's health check of a service that just stopped touches one.
     client_trigger: int = 2
+    prefix: PrefixPolicy = field(default_factory=PrefixPolicy)
 
     def respond(self, proto: Proto) -> Respond:
         return self.respond_tcp if proto is Proto.TCP else self.respond_udp
@@ -195,10 +226,24 @@ class WebhookAction:
 
 
 @dataclass(frozen=True, slots=True)
+class NotifyAction:
+    """`[[actions.notify]]`: chat and mail messages through Apprise, one per burst. The
+    first event after a quiet spell waits `group` seconds for the rest of its burst; then at
+    most one message every `every` seconds, each with all the events since the last."""
+
+    urls: tuple[str, ...]
+    on: frozenset[Event] = BAN_EVENTS
+    group: float = 10.0
+    every: float = 300.0
+    title: str = "porttrap on $HOST$"
+
+
+@dataclass(frozen=True, slots=True)
 class Actions:
     commands: tuple[CommandAction, ...] = ()
     hosts_deny: HostsDenyAction | None = None
     webhooks: tuple[WebhookAction, ...] = ()
+    notify: tuple[NotifyAction, ...] = ()
     max_running: int = 4  # commands and webhooks running at once
     queue: int = 1000  # actions waiting beyond this are dropped (and counted)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from porttrap.config.schema import Config, Event, Trap, TrapMode
 from porttrap.core import reload
@@ -63,6 +63,7 @@ from porttrap.core.events import (
     AdminBan,
     AdminUnban,
     BlocksRotated,
+    ClientsChanged,
     CountersRead,
     FirewallChecked,
     FirewallFailed,
@@ -98,6 +99,7 @@ from porttrap.model import Ban, Change, Hit, IPNetwork, Outcome, Unban, show
 from porttrap.policy import Policy, Protection
 from porttrap.policy.budget import Bucket
 from porttrap.policy.engine import ENDING, enforced_under
+from porttrap.policy.prefix import Note, prefix_of
 from porttrap.sensorspec import GENERATIONS, SensorState, no_ports, spec_from_config
 
 TICK = 0.5  # seconds between ticks: the shell feeds `Tick` this often
@@ -183,6 +185,7 @@ class Core:
             FleetReceived: self._fleet_received,
             FleetLinkChanged: self._fleet_link,
             SessionsChanged: self._sessions,
+            ClientsChanged: self._clients,
             GatewaysChanged: self._gateways,
             ReloadRequested: self._reload_requested,
             ReloadInvalid: self._reload_invalid,
@@ -259,7 +262,9 @@ class Core:
         hit = event.hit
         verdict = self.policy.on_hit(hit, now)
         outcome = verdict.outcome
-        commands = [] if verdict.ban is None else self._queue([verdict.ban], event.arrived)
+        changes = [] if verdict.ban is None else [verdict.ban, *verdict.more]
+        commands = self._queue(changes, event.arrived)
+        commands += [_note(note) for note in verdict.notes]
         self.stats.hit(hit, outcome)
         if self._hit_actions:  # bounded by [actions] queue, whatever the flood
             commands.append(ActionsHit(hit, outcome, verdict.ban))
@@ -505,10 +510,14 @@ class Core:
     def _admin_ban(self, event: AdminBan, now: float) -> list[Command]:
         try:
             bans = self.policy.ban(
-                event.targets, now, duration=event.duration, permanent=event.permanent
+                event.targets,
+                now,
+                duration=event.duration,
+                permanent=event.permanent,
+                reason=MANUAL if event.reason is None else f"{MANUAL}: {event.reason}",
             )
-        except UsageError as err:
-            return [Refuse(str(err), usage=True)]
+        except UsageError as err:  # a protected target, an overlap: refused, nothing banned
+            return [Refuse(str(err))]
         self._pending.extend(bans)
         answer = {"count": len(bans), "bans": [ban_json(b) for b in bans[:MAX_ANSWERED]]}
         return [*self._flush(now), Answer(answer, after_store=True)]
@@ -518,15 +527,66 @@ class Core:
             return [
                 Refuse("unban --fleet: this host is in no fleet (no [fleet] section)", usage=True)
             ]
-        was_banned = [show(t) for t in event.targets if self._is_banned(t, now)]
+        active = self.policy.active(now)
+        banned = {b.target for b in active}
+        targets = sorted(banned, key=str) if event.everything else event.targets
+        was_banned = [show(t) for t in targets if t in banned]
+        nets = [b for b in active if b.target.prefixlen < b.target.max_prefixlen]
+        held = self._held_by(targets, banned, nets, now) if nets else {}
         reason = MANUAL_FLEET if event.fleet else MANUAL
-        unbans = [self.policy.unban(t, now, reason) for t in event.targets]
+        unbans = self._lift(targets, now, reason, event.everything)
+        named = set(targets)
+        was_banned += [show(u.target) for u in unbans if u.target not in named]  # carved pieces
         self._pending.extend(unbans)
-        answer = {"unbanned": [show(u.target) for u in unbans], "were_banned": was_banned}
+        answer: dict[str, object] = {
+            "count": len(unbans),
+            "unbanned": [show(u.target) for u in unbans[:MAX_ANSWERED]],
+            "were_banned": was_banned[:MAX_ANSWERED],
+            "held_by": {t: show(h.target) for t, h in held.items()},
+        }
+        prefix_bans = {show(h.target): h.reason for h in held.values() if h.prefix}
+        if prefix_bans:
+            answer["prefix_bans"] = prefix_bans
         return [*self._flush(now), Answer(answer, after_store=True)]
 
-    def _is_banned(self, target: IPNetwork, now: float) -> bool:
-        return any(b.target == target for b in self.policy.active(now))
+    def _lift(
+        self, targets: Sequence[IPNetwork], now: float, reason: str, everything: bool
+    ) -> list[Unban]:
+        """The unbans of `targets`; a prefix an admin names takes the pieces a carve left of
+        its ban with it (`unban --all` lists those pieces itself)."""
+        if everything:
+            return [self.policy.unban(t, now, reason) for t in targets]
+        seen: set[IPNetwork] = set()
+        unbans = []
+        for target in targets:
+            for unban in self.policy.unban_all(target, now, reason):
+                if unban.target not in seen:
+                    seen.add(unban.target)
+                    unbans.append(unban)
+        return unbans
+
+    def _held_by(
+        self, targets: Sequence[IPNetwork], banned: set[IPNetwork], nets: list[Ban], now: float
+    ) -> dict[str, _Holder]:
+        """The targets with no ban of their own that a network ban holds (an admin's, a prefix
+        ban): the network to unban to lift them, a prefix ban's whole prefix (for its carved
+        pieces too). An address is looked up by prefix length (thousands of prefix bans), a
+        network among the network bans."""
+        found: dict[str, _Holder] = {}
+        for target in targets:
+            if target in banned:
+                continue
+            if target.prefixlen == target.max_prefixlen:
+                ban = self.policy.covering(target.network_address, now)
+                holder = None if ban is None else ban.target
+            else:
+                holder = _holder(target, nets)
+                ban = next((b for b in nets if b.target == holder), None)
+            if ban is None or holder is None:
+                continue
+            prefix = prefix_of(ban.reason)
+            found[show(target)] = _Holder(prefix or holder, ban.reason, prefix is not None)
+        return found
 
     # -- the fleet (porttrap.core.fleet) -------------------------------------------------
 
@@ -545,6 +605,14 @@ class Core:
         protection.set_sessions(event.peers)
         why = "the peer of a live SSH session to this host: never banned by a trap hit"
         return [Log("session-protected", logging.INFO, {"peer": p, "why": why}) for p in new]
+
+    def _clients(self, event: ClientsChanged, _now: float) -> list[Command]:
+        """The host's live clients: a prefix ban decided from now on leaves them out."""
+        protection = self.policy.protection
+        if event.peers == protection.clients:
+            return []
+        protection.set_clients(event.peers)
+        return [Log("live-clients", logging.DEBUG, {"count": len(event.peers)})]
 
     def _gateways(self, event: GatewaysChanged, _now: float) -> list[Command]:
         """The routes' gateways: protected in the policy, and in the kernel's peer set."""
@@ -660,6 +728,12 @@ class Core:
         )
 
 
+def _note(note: Note) -> Log:
+    """A prefix ban made, carved around protected addresses, or refused: always logged."""
+    level = logging.WARNING if note.event == "prefix-refused" else logging.INFO
+    return Log(note.event, level, {"prefix": show(note.prefix), "why": note.why})
+
+
 def _hit_level(hit: Hit, outcome: Outcome) -> int:
     """A forged flood can make thousands of unverified hits a second: they are stored (up to
     the rate) and counted, and logged only when they ban (or would have, with respond = "log").
@@ -680,6 +754,25 @@ def _hit_fields(hit: Hit, outcome: Outcome) -> dict[str, object]:
         "kind": hit.kind,
         "outcome": outcome,
     }
+
+
+class _Holder(NamedTuple):
+    """The network ban that holds an address an admin unbans: the network to unban (a prefix
+    ban's whole prefix), its reason, and whether it is a prefix ban."""
+
+    target: IPNetwork
+    reason: str
+    prefix: bool
+
+
+def _holder(target: IPNetwork, active: Sequence[Ban]) -> IPNetwork | None:
+    """The network of an active ban that holds `target` (an address, or a smaller network)
+    without being it: unbanning `target` alone would lift nothing."""
+    for ban in active:
+        held = ban.target
+        if held != target and held.version == target.version and target.subnet_of(held):  # type: ignore[arg-type]
+            return held
+    return None
 
 
 def _refused(error: str, problems: tuple[str, ...] = ()) -> list[Command]:

@@ -139,19 +139,23 @@ class Reconcile:
 
 @dataclass(frozen=True, slots=True)
 class AdminBan:
-    """`porttrap ban`: without `duration` or `permanent` the escalation decides."""
+    """`porttrap ban`: without `duration` or `permanent` the escalation decides; `reason`:
+    the admin's words (`--reason`), kept with the ban as "manual: REASON"."""
 
     targets: tuple[IPNetwork, ...]
     duration: float | None = None
     permanent: bool = False
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class AdminUnban:
-    """`porttrap unban`; `fleet`: on every host of the fleet (`--fleet`), local bans too."""
+    """`porttrap unban`; `fleet`: on every host of the fleet (`--fleet`), local bans too;
+    `everything`: every active ban (`--all`), with no targets."""
 
     targets: tuple[IPNetwork, ...]
     fleet: bool = False
+    everything: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +179,14 @@ class FleetLinkChanged:
 class SessionsChanged:
     """The peers of the live SSH sessions to this host are now `peers` (the admin's): no trap
     hit ever bans them."""
+
+    peers: frozenset[IPAddress]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientsChanged:
+    """The peers of the host's established TCP connections are now `peers` (read every few
+    seconds while prefix bans are on): a prefix ban leaves them out."""
 
     peers: frozenset[IPAddress]
 
@@ -249,6 +261,7 @@ Event = (
     | FleetReceived
     | FleetLinkChanged
     | SessionsChanged
+    | ClientsChanged
     | GatewaysChanged
     | ReloadRequested
     | ReloadInvalid

@@ -26,7 +26,14 @@ from typing import Any
 
 from porttrap import log
 from porttrap.daemon import statedir
-from porttrap.errors import ConfigError, DaemonNotRunning, PorttrapError, RemoteConfigError
+from porttrap.errors import (
+    ConfigError,
+    DaemonNotRunning,
+    PorttrapError,
+    Refused,
+    RemoteConfigError,
+    UsageError,
+)
 
 # A handler answers at once, or (ban, unban) once what it did is recorded.
 Handler = Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
@@ -105,6 +112,10 @@ class ControlServer:
             return _refusal(err)
 
 
+# A refusal's "kind": the error the client raises again, and so the CLI's exit code
+_ERRORS: dict[str, type[PorttrapError]] = {"usage": UsageError, "refused": Refused}
+
+
 def _refusal(err: Exception) -> dict[str, Any]:
     """The answer to a request that failed, called in its `except`. A bug is logged with its
     traceback, and the client told: it hears of every failure rather than of nothing."""
@@ -112,7 +123,8 @@ def _refusal(err: Exception) -> dict[str, Any]:
         problems = [str(p) for p in err.problems]
         return {"ok": False, "error": "invalid configuration", "problems": problems}
     if isinstance(err, PorttrapError):
-        return {"ok": False, "error": str(err)}
+        kinds = [kind for kind, cls in _ERRORS.items() if isinstance(err, cls)]
+        return {"ok": False, "error": str(err), **({"kind": kinds[0]} if kinds else {})}
     if isinstance(err, ValueError | TypeError | AttributeError):
         return {"ok": False, "error": f"bad request: {err}"}
     if isinstance(err, RecursionError):  # json refuses nesting past Python's recursion limit
@@ -170,7 +182,9 @@ def answer_of(data: bytes) -> dict[str, Any]:
     if not answer.get("ok") and isinstance(problems := answer.get("problems"), list):
         raise RemoteConfigError([str(p) for p in problems])
     if not answer.get("ok"):
-        raise PorttrapError(str(answer.get("error", "the daemon refused the request")))
+        raise _ERRORS.get(str(answer.get("kind")), PorttrapError)(
+            str(answer.get("error", "the daemon refused the request"))
+        )
     return answer
 
 

@@ -33,6 +33,7 @@ from porttrap.core.snapshot import FleetFigures, Snapshot
 from porttrap.core.stats import OTHER_PORT, Histogram, Stats
 from porttrap.core.views import kernel_status
 from porttrap.model import Ban, Proto
+from porttrap.policy.prefix import prefix_of
 
 BAN_KINDS = ("temporary", "permanent")
 EVIDENCE = ("verified", "unverified")
@@ -173,6 +174,7 @@ def _active(snap: Snapshot) -> Iterator[Metric]:
     for family_name, count in sets.items():
         elements.add_metric([family_name], count)
     yield elements
+    yield _prefixes(snap.active)
     yield GaugeMetricFamily(
         "porttrap_sources_watched",
         "Sources whose recent hits the policy remembers, to count them toward a ban.",
@@ -191,6 +193,20 @@ def _active(snap: Snapshot) -> Iterator[Metric]:
         "starts from [ban] time again.",
         value=snap.past_evicted,
     )
+
+
+def _prefixes(active: Sequence[Ban]) -> Metric:
+    """Prefix bans in force, each counted once however many CIDRs its carve-outs left."""
+    found = {prefix for ban in active if (prefix := prefix_of(ban.reason)) is not None}
+    family = GaugeMetricFamily(
+        "porttrap_prefix_bans_active",
+        "Prefix bans in force now ([ban.prefix] spread: a network several banned sources came "
+        "from), by address family; one however many CIDRs its carve-outs left.",
+        labels=["family"],
+    )
+    for version in (4, 6):
+        family.add_metric([f"ipv{version}"], sum(1 for p in found if p.version == version))
+    return family
 
 
 def tally(

@@ -37,12 +37,13 @@ from porttrap.daemon.writer import StoreWriter
 from porttrap.errors import (
     FirewallError,
     PorttrapError,
+    Refused,
     RemoteConfigError,
     UsageError,
 )
 from porttrap.firewall.base import FirewallBackend, SensorBackend
 from porttrap.model import Hit, IPAddress, IPNetwork, TrapReport
-from porttrap.sensors import listeners
+from porttrap.sensors import listeners, sessions
 from porttrap.sensors.hostaddrs import AddressWatcher, current_addresses
 from porttrap.sensors.kernel import KernelReports
 from porttrap.sensors.listeners import ListenerWatcher
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 POLL = 0.25  # seconds between reads of the kernel sensor's counters
 CLEAN_STOP = "clean-stop"  # in state_dir: the last stop wrote every record (see _kernel_bans)
 STATUS_EVERY = 120  # ticks (60 s) between systemd STATUS= lines
+CLIENTS_EVERY = 10  # ticks (5 s) between reads of the live clients, while prefix bans are on
 
 
 class Shell:
@@ -126,6 +128,7 @@ class Shell:
         self._reloading = asyncio.Lock()
         self._timers: set[asyncio.Handle] = set()
         self._poller: asyncio.TimerHandle | None = None
+        self._clients_failed = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -169,6 +172,19 @@ class Shell:
             now = self.clock.now()
             batches.extend(self.core.handle(event, now) for event in follow)
         return left
+
+    def _read_clients(self) -> None:
+        """The peers of the host's established connections, for the carve-outs of prefix
+        bans. A failed read keeps the last set, and says so once."""
+        try:
+            peers = sessions.established()
+        except OSError as err:
+            if not self._clients_failed:
+                log.event("clients-unread", logging.WARNING, error=str(err))
+            self._clients_failed = True
+            return
+        self._clients_failed = False
+        self._feed_alone(e.ClientsChanged(peers))
 
     def _feed_alone(self, event: e.Event) -> None:
         """Feed an event no caller waits on (a timer's, a sensor's): a command left for a
@@ -407,6 +423,8 @@ class Shell:
                 await asyncio.wait_for(self._stop.wait(), TICK)
             self._feed_alone(e.Tick(self.writer.pending, self.clock.monotonic()))
             ticks += 1
+            if ticks % CLIENTS_EVERY == 0 and self.config.ban.prefix.on:
+                self._read_clients()
             if watchdog is not None and ticks % per_ping == 0:
                 # From the loop itself: a loop stuck in a callback pings no more, and
                 # systemd restarts porttrap (WatchdogSec=).
@@ -514,7 +532,7 @@ class Shell:
             if isinstance(command, c.Refuse):
                 if command.problems:
                     raise RemoteConfigError(list(command.problems))
-                raise (UsageError if command.usage else PorttrapError)(command.message)
+                raise (UsageError if command.usage else Refused)(command.message)
             if isinstance(command, c.Answer):
                 if not command.after_store:
                     return dict(command.payload)

@@ -33,6 +33,7 @@ from pathlib import Path
 from porttrap.clock import SystemClock
 from porttrap.demo import names, plan
 from porttrap.errors import PorttrapError
+from porttrap.firewall import kernel
 from porttrap.firewall.exec import CommandFailed, Exec
 
 Note = Callable[[str], None]
@@ -58,10 +59,7 @@ def requirements() -> list[str]:
                 f"`{program}` is not installed or not on PATH: apt-get install {package}"
             )
     if importlib.util.find_spec("nftables") is None:
-        missing.append(
-            "the Python module 'nftables' is missing (porttrap's daemon needs it): "
-            "apt-get install python3-nftables"
-        )
+        missing.append(f"{kernel.missing_module()} (porttrap's daemon needs it)")
     return missing
 
 

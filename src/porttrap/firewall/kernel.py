@@ -10,6 +10,7 @@ keeps using that namespace afterwards.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,37 @@ from porttrap.errors import FirewallError
 JsonCommand = dict[str, Any]
 
 INSTALL_HINT = "apt-get install nftables python3-nftables (Fedora: dnf install python3-nftables)"
+# where Debian's python3-nftables puts the module: only Debian's own /usr/bin/python3 sees it,
+# and a venv made from it only with --system-site-packages
+SYSTEM_SITE = Path("/usr/lib/python3/dist-packages")
+VENV_FIX = (
+    "/usr/bin/python3 -m venv --system-site-packages DIR, then pip install porttrap in it "
+    "(pipx: pipx install --python /usr/bin/python3 --system-site-packages porttrap)"
+)
 CAP_NET_ADMIN = 12  # bit number in the capability sets (linux/capability.h)
 _ERROR_CHARS = 600  # nft's error text is short; keep a runaway one from flooding the log
 _PARTS_SHOWN = 6
 _VERBS = {"add": "adding", "delete": "deleting", "flush": "flushing", "list": "listing"}
+
+
+def missing_module(system_site: Path | None = None) -> str:
+    """Why `import nftables` failed, and the fix: a pip or pipx install in an isolated venv
+    cannot see Debian's python3-nftables, and installing that package again would not help."""
+    installed = (system_site or SYSTEM_SITE) / "nftables"
+    if installed.is_dir():
+        return (
+            f"the Python module 'nftables' is installed ({installed}) but this Python "
+            f"({sys.executable}) cannot import it: its virtual environment was made without "
+            f"Debian's system packages. Make it again with {VENV_FIX}"
+        )
+    return f"the Python module 'nftables' is missing: {INSTALL_HINT}"
+
+
+def missing_fix(system_site: Path | None = None) -> str:
+    """The short form of `missing_module`'s fix, for `porttrap --version`."""
+    if ((system_site or SYSTEM_SITE) / "nftables").is_dir():
+        return "installed, but this venv cannot import it: make it with --system-site-packages"
+    return "apt-get install nftables python3-nftables"
 
 
 class Nft:
@@ -32,7 +60,7 @@ class Nft:
         try:
             import nftables
         except ImportError as err:
-            raise FirewallError(f"the Python module 'nftables' is missing: {INSTALL_HINT}") from err
+            raise FirewallError(missing_module()) from err
         try:
             self._ctx: Any = nftables.Nftables()
         except OSError as err:

@@ -98,8 +98,12 @@ _ACTIVE: Final = f"""{_BANS} SELECT {_COLUMNS} FROM (
         FROM bans WHERE lifted_at IS NULL) AS current
     WHERE newest = 1 AND (expires_at IS NULL OR expires_at > %(at)s)
     ORDER BY banned_at, id"""  # noqa: S608 - constants only
-# History: `<<=` is "inside or equal" (false across IP versions), as history.inside.
-_SCOPE: Final = "(%(scope)s::cidr IS NULL OR target::cidr <<= %(scope)s::cidr)"
+# History: `<<=` is "inside or equal", `>>` "holds, and more" (both false across IP versions),
+# as history.within: a network's ban belongs to the history of every address inside it.
+_SCOPE: Final = (
+    "(%(scope)s::cidr IS NULL OR target::cidr <<= %(scope)s::cidr"
+    " OR target::cidr >> %(scope)s::cidr)"
+)
 _BAN_HISTORY: Final = f"""{_BANS} SELECT {_COLUMNS} FROM bans WHERE {_SCOPE}
     ORDER BY banned_at DESC, id DESC LIMIT %(limit)s"""  # noqa: S608 - constants only
 _LIFT_HISTORY: Final = f"""{_BANS} SELECT {_COLUMNS} FROM bans

@@ -26,6 +26,7 @@ from porttrap.config.schema import BanPolicy, Respond, Trap
 from porttrap.errors import UsageError
 from porttrap.model import (
     Ban,
+    Change,
     Evidence,
     Hit,
     IPAddress,
@@ -46,6 +47,9 @@ from porttrap.model import (
 )
 from porttrap.policy.budget import Budget
 from porttrap.policy.escalation import Past, ban_duration
+from porttrap.policy.netbans import NetBans
+from porttrap.policy.prefix import Evidence as SpreadEvidence
+from porttrap.policy.prefix import Note, Spread, carve, prefix_of, prefix_reason, source_unit
 from porttrap.policy.protect import Protection
 from porttrap.policy.recent import Watch
 from porttrap.units import iso
@@ -68,10 +72,14 @@ class Refusal:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What one hit led to: how it was classified, and the ban it caused, if any."""
+    """What one hit led to: how it was classified, and the ban it caused, if any; `more`:
+    the other changes it made (the rest of a carved prefix, a prefix ban the spread of bans
+    called for and the bans inside it that end), `notes`: what the log must say of them."""
 
     outcome: Outcome
     ban: Ban | None = None
+    more: tuple[Change, ...] = ()
+    notes: tuple[Note, ...] = ()
 
 
 ENDING = 2.0  # seconds: a ban this close to its end may be gone from the kernel already
@@ -115,8 +123,9 @@ class Policy:
         self._recent = Watch(policy.confirm)
         self._budget = Budget(policy.unverified_rate, policy.unverified_prefix_rate)
         self._past = Past()
+        self._spread = Spread(policy.prefix)
         self._active: dict[IPNetwork, Ban] = {}
-        self._active_nets: dict[IPNetwork, Ban] = {}
+        self._active_nets = NetBans()
         # The earliest end of the timed bans (it may have been lifted since): `expire` does
         # nothing before it. A heap of ends would find each end at once, but at 100,000 bans
         # it costs 10 MiB; one pass over the bans when something is due costs 3 ms.
@@ -124,11 +133,12 @@ class Policy:
 
     # -- state from the store ------------------------------------------------------------
 
-    def restore(self, stored: Iterable[StoredBan], now: float) -> list[Unban]:
+    def restore(self, stored: Iterable[StoredBan], now: float) -> list[Change]:
         """Load bans from the store, oldest first (`Store.bans_to_restore`): the ones not
         lifted count toward escalation, and the newest of a target is active if it has not
         run out. Returns unbans for active bans that are now protected (an address added to
-        the allow list, or now one of this host's)."""
+        the allow list, or now one of this host's), and the rest of a prefix ban carved
+        around it."""
         # Written out for speed: at 100,000 bans every method call and every hash of an
         # ipaddress network (computed in Python) shows in the restart time.
         add, singles, nets = self._past.add, self._active, self._active_nets
@@ -138,7 +148,11 @@ class Policy:
                 continue
             ban = record.ban
             target = ban.target
-            add(target, ban.banned_at, ban.evidence is verified)
+            if ban.reason[:7] == "prefix ":  # a prefix ban counts once, carved or not
+                counted = prefix_of(ban.reason) or target
+                self._past.count_once(counted, ban.banned_at, ban.evidence is verified, 0.0)
+            else:
+                add(target, ban.banned_at, ban.evidence is verified)
             same = singles if target.prefixlen == target.max_prefixlen else nets
             if ban.expires_at is None or ban.expires_at > now:
                 same[target] = ban
@@ -146,7 +160,8 @@ class Policy:
                 same.pop(target, None)
         ends = [b.expires_at for b in (*singles.values(), *nets.values())]
         self._next_end = min((end for end in ends if end is not None), default=None)
-        return self._unban_overlapping(now) + self._unban_protected(now, scan=True)
+        overlapping: list[Change] = [*self._unban_overlapping(now)]
+        return overlapping + self._unban_protected(now, scan=True)
 
     def _unban_overlapping(self, now: float) -> list[Unban]:
         """Older network bans that a newer one overlaps (a database from before porttrap
@@ -175,7 +190,7 @@ class Policy:
 
     def reconfigure(
         self, policy: BanPolicy, traps: Sequence[Trap], protection: Protection, now: float
-    ) -> list[Unban]:
+    ) -> list[Change]:
         """A reloaded configuration: new rules, the same state (recent hits, past bans and
         active bans: escalation goes on where it was). The host's own addresses carry over.
         Returns unbans for active bans that the new allow list protects."""
@@ -189,29 +204,52 @@ class Policy:
             held = self._budget.held
             self._budget = Budget(policy.unverified_rate, policy.unverified_prefix_rate, now)
             self._budget.held = held
+        if policy.prefix != self.policy.prefix:
+            self._spread = Spread(policy.prefix)
         self.policy = policy
         self.protection = protection
         self._trap_bans = {(t.proto, t.port, t.address): t.ban for t in traps if t.ban}
         return self._unban_protected(now, scan=True)
 
-    def set_own_addresses(self, own: Iterable[IPAddress], now: float) -> list[Unban]:
+    def set_own_addresses(self, own: Iterable[IPAddress], now: float) -> list[Change]:
         """The host's addresses changed; returns unbans for any that were banned."""
         self.protection.set_own(own)
         return self._unban_protected(now, scan=False)
 
-    def _unban_protected(self, now: float, scan: bool) -> list[Unban]:
+    def _unban_protected(self, now: float, scan: bool) -> list[Change]:
         """Unbans for active bans that protection forbids. The host's own addresses are looked
         up, not scanned for (they change often, bans are many); `scan` also checks every
         single-address ban against loopback and the allow list (on start: the list may have
-        changed since the bans were made)."""
-        found = [t for t in self._active_nets if self.protection.conflict(t)]
-        found += [t for own in self.protection.own if (t := as_network(own)) in self._active]
+        changed since the bans were made). A prefix ban (and an IPv6 source's prefix) is
+        carved instead: what it covers, less the protected addresses, stays banned."""
+        changes: list[Change] = []
+        nets = [t for t in self._active_nets if self.protection.conflict(t)]
+        for target in nets:
+            changes += self._recarve(self._active_nets[target], now)
+        found = [t for own in self.protection.own if (t := as_network(own)) in self._active]
         if scan:
             found += [t for t in self._active if self.protection.allowed(t.network_address)]
-        return [
+        changes += [
             self.unban(t, now, f"protected: {self.protection.conflict(t)}")
             for t in dict.fromkeys(found)
         ]
+        return changes
+
+    def _recarve(self, ban: Ban, now: float) -> list[Change]:
+        """A network ban over a protected address: a prefix ban (or an IPv6 source's) is cut
+        into the rest of it, with its times and reason; an admin's is lifted whole."""
+        target = ban.target
+        why = f"protected: {self.protection.conflict(target)}"
+        holes = [hole for hole, _ in self.protection.inside(target)]
+        pieces = carve(target, holes, self.policy.prefix.max_pieces)
+        if not self._replaceable(ban) or not pieces:
+            return [self.unban(target, now, why)]
+        self._forget(target)  # not `unban`: the carve is no forgiveness, the count stays
+        lifted = Unban(target, now, f"{why}; carved out")
+        kept = [replace(ban, target=piece) for piece in pieces]
+        for piece in kept:
+            self._remember(piece)
+        return [lifted, *kept]
 
     # -- hits ----------------------------------------------------------------------------
 
@@ -222,19 +260,165 @@ class Policy:
         spared = self._spared(hit, now)
         if spared is not None:
             return Verdict(spared)
-        verified = self._triggered(hit, now)
+        unit = source_unit(hit.source, self.policy.prefix.v6_source)
+        verified = self._triggered(hit, unit.network_address, now)
         if verified is None:
             return Verdict(Outcome.COUNTED)
-        self._recent.pop(hit.source)
+        self._recent.pop(unit.network_address)
         if self.policy.respond(hit.proto) is Respond.LOG:
             # would have banned: reported (fail2ban may act on it), never banned
             return Verdict(Outcome.LOGGED)
-        if not verified and not self._budget.take(hit.source, now):
+        if not verified and not self._budget.take(unit.network_address, now):
             return Verdict(Outcome.HELD)
         base = self._base_time(hit)
         reason = trap_reason(hit.proto, hit.port)
-        target = as_network(hit.source)
-        return Verdict(Outcome.BANNED, self._ban(target, now, base, reason, verified))
+        if unit.prefixlen == unit.max_prefixlen:
+            ban = self._ban(unit, now, base, reason, verified)
+            return self._spread_from(Verdict(Outcome.BANNED, ban), unit, verified, now)
+        return self._ban_unit(hit.source, unit, now, base, reason=reason, verified=verified)
+
+    def _ban_unit(
+        self,
+        source: IPAddress,
+        unit: IPNetwork,
+        now: float,
+        base: float,
+        *,
+        reason: str,
+        verified: bool,
+    ) -> Verdict:
+        """The ban of an IPv6 source as its prefix (`[ban.prefix] v6_source`), less the
+        protected addresses inside it; the source alone when that cannot be (too many pieces,
+        another network ban in the way)."""
+        holes = self.protection.inside(unit)
+        pieces = carve(unit, [hole for hole, _ in holes], self.policy.prefix.max_pieces)
+        notes: list[Note] = []
+        expires = self._expiry(unit, base, verified, now)
+        if pieces and self._blocking(unit, expires, now) is None:
+            ended = self._cover(unit, expires, now)
+            bans = self._pieces(unit, pieces, now, base, reason=reason, verified=verified)
+            if holes:
+                notes.append(_carved_note(unit, holes, len(pieces)))
+            verdict = Verdict(Outcome.BANNED, bans[0], (*ended, *bans[1:]), tuple(notes))
+            return self._spread_from(verdict, unit, verified, now)
+        why = "another network ban is in the way" if pieces else _too_many(unit, holes)
+        notes.append(Note("prefix-refused", unit, f"{why}: {source} alone is banned"))
+        ban = self._ban(as_network(source), now, base, reason, verified)
+        return Verdict(Outcome.BANNED, ban, (), tuple(notes))
+
+    def _pieces(
+        self,
+        target: IPNetwork,
+        pieces: Sequence[IPNetwork],
+        now: float,
+        base: float,
+        *,
+        reason: str,
+        verified: bool,
+    ) -> list[Ban]:
+        """Bans of `pieces` of `target`, as one ban of `target` (its count, its times)."""
+        count = self._count_past(target, now, verified) + 1
+        seconds = ban_duration(self.policy, base, count, verified)
+        expires = None if seconds is None else now + seconds
+        evidence = Evidence.VERIFIED if verified else Evidence.UNVERIFIED
+        self._past.add(target, now, verified)
+        bans = [Ban(piece, now, expires, count, reason, evidence) for piece in pieces]
+        for ban in bans:
+            self._remember(ban)
+        return bans
+
+    def _expiry(self, target: IPNetwork, base: float, verified: bool, now: float) -> float | None:
+        """When the next ban of `target` would end (None: never)."""
+        count = self._count_past(target, now, verified) + 1
+        seconds = ban_duration(self.policy, base, count, verified)
+        return None if seconds is None else now + seconds
+
+    def _blocking(self, prefix: IPNetwork, expires: float | None, now: float) -> Ban | None:
+        """An active network ban that a ban of `prefix` ending at `expires` cannot replace:
+        one around it, or one inside it made by an admin (or adopted from the fleet as one)
+        or lasting longer (the kernel's interval sets cannot hold both)."""
+        for ban in self._active_nets.values():
+            other = ban.target
+            if other == prefix or other.version != prefix.version or not other.overlaps(prefix):
+                continue  # the same prefix: an ending ban, which the new one replaces
+            if not ban.active(now):
+                continue
+            if other.prefixlen <= prefix.prefixlen or not self._replaceable(ban):
+                return ban
+            if not _ends_by(ban, expires):
+                return ban
+        return None
+
+    @staticmethod
+    def _replaceable(ban: Ban) -> bool:
+        """A ban a wider prefix ban may end: a trap's or a prefix ban (not an admin's)."""
+        reason = ban.reason
+        return prefix_of(reason) is not None or trapped_by(decided_for(reason)) is not None
+
+    def _spread_from(
+        self, verdict: Verdict, unit: IPNetwork, verified: bool, now: float
+    ) -> Verdict:
+        """The ban of `unit` is evidence against the prefixes around it: the prefix ban it
+        completes, if any, joins the verdict."""
+        found = self._spread.add(unit, now, verified, now - self.policy.window)
+        if found is None:
+            return verdict
+        changes, notes = self._prefix_ban(found, now)
+        return replace(
+            verdict, more=verdict.more + tuple(changes), notes=verdict.notes + tuple(notes)
+        )
+
+    def _prefix_ban(self, found: SpreadEvidence, now: float) -> tuple[list[Change], list[Note]]:
+        """Ban `found.prefix` less the protected addresses inside it; the bans inside it that
+        would end no later end now (it covers them). Refused, with a note, when that takes
+        more than `max_pieces` CIDRs, when a network ban stands in the way, or (forgeable
+        evidence) over the budget."""
+        prefix, settings = found.prefix, self.policy.prefix
+        holes = self.protection.inside(prefix)
+        pieces = carve(prefix, [hole for hole, _ in holes], settings.max_pieces)
+        if not pieces:
+            why = _too_many(prefix, holes) if pieces is None else "all of it is protected"
+            return [], [Note("prefix-refused", prefix, why)]
+        expires = self._expiry(prefix, self.policy.time, found.verified, now)
+        if (blocking := self._blocking(prefix, expires, now)) is not None:
+            why = f"the ban on {show(blocking.target)} stands in the way ({blocking.reason})"
+            return [], [Note("prefix-refused", prefix, why)]
+        if not found.verified and not self._budget.take(prefix.network_address, now):
+            why = "over the budget for bans on evidence that can be forged"
+            return [], [Note("prefix-refused", prefix, why)]
+        reason = prefix_reason(prefix, found.sources, len(holes))
+        ended = self._cover(prefix, expires, now)
+        base = self.policy.time
+        bans = self._pieces(prefix, pieces, now, base, reason=reason, verified=found.verified)
+        self._spread.clear(prefix)
+        sources = ", ".join(show(s) for s in found.sources)
+        notes = [Note("prefix-ban", prefix, f"{len(found.sources)} banned sources: {sources}")]
+        if holes:
+            notes.append(_carved_note(prefix, holes, len(pieces)))
+        return [*ended, *bans], notes
+
+    def _cover(self, prefix: IPNetwork, expires: float | None, now: float) -> list[Change]:
+        """End the bans inside `prefix` that would end no later than its ban (`expires`): the
+        prefix ban covers them. They keep counting toward their escalation (this is no
+        forgiveness); a single address's ban that outlasts it stays. One pass over the bans:
+        prefix bans are few, each needs `spread` bans first."""
+        version, shift = prefix.version, prefix.max_prefixlen - prefix.prefixlen
+        first = int(prefix.network_address) >> shift
+        inside = [
+            ban
+            for bans in (self._active, self._active_nets)
+            for target, ban in bans.items()
+            if target.version == version
+            and target.prefixlen > prefix.prefixlen
+            and int(target.network_address) >> shift == first
+        ]
+        why = f"covered by the prefix ban on {show(prefix)}"
+        ended: list[Change] = []
+        for ban in inside:
+            if _ends_by(ban, expires):
+                self._forget(ban.target)
+                ended.append(Unban(ban.target, now, why))
+        return ended
 
     def _spared(self, hit: Hit, now: float) -> Outcome | None:
         """Why `hit` cannot count toward a ban, or None when it counts."""
@@ -253,12 +437,12 @@ class Policy:
                 return Outcome.PEER
         return None
 
-    def _triggered(self, hit: Hit, now: float) -> bool | None:
+    def _triggered(self, hit: Hit, key: IPAddress, now: float) -> bool | None:
         """Count the hit. None while it does not ban; else whether the ban rests on verified
         evidence. It bans when its source touched `trigger` distinct trap ports within the
         window (`client_trigger` for a recent client's handshakes) and, unless the source is
         proven, sent `confirm` hits in it: one forged packet must not ban an innocent."""
-        recent = self._recent.of(hit.source)
+        recent = self._recent.of(key)
         horizon = now - self.policy.window
         ports = recent.add((hit.proto, hit.port), now, horizon, hit.verified)
         needed = self.policy.trigger
@@ -505,15 +689,30 @@ class Policy:
             self._past.remove(target, lifted.banned_at, lifted.verified)
         return Unban(target, now, reason)
 
+    def unban_all(self, target: IPNetwork, now: float, reason: str = "manual") -> list[Unban]:
+        """`unban`, and for a prefix the pieces a carve left of its ban: an admin names the
+        prefix, the kernel holds the pieces."""
+        if target.prefixlen == target.max_prefixlen:
+            return [self.unban(target, now, reason)]
+        pieces = [  # a piece of one address is held with the single-address bans
+            t
+            for bans in (self._active_nets, self._active)
+            for t, ban in bans.items()
+            if t != target and t.version == target.version and prefix_of(ban.reason) == target
+        ]
+        return [self.unban(target, now, reason), *(self.unban(t, now, reason) for t in pieces)]
+
+    def covering(self, address: IPAddress, now: float) -> Ban | None:
+        """The active network ban that holds `address`, if any (what `unban ADDRESS` names
+        when the address has no ban of its own)."""
+        return self._active_nets.covering(address, now)
+
     def banned(self, address: IPAddress, now: float) -> Ban | None:
         """The active ban covering `address`, if any."""
         ban = self._active.get(as_network(address))
         if ban is not None and ban.active(now):
             return ban
-        for net_ban in self._active_nets.values():
-            if address in net_ban.target and net_ban.active(now):
-                return net_ban
-        return None
+        return self._active_nets.covering(address, now)
 
     def enforced(self, ban: Ban) -> bool:
         """Whether `ban` belongs in the kernel (`enforced_under` the current settings)."""
@@ -566,3 +765,22 @@ class Policy:
         """Forget sources whose window closed (their ports and hit counts both); returns how
         many sources are still watched."""
         return self._recent.forget_quiet(now - self.policy.window)
+
+
+def _too_many(prefix: IPNetwork, holes: Sequence[tuple[IPNetwork, str]]) -> str:
+    return (
+        f"{show(prefix)} less its {len(holes)} protected addresses would take more CIDRs than "
+        "[ban.prefix] max_pieces"
+    )
+
+
+def _carved_note(prefix: IPNetwork, holes: Sequence[tuple[IPNetwork, str]], pieces: int) -> Note:
+    spared = ", ".join(f"{show(hole)} ({what})" for hole, what in holes[:5])
+    more = f" and {len(holes) - 5} more" if len(holes) > 5 else ""
+    return Note("prefix-carved", prefix, f"left out {spared}{more}: banned as {pieces} CIDRs")
+
+
+def _ends_by(ban: Ban, expires: float | None) -> bool:
+    """Whether `ban` ends no later than `expires` (None: never)."""
+    end = ban.expires_at
+    return expires is None or (end is not None and end <= expires)

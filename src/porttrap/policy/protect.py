@@ -5,10 +5,14 @@ destinations of its own flows, are known to the kernel's rules, which flag their
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable
 
-from porttrap.model import IPAddress, IPNetwork, Outcome
+from porttrap.model import IPAddress, IPNetwork, Outcome, as_network
+
+_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+_LINK_LOCAL = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
 
 _LOOPBACK_V4 = 127  # 127.0.0.0/8, by its first 8 bits
 _LINK_LOCAL_V4 = 0xA9FE  # 169.254.0.0/16, by its first 16 bits
@@ -34,6 +38,7 @@ class Protection:
         self._patterns = tuple(re.compile(pattern) for pattern in patterns)
         self._gateways: frozenset[IPAddress] = frozenset()
         self._sessions: frozenset[IPAddress] = frozenset()
+        self._clients: frozenset[IPAddress] = frozenset()
         self._guarded: frozenset[IPAddress] = self._own  # own, sessions and gateways: `free`
 
     @property
@@ -63,10 +68,20 @@ class Protection:
         self._gateways = frozenset(gateways)
         self._guard()
 
+    @property
+    def clients(self) -> frozenset[IPAddress]:
+        return self._clients
+
+    def set_clients(self, clients: Iterable[IPAddress]) -> None:
+        """The peers of the host's established connections (its live clients): a prefix ban
+        leaves them out (a single-address ban of one of them still needs its own hits)."""
+        self._clients = frozenset(clients)
+
     def take_peers(self, other: Protection) -> None:
         """Carry what the protection this one replaces learnt while running (a reload): the
-        gateways and sessions."""
+        gateways, sessions and live clients."""
         self._gateways, self._sessions = other._gateways, other._sessions
+        self._clients = other._clients
         self._guard()
 
     def _guard(self) -> None:
@@ -87,6 +102,22 @@ class Protection:
         if self._allow and any(address in net for net in self._allow):
             return False
         return not self._patterns or not any(p.fullmatch(str(address)) for p in self._patterns)
+
+    def inside(self, prefix: IPNetwork) -> list[tuple[IPNetwork, str]]:
+        """Every protected address or network that overlaps `prefix`, with what it is: what a
+        prefix ban must leave out. The allow list's patterns protect single addresses that
+        match them, which no prefix lists: they are not looked at (as for network bans)."""
+        found = [(net, "loopback") for net in _LOOPBACK if net.overlaps(prefix)]
+        found += [(net, "link-local") for net in _LINK_LOCAL if net.overlaps(prefix)]
+        found += [(net, "allow list") for net in self._allow if net.overlaps(prefix)]
+        for what, addresses in (
+            ("address of this host", self._own),
+            ("SSH session peer", self._sessions),
+            ("gateway", self._gateways),
+            ("live client", self._clients),
+        ):
+            found += [(as_network(a), what) for a in addresses if a in prefix]
+        return found
 
     def peer(self, address: IPAddress) -> bool:
         """A peer the daemon knows of: a gateway, or a link-local address (a neighbour on the

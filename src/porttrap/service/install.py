@@ -34,7 +34,7 @@ from porttrap.clock import SystemClock
 from porttrap.config import loader as config_mod
 from porttrap.config.schema import DEFAULT_CONFIG_PATH, Config
 from porttrap.daemon import control
-from porttrap.errors import ConfigError, ConfigProblem, FirewallError, PorttrapError
+from porttrap.errors import ConfigError, ConfigProblem, FirewallError, PorttrapError, Refused
 from porttrap.firewall import registry
 from porttrap.firewall.claim import claim
 from porttrap.firewall.exec import Exec
@@ -128,7 +128,7 @@ def install(request: InstallRequest, systemd: Systemd, note: Note) -> None:
     unit_file = root(unit.UNIT_PATH)
     unit_changed = _differs(unit_file, unit_text)
     if unit_changed and unit_file.exists() and not request.force:
-        raise PorttrapError(
+        raise Refused(
             f"{unit_file} exists and differs from the unit this porttrap would write: give "
             "--force to replace it (changes of your own belong in a drop-in: systemctl edit "
             "porttrap)"
@@ -198,7 +198,7 @@ def _config_to_install(request: InstallRequest) -> tuple[str | None, Config]:
         text = _read(request.config)
         cfg = config_mod.load_text(text, request.config)
         if target.exists() and _differs(target, text) and not request.force:
-            raise PorttrapError(
+            raise Refused(
                 f"{target} exists and differs from {request.config}: give --force to replace "
                 "it, or leave out -c to keep it"
             )
@@ -289,7 +289,7 @@ def uninstall(request: UninstallRequest, systemd: Systemd, teardown: Teardown, n
         systemd.systemctl("stop", unit.UNIT_NAME)
         note(f"stopped {unit.UNIT_NAME}")
     if _answers(root(cfg.control_socket)):
-        raise PorttrapError(
+        raise Refused(
             f"porttrap is still running outside systemd (it answers on "
             f"{root(cfg.control_socket)}): stop it (Ctrl-C, or kill the `porttrap run` "
             "process), then run uninstall-service again; nothing was removed"

@@ -3,6 +3,7 @@ commented out at its default, so that the file changes nothing and shows what ca
 
 from __future__ import annotations
 
+WRITTEN_BY = "written by `porttrap install-service`"
 DEFAULT_CONFIG = """\
 # porttrap's configuration, written by `porttrap install-service`. Everything below is
 # commented out and shows the default: uncomment what you change. An unknown key is an error.
@@ -47,3 +48,8 @@ DEFAULT_CONFIG = """\
 [log]
 # level = "info"                        # stderr goes to the journal: journalctl -u porttrap
 """
+
+
+def default_config(writer: str = WRITTEN_BY) -> str:
+    """DEFAULT_CONFIG, its first line saying it was `writer` (the Debian package's conffile)."""
+    return DEFAULT_CONFIG.replace(WRITTEN_BY, writer, 1)

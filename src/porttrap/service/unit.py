@@ -30,6 +30,7 @@ from porttrap.config.schema import DEFAULT_CONFIG_PATH, Config
 from porttrap.firewall import registry
 
 UNIT_NAME = "porttrap.service"
+INSTALL_SERVICE = "written by `porttrap install-service`"  # the unit's first line says who
 UNIT_PATH = Path("/etc/systemd/system") / UNIT_NAME
 STATE_ROOT = Path("/var/lib")  # where StateDirectory= puts its directories
 CAPABILITIES = ("CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE")
@@ -89,10 +90,17 @@ def hidden_by_protect_home(path: Path) -> Path | None:
     return None
 
 
-def render(executable: Path, box: Sandbox, config_path: Path = DEFAULT_CONFIG_PATH) -> str:
-    """The unit file that runs `executable` (absolute) with the config at `config_path`."""
+def render(
+    executable: Path,
+    box: Sandbox,
+    config_path: Path = DEFAULT_CONFIG_PATH,
+    writer: str = INSTALL_SERVICE,
+) -> str:
+    """The unit file that runs `executable` (absolute) with the config at `config_path`;
+    its first line says it was written by `writer`."""
     exe, cfg = quote(executable), quote(config_path)
     lines = [
+        f"# porttrap.service, {writer} (porttrap {__version__}).",
         *_HEADER,
         "[Unit]",
         "Description=porttrap: trap ports and ban port scanners in the kernel firewall",
@@ -121,7 +129,6 @@ def render(executable: Path, box: Sandbox, config_path: Path = DEFAULT_CONFIG_PA
 
 
 _HEADER = (
-    f"# porttrap.service, written by `porttrap install-service` (porttrap {__version__}).",
     "# Run `porttrap install-service --force` again after changing state_dir, a [[log.output]]",
     "# file, [actions.hosts_deny] file or [firewall] backend: the capabilities and writable",
     "# paths below follow from them. Changes of your own go in a drop-in",

@@ -61,9 +61,17 @@ def is_single(scope: IPNetwork | None) -> bool:
 
 
 def within(scope: IPNetwork | None, entry: HistoryEntry) -> bool:
-    """Whether a history entry's hit source or ban target falls within `scope`."""
+    """Whether a history entry's hit source falls within `scope`, or its ban's target falls
+    within `scope` or holds it (`history 203.0.113.7` shows the ban of 203.0.113.0/24)."""
     if entry.hit is not None:
         return inside(scope, entry.hit.source)
     if entry.ban is not None:
-        return inside(scope, entry.ban.target)
+        return inside(scope, entry.ban.target) or holds(entry.ban.target, scope)
     return False
+
+
+def holds(network: IPNetwork, scope: IPNetwork | None) -> bool:
+    """Whether `network` (a ban's target) contains all of `scope`, and more."""
+    if scope is None or network.version != scope.version or network == scope:
+        return False
+    return scope.subnet_of(network)  # type: ignore[arg-type]  # same version, checked

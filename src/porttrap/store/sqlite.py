@@ -86,12 +86,15 @@ _SQL_PRUNE_ROWS = "DELETE FROM hits WHERE rowid <= (SELECT max(rowid) FROM hits)
 @dataclass(frozen=True, slots=True)
 class _Stream:
     """One history stream: its query over everything, the same for one address, and how a
-    row becomes an entry. Both queries are newest first; LIMIT -1 is no limit in SQLite."""
+    row becomes an entry. Both queries are newest first; LIMIT -1 is no limit in SQLite.
+    `networks`: the one-address query also returns every network's rows (a ban's), which
+    `within` then keeps when they hold the address."""
 
     table: str
     everything: str
     one_address: str
     convert: Callable[[Row], Keyed]
+    networks: bool = False
 
 
 def _hit_keyed(row: Row) -> Keyed:
@@ -120,8 +123,10 @@ _BANS = _Stream(
     """SELECT id, target, banned_at, expires_at, ban_count, reason, evidence FROM bans
         ORDER BY banned_at DESC, id DESC LIMIT :limit""",
     """SELECT id, target, banned_at, expires_at, ban_count, reason, evidence FROM bans
-        WHERE target = :address ORDER BY banned_at DESC, id DESC LIMIT :limit""",
+        WHERE target = :address OR instr(target, '/') > 0
+        ORDER BY banned_at DESC, id DESC LIMIT :limit""",
     _ban_keyed,
+    networks=True,
 )
 _LIFTS = _Stream(
     "bans",
@@ -129,9 +134,11 @@ _LIFTS = _Stream(
         lifted_reason FROM bans WHERE lifted_at IS NOT NULL
         ORDER BY lifted_at DESC, id DESC LIMIT :limit""",
     """SELECT id, target, banned_at, expires_at, ban_count, reason, evidence, lifted_at,
-        lifted_reason FROM bans WHERE lifted_at IS NOT NULL AND target = :address
+        lifted_reason FROM bans WHERE lifted_at IS NOT NULL
+        AND (target = :address OR instr(target, '/') > 0)
         ORDER BY lifted_at DESC, id DESC LIMIT :limit""",
     _lift_keyed,
+    networks=True,
 )
 
 
@@ -234,9 +241,14 @@ class SQLiteStore:
     def _stream(
         self, conn: sqlite3.Connection, stream: _Stream, target: IPNetwork | None, limit: int
     ) -> list[Keyed]:
-        """Equality in SQL for one address; containment in Python for a network, since
-        addresses as text cannot be range-compared."""
+        """Equality in SQL for one address (and, for bans, every network's rows, kept in
+        Python when they hold it); containment in Python for a network, since addresses as
+        text cannot be range-compared."""
         limit = max(0, limit)
+        if target is not None and stream.networks and is_single(target):
+            found = conn.execute(stream.one_address, {"address": show(target), "limit": -1})
+            keyed = self._convert(stream.table, found, stream.convert)
+            return list(islice((k for k in keyed if within(target, k[1])), limit))
         if target is not None and not is_single(target):
             found = conn.execute(stream.everything, {"limit": -1})
             keyed = self._convert(stream.table, found, stream.convert)
@@ -331,8 +343,16 @@ def _open_writable(path: Path) -> sqlite3.Connection:
 
 
 def _open_readonly(path: Path) -> sqlite3.Connection:
-    if not path.exists():
-        raise NoDatabase(f"no database at {path}: porttrap has not run yet with this state_dir")
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise NoDatabase(
+            f"no database at {path}: porttrap has not run yet with this state_dir"
+        ) from None
+    except PermissionError:
+        raise StoreError(_denied(path)) from None
+    if not os.access(path, os.R_OK):
+        raise StoreError(_denied(path))
     conn = _connect(path, path.resolve().as_uri() + "?mode=ro", uri=True)
     try:
         _check_current(path, _probe(conn, path))
@@ -341,6 +361,13 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _denied(path: Path) -> str:
+    return (
+        f"permission denied reading {path}: the database is root's; run this as root "
+        "(sudo porttrap ...), or give -c a config whose state_dir you may read"
+    )
 
 
 def _make_private(path: Path) -> None:
