@@ -19,6 +19,7 @@ from porttrap.firewall.ruleset import (
     place,
 )
 from porttrap.model import Ban, Change, IPNetwork, Unban, show
+from porttrap.testing.clock import FakeClock
 
 DATA = Path(__file__).parent.parent / "data" / "nft"
 NOW = 1_800_000_000.0
@@ -181,7 +182,7 @@ def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 
 def test_written_knows_nothing_before_a_replace_and_after_a_teardown() -> None:
-    written = Written()
+    written = Written(FakeClock(NOW).monotonic)
     states = list(final_states([ban("192.0.2.1", 60)], NOW).items())
     assert written.writing(states, NOW) == set()  # before a replace: nothing known
     written.replaced({}, NOW)
@@ -194,12 +195,13 @@ def test_written_knows_nothing_before_a_replace_and_after_a_teardown() -> None:
 def test_written_holds_what_was_replaced_or_written_until_lifted_or_long_expired() -> None:
     def absent(*targets: str) -> set[IPNetwork]:
         """What a (trial) write of bans on `targets` would find absent, on a copy."""
-        trial = Written()
-        trial.replaced({}, NOW)
+        trial = Written(clock.monotonic)
+        trial.replaced({}, clock.now())
         trial._until = dict(written._until or {})
-        return trial.writing([(net(t), ban(t, 1)) for t in targets], NOW)
+        return trial.writing([(net(t), ban(t, 1)) for t in targets], clock.now())
 
-    written = Written()
+    clock = FakeClock(NOW)
+    written = Written(clock.monotonic)
     written.replaced({net("192.0.2.1"): ban("192.0.2.1", 60)}, NOW)
     everything = ("192.0.2.1", "192.0.2.2", "2001:db8::/64")
     states = [
@@ -210,10 +212,33 @@ def test_written_holds_what_was_replaced_or_written_until_lifted_or_long_expired
     assert absent(*everything) == set() and len(written) == 3
     written.lifted([(net("192.0.2.2"), None), (net("2001:db8::/64"), ban("2001:db8::/64", 5))])
     assert absent(*everything) == {net("192.0.2.2")}
-    written.prune(NOW + 60 + LINGER)  # 192.0.2.1's element expired at +60: may linger
+    clock.advance(60 + LINGER)
+    written.prune()  # 192.0.2.1's element expired at +60: may linger
     assert absent(*everything) == {net("192.0.2.2"), net("2001:db8::/64")}
-    written.prune(NOW + 61 + LINGER)
+    clock.advance(1)
+    written.prune()
     assert len(written) == 0
-    written.writing([(net("192.0.2.2"), ban("192.0.2.2", None))], NOW)
-    written.prune(NOW + 10**9)  # a permanent ban is never forgotten
+    written.writing([(net("192.0.2.2"), ban("192.0.2.2", None))], clock.now())
+    clock.advance(10**9)
+    written.prune()  # a permanent ban is never forgotten
     assert absent(*everything) == {net("192.0.2.1"), net("2001:db8::/64")}
+
+
+def test_written_keeps_a_ban_the_kernel_still_holds_when_the_wall_clock_jumps_forward() -> None:
+    """The kernel's timeouts run on a clock that never jumps: a wall clock set 2 days forward
+    (NTP on a host that booted with no clock) leaves the elements there for their time left.
+    Taken as gone, a longer ban on one would be a bare `add`, and older kernels keep the
+    element's old, shorter timeout: the ban would end early in the kernel."""
+    clock = FakeClock(NOW)
+    written = Written(clock.monotonic)
+    written.replaced({}, NOW)
+    target = net("192.0.2.1")
+    assert written.writing([(target, ban("192.0.2.1", 3600))], NOW) == {target}
+    clock.step(2 * 86400)  # the wall clock jumps; 10 s go by on the kernel's clock
+    clock.advance(10)
+    written.prune()
+    longer = Ban(target, clock.now(), clock.now() + 86400, 2, "manual")
+    assert written.writing([(target, longer)], clock.now()) == set()  # all three operations
+    clock.advance(86400 + LINGER + 1)  # the longer ban's element is long gone
+    written.prune()
+    assert len(written) == 0

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from porttrap import log
+from porttrap.clock import Clock, SystemClock
 from porttrap.errors import FirewallError
 from porttrap.firewall.base import Inspection, KernelEntry
 from porttrap.firewall.kernel import JsonCommand, Nft
@@ -49,6 +50,7 @@ class NftablesBackend:
         table: str = "porttrap",
         nft: Nft | None = None,
         objects: NftObjects | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._nft, self._objects = made_here(nft, objects)
         self._rules = Ruleset(table)
@@ -57,7 +59,8 @@ class NftablesBackend:
         self._watch: WatchRules | None = None  # the watch of the last setup
         self._gateways: frozenset[IPAddress] = frozenset()  # ... and the gateways it holds
         self._shape: str | None = None  # the digest of the table as porttrap last wrote it
-        self._written = Written()  # what the ban sets may hold: a ban on another is one add
+        # what the ban sets may hold: a ban on another is one add
+        self._written = Written((clock or SystemClock()).monotonic)
 
     def setup(self, bans: Sequence[Ban], now: float, sensor: SensorState | None = None) -> None:
         """Replace porttrap's table in one transaction: stray elements go, missing ones come,
@@ -105,7 +108,7 @@ class NftablesBackend:
     def maintain(self, now: float) -> None:
         """Forget the bans whose elements the kernel removed long since (the kernel's timeouts
         are long enough for any ban)."""
-        self._written.prune(now)
+        self._written.prune()
 
     def entries(self) -> list[KernelEntry]:
         """The bans: `list set` of each ban set, never of the table, whose watch and block

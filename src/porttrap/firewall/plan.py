@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from porttrap.model import Ban, Change, IPNetwork
 
@@ -41,18 +41,23 @@ def final_states(changes: Sequence[Change], now: float) -> dict[IPNetwork, Ban |
 
 
 # Seconds after its kernel timeout that an element is still taken as possibly there: the
-# kernel removes an expired element on its next garbage collection, and the wall clock that
-# `now` reads may step back.
+# kernel removes an expired element on its next garbage collection.
 LINGER = 3600.0
 
 
 class Written:
     """The targets a backend may have put in its ban sets since it last replaced them, each
-    until when (`now`'s clock; inf: permanent). A target not held here is in no ban set: the
-    table is porttrap's own and the last replace left only the targets it was given. Before a
-    first replace nothing is known, and every target may be there."""
+    until when (on `monotonic`'s clock; inf: permanent). A target not held here is in no ban
+    set: the table is porttrap's own and the last replace left only the targets it was given.
+    Before a first replace nothing is known, and every target may be there.
 
-    def __init__(self) -> None:
+    The kernel's timeouts run on a clock that never jumps, so the ends are kept on one too: a
+    wall clock set forward by hours (NTP on a host that booted without a clock) must not make
+    the elements still in the kernel look long gone, or a later, longer ban on one of them
+    would be a bare add, which older kernels take as keeping the element's shorter timeout."""
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self._monotonic = monotonic
         self._until: dict[IPNetwork, float] | None = None
 
     def replaced(self, bans: Mapping[IPNetwork, Ban], now: float) -> None:
@@ -72,12 +77,13 @@ class Written:
         until = self._until
         if until is None:
             return absent
+        offset = self._monotonic() - now  # from `now`'s clock to the kernel's
         for target, ban in states:
             if ban is not None:
                 if target not in until:
                     absent.add(target)
                 # The kernel's timeout ends within a second of it (`timeout_seconds`): LINGER
-                until[target] = math.inf if ban.expires_at is None else ban.expires_at
+                until[target] = math.inf if ban.expires_at is None else ban.expires_at + offset
         return absent
 
     def lifted(self, states: Iterable[tuple[IPNetwork, Ban | None]]) -> None:
@@ -87,9 +93,10 @@ class Written:
                 if ban is None:
                     self._until.pop(target, None)
 
-    def prune(self, now: float) -> None:
+    def prune(self) -> None:
         """Forget the targets whose element the kernel has removed long since."""
         if self._until is not None:
+            now = self._monotonic()
             gone = [t for t, until in self._until.items() if until + LINGER < now]
             for target in gone:
                 del self._until[target]

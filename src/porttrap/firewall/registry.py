@@ -59,7 +59,7 @@ def _nftables_supported() -> tuple[bool, str]:
 def _make_nftables(table: str, clock: Clock) -> FirewallBackend:
     from porttrap.firewall.nftables import NftablesBackend
 
-    return NftablesBackend(table)
+    return NftablesBackend(table, clock=clock)
 
 
 def _ipset_supported() -> tuple[bool, str]:
