@@ -137,7 +137,10 @@ def test_a_live_client_inside_the_24_is_carved_out(env_factory: Callable[[str], 
             lambda: held.connect_ex((SRV4, HELD)) in (0, errno.EISCONN), PATIENCE, "held connection"
         )
         env.start("-v")
-        wait_until(lambda: "event=live-clients count=1" in env.log_text(), PATIENCE, "client read")
+        # read at the start, before any hit is judged (not first at the 5 s poll)
+        wait_until(lambda: "event=start " in env.log_text(), PATIENCE, "start logged")
+        text = env.log_text()
+        assert text.index("event=live-clients count=1") < text.index("event=start "), text
         for scanner in scanners:
             assert tcp_works(env.atk, scanner, SRV4, TRAP)
         wait_until(dropped(env, bystander), PATIENCE, "the /24 banned")

@@ -263,6 +263,8 @@ class Shell:
                 raise PorttrapError("no trap could be set (every trap port was skipped, see above)")
             self._bind_reports(loop)
             self._restore(self._served_now(), gateways, sessions)
+            if self.config.ban.prefix.on:  # before any hit is judged: the first prefix ban
+                self._read_clients()  # must not wait 5 s to know the live clients
             self.writer.start()
             self._start_kernel(loop)
             self._watch_addresses(loop)
