@@ -99,7 +99,10 @@ class _Terminal(io.StringIO):
         return True
 
 
-@pytest.mark.parametrize(("typed", "code"), [("no\n", cli.EXIT_REFUSED), ("yes\n", 3)])
+# "": Ctrl-D at the prompt (end of input), which is no "yes" either
+@pytest.mark.parametrize(
+    ("typed", "code"), [("no\n", cli.EXIT_REFUSED), ("", cli.EXIT_REFUSED), ("yes\n", 3)]
+)
 def test_unban_all_at_a_terminal_asks(
     capsys: pytest.CaptureFixture[str],
     config: Path,

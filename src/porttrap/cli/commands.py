@@ -293,7 +293,10 @@ def _confirm_all(args: argparse.Namespace) -> bool:
     if not sys.stdin.isatty():
         raise Refused("unban --all lifts every active ban: add --yes to confirm (stdin is no "
                       "terminal to ask on)")  # fmt: skip
-    answer = input("Lift every active ban of this host? Type 'yes' to confirm: ")
+    try:
+        answer = input("Lift every active ban of this host? Type 'yes' to confirm: ")
+    except EOFError:  # Ctrl-D at the prompt: no "yes"
+        answer = ""
     if answer.strip().lower() != "yes":
         raise Refused("unban --all: not confirmed, nothing lifted")
     return True
