@@ -198,6 +198,22 @@ def test_live_clients_sessions_and_gateways_are_carved_out() -> None:
     assert policy.banned(ip_address(f"{NET}.100"), T0 + 1) is not None
 
 
+def test_a_ban_inside_a_carved_out_hole_is_not_ended_by_the_prefix_ban() -> None:
+    """A live client that scanned has its own ban; the prefix ban leaves the client out, so
+    it does not cover that ban, which must stay (ending it would let the scanner go)."""
+    policy = make(prefixed(spread=3))
+    client = f"{NET}.20"
+    (first,) = play(policy, hit(0, client))
+    assert bans_of(first) == [f"{client}/32"]
+    policy.protection.set_clients([ip_address(client)])  # its connection is still open
+    *_, last = play(policy, hit(1, f"{NET}.1"), hit(2, f"{NET}.2"))
+    assert [n.event for n in last.notes] == ["prefix-ban", "prefix-carved"]
+    ended = {str(c.target) for c in last.more if isinstance(c, Unban)}
+    assert ended == {f"{NET}.1/32", f"{NET}.2/32"}
+    held = policy.banned(ip_address(client), T0 + 2)
+    assert held is not None and str(held.target) == f"{client}/32"
+
+
 def test_a_prefix_all_allowed_is_refused() -> None:
     policy = make(prefixed(spread=2), allow=(f"{NET}.0/25", f"{NET}.128/25"))
     # the sources themselves are allowed, so nothing bans; a wider allow entry is the case

@@ -295,7 +295,7 @@ class Policy:
         notes: list[Note] = []
         expires = self._expiry(unit, base, verified, now)
         if pieces and self._blocking(unit, expires, now) is None:
-            ended = self._cover(unit, expires, now)
+            ended = self._cover(unit, pieces, expires, now)
             bans = self._pieces(unit, pieces, now, base, reason=reason, verified=verified)
             if holes:
                 notes.append(_carved_note(unit, holes, len(pieces)))
@@ -387,7 +387,7 @@ class Policy:
             why = "over the budget for bans on evidence that can be forged"
             return [], [Note("prefix-refused", prefix, why)]
         reason = prefix_reason(prefix, found.sources, len(holes))
-        ended = self._cover(prefix, expires, now)
+        ended = self._cover(prefix, pieces, expires, now)
         base = self.policy.time
         bans = self._pieces(prefix, pieces, now, base, reason=reason, verified=found.verified)
         self._spread.clear(prefix)
@@ -397,11 +397,18 @@ class Policy:
             notes.append(_carved_note(prefix, holes, len(pieces)))
         return [*ended, *bans], notes
 
-    def _cover(self, prefix: IPNetwork, expires: float | None, now: float) -> list[Change]:
+    def _cover(
+        self,
+        prefix: IPNetwork,
+        pieces: Sequence[IPNetwork],
+        expires: float | None,
+        now: float,
+    ) -> list[Change]:
         """End the bans inside `prefix` that would end no later than its ban (`expires`): the
-        prefix ban covers them. They keep counting toward their escalation (this is no
-        forgiveness); a single address's ban that outlasts it stays. One pass over the bans:
-        prefix bans are few, each needs `spread` bans first."""
+        prefix ban (its `pieces`) covers them. They keep counting toward their escalation
+        (this is no forgiveness); a single address's ban that outlasts it stays, and so does
+        one in a hole of the carve (a live client that scanned: no piece covers it). One pass
+        over the bans: prefix bans are few, each needs `spread` bans first."""
         version, shift = prefix.version, prefix.max_prefixlen - prefix.prefixlen
         first = int(prefix.network_address) >> shift
         inside = [
@@ -414,7 +421,12 @@ class Policy:
         ]
         why = f"covered by the prefix ban on {show(prefix)}"
         ended: list[Change] = []
+        whole = len(pieces) == 1 and pieces[0] == prefix
         for ban in inside:
+            if not whole and ban.target.prefixlen == ban.target.max_prefixlen:
+                held = ban.target
+                if not any(held.subnet_of(piece) for piece in pieces):  # type: ignore[arg-type]
+                    continue  # in a hole of the carve: no piece covers it, its ban stays
             if _ends_by(ban, expires):
                 self._forget(ban.target)
                 ended.append(Unban(ban.target, now, why))
