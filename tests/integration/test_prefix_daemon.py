@@ -146,3 +146,27 @@ def test_a_live_client_inside_the_24_is_carved_out(env_factory: Callable[[str], 
         wait_until(dropped(env, bystander), PATIENCE, "the /24 banned")
         assert tcp_works(env.atk, client, SRV4, SERVICE)  # carved out: a live client
         assert f"{client} (live client)" in env.log_text()
+
+
+def test_a_reload_that_turns_prefix_bans_on_knows_the_live_clients_at_once(
+    env_factory: Callable[[str], Env],
+) -> None:
+    env = env_factory(config("nftables", "spread = 0\n"))  # prefix bans off: no client read
+    scanners = [f"{SCANNER_NET}.{n}" for n in (10, 11, 12)]
+    client, bystander = f"{SCANNER_NET}.70", f"{SCANNER_NET}.60"
+    add_addresses(env, [*scanners, client, bystander], [])
+    env.srv.start([sys.executable, "-c", HOLD])
+    held = open_socket(env.atk, client, socket.SOCK_STREAM)
+    with held:
+        wait_until(
+            lambda: held.connect_ex((SRV4, HELD)) in (0, errno.EISCONN), PATIENCE, "held connection"
+        )
+        env.start("-v")
+        text = env.config.read_text().replace("spread = 0", "spread = 3")
+        env.config.write_text(text)
+        env.porttrap("reload")
+        assert "event=live-clients count=1" in env.log_text()  # read with the reload
+        for scanner in scanners:
+            assert tcp_works(env.atk, scanner, SRV4, TRAP)
+        wait_until(dropped(env, bystander), PATIENCE, "the /24 banned")
+        assert tcp_works(env.atk, client, SRV4, SERVICE)  # carved out: a live client

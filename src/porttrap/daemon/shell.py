@@ -562,6 +562,9 @@ class Shell:
         reload at a time; systemd hears of it (RELOADING, then READY)."""
         async with self._reloading:
             self.notifier.reloading()
+            # a reload may turn prefix bans on: their carve-outs must know the live clients
+            # before the first hit under them, not at the next 5 s poll (a read is cheap)
+            self._read_clients()
             try:
                 return await reloading.reload(self)
             finally:
