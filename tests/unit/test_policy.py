@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import ip_address, ip_network
+from ipaddress import IPv6Address, ip_address, ip_network
 
 import pytest
 from hypothesis import given, settings
@@ -384,7 +384,8 @@ ADDRESSES = st.one_of(
     st.ip_addresses(v=4).map(lambda a: ip_address(int(a))),
     st.ip_addresses(v=6).map(lambda a: ip_address(int(a))),
     st.sampled_from(["127.0.0.1", "127.9.9.9", "169.254.3.4", "::1", "fe80::1", "febf::9",
-                     "fec0::1", "192.0.2.1", "2001:db8::1"]).map(ip_address),
+                     "fec0::1", "192.0.2.1", "2001:db8::1", "::ffff:127.0.0.1",
+                     "::ffff:192.0.2.1"]).map(ip_address),
 )  # fmt: skip
 
 
@@ -405,4 +406,7 @@ def test_free_is_true_only_when_neither_conflict_nor_peer_in_objects(
     protection.set_gateways(guarded[2:])
     target = ip_network(address)
     full = protection.conflict(target) is None and protection.peer_in(target) is None
-    assert protection.free(address) == full, (address, guarded, allow, patterns)
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        assert not protection.free(address)  # the full checks decide, on any Python
+    else:
+        assert protection.free(address) == full, (address, guarded, allow, patterns)

@@ -17,6 +17,7 @@ _LINK_LOCAL = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe8
 _LOOPBACK_V4 = 127  # 127.0.0.0/8, by its first 8 bits
 _LINK_LOCAL_V4 = 0xA9FE  # 169.254.0.0/16, by its first 16 bits
 _LINK_LOCAL_V6 = 0x3FA  # fe80::/10, by its first 10 bits
+_MAPPED = 0xFFFF  # ::ffff:0:0/96, IPv4-mapped addresses, by their first 96 bits
 
 
 class Protection:
@@ -90,12 +91,14 @@ class Protection:
     def free(self, address: IPAddress) -> bool:
         """True when nothing here protects `address`, nor makes it a peer: the question
         `conflict` and `peer_in` answer (False when either would object), asked in one go for
-        a single address (a host joining a fleet asks it 100,000 times)."""
+        a single address (a host joining a fleet asks it 100,000 times). False for an
+        IPv4-mapped address (never one in a ban: targets are unmapped first), whose loopback and
+        link-local answers differ between Python versions: the full checks decide."""
         number = int(address)
         if address.version == 4:
             if number >> 24 == _LOOPBACK_V4 or number >> 16 == _LINK_LOCAL_V4:
                 return False
-        elif number == 1 or number >> 118 == _LINK_LOCAL_V6:
+        elif number == 1 or number >> 118 == _LINK_LOCAL_V6 or number >> 32 == _MAPPED:
             return False
         if address in self._guarded:
             return False
