@@ -17,12 +17,13 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from porttrap import __version__
 from porttrap.config import loader, outline
 from porttrap.config.schema import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR
 from porttrap.errors import ConfigError
+from porttrap.service.debian import write_tree
 from porttrap.service.template import DEFAULT_CONFIG
 
 SUMMARY = "trap ports and ban port scanners in the kernel firewall"
@@ -303,22 +304,19 @@ def _about(default: Default | None, is_table: bool) -> str | None:
 # -- writing them ------------------------------------------------------------------------------
 
 
-def write(mandir: Path) -> list[Path]:
-    """Write both pages into the man tree `mandir` (mandir/man8/porttrap.8,
-    mandir/man5/porttrap.toml.5); their paths."""
+def pages() -> dict[PurePosixPath, str]:
+    """Both pages, by their path in a man tree (man8/porttrap.8, man5/porttrap.toml.5)."""
     from porttrap.cli.main import build_parser  # main imports the CLI's modules
 
-    pages = {
-        Path("man8/porttrap.8"): porttrap_8(build_parser()),
-        Path("man5/porttrap.toml.5"): porttrap_toml_5(),
+    return {
+        PurePosixPath("man8/porttrap.8"): porttrap_8(build_parser()),
+        PurePosixPath("man5/porttrap.toml.5"): porttrap_toml_5(),
     }
-    paths = []
-    for name, text in pages.items():
-        path = mandir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        paths.append(path)
-    return paths
+
+
+def write(mandir: Path) -> list[Path]:
+    """Write both pages into the man tree `mandir`; their paths."""
+    return write_tree(mandir, pages())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ package never carries a second, hand-written copy.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from porttrap.config.schema import DEFAULT_CONFIG_PATH, Config
@@ -34,8 +35,7 @@ def files() -> dict[PurePosixPath, str]:
     return {
         UNIT: unit.render(EXECUTABLE, unit.sandbox(Config()), writer=WRITER),
         CONFFILE: default_config(WRITER),
-        MAN / "man8" / "porttrap.8": manpage.porttrap_8(build_parser()),
-        MAN / "man5" / "porttrap.toml.5": manpage.porttrap_toml_5(),
+        **{MAN / page: text for page, text in manpage.pages().items()},
         BASH_COMPLETION: completion.script(build_parser(), "bash"),
         ZSH_COMPLETION: completion.script(build_parser(), "zsh"),
     }
@@ -43,8 +43,13 @@ def files() -> dict[PurePosixPath, str]:
 
 def write(root: Path) -> list[Path]:
     """Write `files()` under `root`; their paths there."""
+    return write_tree(root, files())
+
+
+def write_tree(root: Path, files: Mapping[PurePosixPath, str]) -> list[Path]:
+    """Write each text of `files` at its path under `root` (directories made); the paths."""
     written = []
-    for relative, text in files().items():
+    for relative, text in files.items():
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
