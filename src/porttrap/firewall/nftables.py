@@ -20,11 +20,12 @@ from collections.abc import Iterable, Sequence
 from porttrap import log
 from porttrap.errors import FirewallError
 from porttrap.firewall.base import Inspection, KernelEntry
+from porttrap.firewall.hold_rules import CHAIN, HoldRules
 from porttrap.firewall.kernel import JsonCommand, Nft
 from porttrap.firewall.objects import NftObjects, made_here
 from porttrap.firewall.plan import Written, final_states, strongest
 from porttrap.firewall.ruleset import SETS, Ruleset, parse_entries
-from porttrap.firewall.sensor_rules import SensorRules
+from porttrap.firewall.sensor_rules import SensorRules, held_ports
 from porttrap.firewall.watch_rules import WatchRules
 from porttrap.model import Ban, Change, IPAddress, IPNetwork, show
 from porttrap.sensorspec import COUNTERS, Ports, SensorState, no_ports
@@ -73,6 +74,8 @@ class NftablesBackend:
             commands += rules.create(sensor.served, sensor.generation)
         self._written.forget()
         self._run(commands)
+        if rules is not None:
+            self._add_queue_rule(rules)
         self._written.replaced(held, now)
         self._shape = self._objects.shape(self._rules.table)
         self._watch = watch
@@ -158,6 +161,7 @@ class NftablesBackend:
             now_open = rules.spec.open_ports(ports, proto)
             before = rules.spec.open_ports(self._served, proto)
             commands += rules.set_open(proto, now_open - before, before - now_open)
+        commands += rules.hold.set_served(held_ports(self._served), held_ports(ports))
         if commands:
             self._run(commands)
         self._served = dict(ports)
@@ -186,6 +190,42 @@ class NftablesBackend:
         if commands:
             self._run(commands)
         self._gateways = wanted
+
+    def release(self, addresses: Iterable[IPAddress]) -> None:
+        """The hold let these sources' SYNs through: not held again for [kernel] hold_memory,
+        in one transaction. FirewallError when the kernel refuses (a released set full at
+        [kernel] client_size, or the table gone): those sources are held again next time."""
+        commands = self._hold_rules().release(_plain_set(addresses))
+        if commands:
+            self._run(commands)
+
+    def hold_ready(self) -> None:
+        """The hold's heartbeat, from the daemon's queue reader while it works (every second
+        or so): without it for `sensorspec.HOLD_READY_TIME` seconds, nothing is held."""
+        self._run(self._hold_rules().ready())
+
+    def _hold_rules(self) -> HoldRules:
+        rules = self._sensor_rules().hold
+        if not rules.on:
+            raise FirewallError(
+                f"porttrap's table inet {self._rules.table} holds no hold rules ([kernel] hold "
+                'is "0", or TCP is in connect mode)'
+            )
+        return rules
+
+    def _add_queue_rule(self, rules: SensorRules) -> None:
+        """The hold's verdict rule: nft's `queue`, or on a kernel without nft_queue the same
+        verdict as xtables' NFQUEUE target (nft_compat). Its own transaction, after the
+        table's: until it is in, the hold chain holds nothing (fail open)."""
+        if not rules.hold.on:
+            return
+        try:
+            self._nft.run(rules.hold.queue_rule())
+        except FirewallError as err:
+            if "No such file or directory" not in str(err):
+                raise
+            queue = rules.spec.kernel.hold_queue
+            self._objects.add_queue_rule(self._rules.table, CHAIN, queue)
 
     def sensor_counters(self) -> dict[str, int]:
         found = self._objects.counters(self._rules.table)
