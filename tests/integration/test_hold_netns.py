@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from crafted import Probe, answers
+from crafted import Probe, answers, send
 from daemon_env import ATK4, ATK4_B, ATK6, SERVE, SERVICE_PORT, SRV4, SRV6, Env
 
 from netns import Netns, in_host_netns
@@ -26,14 +26,15 @@ from porttrap.firewall.nftables import NftablesBackend
 from porttrap.firewall.objects import NftObjects
 from porttrap.model import Proto
 from porttrap.sensorspec import SensorState, spec_from_config
-from waiting import PATIENCE, wait_until
+from waiting import PATIENCE, holds_for, wait_until
 
 pytestmark = pytest.mark.kernel
 
 NOW = 1_800_000_000.0
 TABLE = "porttrap"
 QUEUE = 7022
-CONFIG = '[traps]\nmode = "advanced"\n[kernel]\nhold = "5ms"\n'
+# [kernel] last: a test adds keys to it
+CONFIG = f'[allow]\naddresses = ["{ATK4_B}"]\n[traps]\nmode = "advanced"\n[kernel]\nhold = "5ms"\n'
 SERVED = {Proto.TCP: frozenset({SERVICE_PORT})}
 SILENCE = 1.0  # seconds a probe waits for an answer where none is expected
 NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG, NFQA_CFG_CMD, NFQNL_CFG_CMD_BIND = 3, 2, 1, 1
@@ -105,7 +106,7 @@ def test_a_bound_reader_holds_the_syn_and_its_end_lets_the_next_through(
     assert held.counters()["held"] == 1
     silent_reader.close()  # the daemon killed: the kernel drops what it held, then bypasses
     held.backend.hold_ready()
-    assert held.syn(ATK4_B) == "SA"
+    assert held.syn(ATK6) == "SA"
     assert held.counters()["held"] == 2
 
 
@@ -118,12 +119,30 @@ def test_a_stalled_reader_stops_holding_when_its_heartbeat_ends(
     assert held.counters() == {"held": 0, "hold_over": 0, "hold_idle": 1}
 
 
-def test_a_released_source_is_not_held(held: Held) -> None:
+def test_known_sources_are_never_held_even_with_a_stalled_reader(
+    held: Held, silent_reader: socket.socket
+) -> None:
+    """Released, a recent client, allow-listed: their SYNs never reach the queue, whose
+    reader would never answer."""
     held.backend.hold_ready()
-    held.backend.release([ipaddress.ip_address(ATK4), ipaddress.ip_address(ATK6)])
-    assert held.syn(ATK4) == "SA"
-    assert held.syn(ATK6) == "SA"
+    held.backend.release([ipaddress.ip_address(ATK4)])
+    held.srv.run(["nft", "add", "element", "inet", TABLE, "clients_v6", f"{{ {ATK6} }}"])
+    for source in (ATK4, ATK6, ATK4_B):
+        assert held.syn(source) == "SA", source
     assert held.counters() == {"held": 0, "hold_over": 0, "hold_idle": 0}
+
+
+def test_over_the_rate_syns_pass_unheld_and_counted(held: Held) -> None:
+    state = SensorState(spec_from_config(load_text(CONFIG + "hold_rate = 1\n", None)), SERVED)
+    held.backend.setup([], NOW, state)
+    held.backend.hold_ready()
+    # 20 new sources at once, one token a second: only a 19 s stall of the sender would let
+    # every one of them be held.
+    sources = [f"2001:db8:1::{n:x}" for n in range(0x100, 0x114)]
+    send(held.atk, [Probe(source, SRV6, SERVICE_PORT, "syn") for source in sources])
+    wait_until(lambda: sum(held.counters().values()) == 20, PATIENCE, "every SYN counted")
+    counted = held.counters()
+    assert counted["hold_over"] >= 1 and counted["hold_idle"] == 0
 
 
 def test_the_held_ports_follow_the_served_ones(held: Held) -> None:
@@ -147,6 +166,13 @@ def test_the_hold_survives_the_daemons_rebuild_after_a_flush(
     chain = env.srv.run(["nft", "list", "chain", "inet", TABLE, "hold"])
     assert f"queue num {QUEUE} bypass" in chain
     assert "@released_v4 return" in chain
+    # The daemon's checks (every 5 s) find the rebuilt table whole, verdict rule included.
+    holds_for(lambda: _damage(env) == (1, 0), 11, "rebuilt once, found whole since")
+
+
+def _damage(env: Env) -> tuple[int, int]:
+    text = env.log_text()
+    return text.count("event=firewall-missing"), text.count("event=firewall-damaged")
 
 
 def _ports(ns: Netns) -> set[int]:
