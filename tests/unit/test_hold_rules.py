@@ -159,10 +159,13 @@ class KernelWithoutNftQueue(Nft):
 
 
 class Objects(NftObjects):
-    def __init__(self) -> None:  # no socket here
+    def __init__(self, has_compat: bool = True) -> None:  # no socket here
         self.queue_rules: list[tuple[str, str, int]] = []
+        self.has_compat = has_compat
 
     def add_queue_rule(self, table: str, chain: str, queue: int) -> None:
+        if not self.has_compat:
+            raise FirewallError("adding the NFQUEUE 7022 rule: EOPNOTSUPP")
         self.queue_rules.append((table, chain, queue))
 
     def shape(self, table: str) -> str:
@@ -178,6 +181,20 @@ def test_setup_writes_the_table_then_the_verdict_rule(has_queue: bool) -> None:
     if has_queue:
         assert nft.batches[1] == [f"add rule {T} hold queue num 7022 bypass"]
     assert found.queue_rules == ([] if has_queue else [("porttrap", "hold", 7022)])
+
+
+def test_a_kernel_with_neither_queue_says_how_to_fix_it() -> None:
+    nft = KernelWithoutNftQueue(has_queue=False)
+    backend = NftablesBackend("porttrap", nft=nft, objects=Objects(has_compat=False))
+    with pytest.raises(FirewallError) as caught:
+        backend.setup([], 0.0, SensorState(spec_of(HOLD), SERVED))
+    assert str(caught.value).startswith(
+        "[kernel] hold needs NFQUEUE in nftables, which this kernel refused both ways"
+    )
+    assert str(caught.value).endswith(
+        'load nft_queue (modprobe nft_queue), or set [kernel] hold = "0"'
+    )
+    assert "No such file or directory" in str(caught.value) and "EOPNOTSUPP" in str(caught.value)
 
 
 def test_release_and_heartbeat_without_the_hold_say_why() -> None:

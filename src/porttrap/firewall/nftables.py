@@ -74,14 +74,15 @@ class NftablesBackend:
             commands += rules.create(sensor.served, sensor.generation)
         self._written.forget()
         self._run(commands)
-        if rules is not None:
-            self._add_queue_rule(rules)
         self._written.replaced(held, now)
         self._shape = self._objects.shape(self._rules.table)
         self._watch = watch
         self._sensor = rules if rules is not None and rules.spec.protos else None
         self._served = dict(sensor.served) if sensor is not None else no_ports()
         self._gateways = _plain_set(sensor.gateways) if sensor is not None else frozenset()
+        if self._sensor is not None and self._sensor.hold.on:
+            self._add_queue_rule(self._sensor)  # refused: the table stands, holding nothing
+            self._shape = self._objects.shape(self._rules.table)
 
     def apply(self, changes: Sequence[Change], now: float) -> None:
         """The changes in one transaction per `CHUNK` targets; if the kernel refuses one, each
@@ -217,15 +218,22 @@ class NftablesBackend:
         """The hold's verdict rule: nft's `queue`, or on a kernel without nft_queue the same
         verdict as xtables' NFQUEUE target (nft_compat). Its own transaction, after the
         table's: until it is in, the hold chain holds nothing (fail open)."""
-        if not rules.hold.on:
-            return
         try:
             self._nft.run(rules.hold.queue_rule())
         except FirewallError as err:
             if "No such file or directory" not in str(err):
                 raise
-            queue = rules.spec.kernel.hold_queue
+            self._add_xt_queue_rule(rules.spec.kernel.hold_queue, err)
+
+    def _add_xt_queue_rule(self, queue: int, native: FirewallError) -> None:
+        try:
             self._objects.add_queue_rule(self._rules.table, CHAIN, queue)
+        except FirewallError as err:
+            raise FirewallError(
+                f"[kernel] hold needs NFQUEUE in nftables, which this kernel refused both ways "
+                f"({native}; {err}): load nft_queue (modprobe nft_queue), or set [kernel] "
+                'hold = "0"'
+            ) from err
 
     def sensor_counters(self) -> dict[str, int]:
         found = self._objects.counters(self._rules.table)
