@@ -98,6 +98,14 @@ def test_with_nobody_on_the_queue_a_new_clients_syn_is_held_and_let_through(
     assert held.counters() == {"held": 1, "hold_over": 0, "hold_idle": 0}
 
 
+def test_stealth_mode_holds_too(held: Held, silent_reader: socket.socket) -> None:
+    stealth = CONFIG.replace('mode = "advanced"', 'mode = "stealth"\ntcp = ["23"]')
+    held.backend.setup([], NOW, SensorState(spec_from_config(load_text(stealth, None)), SERVED))
+    held.backend.hold_ready()
+    assert held.syn(ATK4, timeout=SILENCE) is None  # held: the silent reader gives no verdict
+    assert held.counters()["held"] == 1
+
+
 def test_a_bound_reader_holds_the_syn_and_its_end_lets_the_next_through(
     held: Held, silent_reader: socket.socket
 ) -> None:
