@@ -30,7 +30,15 @@ COUNTERS = (
     "quiet",
     "redirected",  # a recent client's SYNs to trap ports sent to the catch-all port
     "over_redirect",  # ... and those over its per-source limit (reported as a client's probe)
+    # The hold (docs/hold.md): a new source's SYNs to served ports ...
+    "held",  # ... sent to the daemon's NFQUEUE
+    "hold_over",  # ... let through unheld, over [kernel] hold_rate
+    "hold_idle",  # ... let through unheld, the daemon not ready (no `hold_ready` heartbeat)
 )
+# The hold's heartbeat: the daemon's queue reader keeps this element in set `hold_ready`
+# (`NftablesBackend.hold_ready`), each time for HOLD_READY_TIME seconds; without it nothing is
+# held, so a daemon that stalls stops holding within that time (docs/hold.md).
+HOLD_READY_TIME = 2
 
 # Bits of the packet mark (`meta mark`, SO_RCVMARK) that the watch sets on a UDP datagram to a
 # connect-mode trap port: its source completed a flow to this host lately (MARK_CLIENT), or is
@@ -84,6 +92,11 @@ class SensorSpec:
         """Whether a recent client's SYN to a TCP trap goes to the catch-all port
         (`[kernel] client_trap_port`), where a completed handshake proves its address."""
         return Proto.TCP in self.protos and self.kernel.client_time > 0 and self.catch_all > 0
+
+    @property
+    def hold(self) -> bool:
+        """Whether a new source's TCP SYN to a served port is held (`[kernel] hold`)."""
+        return Proto.TCP in self.protos and self.kernel.hold > 0
 
     @property
     def catch_all(self) -> int:

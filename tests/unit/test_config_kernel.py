@@ -326,7 +326,7 @@ def test_kernel_must_be_a_table_and_its_keys_known() -> None:
         't.toml:3: [kernel.group] unknown key "group"; did you mean "nflog_group"?',
         't.toml:4: [kernel.size] unknown key "size"; expected one of: nflog_group, block, '
         "block_time, block_size, client_time, client_size, client_trap_port, quiet, event_rate, "
-        "source_rate, queue",
+        "source_rate, queue, hold, hold_memory, hold_queue, hold_rate",
     ]
 
 

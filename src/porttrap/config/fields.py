@@ -180,6 +180,35 @@ def duration_or_zero(value: object) -> float:
     return total
 
 
+# The longest hold: below TCP's initial retransmission timeout (1 s, RFC 6298), so that a held
+# SYN gets its verdict before the client sends it again; and every new client pays it.
+HOLD_LONGEST = 0.5
+_HOLD = re.compile(r"(\d{1,6}(?:\.\d{1,6})?)(ms|s)")
+
+
+def hold_time(value: object) -> float:
+    """`[kernel] hold`: "5ms", "0.01s", or 0 / "0" (off); at most `HOLD_LONGEST`, in seconds."""
+    if (value == 0 and not isinstance(value, bool)) or value in ("0", "0s", "0ms"):
+        return 0.0
+    match = _HOLD.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(
+            f'expected a hold such as "5ms" or "0.01s", or "0" for none, got {brief(show(value))}'
+        )
+    seconds = float(match.group(1)) / (1000 if match.group(2) == "ms" else 1)
+    if not 0 < seconds <= HOLD_LONGEST:
+        raise ValueError(
+            f"a hold must be more than 0 and at most {format_hold(HOLD_LONGEST)} (below TCP's "
+            f"1 s SYN retransmission, and every new client waits it), got {show(value)}"
+        )
+    return seconds
+
+
+def format_hold(seconds: float) -> str:
+    """A hold as the config writes it: 0.005 -> '5ms'."""
+    return f"{round(seconds * 1000, 3):g}ms" if seconds else "0"
+
+
 def lookback(value: object) -> float:
     """Like `duration`, for how far back something reaches: at most `MAX_LOOKBACK`."""
     total = _duration_seconds(value, MAX_LOOKBACK)

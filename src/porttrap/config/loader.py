@@ -9,7 +9,7 @@ from pathlib import Path
 
 from porttrap.config import fields, host, protection
 from porttrap.config.actions import build_actions
-from porttrap.config.fields import Problems, Section, Table
+from porttrap.config.fields import Problems, Section, Table, format_hold
 from porttrap.config.fleet import build_fleet
 from porttrap.config.logsection import build_log
 from porttrap.config.metrics import build_metrics
@@ -80,6 +80,10 @@ KERNEL_KEYS = (
     "event_rate",
     "source_rate",
     "queue",
+    "hold",
+    "hold_memory",
+    "hold_queue",
+    "hold_rate",
 )
 _ALLOW_EXAMPLE = '["192.0.2.0/24", "2001:db8::7"]'
 _RESPOND_EXAMPLE = '{ tcp = "ban", udp = "log" }'
@@ -171,6 +175,7 @@ def _config(data: Table, problems: Problems, path: Path | None) -> Config:
     _check_respond(top, modes, kernel, ban)
     trap_list = build_traps(traps)
     _check_catch_all(top, modes, kernel, trap_list)
+    _check_hold(top, modes, kernel)
     return Config(
         state_dir=top.get("state_dir", fields.absolute_path, DEFAULT_STATE_DIR),
         traps=trap_list,
@@ -304,6 +309,18 @@ def _check_catch_all(
         )
 
 
+def _check_hold(top: Section, modes: Modes, kernel: KernelSensor) -> None:
+    """The hold's rules are part of the kernel sensor, which watches TCP in stealth and
+    advanced modes only."""
+    if kernel.hold and modes.tcp is TrapMode.CONNECT:
+        top.problems.add(
+            "kernel.hold",
+            f'hold = "{format_hold(kernel.hold)}" needs TCP in stealth or advanced mode (the '
+            'kernel sensor holds the SYNs), but TCP is in "connect" mode: set [traps] mode = '
+            '"advanced" (or "stealth", which needs the nftables backend), or hold = "0"',
+        )
+
+
 def _max_time_message(section: Section, time: float, max_time: float) -> str:
     which = "" if "max_time" in section.table else ", the default"
     return (
@@ -337,6 +354,10 @@ def _kernel(section: Section) -> KernelSensor:
         event_rate=section.get("event_rate", fields.at_least(1), default.event_rate),
         source_rate=section.get("source_rate", fields.at_least(1), default.source_rate),
         queue=section.get("queue", fields.at_least(100), default.queue),
+        hold=section.get("hold", fields.hold_time, default.hold),
+        hold_memory=section.get("hold_memory", fields.duration, default.hold_memory),
+        hold_queue=section.get("hold_queue", fields.between(0, 65535), default.hold_queue),
+        hold_rate=section.get("hold_rate", RATE, default.hold_rate),
     )
 
 

@@ -171,6 +171,14 @@ class KernelSensor:
     event_rate: int = 250  # trap packets per second the kernel reports, per path (new/repeat)
     source_rate: int = 10  # ... and per source
     queue: int = 10_000  # reported packets the daemon holds before it drops (and counts)
+    # Hold the first probe (docs/hold.md): a TCP SYN to a served port from a source the kernel
+    # does not know waits this long (seconds) in NFQUEUE `hold_queue` for the daemon's verdict,
+    # at most `hold_rate` a second (more pass unheld); a released source is not held again for
+    # `hold_memory`. 0: off, the default until the daemon's side and its figures are done.
+    hold: float = 0.0
+    hold_memory: float = 3600.0
+    hold_queue: int = 7022
+    hold_rate: int = 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,11 +21,12 @@ from porttrap import log
 from porttrap.clock import Clock, SystemClock
 from porttrap.errors import FirewallError
 from porttrap.firewall.base import Inspection, KernelEntry
+from porttrap.firewall.hold_rules import CHAIN, HoldRules
 from porttrap.firewall.kernel import JsonCommand, Nft
 from porttrap.firewall.objects import NftObjects, made_here
 from porttrap.firewall.plan import Written, final_states, strongest
 from porttrap.firewall.ruleset import SETS, Ruleset, parse_entries
-from porttrap.firewall.sensor_rules import SensorRules
+from porttrap.firewall.sensor_rules import SensorRules, held_ports
 from porttrap.firewall.watch_rules import WatchRules
 from porttrap.model import Ban, Change, IPAddress, IPNetwork, show
 from porttrap.sensorspec import COUNTERS, Ports, SensorState, no_ports
@@ -82,6 +83,9 @@ class NftablesBackend:
         self._sensor = rules if rules is not None and rules.spec.protos else None
         self._served = dict(sensor.served) if sensor is not None else no_ports()
         self._gateways = _plain_set(sensor.gateways) if sensor is not None else frozenset()
+        if self._sensor is not None and self._sensor.hold.on:
+            self._add_queue_rule(self._sensor)  # refused: the table stands, holding nothing
+            self._shape = self._objects.shape(self._rules.table)
 
     def apply(self, changes: Sequence[Change], now: float) -> None:
         """The changes in one transaction per `CHUNK` targets; if the kernel refuses one, each
@@ -161,6 +165,7 @@ class NftablesBackend:
             now_open = rules.spec.open_ports(ports, proto)
             before = rules.spec.open_ports(self._served, proto)
             commands += rules.set_open(proto, now_open - before, before - now_open)
+        commands += rules.hold.set_served(held_ports(self._served), held_ports(ports))
         if commands:
             self._run(commands)
         self._served = dict(ports)
@@ -189,6 +194,49 @@ class NftablesBackend:
         if commands:
             self._run(commands)
         self._gateways = wanted
+
+    def release(self, addresses: Iterable[IPAddress]) -> None:
+        """The hold let these sources' SYNs through: not held again for [kernel] hold_memory,
+        in one transaction. FirewallError when the kernel refuses (a released set full at
+        [kernel] client_size, or the table gone): those sources are held again next time."""
+        commands = self._hold_rules().release(_plain_set(addresses))
+        if commands:
+            self._run(commands)
+
+    def hold_ready(self) -> None:
+        """The hold's heartbeat, from the daemon's queue reader while it works (every second
+        or so): without it for `sensorspec.HOLD_READY_TIME` seconds, nothing is held."""
+        self._run(self._hold_rules().ready())
+
+    def _hold_rules(self) -> HoldRules:
+        rules = self._sensor_rules().hold
+        if not rules.on:
+            raise FirewallError(
+                f"porttrap's table inet {self._rules.table} holds no hold rules ([kernel] hold "
+                'is "0", or TCP is in connect mode)'
+            )
+        return rules
+
+    def _add_queue_rule(self, rules: SensorRules) -> None:
+        """The hold's verdict rule: nft's `queue`, or on a kernel without nft_queue the same
+        verdict as xtables' NFQUEUE target (nft_compat). Its own transaction, after the
+        table's: until it is in, the hold chain holds nothing (fail open)."""
+        try:
+            self._nft.run(rules.hold.queue_rule())
+        except FirewallError as err:
+            if "No such file or directory" not in str(err):
+                raise
+            self._add_xt_queue_rule(rules.spec.kernel.hold_queue, err)
+
+    def _add_xt_queue_rule(self, queue: int, native: FirewallError) -> None:
+        try:
+            self._objects.add_queue_rule(self._rules.table, CHAIN, queue)
+        except FirewallError as err:
+            raise FirewallError(
+                f"[kernel] hold needs NFQUEUE in nftables, which this kernel refused both ways "
+                f"({native}; {err}): load nft_queue (modprobe nft_queue), or set [kernel] "
+                'hold = "0"'
+            ) from err
 
     def sensor_counters(self) -> dict[str, int]:
         found = self._objects.counters(self._rules.table)

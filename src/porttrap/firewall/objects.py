@@ -4,8 +4,9 @@ libnftables answers `list counters` and `list tables` only after fetching every 
 every set in the table (its cache), which under a forged flood is 100,000+ elements and over a
 second, on the event loop, four times a second: the block sets then rotate late
 (bench/flood.py). One NFT_MSG_GETOBJ dump of counter objects, filtered by table in the kernel,
-and one NFT_MSG_GETTABLE cost the same with empty sets or full ones. Read-only; writes go
-through libnftables (`kernel.Nft`).
+and one NFT_MSG_GETTABLE cost the same with empty sets or full ones. Writes go through
+libnftables (`kernel.Nft`), but for one rule it cannot write: the hold's NFQUEUE verdict as an
+xtables target (nft_compat), on kernels built without nft_queue (`add_queue_rule`).
 
 `NftObjects` does the talking; the requests and the parsing of replies are pure functions,
 tested with constructed messages (tests/unit/test_firewall_objects.py).
@@ -36,6 +37,13 @@ ELEMENT_DATAGRAMS = 1 << 20  # an element dump of a million bans takes a few tho
 NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY = 1, 3, 4, 5
 NFTA_CHAIN_TYPE = 7
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 1, 2, 4
+NFT_MSG_NEWRULE, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 6, 0x10, 0x11
+NLM_F_CREATE, NLM_F_APPEND = 0x400, 0x800
+NFTA_LIST_ELEM, NLA_F_NESTED = 1, 0x8000
+NFTA_TARGET_NAME, NFTA_TARGET_REV, NFTA_TARGET_INFO = 1, 2, 3
+NFQUEUE_REVISION = 3  # struct xt_NFQ_info_v3 (linux/netfilter/xt_NFQUEUE.h)
+NFQ_FLAG_BYPASS = 0x01
+_NFQ_INFO_V3 = struct.Struct("=HHH")  # queuenum, queues_total, flags (host order)
 NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS = 1, 2, 3
 NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 2
 # Expressions whose dump carries state the kernel changes by itself (packets seen, bytes
@@ -146,6 +154,17 @@ class NftObjects:
         self._ask(lambda seq: dump_request(kind, seq, table), take, what)
         return found
 
+    def add_queue_rule(self, table: str, chain: str, queue: int) -> None:
+        """Append to `chain` of table inet `table` the rule `queue num <queue> bypass` as the
+        xtables NFQUEUE target (nft_compat), where the kernel has no nft_queue: libnftables
+        writes no xtables target. One transaction; FirewallError when the kernel refuses."""
+        what = f"adding the NFQUEUE {queue} rule (xtables target) to chain {chain}"
+
+        def take(data: bytes, seq: int) -> bool:
+            return parse_ack(data, seq, what)
+
+        self._ask(lambda seq: queue_rule_request(seq, table, chain, queue), take, what)
+
     def close(self) -> None:
         """Close the socket. Safe to call more than once."""
         self._sock.close()
@@ -254,6 +273,48 @@ def parse_counters(data: bytes, table: str, seq: int) -> tuple[dict[str, int], b
             with contextlib.suppress(UnicodeDecodeError):
                 found[name.rstrip(b"\0").decode()] = _U64.unpack(packets)[0]
     return found, done
+
+
+def queue_rule_request(seq: int, table: str, chain: str, queue: int) -> bytes:
+    """A batch that appends one rule, xtables' NFQUEUE target (revision 3) with `bypass`, to
+    `chain` of table inet `table`; the rule asks for an acknowledgement, under `seq`."""
+    info = _NFQ_INFO_V3.pack(queue, 1, NFQ_FLAG_BYPASS)
+    target = _attr(NFTA_TARGET_NAME, b"NFQUEUE\0")
+    target += _attr(NFTA_TARGET_REV, _U32.pack(NFQUEUE_REVISION)) + _attr(NFTA_TARGET_INFO, info)
+    expression = _attr(NFTA_EXPR_NAME, b"target\0") + _nested(NFTA_EXPR_DATA, target)
+    body = netlink.NFGENMSG.pack(NFPROTO_INET, 0, 0)
+    body += _attr(NFTA_RULE_TABLE, table.encode() + b"\0")
+    body += _attr(NFTA_RULE_CHAIN, chain.encode() + b"\0")
+    body += _nested(NFTA_RULE_EXPRESSIONS, _nested(NFTA_LIST_ELEM, expression))
+    batch = netlink.NFGENMSG.pack(0, 0, NFNL_SUBSYS_NFTABLES)
+    flags = netlink.NLM_F_REQUEST | netlink.NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND
+    return (
+        netlink.message(NFNL_MSG_BATCH_BEGIN, netlink.NLM_F_REQUEST, seq, batch)
+        + netlink.message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE, flags, seq, body)
+        + netlink.message(NFNL_MSG_BATCH_END, netlink.NLM_F_REQUEST, seq, batch)
+    )
+
+
+def parse_ack(data: bytes, seq: int, what: str) -> bool:
+    """Whether a reply datagram holds the acknowledgement of request `seq`; FirewallError
+    when it holds an error instead."""
+    messages, _ = netlink.split(data)
+    for kind, reply_seq, body in messages:
+        if kind != netlink.NLMSG_ERROR or reply_seq != seq:
+            continue
+        code = netlink.error_code(body)
+        if code:
+            raise FirewallError(f"{what}: {_error_text(code)}")
+        return True
+    return False
+
+
+def _attr(kind: int, value: bytes) -> bytes:
+    return netlink.attribute(kind, value)
+
+
+def _nested(kind: int, value: bytes) -> bytes:
+    return netlink.attribute(kind | NLA_F_NESTED, value)
 
 
 def table_request(seq: int, table: str) -> bytes:

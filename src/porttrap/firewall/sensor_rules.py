@@ -31,6 +31,7 @@ path of a packet:
         advanced mode any watched port nothing serves)
       quiet: a non-SYN TCP packet to a port nothing   -> dropped, so no RST tells its state
         serves
+      a SYN to a served port ([kernel] hold on)       -> `hold` (porttrap.firewall.hold_rules)
     probe: the host's own addresses and the allow list -> reported as exempt, dropped
            a peer (link-local, @gateways, @peers)      -> reported as a peer's, dropped
            a recent client (@clients)                  -> reported as a client's, dropped
@@ -68,13 +69,14 @@ import ipaddress
 import math
 from collections.abc import Iterable, Mapping
 
+from porttrap.firewall.hold_rules import HoldRules
 from porttrap.firewall.nftsets import FAMILIES as _FAMILIES
 from porttrap.firewall.nftsets import dynamic_set, port_ranges
 from porttrap.firewall.watch_rules import WatchRules
 from porttrap.model import Proto
 from porttrap.sensorspec import COUNTERS, GENERATIONS, PATHS, PREFIX, SensorSpec
 
-__all__ = ["SensorRules", "port_ranges"]
+__all__ = ["SensorRules", "held_ports", "port_ranges"]
 
 INPUT_PRIORITY = -150  # after conntrack (-200) and DNAT (-100 is after: see the module doc)
 REDIRECT_PRIORITY = -100  # dstnat: NAT of the first packet of each connection
@@ -101,6 +103,7 @@ class SensorRules:
         self._where = f"inet {table}"
         self._k = spec.kernel
         self._watch = WatchRules(table, spec)  # whose sets say who is a client, a peer
+        self.hold = HoldRules(table, spec, self._watch)  # the hold of the first probe
 
     # -- the whole sensor, part of the table's creation ---------------------------------
 
@@ -110,6 +113,7 @@ class SensorRules:
             return []
         commands = [*self._objects(), *self._sets(served)]
         commands += self._chains()
+        commands += self.hold.create(held_ports(served))
         commands += self._input_rules()
         commands += self._blocked_rules()
         commands += self._probe_rules()
@@ -221,7 +225,7 @@ class SensorRules:
                     'tcp dport != @open_tcp counter name "quiet" drop',
                 )
             )
-        return rules
+        return rules + self.hold.input_rules()
 
     def _trap_matches(self) -> list[str]:
         """The matches that make a packet a trap packet, one rule each."""
@@ -368,6 +372,11 @@ class SensorRules:
         commands = [f"flush set {self._where} block_{to}_v{v}" for v, _, _ in _FAMILIES]
         commands.append(f"flush chain {self._where} block")
         return commands + self._insert_rules(to)
+
+
+def held_ports(served: Mapping[Proto, frozenset[int]]) -> frozenset[int]:
+    """The TCP ports where a new source's SYN may be held: the served ones."""
+    return served.get(Proto.TCP, frozenset())
 
 
 def _version(address: str) -> int:
