@@ -135,7 +135,7 @@ def test_a_released_source_is_forgotten_after_the_memory() -> None:
     holds.ended(ended(1), T0)
     assert holds.held(syn(2, at=T0 + 59), T0 + 59) == [Verdict(2, accept=True)]
     assert holds.held(syn(3, at=T0 + 61), T0 + 61) == [Schedule(HOLD, ended(3, T0 + 61))]
-    assert holds.figures() == HoldFigures(held=1, released=1, hidden=0, remembered=0)
+    assert holds.figures() == HoldFigures(held=1, released=1, hidden=0, remembered=0, blocked=0)
 
 
 def test_a_syn_of_a_source_blocked_moments_ago_is_dropped_at_once() -> None:
@@ -207,6 +207,27 @@ def test_a_reused_packet_id_is_not_answered_by_the_old_hold() -> None:
     )
 
 
+def test_a_reused_packet_id_replaces_a_syn_the_kernel_dropped_at_the_rebind() -> None:
+    assert (
+        book()
+        >> syn(1, at=T0)
+        << Schedule(HOLD, ended(1, T0))
+        >> syn(1, source=CLIENT, at=T0)  # the old SYN went with the old queue
+        << Schedule(HOLD, ended(1, T0))
+        >> trap_hit()  # the scanner's SYN is no longer held: nothing to drop
+        >> ended(1, T0)
+        << [Verdict(1, accept=True), Release(CLIENT)]
+    )
+
+
+def test_blocked_sources_are_forgotten_after_the_linger_even_without_syns() -> None:
+    holds = Holds(HOLD)
+    for number in range(100):
+        source = ip_address(f"203.0.113.{number}")
+        holds.touched(source, "syn", Outcome.BANNED, T0 + number * BLOCK_LINGER / 4)
+    assert holds.figures().blocked == 4  # those of the last linger: the rest are gone
+
+
 def test_stopping_lets_every_held_syn_through() -> None:
     assert (
         book()
@@ -226,7 +247,7 @@ def test_the_figures_count_what_the_hold_did() -> None:
     holds.held(syn(2, source=CLIENT), T0)
     holds.ended(ended(2), T0 + HOLD)
     holds.touched(SCANNER, "syn", Outcome.BANNED, T0)
-    assert holds.figures() == HoldFigures(held=0, released=1, hidden=1, remembered=1)
+    assert holds.figures() == HoldFigures(held=0, released=1, hidden=1, remembered=1, blocked=1)
 
 
 # -- inside the daemon's core --------------------------------------------------------------------

@@ -48,6 +48,7 @@ class HoldFigures:
     released: int = 0  # SYNs let through when their hold ended
     hidden: int = 0  # SYNs dropped: their source touched a trap
     remembered: int = 0  # released sources remembered now
+    blocked: int = 0  # sources that banned lately, whose SYNs are dropped at once
 
 
 class Holds:
@@ -57,6 +58,7 @@ class Holds:
         self.hold = hold
         self.memory = memory
         self._held: dict[int, SynHeld] = {}
+        self._by_source: dict[IPAddress, set[int]] = {}  # a trap hit finds its SYNs at once
         self._released: dict[IPAddress, float] = {}  # source -> until; oldest first
         self._blocked: dict[IPAddress, tuple[float, str]] = {}  # source -> (until, kind)
         self._let_through = 0
@@ -70,7 +72,9 @@ class Holds:
             return self._hide(event, blocked[1])
         if event.source in self._released:
             return [Verdict(event.packet_id, accept=True)]
+        self._take(event.packet_id)  # an id the kernel reused: the old SYN is gone
         self._held[event.packet_id] = event
+        self._by_source.setdefault(event.source, set()).add(event.packet_id)
         delay = max(0.0, self.hold - (now - event.at))
         return [Schedule(delay, HoldEnded(event.packet_id, event.at))]
 
@@ -80,7 +84,7 @@ class Holds:
         held = self._held.get(event.packet_id)
         if held is None or held.at != event.at:
             return []  # answered already (a trap hit); or an id the kernel reused since
-        del self._held[event.packet_id]
+        self._take(event.packet_id)
         self._let_through += 1
         commands: list[Command] = [Verdict(held.packet_id, accept=True)]
         if held.source not in self._released:
@@ -94,23 +98,40 @@ class Holds:
         its held SYNs are dropped now and recorded as hidden probes."""
         if outcome in _HARMLESS:
             return []
+        self._forget(now)
         if outcome in _BLOCKING:
             self._blocked.pop(source, None)  # to the end: the order stays oldest first
             self._blocked[source] = (now + BLOCK_LINGER, kind)
         self._released.pop(source, None)
-        found = [held for held in self._held.values() if held.source == source]
+        found = [self._held[packet_id] for packet_id in sorted(self._by_source.get(source, ()))]
         return [command for held in found for command in self._hide(held, kind)]
 
     def stopping(self) -> list[Command]:
         """The daemon stops: unbinding the queue would drop every held SYN, so they pass."""
-        ids, self._held = list(self._held), {}
+        ids, self._held, self._by_source = list(self._held), {}, {}
         return [Verdict(packet_id, accept=True) for packet_id in ids]
 
     def figures(self) -> HoldFigures:
-        return HoldFigures(len(self._held), self._let_through, self._hidden, len(self._released))
+        return HoldFigures(
+            len(self._held),
+            self._let_through,
+            self._hidden,
+            len(self._released),
+            len(self._blocked),
+        )
+
+    def _take(self, packet_id: int) -> None:
+        """Forget the SYN held as `packet_id`, if any."""
+        held = self._held.pop(packet_id, None)
+        if held is None:
+            return
+        ids = self._by_source[held.source]
+        ids.discard(packet_id)
+        if not ids:
+            del self._by_source[held.source]
 
     def _hide(self, held: SynHeld, kind: str) -> list[Command]:
-        self._held.pop(held.packet_id, None)
+        self._take(held.packet_id)
         self._hidden += 1
         return [
             Verdict(held.packet_id, accept=False),
