@@ -11,6 +11,8 @@ import json
 import socket
 import struct
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,7 @@ from porttrap.sensors.nfqueue import (
     config_message,
     params_attributes,
     parse_batch,
+    syn_of,
     verdict_message,
 )
 
@@ -82,6 +85,17 @@ def test_recorded_packets_parse_as_expected(name: str) -> None:
     batch = parse_batch(sample(name))
     assert [as_json(p) for p in batch.packets] == expected
     assert (batch.malformed, batch.errors) == (0, [])
+
+
+def test_the_hold_reads_source_and_port_of_a_queued_syn_and_nothing_else() -> None:
+    [v4] = parse_batch(sample("tcp4-syn")).packets
+    [v6] = parse_batch(sample("tcp6-syn")).packets
+    assert syn_of(v4) == (ip_address("192.0.2.2"), 8080)
+    assert syn_of(v6) == (ip_address("2001:db8::2"), 8080)
+    syn_ack = bytearray(v4.payload)
+    syn_ack[33] = 0x12  # the TCP flags: SYN+ACK
+    assert syn_of(replace(v4, payload=bytes(syn_ack))) is None
+    assert syn_of(replace(v4, payload=v4.payload[:30])) is None
 
 
 def test_a_recorded_refusal_gives_its_errno() -> None:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from porttrap.log import LOGGER, event, fields
+from porttrap.model import IPAddress, unmap
 from porttrap.netlink import (
     ERRNO,
     NETLINK_NETFILTER,
@@ -41,6 +42,7 @@ from porttrap.netlink import (
     message,
     split,
 )
+from porttrap.sensors.classify import classify
 
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h; not in Python's socket module before 3.12
 
@@ -133,6 +135,15 @@ def _packet(body: bytes) -> QueuedPacket | None:
         hook=hook,
         timestamp=_timestamp(found.get(NFQA_TIMESTAMP)),
     )
+
+
+def syn_of(packet: QueuedPacket) -> tuple[IPAddress, int] | None:
+    """The source and the destination port of a queued TCP SYN (what the hold needs); None
+    when the packet is anything else, or unreadable: such a packet is not held."""
+    probe = classify(packet.payload, packet.family)
+    if probe is None or probe.kind != "syn":
+        return None
+    return unmap(probe.source), probe.destination_port
 
 
 def _timestamp(value: bytes | None) -> float | None:
