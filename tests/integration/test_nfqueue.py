@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from crafted import answers
+from crafted import Probe, answers
 from nfqueue_env import (
     PORT,
     PROTECTED_V4,
@@ -51,16 +51,23 @@ def pair(netns_factory: Callable[[], Netns], tmp_path: Path) -> Iterator[tuple[N
 
 
 def start(
-    loop: asyncio.AbstractEventLoop, netns: Netns, answer: Callable[[QueuedPacket], bool]
+    loop: asyncio.AbstractEventLoop,
+    netns: Netns,
+    answer: Callable[[QueuedPacket], bool | None],
+    maxlen: int = 16,
+    fail_open: bool = True,
 ) -> tuple[NfqueueReader, list[QueuedPacket]]:
-    """A reader for QUEUE in `netns` that answers each packet at once with `answer`."""
+    """A reader for QUEUE in `netns` that answers each packet at once with `answer` (None:
+    no answer, the packet stays queued)."""
     packets: list[QueuedPacket] = []
 
     def on_packet(packet: QueuedPacket) -> None:
         packets.append(packet)
-        reader.verdict(packet.packet_id, answer(packet))
+        verdict = answer(packet)
+        if verdict is not None:
+            reader.verdict(packet.packet_id, verdict)
 
-    reader = NfqueueReader(QUEUE, on_packet, maxlen=16)
+    reader = NfqueueReader(QUEUE, on_packet, maxlen=maxlen, fail_open=fail_open)
     with netns.inside():
         reader.start(loop)
     return reader, packets
@@ -113,6 +120,23 @@ def test_without_a_reader_the_bypass_lets_syns_through(
     reader.close()  # unbound: the rule's bypass accepts
     assert reply(loop, scanner, PROTECTED_V4, PATIENCE) == "SA"
     assert packets == []
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_a_full_queue_lets_the_next_syn_through_only_when_failing_open(
+    loop: asyncio.AbstractEventLoop, pair: tuple[Netns, Netns], fail_open: bool
+) -> None:
+    protected, scanner = pair
+    reader, packets = start(loop, protected, lambda _: None, maxlen=1, fail_open=fail_open)
+    try:
+        assert reply(loop, scanner, PROTECTED_V4, SILENCE) is None  # held, never answered
+        second = Probe(SCANNER_V4, PROTECTED_V4, PORT, "syn", sport=40001)  # the queue is full
+        wait = PATIENCE if fail_open else SILENCE
+        future = loop.run_in_executor(None, answers, scanner, [second], wait)
+        assert loop.run_until_complete(future) == (["SA"] if fail_open else [None])
+    finally:
+        reader.close()
+    assert len(packets) == 1
 
 
 def test_a_verdict_for_an_unknown_packet_is_refused_and_counted(
