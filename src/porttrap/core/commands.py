@@ -110,6 +110,22 @@ class RotateBlocks:
     empty: str
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Answer the held SYN `packet_id`: let it through (`accept`) or drop it."""
+
+    packet_id: int
+    accept: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """`source` waited out a hold: the kernel adds it to its released set, so that its next
+    connections are not held (for `[kernel] hold_memory`)."""
+
+    source: IPAddress
+
+
 # -- the store -----------------------------------------------------------------------------
 
 
@@ -123,6 +139,17 @@ class RecordChanges:
     """Bans to add and unbans to mark as lifted, as one write."""
 
     changes: Sequence[Change]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordHidden:
+    """A hidden probe for `history`: the SYN `source` sent to served `port` at `at` was held
+    and dropped, because the source touched a trap (a hit of class `kind`) meanwhile."""
+
+    source: IPAddress
+    port: int
+    kind: str
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +310,10 @@ Command = (
     | ServePorts
     | SetGateways
     | RotateBlocks
+    | Verdict
+    | Release
     | RecordHits
+    | RecordHidden
     | Publish
     | RecordChanges
     | PruneHits

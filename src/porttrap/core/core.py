@@ -72,6 +72,7 @@ from porttrap.core.events import (
     FleetReceived,
     GatewaysChanged,
     HitSeen,
+    HoldEnded,
     Reconcile,
     ReloadCommitted,
     ReloadFailed,
@@ -85,11 +86,13 @@ from porttrap.core.events import (
     Stopping,
     StoreFailed,
     StoreRecovered,
+    SynHeld,
     Tick,
     TurnEnded,
 )
 from porttrap.core.events import Event as CoreEvent
 from porttrap.core.fleet import MANUAL, MANUAL_FLEET, FleetSide
+from porttrap.core.hold import Holds
 from porttrap.core.kernel import KernelState
 from porttrap.core.snapshot import IoFigures, KernelView, Snapshot
 from porttrap.core.stats import Stats
@@ -164,6 +167,7 @@ class Core:
         self._last_tick: tuple[float, float] | None = None  # (wall, monotonic) of the last
         self._checks = 0
         self.fleet = FleetSide(config.fleet)
+        self.holds = Holds()  # SYNs held in the kernel (docs/hold-daemon.md)
         self._read_actions(config)
         self._handlers: dict[type, Handler] = {
             Started: self._started,
@@ -194,6 +198,8 @@ class Core:
             ReloadFailed: self._reload_failed,
             ActionsReplaced: self._actions_replaced,
             ServeFailed: self._serve_failed,
+            SynHeld: self.holds.held,
+            HoldEnded: self.holds.ended,
             Stopping: self._stop,
         }
 
@@ -250,7 +256,7 @@ class Core:
         """Whatever is decided goes out; every hit kept is written. Nothing is scheduled from
         now on (a refusal is logged, not retried)."""
         self._stopping = True
-        commands = self._flush(now)
+        commands = self.holds.stopping() + self._flush(now)
         if self._hits:
             batch, self._hits = self._hits, []
             commands.append(RecordHits(batch))
@@ -263,7 +269,8 @@ class Core:
         verdict = self.policy.on_hit(hit, now)
         outcome = verdict.outcome
         changes = [] if verdict.ban is None else [verdict.ban, *verdict.more]
-        commands = self._queue(changes, event.arrived)
+        commands = self.holds.touched(hit.source, hit.kind, outcome, now)
+        commands += self._queue(changes, event.arrived)
         commands += [_note(note) for note in verdict.notes]
         self.stats.hit(hit, outcome)
         if self._hit_actions:  # bounded by [actions] queue, whatever the flood

@@ -236,6 +236,26 @@ class ActionsReplaced:
 
 
 @dataclass(frozen=True, slots=True)
+class SynHeld:
+    """The kernel holds a new source's first SYN to served `port` (NFQUEUE) until porttrap
+    answers `packet_id`; `at`: when it was queued (seconds since the epoch)."""
+
+    source: IPAddress
+    port: int
+    packet_id: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class HoldEnded:
+    """The hold of the SYN queued at `at` as `packet_id` is over (`at` tells it from a later
+    packet that got the same id after the queue was bound again)."""
+
+    packet_id: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Stopping:
     """The daemon stops: whatever is pending is applied and recorded."""
 
@@ -269,5 +289,7 @@ Event = (
     | ReloadCommitted
     | ReloadFailed
     | ActionsReplaced
+    | SynHeld
+    | HoldEnded
     | Stopping
 )

@@ -1,0 +1,159 @@
+"""The hold of a new source's first SYN to a served port (issue 17, docs/hold-daemon.md).
+
+The kernel queues such a SYN (NFQUEUE) and the shell feeds `SynHeld`; the SYN waits for a
+verdict, given when the hold ends (`HoldEnded`, scheduled here) or at once when the source
+touches a trap meanwhile: then the SYN is dropped, and the service was never revealed, which
+is recorded as a hidden probe. A source whose SYN was let through is released: the kernel
+side adds it to its `released` set, so its next connections are not held.
+
+Pure: events in, commands out, time as a parameter. Sizes are bounded by the kernel's queue
+(held SYNs) and by `memory` (released sources, pruned oldest first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from porttrap.core.commands import Command, RecordHidden, Release, Schedule, Verdict
+from porttrap.core.events import HoldEnded, SynHeld
+from porttrap.model import IPAddress, Outcome
+
+DEFAULT_HOLD = 0.005  # seconds; until `[kernel] hold` (the kernel side) sets it
+DEFAULT_MEMORY = 3600.0  # seconds a released source is remembered (`[kernel] hold_memory`)
+# After a trap hit that blocks its source, a SYN queued before the kernel got the ban (the
+# sets lag the daemon by one batch) is dropped at once, for this many seconds.
+BLOCK_LINGER = 1.0
+# A trap hit with these outcomes says nothing against the source (or was forged in the name
+# of a protected one): its held SYNs wait out their hold.
+_HARMLESS = frozenset(
+    {
+        Outcome.ALLOWED,
+        Outcome.OWN_ADDRESS,
+        Outcome.NOT_UNICAST,
+        Outcome.CLIENT,
+        Outcome.PEER,
+        Outcome.SESSION,
+    }
+)
+_BLOCKING = frozenset({Outcome.BANNED, Outcome.ALREADY_BANNED})
+
+
+@dataclass(frozen=True, slots=True)
+class HoldFigures:
+    """What the hold did since the start, for `status` and the metrics."""
+
+    held: int = 0  # SYNs held now
+    released: int = 0  # SYNs let through when their hold ended
+    hidden: int = 0  # SYNs dropped: their source touched a trap
+    remembered: int = 0  # released sources remembered now
+    blocked: int = 0  # sources that banned lately, whose SYNs are dropped at once
+
+
+class Holds:
+    """The held SYNs by packet id, and the sources released lately."""
+
+    def __init__(self, hold: float = DEFAULT_HOLD, memory: float = DEFAULT_MEMORY) -> None:
+        self.hold = hold
+        self.memory = memory
+        self._held: dict[int, SynHeld] = {}
+        self._by_source: dict[IPAddress, set[int]] = {}  # a trap hit finds its SYNs at once
+        self._released: dict[IPAddress, float] = {}  # source -> until; oldest first
+        self._blocked: dict[IPAddress, tuple[float, str]] = {}  # source -> (until, kind)
+        self._let_through = 0
+        self._hidden = 0
+
+    def held(self, event: SynHeld, now: float) -> list[Command]:
+        """A SYN waits: answered at once if its source is known, else when the hold ends."""
+        self._forget(now)
+        blocked = self._blocked.get(event.source)
+        if blocked is not None:
+            return self._hide(event, blocked[1])
+        if event.source in self._released:
+            return [Verdict(event.packet_id, accept=True)]
+        self._take(event.packet_id)  # an id the kernel reused: the old SYN is gone
+        self._held[event.packet_id] = event
+        self._by_source.setdefault(event.source, set()).add(event.packet_id)
+        delay = max(0.0, self.hold - (now - event.at))
+        return [Schedule(delay, HoldEnded(event.packet_id, event.at))]
+
+    def ended(self, event: HoldEnded, now: float) -> list[Command]:
+        """The hold is over and the source touched no trap: let the SYN through, and
+        release the source (once) so that the kernel holds it no more."""
+        held = self._held.get(event.packet_id)
+        if held is None or held.at != event.at:
+            return []  # answered already (a trap hit); or an id the kernel reused since
+        self._take(event.packet_id)
+        self._let_through += 1
+        commands: list[Command] = [Verdict(held.packet_id, accept=True)]
+        if held.source not in self._released:
+            commands.append(Release(held.source))
+        self._released.pop(held.source, None)  # to the end: the order stays oldest first
+        self._released[held.source] = now + self.memory
+        return commands
+
+    def touched(self, source: IPAddress, kind: str, outcome: Outcome, now: float) -> list[Command]:
+        """`source` touched a trap (a hit of class `kind` that the policy judged `outcome`):
+        its held SYNs are dropped now and recorded as hidden probes."""
+        if outcome in _HARMLESS:
+            return []
+        self._forget(now)
+        if outcome in _BLOCKING:
+            self._blocked.pop(source, None)  # to the end: the order stays oldest first
+            self._blocked[source] = (now + BLOCK_LINGER, kind)
+        self._released.pop(source, None)
+        found = [self._held[packet_id] for packet_id in sorted(self._by_source.get(source, ()))]
+        return [command for held in found for command in self._hide(held, kind)]
+
+    def stopping(self) -> list[Command]:
+        """The daemon stops: unbinding the queue would drop every held SYN, so they pass."""
+        ids, self._held, self._by_source = list(self._held), {}, {}
+        return [Verdict(packet_id, accept=True) for packet_id in ids]
+
+    def figures(self) -> HoldFigures:
+        return HoldFigures(
+            len(self._held),
+            self._let_through,
+            self._hidden,
+            len(self._released),
+            len(self._blocked),
+        )
+
+    def _take(self, packet_id: int) -> None:
+        """Forget the SYN held as `packet_id`, if any."""
+        held = self._held.pop(packet_id, None)
+        if held is None:
+            return
+        ids = self._by_source[held.source]
+        ids.discard(packet_id)
+        if not ids:
+            del self._by_source[held.source]
+
+    def _hide(self, held: SynHeld, kind: str) -> list[Command]:
+        self._take(held.packet_id)
+        self._hidden += 1
+        return [
+            Verdict(held.packet_id, accept=False),
+            RecordHidden(held.source, held.port, kind, held.at),
+        ]
+
+    def _forget(self, now: float) -> None:
+        """Released sources whose memory ran out, and blocks past their linger."""
+        _prune(self._released, now, lambda until: until)
+        _prune(self._blocked, now, lambda entry: entry[0])
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _prune(entries: dict[K, V], now: float, until: Callable[[V], float]) -> None:
+    """Drop the entries at the front (the oldest) whose time has come."""
+    expired: list[K] = []
+    for key, value in entries.items():
+        if until(value) > now:
+            break
+        expired.append(key)
+    for key in expired:
+        del entries[key]

@@ -1,0 +1,275 @@
+"""The hold of a new source's first SYN (porttrap.core.hold) as playbooks: held SYNs in, the
+verdicts, releases and hidden-probe records out, on the playbook's clock. First the hold on
+its own, then inside the daemon's core (a trap hit there drops the held SYN)."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+
+import pytest
+
+from porttrap.config.loader import load_text
+from porttrap.core.commands import (
+    Command,
+    FlushSoon,
+    RecordHidden,
+    RecordHits,
+    Release,
+    Schedule,
+    Verdict,
+)
+from porttrap.core.core import Core
+from porttrap.core.events import Event, HitSeen, HoldEnded, Stopping, SynHeld
+from porttrap.core.hold import BLOCK_LINGER, HoldFigures, Holds
+from porttrap.model import Hit, IPAddress, Outcome, Proto
+from porttrap.testing.playbook import T0, Playbook, later
+
+HOLD = 0.005
+SCANNER = ip_address("203.0.113.7")
+CLIENT = ip_address("2001:db8::7")
+HOST = ip_address("192.0.2.1")
+
+
+def syn(packet_id: int, source: IPAddress = SCANNER, port: int = 22, at: float = T0) -> SynHeld:
+    return SynHeld(source, port, packet_id, at)
+
+
+def ended(packet_id: int, at: float = T0) -> HoldEnded:
+    return HoldEnded(packet_id, at)
+
+
+class Hold:
+    """Holds as a playbook's core: a trap hit is fed as `HitSeen`, judged BANNED unless the
+    test says otherwise (the policy's part, tested elsewhere)."""
+
+    def __init__(self, outcome: Outcome = Outcome.BANNED) -> None:
+        self.holds = Holds(HOLD, memory=3600)
+        self.outcome = outcome
+
+    def handle(self, event: Event, now: float) -> list[Command]:
+        if isinstance(event, SynHeld):
+            return self.holds.held(event, now)
+        if isinstance(event, HoldEnded):
+            return self.holds.ended(event, now)
+        if isinstance(event, HitSeen):
+            return self.holds.touched(event.hit.source, event.hit.kind, self.outcome, now)
+        assert isinstance(event, Stopping)
+        return self.holds.stopping()
+
+
+def trap_hit(source: IPAddress = SCANNER, port: int = 23, kind: str = "syn") -> HitSeen:
+    return HitSeen(Hit(T0, source, 40000, HOST, port, Proto.TCP, kind))
+
+
+def book(outcome: Outcome = Outcome.BANNED) -> Playbook:
+    return Playbook(Hold(outcome))
+
+
+def test_a_held_syn_waits_out_the_hold_then_passes_and_its_source_is_released() -> None:
+    assert (
+        book()
+        >> syn(1)
+        << Schedule(HOLD, ended(1))
+        >> later(HOLD)
+        >> ended(1)
+        << Verdict(1, accept=True)
+        << Release(SCANNER)
+    )
+
+
+def test_the_hold_counts_from_when_the_syn_was_queued_not_when_it_is_read() -> None:
+    waited: float = pytest.approx(HOLD - 0.003, abs=1e-6)  # type: ignore[assignment]
+    assert book() >> later(0.003) >> syn(1) << Schedule(waited, ended(1))  # floats 2e-7 apart
+    assert book() >> later(1.0) >> syn(1) << Schedule(0.0, ended(1))
+
+
+def test_a_trap_touched_during_the_hold_drops_the_syn_and_records_a_hidden_probe() -> None:
+    assert (
+        book()
+        >> syn(1, port=22)
+        << Schedule(HOLD, ended(1))
+        >> later(0.001)
+        >> trap_hit(kind="syn")
+        << Verdict(1, accept=False)
+        << RecordHidden(SCANNER, 22, "syn", T0)
+        >> later(HOLD)
+        >> ended(1)  # answered already: nothing more
+    )
+
+
+def test_every_held_syn_of_the_source_is_dropped_and_only_its_own() -> None:
+    other = ip_address("198.51.100.9")
+    assert (
+        book()
+        >> syn(1, port=22)
+        << Schedule(HOLD, ended(1))
+        >> syn(2, port=443)
+        << Schedule(HOLD, ended(2))
+        >> syn(3, source=other, port=80)
+        << Schedule(HOLD, ended(3))
+        >> trap_hit(kind="fin")
+        << [Verdict(1, accept=False), RecordHidden(SCANNER, 22, "fin", T0)]
+        << [Verdict(2, accept=False), RecordHidden(SCANNER, 443, "fin", T0)]
+        >> ended(3)
+        << Verdict(3, accept=True)
+        << Release(other)
+    )
+
+
+def test_a_released_source_is_answered_at_once_and_released_only_once() -> None:
+    assert (
+        book()
+        >> syn(1)
+        << Schedule(HOLD, ended(1))
+        >> ended(1)
+        << Verdict(1, accept=True)
+        << Release(SCANNER)
+        >> syn(2)  # queued before the kernel's released set had it
+        << Verdict(2, accept=True)
+    )
+
+
+def test_a_released_source_is_forgotten_after_the_memory() -> None:
+    holds = Holds(HOLD, memory=60)
+    holds.held(syn(1), T0)
+    holds.ended(ended(1), T0)
+    assert holds.held(syn(2, at=T0 + 59), T0 + 59) == [Verdict(2, accept=True)]
+    assert holds.held(syn(3, at=T0 + 61), T0 + 61) == [Schedule(HOLD, ended(3, T0 + 61))]
+    assert holds.figures() == HoldFigures(held=1, released=1, hidden=0, remembered=0, blocked=0)
+
+
+def test_a_syn_of_a_source_blocked_moments_ago_is_dropped_at_once() -> None:
+    assert (
+        book()
+        >> trap_hit(kind="xmas")
+        >> later(BLOCK_LINGER / 2)
+        >> syn(1, at=T0 + BLOCK_LINGER / 2)
+        << Verdict(1, accept=False)
+        << RecordHidden(SCANNER, 22, "xmas", T0 + BLOCK_LINGER / 2)
+        >> later(BLOCK_LINGER)  # the kernel's ban holds it by now: the hold is back to normal
+        >> syn(2, at=T0 + 1.5 * BLOCK_LINGER)
+        << Schedule(HOLD, ended(2, T0 + 1.5 * BLOCK_LINGER))
+    )
+
+
+def test_a_hit_below_the_ban_trigger_drops_held_syns_but_blocks_nothing_later() -> None:
+    assert (
+        book(Outcome.COUNTED)
+        >> syn(1)
+        << Schedule(HOLD, ended(1))
+        >> trap_hit()
+        << [Verdict(1, accept=False), RecordHidden(SCANNER, 22, "syn", T0)]
+        >> syn(2)
+        << Schedule(HOLD, ended(2))
+    )
+
+
+def test_a_hit_in_the_name_of_a_protected_source_leaves_its_held_syn_alone() -> None:
+    for outcome in (Outcome.ALLOWED, Outcome.CLIENT, Outcome.SESSION, Outcome.OWN_ADDRESS):
+        assert (
+            book(outcome)
+            >> syn(1)
+            << Schedule(HOLD, ended(1))
+            >> trap_hit()
+            >> ended(1)
+            << Verdict(1, accept=True)
+            << Release(SCANNER)
+        )
+
+
+def test_a_trap_hit_forgets_the_release() -> None:
+    assert (
+        book(Outcome.COUNTED)
+        >> syn(1)
+        << Schedule(HOLD, ended(1))
+        >> ended(1)
+        << [Verdict(1, accept=True), Release(SCANNER)]
+        >> trap_hit()
+        >> syn(2)
+        << Schedule(HOLD, ended(2))
+    )
+
+
+def test_a_reused_packet_id_is_not_answered_by_the_old_hold() -> None:
+    assert (
+        book()
+        >> syn(1, at=T0)
+        << Schedule(HOLD, ended(1, T0))
+        >> trap_hit()
+        << [Verdict(1, accept=False), RecordHidden(SCANNER, 22, "syn", T0)]
+        >> later(0.001)
+        >> syn(1, source=CLIENT, at=T0 + 0.001)  # the queue was bound again: ids restart
+        << Schedule(HOLD, ended(1, T0 + 0.001))
+        >> ended(1, T0)  # the old hold's end: not this SYN's
+        >> later(HOLD)
+        >> ended(1, T0 + 0.001)
+        << [Verdict(1, accept=True), Release(CLIENT)]
+    )
+
+
+def test_a_reused_packet_id_replaces_a_syn_the_kernel_dropped_at_the_rebind() -> None:
+    assert (
+        book()
+        >> syn(1, at=T0)
+        << Schedule(HOLD, ended(1, T0))
+        >> syn(1, source=CLIENT, at=T0)  # the old SYN went with the old queue
+        << Schedule(HOLD, ended(1, T0))
+        >> trap_hit()  # the scanner's SYN is no longer held: nothing to drop
+        >> ended(1, T0)
+        << [Verdict(1, accept=True), Release(CLIENT)]
+    )
+
+
+def test_blocked_sources_are_forgotten_after_the_linger_even_without_syns() -> None:
+    holds = Holds(HOLD)
+    for number in range(100):
+        source = ip_address(f"203.0.113.{number}")
+        holds.touched(source, "syn", Outcome.BANNED, T0 + number * BLOCK_LINGER / 4)
+    assert holds.figures().blocked == 4  # those of the last linger: the rest are gone
+
+
+def test_stopping_lets_every_held_syn_through() -> None:
+    assert (
+        book()
+        >> syn(1)
+        << Schedule(HOLD, ended(1))
+        >> syn(2, source=CLIENT)
+        << Schedule(HOLD, ended(2))
+        >> Stopping()
+        << [Verdict(1, accept=True), Verdict(2, accept=True)]
+        >> ended(1)
+    )
+
+
+def test_the_figures_count_what_the_hold_did() -> None:
+    holds = Holds(HOLD)
+    holds.held(syn(1), T0)
+    holds.held(syn(2, source=CLIENT), T0)
+    holds.ended(ended(2), T0 + HOLD)
+    holds.touched(SCANNER, "syn", Outcome.BANNED, T0)
+    assert holds.figures() == HoldFigures(held=0, released=1, hidden=1, remembered=1, blocked=1)
+
+
+# -- inside the daemon's core --------------------------------------------------------------------
+
+CONFIG = '[traps]\ntcp = ["23"]\n'
+
+
+def test_in_the_core_a_trap_hit_drops_the_held_syn_before_the_ban_goes_out() -> None:
+    core = Core(load_text(CONFIG, None), T0)
+    hold = core.holds.hold
+    assert (
+        Playbook(core, ignore=[RecordHits])
+        >> syn(1)
+        << Schedule(hold, ended(1))
+        >> trap_hit(kind="connect")
+        << Verdict(1, accept=False)
+        << RecordHidden(SCANNER, 22, "connect", T0)
+        << FlushSoon()
+    )
+
+
+def test_in_the_core_stopping_answers_the_held_syns_first() -> None:
+    core = Core(load_text(CONFIG, None), T0)
+    playbook = Playbook(core, ignore=[RecordHits]) >> syn(1) << Schedule(core.holds.hold, ended(1))
+    assert playbook >> Stopping() << Verdict(1, accept=True)
