@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +153,8 @@ def nmap(
     argv = [
         "nmap",
         f"-{args.scan}",
-        "-p-" if args.ports == "-" else f"-p{args.ports}",
-        "-T4",
+        *(["-p-" if args.ports == "-" else f"-p{args.ports}"] if args.ports else []),
+        f"-T{args.timing}",
         "--max-retries",
         "1",
         "--host-timeout",
@@ -266,32 +267,39 @@ def kernel_sets(env: Env, source: str) -> dict[str, bool]:
     }
 
 
-def one_scan(
-    env: Env, mode: str, source: str, *, discovery: str, args: argparse.Namespace, events: EventLog
-) -> dict[str, Any]:
-    target = SRV6 if args.family == 6 else SRV4
-    device = device_of(env.atk, ATK6 if args.family == 6 else ATK4)
-    env.atk.run(
-        [
-            "ip",
-            "addr",
-            "add",
-            f"{source}/{64 if args.family == 6 else 24}",
-            "dev",
-            device,
-            *(["nodad"] if args.family == 6 else []),
-        ]
-    )
+def add_source(env: Env, source: str) -> str:
+    """Add a fresh scanner address to the attacker's veth; its device."""
+    six = ":" in source
+    device = device_of(env.atk, ATK6 if six else ATK4)
+    env.atk.run(["ip", "addr", "add", f"{source}/{64 if six else 24}", "dev", device,
+                 *(["nodad"] if six else [])])  # fmt: skip
+    return device
+
+
+def captured(env: Env, target: str, scan: Callable[[], str]) -> tuple[str, list[Seen], float]:
+    """Run `scan` with a capture on the protected side's veth: its output, every frame in
+    and out, and its wall time in seconds."""
     capture = Capture(env.srv, device_of(env.srv, target))
     recorder = Recorder(capture)
     recorder.start()
     try:
         started = time.perf_counter()
-        xml = nmap(env, source, device, target, discovery=discovery, args=args)
+        output = scan()
         wall = time.perf_counter() - started
     finally:
         frames = recorder.stop()
         capture.close()
+    return output, frames, wall
+
+
+def one_scan(
+    env: Env, mode: str, source: str, *, discovery: str, args: argparse.Namespace, events: EventLog
+) -> dict[str, Any]:
+    target = SRV6 if args.family == 6 else SRV4
+    device = add_source(env, source)
+    xml, frames, wall = captured(
+        env, target, lambda: nmap(env, source, device, target, discovery=discovery, args=args)
+    )
     found = nmap_result(xml)
     open_ports = found.get("open", [])
     order = probe_order(frames, source, mode)
@@ -342,7 +350,10 @@ def main() -> None:
     parser.add_argument("--host-timeout", type=int, default=120, help="seconds")
     parser.add_argument("--min-rate", type=int, default=5000, help="nmap --min-rate; 0: none")
     parser.add_argument("--scan", choices=("sS", "sT"), default="sS", help="nmap -sS or -sT")
-    parser.add_argument("--ports", default="-", help="nmap -p; '-': every port")
+    parser.add_argument(
+        "--ports", default="-", help="nmap -p; '-': every port; '': nmap's top 1000"
+    )
+    parser.add_argument("--timing", type=int, default=4, help="nmap -T")
     parser.add_argument("--discovery", default=",".join(DISCOVERY), help="of: arp,none,ip")
     parser.add_argument("--first", type=int, default=10, help="the first scanner's address")
     args = parser.parse_args()
