@@ -160,3 +160,17 @@ def kernel_mib(ns: Netns) -> dict[str, int]:
         key, value = line.split()
         found[key] = int(value)
     return found
+
+
+def add_addresses(ns: Netns, devices: dict[int, str], addresses: list[str]) -> None:
+    """Add `addresses` to `ns` in one `ip -batch`, each on `devices[4]` or `devices[6]` by its
+    family (IPv6 without duplicate address detection)."""
+    lines = [
+        f"addr add {a}/{64 if ':' in a else 24} dev {devices[6 if ':' in a else 4]}"
+        + (" nodad" if ":" in a else "")
+        for a in addresses
+    ]
+    with tempfile.NamedTemporaryFile("w", suffix=".ip") as batch:
+        batch.write("\n".join(lines) + "\n")
+        batch.flush()
+        ns.run(["ip", "-batch", batch.name], 60)

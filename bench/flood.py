@@ -39,7 +39,6 @@ import multiprocessing
 import os
 import socket
 import struct
-import tempfile
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -47,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from common import Steal, environment, log_problems, machine, percentiles
+from common import Steal, add_addresses, environment, log_problems, machine, percentiles
 from daemon_env import ATK4, ATK6, CLIENT, SERVICE_PORT, SRV4, SRV6, SRV_CLI, Env, tcp_works
 from frames import device_of, forged, mac_of, sender, tcp_frame
 
@@ -170,15 +169,7 @@ class Scanner:
         }
 
     def prepare(self, sources: list[str]) -> None:
-        lines = [
-            f"addr add {s}/{64 if ':' in s else 24} dev {self.devices[6 if ':' in s else 4]}"
-            + (" nodad" if ":" in s else "")
-            for s in sources
-        ]
-        with tempfile.NamedTemporaryFile("w", suffix=".ip") as batch:
-            batch.write("\n".join(lines) + "\n")
-            batch.flush()
-            self.env.atk.run(["ip", "-batch", batch.name], 60)
+        add_addresses(self.env.atk, self.devices, sources)
 
     def _send(self, source: str, ports: list[int]) -> str:
         version = 6 if ":" in source else 4
