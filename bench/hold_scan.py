@@ -33,7 +33,7 @@ of each scanner: its hits by outcome ("hidden": a SYN the hold dropped), whether
 and what `status`'s "hold" counted during the scan. Run as root:
 
     .venv/bin/python bench/hold_scan.py [--kinds nmap-T4,...] [--runs N] [--modes stealth,advanced]
-        [--hold 5ms] [--family 4] [--parallel masscan-1k] [--control] [--out DIR]
+        [--hold 5ms] [--family 4] [--control] [--out FILE]
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ import random
 import re
 import subprocess  # noqa: TID251 - bench helper
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -246,20 +245,32 @@ def syns(frames: list[Seen], source: str) -> list[Seen]:
 def why(frames: list[Seen], source: str, setup: Setup, port: int) -> dict[str, Any]:
     """Why `port` was revealed: how long the SYN it answered waited, and when the scanner's
     first trap probe came, counted from the first SYN to `port` (milliseconds)."""
-    answer = next(s for s in synacks(frames, source) if s.sport == port)
+    answers = synacks(frames, source)
+    answer = next(s for s in answers if s.sport == port)
     probes = syns(frames, source)
     asked = [s for s in probes if s.dport == port and s.sport == answer.dport and s.at <= answer.at]
     first = next(s for s in probes if s.dport == port)
     trap = next((s for s in probes if is_trap(setup.mode, s.dport)), None)
     waited = (answer.at - asked[-1].at) / 1e6 if asked else None
     trap_after = None if trap is None else (trap.at - first.at) / 1e6
+    # the first SYN-ACK after a wait as long as the hold: the source was released then
+    hold_ns = setup.hold * 1e9
+    released = next((a for a in answers if hold_ns and waited_ns(a, probes) >= hold_ns / 2), None)
     return {
         "port": port,
         "waited_ms": None if waited is None else round(waited, 2),
         "first_trap_after_ms": None if trap_after is None else round(trap_after, 2),
         "probe_number": 1 + probes.index(first),
         "reason": reason(setup, waited, trap_after),
+        "released_by": None if released is None or released.sport == port else released.sport,
     }
+
+
+def waited_ns(answer: Seen, probes: list[Seen]) -> float:
+    """How long the SYN that `answer` answers waited for it (0 when not captured)."""
+    asked = [s for s in probes if s.dport == answer.sport and s.sport == answer.dport]
+    asked = [s for s in asked if s.at <= answer.at]
+    return answer.at - asked[-1].at if asked else 0.0
 
 
 def reason(setup: Setup, waited: float | None, trap_after: float | None) -> str:
@@ -269,7 +280,7 @@ def reason(setup: Setup, waited: float | None, trap_after: float | None) -> str:
     if not hold:
         return "hold off"
     if waited is not None and waited < hold / 2:
-        return "not held (source released or known, or over_rate/idle/failed_open)"
+        return "not held (released, known, or passed unheld: see released_by, hold_counted)"
     if trap_after is None:
         return "held, and no trap probe at all"
     if trap_after > hold:
@@ -287,26 +298,11 @@ def delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_kind(made: list[Setup], name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    runs = args.runs or KINDS[name].runs
-    found: list[dict[str, Any]] = []
-    lock = threading.Lock()
-
-    def scan(setup: Setup) -> None:
-        result = one_scan(setup, name, args)
-        with lock:
-            found.append(result)
-        print(json.dumps(brief(result)), flush=True)
-
-    for _ in range(runs):
-        if name in args.parallel.split(","):
-            threads = [threading.Thread(target=scan, args=(s,)) for s in made]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        else:
-            for setup in made:
-                scan(setup)
+    found = []
+    for _ in range(args.runs or KINDS[name].runs):
+        for setup in made:
+            found.append(one_scan(setup, name, args))
+            print(json.dumps(brief(found[-1])), flush=True)
     return found
 
 
@@ -359,7 +355,6 @@ def main() -> None:
     parser.add_argument("--modes", default="stealth,advanced")
     parser.add_argument("--hold", type=hold_time, default=0.005, help='e.g. "5ms"')
     parser.add_argument("--family", type=int, choices=(4, 6), default=4)
-    parser.add_argument("--parallel", default="", help="kinds whose set-ups scan at once")
     parser.add_argument("--control", action="store_true", help="add a host without porttrap")
     parser.add_argument("--min-rate", type=int, default=5000, help="nmap --min-rate; 0: none")
     parser.add_argument("--host-timeout", type=int, default=120, help="nmap, seconds")
