@@ -174,3 +174,10 @@ def add_addresses(ns: Netns, devices: dict[int, str], addresses: list[str]) -> N
         batch.write("\n".join(lines) + "\n")
         batch.flush()
         ns.run(["ip", "-batch", batch.name], 60)
+
+
+def report(summary: dict[str, Any], details: object, out: Path | None) -> None:
+    """Print `summary` as JSON, and write `details` (every figure) to `out` when given."""
+    if out is not None:
+        out.write_text(json.dumps(details, indent=1))
+    print(json.dumps(summary, indent=1))

@@ -41,6 +41,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -128,18 +129,25 @@ def client(env: Env, stop: Any, out: Connection) -> None:
     attempts: list[tuple[float, float, str]] = []  # (start, ms, error or "")
     with env.cli.inside():
         while not stop.is_set():
-            started = time.perf_counter()
-            error = ""
-            try:
-                with socket.create_connection((SRV_CLI, SERVICE_PORT), 1.0, (CLIENT, 0)) as sock:
-                    if sock.recv(5) != b"hello":
-                        error = "no greeting"
-            except OSError as err:
-                error = type(err).__name__
-            took = time.perf_counter() - started
-            attempts.append((started, took * 1000, error))
-            time.sleep(max(0.0, CLIENT_EVERY - took))
+            attempts.append(timed(greeted))
+            time.sleep(max(0.0, CLIENT_EVERY - attempts[-1][1] / 1000))
     out.send(attempts)
+
+
+def greeted() -> str:
+    """One connection from the legitimate client: "" when the service greeted it."""
+    with socket.create_connection((SRV_CLI, SERVICE_PORT), 1.0, (CLIENT, 0)) as sock:
+        return "" if sock.recv(5) == b"hello" else "no greeting"
+
+
+def timed(attempt: Callable[[], str]) -> tuple[float, float, str]:
+    """(start, milliseconds, error or "") of one `attempt`, which returns its error or ""."""
+    started = time.perf_counter()
+    try:
+        error = attempt()
+    except OSError as err:
+        error = type(err).__name__
+    return started, (time.perf_counter() - started) * 1000, error
 
 
 def in_set(env: Env, name: str, address: str) -> bool:

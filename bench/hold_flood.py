@@ -22,7 +22,7 @@ protected namespace's TCP counters (SYN cookies, listen queue overflows). Run as
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import multiprocessing
 import socket
 import statistics
@@ -32,7 +32,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from common import Steal, add_addresses, environment, kernel_mib, log_problems, machine
+from common import (
+    Steal,
+    add_addresses,
+    environment,
+    kernel_mib,
+    log_problems,
+    machine,
+    report,
+)
 from daemon_env import CLIENT, SERVICE_PORT, SRV6, SRV_CLI, Env, open_socket, tcp_works
 from flood import (
     Monitor,
@@ -43,6 +51,7 @@ from flood import (
     kernel_counters,
     random_ports,
     random_sources,
+    timed,
 )
 from forged_flood import add_routes, mib_delta
 from frames import device_of, forged, sender
@@ -62,18 +71,16 @@ def new_clients(env: Env, stop: Any, out: Connection) -> None:
     for source in NEW_CLIENTS:
         if stop.is_set():
             break
-        started = time.perf_counter()
-        error = ""
-        try:
-            with open_socket(env.cli, source, socket.SOCK_STREAM) as sock:
-                sock.settimeout(3.0)
-                sock.connect((SRV_CLI, SERVICE_PORT))
-        except OSError as err:
-            error = type(err).__name__
-        took = time.perf_counter() - started
-        attempts.append((started, took * 1000, error))
-        time.sleep(max(0.0, EVERY - took))
+        attempts.append(timed(functools.partial(first_connection, env, source)))
+        time.sleep(max(0.0, EVERY - attempts[-1][1] / 1000))
     out.send(attempts)
+
+
+def first_connection(env: Env, source: str) -> str:
+    with open_socket(env.cli, source, socket.SOCK_STREAM) as sock:
+        sock.settimeout(3.0)
+        sock.connect((SRV_CLI, SERVICE_PORT))
+    return ""
 
 
 class Watch(Monitor):
@@ -179,21 +186,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the whole result here (JSON)")
     args = parser.parse_args()
     runs = [one(args, hold) for hold in (0.0, args.hold)]
-    if args.out:
-        args.out.write_text(json.dumps(runs, indent=1))
-    print(
-        json.dumps(
-            {
-                "benchmark": "forged SYN flood to a served port, hold off and on",
-                "rate_asked": args.rate,
-                "seconds_asked": args.seconds,
-                "mode": args.mode,
-                **machine(),
-                "runs": [{"hold_ms": r["hold_ms"], **r["summary"]} for r in runs],
-            },
-            indent=1,
-        )
-    )
+    summary = {
+        "benchmark": "forged SYN flood to a served port, hold off and on",
+        "rate_asked": args.rate,
+        "seconds_asked": args.seconds,
+        "mode": args.mode,
+        **machine(),
+        "runs": [{"hold_ms": r["hold_ms"], **r["summary"]} for r in runs],
+    }
+    report(summary, runs, args.out)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import EventLog, Steal, environment, json_log, log_problems, machine
+from common import EventLog, Steal, environment, json_log, log_problems, machine, report
 from daemon_env import SRV4, SRV6, Env
 from frames import ACK, SYN, Seen, device_of, mac_of, sender
 from nmap_scan import (
@@ -368,22 +368,16 @@ def main() -> None:
     with Steal() as steal, setups(args) as made:
         for name in args.kinds.split(","):
             scans += run_kind(made, name, args)
-    if args.out:
-        args.out.write_text(json.dumps(scans, indent=1))
-    print(
-        json.dumps(
-            {
-                "benchmark": "services revealed (of 5), hold off and on",
-                "family": args.family,
-                **machine(),
-                "cpu_steal_percent": steal.percent,
-                "table": table(scans),
-                "hold_status_end": {s.label: s.last_hold for s in made if s.events},
-                "daemon_log_problems": {s.label: s.problems[:10] for s in made if s.events},
-            },
-            indent=1,
-        )
-    )
+    summary = {
+        "benchmark": "services revealed (of 5), hold off and on",
+        "family": args.family,
+        **machine(),
+        "cpu_steal_percent": steal.percent,
+        "table": table(scans),
+        "hold_status_end": {s.label: s.last_hold for s in made if s.events},
+        "daemon_log_problems": {s.label: s.problems[:10] for s in made if s.events},
+    }
+    report(summary, scans, args.out)
 
 
 if __name__ == "__main__":
