@@ -141,7 +141,11 @@ def run(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     monitor.stop()
     stop.set()
     for name in ("known", "new"):
-        result[f"{name}_client"] = client_summary(pipes[name][0].recv(), monitor.started)
+        attempts = pipes[name][0].recv()
+        result[f"{name}_client"] = client_summary(attempts, monitor.started)
+        result[f"{name}_client_each"] = [  # seconds from the flood's start, ms, error
+            (round(at - monitor.started, 3), round(ms, 3), error) for at, ms, error in attempts
+        ]
     for user in users:
         user.join()
     result["daemon"] = monitor.samples

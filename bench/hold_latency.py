@@ -146,8 +146,12 @@ def run(made: list[Setup], args: argparse.Namespace) -> dict[str, dict[str, list
     return wire
 
 
-def figures(samples: list[float]) -> dict[str, float]:
-    return {k: round(v, 3) for k, v in percentiles(samples).items()} if samples else {}
+def figures(samples: list[float], hold: float) -> dict[str, float]:
+    """Percentiles (ms), and how many samples took longer than the goal: the hold + 1 ms."""
+    if not samples:
+        return {}
+    found = {k: round(v, 3) for k, v in percentiles(samples).items()}
+    return {**found, "over_hold_plus_1ms": sum(x > hold * 1000 + 1 for x in samples)}
 
 
 def added(table: dict[str, dict[str, dict[str, float]]], off: str, on: str) -> dict[str, Any]:
@@ -170,8 +174,10 @@ def main() -> None:
         wire = run(made, args)
         took = time.perf_counter() - started
     off, on = made[0].label, made[1].label
-    connect_table = {s.label: {k: figures(v) for k, v in s.connect_ms.items()} for s in made}
-    wire_table = {label: {k: figures(v) for k, v in kinds.items()} for label, kinds in wire.items()}
+    connect_table = {
+        s.label: {k: figures(v, s.hold) for k, v in s.connect_ms.items()} for s in made
+    }
+    wire_table = {s.label: {k: figures(v, s.hold) for k, v in wire[s.label].items()} for s in made}
     print(
         json.dumps(
             {
