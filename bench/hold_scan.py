@@ -316,7 +316,8 @@ def brief(scan: dict[str, Any]) -> dict[str, Any]:
         "revealed": scan["answered"],
         "reported_open": scan["reported_open"],
         "why": [
-            (w["port"], w["reason"], w["waited_ms"], w["first_trap_after_ms"]) for w in scan["why"]
+            (w["port"], w["reason"], w["waited_ms"], w["first_trap_after_ms"], w["released_by"])
+            for w in scan["why"]
         ],
         "first_trap": scan["order"].get("first_trap"),
         "hits": record.get("hit_outcomes"),
