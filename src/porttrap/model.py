@@ -34,6 +34,9 @@ class Outcome(enum.StrEnum):
     SESSION = "session"  # from the peer of a live SSH session to this host: never bans
     HELD = "held-back"  # would have banned on forgeable evidence, over the budget for that
     LOGGED = "logged"  # would have banned, but the protocol responds with "log" ([ban] respond)
+    # Not a trap hit: a SYN to a served port, held (`[kernel] hold`) and dropped because its
+    # source touched a trap meanwhile; the service was never revealed to it.
+    HIDDEN = "hidden"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ its own, then inside the daemon's core (a trap hit there drops the held SYN)."""
 
 from __future__ import annotations
 
+import logging
 from ipaddress import ip_address
 
 import pytest
@@ -12,14 +13,27 @@ from porttrap.config.loader import load_text
 from porttrap.core.commands import (
     Command,
     FlushSoon,
+    Log,
+    PrepareReload,
     RecordHidden,
     RecordHits,
     Release,
     Schedule,
+    Setup,
+    StopHolding,
     Verdict,
 )
 from porttrap.core.core import Core
-from porttrap.core.events import Event, HitSeen, HoldEnded, Stopping, SynHeld
+from porttrap.core.events import (
+    Event,
+    HitSeen,
+    HoldEnded,
+    ReloadCommitted,
+    ReloadPrepared,
+    ReloadRequested,
+    Stopping,
+    SynHeld,
+)
 from porttrap.core.hold import BLOCK_LINGER, HoldFigures, Holds
 from porttrap.model import Hit, IPAddress, Outcome, Proto
 from porttrap.testing.playbook import T0, Playbook, later
@@ -135,7 +149,8 @@ def test_a_released_source_is_forgotten_after_the_memory() -> None:
     holds.ended(ended(1), T0)
     assert holds.held(syn(2, at=T0 + 59), T0 + 59) == [Verdict(2, accept=True)]
     assert holds.held(syn(3, at=T0 + 61), T0 + 61) == [Schedule(HOLD, ended(3, T0 + 61))]
-    assert holds.figures() == HoldFigures(held=1, released=1, hidden=0, remembered=0, blocked=0)
+    figures = HoldFigures(seen=3, held=1, released=1, hidden=0, remembered=0, blocked=0)
+    assert holds.figures() == figures
 
 
 def test_a_syn_of_a_source_blocked_moments_ago_is_dropped_at_once() -> None:
@@ -247,12 +262,17 @@ def test_the_figures_count_what_the_hold_did() -> None:
     holds.held(syn(2, source=CLIENT), T0)
     holds.ended(ended(2), T0 + HOLD)
     holds.touched(SCANNER, "syn", Outcome.BANNED, T0)
-    assert holds.figures() == HoldFigures(held=0, released=1, hidden=1, remembered=1, blocked=1)
+    holds.counted(5)  # the kernel queued 5 so far: 3 never reached the daemon
+    holds.counted(1)  # the table was rebuilt: its counter started again
+    figures = holds.figures()
+    assert figures == HoldFigures(6, 2, held=0, released=1, hidden=1, remembered=1, blocked=1)
+    assert figures.failed_open == 4
 
 
 # -- inside the daemon's core --------------------------------------------------------------------
 
 CONFIG = '[traps]\ntcp = ["23"]\n'
+ADVANCED = '[traps]\nmode = "advanced"\n[kernel]\n'
 
 
 def test_in_the_core_a_trap_hit_drops_the_held_syn_before_the_ban_goes_out() -> None:
@@ -264,12 +284,57 @@ def test_in_the_core_a_trap_hit_drops_the_held_syn_before_the_ban_goes_out() -> 
         << Schedule(hold, ended(1))
         >> trap_hit(kind="connect")
         << Verdict(1, accept=False)
-        << RecordHidden(SCANNER, 22, "connect", T0)
         << FlushSoon()
     )
+
+
+def test_in_the_core_a_hidden_probe_is_logged() -> None:
+    core = Core(load_text(CONFIG, None), T0)
+    core.handle(syn(1), T0)
+    hidden = Log("hidden", logging.INFO, {"src": SCANNER, "port": 22, "trap": "connect"})
+    assert hidden in core.handle(trap_hit(kind="connect"), T0)
+
+
+def test_in_the_core_a_hidden_probe_is_stored_as_a_hit_of_its_own_outcome() -> None:
+    """`history` shows it: the SYN to the served port, dropped, outcome `hidden`."""
+    core = Core(load_text(CONFIG, None), T0)
+    core.handle(syn(1), T0)
+    core.handle(trap_hit(kind="connect"), T0)
+    stored = [c for c in core.handle(Stopping(), T0) if isinstance(c, RecordHits)]
+    hidden = [(hit, outcome) for c in stored for hit, outcome in c.hits]
+    expected = Hit(T0, SCANNER, 0, ip_address("0.0.0.0"), 22, Proto.TCP, "syn")
+    assert (expected, Outcome.HIDDEN) in hidden
+
+
+def test_in_the_core_the_hold_takes_its_settings_from_the_config_and_a_reload() -> None:
+    core = Core(load_text(ADVANCED + 'hold = "20ms"\n', None), T0)
+    assert (core.holds.hold, core.holds.memory) == (0.02, 3600.0)
+    assert core.hold_figures() is not None
+    assert Core(load_text(CONFIG, None), T0).hold_figures() is None  # off: no figures
 
 
 def test_in_the_core_stopping_answers_the_held_syns_first() -> None:
     core = Core(load_text(CONFIG, None), T0)
     playbook = Playbook(core, ignore=[RecordHits]) >> syn(1) << Schedule(core.holds.hold, ended(1))
     assert playbook >> Stopping() << Verdict(1, accept=True)
+
+
+def test_a_reload_that_turns_the_hold_off_lets_the_held_syns_through_and_unbinds() -> None:
+    core = Core(load_text(ADVANCED + 'hold = "20ms"\n', None), T0)
+    core.handle(syn(1), T0)
+    new = load_text(ADVANCED + 'hold = "0"\n', None)
+    (prepare,) = core.handle(ReloadRequested(new), T0)
+    assert isinstance(prepare, PrepareReload)
+    assert any(isinstance(c, Setup) for c in core.handle(ReloadPrepared(), T0))  # rebuilt
+    committed = core.handle(ReloadCommitted(), T0)
+    assert committed[:2] == [Verdict(1, accept=True), StopHolding()]
+    assert core.hold_figures() is None
+
+
+def test_a_reload_that_changes_the_hold_keeps_the_queue_and_takes_the_new_times() -> None:
+    core = Core(load_text(ADVANCED + 'hold = "20ms"\n', None), T0)
+    new = load_text(ADVANCED + 'hold = "50ms"\nhold_memory = "10m"\n', None)
+    core.handle(ReloadRequested(new), T0)
+    core.handle(ReloadPrepared(), T0)
+    assert not any(isinstance(c, StopHolding) for c in core.handle(ReloadCommitted(), T0))
+    assert (core.holds.hold, core.holds.memory) == (0.05, 600.0)

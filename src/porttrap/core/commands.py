@@ -126,6 +126,11 @@ class Release:
     source: IPAddress
 
 
+@dataclass(frozen=True, slots=True)
+class StopHolding:
+    """A reload turned the hold off: unbind the queue (every held SYN was answered first)."""
+
+
 # -- the store -----------------------------------------------------------------------------
 
 
@@ -312,6 +317,7 @@ Command = (
     | RotateBlocks
     | Verdict
     | Release
+    | StopHolding
     | RecordHits
     | RecordHidden
     | Publish

@@ -21,6 +21,7 @@ The paths, in the order of the commands each returns:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -45,6 +46,7 @@ from porttrap.core.commands import (
     PrepareReload,
     PruneHits,
     RecordChanges,
+    RecordHidden,
     RecordHits,
     Refuse,
     Reloaded,
@@ -53,6 +55,7 @@ from porttrap.core.commands import (
     SetGateways,
     Setup,
     SetupReason,
+    StopHolding,
     UpdateCatchAll,
     UpdateSessions,
     UpdateTraps,
@@ -92,13 +95,13 @@ from porttrap.core.events import (
 )
 from porttrap.core.events import Event as CoreEvent
 from porttrap.core.fleet import MANUAL, MANUAL_FLEET, FleetSide
-from porttrap.core.hold import Holds
+from porttrap.core.hold import DEFAULT_HOLD, HoldFigures, Holds
 from porttrap.core.kernel import KernelState
 from porttrap.core.snapshot import IoFigures, KernelView, Snapshot
 from porttrap.core.stats import Stats
 from porttrap.core.views import ban_json
 from porttrap.errors import UsageError
-from porttrap.model import Ban, Change, Hit, IPNetwork, Outcome, Unban, show
+from porttrap.model import Ban, Change, Hit, IPAddress, IPNetwork, Outcome, Proto, Unban, show
 from porttrap.policy import Policy, Protection
 from porttrap.policy.budget import Bucket
 from porttrap.policy.engine import ENDING, enforced_under
@@ -167,7 +170,8 @@ class Core:
         self._last_tick: tuple[float, float] | None = None  # (wall, monotonic) of the last
         self._checks = 0
         self.fleet = FleetSide(config.fleet)
-        self.holds = Holds()  # SYNs held in the kernel (docs/hold-daemon.md)
+        # SYNs held in the kernel (docs/hold.md)
+        self.holds = Holds(config.kernel.hold or DEFAULT_HOLD, config.kernel.hold_memory)
         self._read_actions(config)
         self._handlers: dict[type, Handler] = {
             Started: self._started,
@@ -198,7 +202,7 @@ class Core:
             ReloadFailed: self._reload_failed,
             ActionsReplaced: self._actions_replaced,
             ServeFailed: self._serve_failed,
-            SynHeld: self.holds.held,
+            SynHeld: self._syn_held,
             HoldEnded: self.holds.ended,
             Stopping: self._stop,
         }
@@ -269,7 +273,7 @@ class Core:
         verdict = self.policy.on_hit(hit, now)
         outcome = verdict.outcome
         changes = [] if verdict.ban is None else [verdict.ban, *verdict.more]
-        commands = self.holds.touched(hit.source, hit.kind, outcome, now)
+        commands = self._hidden(self.holds.touched(hit.source, hit.kind, outcome, now), now)
         commands += self._queue(changes, event.arrived)
         commands += [_note(note) for note in verdict.notes]
         self.stats.hit(hit, outcome)
@@ -278,6 +282,32 @@ class Core:
         self._keep(hit, outcome, verdict.ban is not None, now)
         commands.append(Log("hit", _hit_level(hit, outcome), _hit_fields(hit, outcome)))
         return commands
+
+    # -- the hold of new sources' first SYNs (docs/hold.md) ------------------------------
+
+    def _syn_held(self, event: SynHeld, now: float) -> list[Command]:
+        return self._hidden(self.holds.held(event, now), now)
+
+    def _hidden(self, commands: list[Command], now: float) -> list[Command]:
+        """The hold's commands, with each hidden probe kept for the store (as a hit of
+        outcome `hidden`, stored whatever the rate: one per service a scanner missed) and
+        logged."""
+        out: list[Command] = []
+        for command in commands:
+            if not isinstance(command, RecordHidden):
+                out.append(command)
+                continue
+            local = _UNSPECIFIED[command.source.version]
+            hit = Hit(command.at, command.source, 0, local, command.port, Proto.TCP, "syn")
+            self._keep(hit, Outcome.HIDDEN, True, now)
+            fields = {"src": command.source, "port": command.port, "trap": command.kind}
+            out.append(Log("hidden", logging.INFO, fields))
+        return out
+
+    def hold_figures(self) -> HoldFigures | None:
+        """What the hold did, when it is on (None: off)."""
+        on = self.kernel is not None and self.kernel.spec.hold
+        return self.holds.figures() if on else None
 
     def _keep(self, hit: Hit, outcome: Outcome, banned: bool, now: float) -> None:
         """The hit for the store: every one that banned; the others up to `[store] hit_rate`
@@ -414,7 +444,11 @@ class Core:
         return []
 
     def _counters(self, event: CountersRead, _now: float) -> list[Command]:
-        return [] if self.kernel is None else self.kernel.read(event.counters, event.mono)
+        if self.kernel is None:
+            return []
+        if event.counters is not None and "held" in event.counters:
+            self.holds.counted(event.counters["held"])
+        return self.kernel.read(event.counters, event.mono)
 
     def _rotated(self, event: BlocksRotated, _now: float) -> list[Command]:
         return [] if self.kernel is None else self.kernel.rotated(event.emptied, event.mono)
@@ -678,7 +712,7 @@ class Core:
         if self.kernel is not None and reload.kernel_changed(old, new):
             self.kernel.respec(spec_from_config(new))
         self._read_actions(new)
-        commands = self._queue(unbans)
+        commands = self._queue(unbans) + self._rehold(old, new)
         if "actions" in changed or "modes" in changed:
             commands.append(ReplaceActions(new))
         if {"traps", "modes", "banner"} & set(changed):
@@ -688,6 +722,14 @@ class Core:
         if self.kernel is not None and {"kernel", "banner"} & set(changed):
             commands.append(UpdateCatchAll(catch_all_port(new), new.banner))
         return [*commands, Reloaded(changed)]
+
+    def _rehold(self, old: Config, new: Config) -> list[Command]:
+        """The hold's new settings; turned off, every SYN held is let through and the queue
+        unbound (turned on, the shell bound it while preparing the reload)."""
+        self.holds.configure(new.kernel.hold or DEFAULT_HOLD, new.kernel.hold_memory)
+        if spec_from_config(old).hold and not spec_from_config(new).hold:
+            return [*self.holds.stopping(), StopHolding()]
+        return []
 
     def _reload_failed(self, event: ReloadFailed, _now: float) -> list[Command]:
         self._reload = None
@@ -732,7 +774,11 @@ class Core:
             store_error=self.store_error,
             store_failing_since=self.store_failing_since,
             clock_skew=self.clock_skew,
+            hold=self.hold_figures(),
         )
+
+
+_UNSPECIFIED: dict[int, IPAddress] = {4: ipaddress.IPv4Address(0), 6: ipaddress.IPv6Address(0)}
 
 
 def _note(note: Note) -> Log:

@@ -20,7 +20,7 @@ from porttrap.core.commands import Command, RecordHidden, Release, Schedule, Ver
 from porttrap.core.events import HoldEnded, SynHeld
 from porttrap.model import IPAddress, Outcome
 
-DEFAULT_HOLD = 0.005  # seconds; until `[kernel] hold` (the kernel side) sets it
+DEFAULT_HOLD = 0.005  # seconds, when none is given (`[kernel] hold` sets it)
 DEFAULT_MEMORY = 3600.0  # seconds a released source is remembered (`[kernel] hold_memory`)
 # After a trap hit that blocks its source, a SYN queued before the kernel got the ban (the
 # sets lag the daemon by one batch) is dropped at once, for this many seconds.
@@ -44,11 +44,20 @@ _BLOCKING = frozenset({Outcome.BANNED, Outcome.ALREADY_BANNED})
 class HoldFigures:
     """What the hold did since the start, for `status` and the metrics."""
 
+    queued: int = 0  # SYNs the kernel's rule sent to the queue (its counter `held`, summed
+    # over the rebuilds of the table)
+    seen: int = 0  # SYNs the daemon read from the queue
     held: int = 0  # SYNs held now
     released: int = 0  # SYNs let through when their hold ended
     hidden: int = 0  # SYNs dropped: their source touched a trap
     remembered: int = 0  # released sources remembered now
     blocked: int = 0  # sources that banned lately, whose SYNs are dropped at once
+
+    @property
+    def failed_open(self) -> int:
+        """SYNs queued that never reached the daemon: the queue or its socket was full, and
+        the kernel let them through (the fail-open flag). Read every 0.25 s, so it may lag."""
+        return max(0, self.queued - self.seen)
 
 
 class Holds:
@@ -63,10 +72,20 @@ class Holds:
         self._blocked: dict[IPAddress, tuple[float, str]] = {}  # source -> (until, kind)
         self._let_through = 0
         self._hidden = 0
+        self._queued = 0  # the kernel counter's readings, summed over rebuilds
+        self._seen = 0
+        self._counter = 0  # its last reading
+
+    def configure(self, hold: float, memory: float) -> None:
+        """New settings (a reload): SYNs held now keep the end scheduled for them, and
+        sources released now the time they were given."""
+        self.hold = hold
+        self.memory = memory
 
     def held(self, event: SynHeld, now: float) -> list[Command]:
         """A SYN waits: answered at once if its source is known, else when the hold ends."""
         self._forget(now)
+        self._seen += 1
         blocked = self._blocked.get(event.source)
         if blocked is not None:
             return self._hide(event, blocked[1])
@@ -111,8 +130,16 @@ class Holds:
         ids, self._held, self._by_source = list(self._held), {}, {}
         return [Verdict(packet_id, accept=True) for packet_id in ids]
 
+    def counted(self, queued: int) -> None:
+        """The kernel's counter of SYNs queued, read; it starts from zero when the table is
+        built again (a reload, the rebuild after a flush), so a drop is a new count."""
+        self._queued += queued - self._counter if queued >= self._counter else queued
+        self._counter = queued
+
     def figures(self) -> HoldFigures:
         return HoldFigures(
+            self._queued,
+            self._seen,
             len(self._held),
             self._let_through,
             self._hidden,

@@ -50,6 +50,12 @@ def needs_restart(old: Config, new: Config) -> list[str]:
         before, after = getattr(old.kernel, key), getattr(new.kernel, key)
         if before != after and new.modes.kernel:
             found.append(f"[kernel] {key}: {before} -> {after}")
+    queues = old.kernel.hold_queue, new.kernel.hold_queue
+    if queues[0] != queues[1] and spec_from_config(old).hold and spec_from_config(new).hold:
+        found.append(
+            f"[kernel] hold_queue: {queues[0]} -> {queues[1]} (the SYNs held now wait in the "
+            "old queue)"
+        )
     return found
 
 

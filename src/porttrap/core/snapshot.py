@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from porttrap.config.schema import KernelSensor, Modes, TrapMode
+from porttrap.core.hold import HoldFigures
 from porttrap.core.stats import Histogram, Stats
 from porttrap.model import Ban, Proto, TrapReport
 from porttrap.sensorspec import Ports
@@ -30,6 +31,17 @@ class ReportFigures:
     malformed: int = 0
     unreadable: int = 0
     foreign: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFigures:
+    """What the hold's queue reader counted (`porttrap.sensors.nfqueue.NfqueueReader`)."""
+
+    queue: int
+    received: int = 0  # SYNs the kernel handed to the daemon
+    refused: int = 0  # verdicts the kernel refused or that could not be sent
+    overruns: int = 0  # times the socket's buffer overflowed (the kernel let SYNs through)
+    malformed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +74,7 @@ class IoFigures:
     decision: Histogram | None = None  # a hit's arrival to its decision
     to_kernel: Histogram | None = None  # a banning hit's arrival to its ban in the kernel
     fleet: FleetFigures | None = None  # None: this host is in no fleet
+    queue: QueueFigures | None = None  # None: the hold is off
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +110,7 @@ class Snapshot:
     store_error: str | None = None  # why store writes fail now (None: they succeed)
     store_failing_since: float | None = None
     clock_skew: float = 0.0  # how far the wall clock jumped since the start, in all
+    hold: HoldFigures | None = None  # None: the hold is off
 
     @property
     def permanent(self) -> int:

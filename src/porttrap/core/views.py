@@ -43,6 +43,7 @@ def status(snapshot: Snapshot, pid: int) -> dict[str, Any]:
         "backend": io.backend,
         "traps": traps_json(io.traps),
         "kernel": kernel_status(snapshot.kernel, io.reports) if snapshot.kernel else None,
+        "hold": hold_status(snapshot),
         "actions": dict(io.actions) if io.actions_enabled else None,
         "bans": {
             "active": len(snapshot.active),
@@ -102,6 +103,29 @@ def kernel_status(kernel: KernelView, reports: ReportFigures | None) -> dict[str
             "redirected": counters.get("redirected", 0),
             "over_limit": counters.get("over_redirect", 0),
         },
+    }
+
+
+def hold_status(snapshot: Snapshot) -> dict[str, Any] | None:
+    """The hold's part of `status` and of the metrics (docs/hold.md); None when it is off."""
+    hold, kernel = snapshot.hold, snapshot.kernel
+    if hold is None or kernel is None:
+        return None
+    settings, counters, queue = kernel.settings, kernel.counters, snapshot.io.queue
+    return {
+        "hold_ms": round(settings.hold * 1000, 3),
+        "queue": settings.hold_queue,
+        "bound": queue is not None,
+        "queued": hold.queued,
+        "held_now": hold.held,
+        "let_through": hold.released,
+        "hidden": hold.hidden,
+        "remembered": hold.remembered,
+        "over_rate": counters.get("hold_over", 0),
+        "idle": counters.get("hold_idle", 0),
+        "failed_open": hold.failed_open,
+        "refused": 0 if queue is None else queue.refused,
+        "overruns": 0 if queue is None else queue.overruns,
     }
 
 

@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from porttrap import __version__
 from porttrap.core.snapshot import FleetFigures, Snapshot
 from porttrap.core.stats import OTHER_PORT, Histogram, Stats
-from porttrap.core.views import kernel_status
+from porttrap.core.views import hold_status, kernel_status
 from porttrap.model import Ban, Proto
 from porttrap.policy.prefix import prefix_of
 
@@ -69,6 +69,7 @@ class SnapshotCollector(Collector):
         yield from store(snap)
         yield from actions(acts)
         yield from kernel_sensor(kernel)
+        yield from hold(hold_status(snap))
         yield from fleet(snap.io.fleet)
 
 
@@ -345,6 +346,31 @@ def actions(status: Mapping[str, Any]) -> Iterator[Metric]:
         "Commands and webhooks queued for a free slot ([actions] max_running).",
         value=status["waiting"],
     )
+
+
+HOLD_RESULTS = ("queued", "let_through", "hidden", "over_rate", "idle", "failed_open")
+
+
+def hold(status: Mapping[str, Any] | None) -> Iterator[Metric]:
+    """The hold of new sources' first SYNs (docs/hold.md); no samples when it is off."""
+    syns = CounterMetricFamily(
+        "porttrap_hold_syns",
+        "New sources' SYNs to served ports, by what the hold did: queued (sent to the "
+        "daemon), let_through (after the hold), hidden (dropped: the source touched a trap "
+        "meanwhile), and passed unheld: over_rate ([kernel] hold_rate), idle (the daemon not "
+        "ready or stalled), failed_open (the queue or its socket full).",
+        labels=["result"],
+    )
+    waiting = GaugeMetricFamily("porttrap_hold_waiting", "SYNs held now.")
+    remembered = GaugeMetricFamily(
+        "porttrap_hold_remembered", "Sources let through lately, not held again."
+    )
+    if status is not None:
+        for result in HOLD_RESULTS:
+            syns.add_metric([result], status[result])
+        waiting.add_metric([], status["held_now"])
+        remembered.add_metric([], status["remembered"])
+    yield from (syns, waiting, remembered)
 
 
 def kernel_sensor(kernel: Mapping[str, Any] | None) -> Iterator[Metric]:

@@ -1,10 +1,10 @@
 """A reload's I/O, step by step: the shell reads the file, opens what the new configuration
-needs (the metrics listener, log outputs), and puts the old ones back if anything is refused;
-the core decides everything else (`porttrap.core.core`, `_reload_*`).
+needs (the metrics listener, log outputs, the hold's queue), and puts the old ones back if
+anything is refused; the core decides everything else (`porttrap.core.core`, `_reload_*`).
 
     file read ──▶ ReloadRequested | ReloadInvalid
                     ◀── PrepareReload          (or Refuse, or Reloaded: nothing changed)
-    metrics, logs ──▶ ReloadPrepared | ReloadFailed
+    metrics, logs, queue ─▶ ReloadPrepared | ReloadFailed
                     ◀── Setup(reload)          (when the table's rules change)
     kernel ─────────▶ ReloadCommitted | ReloadFailed
                     ◀── ReplaceActions, UpdateTraps, Reloaded   (or Refuse)
@@ -79,6 +79,9 @@ async def _prepare(shell: Shell, command: c.PrepareReload) -> list[c.Command]:
         if "log" in command.changed:
             log.configure(new, shell.verbose)  # opens every output first, or raises
             undo.append(lambda: _log_back(shell, old))
+        if shell.hold is not None and shell.hold.reader is None:  # the hold turned on
+            shell.open_hold(new)  # binds its queue, or raises
+            undo.append(lambda: _hold_back(shell))
     except PorttrapError as err:
         await _undo(undo)
         return shell.feed(e.ReloadFailed(str(err)))
@@ -100,6 +103,11 @@ async def _metrics_back(shell: Shell, old: Config) -> None:
 
 async def _log_back(shell: Shell, old: Config) -> None:
     log.configure(old, shell.verbose)
+
+
+async def _hold_back(shell: Shell) -> None:
+    if shell.hold is not None:
+        shell.hold.close()  # nothing is held yet: the old table has no hold rules
 
 
 async def _replace_actions(shell: Shell, new: Config) -> list[c.Command]:

@@ -30,6 +30,7 @@ from porttrap.daemon import reloading
 from porttrap.daemon.control import ControlServer, Handler
 from porttrap.daemon.effects import Effects
 from porttrap.daemon.guards import Guards
+from porttrap.daemon.hold import HoldQueue, holds
 from porttrap.daemon.loop_errors import AcceptErrors
 from porttrap.daemon.metrics_server import MetricsServer, snapshot_registry
 from porttrap.daemon.notify import Notifier
@@ -58,6 +59,7 @@ POLL = 0.25  # seconds between reads of the kernel sensor's counters
 CLEAN_STOP = "clean-stop"  # in state_dir: the last stop wrote every record (see _kernel_bans)
 STATUS_EVERY = 120  # ticks (60 s) between systemd STATUS= lines
 CLIENTS_EVERY = 10  # ticks (5 s) between reads of the live clients, while prefix bans are on
+HEARTBEAT_EVERY = 2  # ticks (1 s) between the hold's heartbeats (each lasts 2 s in the kernel)
 
 
 class Shell:
@@ -106,6 +108,16 @@ class Shell:
             c.UpdateSessions: self._update_sessions,
             c.UpdateCatchAll: self._update_catch_all,
         }
+        # The hold's queue (docs/hold.md): bound at start, or by a reload that turns it on.
+        self.hold = HoldQueue(clock, sensor, self._feed_alone) if sensor is not None else None
+        if self.hold is not None:
+            hold = self.hold
+            self._effects |= {
+                c.Verdict: hold.verdict,
+                c.Release: hold.release,
+                c.StopHolding: lambda _command: hold.close(),
+                c.Setup: self._setup_then_beat,  # a new table holds no heartbeat yet
+            }
         self.report = TrapReport()
         self._traps = SocketTraps(connect_traps(config), self.on_hit, clock, config.banner)
         kernel = core.kernel is not None  # the kernel sensor (stealth, advanced)
@@ -134,6 +146,16 @@ class Shell:
     @property
     def config(self) -> Config:
         return self.core.config
+
+    def _setup_then_beat(self, command: c.Setup) -> e.Event | None:
+        event = self.effects.setup(command)
+        self._heartbeat()
+        return event
+
+    def open_hold(self, config: Config) -> None:
+        """Bind the hold's queue when `config` holds SYNs; PorttrapError when it cannot."""
+        if self.hold is not None and self.hold.reader is None and holds(config):
+            self.hold.open(config, asyncio.get_running_loop())
 
     def _make_fleet(self, config: Config) -> FleetShell | None:
         """The outbox and the link when this host is in a fleet (a password file others can
@@ -262,6 +284,7 @@ class Shell:
             if self.report.none_set and self._kernel is None:
                 raise PorttrapError("no trap could be set (every trap port was skipped, see above)")
             self._bind_reports(loop)
+            self.open_hold(self.config)  # no SYN comes before the table's rule is in
             self._restore(self._served_now(), gateways, sessions)
             if self.config.ban.prefix.on:  # before any hit is judged: the first prefix ban
                 self._read_clients()  # must not wait 5 s to know the live clients
@@ -390,6 +413,10 @@ class Shell:
             log.event("kernel-sensor-error", logging.DEBUG, action="counters", error=str(err))
         self._feed_alone(e.CountersRead(counters, self.clock.monotonic()))
 
+    def _heartbeat(self) -> None:
+        if self.hold is not None:
+            self.hold.heartbeat()
+
     def _watch_addresses(self, loop: asyncio.AbstractEventLoop) -> None:
         """Follow the host's addresses; the first reading after subscribing counts too, as
         an address may have come since the restore."""
@@ -425,6 +452,8 @@ class Shell:
                 await asyncio.wait_for(self._stop.wait(), TICK)
             self._feed_alone(e.Tick(self.writer.pending, self.clock.monotonic()))
             ticks += 1
+            if ticks % HEARTBEAT_EVERY == 0:
+                self._heartbeat()
             if ticks % CLIENTS_EVERY == 0 and self.config.ban.prefix.on:
                 self._read_clients()
             if watchdog is not None and ticks % per_ping == 0:
@@ -445,7 +474,9 @@ class Shell:
         for timer in [*self._timers, self._poller]:
             if timer is not None:
                 timer.cancel()
-        self.feed(e.Stopping())
+        self.feed(e.Stopping())  # answers every held SYN: unbinding the queue drops them
+        if self.hold is not None:
+            self.hold.close()
         if self.fleet is not None:
             await self.fleet.close()  # the outbox holds what the link had not published
         dropped, killed = await self.actions.close()  # running actions get a grace time
@@ -490,6 +521,7 @@ class Shell:
             decision=self.effects.latency.decision,
             to_kernel=self.effects.latency.to_kernel,
             fleet=None if self.fleet is None else self.fleet.snapshot(),
+            queue=None if self.hold is None else self.hold.figures(),
         )
         return self.core.snapshot(self.clock.now(), io)
 

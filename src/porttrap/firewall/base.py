@@ -116,3 +116,12 @@ class SensorBackend(Protocol):
         """The host's gateways are now exactly `addresses` (peers: a probe in their name never
         blocks them), in one transaction. IPv6 scopes are dropped."""
         ...
+
+    def release(self, addresses: Iterable[IPAddress]) -> None:
+        """The hold let these sources' SYNs through: not held again for `[kernel] hold_memory`
+        (docs/hold.md), in one transaction."""
+        ...
+
+    def hold_ready(self) -> None:
+        """The hold's heartbeat: held SYNs go to the daemon's queue only while it is fresh."""
+        ...

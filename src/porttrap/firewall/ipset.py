@@ -189,6 +189,12 @@ class IpsetBackend:
     def sensor_counters(self) -> dict[str, int]:
         raise FirewallError(_NO_SENSOR)
 
+    def release(self, addresses: Iterable[IPAddress]) -> None:
+        raise FirewallError(_NO_SENSOR)
+
+    def hold_ready(self) -> None:
+        raise FirewallError(_NO_SENSOR)
+
     # -- helpers -----------------------------------------------------------------------
 
     def _rearm(self, now: float) -> None:

@@ -296,6 +296,11 @@ class NfqueueReader:
         for data in early:
             self._handle(data)
 
+    @property
+    def reading(self) -> bool:
+        """Bound, and not paused after an error: the hold's heartbeat beats only then."""
+        return self._sock is not None and self._timer is None
+
     def verdict(self, packet_id: int, accept: bool) -> bool:
         """Accept or drop a queued packet; False when it could not be sent (the socket is
         closed, or the kernel would not take it: the packet then waits until the queue is

@@ -34,6 +34,8 @@ class MemoryFirewall:
         self.sensor: SensorState | None = None
         self.served: Ports | None = None
         self.rotations: list[str] = []
+        self.released: set[IPAddress] = set()  # sources the hold let through
+        self.heartbeats = 0
         self.gateways: frozenset[IPAddress] | None = None  # None: no watch in the table
         self.maintained = 0
 
@@ -112,6 +114,20 @@ class MemoryFirewall:
         if not self._present or self.gateways is None:
             raise FirewallError("no watch in the table (simulated)")
         self.gateways = frozenset(addresses)
+
+    def release(self, addresses: Iterable[IPAddress]) -> None:
+        self._hold_set()
+        self.released |= set(addresses)
+
+    def hold_ready(self) -> None:
+        self._hold_set()
+        self.heartbeats += 1
+
+    def _hold_set(self) -> None:
+        self._sensor_set()
+        assert self.sensor is not None
+        if not self.sensor.spec.hold:
+            raise FirewallError("no hold rules in the table (simulated)")
 
     def _sensor_set(self) -> None:
         if not self._present or self.sensor is None or not self.sensor.spec.protos:
