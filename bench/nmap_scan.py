@@ -35,11 +35,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-import scans
 from common import EventLog, Steal, environment, json_log, log_problems, machine
 from daemon_env import ATK4, ATK6, SRV4, SRV6, Env
 from frames import ACK, SYN, Capture, Recorder, Seen, device_of
 from scans import EXCLUDED, SERVICES, start_services
+from scans import is_trap as kernel_trap
 
 from porttrap.config.schema import DEFAULT_TCP_TRAPS
 
@@ -92,7 +92,7 @@ CONFIGS = {
 def is_trap(mode: str, port: int) -> bool:
     if mode == "stealth-popular" and port in POPULAR_TRAPS:
         return True
-    return scans.is_trap(mode == "advanced", port)
+    return kernel_trap(mode == "advanced", port)
 
 
 def model(mode: str, runs: int = 100_000) -> dict[str, float]:
