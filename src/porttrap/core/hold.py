@@ -1,4 +1,4 @@
-"""The hold of a new source's first SYN to a served port (issue 17, docs/hold-daemon.md).
+"""The hold of a new source's first SYN to a served port (issue 17, docs/hold.md).
 
 The kernel queues such a SYN (NFQUEUE) and the shell feeds `SynHeld`; the SYN waits for a
 verdict, given when the hold ends (`HoldEnded`, scheduled here) or at once when the source
