@@ -26,6 +26,7 @@ from porttrap.core.events import CountersRead, HitSeen, Started, Stopping
 from porttrap.daemon.metrics import registry_for
 from porttrap.daemon.shell import Shell
 from porttrap.daemon.wiring import make_shell
+from porttrap.errors import FirewallError
 from porttrap.model import Hit, Proto
 from porttrap.sensors import nfqueue
 from porttrap.testing import FakeClock, MemoryFirewall, MemoryStore
@@ -224,3 +225,26 @@ def test_a_changed_hold_queue_needs_a_restart_only_while_holding(tmp_path: Path)
         reload.needs_restart(config(tmp_path, off), config(tmp_path, off + "hold_queue = 9\n"))
         == []
     )
+
+
+def test_a_refused_release_is_logged_once_until_one_succeeds(
+    host: Host, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    hold = host.shell.hold
+    assert hold is not None
+
+    def full(_addresses: object) -> None:
+        raise FirewallError("set released_v4 is full")
+
+    async def release(n: int) -> None:
+        assert hold is not None
+        hold.release(c.Release(ip_address(f"198.51.100.{n}")))
+        await asyncio.sleep(0)  # the batch goes out once the loop turn is over
+
+    monkeypatch.setattr(host.firewall, "release", full)
+    for n in (1, 2):
+        host.loop.run_until_complete(release(n))
+    assert caplog.text.count("hold-release-failed") == 1
+    monkeypatch.undo()
+    host.loop.run_until_complete(release(3))
+    assert host.firewall.released == {ip_address("198.51.100.3")}
