@@ -338,3 +338,15 @@ def test_a_reload_that_changes_the_hold_keeps_the_queue_and_takes_the_new_times(
     core.handle(ReloadPrepared(), T0)
     assert not any(isinstance(c, StopHolding) for c in core.handle(ReloadCommitted(), T0))
     assert (core.holds.hold, core.holds.memory) == (0.05, 600.0)
+
+
+def test_at_most_limit_released_sources_are_remembered_the_oldest_gives_way() -> None:
+    holds = Holds(HOLD, limit=2)
+    sources = [ip_address(f"198.51.100.{n}") for n in (1, 2, 3)]
+    for packet_id, source in enumerate(sources, 1):
+        holds.held(syn(packet_id, source=source), T0)
+        holds.ended(ended(packet_id), T0 + HOLD)
+    assert holds.figures().remembered == 2
+    later = T0 + 1
+    assert holds.held(syn(9, sources[2], at=later), later) == [Verdict(9, accept=True)]
+    assert holds.held(syn(8, sources[0], at=later), later) == [Schedule(HOLD, ended(8, later))]

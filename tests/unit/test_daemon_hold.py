@@ -20,15 +20,18 @@ from nfqueue_frames import Kernel, queued
 from porttrap.cli import output
 from porttrap.config.loader import load_text
 from porttrap.config.schema import Config
+from porttrap.core import commands as c
 from porttrap.core import reload, views
 from porttrap.core.events import CountersRead, HitSeen, Started, Stopping
 from porttrap.daemon.metrics import registry_for
 from porttrap.daemon.shell import Shell
 from porttrap.daemon.wiring import make_shell
+from porttrap.errors import FirewallError
 from porttrap.model import Hit, Proto
 from porttrap.sensors import nfqueue
 from porttrap.testing import FakeClock, MemoryFirewall, MemoryStore
 from scrape import by, families, values
+from waiting import eventually
 
 SCANNER = ip_address("192.0.2.2")  # the source of nfqueue_frames.IPV4_SYN, to port 8080
 HOST = ip_address("192.0.2.1")
@@ -63,13 +66,35 @@ class Host:
 
         loop.run_until_complete(bind())
         self.kernel = Kernel(self.theirs, loop)
+        # The ends of holds are fed by the test, not by a timer: nothing depends on timing.
+        self.scheduled: list[c.Schedule] = []
+        self.shell._effects[c.Schedule] = self.scheduled.append
+
+    def end_holds(self) -> None:
+        """Feed the events the core scheduled (the ends of the holds), on the loop."""
+
+        async def feed() -> None:
+            events, self.scheduled[:] = [x.event for x in self.scheduled], []
+            for event in events:
+                self.shell.feed(event)
+
+        self.loop.run_until_complete(feed())
+        self.turns()
 
     def turns(self, count: int = 3) -> None:
         for _ in range(count):
             self.loop.run_until_complete(asyncio.sleep(0))
 
-    def until(self, seconds: float) -> None:
-        self.loop.run_until_complete(asyncio.sleep(seconds))
+    def verdicts(self, count: int) -> list[tuple[int, int]]:
+        """The next `count` verdicts, waiting for them with the loop running."""
+        found: list[tuple[int, int]] = []
+
+        def arrived() -> bool:
+            found.extend(self.kernel.verdicts())
+            return len(found) >= count
+
+        self.loop.run_until_complete(eventually(arrived, what=f"{count} verdicts"))
+        return found
 
     def close(self) -> None:
         assert self.shell.hold is not None
@@ -107,9 +132,8 @@ def test_a_held_syn_is_let_through_when_its_hold_ends_and_its_source_released(
     host.kernel.send(queued(1))
     assert host.kernel.verdicts() == []  # held: 400 ms
     assert status(host.shell)["held_now"] == 1
-    host.until(0.5)  # the loop's own timer ends the hold (a real one: the shell's clock is fake)
-    host.turns()
-    assert host.kernel.verdicts() == [(ACCEPT, 1)]
+    host.end_holds()
+    assert host.verdicts(1) == [(ACCEPT, 1)]
     assert host.firewall.released == {SCANNER}
     host.kernel.send(queued(2))  # queued before the kernel's set had it: answered at once
     assert host.kernel.verdicts() == [(ACCEPT, 2)]
@@ -201,3 +225,26 @@ def test_a_changed_hold_queue_needs_a_restart_only_while_holding(tmp_path: Path)
         reload.needs_restart(config(tmp_path, off), config(tmp_path, off + "hold_queue = 9\n"))
         == []
     )
+
+
+def test_a_refused_release_is_logged_once_until_one_succeeds(
+    host: Host, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    hold = host.shell.hold
+    assert hold is not None
+
+    def full(_addresses: object) -> None:
+        raise FirewallError("set released_v4 is full")
+
+    async def release(n: int) -> None:
+        assert hold is not None
+        hold.release(c.Release(ip_address(f"198.51.100.{n}")))
+        await asyncio.sleep(0)  # the batch goes out once the loop turn is over
+
+    monkeypatch.setattr(host.firewall, "release", full)
+    for n in (1, 2):
+        host.loop.run_until_complete(release(n))
+    assert caplog.text.count("hold-release-failed") == 1
+    monkeypatch.undo()
+    host.loop.run_until_complete(release(3))
+    assert host.firewall.released == {ip_address("198.51.100.3")}
