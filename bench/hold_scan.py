@@ -56,7 +56,6 @@ from daemon_env import SRV4, SRV6, Env
 from frames import ACK, SYN, Seen, device_of, mac_of, sender
 from nmap_scan import (
     CONFIGS,
-    SERVICES,
     add_source,
     captured,
     is_trap,
@@ -64,8 +63,8 @@ from nmap_scan import (
     nmap_result,
     porttrap_record,
     probe_order,
-    start_services,
 )
+from scans import SERVICES, start_services
 
 from porttrap.config.fields import hold_time
 

@@ -27,10 +27,8 @@ root:
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import random
-import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -39,14 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from common import EventLog, Steal, environment, json_log, log_problems, machine
-from daemon_env import ATK4, ATK6, CLIENT, SERVE, SRV4, SRV6, SRV_CLI, Env, tcp_works
+from daemon_env import ATK4, ATK6, SRV4, SRV6, Env
 from frames import ACK, SYN, Capture, Recorder, Seen, device_of
+from scans import EXCLUDED, SERVICES, start_services
+from scans import is_trap as kernel_trap
 
 from porttrap.config.schema import DEFAULT_TCP_TRAPS
-from waiting import wait_until
 
-SERVICES = (22, 80, 443, 5432, 8080)  # 8080 is daemon_env's own service
-EXCLUDED = (113, 139)  # advanced mode leaves these alone (config.schema.Modes)
 # nmap 7.93, portlist.cc random_port_cheat: after shuffling, these move to the front of the
 # list (in their shuffled order).
 NMAP_POPULAR = (
@@ -93,21 +90,10 @@ CONFIGS = {
 }
 
 
-@functools.cache
-def default_traps() -> frozenset[int]:
-    ports: set[int] = set()
-    for item in DEFAULT_TCP_TRAPS:
-        first, _, last = item.partition("-")
-        ports.update(range(int(first), int(last or first) + 1))
-    return frozenset(ports)
-
-
 def is_trap(mode: str, port: int) -> bool:
-    if mode == "advanced":
-        return port not in SERVICES and port not in EXCLUDED
     if mode == "stealth-popular" and port in POPULAR_TRAPS:
         return True
-    return port in default_traps()
+    return kernel_trap(mode == "advanced", port)
 
 
 def model(mode: str, runs: int = 100_000) -> dict[str, float]:
@@ -138,12 +124,6 @@ def model(mode: str, runs: int = 100_000) -> dict[str, float]:
         "revealed_before_fd790be": round(before_fix / runs, 2),
         "share_revealing_none": round(none / runs, 3),
     }
-
-
-def start_services(env: Env) -> None:
-    env.srv.start([sys.executable, "-c", SERVE, *(str(p) for p in SERVICES if p != 8080)])
-    for port in SERVICES:
-        wait_until(functools.partial(tcp_works, env.cli, CLIENT, SRV_CLI, port), 10, f"{port}")
 
 
 def nmap(

@@ -24,7 +24,7 @@ esac
 # iptables: the ipset backend (backend = "ipset", or "auto" without nftables) and its tests;
 # neither package starts a service or loads rules.
 packages=(nftables python3 python3-venv python3-nftables iproute2 ipset iptables)
-[ "$mode" = test ] && packages+=(procps nmap masscan)  # bench/nmap_scan.py, bench/hold_scan.py
+[ "$mode" = test ] && packages+=(procps nmap masscan)  # bench/nmap_scan.py, hold_scan.py, test_hold_scans.py
 # `porttrap report` tests render the page in headless Chromium and read the screenshot:
 # chromium, a font so that text renders (--no-install-recommends pulls none), tesseract-ocr (OCR)
 [ "$mode" = test ] && packages+=(chromium fonts-dejavu-core tesseract-ocr)

@@ -7,6 +7,8 @@ and never sleeps in the hope that something has happened by then.
 - `eventually`: the same on a running asyncio loop.
 - `holds_for`: a condition that must stay true for a while ("nothing happens"): a slow machine
   can only make such a check pass where a fast one would fail, never the other way round.
+- `bounded`: a run that a test cuts short at a time limit (a scan stopped once its outcome is
+  settled, or at the limit): not a wait for something the test needs.
 - `pause`: a minimum time that must pass for the kernel (conntrack assures a UDP flow only
   after 2 s) or a pace (a flood's rate). Never a wait for something to happen.
 - `Calls`: steps counted instead of time measured ("the first read after the change saw
@@ -68,6 +70,17 @@ def holds_for(check: Callable[[], bool], seconds: float, what: str) -> None:
             break
         time.sleep(min(_POLL, max(end - _now(), 0.0)))
     assert check(), f"no longer true: {what}"
+
+
+def bounded(done: Callable[[], bool], seconds: float) -> bool:
+    """Poll `done` until it holds or `seconds` have passed; whether it held. For a run that
+    may be cut short at a limit (a scan), never for a condition a test asserts on."""
+    end = _now() + seconds
+    while not done():
+        if _now() >= end:
+            return done()
+        time.sleep(_POLL)
+    return True
 
 
 def pause(seconds: float, why: str) -> None:

@@ -9,7 +9,6 @@ import ipaddress
 import json
 import socket
 import struct
-import subprocess  # noqa: TID251 - test helper
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 from crafted import Probe, answers, send
 from daemon_env import ATK4, ATK4_B, ATK6, SERVE, SERVICE_PORT, SRV4, SRV6, Env
+from hold_env import QUEUE, TABLE, damage, hold_ports
 
 from netns import Netns, in_host_netns
 from porttrap import netlink
@@ -31,8 +31,6 @@ from waiting import PATIENCE, holds_for, wait_until
 pytestmark = pytest.mark.kernel
 
 NOW = 1_800_000_000.0
-TABLE = "porttrap"
-QUEUE = 7022
 # [kernel] last: a test adds keys to it
 CONFIG = f'[allow]\naddresses = ["{ATK4_B}"]\n[traps]\nmode = "advanced"\n[kernel]\nhold = "5ms"\n'
 SERVED = {Proto.TCP: frozenset({SERVICE_PORT})}
@@ -168,30 +166,17 @@ def test_the_hold_survives_the_daemons_rebuild_after_a_flush(
 ) -> None:
     env = env_factory(CONFIG)
     env.start()
-    wait_until(lambda: str(SERVICE_PORT) in _hold_ports(env), PATIENCE, "service held")
+    wait_until(lambda: str(SERVICE_PORT) in hold_ports(env), PATIENCE, "service held")
     env.srv.run(["nft", "flush", "ruleset"])  # what `systemctl restart nftables` does
-    wait_until(lambda: str(SERVICE_PORT) in _hold_ports(env), PATIENCE, "the hold rebuilt")
+    wait_until(lambda: str(SERVICE_PORT) in hold_ports(env), PATIENCE, "the hold rebuilt")
     chain = env.srv.run(["nft", "list", "chain", "inet", TABLE, "hold"])
     assert f"queue num {QUEUE} bypass" in chain
     assert "@released_v4 return" in chain
     # The daemon's checks (every 5 s) find the rebuilt table whole, verdict rule included.
-    holds_for(lambda: _damage(env) == (1, 0), 11, "rebuilt once, found whole since")
-
-
-def _damage(env: Env) -> tuple[int, int]:
-    text = env.log_text()
-    return text.count("event=firewall-missing"), text.count("event=firewall-damaged")
+    holds_for(lambda: damage(env) == (1, 0), 11, "rebuilt once, found whole since")
 
 
 def _ports(ns: Netns) -> set[int]:
     listed = json.loads(ns.run(["nft", "-j", "list", "set", "inet", TABLE, "hold_tcp"]))
     found = next(item["set"] for item in listed["nftables"] if "set" in item)
     return set(found.get("elem", []))
-
-
-def _hold_ports(env: Env) -> str:
-    argv = ["nft", "list", "set", "inet", TABLE, "hold_tcp"]
-    try:
-        return env.srv.run(argv)
-    except subprocess.CalledProcessError:  # the table is not there (yet)
-        return ""

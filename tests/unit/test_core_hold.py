@@ -14,14 +14,26 @@ from porttrap.core.commands import (
     Command,
     FlushSoon,
     Log,
+    PrepareReload,
     RecordHidden,
     RecordHits,
     Release,
     Schedule,
+    Setup,
+    StopHolding,
     Verdict,
 )
 from porttrap.core.core import Core
-from porttrap.core.events import Event, HitSeen, HoldEnded, Stopping, SynHeld
+from porttrap.core.events import (
+    Event,
+    HitSeen,
+    HoldEnded,
+    ReloadCommitted,
+    ReloadPrepared,
+    ReloadRequested,
+    Stopping,
+    SynHeld,
+)
 from porttrap.core.hold import BLOCK_LINGER, HoldFigures, Holds
 from porttrap.model import Hit, IPAddress, Outcome, Proto
 from porttrap.testing.playbook import T0, Playbook, later
@@ -260,6 +272,7 @@ def test_the_figures_count_what_the_hold_did() -> None:
 # -- inside the daemon's core --------------------------------------------------------------------
 
 CONFIG = '[traps]\ntcp = ["23"]\n'
+ADVANCED = '[traps]\nmode = "advanced"\n[kernel]\n'
 
 
 def test_in_the_core_a_trap_hit_drops_the_held_syn_before_the_ban_goes_out() -> None:
@@ -294,7 +307,7 @@ def test_in_the_core_a_hidden_probe_is_stored_as_a_hit_of_its_own_outcome() -> N
 
 
 def test_in_the_core_the_hold_takes_its_settings_from_the_config_and_a_reload() -> None:
-    core = Core(load_text('[traps]\nmode = "advanced"\n[kernel]\nhold = "20ms"\n', None), T0)
+    core = Core(load_text(ADVANCED + 'hold = "20ms"\n', None), T0)
     assert (core.holds.hold, core.holds.memory) == (0.02, 3600.0)
     assert core.hold_figures() is not None
     assert Core(load_text(CONFIG, None), T0).hold_figures() is None  # off: no figures
@@ -304,3 +317,36 @@ def test_in_the_core_stopping_answers_the_held_syns_first() -> None:
     core = Core(load_text(CONFIG, None), T0)
     playbook = Playbook(core, ignore=[RecordHits]) >> syn(1) << Schedule(core.holds.hold, ended(1))
     assert playbook >> Stopping() << Verdict(1, accept=True)
+
+
+def test_a_reload_that_turns_the_hold_off_lets_the_held_syns_through_and_unbinds() -> None:
+    core = Core(load_text(ADVANCED + 'hold = "20ms"\n', None), T0)
+    core.handle(syn(1), T0)
+    new = load_text(ADVANCED + 'hold = "0"\n', None)
+    (prepare,) = core.handle(ReloadRequested(new), T0)
+    assert isinstance(prepare, PrepareReload)
+    assert any(isinstance(c, Setup) for c in core.handle(ReloadPrepared(), T0))  # rebuilt
+    committed = core.handle(ReloadCommitted(), T0)
+    assert committed[:2] == [Verdict(1, accept=True), StopHolding()]
+    assert core.hold_figures() is None
+
+
+def test_a_reload_that_changes_the_hold_keeps_the_queue_and_takes_the_new_times() -> None:
+    core = Core(load_text(ADVANCED + 'hold = "20ms"\n', None), T0)
+    new = load_text(ADVANCED + 'hold = "50ms"\nhold_memory = "10m"\n', None)
+    core.handle(ReloadRequested(new), T0)
+    core.handle(ReloadPrepared(), T0)
+    assert not any(isinstance(c, StopHolding) for c in core.handle(ReloadCommitted(), T0))
+    assert (core.holds.hold, core.holds.memory) == (0.05, 600.0)
+
+
+def test_at_most_limit_released_sources_are_remembered_the_oldest_gives_way() -> None:
+    holds = Holds(HOLD, limit=2)
+    sources = [ip_address(f"198.51.100.{n}") for n in (1, 2, 3)]
+    for packet_id, source in enumerate(sources, 1):
+        holds.held(syn(packet_id, source=source), T0)
+        holds.ended(ended(packet_id), T0 + HOLD)
+    assert holds.figures().remembered == 2
+    later = T0 + 1
+    assert holds.held(syn(9, sources[2], at=later), later) == [Verdict(9, accept=True)]
+    assert holds.held(syn(8, sources[0], at=later), later) == [Schedule(HOLD, ended(8, later))]

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nfqueue_frames import Kernel, attribute, message, queued
 from porttrap.netlink import NLMSG_ERROR
 from porttrap.sensors import nfqueue
 from porttrap.sensors.nfqueue import (
@@ -36,9 +37,6 @@ from porttrap.sensors.nfqueue import (
 
 DATA = Path(__file__).parent.parent / "data" / "nfqueue"
 SAMPLES = sorted(path.stem for path in DATA.glob("*.bin"))
-IPV4_SYN = bytes.fromhex(
-    "45000028000100004006f6cbc0000202c00002019c401f90000003e8000000005002200074b50000"
-)
 
 
 def sample(name: str) -> bytes:
@@ -53,23 +51,6 @@ def as_json(packet: QueuedPacket) -> dict[str, object]:
         "timestamp": packet.timestamp,
         "payload": packet.payload.hex(),
     }
-
-
-def message(kind: int, body: bytes, length: int | None = None) -> bytes:
-    size = 16 + len(body)
-    header = struct.pack("=IHHII", size if length is None else length, kind, 0, 0, 0)
-    return header + body + b"\0" * (-size % 4)
-
-
-def attribute(kind: int, value: bytes) -> bytes:
-    size = 4 + len(value)
-    return struct.pack("=HH", size, kind) + value + b"\0" * (-size % 4)
-
-
-def queued(packet_id: int, hw_protocol: int = 0x0800, payload: bytes = IPV4_SYN) -> bytes:
-    header = attribute(1, struct.pack("!IHB", packet_id, hw_protocol, 1))
-    body = bytes([socket.AF_INET, 0, 0, 7]) + header + attribute(10, payload)
-    return message(NFQNL_MSG_PACKET, body)
 
 
 # -- parsing -------------------------------------------------------------------------------------
@@ -194,29 +175,6 @@ def test_reader_refuses_a_bad_queue_or_maxlen(queue: int, maxlen: int) -> None:
 
 
 # -- the reader over a socketpair ----------------------------------------------------------------
-
-
-class Kernel:
-    """The far end of the reader's socket: sends datagrams, reads the verdicts."""
-
-    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
-        self.sock, self.loop = sock, loop
-
-    def send(self, data: bytes) -> None:
-        self.sock.send(data)
-        self.loop.run_until_complete(asyncio.sleep(0))  # one turn: the reader reads
-        self.loop.run_until_complete(asyncio.sleep(0))
-
-    def verdicts(self) -> list[tuple[int, int]]:
-        """(verdict, packet id) of each verdict sent so far."""
-        found: list[tuple[int, int]] = []
-        self.sock.setblocking(False)
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:
-                return found
-            found.append(struct.unpack("!II", data[-8:]))
 
 
 @pytest.fixture

@@ -116,6 +116,8 @@ def status_text(status: dict[str, Any]) -> str:
             lines.append(f"wall clock jumped by {status['clock_jumped']} s since the start")
         if status.get("kernel"):
             lines += kernel_text(status["kernel"])
+        if status.get("hold"):
+            lines += hold_text(status["hold"])
         if status.get("actions"):
             lines += actions_text(status["actions"])
     bans = status.get("bans")
@@ -127,6 +129,18 @@ def status_text(status: dict[str, Any]) -> str:
                 "not restored: see the log (event=store-bad-row)"
             )
     return "\n".join(lines)
+
+
+def hold_text(hold: dict[str, Any]) -> list[str]:
+    """The hold's part of `porttrap status` (docs/hold.md)."""
+    queue = f"queue {hold['queue']}" if hold["bound"] else "QUEUE NOT BOUND: nothing is held"
+    return [
+        f"  hold: new sources' first SYNs to served ports wait {hold['hold_ms']:g} ms ({queue}): "
+        f"{hold['queued']} held, {hold['let_through']} let through, {hold['hidden']} hidden "
+        f"(dropped: the source touched a trap), {hold['held_now']} waiting now",
+        f"    passed unheld: {hold['over_rate']} over hold_rate, {hold['idle']} while the daemon "
+        f"was not ready, {hold['failed_open']} with the queue full",
+    ]
 
 
 def actions_text(actions: dict[str, Any]) -> list[str]:

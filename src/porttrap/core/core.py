@@ -171,7 +171,8 @@ class Core:
         self._checks = 0
         self.fleet = FleetSide(config.fleet)
         # SYNs held in the kernel (docs/hold.md)
-        self.holds = Holds(config.kernel.hold or DEFAULT_HOLD, config.kernel.hold_memory)
+        kernel = config.kernel
+        self.holds = Holds(kernel.hold or DEFAULT_HOLD, kernel.hold_memory, kernel.client_size)
         self._read_actions(config)
         self._handlers: dict[type, Handler] = {
             Started: self._started,
@@ -726,7 +727,8 @@ class Core:
     def _rehold(self, old: Config, new: Config) -> list[Command]:
         """The hold's new settings; turned off, every SYN held is let through and the queue
         unbound (turned on, the shell bound it while preparing the reload)."""
-        self.holds.configure(new.kernel.hold or DEFAULT_HOLD, new.kernel.hold_memory)
+        kernel = new.kernel
+        self.holds.configure(kernel.hold or DEFAULT_HOLD, kernel.hold_memory, kernel.client_size)
         if spec_from_config(old).hold and not spec_from_config(new).hold:
             return [*self.holds.stopping(), StopHolding()]
         return []

@@ -1,4 +1,4 @@
-"""The hold of a new source's first SYN to a served port (issue 17, docs/hold-daemon.md).
+"""The hold of a new source's first SYN to a served port (issue 17, docs/hold.md).
 
 The kernel queues such a SYN (NFQUEUE) and the shell feeds `SynHeld`; the SYN waits for a
 verdict, given when the hold ends (`HoldEnded`, scheduled here) or at once when the source
@@ -22,6 +22,8 @@ from porttrap.model import IPAddress, Outcome
 
 DEFAULT_HOLD = 0.005  # seconds, when none is given (`[kernel] hold` sets it)
 DEFAULT_MEMORY = 3600.0  # seconds a released source is remembered (`[kernel] hold_memory`)
+DEFAULT_LIMIT = 65536  # released sources remembered at most (`[kernel] client_size`, the size
+# of the kernel's released sets): a flood of forged sources cannot grow the daemon past it
 # After a trap hit that blocks its source, a SYN queued before the kernel got the ban (the
 # sets lag the daemon by one batch) is dropped at once, for this many seconds.
 BLOCK_LINGER = 1.0
@@ -63,9 +65,12 @@ class HoldFigures:
 class Holds:
     """The held SYNs by packet id, and the sources released lately."""
 
-    def __init__(self, hold: float = DEFAULT_HOLD, memory: float = DEFAULT_MEMORY) -> None:
+    def __init__(
+        self, hold: float = DEFAULT_HOLD, memory: float = DEFAULT_MEMORY, limit: int = DEFAULT_LIMIT
+    ) -> None:
         self.hold = hold
         self.memory = memory
+        self.limit = limit
         self._held: dict[int, SynHeld] = {}
         self._by_source: dict[IPAddress, set[int]] = {}  # a trap hit finds its SYNs at once
         self._released: dict[IPAddress, float] = {}  # source -> until; oldest first
@@ -76,11 +81,12 @@ class Holds:
         self._seen = 0
         self._counter = 0  # its last reading
 
-    def configure(self, hold: float, memory: float) -> None:
+    def configure(self, hold: float, memory: float, limit: int = DEFAULT_LIMIT) -> None:
         """New settings (a reload): SYNs held now keep the end scheduled for them, and
         sources released now the time they were given."""
         self.hold = hold
         self.memory = memory
+        self.limit = limit
 
     def held(self, event: SynHeld, now: float) -> list[Command]:
         """A SYN waits: answered at once if its source is known, else when the hold ends."""
@@ -110,6 +116,8 @@ class Holds:
             commands.append(Release(held.source))
         self._released.pop(held.source, None)  # to the end: the order stays oldest first
         self._released[held.source] = now + self.memory
+        if len(self._released) > self.limit:  # the oldest gives way (the kernel's set is full)
+            del self._released[next(iter(self._released))]
         return commands
 
     def touched(self, source: IPAddress, kind: str, outcome: Outcome, now: float) -> list[Command]:

@@ -40,6 +40,7 @@ class HoldQueue:
         self.reader: NfqueueReader | None = None
         self._released: list[IPAddress] = []
         self._beat_failed = False
+        self._release_failed = False
 
     def open(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
         """Bind `[kernel] hold_queue`; PorttrapError when the kernel refuses, with why."""
@@ -90,7 +91,12 @@ class HoldQueue:
         try:
             self.sensor.release(batch)
         except FirewallError as err:  # they are held once more next time: nothing worse
-            log.event("hold-release-failed", logging.WARNING, sources=len(batch), error=str(err))
+            if not self._release_failed:  # once until it works again: a flood fills the set
+                log.event("hold-release-failed", logging.WARNING, sources=len(batch),
+                          error=str(err))  # fmt: skip
+            self._release_failed = True
+            return
+        self._release_failed = False
 
     def heartbeat(self) -> None:
         """Tell the kernel the reader reads (the `hold_ready` element, 2 s): from the loop

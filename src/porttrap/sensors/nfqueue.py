@@ -1,6 +1,6 @@
 """Packets the kernel queues with nftables `queue num N bypass` (NFQUEUE), read over netlink,
-each waiting in the kernel for porttrap's verdict (accept or drop). Groundwork of the hold
-(issue 17, docs/hold-daemon.md): a new source's first SYN to a served port waits here.
+each waiting in the kernel for porttrap's verdict (accept or drop). The hold's sensor
+(docs/hold.md): a new source's first SYN to a served port waits here.
 
 `parse_batch` and the message builders are the pure half (tests/unit/test_nfqueue_parse.py);
 `NfqueueReader` binds the queue and reads it from an asyncio loop, and `verdict` answers a
