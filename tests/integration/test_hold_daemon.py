@@ -31,7 +31,6 @@ from daemon_env import (
     Env,
     tcp_works,
 )
-from floods import TCP, Sender
 from hold_env import (
     TABLE,
     attacker,
@@ -130,34 +129,6 @@ def test_without_a_trap_touch_the_syn_is_answered_after_the_hold_and_the_source_
     assert answers(advanced.atk, [probe], PATIENCE) == ["SA"]
     assert kernel_counters(advanced.srv)["held"] == queued
     assert hold(advanced)["let_through"] == 1
-
-
-def test_the_default_hold_hides_a_service_from_a_trap_touch_right_after(
-    env_factory: Callable[[str], Env],
-) -> None:
-    """hold = "5ms", the default: a scanner's burst touches a trap microseconds after its SYN
-    (here: the two frames back to back), and the trap's report must reach the daemon within
-    the hold. The kernel's NFLOG batching must not keep it longer (its flush timer fires 4 to
-    8 ms late at HZ=250: every one of these SYNs was let through with it)."""
-    env = env_factory(ADVANCED.replace('"400ms"', '"5ms"'))
-    env.start()
-    wait_until(lambda: heartbeat(env), PATIENCE, "the daemon reads the hold's queue")
-    sources = [fresh_source(env, 10 + n, 6 if n % 2 else 4) for n in range(6)]
-    sender = Sender(env.atk, env.atk_link[1], env.srv, env.atk_link[0])
-    try:
-        with captured(env) as frames:
-            for source in sources:
-                target = target_of(source)
-                sender.send([sender.frame(source, target, TCP, (40000, SERVICE_PORT)),
-                             sender.frame(source, target, TCP, (40001, TRAP))])  # fmt: skip
-            wait_until(lambda: (hold(env)["queued"], hold(env)["held_now"]) == (len(sources), 0),
-                       PATIENCE, "every SYN queued and given its verdict")  # fmt: skip
-    finally:
-        sender.close()
-    assert {source: [s.sport for s in syn_acks(frames, source)] for source in sources} == {
-        source: [] for source in sources
-    }
-    assert hold(env)["hidden"] == len(sources)
 
 
 def test_known_clients_are_never_held(advanced: Env) -> None:

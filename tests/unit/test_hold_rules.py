@@ -277,3 +277,13 @@ def test_a_hold_with_tcp_in_connect_mode_says_how_to_fix_it() -> None:
         'sensor holds the SYNs), but TCP is in "connect" mode: set [traps] mode = "advanced" '
         '(or "stealth", which needs the nftables backend), or hold = "0"'
     ]
+
+
+@pytest.mark.parametrize(("hold", "threshold"), [('"5ms"', " queue-threshold 1"), ('"0"', "")])
+def test_with_the_hold_on_each_trap_report_is_sent_at_once(hold: str, threshold: str) -> None:
+    """The trap's report must reach the daemon within the hold, not at NFLOG's flush timer."""
+    text = f'[traps]\nmode = "advanced"\n[kernel]\nhold = {hold}\n'
+    commands = SensorRules("porttrap", spec_of(text)).create(SERVED)
+    reports = [c for c in commands if 'log prefix "porttrap:' in c]
+    assert len(reports) == 5  # new, repeat, client, peer, exempt
+    assert all(c.endswith(f"snaplen 128{threshold} drop") for c in reports)
