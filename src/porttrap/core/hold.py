@@ -24,8 +24,11 @@ DEFAULT_HOLD = 0.005  # seconds, when none is given (`[kernel] hold` sets it)
 DEFAULT_MEMORY = 3600.0  # seconds a released source is remembered (`[kernel] hold_memory`)
 DEFAULT_LIMIT = 65536  # released sources remembered at most (`[kernel] client_size`, the size
 # of the kernel's released sets): a flood of forged sources cannot grow the daemon past it
-# After a trap hit that blocks its source, a SYN queued before the kernel got the ban (the
-# sets lag the daemon by one batch) is dropped at once, for this many seconds.
+# After a trap hit, a SYN of its source that the daemon reads only now is dropped at once, for
+# this many seconds: it was queued before the trap packet (the kernel blocks the source at that
+# packet, and drops what comes later), but its message was read after the report's (both
+# sockets ready in one turn of the loop), or after the ban, which reaches the kernel a batch
+# later than the daemon decides it.
 BLOCK_LINGER = 1.0
 # A trap hit with these outcomes says nothing against the source (or was forged in the name
 # of a protected one): its held SYNs wait out their hold.
@@ -39,7 +42,6 @@ _HARMLESS = frozenset(
         Outcome.SESSION,
     }
 )
-_BLOCKING = frozenset({Outcome.BANNED, Outcome.ALREADY_BANNED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,7 @@ class HoldFigures:
     released: int = 0  # SYNs let through when their hold ended
     hidden: int = 0  # SYNs dropped: their source touched a trap
     remembered: int = 0  # released sources remembered now
-    blocked: int = 0  # sources that banned lately, whose SYNs are dropped at once
+    blocked: int = 0  # sources that touched a trap lately, whose SYNs are dropped at once
 
     @property
     def failed_open(self) -> int:
@@ -126,9 +128,8 @@ class Holds:
         if outcome in _HARMLESS:
             return []
         self._forget(now)
-        if outcome in _BLOCKING:
-            self._blocked.pop(source, None)  # to the end: the order stays oldest first
-            self._blocked[source] = (now + BLOCK_LINGER, kind)
+        self._blocked.pop(source, None)  # to the end: the order stays oldest first
+        self._blocked[source] = (now + BLOCK_LINGER, kind)
         self._released.pop(source, None)
         found = [self._held[packet_id] for packet_id in sorted(self._by_source.get(source, ()))]
         return [command for held in found for command in self._hide(held, kind)]
