@@ -131,6 +131,30 @@ def test_without_a_trap_touch_the_syn_is_answered_after_the_hold_and_the_source_
     assert hold(advanced)["let_through"] == 1
 
 
+def test_the_kernels_block_drops_a_held_syn_whose_trap_touch_the_daemon_never_heard_of(
+    env_factory: Callable[[str], Env],
+) -> None:
+    """At the hold's end the SYN goes through the kernel's rules once more (NF_REPEAT), after
+    its source is released: a source the kernel blocked at its trap packet meanwhile is dropped
+    there. Here the trap's report never comes: `event_rate = 1`, and another source's trap
+    packet, sent just before in the same batch, took the second's one report."""
+    env = env_factory(ADVANCED + "event_rate = 1\n")
+    env.start()
+    wait_until(lambda: heartbeat(env), PATIENCE, "the daemon reads the hold's queue")
+    other, source = fresh_source(env, 20, 4), fresh_source(env, 21, 4)
+    target = target_of(source)
+    with captured(env) as frames:
+        send(env.atk, [Probe(other, target, TRAP + 1, "syn"),
+                       Probe(source, target, SERVICE_PORT, "syn"),
+                       Probe(source, target, TRAP, "syn", sport=40001)])  # fmt: skip
+        wait_until(lambda: hold(env)["let_through"] == 1, PATIENCE, "the hold ended")
+        wait_until(lambda: env.json("status")["kernel"]["events"]["over_total_rate"] >= 1,
+                   PATIENCE, "the scanner's trap report held back by event_rate")  # fmt: skip
+    assert [e["port"] for e in env.json("history", source)] == []  # the daemon never knew
+    assert syn_acks(frames, source) == []  # the kernel dropped the SYN it let through
+    assert [s.dport for s in syns(frames, source)] == [SERVICE_PORT, TRAP]
+
+
 def test_known_clients_are_never_held(advanced: Env) -> None:
     env = advanced
     queued = kernel_counters(env.srv)["held"]

@@ -38,7 +38,7 @@ HOST = ip_address("192.0.2.1")
 HOLD = '[traps]\nmode = "advanced"\n[kernel]\nhold = "400ms"\n'
 OFF = '[traps]\nmode = "advanced"\n[kernel]\nhold = "0"\n'
 SERVED = {Proto.TCP: frozenset({8080}), Proto.UDP: frozenset()}
-ACCEPT, DROP = 1, 0
+ACCEPT, DROP, REPEAT = 1, 0, 4
 
 
 def config(tmp_path: Path, text: str = HOLD) -> Config:
@@ -133,10 +133,11 @@ def test_a_held_syn_is_let_through_when_its_hold_ends_and_its_source_released(
     assert host.kernel.verdicts() == []  # held: 400 ms
     assert status(host.shell)["held_now"] == 1
     host.end_holds()
-    assert host.verdicts(1) == [(ACCEPT, 1)]
+    # released in the kernel first, then through the rules again: a block drops it there
+    assert host.verdicts(1) == [(REPEAT, 1)]
     assert host.firewall.released == {SCANNER}
     host.kernel.send(queued(2))  # queued before the kernel's set had it: answered at once
-    assert host.kernel.verdicts() == [(ACCEPT, 2)]
+    assert host.verdicts(1) == [(REPEAT, 2)]
     assert host.firewall.released == {SCANNER}
     found = status(host.shell)
     assert (found["let_through"], found["hidden"], found["remembered"]) == (1, 0, 1)
@@ -227,7 +228,7 @@ def test_a_changed_hold_queue_needs_a_restart_only_while_holding(tmp_path: Path)
     )
 
 
-def test_a_refused_release_is_logged_once_until_one_succeeds(
+def test_a_refused_release_lets_the_syn_through_and_is_logged_once_until_one_succeeds(
     host: Host, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     hold = host.shell.hold
@@ -238,13 +239,16 @@ def test_a_refused_release_is_logged_once_until_one_succeeds(
 
     async def release(n: int) -> None:
         assert hold is not None
-        hold.release(c.Release(ip_address(f"198.51.100.{n}")))
+        hold.release(c.Release(ip_address(f"198.51.100.{n}"), n))
         await asyncio.sleep(0)  # the batch goes out once the loop turn is over
 
     monkeypatch.setattr(host.firewall, "release", full)
     for n in (1, 2):
         host.loop.run_until_complete(release(n))
     assert caplog.text.count("hold-release-failed") == 1
+    # not through the rules again (they would hold it once more): let through as it is
+    assert host.verdicts(2) == [(ACCEPT, 1), (ACCEPT, 2)]
     monkeypatch.undo()
     host.loop.run_until_complete(release(3))
     assert host.firewall.released == {ip_address("198.51.100.3")}
+    assert host.verdicts(1) == [(REPEAT, 3)]

@@ -4,7 +4,10 @@ The kernel queues such a SYN (NFQUEUE) and the shell feeds `SynHeld`; the SYN wa
 verdict, given when the hold ends (`HoldEnded`, scheduled here) or at once when the source
 touches a trap meanwhile: then the SYN is dropped, and the service was never revealed, which
 is recorded as a hidden probe. A source whose SYN was let through is released: the kernel
-side adds it to its `released` set, so its next connections are not held.
+side adds it to its `released` set, so its next connections are not held, and the SYN goes
+through the kernel's rules once more, where a block the kernel put on its source meanwhile
+(at its first trap packet) drops it: the kernel's own check backs the daemon's, whose report
+of the trap touch may come late or not at all (over `[kernel] event_rate`).
 
 Pure: events in, commands out, time as a parameter. Sizes are bounded by the kernel's queue
 (held SYNs) and by `memory` (released sources, pruned oldest first).
@@ -97,8 +100,8 @@ class Holds:
         blocked = self._blocked.get(event.source)
         if blocked is not None:
             return self._hide(event, blocked[1])
-        if event.source in self._released:
-            return [Verdict(event.packet_id, accept=True)]
+        if event.source in self._released:  # released again: the kernel's set lacks it still
+            return [Release(event.source, event.packet_id)]  # (a rebuild emptied it)
         self._take(event.packet_id)  # an id the kernel reused: the old SYN is gone
         self._held[event.packet_id] = event
         self._by_source.setdefault(event.source, set()).add(event.packet_id)
@@ -106,16 +109,16 @@ class Holds:
         return [Schedule(delay, HoldEnded(event.packet_id, event.at))]
 
     def ended(self, event: HoldEnded, now: float) -> list[Command]:
-        """The hold is over and the source touched no trap: let the SYN through, and
-        release the source (once) so that the kernel holds it no more."""
+        """The hold is over and the source touched no trap that the daemon heard of: release
+        the source, so that the kernel holds it no more, and let the SYN through the kernel's
+        rules once more (`Release`: a block of the source the kernel made meanwhile drops
+        it)."""
         held = self._held.get(event.packet_id)
         if held is None or held.at != event.at:
             return []  # answered already (a trap hit); or an id the kernel reused since
         self._take(event.packet_id)
         self._let_through += 1
-        commands: list[Command] = [Verdict(held.packet_id, accept=True)]
-        if held.source not in self._released:
-            commands.append(Release(held.source))
+        commands: list[Command] = [Release(held.source, held.packet_id)]
         self._released.pop(held.source, None)  # to the end: the order stays oldest first
         self._released[held.source] = now + self.memory
         if len(self._released) > self.limit:  # the oldest gives way (the kernel's set is full)

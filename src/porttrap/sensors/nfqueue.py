@@ -55,7 +55,7 @@ NFQA_CFG_CMD, NFQA_CFG_PARAMS, NFQA_CFG_QUEUE_MAXLEN, NFQA_CFG_MASK, NFQA_CFG_FL
 NFQNL_CFG_CMD_BIND, NFQNL_CFG_CMD_UNBIND = 1, 2
 NFQNL_COPY_META, NFQNL_COPY_PACKET = 1, 2
 NFQA_CFG_F_FAIL_OPEN = 1 << 0
-NF_DROP, NF_ACCEPT = 0, 1
+NF_DROP, NF_ACCEPT, NF_REPEAT = 0, 1, 4
 
 COPY_RANGE = 128  # bytes of each packet: IPv6 + TCP headers with options fit
 BYTES_PER_MESSAGE = 512  # of SO_RCVBUF per queued packet (a message is ~200 bytes)
@@ -156,10 +156,14 @@ def _timestamp(value: bytes | None) -> float | None:
 # -- messages to the kernel (pure) ---------------------------------------------------------------
 
 
-def verdict_message(queue: int, packet_id: int, accept: bool, seq: int = 0) -> bytes:
-    """NF_ACCEPT or NF_DROP for one packet. No ack is asked: the kernel answers only a refusal
-    (NLMSG_ERROR), which the reader counts."""
-    verdict = NF_ACCEPT if accept else NF_DROP
+def verdict_message(
+    queue: int, packet_id: int, accept: bool, seq: int = 0, repeat: bool = False
+) -> bytes:
+    """NF_ACCEPT or NF_DROP for one packet; with `repeat`, NF_REPEAT instead of NF_ACCEPT: the
+    packet goes through the rules of its hook's chain once more (the hold's last check: a
+    source the kernel blocked meanwhile is dropped there). No ack is asked: the kernel answers
+    only a refusal (NLMSG_ERROR), which the reader counts."""
+    verdict = (NF_REPEAT if repeat else NF_ACCEPT) if accept else NF_DROP
     body = NFGENMSG.pack(socket.AF_UNSPEC, 0, queue)
     body += attribute(NFQA_VERDICT_HDR, _VERDICT_HDR.pack(verdict, packet_id))
     return message(NFQNL_MSG_VERDICT, NLM_F_REQUEST, seq, body)
@@ -301,15 +305,15 @@ class NfqueueReader:
         """Bound, and not paused after an error: the hold's heartbeat beats only then."""
         return self._sock is not None and self._timer is None
 
-    def verdict(self, packet_id: int, accept: bool) -> bool:
-        """Accept or drop a queued packet; False when it could not be sent (the socket is
-        closed, or the kernel would not take it: the packet then waits until the queue is
-        unbound, when the kernel drops it)."""
+    def verdict(self, packet_id: int, accept: bool, repeat: bool = False) -> bool:
+        """Accept or drop a queued packet (`repeat`: accept by sending it through its chain
+        again); False when it could not be sent (the socket is closed, or the kernel would not
+        take it: the packet then waits until the queue is unbound, when the kernel drops it)."""
         if self._sock is None:
             self.refused += 1
             return False
         try:
-            self._sock.send(verdict_message(self.queue, packet_id, accept))
+            self._sock.send(verdict_message(self.queue, packet_id, accept, repeat=repeat))
         except OSError as exc:
             self.refused += 1
             event("nfqueue-verdict-failed", logging.WARNING, queue=self.queue,
