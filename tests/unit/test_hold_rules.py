@@ -95,7 +95,7 @@ def test_without_client_tracking_no_rule_names_the_clients() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        '[traps]\nmode = "advanced"\n',  # off by default
+        '[traps]\nmode = "stealth"\n',  # off by default outside advanced mode
         '[traps]\nmode = "advanced"\n[kernel]\nhold = "0"\n',
         '[traps]\nmode = { tcp = "connect", udp = "advanced" }\n',  # no TCP sensor
     ],
@@ -199,7 +199,8 @@ def test_a_kernel_with_neither_queue_says_how_to_fix_it() -> None:
 
 def test_release_and_heartbeat_without_the_hold_say_why() -> None:
     backend = NftablesBackend("porttrap", nft=KernelWithoutNftQueue(True), objects=Objects())
-    backend.setup([], 0.0, SensorState(spec_of('[traps]\nmode = "advanced"\n'), SERVED))
+    off = '[traps]\nmode = "advanced"\n[kernel]\nhold = "0"\n'
+    backend.setup([], 0.0, SensorState(spec_of(off), SERVED))
     with pytest.raises(FirewallError, match=r'\[kernel\] hold is "0"'):
         backend.hold_ready()
     with pytest.raises(FirewallError, match="no hold rules"):
@@ -244,9 +245,10 @@ def test_hold_takes_milliseconds_or_seconds_or_zero(value: str, seconds: float) 
     assert kernel.hold == seconds
 
 
-def test_the_hold_is_off_by_default_with_an_hour_of_memory() -> None:
+def test_the_hold_is_5ms_in_advanced_mode_and_off_elsewhere_by_default() -> None:
     assert (KernelSensor().hold, KernelSensor().hold_memory) == (0.0, 3600.0)
-    assert load_text("", None).kernel == KernelSensor()
+    assert load_text('[traps]\nmode = "stealth"\n', None).kernel == KernelSensor()
+    assert load_text("", None).kernel == KernelSensor(hold=0.005)  # advanced: the default
 
 
 @pytest.mark.parametrize(
