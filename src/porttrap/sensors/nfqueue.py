@@ -43,8 +43,13 @@ from porttrap.netlink import (
     split,
 )
 from porttrap.sensors.classify import classify
-
-SO_RCVBUFFORCE = 33  # asm-generic/socket.h; not in Python's socket module before 3.12
+from porttrap.sensors.netlink_reader import (
+    DRAIN_LIMIT,
+    ERROR_PAUSE,
+    RECV_SIZE,
+    LoopReader,
+    set_rcvbuf,
+)
 
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET = NFNL_SUBSYS_QUEUE << 8 | 0
@@ -59,9 +64,6 @@ NF_DROP, NF_ACCEPT, NF_REPEAT = 0, 1, 4
 
 COPY_RANGE = 128  # bytes of each packet: IPv6 + TCP headers with options fit
 BYTES_PER_MESSAGE = 512  # of SO_RCVBUF per queued packet (a message is ~200 bytes)
-DRAIN_LIMIT = 64  # datagrams per readable callback, then the loop serves the others
-RECV_SIZE = 65536
-ERROR_PAUSE = 1.0  # seconds without reading after an unexpected error, so it cannot spin
 ACK_TIMEOUT = 2.0
 
 _PACKET_HDR = struct.Struct("!IHB")  # packet_id, hw_protocol, hook (packed)
@@ -218,7 +220,7 @@ def open_queue_socket(
     namespace, and the datagrams that came before the kernel's acks (packets queued already)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     try:
-        _set_rcvbuf(sock, rcvbuf)
+        set_rcvbuf(sock, rcvbuf)
         sock.bind((0, 0))
         sock.settimeout(ACK_TIMEOUT)
         early: list[bytes] = []
@@ -231,14 +233,6 @@ def open_queue_socket(
         sock.close()
         raise
     return sock, early
-
-
-def _set_rcvbuf(sock: socket.socket, size: int) -> None:
-    """SO_RCVBUFFORCE (root may exceed net.core.rmem_max), else SO_RCVBUF (capped by it)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 def _request(sock: socket.socket, request: bytes, seq: int, early: list[bytes]) -> int:
@@ -256,7 +250,7 @@ def _request(sock: socket.socket, request: bytes, seq: int, early: list[bytes]) 
 # -- the reader at work --------------------------------------------------------------------------
 
 
-class NfqueueReader:
+class NfqueueReader(LoopReader):
     """Calls `on_packet` from the event loop for each IPv4/IPv6 packet queued to `queue`; the
     packet waits in the kernel until `verdict(packet_id, accept)` answers it.
 
@@ -273,13 +267,11 @@ class NfqueueReader:
             raise ValueError(f"NFQUEUE number {queue} is out of range: use 0 to 65535")
         if maxlen < 1:
             raise ValueError(f"maxlen {maxlen} must be at least 1")
+        super().__init__()
         self.queue = queue
         self.maxlen = maxlen
         self.fail_open = fail_open
         self._on_packet = on_packet
-        self._sock: socket.socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self.received = 0  # packets handed to on_packet
         self.malformed = 0  # messages too broken to read (their packets wait: see docs)
         self.accepted = 0  # verdicts sent, by kind
@@ -293,17 +285,11 @@ class NfqueueReader:
         if self._sock is not None:
             raise RuntimeError("NfqueueReader.start called twice")
         rcvbuf = self.maxlen * BYTES_PER_MESSAGE
-        self._sock, early = open_queue_socket(self.queue, self.maxlen, self.fail_open, rcvbuf)
-        self._loop = loop
-        loop.add_reader(self._sock, self._on_readable)
+        sock, early = open_queue_socket(self.queue, self.maxlen, self.fail_open, rcvbuf)
+        self._attach(sock, loop)
         event("nfqueue-bound", queue=self.queue, maxlen=self.maxlen, fail_open=self.fail_open)
         for data in early:
             self._handle(data)
-
-    @property
-    def reading(self) -> bool:
-        """Bound, and not paused after an error: the hold's heartbeat beats only then."""
-        return self._sock is not None and self._timer is None
 
     def verdict(self, packet_id: int, accept: bool, repeat: bool = False) -> bool:
         """Accept or drop a queued packet (`repeat`: accept by sending it through its chain
@@ -329,38 +315,14 @@ class NfqueueReader:
         """Unbind (closing the socket does it; the rule's `bypass` then accepts all new
         packets). The kernel drops the packets still queued: answer them first (the hold's
         shell accepts those it holds). Safe to call more than once."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._sock is None:
-            return
-        if self._loop is not None:
-            self._loop.remove_reader(self._sock)
-        self._sock.close()
-        self._sock = None
+        super().close()
 
-    def _on_readable(self) -> None:
-        try:
-            self._drain()
-        except Exception:
-            LOGGER.exception(fields("nfqueue-error", queue=self.queue, pause=ERROR_PAUSE))
-            self._pause()
+    def _error_line(self) -> str:
+        return fields("nfqueue-error", queue=self.queue, pause=ERROR_PAUSE)
 
-    def _drain(self) -> None:
-        """Read up to DRAIN_LIMIT datagrams; the loop calls again if more wait."""
-        assert self._sock is not None
-        for _ in range(DRAIN_LIMIT):
-            try:
-                data = self._sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                self.overruns += 1
-                event("nfqueue-overrun", logging.DEBUG, queue=self.queue, overruns=self.overruns)
-                continue
-            self._handle(data)
+    def _overrun(self) -> None:
+        self.overruns += 1
+        event("nfqueue-overrun", logging.DEBUG, queue=self.queue, overruns=self.overruns)
 
     def _handle(self, data: bytes) -> None:
         batch = parse_batch(data)
@@ -382,15 +344,3 @@ class NfqueueReader:
         except Exception:
             LOGGER.exception(fields("nfqueue-handler-failed", queue=self.queue))
             self.verdict(packet.packet_id, accept=True)
-
-    def _pause(self) -> None:
-        """Stop reading for ERROR_PAUSE seconds, so a lasting error cannot spin the loop."""
-        if self._loop is None or self._sock is None or self._timer is not None:
-            return
-        self._loop.remove_reader(self._sock)
-        self._timer = self._loop.call_later(ERROR_PAUSE, self._resume)
-
-    def _resume(self) -> None:
-        self._timer = None
-        if self._loop is not None and self._sock is not None:
-            self._loop.add_reader(self._sock, self._on_readable)
