@@ -9,13 +9,48 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+from collections.abc import Callable
 
 from porttrap.log import LOGGER
+from porttrap.netlink import ERRNO, NETLINK_NETFILTER, NLMSG_ERROR, split
 
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h; not in Python's socket module before 3.12
 DRAIN_LIMIT = 64  # datagrams per readable callback, then the loop serves the others
 RECV_SIZE = 65536
 ERROR_PAUSE = 1.0  # seconds without reading after an unexpected error, so it cannot spin
+ACK_TIMEOUT = 2.0
+
+Bound = tuple[socket.socket, list[bytes]]  # the socket, and datagrams read before the acks
+
+
+def open_bound(rcvbuf: int, configure: Callable[[socket.socket], list[bytes]]) -> Bound:
+    """A netfilter netlink socket in this thread's network namespace, with a receive buffer of
+    `rcvbuf` bytes, configured by `configure` (blocking, with a timeout for the acks; it
+    returns the datagrams that came before them), then made non-blocking. Closed again if
+    anything raises."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    try:
+        set_rcvbuf(sock, rcvbuf)
+        sock.bind((0, 0))
+        sock.settimeout(ACK_TIMEOUT)
+        early = configure(sock)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, early
+
+
+def request(sock: socket.socket, message: bytes, seq: int, early: list[bytes]) -> int:
+    """Send one request; the errno in its ack (0: done). Other datagrams go to `early`."""
+    sock.sendto(message, (0, 0))
+    for _ in range(DRAIN_LIMIT):
+        data = sock.recv(RECV_SIZE)
+        for kind, answered, body in split(data)[0]:
+            if kind == NLMSG_ERROR and answered == seq and len(body) >= ERRNO.size:
+                return -int(ERRNO.unpack_from(body)[0])
+        early.append(data)
+    raise OSError(errno.ETIMEDOUT, f"no netlink ack among {DRAIN_LIMIT} datagrams")
 
 
 def set_rcvbuf(sock: socket.socket, size: int) -> None:

@@ -24,12 +24,9 @@ from dataclasses import dataclass, field
 from porttrap.clock import Clock, SystemClock
 from porttrap.log import LOGGER, event, fields
 from porttrap.netlink import (
-    ERRNO,
-    NETLINK_NETFILTER,
     NFGENMSG,
     NLM_F_ACK,
     NLM_F_REQUEST,
-    NLMSG_ERROR,
     attribute,
     attributes,
     errno_text,
@@ -37,11 +34,10 @@ from porttrap.netlink import (
     split,
 )
 from porttrap.sensors.netlink_reader import (
-    DRAIN_LIMIT,
     ERROR_PAUSE,
-    RECV_SIZE,
     LoopReader,
-    set_rcvbuf,
+    open_bound,
+    request,
 )
 
 NFNL_SUBSYS_ULOG = 4
@@ -57,7 +53,6 @@ QTHRESH = 32  # messages the kernel gathers into one datagram ...
 TIMEOUT = 1  # ... or sends after this many 1/100 s
 BYTES_PER_MESSAGE = 512  # of SO_RCVBUF; full batches measured ~105 (the kernel doubles it)
 WARN_EVERY = 60.0  # seconds between WARNING-level overrun events; DEBUG in between
-ACK_TIMEOUT = 2.0
 
 _PACKET_HDR = struct.Struct("!HBx")  # hw_protocol, hook
 _TIMESTAMP = struct.Struct("!QQ")  # sec, usec
@@ -174,17 +169,7 @@ def bind_failure(group: int, code: int) -> OSError:
 def open_nflog_socket(group: int, rcvbuf: int) -> tuple[socket.socket, list[bytes]]:
     """A non-blocking netlink socket bound to NFLOG `group` in this thread's network namespace,
     and the datagrams that came before the kernel's acks (packets logged already)."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    try:
-        set_rcvbuf(sock, rcvbuf)
-        sock.bind((0, 0))
-        sock.settimeout(ACK_TIMEOUT)
-        early = _configure(sock, group)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock, early
+    return open_bound(rcvbuf, lambda sock: _configure(sock, group))
 
 
 def _configure(sock: socket.socket, group: int) -> list[bytes]:
@@ -198,24 +183,12 @@ def _configure(sock: socket.socket, group: int) -> list[bytes]:
     ]
     requests.append((socket.AF_UNSPEC, group, _bind_attributes()))
     for seq, (family, res_id, attrs) in enumerate(requests, 1):
-        code = _request(sock, config_message(seq, family, res_id, attrs), seq, early)
+        code = request(sock, config_message(seq, family, res_id, attrs), seq, early)
         if code and seq == len(requests):
             raise bind_failure(group, code)
         if code:  # a PF_(UN)BIND refused: harmless, only old kernels need them
             event("nflog-pf-bind", logging.DEBUG, family=family, errno=errno_text(code))
     return early
-
-
-def _request(sock: socket.socket, message: bytes, seq: int, early: list[bytes]) -> int:
-    """Send one request; the errno in its ack (0: done). Other datagrams go to `early`."""
-    sock.sendto(message, (0, 0))
-    for _ in range(DRAIN_LIMIT):
-        data = sock.recv(RECV_SIZE)
-        for kind, answered, body in split(data)[0]:
-            if kind == NLMSG_ERROR and answered == seq and len(body) >= ERRNO.size:
-                return -int(ERRNO.unpack_from(body)[0])
-        early.append(data)
-    raise OSError(errno.ETIMEDOUT, f"no netlink ack among {DRAIN_LIMIT} datagrams")
 
 
 # -- the receiver at work ------------------------------------------------------------------------

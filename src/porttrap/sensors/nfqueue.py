@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from porttrap.log import LOGGER, event, fields
 from porttrap.model import IPAddress, unmap
 from porttrap.netlink import (
-    ERRNO,
-    NETLINK_NETFILTER,
     NFGENMSG,
     NLM_F_ACK,
     NLM_F_REQUEST,
@@ -44,11 +42,10 @@ from porttrap.netlink import (
 )
 from porttrap.sensors.classify import classify
 from porttrap.sensors.netlink_reader import (
-    DRAIN_LIMIT,
     ERROR_PAUSE,
-    RECV_SIZE,
     LoopReader,
-    set_rcvbuf,
+    open_bound,
+    request,
 )
 
 NFNL_SUBSYS_QUEUE = 3
@@ -64,7 +61,6 @@ NF_DROP, NF_ACCEPT, NF_REPEAT = 0, 1, 4
 
 COPY_RANGE = 128  # bytes of each packet: IPv6 + TCP headers with options fit
 BYTES_PER_MESSAGE = 512  # of SO_RCVBUF per queued packet (a message is ~200 bytes)
-ACK_TIMEOUT = 2.0
 
 _PACKET_HDR = struct.Struct("!IHB")  # packet_id, hw_protocol, hook (packed)
 _VERDICT_HDR = struct.Struct("!II")  # verdict, packet_id
@@ -218,33 +214,16 @@ def open_queue_socket(
 ) -> tuple[socket.socket, list[bytes]]:
     """A non-blocking netlink socket bound to NFQUEUE `queue` in this thread's network
     namespace, and the datagrams that came before the kernel's acks (packets queued already)."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    try:
-        set_rcvbuf(sock, rcvbuf)
-        sock.bind((0, 0))
-        sock.settimeout(ACK_TIMEOUT)
+
+    def configure(sock: socket.socket) -> list[bytes]:
         early: list[bytes] = []
         for seq, attrs in enumerate((bind_attributes(), params_attributes(maxlen, fail_open)), 1):
-            code = _request(sock, config_message(seq, queue, attrs), seq, early)
+            code = request(sock, config_message(seq, queue, attrs), seq, early)
             if code:
                 raise bind_failure(queue, code)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock, early
+        return early
 
-
-def _request(sock: socket.socket, request: bytes, seq: int, early: list[bytes]) -> int:
-    """Send one request; the errno in its ack (0: done). Other datagrams go to `early`."""
-    sock.sendto(request, (0, 0))
-    for _ in range(DRAIN_LIMIT):
-        data = sock.recv(RECV_SIZE)
-        for kind, answered, body in split(data)[0]:
-            if kind == NLMSG_ERROR and answered == seq and len(body) >= ERRNO.size:
-                return -int(ERRNO.unpack_from(body)[0])
-        early.append(data)
-    raise OSError(errno.ETIMEDOUT, f"no netlink ack among {DRAIN_LIMIT} datagrams")
+    return open_bound(rcvbuf, configure)
 
 
 # -- the reader at work --------------------------------------------------------------------------
