@@ -155,6 +155,25 @@ def test_the_kernels_block_drops_a_held_syn_whose_trap_touch_the_daemon_never_he
     assert [s.dport for s in syns(frames, source)] == [SERVICE_PORT, TRAP]
 
 
+@pytest.mark.parametrize(("family", "discovery"), [(4, "ack"), (6, "ack"), (4, "icmp-timestamp")])
+def test_a_scanners_discovery_probe_beside_the_syn_hides_the_service(
+    advanced: Env, family: int, discovery: str
+) -> None:
+    """nmap's host discovery for a target off its link sends a SYN to 443, an ACK to 80 and
+    an ICMP timestamp request, none of them a trap packet when 443 and 80 are served: the
+    ACK (no connection has it) or the timestamp request makes the source suspect, and the
+    held SYN is dropped at the hold's end, in the kernel."""
+    source = attacker(family)
+    target, port = target_of(source), SERVICE_PORT
+    suspect = kernel_counters(advanced.srv)["hold_suspect"]
+    with captured(advanced) as frames:
+        send(advanced.atk, [Probe(source, target, port, "syn"),
+                            Probe(source, target, port, discovery, sport=40001)])  # fmt: skip
+        wait_until(lambda: kernel_counters(advanced.srv)["hold_suspect"] == suspect + 1,
+                   PATIENCE, "the held SYN dropped as a suspect's")  # fmt: skip
+    assert syn_acks(frames, source) == []
+
+
 def test_known_clients_are_never_held(advanced: Env) -> None:
     env = advanced
     queued = kernel_counters(env.srv)["held"]

@@ -186,21 +186,23 @@ def test_the_heartbeat_beats_only_while_the_queue_is_read(host: Host) -> None:
 def test_status_metrics_and_text_show_what_the_hold_did(host: Host) -> None:
     host.kernel.send(queued(1))
     host.loop.run_until_complete(_feed(host.shell, trap_hit()))
-    counters = {"held": 3, "hold_over": 4, "hold_idle": 5}
+    counters = {"held": 3, "hold_over": 4, "hold_idle": 5, "hold_suspect": 6}
     host.shell.feed(CountersRead(counters, 1.0))
     found = status(host.shell)
     assert found == {
         "hold_ms": 400.0, "queue": 7022, "bound": True, "queued": 3, "held_now": 0,
-        "let_through": 0, "hidden": 1, "remembered": 0, "over_rate": 4, "idle": 5,
+        "let_through": 0, "hidden": 1, "suspect": 6, "remembered": 0, "over_rate": 4, "idle": 5,
         "failed_open": 2, "refused": 0, "overruns": 0,
     }  # fmt: skip
     got = scrape(host.shell)
     assert by("result", got["porttrap_hold_syns"]) == {
-        "queued": 3, "let_through": 0, "hidden": 1, "over_rate": 4, "idle": 5, "failed_open": 2,
+        "queued": 3, "let_through": 0, "hidden": 1, "suspect": 6, "over_rate": 4, "idle": 5,
+        "failed_open": 2,
     }  # fmt: skip
     assert values(got["porttrap_hold_waiting"]) == {frozenset(): 0}
     text = output.hold_text(found)
     assert "3 held, 0 let through, 1 hidden" in text[0]
+    assert "6 dropped as a scanner's" in text[0]
     assert "4 over hold_rate, 5 while the daemon was not ready, 2 with the queue full" in text[1]
 
 

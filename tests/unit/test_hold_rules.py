@@ -59,6 +59,8 @@ def test_the_chain_lets_known_sources_go_and_queues_the_rest_with_bypass() -> No
         "ip6 saddr @allow_v6 return",
         "ip saddr @clients_v4 return",
         "ip6 saddr @clients_v6 return",
+        'ip saddr @suspect_v4 counter name "hold_suspect" drop',  # before: the end's repeat
+        'ip6 saddr @suspect_v6 counter name "hold_suspect" drop',
         "ip saddr @released_v4 return",
         "ip6 saddr @released_v6 return",
         'meta l4proto != @hold_ready counter name "hold_idle" return',
@@ -66,9 +68,15 @@ def test_the_chain_lets_known_sources_go_and_queues_the_rest_with_bypass() -> No
         'counter name "held"',
     ]
     assert hold.queue_rule() == [f"add rule {T} hold queue num 7022 bypass"]
+    not_syn = "meta l4proto tcp fib daddr type local tcp flags & (fin | syn | rst | ack) != syn"
     assert hold.input_rules() == [
+        f"add rule {T} input meta nfproto ipv4 {not_syn} ct state new,invalid "
+        "update @suspect_v4 { ip saddr }",
+        f"add rule {T} input meta nfproto ipv6 {not_syn} ct state new,invalid "
+        "update @suspect_v6 { ip6 saddr }",
+        f"add rule {T} input icmp type timestamp-request update @suspect_v4 {{ ip saddr }}",
         f"add rule {T} input meta l4proto tcp fib daddr type local "
-        "tcp flags & (fin | syn | rst | ack) == syn tcp dport @hold_tcp goto hold"
+        "tcp flags & (fin | syn | rst | ack) == syn tcp dport @hold_tcp goto hold",
     ]
 
 
