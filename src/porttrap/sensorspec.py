@@ -34,6 +34,7 @@ COUNTERS = (
     "held",  # ... sent to the daemon's NFQUEUE
     "hold_over",  # ... let through unheld, over [kernel] hold_rate
     "hold_idle",  # ... let through unheld, the daemon not ready (no `hold_ready` heartbeat)
+    "hold_suspect",  # ... dropped: the source sent a scanner's discovery probe (hold_rules)
 )
 # The hold's heartbeat: the daemon's queue reader keeps this element in set `hold_ready`
 # (`NftablesBackend.hold_ready`), each time for HOLD_READY_TIME seconds; without it nothing is

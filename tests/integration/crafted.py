@@ -18,7 +18,7 @@ FLAGS = {"syn": "S", "fin": "F", "null": "", "xmas": "FPU", "ack": "A", "maimon"
 
 _SENDER = """
 import json, sys
-from scapy.all import IP, IPv6, TCP, UDP, Raw, conf, send, sr1
+from scapy.all import ICMP, IP, IPv6, TCP, UDP, Raw, conf, send, sr1
 conf.verb = 0
 probes, answer = json.loads(sys.stdin.read()), sys.argv[1] == "answer"
 packets = []
@@ -27,6 +27,8 @@ for p in probes:
         src=p["source"], dst=p["target"])
     if p["kind"] == "udp":
         packets.append(ip / UDP(sport=p["sport"], dport=p["port"]) / Raw(b"probe"))
+    elif p["kind"] == "icmp-timestamp":  # IPv4 only (nmap -PP); `port` unused
+        packets.append(ip / ICMP(type=13))
     else:
         packets.append(ip / TCP(sport=p["sport"], dport=p["port"], flags=p["flags"], seq=1000))
 if answer:
@@ -43,7 +45,7 @@ class Probe:
     source: str
     target: str
     port: int
-    kind: str  # a key of FLAGS, or "udp", or "raw:<scapy flags>"
+    kind: str  # a key of FLAGS, or "udp", or "raw:<scapy flags>", or "icmp-timestamp"
     sport: int = 40000
 
     @property

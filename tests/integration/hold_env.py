@@ -16,7 +16,7 @@ from netns import Netns
 
 TABLE = "porttrap"
 QUEUE = 7022
-KERNEL_COUNTERS = ("held", "hold_over", "hold_idle")
+KERNEL_COUNTERS = ("held", "hold_over", "hold_idle", "hold_suspect")
 
 
 def hold_ports(env: Env) -> str:

@@ -31,7 +31,6 @@ from daemon_env import (
     Env,
     tcp_works,
 )
-from floods import TCP, Sender
 from hold_env import (
     TABLE,
     attacker,
@@ -132,32 +131,47 @@ def test_without_a_trap_touch_the_syn_is_answered_after_the_hold_and_the_source_
     assert hold(advanced)["let_through"] == 1
 
 
-def test_the_default_hold_hides_a_service_from_a_trap_touch_right_after(
+def test_the_kernels_block_drops_a_held_syn_whose_trap_touch_the_daemon_never_heard_of(
     env_factory: Callable[[str], Env],
 ) -> None:
-    """hold = "5ms", the default: a scanner's burst touches a trap microseconds after its SYN
-    (here: the two frames back to back), and the trap's report must reach the daemon within
-    the hold. The kernel's NFLOG batching must not keep it longer (its flush timer fires 4 to
-    8 ms late at HZ=250: every one of these SYNs was let through with it)."""
-    env = env_factory(ADVANCED.replace('"400ms"', '"5ms"'))
+    """At the hold's end the SYN goes through the kernel's rules once more (NF_REPEAT), after
+    its source is released: a source the kernel blocked at its trap packet meanwhile is dropped
+    there. Here the trap's report never comes: `event_rate = 1`, and another source's trap
+    packet, sent just before in the same batch, took the second's one report."""
+    env = env_factory(ADVANCED + "event_rate = 1\n")
     env.start()
     wait_until(lambda: heartbeat(env), PATIENCE, "the daemon reads the hold's queue")
-    sources = [fresh_source(env, 10 + n, 6 if n % 2 else 4) for n in range(6)]
-    sender = Sender(env.atk, env.atk_link[1], env.srv, env.atk_link[0])
-    try:
-        with captured(env) as frames:
-            for source in sources:
-                target = target_of(source)
-                sender.send([sender.frame(source, target, TCP, (40000, SERVICE_PORT)),
-                             sender.frame(source, target, TCP, (40001, TRAP))])  # fmt: skip
-            wait_until(lambda: (hold(env)["queued"], hold(env)["held_now"]) == (len(sources), 0),
-                       PATIENCE, "every SYN queued and given its verdict")  # fmt: skip
-    finally:
-        sender.close()
-    assert {source: [s.sport for s in syn_acks(frames, source)] for source in sources} == {
-        source: [] for source in sources
-    }
-    assert hold(env)["hidden"] == len(sources)
+    other, source = fresh_source(env, 20, 4), fresh_source(env, 21, 4)
+    target = target_of(source)
+    with captured(env) as frames:
+        send(env.atk, [Probe(other, target, TRAP + 1, "syn"),
+                       Probe(source, target, SERVICE_PORT, "syn"),
+                       Probe(source, target, TRAP, "syn", sport=40001)])  # fmt: skip
+        wait_until(lambda: hold(env)["let_through"] == 1, PATIENCE, "the hold ended")
+        wait_until(lambda: env.json("status")["kernel"]["events"]["over_total_rate"] >= 1,
+                   PATIENCE, "the scanner's trap report held back by event_rate")  # fmt: skip
+    assert [e["port"] for e in env.json("history", source)] == []  # the daemon never knew
+    assert syn_acks(frames, source) == []  # the kernel dropped the SYN it let through
+    assert [s.dport for s in syns(frames, source)] == [SERVICE_PORT, TRAP]
+
+
+@pytest.mark.parametrize(("family", "discovery"), [(4, "ack"), (6, "ack"), (4, "icmp-timestamp")])
+def test_a_scanners_discovery_probe_beside_the_syn_hides_the_service(
+    advanced: Env, family: int, discovery: str
+) -> None:
+    """nmap's host discovery for a target off its link sends a SYN to 443, an ACK to 80 and
+    an ICMP timestamp request, none of them a trap packet when 443 and 80 are served: the
+    ACK (no connection has it) or the timestamp request makes the source suspect, and the
+    held SYN is dropped at the hold's end, in the kernel."""
+    source = attacker(family)
+    target, port = target_of(source), SERVICE_PORT
+    suspect = kernel_counters(advanced.srv)["hold_suspect"]
+    with captured(advanced) as frames:
+        send(advanced.atk, [Probe(source, target, port, "syn"),
+                            Probe(source, target, port, discovery, sport=40001)])  # fmt: skip
+        wait_until(lambda: kernel_counters(advanced.srv)["hold_suspect"] == suspect + 1,
+                   PATIENCE, "the held SYN dropped as a suspect's")  # fmt: skip
+    assert syn_acks(frames, source) == []
 
 
 def test_known_clients_are_never_held(advanced: Env) -> None:

@@ -25,6 +25,7 @@ from porttrap.firewall.kernel import Nft
 from porttrap.firewall.nftables import NftablesBackend
 from porttrap.firewall.objects import NftObjects
 from porttrap.model import Proto
+from porttrap.sensors import nflog
 from porttrap.sensorspec import SensorState, spec_from_config
 from waiting import PATIENCE, holds_for, wait_until
 
@@ -180,3 +181,29 @@ def _ports(ns: Netns) -> set[int]:
     listed = json.loads(ns.run(["nft", "-j", "list", "set", "inet", TABLE, "hold_tcp"]))
     found = next(item["set"] for item in listed["nftables"] if "set" in item)
     return set(found.get("elem", []))
+
+
+@pytest.mark.parametrize(("hold", "sent"), [('"5ms"', True), ('"0"', False)])
+def test_with_the_hold_on_a_lone_trap_report_is_sent_at_once(
+    held: Held, monkeypatch: pytest.MonkeyPatch, hold: str, sent: bool
+) -> None:
+    """NFLOG gathers reports (nflog.QTHRESH) and sends a lone one when its flush timer fires
+    (porttrap asks for 10 ms; 4 to 8 ms late at HZ=250): longer than a 5 ms hold, whose SYN
+    would pass before its source's trap touch is heard of. With the hold on, the report rules
+    say `queue-threshold 1`. Here the group's timer is 10 minutes: only that threshold can
+    send the report."""
+    config = CONFIG.replace('hold = "5ms"', f"hold = {hold}")
+    held.backend.setup([], NOW, SensorState(spec_from_config(load_text(config, None)), SERVED))
+    monkeypatch.setattr(nflog, "TIMEOUT", 60_000)  # in 1/100 s
+    with held.srv.inside():
+        sock, early = nflog.open_nflog_socket(load_text(config, None).kernel.nflog_group, 1 << 20)
+    with sock:
+        assert early == []
+        send(held.atk, [Probe(ATK4, SRV4, 23, "syn")])  # a trap port: reported, blocked
+        sock.setblocking(True)
+        sock.settimeout(PATIENCE if sent else SILENCE)
+        try:
+            reports = nflog.parse_messages(sock.recv(65536))
+        except TimeoutError:
+            reports = []
+    assert [str(r.prefix) for r in reports] == (["porttrap:new"] if sent else [])

@@ -1,5 +1,5 @@
-"""Real scanners against 5 real services (tests/integration/scans.py) with the hold on (5 ms,
-issue 17): nmap's default SYN scan (the 1,000 most popular ports) at -T4 and -T5, and masscan
+"""Real scanners against 5 real services (tests/integration/scans.py) with the hold on (issue
+17): nmap's default SYN scan (the 1,000 most popular ports) at -T4 and -T5, and masscan
 over every port at 1,000 and 10,000 packets a second, each from a fresh source address.
 
 What a scan revealed is read from a capture on the protected side: the services that sent the
@@ -30,7 +30,10 @@ from waiting import PATIENCE, bounded, wait_until
 
 pytestmark = pytest.mark.kernel
 
-HOLD_MS = 5
+# Not the default 5 ms: how fast a shared, noisy VM runs the daemon must not decide a test. At
+# 50 ms the daemon has 25 ms of margin (`within_reach`); what 5 ms hides is a benchmark
+# (bench/hold_scan.py, BENCHMARKS.md).
+HOLD_MS = 50
 CONFIG = f'[traps]\nmode = "{{mode}}"\n[kernel]\nhold = "{HOLD_MS}ms"\n'
 SCAN_TIME = 60.0  # seconds: a bound for nmap, which ends within seconds
 # masscan at 1,000 a second goes through every port in 65 s: it is stopped at its block, or

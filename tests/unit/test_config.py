@@ -11,6 +11,7 @@ import porttrap.config.loader
 from porttrap.config.loader import load, load_text
 from porttrap.config.locate import line_of, locate
 from porttrap.config.schema import (
+    ADVANCED_HOLD,
     AllowList,
     BanPolicy,
     Config,
@@ -141,7 +142,8 @@ def test_no_file_anywhere_gives_built_in_defaults(
     monkeypatch.setattr(porttrap.config.loader, "DEFAULT_CONFIG_PATH", tmp_path / "missing.toml")
     config = load(None)
     advanced = Modes(tcp=TrapMode.ADVANCED, udp=TrapMode.ADVANCED)  # the built-in mode
-    assert config == Config(traps=(*defaults(TCP), *defaults(UDP)), modes=advanced)
+    kernel = KernelSensor(hold=ADVANCED_HOLD)  # the hold is on in advanced mode
+    assert config == Config(traps=(*defaults(TCP), *defaults(UDP)), modes=advanced, kernel=kernel)
     assert config.source is None
 
 

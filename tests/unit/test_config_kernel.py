@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from porttrap.config.loader import load_text
-from porttrap.config.schema import BanPolicy, Config, KernelSensor, Modes, TrapMode
+from porttrap.config.schema import (
+    ADVANCED_HOLD,
+    BanPolicy,
+    Config,
+    KernelSensor,
+    Modes,
+    TrapMode,
+)
 from porttrap.errors import ConfigError
 
 CONNECT, STEALTH, ADVANCED = TrapMode.CONNECT, TrapMode.STEALTH, TrapMode.ADVANCED
@@ -36,7 +43,8 @@ def kernel_of(text: str) -> KernelSensor:
 def test_no_new_keys_gives_the_schema_defaults() -> None:
     config = load_text("[traps]\n[kernel]\n[ban]\n", None)
     built_in = Modes(tcp=ADVANCED, udp=ADVANCED)
-    assert (config.modes, config.kernel, config.ban.confirm) == (built_in, KernelSensor(), 2)
+    kernel = KernelSensor(hold=ADVANCED_HOLD)  # on by default in advanced mode
+    assert (config.modes, config.kernel, config.ban.confirm) == (built_in, kernel, 2)
     assert config.modes == Modes(
         tcp=ADVANCED,
         udp=ADVANCED,
@@ -45,7 +53,7 @@ def test_no_new_keys_gives_the_schema_defaults() -> None:
         exclude_tcp=frozenset({113, 139}),
         exclude_udp=frozenset({67, 137, 138, 520}),
     )
-    assert load_text("", None) == Config(traps=config.traps, modes=built_in)
+    assert load_text("", None) == Config(traps=config.traps, modes=built_in, kernel=kernel)
 
 
 @pytest.mark.parametrize(
@@ -239,11 +247,21 @@ queue = 100
         event_rate=1,
         source_rate=1,
         queue=100,
+        hold=ADVANCED_HOLD,
     )
 
 
 def test_a_missing_kernel_key_keeps_its_default() -> None:
-    assert kernel_of("nflog_group = 65535\n") == KernelSensor(nflog_group=65535)
+    assert kernel_of("nflog_group = 65535\n") == KernelSensor(nflog_group=65535, hold=ADVANCED_HOLD)
+
+
+@pytest.mark.parametrize(
+    ("mode", "hold"), [("advanced", ADVANCED_HOLD), ("stealth", 0.0), ("connect", 0.0)]
+)
+def test_the_hold_is_on_by_default_in_advanced_mode_only(mode: str, hold: float) -> None:
+    assert load_text(f'[traps]\nmode = "{mode}"\n', None).kernel.hold == hold
+    written = f'[traps]\nmode = "{mode}"\n[kernel]\nhold = "0"\n'
+    assert load_text(written, None).kernel.hold == 0.0  # turned off where it is on by default
 
 
 @pytest.mark.parametrize("written", ["0", '"0s"', '"0m0s"'])

@@ -38,7 +38,7 @@ HOST = ip_address("192.0.2.1")
 HOLD = '[traps]\nmode = "advanced"\n[kernel]\nhold = "400ms"\n'
 OFF = '[traps]\nmode = "advanced"\n[kernel]\nhold = "0"\n'
 SERVED = {Proto.TCP: frozenset({8080}), Proto.UDP: frozenset()}
-ACCEPT, DROP = 1, 0
+ACCEPT, DROP, REPEAT = 1, 0, 4
 
 
 def config(tmp_path: Path, text: str = HOLD) -> Config:
@@ -133,10 +133,11 @@ def test_a_held_syn_is_let_through_when_its_hold_ends_and_its_source_released(
     assert host.kernel.verdicts() == []  # held: 400 ms
     assert status(host.shell)["held_now"] == 1
     host.end_holds()
-    assert host.verdicts(1) == [(ACCEPT, 1)]
+    # released in the kernel first, then through the rules again: a block drops it there
+    assert host.verdicts(1) == [(REPEAT, 1)]
     assert host.firewall.released == {SCANNER}
     host.kernel.send(queued(2))  # queued before the kernel's set had it: answered at once
-    assert host.kernel.verdicts() == [(ACCEPT, 2)]
+    assert host.verdicts(1) == [(REPEAT, 2)]
     assert host.firewall.released == {SCANNER}
     found = status(host.shell)
     assert (found["let_through"], found["hidden"], found["remembered"]) == (1, 0, 1)
@@ -185,21 +186,23 @@ def test_the_heartbeat_beats_only_while_the_queue_is_read(host: Host) -> None:
 def test_status_metrics_and_text_show_what_the_hold_did(host: Host) -> None:
     host.kernel.send(queued(1))
     host.loop.run_until_complete(_feed(host.shell, trap_hit()))
-    counters = {"held": 3, "hold_over": 4, "hold_idle": 5}
+    counters = {"held": 3, "hold_over": 4, "hold_idle": 5, "hold_suspect": 6}
     host.shell.feed(CountersRead(counters, 1.0))
     found = status(host.shell)
     assert found == {
         "hold_ms": 400.0, "queue": 7022, "bound": True, "queued": 3, "held_now": 0,
-        "let_through": 0, "hidden": 1, "remembered": 0, "over_rate": 4, "idle": 5,
+        "let_through": 0, "hidden": 1, "suspect": 6, "remembered": 0, "over_rate": 4, "idle": 5,
         "failed_open": 2, "refused": 0, "overruns": 0,
     }  # fmt: skip
     got = scrape(host.shell)
     assert by("result", got["porttrap_hold_syns"]) == {
-        "queued": 3, "let_through": 0, "hidden": 1, "over_rate": 4, "idle": 5, "failed_open": 2,
+        "queued": 3, "let_through": 0, "hidden": 1, "suspect": 6, "over_rate": 4, "idle": 5,
+        "failed_open": 2,
     }  # fmt: skip
     assert values(got["porttrap_hold_waiting"]) == {frozenset(): 0}
     text = output.hold_text(found)
     assert "3 held, 0 let through, 1 hidden" in text[0]
+    assert "6 dropped as a scanner's" in text[0]
     assert "4 over hold_rate, 5 while the daemon was not ready, 2 with the queue full" in text[1]
 
 
@@ -227,7 +230,7 @@ def test_a_changed_hold_queue_needs_a_restart_only_while_holding(tmp_path: Path)
     )
 
 
-def test_a_refused_release_is_logged_once_until_one_succeeds(
+def test_a_refused_release_lets_the_syn_through_and_is_logged_once_until_one_succeeds(
     host: Host, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     hold = host.shell.hold
@@ -238,13 +241,16 @@ def test_a_refused_release_is_logged_once_until_one_succeeds(
 
     async def release(n: int) -> None:
         assert hold is not None
-        hold.release(c.Release(ip_address(f"198.51.100.{n}")))
+        hold.release(c.Release(ip_address(f"198.51.100.{n}"), n))
         await asyncio.sleep(0)  # the batch goes out once the loop turn is over
 
     monkeypatch.setattr(host.firewall, "release", full)
     for n in (1, 2):
         host.loop.run_until_complete(release(n))
     assert caplog.text.count("hold-release-failed") == 1
+    # not through the rules again (they would hold it once more): let through as it is
+    assert host.verdicts(2) == [(ACCEPT, 1), (ACCEPT, 2)]
     monkeypatch.undo()
     host.loop.run_until_complete(release(3))
     assert host.firewall.released == {ip_address("198.51.100.3")}
+    assert host.verdicts(1) == [(REPEAT, 3)]

@@ -59,6 +59,8 @@ def test_the_chain_lets_known_sources_go_and_queues_the_rest_with_bypass() -> No
         "ip6 saddr @allow_v6 return",
         "ip saddr @clients_v4 return",
         "ip6 saddr @clients_v6 return",
+        'ip saddr @suspect_v4 counter name "hold_suspect" drop',  # before: the end's repeat
+        'ip6 saddr @suspect_v6 counter name "hold_suspect" drop',
         "ip saddr @released_v4 return",
         "ip6 saddr @released_v6 return",
         'meta l4proto != @hold_ready counter name "hold_idle" return',
@@ -66,9 +68,15 @@ def test_the_chain_lets_known_sources_go_and_queues_the_rest_with_bypass() -> No
         'counter name "held"',
     ]
     assert hold.queue_rule() == [f"add rule {T} hold queue num 7022 bypass"]
+    not_syn = "meta l4proto tcp fib daddr type local tcp flags & (fin | syn | rst | ack) != syn"
     assert hold.input_rules() == [
+        f"add rule {T} input meta nfproto ipv4 {not_syn} ct state new,invalid "
+        "update @suspect_v4 { ip saddr }",
+        f"add rule {T} input meta nfproto ipv6 {not_syn} ct state new,invalid "
+        "update @suspect_v6 { ip6 saddr }",
+        f"add rule {T} input icmp type timestamp-request update @suspect_v4 {{ ip saddr }}",
         f"add rule {T} input meta l4proto tcp fib daddr type local "
-        "tcp flags & (fin | syn | rst | ack) == syn tcp dport @hold_tcp goto hold"
+        "tcp flags & (fin | syn | rst | ack) == syn tcp dport @hold_tcp goto hold",
     ]
 
 
@@ -95,7 +103,7 @@ def test_without_client_tracking_no_rule_names_the_clients() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        '[traps]\nmode = "advanced"\n',  # off by default
+        '[traps]\nmode = "stealth"\n',  # off by default outside advanced mode
         '[traps]\nmode = "advanced"\n[kernel]\nhold = "0"\n',
         '[traps]\nmode = { tcp = "connect", udp = "advanced" }\n',  # no TCP sensor
     ],
@@ -199,7 +207,8 @@ def test_a_kernel_with_neither_queue_says_how_to_fix_it() -> None:
 
 def test_release_and_heartbeat_without_the_hold_say_why() -> None:
     backend = NftablesBackend("porttrap", nft=KernelWithoutNftQueue(True), objects=Objects())
-    backend.setup([], 0.0, SensorState(spec_of('[traps]\nmode = "advanced"\n'), SERVED))
+    off = '[traps]\nmode = "advanced"\n[kernel]\nhold = "0"\n'
+    backend.setup([], 0.0, SensorState(spec_of(off), SERVED))
     with pytest.raises(FirewallError, match=r'\[kernel\] hold is "0"'):
         backend.hold_ready()
     with pytest.raises(FirewallError, match="no hold rules"):
@@ -244,9 +253,10 @@ def test_hold_takes_milliseconds_or_seconds_or_zero(value: str, seconds: float) 
     assert kernel.hold == seconds
 
 
-def test_the_hold_is_off_by_default_with_an_hour_of_memory() -> None:
+def test_the_hold_is_5ms_in_advanced_mode_and_off_elsewhere_by_default() -> None:
     assert (KernelSensor().hold, KernelSensor().hold_memory) == (0.0, 3600.0)
-    assert load_text("", None).kernel == KernelSensor()
+    assert load_text('[traps]\nmode = "stealth"\n', None).kernel == KernelSensor()
+    assert load_text("", None).kernel == KernelSensor(hold=0.005)  # advanced: the default
 
 
 @pytest.mark.parametrize(
@@ -277,3 +287,13 @@ def test_a_hold_with_tcp_in_connect_mode_says_how_to_fix_it() -> None:
         'sensor holds the SYNs), but TCP is in "connect" mode: set [traps] mode = "advanced" '
         '(or "stealth", which needs the nftables backend), or hold = "0"'
     ]
+
+
+@pytest.mark.parametrize(("hold", "threshold"), [('"5ms"', " queue-threshold 1"), ('"0"', "")])
+def test_with_the_hold_on_each_trap_report_is_sent_at_once(hold: str, threshold: str) -> None:
+    """The trap's report must reach the daemon within the hold, not at NFLOG's flush timer."""
+    text = f'[traps]\nmode = "advanced"\n[kernel]\nhold = {hold}\n'
+    commands = SensorRules("porttrap", spec_of(text)).create(SERVED)
+    reports = [c for c in commands if 'log prefix "porttrap:' in c]
+    assert len(reports) == 5  # new, repeat, client, peer, exempt
+    assert all(c.endswith(f"snaplen 128{threshold} drop") for c in reports)

@@ -133,6 +133,13 @@ def test_an_accept_verdict_on_the_wire() -> None:
     )
 
 
+def test_a_repeat_verdict_says_nf_repeat_and_a_drop_stays_a_drop() -> None:
+    assert verdict_message(7, 1, accept=True, repeat=True)[-8:] == bytes.fromhex("0000000400000001")
+    assert verdict_message(7, 1, accept=False, repeat=True)[-8:] == bytes.fromhex(
+        "0000000000000001"
+    )
+
+
 def test_a_drop_verdict_says_nf_drop() -> None:
     assert verdict_message(7, 9, accept=False)[-8:] == struct.pack("!II", 0, 9)
 

@@ -111,8 +111,9 @@ def test_a_rotation_keeps_damage_done_before_it_for_the_next_check() -> None:
     nft = ListingNft()
     backend, objects = advanced(nft)
     objects.damage = "a rule deleted by hand"
+    before = len(nft.batches)
     backend.rotate("b")
-    assert len(nft.batches) == 2
+    assert len(nft.batches) == before + 1
     assert backend.inspect().damaged is not None
 
 

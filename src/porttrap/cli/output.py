@@ -137,7 +137,8 @@ def hold_text(hold: dict[str, Any]) -> list[str]:
     return [
         f"  hold: new sources' first SYNs to served ports wait {hold['hold_ms']:g} ms ({queue}): "
         f"{hold['queued']} held, {hold['let_through']} let through, {hold['hidden']} hidden "
-        f"(dropped: the source touched a trap), {hold['held_now']} waiting now",
+        f"(dropped: the source touched a trap), {hold['suspect']} dropped as a scanner's "
+        f"(its discovery probes), {hold['held_now']} waiting now",
         f"    passed unheld: {hold['over_rate']} over hold_rate, {hold['idle']} while the daemon "
         f"was not ready, {hold['failed_open']} with the queue full",
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 from porttrap.config import fields, host, protection
@@ -14,6 +15,7 @@ from porttrap.config.fleet import build_fleet
 from porttrap.config.logsection import build_log
 from porttrap.config.metrics import build_metrics
 from porttrap.config.schema import (
+    ADVANCED_HOLD,
     DEFAULT_CONFIG_PATH,
     DEFAULT_STATE_DIR,
     AllowList,
@@ -172,6 +174,7 @@ def _config(data: Table, problems: Problems, path: Path | None) -> Config:
     backend = backend.get("backend", "nftables") if isinstance(backend, dict) else None
     kernel, ban = _kernel(top.sub("kernel")), _ban(top.sub("ban"))
     modes = build_modes(traps, backend, all(ban.respond(p) is Respond.BAN for p in Proto))
+    kernel = _default_hold(top, modes, kernel)
     _check_respond(top, modes, kernel, ban)
     trap_list = build_traps(traps)
     _check_catch_all(top, modes, kernel, trap_list)
@@ -307,6 +310,16 @@ def _check_catch_all(
             "porttrap takes the handshakes of recent clients to TCP traps: remove the trap, "
             "or set client_trap_port to a port nothing else uses (0 turns the redirect off)",
         )
+
+
+def _default_hold(top: Section, modes: Modes, kernel: KernelSensor) -> KernelSensor:
+    """The hold is on by default in advanced mode, where every port nothing serves is a trap:
+    there a scanner's next probes, within the hold, all but surely touch one (docs/hold.md)."""
+    kernel_table = top.table.get("kernel")
+    unset = not isinstance(kernel_table, dict) or "hold" not in kernel_table
+    return (
+        replace(kernel, hold=ADVANCED_HOLD) if unset and modes.tcp is TrapMode.ADVANCED else kernel
+    )
 
 
 def _check_hold(top: Section, modes: Modes, kernel: KernelSensor) -> None:

@@ -47,6 +47,9 @@ class Escalation(enum.StrEnum):
     NONE = "none"  # every ban lasts time
 
 
+ADVANCED_HOLD = 0.005  # [kernel] hold in advanced mode, unless set (docs/hold.md)
+
+
 @dataclass(frozen=True, slots=True)
 class Trap:
     """One trap port. `address` None: every local address of the protocol's families."""
@@ -174,7 +177,8 @@ class KernelSensor:
     # Hold the first probe (docs/hold.md): a TCP SYN to a served port from a source the kernel
     # does not know waits this long (seconds) in NFQUEUE `hold_queue` for the daemon's verdict,
     # at most `hold_rate` a second (more pass unheld); a released source is not held again for
-    # `hold_memory`. 0: off, the default until the daemon's side and its figures are done.
+    # `hold_memory`. 0: off. A configuration that does not set it, with TCP in advanced mode,
+    # gets ADVANCED_HOLD (the loader's `_default_hold`).
     hold: float = 0.0
     hold_memory: float = 3600.0
     hold_queue: int = 7022

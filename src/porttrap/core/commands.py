@@ -121,9 +121,13 @@ class Verdict:
 @dataclass(frozen=True, slots=True)
 class Release:
     """`source` waited out a hold: the kernel adds it to its released set, so that its next
-    connections are not held (for `[kernel] hold_memory`)."""
+    connections are not held (for `[kernel] hold_memory`); then its held SYN `packet_id` goes
+    through the kernel's rules once more (NF_REPEAT), where a block the kernel put on the
+    source meanwhile drops it, whether the daemon heard of the trap touch or not. Should the
+    kernel refuse the release, the SYN is let through as it is (it would be held again)."""
 
     source: IPAddress
+    packet_id: int
 
 
 @dataclass(frozen=True, slots=True)

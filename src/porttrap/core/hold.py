@@ -4,7 +4,10 @@ The kernel queues such a SYN (NFQUEUE) and the shell feeds `SynHeld`; the SYN wa
 verdict, given when the hold ends (`HoldEnded`, scheduled here) or at once when the source
 touches a trap meanwhile: then the SYN is dropped, and the service was never revealed, which
 is recorded as a hidden probe. A source whose SYN was let through is released: the kernel
-side adds it to its `released` set, so its next connections are not held.
+side adds it to its `released` set, so its next connections are not held, and the SYN goes
+through the kernel's rules once more, where a block the kernel put on its source meanwhile
+(at its first trap packet) drops it: the kernel's own check backs the daemon's, whose report
+of the trap touch may come late or not at all (over `[kernel] event_rate`).
 
 Pure: events in, commands out, time as a parameter. Sizes are bounded by the kernel's queue
 (held SYNs) and by `memory` (released sources, pruned oldest first).
@@ -24,8 +27,11 @@ DEFAULT_HOLD = 0.005  # seconds, when none is given (`[kernel] hold` sets it)
 DEFAULT_MEMORY = 3600.0  # seconds a released source is remembered (`[kernel] hold_memory`)
 DEFAULT_LIMIT = 65536  # released sources remembered at most (`[kernel] client_size`, the size
 # of the kernel's released sets): a flood of forged sources cannot grow the daemon past it
-# After a trap hit that blocks its source, a SYN queued before the kernel got the ban (the
-# sets lag the daemon by one batch) is dropped at once, for this many seconds.
+# After a trap hit, a SYN of its source that the daemon reads only now is dropped at once, for
+# this many seconds: it was queued before the trap packet (the kernel blocks the source at that
+# packet, and drops what comes later), but its message was read after the report's (both
+# sockets ready in one turn of the loop), or after the ban, which reaches the kernel a batch
+# later than the daemon decides it.
 BLOCK_LINGER = 1.0
 # A trap hit with these outcomes says nothing against the source (or was forged in the name
 # of a protected one): its held SYNs wait out their hold.
@@ -39,7 +45,6 @@ _HARMLESS = frozenset(
         Outcome.SESSION,
     }
 )
-_BLOCKING = frozenset({Outcome.BANNED, Outcome.ALREADY_BANNED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +58,7 @@ class HoldFigures:
     released: int = 0  # SYNs let through when their hold ended
     hidden: int = 0  # SYNs dropped: their source touched a trap
     remembered: int = 0  # released sources remembered now
-    blocked: int = 0  # sources that banned lately, whose SYNs are dropped at once
+    blocked: int = 0  # sources that touched a trap lately, whose SYNs are dropped at once
 
     @property
     def failed_open(self) -> int:
@@ -95,8 +100,8 @@ class Holds:
         blocked = self._blocked.get(event.source)
         if blocked is not None:
             return self._hide(event, blocked[1])
-        if event.source in self._released:
-            return [Verdict(event.packet_id, accept=True)]
+        if event.source in self._released:  # released again: the kernel's set lacks it still
+            return [Release(event.source, event.packet_id)]  # (a rebuild emptied it)
         self._take(event.packet_id)  # an id the kernel reused: the old SYN is gone
         self._held[event.packet_id] = event
         self._by_source.setdefault(event.source, set()).add(event.packet_id)
@@ -104,16 +109,16 @@ class Holds:
         return [Schedule(delay, HoldEnded(event.packet_id, event.at))]
 
     def ended(self, event: HoldEnded, now: float) -> list[Command]:
-        """The hold is over and the source touched no trap: let the SYN through, and
-        release the source (once) so that the kernel holds it no more."""
+        """The hold is over and the source touched no trap that the daemon heard of: release
+        the source, so that the kernel holds it no more, and let the SYN through the kernel's
+        rules once more (`Release`: a block of the source the kernel made meanwhile drops
+        it)."""
         held = self._held.get(event.packet_id)
         if held is None or held.at != event.at:
             return []  # answered already (a trap hit); or an id the kernel reused since
         self._take(event.packet_id)
         self._let_through += 1
-        commands: list[Command] = [Verdict(held.packet_id, accept=True)]
-        if held.source not in self._released:
-            commands.append(Release(held.source))
+        commands: list[Command] = [Release(held.source, held.packet_id)]
         self._released.pop(held.source, None)  # to the end: the order stays oldest first
         self._released[held.source] = now + self.memory
         if len(self._released) > self.limit:  # the oldest gives way (the kernel's set is full)
@@ -126,9 +131,8 @@ class Holds:
         if outcome in _HARMLESS:
             return []
         self._forget(now)
-        if outcome in _BLOCKING:
-            self._blocked.pop(source, None)  # to the end: the order stays oldest first
-            self._blocked[source] = (now + BLOCK_LINGER, kind)
+        self._blocked.pop(source, None)  # to the end: the order stays oldest first
+        self._blocked[source] = (now + BLOCK_LINGER, kind)
         self._released.pop(source, None)
         found = [self._held[packet_id] for packet_id in sorted(self._by_source.get(source, ()))]
         return [command for held in found for command in self._hide(held, kind)]

@@ -120,6 +120,7 @@ def hold_status(snapshot: Snapshot) -> dict[str, Any] | None:
         "held_now": hold.held,
         "let_through": hold.released,
         "hidden": hold.hidden,
+        "suspect": counters.get("hold_suspect", 0),
         "remembered": hold.remembered,
         "over_rate": counters.get("hold_over", 0),
         "idle": counters.get("hold_idle", 0),

@@ -38,7 +38,7 @@ class HoldQueue:
         self.sensor = sensor
         self._feed = feed
         self.reader: NfqueueReader | None = None
-        self._released: list[IPAddress] = []
+        self._released: list[tuple[IPAddress, int]] = []  # (source, its held SYN)
         self._beat_failed = False
         self._release_failed = False
 
@@ -79,24 +79,34 @@ class HoldQueue:
             self.reader.verdict(command.packet_id, command.accept)
 
     def release(self, command: c.Release) -> None:
-        """Released sources go to the kernel together, once the loop turn is over."""
+        """Released sources go to the kernel together, once the loop turn is over; then
+        their SYNs go through the kernel's rules once more (NF_REPEAT: a source it blocked
+        meanwhile is dropped there). Refused, the SYNs are let through as they are: sent
+        through the rules again, they would only be held once more."""
         if not self._released:
             asyncio.get_running_loop().call_soon(self._send_released)
-        self._released.append(command.source)
+        self._released.append((command.source, command.packet_id))
 
     def _send_released(self) -> None:
         batch, self._released = self._released, []
         if not batch:
             return
+        released = self._release([source for source, _ in batch])
+        if self.reader is not None:
+            for _, packet_id in batch:
+                self.reader.verdict(packet_id, accept=True, repeat=released)
+
+    def _release(self, sources: list[IPAddress]) -> bool:
         try:
-            self.sensor.release(batch)
-        except FirewallError as err:  # they are held once more next time: nothing worse
+            self.sensor.release(sources)
+        except FirewallError as err:  # held once more next time: nothing worse
             if not self._release_failed:  # once until it works again: a flood fills the set
-                log.event("hold-release-failed", logging.WARNING, sources=len(batch),
+                log.event("hold-release-failed", logging.WARNING, sources=len(sources),
                           error=str(err))  # fmt: skip
             self._release_failed = True
-            return
+            return False
         self._release_failed = False
+        return True
 
     def heartbeat(self) -> None:
         """Tell the kernel the reader reads (the `hold_ready` element, 2 s): from the loop

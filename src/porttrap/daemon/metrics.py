@@ -348,7 +348,7 @@ def actions(status: Mapping[str, Any]) -> Iterator[Metric]:
     )
 
 
-HOLD_RESULTS = ("queued", "let_through", "hidden", "over_rate", "idle", "failed_open")
+HOLD_RESULTS = ("queued", "let_through", "hidden", "suspect", "over_rate", "idle", "failed_open")
 
 
 def hold(status: Mapping[str, Any] | None) -> Iterator[Metric]:
@@ -357,8 +357,10 @@ def hold(status: Mapping[str, Any] | None) -> Iterator[Metric]:
         "porttrap_hold_syns",
         "New sources' SYNs to served ports, by what the hold did: queued (sent to the "
         "daemon), let_through (after the hold), hidden (dropped: the source touched a trap "
-        "meanwhile), and passed unheld: over_rate ([kernel] hold_rate), idle (the daemon not "
-        "ready or stalled), failed_open (the queue or its socket full).",
+        "meanwhile), suspect (dropped in the kernel: the source sent a scanner's discovery "
+        "probe, an ACK no connection has or an ICMP timestamp request), and passed unheld: "
+        "over_rate ([kernel] hold_rate), idle (the daemon not ready or stalled), failed_open "
+        "(the queue or its socket full).",
         labels=["result"],
     )
     waiting = GaugeMetricFamily("porttrap_hold_waiting", "SYNs held now.")

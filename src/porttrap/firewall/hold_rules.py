@@ -43,7 +43,11 @@ CHAIN = "hold"
 SERVED = "hold_tcp"  # TCP ports served now: where a SYN may be held
 READY = "hold_ready"  # the daemon's heartbeat: element `tcp` while its reader works
 OVER = "hold_over"  # the named limit: packets over [kernel] hold_rate
+# A source that sent what only a scanner's discovery sends (below) is suspect this long: a SYN
+# of it is dropped at the hold, or at its end (NF_REPEAT), instead of let through
+SUSPECT_TIME = 1
 _SYN = "tcp flags & (fin | syn | rst | ack) == syn"
+_NOT_SYN = "tcp flags & (fin | syn | rst | ack) != syn"
 
 
 class HoldRules:
@@ -72,6 +76,7 @@ class HoldRules:
         memory, size = math.ceil(self.spec.kernel.hold_memory), self.spec.kernel.client_size
         for version, _, kind in FAMILIES:
             commands.append(dynamic_set(where, f"released_v{version}", kind, memory, size))
+            commands.append(dynamic_set(where, f"suspect_v{version}", kind, SUSPECT_TIME, size))
         commands.append(f"add chain {where} {CHAIN}")
         return commands + self._rules()
 
@@ -80,7 +85,24 @@ class HoldRules:
         if not self.on:
             return []
         match = f"meta l4proto tcp fib daddr type local {_SYN} tcp dport @{SERVED}"
-        return [self._rule("input", f"{match} goto {CHAIN}")]
+        return [*self._suspect_rules(), self._rule("input", f"{match} goto {CHAIN}")]
+
+    def _suspect_rules(self) -> list[str]:
+        """Last in the input chain (what reaches them is no trap packet, and not part of a
+        connection): a TCP segment that is not a SYN, to this host, that conntrack knows no
+        connection of (nmap's discovery sends an ACK to port 80 beside its SYN to 443), or an
+        ICMP timestamp request (the other probe of that discovery) makes its source suspect.
+        Only the hold chain reads the set: no other packet is touched by it."""
+        rules = []
+        for version, protocol, _ in FAMILIES:
+            update = f"update @suspect_v{version} {{ {protocol} saddr }}"
+            family = f"meta nfproto ipv{version}"
+            rules.append(self._rule("input", f"{family} meta l4proto tcp fib daddr type local "
+                                    f"{_NOT_SYN} ct state new,invalid {update}"))  # fmt: skip
+        rules.append(
+            self._rule("input", "icmp type timestamp-request update @suspect_v4 { ip saddr }")
+        )
+        return rules
 
     def queue_rule(self) -> list[str]:
         """The verdict, last in the chain, in a batch of its own (see the module doc)."""
@@ -92,8 +114,13 @@ class HoldRules:
         known = ["fib saddr type local"]
         known += [f"{protocol} saddr @allow_v{v}" for v, protocol, _ in FAMILIES]
         known += self._watch.client_matches()
-        known += [f"{protocol} saddr @released_v{v}" for v, protocol, _ in FAMILIES]
         rules = [self._rule(CHAIN, f"{match} return") for match in known]
+        rules += [
+            self._rule(CHAIN, f'{protocol} saddr @suspect_v{v} counter name "hold_suspect" drop')
+            for v, protocol, _ in FAMILIES
+        ]
+        released = [f"{protocol} saddr @released_v{v}" for v, protocol, _ in FAMILIES]
+        rules += [self._rule(CHAIN, f"{match} return") for match in released]
         return [
             *rules,
             self._rule(CHAIN, f'meta l4proto != @{READY} counter name "hold_idle" return'),

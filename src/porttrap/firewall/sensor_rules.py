@@ -306,11 +306,17 @@ class SensorRules:
             for version, protocol, _ in _FAMILIES
         ]
         limit = "rate_repeat" if path == "repeat" else "rate_new"
+        # The receiver asks the kernel to gather reports (nflog.QTHRESH) and a lone one waits
+        # for the flush timer, 4 to 8 ms: longer than a 5 ms hold, whose SYN would pass before
+        # its source's trap touch is heard of. With the hold on, each report goes at once
+        # (the rule's threshold overrides the group's): they are `event_rate` a second at most.
+        threshold = " queue-threshold 1" if self.spec.hold else ""
         rules.append(
             self._rule(
                 chain,
                 f'limit name "{limit}" counter name "reported" '
-                f'log prefix "{PREFIX}{path}" group {self._k.nflog_group} snaplen {SNAPLEN} drop',
+                f'log prefix "{PREFIX}{path}" group {self._k.nflog_group} snaplen {SNAPLEN}'
+                f"{threshold} drop",
             )
         )
         return [*rules, self._rule(chain, 'counter name "over_rate" drop')]

@@ -24,20 +24,21 @@ from dataclasses import dataclass, field
 from porttrap.clock import Clock, SystemClock
 from porttrap.log import LOGGER, event, fields
 from porttrap.netlink import (
-    ERRNO,
-    NETLINK_NETFILTER,
     NFGENMSG,
     NLM_F_ACK,
     NLM_F_REQUEST,
-    NLMSG_ERROR,
     attribute,
     attributes,
     errno_text,
     message,
     split,
 )
-
-SO_RCVBUFFORCE = 33  # asm-generic/socket.h; not in Python's socket module before 3.12
+from porttrap.sensors.netlink_reader import (
+    ERROR_PAUSE,
+    LoopReader,
+    open_bound,
+    request,
+)
 
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET = NFNL_SUBSYS_ULOG << 8 | 0
@@ -51,11 +52,7 @@ COPY_RANGE = 128  # bytes of each packet: IPv6 + TCP headers with options fit
 QTHRESH = 32  # messages the kernel gathers into one datagram ...
 TIMEOUT = 1  # ... or sends after this many 1/100 s
 BYTES_PER_MESSAGE = 512  # of SO_RCVBUF; full batches measured ~105 (the kernel doubles it)
-DRAIN_LIMIT = 64  # datagrams per readable callback, then the loop serves the others
-RECV_SIZE = 65536
-ERROR_PAUSE = 1.0  # seconds without reading after an unexpected error, so it cannot spin
 WARN_EVERY = 60.0  # seconds between WARNING-level overrun events; DEBUG in between
-ACK_TIMEOUT = 2.0
 
 _PACKET_HDR = struct.Struct("!HBx")  # hw_protocol, hook
 _TIMESTAMP = struct.Struct("!QQ")  # sec, usec
@@ -172,25 +169,7 @@ def bind_failure(group: int, code: int) -> OSError:
 def open_nflog_socket(group: int, rcvbuf: int) -> tuple[socket.socket, list[bytes]]:
     """A non-blocking netlink socket bound to NFLOG `group` in this thread's network namespace,
     and the datagrams that came before the kernel's acks (packets logged already)."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    try:
-        _set_rcvbuf(sock, rcvbuf)
-        sock.bind((0, 0))
-        sock.settimeout(ACK_TIMEOUT)
-        early = _configure(sock, group)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock, early
-
-
-def _set_rcvbuf(sock: socket.socket, size: int) -> None:
-    """SO_RCVBUFFORCE (root may exceed net.core.rmem_max), else SO_RCVBUF (capped by it)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return open_bound(rcvbuf, lambda sock: _configure(sock, group))
 
 
 def _configure(sock: socket.socket, group: int) -> list[bytes]:
@@ -204,7 +183,7 @@ def _configure(sock: socket.socket, group: int) -> list[bytes]:
     ]
     requests.append((socket.AF_UNSPEC, group, _bind_attributes()))
     for seq, (family, res_id, attrs) in enumerate(requests, 1):
-        code = _request(sock, config_message(seq, family, res_id, attrs), seq, early)
+        code = request(sock, config_message(seq, family, res_id, attrs), seq, early)
         if code and seq == len(requests):
             raise bind_failure(group, code)
         if code:  # a PF_(UN)BIND refused: harmless, only old kernels need them
@@ -212,22 +191,10 @@ def _configure(sock: socket.socket, group: int) -> list[bytes]:
     return early
 
 
-def _request(sock: socket.socket, message: bytes, seq: int, early: list[bytes]) -> int:
-    """Send one request; the errno in its ack (0: done). Other datagrams go to `early`."""
-    sock.sendto(message, (0, 0))
-    for _ in range(DRAIN_LIMIT):
-        data = sock.recv(RECV_SIZE)
-        for kind, answered, body in split(data)[0]:
-            if kind == NLMSG_ERROR and answered == seq and len(body) >= ERRNO.size:
-                return -int(ERRNO.unpack_from(body)[0])
-        early.append(data)
-    raise OSError(errno.ETIMEDOUT, f"no netlink ack among {DRAIN_LIMIT} datagrams")
-
-
 # -- the receiver at work ------------------------------------------------------------------------
 
 
-class NflogReceiver:
+class NflogReceiver(LoopReader):
     """Calls `on_packet` from the event loop for each IPv4/IPv6 packet logged to `group`.
 
     The socket lives in the network namespace of the thread that calls `start`. It holds about
@@ -247,13 +214,11 @@ class NflogReceiver:
             raise ValueError(f"NFLOG group {group} is out of range: use 0 to 65535")
         if queue_limit < 1:
             raise ValueError(f"queue_limit {queue_limit} must be at least 1")
+        super().__init__()
         self.group = group
         self._on_packet = on_packet
         self._rcvbuf = queue_limit * BYTES_PER_MESSAGE
         self._clock = clock if clock is not None else SystemClock()
-        self._sock: socket.socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._last_warning: float | None = None
         self.received = 0  # packets handed to on_packet
         self.malformed = 0  # messages or datagram tails too broken to read
@@ -265,46 +230,11 @@ class NflogReceiver:
         to `on_packet` before it returns. Raises OSError when the group cannot be bound."""
         if self._sock is not None:
             raise RuntimeError("NflogReceiver.start called twice")
-        self._sock, early = open_nflog_socket(self.group, self._rcvbuf)
-        self._loop = loop
-        loop.add_reader(self._sock, self._on_readable)
-        rcvbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        sock, early = open_nflog_socket(self.group, self._rcvbuf)
+        self._attach(sock, loop)
+        rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         event("nflog-bound", group=self.group, rcvbuf=rcvbuf)
         for data in early:
-            self._handle(data)
-
-    def close(self) -> None:
-        """Unbind (closing the socket does it) and unregister. Safe to call more than once."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._sock is None:
-            return
-        if self._loop is not None:
-            self._loop.remove_reader(self._sock)
-        self._sock.close()
-        self._sock = None
-
-    def _on_readable(self) -> None:
-        try:
-            self._drain()
-        except Exception:
-            LOGGER.exception(fields("nflog-error", group=self.group, pause=ERROR_PAUSE))
-            self._pause()
-
-    def _drain(self) -> None:
-        """Read up to DRAIN_LIMIT datagrams; the loop calls again if more wait."""
-        assert self._sock is not None
-        for _ in range(DRAIN_LIMIT):
-            try:
-                data = self._sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                self._overrun()
-                continue
             self._handle(data)
 
     def _handle(self, data: bytes) -> None:
@@ -320,6 +250,9 @@ class NflogReceiver:
             except Exception:
                 LOGGER.exception(fields("nflog-handler-failed", group=self.group))
 
+    def _error_line(self) -> str:
+        return fields("nflog-error", group=self.group, pause=ERROR_PAUSE)
+
     def _overrun(self) -> None:
         """The kernel dropped messages: count, warn at most once per WARN_EVERY, go on."""
         self.overruns += 1
@@ -329,15 +262,3 @@ class NflogReceiver:
             level, self._last_warning = logging.WARNING, now
         hint = "logged packets were dropped: raise queue_limit or rate-limit the log rule"
         event("nflog-overrun", level, group=self.group, overruns=self.overruns, hint=hint)
-
-    def _pause(self) -> None:
-        """Stop reading for ERROR_PAUSE seconds, so a lasting error cannot spin the loop."""
-        if self._loop is None or self._sock is None or self._timer is not None:
-            return
-        self._loop.remove_reader(self._sock)
-        self._timer = self._loop.call_later(ERROR_PAUSE, self._resume)
-
-    def _resume(self) -> None:
-        self._timer = None
-        if self._loop is not None and self._sock is not None:
-            self._loop.add_reader(self._sock, self._on_readable)

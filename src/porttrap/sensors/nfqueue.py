@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from porttrap.log import LOGGER, event, fields
 from porttrap.model import IPAddress, unmap
 from porttrap.netlink import (
-    ERRNO,
-    NETLINK_NETFILTER,
     NFGENMSG,
     NLM_F_ACK,
     NLM_F_REQUEST,
@@ -43,8 +41,12 @@ from porttrap.netlink import (
     split,
 )
 from porttrap.sensors.classify import classify
-
-SO_RCVBUFFORCE = 33  # asm-generic/socket.h; not in Python's socket module before 3.12
+from porttrap.sensors.netlink_reader import (
+    ERROR_PAUSE,
+    LoopReader,
+    open_bound,
+    request,
+)
 
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET = NFNL_SUBSYS_QUEUE << 8 | 0
@@ -55,14 +57,10 @@ NFQA_CFG_CMD, NFQA_CFG_PARAMS, NFQA_CFG_QUEUE_MAXLEN, NFQA_CFG_MASK, NFQA_CFG_FL
 NFQNL_CFG_CMD_BIND, NFQNL_CFG_CMD_UNBIND = 1, 2
 NFQNL_COPY_META, NFQNL_COPY_PACKET = 1, 2
 NFQA_CFG_F_FAIL_OPEN = 1 << 0
-NF_DROP, NF_ACCEPT = 0, 1
+NF_DROP, NF_ACCEPT, NF_REPEAT = 0, 1, 4
 
 COPY_RANGE = 128  # bytes of each packet: IPv6 + TCP headers with options fit
 BYTES_PER_MESSAGE = 512  # of SO_RCVBUF per queued packet (a message is ~200 bytes)
-DRAIN_LIMIT = 64  # datagrams per readable callback, then the loop serves the others
-RECV_SIZE = 65536
-ERROR_PAUSE = 1.0  # seconds without reading after an unexpected error, so it cannot spin
-ACK_TIMEOUT = 2.0
 
 _PACKET_HDR = struct.Struct("!IHB")  # packet_id, hw_protocol, hook (packed)
 _VERDICT_HDR = struct.Struct("!II")  # verdict, packet_id
@@ -156,10 +154,14 @@ def _timestamp(value: bytes | None) -> float | None:
 # -- messages to the kernel (pure) ---------------------------------------------------------------
 
 
-def verdict_message(queue: int, packet_id: int, accept: bool, seq: int = 0) -> bytes:
-    """NF_ACCEPT or NF_DROP for one packet. No ack is asked: the kernel answers only a refusal
-    (NLMSG_ERROR), which the reader counts."""
-    verdict = NF_ACCEPT if accept else NF_DROP
+def verdict_message(
+    queue: int, packet_id: int, accept: bool, seq: int = 0, repeat: bool = False
+) -> bytes:
+    """NF_ACCEPT or NF_DROP for one packet; with `repeat`, NF_REPEAT instead of NF_ACCEPT: the
+    packet goes through the rules of its hook's chain once more (the hold's last check: a
+    source the kernel blocked meanwhile is dropped there). No ack is asked: the kernel answers
+    only a refusal (NLMSG_ERROR), which the reader counts."""
+    verdict = (NF_REPEAT if repeat else NF_ACCEPT) if accept else NF_DROP
     body = NFGENMSG.pack(socket.AF_UNSPEC, 0, queue)
     body += attribute(NFQA_VERDICT_HDR, _VERDICT_HDR.pack(verdict, packet_id))
     return message(NFQNL_MSG_VERDICT, NLM_F_REQUEST, seq, body)
@@ -212,47 +214,22 @@ def open_queue_socket(
 ) -> tuple[socket.socket, list[bytes]]:
     """A non-blocking netlink socket bound to NFQUEUE `queue` in this thread's network
     namespace, and the datagrams that came before the kernel's acks (packets queued already)."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    try:
-        _set_rcvbuf(sock, rcvbuf)
-        sock.bind((0, 0))
-        sock.settimeout(ACK_TIMEOUT)
+
+    def configure(sock: socket.socket) -> list[bytes]:
         early: list[bytes] = []
         for seq, attrs in enumerate((bind_attributes(), params_attributes(maxlen, fail_open)), 1):
-            code = _request(sock, config_message(seq, queue, attrs), seq, early)
+            code = request(sock, config_message(seq, queue, attrs), seq, early)
             if code:
                 raise bind_failure(queue, code)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock, early
+        return early
 
-
-def _set_rcvbuf(sock: socket.socket, size: int) -> None:
-    """SO_RCVBUFFORCE (root may exceed net.core.rmem_max), else SO_RCVBUF (capped by it)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-
-
-def _request(sock: socket.socket, request: bytes, seq: int, early: list[bytes]) -> int:
-    """Send one request; the errno in its ack (0: done). Other datagrams go to `early`."""
-    sock.sendto(request, (0, 0))
-    for _ in range(DRAIN_LIMIT):
-        data = sock.recv(RECV_SIZE)
-        for kind, answered, body in split(data)[0]:
-            if kind == NLMSG_ERROR and answered == seq and len(body) >= ERRNO.size:
-                return -int(ERRNO.unpack_from(body)[0])
-        early.append(data)
-    raise OSError(errno.ETIMEDOUT, f"no netlink ack among {DRAIN_LIMIT} datagrams")
+    return open_bound(rcvbuf, configure)
 
 
 # -- the reader at work --------------------------------------------------------------------------
 
 
-class NfqueueReader:
+class NfqueueReader(LoopReader):
     """Calls `on_packet` from the event loop for each IPv4/IPv6 packet queued to `queue`; the
     packet waits in the kernel until `verdict(packet_id, accept)` answers it.
 
@@ -269,13 +246,11 @@ class NfqueueReader:
             raise ValueError(f"NFQUEUE number {queue} is out of range: use 0 to 65535")
         if maxlen < 1:
             raise ValueError(f"maxlen {maxlen} must be at least 1")
+        super().__init__()
         self.queue = queue
         self.maxlen = maxlen
         self.fail_open = fail_open
         self._on_packet = on_packet
-        self._sock: socket.socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self.received = 0  # packets handed to on_packet
         self.malformed = 0  # messages too broken to read (their packets wait: see docs)
         self.accepted = 0  # verdicts sent, by kind
@@ -289,27 +264,21 @@ class NfqueueReader:
         if self._sock is not None:
             raise RuntimeError("NfqueueReader.start called twice")
         rcvbuf = self.maxlen * BYTES_PER_MESSAGE
-        self._sock, early = open_queue_socket(self.queue, self.maxlen, self.fail_open, rcvbuf)
-        self._loop = loop
-        loop.add_reader(self._sock, self._on_readable)
+        sock, early = open_queue_socket(self.queue, self.maxlen, self.fail_open, rcvbuf)
+        self._attach(sock, loop)
         event("nfqueue-bound", queue=self.queue, maxlen=self.maxlen, fail_open=self.fail_open)
         for data in early:
             self._handle(data)
 
-    @property
-    def reading(self) -> bool:
-        """Bound, and not paused after an error: the hold's heartbeat beats only then."""
-        return self._sock is not None and self._timer is None
-
-    def verdict(self, packet_id: int, accept: bool) -> bool:
-        """Accept or drop a queued packet; False when it could not be sent (the socket is
-        closed, or the kernel would not take it: the packet then waits until the queue is
-        unbound, when the kernel drops it)."""
+    def verdict(self, packet_id: int, accept: bool, repeat: bool = False) -> bool:
+        """Accept or drop a queued packet (`repeat`: accept by sending it through its chain
+        again); False when it could not be sent (the socket is closed, or the kernel would not
+        take it: the packet then waits until the queue is unbound, when the kernel drops it)."""
         if self._sock is None:
             self.refused += 1
             return False
         try:
-            self._sock.send(verdict_message(self.queue, packet_id, accept))
+            self._sock.send(verdict_message(self.queue, packet_id, accept, repeat=repeat))
         except OSError as exc:
             self.refused += 1
             event("nfqueue-verdict-failed", logging.WARNING, queue=self.queue,
@@ -325,38 +294,14 @@ class NfqueueReader:
         """Unbind (closing the socket does it; the rule's `bypass` then accepts all new
         packets). The kernel drops the packets still queued: answer them first (the hold's
         shell accepts those it holds). Safe to call more than once."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._sock is None:
-            return
-        if self._loop is not None:
-            self._loop.remove_reader(self._sock)
-        self._sock.close()
-        self._sock = None
+        super().close()
 
-    def _on_readable(self) -> None:
-        try:
-            self._drain()
-        except Exception:
-            LOGGER.exception(fields("nfqueue-error", queue=self.queue, pause=ERROR_PAUSE))
-            self._pause()
+    def _error_line(self) -> str:
+        return fields("nfqueue-error", queue=self.queue, pause=ERROR_PAUSE)
 
-    def _drain(self) -> None:
-        """Read up to DRAIN_LIMIT datagrams; the loop calls again if more wait."""
-        assert self._sock is not None
-        for _ in range(DRAIN_LIMIT):
-            try:
-                data = self._sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                self.overruns += 1
-                event("nfqueue-overrun", logging.DEBUG, queue=self.queue, overruns=self.overruns)
-                continue
-            self._handle(data)
+    def _overrun(self) -> None:
+        self.overruns += 1
+        event("nfqueue-overrun", logging.DEBUG, queue=self.queue, overruns=self.overruns)
 
     def _handle(self, data: bytes) -> None:
         batch = parse_batch(data)
@@ -378,15 +323,3 @@ class NfqueueReader:
         except Exception:
             LOGGER.exception(fields("nfqueue-handler-failed", queue=self.queue))
             self.verdict(packet.packet_id, accept=True)
-
-    def _pause(self) -> None:
-        """Stop reading for ERROR_PAUSE seconds, so a lasting error cannot spin the loop."""
-        if self._loop is None or self._sock is None or self._timer is not None:
-            return
-        self._loop.remove_reader(self._sock)
-        self._timer = self._loop.call_later(ERROR_PAUSE, self._resume)
-
-    def _resume(self) -> None:
-        self._timer = None
-        if self._loop is not None and self._sock is not None:
-            self._loop.add_reader(self._sock, self._on_readable)
