@@ -273,7 +273,8 @@ def test_the_figures_count_what_the_hold_did() -> None:
 
 # -- inside the daemon's core --------------------------------------------------------------------
 
-CONFIG = '[traps]\ntcp = ["23"]\n'
+# the hold on, in stealth mode with one trap: SYNs are held only then
+CONFIG = '[traps]\nmode = "stealth"\ntcp = ["23"]\n[kernel]\nhold = "5ms"\n'
 ADVANCED = '[traps]\nmode = "advanced"\n[kernel]\n'
 
 
@@ -312,7 +313,8 @@ def test_in_the_core_the_hold_takes_its_settings_from_the_config_and_a_reload() 
     core = Core(load_text(ADVANCED + 'hold = "20ms"\n', None), T0)
     assert (core.holds.hold, core.holds.memory) == (0.02, 3600.0)
     assert core.hold_figures() is not None
-    assert Core(load_text(CONFIG, None), T0).hold_figures() is None  # off: no figures
+    off = load_text('[traps]\ntcp = ["23"]\n', None)  # connect mode: no kernel sensor
+    assert Core(off, T0).hold_figures() is None  # off: no figures
 
 
 def test_in_the_core_stopping_answers_the_held_syns_first() -> None:

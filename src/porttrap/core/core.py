@@ -274,7 +274,7 @@ class Core:
         verdict = self.policy.on_hit(hit, now)
         outcome = verdict.outcome
         changes = [] if verdict.ban is None else [verdict.ban, *verdict.more]
-        commands = self._hidden(self.holds.touched(hit.source, hit.kind, outcome, now), now)
+        commands = self._touched(hit, outcome, now) if self._holding else []
         commands += self._queue(changes, event.arrived)
         commands += [_note(note) for note in verdict.notes]
         self.stats.hit(hit, outcome)
@@ -286,8 +286,15 @@ class Core:
 
     # -- the hold of new sources' first SYNs (docs/hold.md) ------------------------------
 
+    @property
+    def _holding(self) -> bool:
+        return self.kernel is not None and self.kernel.spec.hold
+
     def _syn_held(self, event: SynHeld, now: float) -> list[Command]:
         return self._hidden(self.holds.held(event, now), now)
+
+    def _touched(self, hit: Hit, outcome: Outcome, now: float) -> list[Command]:
+        return self._hidden(self.holds.touched(hit.source, hit.kind, outcome, now), now)
 
     def _hidden(self, commands: list[Command], now: float) -> list[Command]:
         """The hold's commands, with each hidden probe kept for the store (as a hit of
@@ -307,8 +314,7 @@ class Core:
 
     def hold_figures(self) -> HoldFigures | None:
         """What the hold did, when it is on (None: off)."""
-        on = self.kernel is not None and self.kernel.spec.hold
-        return self.holds.figures() if on else None
+        return self.holds.figures() if self._holding else None
 
     def _keep(self, hit: Hit, outcome: Outcome, banned: bool, now: float) -> None:
         """The hit for the store: every one that banned; the others up to `[store] hit_rate`

@@ -25,7 +25,7 @@ MAXLEN = 1024  # SYNs the kernel queues at most; with the fail-open flag, more p
 
 def holds(config: Config) -> bool:
     """Whether `config` holds new sources' first SYNs (TCP in stealth or advanced mode)."""
-    return config.modes.kernel and spec_from_config(config).hold
+    return spec_from_config(config).hold
 
 
 class HoldQueue:

@@ -237,6 +237,8 @@ class NfqueueReader(LoopReader):
     holds at most `maxlen` packets; with `fail_open` it accepts what does not fit (counted by
     the kernel, not here: a socket overrun is counted as `overruns`). `on_packet` must be
     cheap; an exception from it is logged and the packet accepted, so no packet is stranded.
+    `close` unbinds (the rule's `bypass` then accepts all new packets); the kernel drops the
+    packets still queued, so answer them first (the hold's shell accepts those it holds).
     """
 
     def __init__(
@@ -289,12 +291,6 @@ class NfqueueReader(LoopReader):
         else:
             self.dropped += 1
         return True
-
-    def close(self) -> None:
-        """Unbind (closing the socket does it; the rule's `bypass` then accepts all new
-        packets). The kernel drops the packets still queued: answer them first (the hold's
-        shell accepts those it holds). Safe to call more than once."""
-        super().close()
 
     def _error_line(self) -> str:
         return fields("nfqueue-error", queue=self.queue, pause=ERROR_PAUSE)
